@@ -1,3 +1,76 @@
-"""featuremaps: capture every layer of a PyTorch model and draw truthful pictures of it."""
+"""featuremaps: capture every layer of a PyTorch model and draw truthful pictures of it.
+
+    >>> import featuremaps as fm
+    >>> records = fm.capture(model, x)                    # exact values, one record per call
+    >>> fm.visualize("resnet18", "photo.jpg", out="maps")  # pictures + manifest.json
+
+Discover names with :func:`list_layers`; everything raised on purpose is a
+:class:`FeaturemapsError`.
+"""
+
+from featuremaps._errors import (
+    CaptureError,
+    FeaturemapsError,
+    FeaturemapsWarning,
+    InputError,
+    LayerError,
+    ModelError,
+    NonFiniteWarning,
+    OptionError,
+    OutputError,
+    RandomWeightsWarning,
+    UntrustedCheckpointError,
+)
+from featuremaps.api import RecordSummary, Visualization, summarize, visualize
+from featuremaps.capture import Capture, LayerRecord, NotRun, capture, record_name
+from featuremaps.inputs import (
+    LoadedInput,
+    Preprocessing,
+    expected_channels,
+    load_input,
+    sample_image_path,
+)
+from featuremaps.io import MANIFEST as MANIFEST_NAME
+from featuremaps.layers import LayerInfo, list_layers
+from featuremaps.models import LoadedModel, load_model
+from featuremaps.render import Grid, GridLabel, GridOptions, make_grid
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Capture",
+    "CaptureError",
+    "FeaturemapsError",
+    "FeaturemapsWarning",
+    "Grid",
+    "GridLabel",
+    "GridOptions",
+    "InputError",
+    "LayerError",
+    "LayerInfo",
+    "LayerRecord",
+    "LoadedInput",
+    "LoadedModel",
+    "ModelError",
+    "NonFiniteWarning",
+    "NotRun",
+    "OptionError",
+    "OutputError",
+    "Preprocessing",
+    "RandomWeightsWarning",
+    "RecordSummary",
+    "UntrustedCheckpointError",
+    "Visualization",
+    "__version__",
+    "capture",
+    "expected_channels",
+    "list_layers",
+    "load_input",
+    "load_model",
+    "make_grid",
+    "record_name",
+    "sample_image_path",
+    "summarize",
+    "visualize",
+]

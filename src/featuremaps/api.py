@@ -1,0 +1,425 @@
+"""The one-call API: model + input in, pictures, numbers and a manifest out.
+
+This module wires the stages together (inputs → models → capture → render → io) and is what the
+command line calls. Records are streamed: each one is measured, drawn, encoded and written as soon
+as its module returns, then dropped, so an all-layers run of a large model on a large image never
+holds every activation at once. Only the "global" scale needs the range over all layers before it
+can draw anything; it runs the model twice (a cheap pass that only measures, then the drawing
+pass) instead of keeping every activation.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import platform
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featuremaps._errors import NonFiniteWarning, OptionError
+from featuremaps.capture import Capture, LayerRecord, capture
+from featuremaps.inputs import (
+    LoadedInput,
+    Preprocessing,
+    expected_channels,
+    load_input,
+    preprocessing_from_weights,
+)
+from featuremaps.io import MANIFEST, TOOL, OutputFolder, safe_filename
+from featuremaps.models import LoadedModel, load_model
+from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
+from featuremaps.render.scaling import compute_range, is_signed, merge_ranges
+
+__all__ = ["RecordSummary", "Visualization", "summarize", "visualize"]
+
+ARRAYS = "arrays.safetensors"
+
+
+@dataclass(frozen=True)
+class RecordSummary:
+    """What the manifest says about one record (or one selected module that never ran)."""
+
+    name: str
+    module: str
+    call: int
+    type: str
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    layout: str | None
+    image: str | None
+    skipped: str | None
+    min: float | None
+    max: float | None
+    mean: float | None
+    nonfinite: int
+    channels_shown: tuple[int, ...] | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest entry (key order as documented in the README)."""
+        return {
+            "name": self.name,
+            "module": self.module,
+            "call": self.call,
+            "type": self.type,
+            "shape": list(self.shape) if self.shape is not None else None,
+            "dtype": self.dtype,
+            "layout": self.layout,
+            "image": self.image,
+            "skipped": self.skipped,
+            "min": self.min,
+            "max": self.max,
+            "mean": self.mean,
+            "nonfinite": self.nonfinite,
+            "channels_shown": list(self.channels_shown) if self.channels_shown else None,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class Visualization:
+    """The result of :func:`visualize` for one input.
+
+    ``grids`` holds the pictures in memory when no output folder was given (they display inline
+    in Jupyter); with an output folder they are written and not kept.
+    """
+
+    records: list[RecordSummary]
+    manifest: dict[str, Any]
+    out_dir: Path | None = None
+    grids: dict[str, Grid] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        parts = []
+        for name, grid in self.grids.items():
+            data = base64.b64encode(grid.to_png()).decode()
+            parts.append(
+                f"<figure><img src='data:image/png;base64,{data}'/>"
+                f"<figcaption>{html.escape(name)}</figcaption></figure>"
+            )
+        skipped = [r for r in self.records if r.skipped]
+        if skipped:
+            items = "".join(
+                f"<li>{html.escape(r.name)}: {html.escape(r.skipped or '')}</li>" for r in skipped
+            )
+            parts.append(f"<details><summary>{len(skipped)} not drawn</summary><ul>{items}</ul>")
+        where = f"<p>written to {html.escape(str(self.out_dir))}</p>" if self.out_dir else ""
+        return where + "".join(parts)
+
+
+def summarize(tensor: torch.Tensor) -> tuple[float | None, float | None, float | None, int]:
+    """``(min, max, mean, nonfinite count)`` over the finite values of ``tensor`` (all samples)."""
+    if tensor.is_complex() or tensor.numel() == 0:
+        return None, None, None, 0
+    t = tensor.detach().float()
+    finite = torch.isfinite(t)
+    nonfinite = int(t.numel() - int(finite.sum()))
+    if nonfinite:
+        t = t[finite]
+        if t.numel() == 0:
+            return None, None, None, nonfinite
+    t64 = t.double()  # a float32 running sum loses digits on large maps
+    return float(t.min()), float(t.max()), float(t64.mean()), nonfinite
+
+
+def _skip_reason(record: LayerRecord) -> str | None:
+    layout = record.layout
+    if record.tensor.is_complex():
+        return "complex-valued output; not drawn"
+    if layout == "NCHW":
+        return None
+    if layout == "NC":
+        return "output is a vector per sample (N, C); channel grids need (N, C, H, W)"
+    if layout in ("NLD", "NCL"):
+        return f"output is 3-D ({layout}); sequence and token pictures are not drawn yet"
+    if layout == "NCDHW":
+        return "output is a 5-D volume (N, C, D, H, W); volume pictures are not drawn yet"
+    return f"output has {record.tensor.dim()} dimension(s); channel grids need (N, C, H, W)"
+
+
+def _maps(record: LayerRecord, sample: int) -> np.ndarray:
+    if not 0 <= sample < record.tensor.shape[0]:
+        raise OptionError(
+            f"sample {sample} asked for, but layer '{record.name}' has a batch of "
+            f"{record.tensor.shape[0]}; choose a sample from 0 to {record.tensor.shape[0] - 1}"
+        )
+    maps = record.tensor[sample].detach()
+    if maps.dtype != torch.float32 and maps.dtype != torch.float64:
+        maps = maps.float()
+    return maps.cpu().numpy()
+
+
+def _versions() -> dict[str, str]:
+    import matplotlib
+    import PIL
+    import torchvision
+
+    from featuremaps import __version__
+
+    return {
+        "featuremaps": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "matplotlib": matplotlib.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _resolve_model(model: nn.Module | LoadedModel | str) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model)
+    name = type(model).__name__
+    return LoadedModel(model, name, "python object", "as given", "as given by the caller", False)
+
+
+def _resolve_input(item: Any, loaded: LoadedModel) -> tuple[torch.Tensor, dict[str, Any], str]:
+    """Return the tensor to feed, its manifest description, and a folder name for it."""
+    if isinstance(item, torch.Tensor):
+        tensor = item if item.dim() != 3 else item.unsqueeze(0)
+        return tensor, {"kind": "tensor", "fed_shape": list(tensor.shape)}, "input"
+    if not isinstance(item, LoadedInput):
+        first = expected_channels(loaded.model)
+        preprocessing = (
+            preprocessing_from_weights(loaded.weights_enum)
+            if loaded.weights_enum is not None
+            else Preprocessing()
+        )
+        item = load_input(
+            item,
+            channels=first[0] if first else None,
+            layer_name=first[1] if first else None,
+            preprocessing=preprocessing,
+        )
+    return item.tensor, item.describe(), item.path.stem
+
+
+def _global_range(
+    model: nn.Module, tensor: torch.Tensor, cap: dict[str, Any], sample: int
+) -> ValueRange:
+    ranges: list[ValueRange] = []
+    signed = False
+
+    def measure(record: LayerRecord) -> None:
+        nonlocal signed
+        if _skip_reason(record) is None:
+            maps = _maps(record, sample)
+            signed = signed or is_signed(maps)
+            ranges.append(compute_range(maps, symmetric=False))
+
+    capture(model, tensor, on_record=measure, **cap)
+    merged = merge_ranges(ranges) if ranges else ValueRange(0.0, 0.0, False)
+    if signed:
+        m = max(abs(merged.vmin), abs(merged.vmax))
+        return ValueRange(-m, m, True)
+    return merged
+
+
+def _run_one(
+    loaded: LoadedModel,
+    tensor: torch.Tensor,
+    input_info: dict[str, Any],
+    grid: GridOptions,
+    cap: dict[str, Any],
+    folder: OutputFolder | None,
+    prefix: str,
+    save_arrays: bool,
+    sample: int,
+    progress: bool,
+) -> Visualization:
+    from tqdm import tqdm
+
+    if grid.scale == "global":
+        r = _global_range(loaded.model, tensor, cap, sample)
+        grid = replace(grid, value_range=(r.vmin, r.vmax))
+    stamp = "RANDOM WEIGHTS" if loaded.random_weights else None
+    summaries: list[RecordSummary] = []
+    grids: dict[str, Grid] = {}
+    arrays = folder.arrays(prefix + ARRAYS) if folder is not None and save_arrays else None
+    bar = tqdm(desc=f"layers of {loaded.spec}", unit=" layer", disable=not progress, leave=False)
+
+    def consume(record: LayerRecord) -> None:
+        lo, hi, mean, nonfinite = summarize(record.tensor)
+        reason = _skip_reason(record)
+        image = None
+        shown: tuple[int, ...] | None = None
+        notes: list[str] = []
+        if nonfinite:
+            notes.append(f"{nonfinite} NaN/Inf values")
+        if reason is None:
+            label = GridLabel(record.name, record.module_type, record.shape, stamp)
+            picture = make_grid(_maps(record, sample), grid, label=label)
+            shown = picture.channels
+            notes.extend(w for w in picture.warnings if w not in notes)
+            if folder is not None:
+                image = prefix + safe_filename(record.index, record.name)
+                folder.write_bytes(image, picture.to_png())
+            else:
+                grids[record.name] = picture
+        if arrays is not None:
+            arrays.add(record.name, record.tensor)
+        summaries.append(
+            RecordSummary(
+                record.name,
+                record.module,
+                record.call,
+                record.module_type,
+                record.shape,
+                record.dtype,
+                record.layout,
+                image,
+                reason,
+                lo,
+                hi,
+                mean,
+                nonfinite,
+                shown,
+                tuple(notes),
+            )
+        )
+        bar.update(1)
+
+    try:
+        result: Capture = capture(loaded.model, tensor, on_record=consume, **cap)
+    finally:
+        bar.close()
+    for miss in result.not_run:
+        summaries.append(
+            RecordSummary(
+                miss.module, miss.module, 0, miss.module_type, None, None, None, None,
+                f"never ran: {miss.reason}", None, None, None, 0,
+            )
+        )  # fmt: skip
+    if arrays is not None:
+        arrays.close()
+
+    messages = []
+    bad = [s.name for s in summaries if s.nonfinite]
+    if bad:
+        messages.append(
+            f"{len(bad)} layer(s) hold NaN/Inf values (first: '{bad[0]}'); they are drawn in "
+            "magenta and counted in the manifest's 'nonfinite'"
+        )
+        warnings.warn(NonFiniteWarning(messages[-1]), stacklevel=3)
+    if loaded.random_weights:
+        messages.append(f"RANDOM WEIGHTS: {loaded.weights_status}")
+
+    manifest: dict[str, Any] = {
+        "tool": TOOL,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "model": loaded.describe(),
+        "input": input_info,
+        "render": {
+            "scale": grid.scale,
+            "value_range": list(grid.value_range) if grid.value_range else None,
+            "cmap": grid.cmap or "auto (viridis; RdBu_r centred on 0 for signed data)",
+            "max_channels": grid.max_channels,
+            "columns": grid.columns,
+            "order": grid.order,
+            "channels": list(grid.channels) if grid.channels else None,
+            "sample": sample,
+        },
+        "arrays": prefix + ARRAYS if arrays is not None else None,
+        "warnings": messages,
+        "records": [s.to_json() for s in summaries],
+    }
+    if folder is not None:
+        folder.write_json(prefix + MANIFEST, manifest)
+    return Visualization(summaries, manifest, None, grids, messages)
+
+
+def visualize(
+    model: nn.Module | LoadedModel | str,
+    inputs: Any,
+    *,
+    out: str | Path | None = None,
+    layers: str | Sequence[str] | None = None,
+    types: str | Sequence[str] | None = None,
+    containers: bool = False,
+    grid: GridOptions | None = None,
+    save_arrays: bool = False,
+    sample: int = 0,
+    progress: bool = False,
+) -> list[Visualization]:
+    """Capture, draw and (optionally) write every selected layer for one or several inputs.
+
+    Args:
+        model: an ``nn.Module``, a :class:`LoadedModel`, or a model spec string.
+        inputs: a tensor ``(N, C, H, W)``, an image/array path, a :class:`LoadedInput`, or a list
+            of those (one result, and with ``out`` one sub-folder, per input).
+        out: output folder; ``None`` keeps the pictures in memory (``Visualization.grids``).
+        layers, types, containers: layer selection, as in :func:`featuremaps.capture`.
+        grid: how to draw (channels, columns, scale, colormap); defaults to :class:`GridOptions`.
+        save_arrays: also write ``arrays.safetensors`` (float32, batch dimension kept).
+        sample: which sample of the batch to draw.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        One :class:`Visualization` per input.
+    """
+    loaded = _resolve_model(model)
+    grid = grid or GridOptions()
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    cap: dict[str, Any] = {
+        "layers": layers,
+        "types": types,
+        "containers": containers,
+        "model_label": loaded.spec,
+    }
+    resolved = [_resolve_input(item, loaded) for item in items]
+    folders = _unique([name for _, _, name in resolved]) if len(resolved) > 1 else [""]
+    folder = OutputFolder(out) if out is not None else None
+    results: list[Visualization] = []
+    try:
+        for (tensor, info, _), sub in zip(resolved, folders):
+            prefix = f"{sub}/" if sub else ""
+            results.append(
+                _run_one(loaded, tensor, info, grid, cap, folder, prefix, save_arrays, sample,
+                         progress)
+            )  # fmt: skip
+        if folder is not None:
+            if len(results) > 1:
+                folder.write_json(
+                    MANIFEST,
+                    {
+                        "tool": TOOL,
+                        "versions": _versions(),
+                        "runs": [f"{sub}/{MANIFEST}" for sub in folders],
+                    },
+                )
+            target = folder.commit()
+            for result, sub in zip(results, folders):
+                result.out_dir = target / sub if sub else target
+    except BaseException:
+        if folder is not None:
+            folder.discard()
+        raise
+    return results
+
+
+def _unique(stems: list[str]) -> list[str]:
+    """Safe, distinct folder names for several inputs (``a``, ``a-2``, ...)."""
+    used: set[str] = set()
+    out = []
+    for stem in stems:
+        base = safe_filename(0, stem, suffix="")[5:]  # drop the "0000_" index prefix
+        name, k = base, 1
+        while name.lower() in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name.lower())
+        out.append(name)
+    return out

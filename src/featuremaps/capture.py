@@ -1,0 +1,348 @@
+"""Capture: the only code that registers hooks on a model; it returns plain records.
+
+Stage three of the flow (input → model → **capture** → transforms → render → io). Forward hooks are
+registered on the selected modules, the model runs once, and every call of every selected module
+yields one :class:`LayerRecord` per output tensor, in execution order.
+
+Why values are copied inside the hook: torchvision CNNs run ``ReLU(inplace=True)`` and
+``out += identity`` after a layer has returned, so a hook that keeps a reference ends up holding the
+value *after* later in-place operations (17 of 52 resnet18 leaf outputs come back already ReLU-ed).
+A tensor's storage is shared by ``detach()`` and every view, so only a copy taken at the moment the
+module returns is exact. The copy is made once, straight into the record; with ``on_record`` the
+record is handed to the consumer at once and dropped afterwards, so memory stays bounded.
+
+Naming rule (documented, tested literally):
+
+* a record's ``name`` is the module's path in ``model.named_modules()``, e.g. ``layer1.0.relu``;
+* the k-th call (k ≥ 2) of the same module appends ``#k``: ``layer1.0.relu#2``, ``layer1.0.relu#3``;
+* each tensor inside a tuple, list or dict output appends ``.key``: ``lstm.0``, ``lstm.1.0``,
+  ``head.boxes``, ``head#2.boxes``; ``None`` and other non-tensor items are left out.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from featuremaps._errors import CaptureError, InputError
+
+__all__ = ["Capture", "LayerRecord", "NotRun", "capture", "record_name"]
+
+RecordCallback = Callable[["LayerRecord"], None]
+
+
+def record_name(module: str, call: int, key: str | None = None) -> str:
+    """Return the record name for the ``call``-th call (1-based) of ``module``, output ``key``."""
+    name = module if call == 1 else f"{module}#{call}"
+    return name if key is None else f"{name}.{key}"
+
+
+def infer_layout(ndim: int, module_type: str) -> str:
+    """Name the axes of an output: ``NCHW`` for 4-D, ``NLD`` for token sequences, and so on."""
+    if ndim == 4:
+        return "NCHW"
+    if ndim == 5:
+        return "NCDHW"
+    if ndim == 3:
+        # 1-d convolutions, norms and pools keep channels second; anything else of rank 3 is
+        # (batch, tokens, features) in the models people bring (transformers, RNNs).
+        return "NCL" if module_type.endswith("1d") else "NLD"
+    if ndim == 2:
+        return "NC"
+    if ndim == 1:
+        return "N"
+    return "scalar" if ndim == 0 else f"{ndim}-D"
+
+
+@dataclass(frozen=True, eq=False)
+class LayerRecord:
+    """One output tensor of one call of one module, with the values it had when the module ran.
+
+    Attributes:
+        name: unique record name (see the module docstring for the rule).
+        module: the module's path in ``model.named_modules()``.
+        call: 1-based index of this call among the module's calls in this forward pass.
+        module_type: the module's class name, e.g. ``"Conv2d"``.
+        output_key: ``None`` for a plain tensor output, else the key path inside a tuple/list/dict.
+        index: 0-based position of the record in execution order.
+        tensor: a detached copy of the output, on the device and in the dtype it had.
+    """
+
+    name: str
+    module: str
+    call: int
+    module_type: str
+    output_key: str | None
+    index: int
+    tensor: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The tensor's shape, batch dimension included."""
+        return tuple(self.tensor.shape)
+
+    @property
+    def dtype(self) -> str:
+        """The tensor's dtype without the ``torch.`` prefix, e.g. ``"float32"``."""
+        return str(self.tensor.dtype).removeprefix("torch.")
+
+    @property
+    def layout(self) -> str:
+        """Axis names of the tensor, e.g. ``"NCHW"`` (see :func:`infer_layout`)."""
+        return infer_layout(self.tensor.dim(), self.module_type)
+
+    def _repr_html_(self) -> str:
+        rows = {
+            "name": self.name,
+            "module": self.module,
+            "call": self.call,
+            "type": self.module_type,
+            "shape": self.shape,
+            "dtype": self.dtype,
+            "layout": self.layout,
+        }
+        cells = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows.items()
+        )
+        return f"<table>{cells}</table>"
+
+
+@dataclass(frozen=True)
+class NotRun:
+    """A selected module whose forward never produced a record, and why."""
+
+    module: str
+    module_type: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Capture(Sequence[LayerRecord]):
+    """Records of one forward pass, in execution order.
+
+    ``records`` is empty when the records were streamed to an ``on_record`` callback; ``count``
+    always says how many records were produced. ``not_run`` lists the selected modules that
+    never ran (e.g. ``MultiheadAttention.out_proj``, whose weights are used directly).
+    """
+
+    records: tuple[LayerRecord, ...]
+    not_run: tuple[NotRun, ...]
+    count: int
+    output: Any = field(repr=False, default=None)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.records[index]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[LayerRecord]:
+        return iter(self.records)
+
+    def names(self) -> list[str]:
+        """Record names in execution order."""
+        return [r.name for r in self.records]
+
+    def get(self, name: str) -> LayerRecord:
+        """Return the record called ``name``; raises ``KeyError`` with close names otherwise."""
+        for r in self.records:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def _repr_html_(self) -> str:
+        head = "<tr><th>#</th><th>name</th><th>type</th><th>shape</th><th>layout</th></tr>"
+        body = "".join(
+            f"<tr><td>{r.index}</td><td>{html.escape(r.name)}</td>"
+            f"<td>{html.escape(r.module_type)}</td><td>{r.shape}</td><td>{r.layout}</td></tr>"
+            for r in self.records
+        )
+        extra = "".join(
+            f"<tr><td>–</td><td>{html.escape(n.module)}</td><td>{html.escape(n.module_type)}</td>"
+            f"<td colspan=2>not run: {html.escape(n.reason)}</td></tr>"
+            for n in self.not_run
+        )
+        return f"<table>{head}{body}{extra}</table>"
+
+
+NEVER_CALLED = "its forward was never called (the parent may use its weights directly)"
+SCRIPTED = "TorchScript submodules run without Python hooks; only the model output is captured"
+
+
+def _walk(value: Any, key: str | None) -> Iterator[tuple[str | None, torch.Tensor]]:
+    """Yield ``(key path, tensor)`` for every tensor inside a module's output."""
+    if isinstance(value, torch.Tensor):
+        yield key, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _walk(v, str(k) if key is None else f"{key}.{k}")
+    elif isinstance(value, (tuple, list)):
+        fields = getattr(value, "_fields", None)  # namedtuples get their field names
+        for i, v in enumerate(value):
+            k = fields[i] if fields else str(i)
+            yield from _walk(v, k if key is None else f"{key}.{k}")
+
+
+def _call_model(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _describe_inputs(inputs: Any) -> str:
+    if isinstance(inputs, torch.Tensor):
+        return f"input of shape {tuple(inputs.shape)}"
+    return f"inputs of type {type(inputs).__name__}"
+
+
+def run_hooked(
+    model: nn.Module,
+    inputs: Any,
+    modules: Mapping[str, nn.Module],
+    sink: Callable[[str, nn.Module, int, str | None, torch.Tensor], None],
+    *,
+    train: bool = False,
+    grad: bool = False,
+) -> tuple[Any, dict[str, int]]:
+    """Run ``model`` once with a forward hook on each of ``modules``; return output and call counts.
+
+    ``sink(path, module, call, key, tensor)`` is called inside the hook for every output tensor,
+    while the value is still exactly what the module returned. The model's train/eval flags are
+    restored module by module afterwards, and every hook is removed even if the forward fails.
+    """
+    calls = dict.fromkeys(modules, 0)
+    current: list[str] = []
+    handles = []
+
+    def make_hook(path: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            calls[path] += 1
+            for key, tensor in _walk(output, None):
+                sink(path, module, calls[path], key, tensor)
+
+        return hook
+
+    def make_pre_hook(path: str) -> Callable[[nn.Module, Any], None]:
+        def pre_hook(module: nn.Module, args: Any) -> None:
+            current.append(path)
+
+        return pre_hook
+
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for path, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(path)))
+        # Remember the innermost module entered so a failure can name where it happened.
+        for path, module in model.named_modules():
+            if path and not isinstance(module, torch.jit.ScriptModule):
+                handles.append(module.register_forward_pre_hook(make_pre_hook(path)))
+        model.train(train)
+        with torch.set_grad_enabled(grad):
+            try:
+                output = _call_model(model, inputs)
+            except Exception as exc:  # re-raised with the user's context, chain kept
+                where = f" in '{current[-1]}' ({type(model.get_submodule(current[-1])).__name__})"
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise CaptureError(
+                    f"the model's forward pass failed{where if current else ''} on "
+                    f"{_describe_inputs(inputs)}: {type(exc).__name__}: {first_line}; "
+                    "check the input size and channel count the model expects"
+                ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, was_training in modes.items():
+            m.training = was_training
+    return output, calls
+
+
+def capture(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    layers: str | Sequence[str] | None = None,
+    types: str | Sequence[str] | None = None,
+    containers: bool = False,
+    train: bool = False,
+    grad: bool = False,
+    on_record: RecordCallback | None = None,
+    model_label: str | None = None,
+) -> Capture:
+    """Run ``model`` on ``inputs`` once and capture the output of every selected module call.
+
+    Args:
+        model: any ``nn.Module`` (a TorchScript module yields only its final output).
+        inputs: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
+        layers: name patterns (glob, exact name, ``re:REGEX``; ``name#k`` picks one call).
+            ``None`` selects every leaf module.
+        types: module class names to keep, e.g. ``"Conv2d"`` (subclasses match too).
+        containers: also capture modules that have children.
+        train: run in training mode (default: eval mode; the original modes are restored).
+        grad: keep autograd on (default: ``torch.no_grad``).
+        on_record: if given, each record is passed to it as soon as it exists and not kept, so
+            an all-layers run does not hold every activation at once.
+        model_label: how error messages name the model (default: its class name).
+
+    Returns:
+        A :class:`Capture` with records in execution order and the selected modules that never ran.
+
+    Raises:
+        LayerError: a pattern or type selects nothing (with the closest names).
+        CaptureError: the forward pass failed (with the module it failed in and the input shape).
+    """
+    from featuremaps.layers import as_patterns, keep_record, select_modules, type_name
+
+    if not isinstance(inputs, (torch.Tensor, tuple, Mapping)):
+        raise InputError(
+            f"capture() got inputs of type {type(inputs).__name__}; expected a tensor, a tuple of "
+            "positional arguments or a dict of keyword arguments"
+        )
+    label = model_label or type_name(model)
+    patterns = as_patterns(layers)
+    selected = select_modules(model, patterns, as_patterns(types), containers, label)
+    kept: list[LayerRecord] = []
+    count = 0
+
+    def emit(path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor) -> None:
+        nonlocal count
+        record = LayerRecord(
+            name=record_name(path, call, key),
+            module=path,
+            call=call,
+            module_type=type_name(module),
+            output_key=key,
+            index=count,
+            tensor=t.detach().clone(),
+        )
+        count += 1
+        if on_record is None:
+            kept.append(record)
+        else:
+            on_record(record)
+
+    def sink(path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor) -> None:
+        if keep_record(record_name(path, call, key), path, patterns):
+            emit(path, module, call, key, t)
+
+    if isinstance(model, torch.jit.ScriptModule):
+        output, _ = run_hooked(model, inputs, {}, sink, train=train, grad=grad)
+        for key, tensor in _walk(output, None):
+            emit("output", model, 1, key, tensor)
+        not_run = tuple(NotRun(p, type_name(m), SCRIPTED) for p, m in selected.items() if p)
+        return Capture(tuple(kept), not_run, count, output)
+
+    output, calls = run_hooked(model, inputs, selected, sink, train=train, grad=grad)
+    not_run = tuple(
+        NotRun(path, type_name(selected[path]), NEVER_CALLED)
+        for path, n in calls.items()
+        if n == 0
+    )
+    return Capture(tuple(kept), not_run, count, output)

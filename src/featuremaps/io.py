@@ -1,0 +1,212 @@
+"""IO: the only module that writes files.
+
+Last stage of the flow (… → render → **io**). An :class:`OutputFolder` collects every file of a run
+in a hidden staging folder beside the target and moves it into place in one step on
+:meth:`OutputFolder.commit`, so a reader never sees a mix of an old and a new run, and a failed run
+leaves the previous results untouched. File names derived from layer names are made safe here
+(no separators, no ``..``, unique), and every path is checked to stay inside the output folder.
+
+A folder is only ever replaced when it is empty or holds a ``manifest.json`` written by this tool;
+anything else may be the user's own files and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from featuremaps._errors import OutputError
+
+__all__ = ["MANIFEST", "OutputFolder", "SafetensorsStream", "safe_filename"]
+
+MANIFEST = "manifest.json"
+TOOL = "featuremaps"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(index: int, name: str, suffix: str = ".png", max_len: int = 80) -> str:
+    """A file name for record ``name`` that is safe on every filesystem and in a URL.
+
+    The execution index prefix keeps names unique and in network order even when two layer names
+    sanitise to the same text; ``#`` (a URL fragment marker) and every other unusual character
+    become ``_``; leading dots are dropped so nothing is hidden or means "parent folder".
+    """
+    stem = _UNSAFE.sub("_", name).replace("..", "_").lstrip("._-")[:max_len] or "output"
+    return f"{index:04d}_{stem}{suffix}"
+
+
+def _is_ours(folder: Path) -> bool:
+    manifest = folder / MANIFEST
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == TOOL
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return _finite_or_none(float(value))
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _clean(value: Any) -> Any:
+    """Replace NaN/Inf floats by ``None`` so the manifest stays strict JSON."""
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class SafetensorsStream:
+    """Write tensors one by one into a ``.safetensors`` file without holding them all.
+
+    The safetensors library only saves a complete dict at once, which would force an all-layers
+    run to keep every activation in memory. The format is simple and documented (an 8-byte
+    little-endian header length, a JSON header with dtype, shape and byte offsets, then the raw
+    little-endian data), so tensors are spooled to a scratch file as they arrive and the header is
+    written in front at the end. Files are read back with the safetensors library in the tests.
+    """
+
+    _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+    def __init__(self, path: Path, metadata: dict[str, str] | None = None) -> None:
+        self._path = path
+        self._spool: BinaryIO = tempfile.TemporaryFile(dir=path.parent)
+        self._header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+        self._offset = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Append ``tensor`` (converted to float32, C order) under key ``name``."""
+        if name in self._header:
+            raise OutputError(f"array '{name}' written twice into {self._path.name}")
+        data = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+        raw = data.astype("<f4", copy=False).tobytes()
+        self._header[name] = {
+            "dtype": "F32",
+            "shape": list(data.shape),
+            "data_offsets": [self._offset, self._offset + len(raw)],
+        }
+        self._spool.write(raw)
+        self._offset += len(raw)
+
+    def close(self) -> None:
+        """Write the header and the spooled data to the target file."""
+        header = json.dumps(self._header, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)  # the data section starts 8-byte aligned
+        with open(self._path, "wb") as out:
+            out.write(struct.pack("<Q", len(header)))
+            out.write(header)
+            self._spool.seek(0)
+            shutil.copyfileobj(self._spool, out, length=1 << 22)
+        self._spool.close()
+
+
+class OutputFolder:
+    """Collect a run's files and put them in place atomically.
+
+    Use as a context manager: files are written into a hidden staging folder next to ``target``;
+    leaving the block normally replaces ``target`` with it, an exception discards it.
+    """
+
+    def __init__(self, target: str | Path) -> None:
+        self.target = Path(target)
+        if self.target.exists() and not self.target.is_dir():
+            raise OutputError(
+                f"output path '{self.target}' is a file; expected a folder (new, empty or from an "
+                "earlier featuremaps run); choose another --out"
+            )
+        if self.target.is_dir() and any(self.target.iterdir()) and not _is_ours(self.target):
+            raise OutputError(
+                f"refusing to replace '{self.target}': it is not empty and holds no featuremaps "
+                f"{MANIFEST}, so it may hold your own files; choose a new or empty folder"
+            )
+        parent = self.target.resolve().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=parent))
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder '{self.target}': {exc}") from None
+        self._closed = False
+
+    def __enter__(self) -> OutputFolder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def path(self, relative: str) -> Path:
+        """The staging path of ``relative``, refused if it would leave the output folder."""
+        rel = Path(relative)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise OutputError(f"refusing to write '{relative}': it would leave the output folder")
+        full = self.staging / rel
+        full.parent.mkdir(parents=True, exist_ok=True)
+        return full
+
+    def write_bytes(self, relative: str, data: bytes) -> str:
+        """Write ``data`` to ``relative`` inside the folder; return the relative path."""
+        self.path(relative).write_bytes(data)
+        return relative
+
+    def write_json(self, relative: str, obj: Any) -> str:
+        """Write strict JSON (NaN/Inf become null) to ``relative``; return the relative path."""
+        text = json.dumps(_clean(obj), indent=2, default=_json_default, allow_nan=False)
+        self.path(relative).write_text(text + "\n", encoding="utf-8")
+        return relative
+
+    def arrays(self, relative: str, metadata: dict[str, str] | None = None) -> SafetensorsStream:
+        """A streaming ``.safetensors`` writer for ``relative`` (close it before committing)."""
+        return SafetensorsStream(self.path(relative), metadata)
+
+    def commit(self) -> Path:
+        """Move the staged run into place, replacing an earlier run in one step."""
+        if self._closed:
+            return self.target
+        self._closed = True
+        old: Path | None = None
+        if self.target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old.", dir=self.staging.parent))
+            os.replace(self.target, old / "run")
+        os.replace(self.staging, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.target
+
+    def discard(self) -> None:
+        """Drop everything staged; the target is left as it was."""
+        if not self._closed:
+            self._closed = True
+            shutil.rmtree(self.staging, ignore_errors=True)

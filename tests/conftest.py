@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny models and inputs built in code, every RNG seeded, no downloads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    torch.manual_seed(0)
+    # Weight downloads cannot work in tests; fail over at once instead of waiting for DNS.
+    monkeypatch.setenv("FEATUREMAPS_OFFLINE", "1")
+    yield
+
+
+class TinyNet(nn.Module):
+    """Conv → BN → in-place ReLU → conv, with a reused activation and an `+=` skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn1(self.conv1(x)))
+        z = self.conv2(y)
+        z += y
+        z = self.act(z)
+        return self.fc(torch.flatten(self.pool(z), 1))
+
+
+@pytest.fixture
+def tiny() -> TinyNet:
+    return TinyNet().eval()
+
+
+@pytest.fixture
+def image_batch() -> torch.Tensor:
+    return torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))

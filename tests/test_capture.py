@@ -1,0 +1,207 @@
+"""Capture: exact values (recomputation oracle), the naming rule, streaming, modes, odd outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import featuremaps as fm
+from featuremaps.capture import infer_layout
+
+
+def _leaf_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[Any, ...]]:
+    """Oracle side: copy every leaf module's *inputs* before it runs, keyed by record name."""
+    seen: dict[str, int] = {}
+    inputs: dict[str, tuple[Any, ...]] = {}
+    handles = []
+    for path, module in model.named_modules():
+        if path and not list(module.children()):
+
+            def pre(mod: nn.Module, args: tuple[Any, ...], path: str = path) -> None:
+                seen[path] = seen.get(path, 0) + 1
+                name = fm.record_name(path, seen[path])
+                inputs[name] = tuple(a.clone() if torch.is_tensor(a) else a for a in args)
+
+            handles.append(module.register_forward_pre_hook(pre))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return inputs
+
+
+def _reference_hook_values(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a reference-keeping extractor returns (the common bug the oracle must catch)."""
+    seen: dict[str, int] = {}
+    kept: dict[str, torch.Tensor] = {}
+    handles = []
+    for path, module in model.named_modules():
+        if path and not list(module.children()):
+
+            def hook(mod: nn.Module, a: Any, out: torch.Tensor, path: str = path) -> None:
+                seen[path] = seen.get(path, 0) + 1
+                kept[fm.record_name(path, seen[path])] = out.detach()
+
+            handles.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["resnet18", "resnet50", "vgg11", "densenet121", "mobilenet_v2"]
+)
+def test_every_record_equals_a_recomputation_of_its_module(name: str) -> None:
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    captured = fm.capture(model, x)
+    inputs = _leaf_inputs(model, x)
+    modules = dict(model.named_modules())
+
+    assert captured.count == len(inputs) == len(captured.records)
+    for record in captured:
+        with torch.no_grad():
+            expected = modules[record.module](*inputs[record.name])
+        torch.testing.assert_close(record.tensor, expected, rtol=0, atol=0, msg=record.name)
+
+    # The same oracle flags the reference-keeping approach, so this test can fail.
+    naive = _reference_hook_values(model, x)
+    wrong = [n for n, r in ((r.name, r) for r in captured) if not torch.equal(naive[n], r.tensor)]
+    assert wrong, f"{name}: expected in-place ops to corrupt kept references"
+
+
+def test_resnet18_reuse_naming_rule_literally() -> None:
+    model = torchvision.models.resnet18(weights=None).eval()
+    names = fm.capture(model, torch.randn(1, 3, 32, 32)).names()
+    assert len(names) == 60  # 52 leaf modules + 8 second calls of the blocks' shared relu
+    assert names[:4] == ["conv1", "bn1", "relu", "maxpool"]
+    assert names[4:11] == [
+        "layer1.0.conv1",
+        "layer1.0.bn1",
+        "layer1.0.relu",
+        "layer1.0.conv2",
+        "layer1.0.bn2",
+        "layer1.0.relu#2",
+        "layer1.1.conv1",
+    ]
+    assert [n for n in names if "#" in n] == [
+        f"layer{i}.{j}.relu#2" for i in range(1, 5) for j in range(2)
+    ]
+    assert not any(n.endswith("#1") or "#3" in n for n in names)
+
+
+class Outputs(nn.Module):
+    """Leaf modules with tuple, nested, dict and None outputs, plus one that never runs."""
+
+    class Split(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[Any, ...]:
+            return x[:, :1], (x[:, 1:2], None)
+
+    class Head(nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"boxes": x.mean((2, 3)), "scores": x.amax((2, 3))}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split = self.Split()
+        self.head = self.Head()
+        self.act = nn.ReLU()
+        self.unused = nn.Conv2d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        a, (b, _) = self.split(x)
+        a = self.act(self.act(self.act(a)))
+        return self.head(a), self.head(b)
+
+
+def test_tuple_dict_outputs_reuse_and_never_run() -> None:
+    captured = fm.capture(Outputs(), torch.randn(1, 3, 4, 4))
+    assert captured.names() == [
+        "split.0",
+        "split.1.0",
+        "act",
+        "act#2",
+        "act#3",
+        "head.boxes",
+        "head.scores",
+        "head#2.boxes",
+        "head#2.scores",
+    ]
+    rec = captured.get("head#2.scores")
+    assert (rec.module, rec.call, rec.output_key, rec.module_type) == ("head", 2, "scores", "Head")
+    assert [r.index for r in captured] == list(range(9))
+    assert [(n.module, n.module_type) for n in captured.not_run] == [("unused", "Conv2d")]
+    assert "never called" in captured.not_run[0].reason
+
+
+def test_streaming_hands_records_over_one_by_one(tiny: nn.Module, image_batch: torch.Tensor) -> None:
+    seen: list[str] = []
+    result = fm.capture(tiny, image_batch, on_record=lambda r: seen.append(r.name))
+    assert result.records == () and result.count == len(seen) == 7
+    assert seen == fm.capture(tiny, image_batch).names()
+    assert seen[:3] == ["conv1", "bn1", "act"] and "act#2" in seen
+
+
+def test_in_place_values_are_exact_on_tiny_model(tiny: nn.Module, image_batch: torch.Tensor) -> None:
+    c = fm.capture(tiny, image_batch)
+    with torch.no_grad():
+        bn = tiny.bn1(tiny.conv1(image_batch))
+    torch.testing.assert_close(c.get("bn1").tensor, bn, rtol=0, atol=0)
+    assert c.get("bn1").tensor.min() < 0  # the in-place ReLU that followed did not reach it
+
+
+def test_modes_are_restored_and_grad_is_off(tiny: nn.Module, image_batch: torch.Tensor) -> None:
+    tiny.train()
+    tiny.bn1.eval()  # a mixed state must survive, not just the root flag
+    running = tiny.bn1.running_mean.clone()
+    c = fm.capture(tiny, image_batch.requires_grad_())
+    assert tiny.training and not tiny.bn1.training and tiny.conv1.training
+    assert all(not r.tensor.requires_grad for r in c)
+    assert torch.equal(running, tiny.bn1.running_mean)  # eval mode: statistics untouched
+    c = fm.capture(tiny, image_batch, grad=True)
+    assert c.get("conv1").tensor.requires_grad is False  # records are detached copies
+
+
+def test_multihead_attention_out_proj_is_listed_as_never_run() -> None:
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+    c = fm.capture(layer.eval(), torch.randn(1, 5, 8))
+    assert "self_attn.out_proj" in [n.module for n in c.not_run]
+    assert c.get("linear1").layout == "NLD"
+
+
+def test_torchscript_gives_the_output_and_says_why_nothing_else(
+    tiny: nn.Module, image_batch: torch.Tensor
+) -> None:
+    with pytest.warns(FutureWarning):
+        scripted = torch.jit.script(tiny)
+    c = fm.capture(scripted, image_batch)
+    assert c.names() == ["output"]
+    torch.testing.assert_close(c[0].tensor, tiny(image_batch))
+    assert {n.module for n in c.not_run} >= {"conv1", "fc"}
+    assert all("TorchScript" in n.reason for n in c.not_run)
+
+
+def test_forward_failure_names_module_and_input_shape(tiny: nn.Module) -> None:
+    with pytest.raises(fm.CaptureError, match=r"failed in 'conv1' \(Conv2d\) on input of shape"):
+        fm.capture(tiny, torch.randn(1, 5, 8, 8))
+
+
+def test_inputs_of_wrong_kind_are_refused(tiny: nn.Module) -> None:
+    with pytest.raises(fm.InputError, match="expected a tensor, a tuple"):
+        fm.capture(tiny, [1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    ("ndim", "module_type", "layout"),
+    [(4, "Conv2d", "NCHW"), (5, "Conv3d", "NCDHW"), (3, "Conv1d", "NCL"), (3, "Linear", "NLD"),
+     (2, "Linear", "NC"), (1, "X", "N"), (0, "X", "scalar"), (6, "X", "6-D")],
+)  # fmt: skip
+def test_layout_names(ndim: int, module_type: str, layout: str) -> None:
+    assert infer_layout(ndim, module_type) == layout
