@@ -16,7 +16,9 @@ Naming rule (documented, tested literally):
 * a record's ``name`` is the module's path in ``model.named_modules()``, e.g. ``layer1.0.relu``;
 * the k-th call (k ≥ 2) of the same module appends ``#k``: ``layer1.0.relu#2``, ``layer1.0.relu#3``;
 * each tensor inside a tuple, list or dict output appends ``.key``: ``lstm.0``, ``lstm.1.0``,
-  ``head.boxes``, ``head#2.boxes``; ``None`` and other non-tensor items are left out.
+  ``head.boxes``, ``head#2.boxes``; ``None`` and other non-tensor items are left out;
+* the model itself, when it is captured as a whole (a bare ``nn.Conv2d``, a TorchScript model),
+  is called ``output``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ RecordCallback = Callable[["LayerRecord"], None]
 
 def record_name(module: str, call: int, key: str | None = None) -> str:
     """Return the record name for the ``call``-th call (1-based) of ``module``, output ``key``."""
+    module = module or "output"  # the model itself (a bare layer, or a TorchScript model)
     name = module if call == 1 else f"{module}#{call}"
     return name if key is None else f"{name}.{key}"
 

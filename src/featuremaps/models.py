@@ -356,8 +356,12 @@ def _torch_load(path: Path, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():
-            raise ModelError(f"cannot read '{path}' as a PyTorch file: {exc}") from None
+        # torch names the refused global ("Unsupported global: GLOBAL pkg.Class"); any other
+        # unpickling failure means the bytes are not a valid checkpoint at all.
+        if "global" not in str(exc).lower():
+            raise ModelError(
+                f"cannot read '{path}' as a PyTorch file: it is corrupt or not a checkpoint"
+            ) from None
         if not trust:
             raise UntrustedCheckpointError(
                 f"'{path}' needs full unpickling, which can run arbitrary code, so it was not "

@@ -1,0 +1,206 @@
+"""Model specs: zoo names and weights, checkpoints (safe loading), TorchScript, user factories."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import textwrap
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torch import nn
+
+import featuremaps as fm
+from featuremaps.models import _hub_cache_path
+
+
+def _same_weights(a: nn.Module, b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, b[k]) for k, v in a.state_dict().items())
+
+
+def test_weights_none_is_random_and_says_so() -> None:
+    loaded = fm.load_model("squeezenet1_1", "none")
+    assert loaded.random_weights and "asked for" in loaded.weights_status
+    assert not loaded.model.training
+    again = fm.load_model("squeezenet1_1", "none")  # seeded: the same random weights each time
+    assert _same_weights(loaded.model, again.model.state_dict())
+
+
+def test_offline_default_falls_back_visibly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.warns(fm.RandomWeightsWarning, match=r"SqueezeNet1_1_Weights.*RANDOM weights"):
+        loaded = fm.load_model("squeezenet1_1")
+    assert loaded.random_weights
+    assert loaded.weights_status.startswith("random (offline fallback")
+    assert loaded.weights_enum is torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
+
+
+def test_download_failure_falls_back_visibly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("FEATUREMAPS_OFFLINE")
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
+    with pytest.warns(fm.RandomWeightsWarning, match="download failed: .*Name or service"):
+        loaded = fm.load_model("squeezenet1_1", "IMAGENET1K_V1")
+    assert loaded.random_weights and "download failed" in loaded.weights_status
+
+
+def test_default_weights_come_through_torchvisions_api_and_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    enum = torchvision.models.SqueezeNet1_1_Weights.DEFAULT
+    saved = torchvision.models.squeezenet1_1(num_classes=1000).state_dict()
+    saved = {k: v + 1.0 if v.is_floating_point() else v for k, v in saved.items()}
+    cached = _hub_cache_path(enum.url)
+    cached.parent.mkdir(parents=True)
+    torch.save(saved, cached)
+    loaded = fm.load_model("squeezenet1_1", "DEFAULT")
+    assert not loaded.random_weights
+    assert loaded.weights_status == f"pretrained: {enum}"
+    assert _same_weights(loaded.model, saved)
+
+
+def test_weight_enum_names_and_unknown_names() -> None:
+    with pytest.raises(fm.ModelError, match=r"'IMAGENET9K' is not a weights name for resnet18; "):
+        fm.load_model("resnet18", "IMAGENET9K")
+    with pytest.raises(fm.ModelError, match=r"unknown model 'resnet181'.*did you mean 'resnet18'"):
+        fm.load_model("resnet181")
+
+
+@pytest.fixture
+def squeeze_state(tmp_path: Path) -> dict[str, torch.Tensor]:
+    torch.manual_seed(3)
+    return torchvision.models.squeezenet1_1().state_dict()
+
+
+def test_state_dict_files_load_safely(
+    tmp_path: Path, squeeze_state: dict[str, torch.Tensor]
+) -> None:
+    pth = tmp_path / "w.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in squeeze_state.items()}}, pth)
+    loaded = fm.load_model("squeezenet1_1", str(pth))
+    assert not loaded.random_weights and loaded.weights_status == f"loaded from {pth}"
+    assert _same_weights(loaded.model, squeeze_state)
+    st = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in squeeze_state.items()}, str(st))
+    assert _same_weights(fm.load_model("squeezenet1_1", str(st)).model, squeeze_state)
+
+
+def test_weights_for_another_architecture(
+    tmp_path: Path, squeeze_state: dict[str, torch.Tensor]
+) -> None:
+    pth = tmp_path / "w.pth"
+    torch.save(squeeze_state, pth)
+    with pytest.raises(fm.ModelError, match=r"does not fit resnet18: .*missing .*another architecture"):
+        fm.load_model("resnet18", str(pth))
+
+
+class Sneaky:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_checkpoint_is_refused_and_runs_no_code(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": Sneaky(marker)}, evil)
+    with pytest.raises(fm.UntrustedCheckpointError, match=r"needs full unpickling.*--trust-checkpoint"):
+        fm.load_model("squeezenet1_1", str(evil))
+    assert not marker.exists()
+
+
+def test_full_model_pickle_needs_trust(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 2, 1)), path)
+    with pytest.raises(fm.UntrustedCheckpointError, match="needs full unpickling"):
+        fm.load_model(str(path))
+    loaded = fm.load_model(str(path), trust_checkpoint=True)
+    assert loaded.source == "pickle" and isinstance(loaded.model[0], nn.Conv2d)
+
+
+def test_corrupt_weights_and_state_dict_as_model(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(os.urandom(64))
+    with pytest.raises(fm.ModelError, match="cannot read .*bad.pth"):
+        fm.load_model("squeezenet1_1", str(bad))
+    sd = tmp_path / "sd.pt"
+    torch.save({"w": torch.zeros(2)}, sd)
+    with pytest.raises(fm.ModelError, match=r"holds weights but no architecture; .*--model resnet18"):
+        fm.load_model(str(sd))
+    with pytest.raises(fm.ModelError, match="weights file .*missing.pth' does not exist"):
+        fm.load_model("squeezenet1_1", str(tmp_path / "missing.pth"))
+
+
+def test_torchscript_file(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
+    path = tmp_path / "net.pt"
+    with pytest.warns(FutureWarning):
+        torch.jit.save(torch.jit.script(net), str(path))
+    loaded = fm.load_model(str(path))
+    assert loaded.source == "torchscript"
+    x = torch.randn(1, 3, 6, 6)
+    torch.testing.assert_close(fm.capture(loaded.model, x)[0].tensor, net(x))
+
+
+FACTORY = textwrap.dedent(
+    """
+    import torch.nn as nn
+
+    def build():
+        return nn.Sequential(nn.Conv2d(1, 4, 3))
+
+    def broken():
+        raise ValueError("no config")
+
+    def not_a_model():
+        return 42
+    """
+)
+
+
+def test_factories_from_module_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mynets.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = fm.load_model("mynets:build")
+    assert loaded.source == "factory" and loaded.model[0].in_channels == 1
+    from_file = fm.load_model(f"{tmp_path / 'mynets.py'}:build")
+    assert isinstance(from_file.model[0], nn.Conv2d)
+    with pytest.raises(fm.ModelError, match=r"'mynets' has no callable 'buidl'; did you mean 'build'"):
+        fm.load_model("mynets:buidl")
+    with pytest.raises(fm.ModelError, match=r"calling mynets:broken\(\) failed: ValueError: no config"):
+        fm.load_model("mynets:broken")
+    with pytest.raises(fm.ModelError, match="returned int, not a torch.nn.Module"):
+        fm.load_model("mynets:not_a_model")
+    with pytest.raises(fm.ModelError, match="cannot import module 'nosuchpkg.nets'"):
+        fm.load_model("nosuchpkg.nets:build")
+    sys.modules.pop("mynets", None)
+
+
+def test_timm_missing_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` fail
+    with pytest.raises(fm.ModelError, match=r"needs timm, which is not installed"):
+        fm.load_model("timm:resnet18")
+
+
+def test_pickle_module_is_the_stdlib_one() -> None:
+    # models.py relies on torch.load raising pickle.UnpicklingError for refused globals.
+    assert fm.models.pickle is pickle  # type: ignore[attr-defined]
