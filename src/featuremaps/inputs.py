@@ -1,0 +1,808 @@
+"""Read one image or array from disk and turn it into the exact tensor the model will see.
+
+This is the first stage of the flow **input → model → capture → render → io**. Everything the
+later stages know about the input comes from the :class:`LoadedInput` built here: the fed tensor,
+a picture of the input as given (for reports and overlays), and a list, in words, of every
+conversion applied on the way (mode changes, channel changes, scaling, resizing, normalisation).
+Nothing is converted silently: if a value changed, ``conversions`` says how and why.
+
+Images are read with Pillow (decompression-bomb protection stays on), ``.npy`` arrays with numpy
+(never unpickled). Preprocessing is a small frozen description (:class:`Preprocessing`) that can
+come from command-line options (:func:`parse_size`, :func:`parse_normalize`) or from a torchvision
+weights entry (:func:`preprocessing_from_weights`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from featuremaps._errors import InputError, OptionError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LoadedInput",
+    "Preprocessing",
+    "expected_channels",
+    "load_array",
+    "load_image",
+    "load_input",
+    "parse_normalize",
+    "parse_size",
+    "preprocessing_from_weights",
+    "sample_image_path",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+_NO_PREPROCESSING_SOURCE = "ToTensor (values scaled to [0, 1], no normalisation)"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# The first bytes of every .npy file, whatever its format version.
+_NPY_MAGIC = b"\x93NUMPY"
+# Pillow's decoders signal a damaged file with any of these; all of them mean "cannot decode".
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+_EXIF_ORIENTATION_TAG = 0x0112
+_EXIF_ORIENTATIONS = {
+    2: "mirrored left-right",
+    3: "rotated 180°",
+    4: "mirrored top-bottom",
+    5: "transposed",
+    6: "rotated 90° clockwise",
+    7: "transversed",
+    8: "rotated 90° counter-clockwise",
+}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_INT32_MAX = 2_147_483_647
+
+FloatArray = npt.NDArray[np.float32]
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def sample_image_path() -> Path:
+    """The project's default image: matplotlib's bundled photo of Grace Hopper (512 wide, 600 high).
+
+    It ships with matplotlib, which featuremaps depends on anyway, so a first run needs no download.
+    """
+    import matplotlib.cbook
+
+    return Path(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def _size_is_valid(value: object) -> bool:
+    # bool is an int subclass; True as a size is a bug upstream, not a size of 1.
+    def positive_int(item: object) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool) and item > 0
+
+    if isinstance(value, tuple):
+        return len(value) == 2 and all(positive_int(item) for item in value)
+    return positive_int(value)
+
+
+def _size_text(size: int | tuple[int, int]) -> str:
+    return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]} (HxW)"
+
+
+def _numbers_text(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{value:g}" for value in values) + ")"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What is done to the [0, 1] float tensor before it is fed: resize, centre crop, normalise.
+
+    The default does nothing, which matches torchvision's ``ToTensor``: 8-bit images are divided by
+    255 and nothing else. ``resize`` follows torchvision's ``Resize``: an int sets the shorter side
+    (keeping the aspect ratio), a ``(height, width)`` pair sets the exact size. ``crop`` takes the
+    centre of the resized picture. ``mean``/``std`` are both given or both ``None``.
+    """
+
+    resize: int | tuple[int, int] | None = None
+    crop: int | tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    source: str = _NO_PREPROCESSING_SOURCE
+    interpolation: str = "bilinear"
+    # Set only by preprocessing_from_weights for transform classes whose steps cannot be read off
+    # as fields; then that object is called instead of the fields above.
+    _transform: Transform | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if value is not None and not _size_is_valid(value):
+                raise OptionError(
+                    f"{name} {value!r} is not a valid size; expected a positive integer (shorter "
+                    f"side) or a (height, width) pair of positive integers, e.g. 224 or (224, 320)"
+                )
+        if (self.mean is None) != (self.std is None):
+            raise OptionError(
+                f"normalisation needs both mean and std, got mean {self.mean!r} and std "
+                f"{self.std!r}; give both or neither"
+            )
+        if self.mean is not None and self.std is not None:
+            # Accept lists from callers but store tuples, so the object stays hashable and frozen.
+            mean = tuple(float(value) for value in self.mean)
+            std = tuple(float(value) for value in self.std)
+            object.__setattr__(self, "mean", mean)
+            object.__setattr__(self, "std", std)
+            if not mean or len(mean) != len(std):
+                raise OptionError(
+                    f"normalisation has {len(mean)} mean values but {len(std)} std values; give "
+                    f"one std per mean (at least one of each)"
+                )
+            if not all(math.isfinite(value) for value in mean):
+                raise OptionError(
+                    f"normalisation mean {_numbers_text(mean)} holds a value that is not a finite "
+                    f"number; give finite numbers such as 0.485,0.456,0.406"
+                )
+            if not all(math.isfinite(value) and value > 0 for value in std):
+                raise OptionError(
+                    f"normalisation std {_numbers_text(std)} holds a value that is not a positive "
+                    f"finite number; every std must be > 0, e.g. 0.229,0.224,0.225"
+                )
+        if self.interpolation not in _INTERPOLATIONS:
+            raise OptionError(
+                f"interpolation {self.interpolation!r} is not known; expected one of "
+                f"{', '.join(_INTERPOLATIONS)}"
+            )
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-able summary for reports: every step, and where the recipe came from."""
+
+        def size(value: int | tuple[int, int] | None) -> object:
+            return list(value) if isinstance(value, tuple) else value
+
+        return {
+            "resize": size(self.resize),
+            "crop": size(self.crop),
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+            "interpolation": self.interpolation,
+            "transform": None if self._transform is None else type(self._transform).__name__,
+            "source": self.source,
+        }
+
+
+def _size_from_recipe(value: object) -> int | tuple[int, int] | None:
+    # torchvision's presets store sizes as one- or two-element lists.
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) in (1, 2):
+        items = [int(item) for item in value]
+        return items[0] if len(items) == 1 else (items[0], items[1])
+    return None
+
+
+def preprocessing_from_weights(weights: object) -> Preprocessing:
+    """The preprocessing a torchvision weights entry expects, e.g. ``ResNet18_Weights.DEFAULT``.
+
+    ``weights.transforms()`` only builds the recipe object; it never downloads the weights.
+    Classification and segmentation recipes are read into plain fields (so reports can show them);
+    any other recipe object is kept and called on the [0, 1] float tensor as it is.
+    """
+    make = getattr(weights, "transforms", None)
+    if not callable(make):
+        raise OptionError(
+            f"weights {weights!r} have no transforms(); expected a torchvision weights entry such "
+            f"as torchvision.models.ResNet18_Weights.DEFAULT"
+        )
+    transform = make()
+    source = f"transforms of {weights}"
+    try:
+        from torchvision.transforms import _presets
+
+        readable: tuple[type, ...] = (_presets.ImageClassification, _presets.SemanticSegmentation)
+    except (ImportError, AttributeError):
+        # A torchvision that moved its presets: fall back to calling the recipe object.
+        readable = ()
+    if isinstance(transform, readable):
+        interpolation = getattr(transform, "interpolation", None)
+        return Preprocessing(
+            resize=_size_from_recipe(getattr(transform, "resize_size", None)),
+            crop=_size_from_recipe(getattr(transform, "crop_size", None)),
+            mean=tuple(float(value) for value in getattr(transform, "mean", ())),
+            std=tuple(float(value) for value in getattr(transform, "std", ())),
+            source=source,
+            interpolation=str(getattr(interpolation, "value", "bilinear")),
+        )
+    if not callable(transform):
+        raise OptionError(
+            f"weights {weights} gave a transforms() result of type {type(transform).__name__}, "
+            f"which cannot be called on an image; give the preprocessing as options instead"
+        )
+    return Preprocessing(source=source, _transform=transform)
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """Parse a size option: ``"224"`` is the shorter side, ``"224x320"`` is height x width."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if match is None or int(match[1]) == 0 or (match[2] is not None and int(match[2]) == 0):
+        raise OptionError(
+            f"size {text!r} is not valid; expected a positive integer (shorter side) like 224 or "
+            f"HEIGHTxWIDTH like 224x320"
+        )
+    if match[2] is None:
+        return int(match[1])
+    return int(match[1]), int(match[2])
+
+
+def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Parse a normalisation option: ``imagenet``, ``none``, or ``m1,m2,m3/s1,s2,s3``."""
+    cleaned = text.strip().lower()
+    if cleaned == "imagenet":
+        return _IMAGENET_MEAN, _IMAGENET_STD
+    if cleaned == "none":
+        return None
+    bad = OptionError(
+        f"normalisation {text!r} is not valid; expected 'imagenet', 'none', or mean/std lists of "
+        f"the same length with every std > 0, like 0.5,0.5,0.5/0.25,0.25,0.25"
+    )
+    parts = cleaned.split("/")
+    if len(parts) != 2:
+        raise bad
+    try:
+        mean = tuple(float(item) for item in parts[0].split(","))
+        std = tuple(float(item) for item in parts[1].split(","))
+    except ValueError:
+        raise bad from None
+    if (
+        len(mean) != len(std)
+        or not all(math.isfinite(value) for value in mean)
+        or not all(math.isfinite(value) and value > 0 for value in std)
+    ):
+        raise bad
+    return mean, std
+
+
+def expected_channels(model: torch.nn.Module) -> tuple[int, str] | None:
+    """The channel count the model's first layer takes, and that layer's name; ``None`` if unknown.
+
+    "First" is registration order (``named_modules``), which is the forward order in torchvision's
+    models and nearly every hand-written one; a model that registers its head before its stem
+    would fool it. A lazy layer has not learnt its channel count yet, so it gives ``None``. The
+    model itself counts as a layer, named ``""``.
+    """
+    for name, module in model.named_modules():
+        value = getattr(module, "in_channels", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value, name) if value > 0 else None
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Loaded input
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """One input, ready to feed, with a record of how it got that way.
+
+    ``tensor`` is ``(1, C, H, W)`` float32 and is exactly what the model receives. ``display`` is
+    an ``(H, W, 3)`` uint8 picture of the input as given (after mode conversion, before resizing
+    or normalisation); arrays are shown by their first channel when they do not have 1 or 3, and
+    values outside [0, 1] are stretched from their minimum to their maximum for display only.
+    """
+
+    tensor: torch.Tensor
+    path: Path
+    kind: str
+    original: str
+    conversions: tuple[str, ...]
+    preprocessing: Preprocessing
+    display: npt.NDArray[np.uint8]
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-able summary for reports."""
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "original": self.original,
+            "conversions": list(self.conversions),
+            "preprocessing": self.preprocessing.describe(),
+            "fed_shape": list(self.tensor.shape),
+        }
+
+
+def load_input(
+    path: str | Path,
+    *,
+    channels: int | None = None,
+    layer_name: str | None = None,
+    preprocessing: Preprocessing = Preprocessing(),
+) -> LoadedInput:
+    """Load an image, or a ``.npy`` array, as the tensor to feed.
+
+    ``channels`` is what the model's first layer takes (see :func:`expected_channels`) and
+    ``layer_name`` names that layer in messages; ``None`` keeps what the file has.
+    """
+    loader = load_array if Path(path).suffix.lower() == ".npy" else load_image
+    return loader(path, channels=channels, layer_name=layer_name, preprocessing=preprocessing)
+
+
+def _check_file(path: str | Path, channels: int | None) -> Path:
+    if channels is not None and (
+        not isinstance(channels, int) or isinstance(channels, bool) or channels < 1
+    ):
+        raise OptionError(
+            f"channels {channels!r} is not valid; expected a positive integer (what the model's "
+            f"first layer takes) or None to keep what the file has"
+        )
+    where = Path(path)
+    if not where.exists():
+        raise InputError(
+            f"input '{where}' does not exist; check the path (relative paths start from "
+            f"'{Path.cwd()}')"
+        )
+    if where.is_dir():
+        raise InputError(
+            f"input '{where}' is a directory, expected one image or .npy file; pass a file "
+            f"inside it"
+        )
+    if where.stat().st_size == 0:
+        raise InputError(
+            f"input '{where}' is empty (0 bytes), expected an image or .npy file; check that it "
+            f"was written completely"
+        )
+    return where
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _unreadable(path: Path, error: OSError) -> InputError:
+    return InputError(
+        f"input '{path}' cannot be read ({error.strerror or _one_line(error)}); check that you "
+        f"may read it"
+    )
+
+
+def _layer_phrase(layer_name: str | None) -> str:
+    return f"the model's first layer '{layer_name}'" if layer_name else "the model's first layer"
+
+
+def _for_display(hwc: FloatArray) -> npt.NDArray[np.uint8]:
+    """An (H, W, 3) uint8 picture of float values; [0, 1] is shown as is, else min-max stretched."""
+    # float64 so that stretching float32 extremes cannot overflow.
+    picture = (hwc[:, :, :1] if hwc.shape[2] not in (1, 3) else hwc).astype(np.float64)
+    finite = np.isfinite(picture)
+    values = picture[finite]
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    if low < 0.0 or high > 1.0:
+        # Display only: the fed tensor keeps the true values.
+        span = high - low
+        picture = (picture - low) / span if span > 0 else np.zeros_like(picture)
+    scaled = np.where(finite, np.clip(picture, 0.0, 1.0) * 255.0, 0.0)
+    pixels = np.rint(scaled).astype(np.uint8)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels)
+
+
+def _preprocess(
+    chw: torch.Tensor, preprocessing: Preprocessing, what: str, conversions: list[str]
+) -> torch.Tensor:
+    if preprocessing._transform is not None:
+        name = type(preprocessing._transform).__name__
+        try:
+            out = preprocessing._transform(chw)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise InputError(
+                f"the preprocessing {name} ({preprocessing.source}) failed on {what} "
+                f"({_one_line(error)}); give resize, crop and normalisation explicitly instead"
+            ) from None
+        if not isinstance(out, torch.Tensor) or out.ndim != 3:
+            raise InputError(
+                f"the preprocessing {name} ({preprocessing.source}) turned {what} into "
+                f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}, expected a (C, H, W) "
+                f"tensor; give resize, crop and normalisation explicitly instead"
+            )
+        conversions.append(f"applied {name} from {preprocessing.source}")
+        return out.to(torch.float32)
+
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvf
+
+    if preprocessing.resize is not None:
+        size = preprocessing.resize
+        chw = tvf.resize(
+            chw,
+            [size] if isinstance(size, int) else list(size),
+            interpolation=InterpolationMode(preprocessing.interpolation),
+            antialias=True,
+        )
+        how = f"{preprocessing.interpolation}, antialiased"
+        if isinstance(size, int):
+            conversions.append(f"resized shorter side to {size} ({how})")
+        else:
+            conversions.append(f"resized to {_size_text(size)} ({how})")
+    if preprocessing.crop is not None:
+        crop = preprocessing.crop
+        height, width = (crop, crop) if isinstance(crop, int) else crop
+        padded = height > chw.shape[-2] or width > chw.shape[-1]
+        chw = tvf.center_crop(chw, [height, width])
+        conversions.append(
+            f"centre-cropped to {_size_text(crop)}"
+            + (" (padded with zeros where the picture was smaller)" if padded else "")
+        )
+    if preprocessing.mean is not None and preprocessing.std is not None:
+        count = chw.shape[0]
+        if len(preprocessing.mean) not in (1, count):
+            raise OptionError(
+                f"normalisation has {len(preprocessing.mean)} mean/std values but {what} has "
+                f"{_channel_count(count)}; give one mean and one std per channel (or a single "
+                f"pair for all channels), or no normalisation"
+            )
+        chw = tvf.normalize(chw, list(preprocessing.mean), list(preprocessing.std))
+        conversions.append(
+            f"normalised with mean {_numbers_text(preprocessing.mean)} std "
+            f"{_numbers_text(preprocessing.std)}"
+        )
+    return chw
+
+
+def _finish(
+    hwc: FloatArray,
+    *,
+    path: Path,
+    kind: str,
+    original: str,
+    conversions: list[str],
+    preprocessing: Preprocessing,
+    what: str,
+) -> LoadedInput:
+    display = _for_display(hwc)
+    chw = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
+    chw = _preprocess(chw, preprocessing, what, conversions)
+    return LoadedInput(
+        tensor=chw.unsqueeze(0).to(torch.float32).contiguous(),
+        path=path,
+        kind=kind,
+        original=original,
+        conversions=tuple(conversions),
+        preprocessing=preprocessing,
+        display=display,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+
+
+def _bomb(path: Path, error: Exception) -> InputError:
+    # Pillow reports the size only inside its message: "Image size (N pixels) exceeds limit ...".
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    pixels = f"{int(found[1]):,} pixels" if found else "more pixels"
+    limit = Image.MAX_IMAGE_PIXELS
+    limit_text = f"{limit:,}" if limit is not None else "its limit"
+    return InputError(
+        f"image '{path}' has {pixels}, more than Pillow's safety limit of {limit_text} "
+        f"(decompression-bomb protection); downscale it or crop a region first"
+    )
+
+
+def _damaged(path: Path, error: BaseException) -> InputError:
+    return InputError(
+        f"image '{path}' is damaged or truncated and cannot be decoded ({_one_line(error)}); "
+        f"re-export or re-download it"
+    )
+
+
+def _not_an_image(path: Path) -> InputError:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return InputError(
+            f"image '{path}' has the suffix {path.suffix} but Pillow cannot recognise its contents "
+            f"as an image; check that it opens in an image viewer, or re-export it"
+        )
+    return InputError(
+        f"input '{path}' has the suffix '{path.suffix}', which is neither an image "
+        f"({' '.join(IMAGE_SUFFIXES)}) nor .npy, and Pillow cannot read it; convert it to PNG "
+        f"or save an array with numpy.save"
+    )
+
+
+def _decode(path: Path) -> tuple[Image.Image, str, list[str]]:
+    """Open and fully decode the image, with every failure turned into one InputError."""
+    conversions: list[str] = []
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    with handle, warnings.catch_warnings():
+        # Pillow only warns between its limit and twice its limit; that is a bomb to us as well.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            opened = Image.open(handle)
+        except UnidentifiedImageError:
+            raise _not_an_image(path) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise _bomb(path, error) from None
+        except _DECODE_ERRORS as error:
+            raise _damaged(path, error) from None
+        with opened:
+            width, height = opened.size
+            original = f"{opened.format or path.suffix.lstrip('.').upper()} {opened.mode} "
+            original += f"{height}x{width} (HxW)"
+            try:
+                frames = int(getattr(opened, "n_frames", 1))
+                orientation = opened.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+                # exif_transpose returns a decoded copy; load() makes sure the whole file was
+                # decoded here, inside the try, so truncation cannot surface later.
+                image = ImageOps.exif_transpose(opened)
+                image.load()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+                raise _bomb(path, error) from None
+            except _DECODE_ERRORS as error:
+                raise _damaged(path, error) from None
+    if frames > 1:
+        conversions.append(f"first of {frames} frames used")
+    if orientation in _EXIF_ORIENTATIONS:
+        conversions.append(f"EXIF orientation applied ({_EXIF_ORIENTATIONS[orientation]})")
+    return image, original, conversions
+
+
+def _image_values(image: Image.Image, path: Path, conversions: list[str]) -> tuple[FloatArray, str]:
+    """The pixels as (H, W, C) float32, C being 1 (gray) or 3 (RGB), and the resulting mode."""
+    mode = image.mode
+    if mode == "1":
+        conversions.append("1-bit black/white read as 0 and 1")
+        return np.array(image, dtype=np.float32)[:, :, None], "1"
+    if mode in _SIXTEEN_BIT_MODES:
+        # Pillow cannot convert 16-bit modes without losing bits; take the integers directly.
+        conversions.append("16-bit values divided by 65535")
+        return np.array(image, dtype=np.float32)[:, :, None] / np.float32(65535), mode
+    if mode == "I":
+        values = np.array(image, dtype=np.int64)
+        if values.size and values.min() >= 0 and values.max() <= 65535:
+            conversions.append("32-bit integer values (all within 0..65535) divided by 65535")
+            return values.astype(np.float32)[:, :, None] / np.float32(65535), mode
+        # Dividing by the type's range, not by this image's maximum, keeps the scale comparable
+        # between images; the report says so, so the user can rescale if that was not meant.
+        conversions.append(
+            f"32-bit integer values (some outside 0..65535) divided by {_INT32_MAX:,} "
+            f"(the int32 maximum)"
+        )
+        return (values / _INT32_MAX).astype(np.float32)[:, :, None], mode
+    if mode == "F":
+        conversions.append("32-bit float values used as is (no scaling)")
+        return np.array(image, dtype=np.float32)[:, :, None], mode
+    if mode in ("L", "LA"):
+        if mode == "LA":
+            image = image.convert("L")
+            conversions.append("LA -> L (alpha dropped)")
+        return np.array(image, dtype=np.float32)[:, :, None] / np.float32(255), "L"
+    if mode != "RGB":
+        if mode in ("P", "PA"):
+            has_alpha = mode == "PA" or "transparency" in image.info
+            target = "RGBA" if has_alpha else "RGB"
+            image = image.convert(target)
+            conversions.append(f"palette {mode} -> {target}")
+            mode = target
+        try:
+            converted = image.convert("RGB")
+        except ValueError:
+            raise InputError(
+                f"image '{path}' has the pixel mode {mode}, which featuremaps cannot convert to "
+                f"RGB; save it as an RGB or grayscale PNG first"
+            ) from None
+        if mode in ("RGBA", "RGBa"):
+            conversions.append(f"{mode} -> RGB (alpha dropped)")
+        elif mode != "RGB":
+            conversions.append(f"{mode} -> RGB")
+        image = converted
+    return np.array(image, dtype=np.float32) / np.float32(255), "RGB"
+
+
+def _channel_count(count: int) -> str:
+    return f"{count} channel{'s' if count != 1 else ''}"
+
+
+def load_image(
+    path: str | Path,
+    *,
+    channels: int | None = None,
+    layer_name: str | None = None,
+    preprocessing: Preprocessing = Preprocessing(),
+) -> LoadedInput:
+    """Load an image file (JPEG, PNG, TIFF, BMP, WebP, ...) as the tensor to feed.
+
+    8-bit values are divided by 255, 16-bit values by 65535, float images are used as is. Colour
+    images give 3 channels and gray ones 1; ``channels`` of 1 or 3 converts between the two (luma
+    or repetition), any other count is an error because a picture cannot supply it.
+    """
+    where = _check_file(path, channels)
+    image, original, conversions = _decode(where)
+    hwc, mode = _image_values(image, where, conversions)
+    count = hwc.shape[2]
+    if channels is not None and channels != count:
+        because = f"because {layer_name or _layer_phrase(None)} takes {_channel_count(channels)}"
+        if channels == 1:
+            # ITU-R 601-2 luma, the same weights as Pillow's RGB -> L conversion, on float values.
+            weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            hwc = (hwc @ weights)[:, :, None].astype(np.float32)
+            conversions.append(
+                f"RGB -> grayscale (ITU-R 601-2 luma 0.299 R + 0.587 G + 0.114 B) {because}"
+            )
+        elif channels == 3:
+            hwc = np.repeat(hwc, 3, axis=2)
+            conversions.append(f"grayscale {mode} -> RGB (channel repeated 3x) {because}")
+        else:
+            raise InputError(
+                f"image '{where}' has {_channel_count(count)} ({mode}) but "
+                f"{_layer_phrase(layer_name)} takes {channels}; give a .npy array with {channels} "
+                f"channels, or a model that takes 1 or 3"
+            )
+    return _finish(
+        hwc,
+        path=where,
+        kind="image",
+        original=original,
+        conversions=conversions,
+        preprocessing=preprocessing,
+        what=f"image '{where}'",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Arrays
+
+
+def _read_npy(path: Path) -> npt.NDArray[np.generic]:
+    """Read a .npy file without ever unpickling anything."""
+    pickled = InputError(
+        f"array '{path}' holds pickled Python objects, which featuremaps never unpickles "
+        f"because that can run code; save a numeric array instead: "
+        f"numpy.save(path, array.astype('float32'))"
+    )
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    with handle:
+        head = handle.read(len(_NPY_MAGIC))
+        if head != _NPY_MAGIC:
+            # Protocol 2+ pickles start with 0x80; anything else is just not a .npy file.
+            if head[:1] == b"\x80":
+                raise pickled
+            raise InputError(
+                f"array '{path}' is not a NumPy .npy file (it lacks the .npy header); save the "
+                f"array with numpy.save, or give an image file"
+            )
+        handle.seek(0)
+        try:
+            loaded = np.load(handle, allow_pickle=False)
+        except ValueError as error:
+            # numpy refuses object arrays with a ValueError that mentions allow_pickle.
+            if "pickle" in str(error).lower():
+                raise pickled from None
+            raise InputError(
+                f"array '{path}' is a damaged .npy file ({_one_line(error)}); save it again with "
+                f"numpy.save"
+            ) from None
+        except (OSError, EOFError) as error:
+            raise InputError(
+                f"array '{path}' is a damaged .npy file ({_one_line(error)}); save it again with "
+                f"numpy.save"
+            ) from None
+    return np.asarray(loaded)
+
+
+def load_array(
+    path: str | Path,
+    *,
+    channels: int | None = None,
+    layer_name: str | None = None,
+    preprocessing: Preprocessing = Preprocessing(),
+) -> LoadedInput:
+    """Load a ``.npy`` array as the tensor to feed; values are used as is (cast to float32).
+
+    Accepted shapes: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` and ``(1, C, H, W)``. For 3-D
+    arrays the channel axis is the one whose size equals ``channels`` (first axis preferred); with
+    no ``channels`` (or when neither axis matches) the shorter of the first and last axis is taken
+    as channels, and the guess is reported.
+    """
+    where = _check_file(path, channels)
+    array = _read_npy(where)
+    shape = tuple(int(size) for size in array.shape)
+    original = f".npy {array.dtype} {shape}"
+    if array.dtype.kind not in "biuf":
+        raise InputError(
+            f"array '{where}' has dtype {array.dtype}, expected real numbers (float, int or "
+            f"bool); save it with array.astype('float32')"
+        )
+    conversions: list[str] = []
+    if array.ndim not in (2, 3, 4):
+        raise InputError(
+            f"array '{where}' has shape {shape} ({array.ndim}-D), expected (H, W), (C, H, W), "
+            f"(H, W, C) or (1, C, H, W); reshape it before saving"
+        )
+    if array.size == 0:
+        raise InputError(
+            f"array '{where}' has shape {shape}, which holds no values; save an array with at "
+            f"least one value along every axis"
+        )
+
+    layout = "(C, H, W)"
+    if array.ndim == 4:
+        if shape[0] != 1:
+            raise InputError(
+                f"array '{where}' has shape {shape}, a batch of {shape[0]}, expected one sample "
+                f"(1, C, H, W); save one file per sample"
+            )
+        chw = array[0]
+        layout = "(1, C, H, W)"
+        conversions.append("batch axis of size 1 dropped")
+    elif array.ndim == 2:
+        chw = array[None]
+        layout = "(H, W)"
+        conversions.append("2-D array (H, W) read as 1 channel")
+    elif channels is not None and shape[0] == channels:
+        chw = array
+    elif channels is not None and shape[-1] == channels:
+        chw = array.transpose(2, 0, 1)
+        layout = "(H, W, C)"
+        conversions.append("array (H, W, C) transposed to (C, H, W)")
+    elif channels is None and shape[0] <= shape[-1]:
+        chw = array
+        conversions.append(
+            f"channel axis guessed: first axis (size {shape[0]}) read as channels, (C, H, W)"
+        )
+    else:
+        # With channels given this is a mismatch; the guess only names the count in the message.
+        first = shape[0] <= shape[-1]  # channels are the short axis in every real layout
+        chw = array if first else array.transpose(2, 0, 1)
+        layout = "(C, H, W)" if first else "(H, W, C)"
+        if channels is None:
+            conversions.append(
+                f"channel axis guessed: last axis (size {shape[-1]}) read as channels, "
+                f"(H, W, C) transposed to (C, H, W)"
+            )
+
+    count = int(chw.shape[0])
+    if channels is not None and count != channels:
+        raise InputError(
+            f"array '{where}' has shape {shape}, read as {_channel_count(count)} {layout}, but "
+            f"{_layer_phrase(layer_name)} takes {channels}; save it with {channels} channels as "
+            f"({channels}, H, W)"
+        )
+
+    was_finite = np.isfinite(chw) if array.dtype.kind == "f" else np.ones(chw.shape, bool)
+    with np.errstate(over="ignore"):
+        # float64 values beyond float32's range become Inf; counted and reported below.
+        values = chw.astype(np.float32)
+    if array.dtype == np.bool_:
+        conversions.append("bool values cast to float32 (False -> 0, True -> 1)")
+    elif array.dtype != np.float32:
+        conversions.append(f"{array.dtype} values cast to float32 (no scaling)")
+    overflowed = int(np.count_nonzero(was_finite & ~np.isfinite(values)))
+    if overflowed:
+        conversions.append(f"{overflowed:,} values too large for float32 became Inf")
+    not_finite = int(np.count_nonzero(~np.isfinite(values)))
+    if not_finite:
+        conversions.append(f"array holds {not_finite:,} NaN/Inf values (fed as they are)")
+    return _finish(
+        np.ascontiguousarray(values.transpose(1, 2, 0)),
+        path=where,
+        kind="array",
+        original=original,
+        conversions=conversions,
+        preprocessing=preprocessing,
+        what=f"array '{where}'",
+    )
