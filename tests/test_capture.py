@@ -55,9 +55,7 @@ def _reference_hook_values(model: nn.Module, x: torch.Tensor) -> dict[str, torch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", ["resnet18", "resnet50", "vgg11", "densenet121", "mobilenet_v2"]
-)
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg11", "densenet121", "mobilenet_v2"])
 def test_every_record_equals_a_recomputation_of_its_module(name: str) -> None:
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(1, 3, 64, 64)
@@ -65,7 +63,7 @@ def test_every_record_equals_a_recomputation_of_its_module(name: str) -> None:
     inputs = _leaf_inputs(model, x)
     modules = dict(model.named_modules())
 
-    assert captured.count == len(inputs) == len(captured.records)
+    assert captured.total == len(inputs) == len(captured.records)
     for record in captured:
         with torch.no_grad():
             expected = modules[record.module](*inputs[record.name])
@@ -141,15 +139,19 @@ def test_tuple_dict_outputs_reuse_and_never_run() -> None:
     assert "never called" in captured.not_run[0].reason
 
 
-def test_streaming_hands_records_over_one_by_one(tiny: nn.Module, image_batch: torch.Tensor) -> None:
+def test_streaming_hands_records_over_one_by_one(
+    tiny: nn.Module, image_batch: torch.Tensor
+) -> None:
     seen: list[str] = []
     result = fm.capture(tiny, image_batch, on_record=lambda r: seen.append(r.name))
-    assert result.records == () and result.count == len(seen) == 7
+    assert result.records == () and result.total == len(seen) == 7
     assert seen == fm.capture(tiny, image_batch).names()
     assert seen[:3] == ["conv1", "bn1", "act"] and "act#2" in seen
 
 
-def test_in_place_values_are_exact_on_tiny_model(tiny: nn.Module, image_batch: torch.Tensor) -> None:
+def test_in_place_values_are_exact_on_tiny_model(
+    tiny: nn.Module, image_batch: torch.Tensor
+) -> None:
     c = fm.capture(tiny, image_batch)
     with torch.no_grad():
         bn = tiny.bn1(tiny.conv1(image_batch))

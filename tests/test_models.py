@@ -105,7 +105,9 @@ def test_weights_for_another_architecture(
 ) -> None:
     pth = tmp_path / "w.pth"
     torch.save(squeeze_state, pth)
-    with pytest.raises(fm.ModelError, match=r"does not fit resnet18: .*missing .*another architecture"):
+    with pytest.raises(
+        fm.ModelError, match=r"does not fit resnet18: .*missing .*another architecture"
+    ):
         fm.load_model("resnet18", str(pth))
 
 
@@ -123,7 +125,9 @@ def test_pickled_checkpoint_is_refused_and_runs_no_code(tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": Sneaky(marker)}, evil)
-    with pytest.raises(fm.UntrustedCheckpointError, match=r"needs full unpickling.*--trust-checkpoint"):
+    with pytest.raises(
+        fm.UntrustedCheckpointError, match=r"needs full unpickling.*--trust-checkpoint"
+    ):
         fm.load_model("squeezenet1_1", str(evil))
     assert not marker.exists()
 
@@ -144,7 +148,9 @@ def test_corrupt_weights_and_state_dict_as_model(tmp_path: Path) -> None:
         fm.load_model("squeezenet1_1", str(bad))
     sd = tmp_path / "sd.pt"
     torch.save({"w": torch.zeros(2)}, sd)
-    with pytest.raises(fm.ModelError, match=r"holds weights but no architecture; .*--model resnet18"):
+    with pytest.raises(
+        fm.ModelError, match=r"holds weights but no architecture; .*--model resnet18"
+    ):
         fm.load_model(str(sd))
     with pytest.raises(fm.ModelError, match="weights file .*missing.pth' does not exist"):
         fm.load_model("squeezenet1_1", str(tmp_path / "missing.pth"))
@@ -184,9 +190,13 @@ def test_factories_from_module_and_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert loaded.source == "factory" and loaded.model[0].in_channels == 1
     from_file = fm.load_model(f"{tmp_path / 'mynets.py'}:build")
     assert isinstance(from_file.model[0], nn.Conv2d)
-    with pytest.raises(fm.ModelError, match=r"'mynets' has no callable 'buidl'; did you mean 'build'"):
+    with pytest.raises(
+        fm.ModelError, match=r"'mynets' has no callable 'buidl'; did you mean 'build'"
+    ):
         fm.load_model("mynets:buidl")
-    with pytest.raises(fm.ModelError, match=r"calling mynets:broken\(\) failed: ValueError: no config"):
+    with pytest.raises(
+        fm.ModelError, match=r"calling mynets:broken\(\) failed: ValueError: no config"
+    ):
         fm.load_model("mynets:broken")
     with pytest.raises(fm.ModelError, match="returned int, not a torch.nn.Module"):
         fm.load_model("mynets:not_a_model")

@@ -384,7 +384,7 @@ def visualize(
     folder = OutputFolder(out) if out is not None else None
     results: list[Visualization] = []
     try:
-        for (tensor, info, _), sub in zip(resolved, folders):
+        for (tensor, info, _), sub in zip(resolved, folders, strict=True):
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, tensor, info, grid, cap, folder, prefix, save_arrays, sample,
@@ -401,7 +401,7 @@ def visualize(
                     },
                 )
             target = folder.commit()
-            for result, sub in zip(results, folders):
+            for result, sub in zip(results, folders, strict=True):
                 result.out_dir = target / sub if sub else target
     except BaseException:
         if folder is not None:

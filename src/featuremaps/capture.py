@@ -129,14 +129,14 @@ class NotRun:
 class Capture(Sequence[LayerRecord]):
     """Records of one forward pass, in execution order.
 
-    ``records`` is empty when the records were streamed to an ``on_record`` callback; ``count``
+    ``records`` is empty when the records were streamed to an ``on_record`` callback; ``total``
     always says how many records were produced. ``not_run`` lists the selected modules that
     never ran (e.g. ``MultiheadAttention.out_proj``, whose weights are used directly).
     """
 
     records: tuple[LayerRecord, ...]
     not_run: tuple[NotRun, ...]
-    count: int
+    total: int
     output: Any = field(repr=False, default=None)
 
     def __getitem__(self, index: Any) -> Any:
@@ -344,8 +344,6 @@ def capture(
 
     output, calls = run_hooked(model, inputs, selected, sink, train=train, grad=grad)
     not_run = tuple(
-        NotRun(path, type_name(selected[path]), NEVER_CALLED)
-        for path, n in calls.items()
-        if n == 0
+        NotRun(path, type_name(selected[path]), NEVER_CALLED) for path, n in calls.items() if n == 0
     )
     return Capture(tuple(kept), not_run, count, output)

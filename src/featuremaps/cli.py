@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         "--layers",
         "-l",
         action="append",
-        help="name, glob, re:REGEX, or NAME#k; repeat or separate with commas (default: all leaves)",
+        help="name, glob, re:REGEX, or NAME#k; repeat or use commas (default: all leaves)",
     )
     run.add_argument("--type", action="append", dest="types", help="module class, e.g. Conv2d")
     run.add_argument(

@@ -92,11 +92,10 @@ class SafetensorsStream:
     written in front at the end. Files are read back with the safetensors library in the tests.
     """
 
-    _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
     def __init__(self, path: Path, metadata: dict[str, str] | None = None) -> None:
         self._path = path
-        self._spool: BinaryIO = tempfile.TemporaryFile(dir=path.parent)
+        # Closed in close(); a context manager cannot span the add() calls.
+        self._spool: BinaryIO = tempfile.TemporaryFile(dir=path.parent)  # noqa: SIM115
         self._header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
         self._offset = 0
 
@@ -198,7 +197,9 @@ class OutputFolder:
         self._closed = True
         old: Path | None = None
         if self.target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old.", dir=self.staging.parent))
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{self.target.name}.old.", dir=self.staging.parent)
+            )
             os.replace(self.target, old / "run")
         os.replace(self.staging, self.target)
         if old is not None:

@@ -128,9 +128,7 @@ def select_modules(
         for pattern in patterns:
             base, _ = _split_call(pattern)
             hits = {
-                p
-                for p in names
-                if _match(base, p) and (containers or p in leaves or p == base)
+                p for p in names if _match(base, p) and (containers or p in leaves or p == base)
             }
             if not hits:
                 raise LayerError(

@@ -3,7 +3,7 @@
 Second stage of the flow (input → **model** → capture → render → io). A *model spec* is one of:
 
 * a torchvision name (``resnet18``, ``vgg16``, ``vit_b_16``) with weights ``DEFAULT``, an enum
-  member name (``IMAGENET1K_V1``), ``none`` or a local weights file (``.pth``/``.pt``/``.safetensors``);
+  member name (``IMAGENET1K_V1``), ``none`` or a local weights file (``.pth``, ``.safetensors``);
 * ``timm:NAME`` (or a bare timm name) when timm is installed;
 * a TorchScript file (``model.pt`` saved by ``torch.jit.save``);
 * user code: ``package.module:factory`` or ``path/to/file.py:factory`` (called with no arguments).
@@ -289,9 +289,7 @@ def _load_factory(spec: str) -> LoadedModel:
             loader_spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[module_name]
-            raise ModelError(
-                f"importing '{target}' failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise ModelError(f"importing '{target}' failed: {type(exc).__name__}: {exc}") from exc
     else:
         try:
             module = importlib.import_module(target)
@@ -339,7 +337,7 @@ def _load_model_file(spec: str, trust: bool) -> LoadedModel:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
-                model = torch.jit.load(str(path), map_location="cpu")
+                model = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         except (RuntimeError, OSError) as exc:
             raise ModelError(f"cannot load TorchScript file '{spec}': {exc}") from None
         return LoadedModel(model, spec, "torchscript", "as saved", "as saved in the file", False)
