@@ -214,3 +214,15 @@ def test_timm_missing_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_pickle_module_is_the_stdlib_one() -> None:
     # models.py relies on torch.load raising pickle.UnpicklingError for refused globals.
     assert fm.models.pickle is pickle  # type: ignore[attr-defined]
+
+
+def test_timm_names_random_and_offline_fallback() -> None:
+    # timm is a dev dependency so this path is exercised; for users it stays optional.
+    loaded = fm.load_model("timm:resnet10t", "none")
+    assert (loaded.source, loaded.random_weights) == ("timm", True)
+    assert fm.capture(loaded.model, torch.zeros(1, 3, 32, 32)).names()[0] == "conv1.0"
+    with pytest.warns(fm.RandomWeightsWarning, match="timm model resnet10t .*offline mode"):
+        fallback = fm.load_model("resnet10t")  # a bare timm name that torchvision lacks
+    assert fallback.random_weights and fallback.weights_status.startswith("random (offline")
+    with pytest.raises(fm.ModelError, match=r"unknown timm model 'resnet10x'"):
+        fm.load_model("timm:resnet10x")

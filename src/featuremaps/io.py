@@ -42,7 +42,8 @@ def safe_filename(index: int, name: str, suffix: str = ".png", max_len: int = 80
     sanitise to the same text; ``#`` (a URL fragment marker) and every other unusual character
     become ``_``; leading dots are dropped so nothing is hidden or means "parent folder".
     """
-    stem = _UNSAFE.sub("_", name).replace("..", "_").lstrip("._-")[:max_len] or "output"
+    stem = _UNSAFE.sub("_", name).replace("..", "_").lstrip("._-")[:max_len].rstrip(".")
+    stem = stem or "output"
     return f"{index:04d}_{stem}{suffix}"
 
 

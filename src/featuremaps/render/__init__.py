@@ -1,0 +1,45 @@
+"""Pure rendering: activation arrays in, uint8 pixels out (no files, no matplotlib figures).
+
+The flow inside this stage is scaling (which value range) -> colormap (which colour) -> grid
+(which tiles, where, with which captions and legend). Writing pictures is done elsewhere.
+"""
+
+from featuremaps.render.colormap import (
+    DEFAULT_CMAP,
+    DEFAULT_DIVERGING_CMAP,
+    NAN_COLOR,
+    colorize,
+    colormap_lut,
+)
+from featuremaps.render.grid import Grid, GridLabel, GridOptions, make_grid, select_channels
+from featuremaps.render.scaling import (
+    ScaleMode,
+    ValueRange,
+    channel_ranges,
+    compute_range,
+    is_signed,
+    merge_ranges,
+    normalize,
+    normalize_channels,
+)
+
+__all__ = [
+    "DEFAULT_CMAP",
+    "DEFAULT_DIVERGING_CMAP",
+    "NAN_COLOR",
+    "Grid",
+    "GridLabel",
+    "GridOptions",
+    "ScaleMode",
+    "ValueRange",
+    "channel_ranges",
+    "colorize",
+    "colormap_lut",
+    "compute_range",
+    "is_signed",
+    "make_grid",
+    "merge_ranges",
+    "normalize",
+    "normalize_channels",
+    "select_channels",
+]

@@ -1,0 +1,504 @@
+"""The channel mosaic: one layer's (C, H, W) maps in, one (H, W, 3) uint8 picture out.
+
+Part of the pure ``render`` stage: no files, no matplotlib figures. Channels are chosen
+(:func:`select_channels`), normalised and coloured as one vectorised block, enlarged by an integer
+factor, placed on a canvas, and captioned; a legend strip on top says what the colours mean.
+Writing the picture to disk is the job of ``featuremaps.io``.
+
+Geometry (every size in pixels; constants are module attributes)::
+
+    s       = max(1, ceil(min_tile / max(H, W, 1)))        integer enlargement, never resampled
+    th, tw  = H * s, W * s                                  tile size
+    cw      = max(tw, MIN_CELL_WIDTH_CHANNEL if scale == "channel" else MIN_CELL_WIDTH)
+    cap     = CAPTION_PAD + lines * CAPTION_LINE_HEIGHT     lines = 2 in "channel" mode, else 1
+    ncols   = min(columns, k);  nrows = ceil(k / ncols)     (both 0 when k == 0)
+    mosaic  = (nrows * (th + cap) + (nrows + 1) * GAP)  x  (ncols * cw + (ncols + 1) * GAP)
+    height  = LEGEND_HEIGHT + mosaic height                 (no LEGEND_HEIGHT without legend)
+    width   = max(mosaic width, legend_width(...))          (mosaic width without legend)
+
+Tile i sits in row i // ncols, column i % ncols: its cell starts at
+``x = GAP + col * (cw + GAP)``, ``y = top + GAP + row * (th + cap + GAP)`` where ``top`` is the
+legend height; the tile is centred horizontally in its cell and its caption is drawn below it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from featuremaps._errors import InputError, OptionError
+from featuremaps.render.colormap import (
+    DEFAULT_CMAP,
+    DEFAULT_DIVERGING_CMAP,
+    colorize,
+    colormap_lut,
+    misleading_colormap,
+)
+from featuremaps.render.legend import (
+    CAPTION_LINE_HEIGHT,
+    CAPTION_PAD,
+    LEGEND_HEIGHT,
+    LegendContent,
+    draw_caption,
+    draw_legend_text,
+    legend_width,
+    paint_legend_graphics,
+)
+from featuremaps.render.scaling import (
+    ScaleMode,
+    ValueRange,
+    channel_ranges,
+    compute_range,
+    normalize,
+    normalize_channels,
+)
+
+__all__ = [
+    "BACKGROUND",
+    "GAP",
+    "MIN_CELL_WIDTH",
+    "MIN_CELL_WIDTH_CHANNEL",
+    "ChannelOrder",
+    "Grid",
+    "GridLabel",
+    "GridOptions",
+    "make_grid",
+    "select_channels",
+]
+
+ChannelOrder = Literal["index", "mean", "max", "std", "absmean"]
+
+GAP = 2
+# Light grey: distinct from the near-white centre of RdBu_r, so an all-zero tile keeps its edge.
+BACKGROUND = (224, 224, 224)
+# Wide enough for "#99999" under a tiny tile.
+MIN_CELL_WIDTH = 40
+# Wide enough for a range caption such as "-1.23e+03 … -4.56e-05".
+MIN_CELL_WIDTH_CHANNEL = 112
+
+_ORDERS: tuple[str, ...] = get_args(ChannelOrder)
+_SCALES: tuple[str, ...] = get_args(ScaleMode)
+
+
+def _suggest(value: object, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(
+            f"{name}={value!r}; expected a whole number >= 1. Pass for example {name}=8."
+        )
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """How to pick, scale and colour the channels of one layer.
+
+    ``order`` "index" shows the first ``max_channels`` channels; the other orders show the top
+    ``max_channels`` by that statistic over finite values (largest first, ties by lower index).
+    ``channels`` overrides both. ``value_range`` is required for scale "fixed" (checked here),
+    and for "global" where the caller passes the range across all layers (see ``merge_ranges``;
+    checked by :func:`make_grid`, so options can be built before that range is known). ``cmap`` None
+    picks viridis for unsigned data and RdBu_r centred on zero for signed data.
+    """
+
+    max_channels: int = 32
+    columns: int = 8
+    order: ChannelOrder = "index"
+    channels: tuple[int, ...] | None = None
+    scale: ScaleMode = "layer"
+    value_range: tuple[float, float] | None = None
+    cmap: str | None = None
+    min_tile: int = 48
+    legend: bool = True
+
+    def __post_init__(self) -> None:
+        _positive_int("max_channels", self.max_channels)
+        _positive_int("columns", self.columns)
+        _positive_int("min_tile", self.min_tile)
+        if self.order not in _ORDERS:
+            raise OptionError(
+                f"unknown channel order {self.order!r}; {_suggest(self.order, _ORDERS)}"
+                f"Expected one of {', '.join(_ORDERS)}."
+            )
+        if self.scale not in _SCALES:
+            raise OptionError(
+                f"unknown scale mode {self.scale!r}; {_suggest(self.scale, _SCALES)}"
+                f"Expected one of {', '.join(_SCALES)}."
+            )
+        if self.channels is not None:
+            # Accept any sequence of ints (a list from a CLI parser) but store a tuple, so the
+            # options stay hashable and immutable.
+            object.__setattr__(self, "channels", tuple(self.channels))
+        if self.value_range is None:
+            if self.scale == "fixed":
+                raise OptionError(
+                    "scale 'fixed' needs value_range; got none. Pass value_range=(low, high)."
+                )
+        else:
+            if self.scale not in ("fixed", "global"):
+                raise OptionError(
+                    f"value_range={self.value_range!r} is only used with scale 'fixed' or "
+                    f"'global'; got scale {self.scale!r}. Drop the range or use scale='fixed'."
+                )
+            lo, hi = (float(v) for v in self.value_range)
+            ValueRange(lo, hi, False)  # raises OptionError for non-finite or reversed bounds
+            object.__setattr__(self, "value_range", (lo, hi))
+
+
+@dataclass(frozen=True)
+class GridLabel:
+    """Where the maps come from; printed in the legend's title row."""
+
+    name: str
+    module_type: str
+    shape: tuple[int, ...]
+    stamp: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """A rendered mosaic and the facts needed to read it truthfully."""
+
+    pixels: np.ndarray
+    channels: tuple[int, ...]
+    total_channels: int
+    scale: str
+    cmap: str
+    value_range: ValueRange | None
+    tile_ranges: tuple[ValueRange, ...]
+    nonfinite: int
+    constant_channels: tuple[int, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_png(self) -> bytes:
+        """PNG bytes of ``pixels`` (fast compression: rendering many layers is the hot path)."""
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(self.pixels)).save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+
+    def _repr_png_(self) -> bytes:
+        """Inline display in Jupyter."""
+        return self.to_png()
+
+
+def _check_maps(maps: np.ndarray) -> np.ndarray:
+    arr = np.asarray(maps)
+    if arr.ndim != 3:
+        raise InputError(
+            f"maps of shape {arr.shape}; expected (C, H, W). Select one sample and reshape "
+            "vectors to (C, 1, 1)."
+        )
+    if arr.dtype.kind not in "fiub":
+        raise InputError(
+            f"maps of dtype {arr.dtype}; expected real numbers. Convert with .real or "
+            ".astype(float)."
+        )
+    return arr
+
+
+def _channel_statistic(maps: np.ndarray, order: str) -> np.ndarray:
+    """Per-channel statistic over finite values, float64; -inf for channels without any."""
+    c = maps.shape[0]
+    flat = maps.reshape(c, -1)
+    finite = np.isfinite(flat)
+    n = finite.sum(axis=1)
+    with np.errstate(all="ignore"):
+        if order == "max":
+            stat = np.max(np.where(finite, flat, -np.inf), axis=1, initial=-np.inf)
+            stat = stat.astype(np.float64)
+        else:
+            x = np.where(finite, flat, 0.0).astype(np.float64)
+            if order == "absmean":
+                stat = np.abs(x).sum(axis=1) / n
+            else:
+                mean = x.sum(axis=1) / n
+                if order == "mean":
+                    stat = mean
+                else:  # std, two-pass for accuracy at large means
+                    dev = np.where(finite, x - mean[:, None], 0.0)
+                    stat = np.sqrt((dev * dev).sum(axis=1) / n)
+    return np.where(n > 0, stat, -np.inf)
+
+
+def select_channels(maps: np.ndarray, options: GridOptions) -> tuple[int, ...]:
+    """The channel indices to show, in tile order (see :class:`GridOptions`)."""
+    arr = _check_maps(maps)
+    total = arr.shape[0]
+    if options.channels is not None:
+        for ch in options.channels:
+            if isinstance(ch, bool) or not isinstance(ch, (int, np.integer)):
+                raise OptionError(
+                    f"channel index {ch!r} is not a whole number; expected indices in "
+                    f"0..{total - 1}. Pass integers such as channels=(0, 5)."
+                )
+            if not 0 <= ch < total:
+                raise OptionError(
+                    f"channel index {ch} is out of range for a layer with {total} channels; "
+                    f"expected 0..{total - 1}. Check the layer's shape with list_layers."
+                )
+        return tuple(int(ch) for ch in options.channels)
+    k = min(options.max_channels, total)
+    if options.order == "index" or k == 0:
+        return tuple(range(k))
+    stat = _channel_statistic(arr, options.order)
+    # lexsort sorts by the last key first: statistic descending, then lower index first.
+    ranked = np.lexsort((np.arange(total), -stat))
+    return tuple(int(i) for i in ranked[:k])
+
+
+@contextlib.contextmanager
+def _text_band(canvas: np.ndarray, y: int, height: int) -> Iterator[ImageDraw.ImageDraw]:
+    """A Pillow drawing surface over rows ``y .. y + height`` of ``canvas``, copied back after."""
+    band = canvas[y : y + height]
+    image = Image.fromarray(np.ascontiguousarray(band))
+    yield ImageDraw.Draw(image)
+    band[...] = np.asarray(image)
+
+
+def _centred(r: ValueRange) -> ValueRange:
+    """The smallest range centred on zero that holds ``r`` (for signed data)."""
+    m = max(-r.vmin, r.vmax)
+    return ValueRange(-m if m > 0 else 0.0, m, True)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _tile_caption(
+    index: int, r: ValueRange | None, data: ValueRange, has_finite: bool
+) -> tuple[str, ...]:
+    """Caption lines: the channel index, and in per-channel mode the tile's own range."""
+    if r is None:
+        return (f"#{index}",)
+    if not has_finite:
+        return (f"#{index}", "no finite values")
+    if data.vmin == data.vmax:
+        # The value itself says more than a range that only exists to centre a colormap.
+        return (f"#{index}", f"const {data.vmin:.3g}")
+    return (f"#{index}", f"{r.vmin:.3g} … {r.vmax:.3g}")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def make_grid(
+    maps: np.ndarray,
+    options: GridOptions | None = None,
+    *,
+    label: GridLabel | None = None,
+) -> Grid:
+    """Render one layer's (C, H, W) maps as a captioned mosaic with a legend.
+
+    ``maps`` may have any real dtype and hold NaN/Inf (drawn magenta, counted); it is never
+    modified. See the module docstring for the exact geometry.
+    """
+    opts = options if options is not None else GridOptions()
+    arr = _check_maps(maps)
+    total, h, w = arr.shape
+    chs = select_channels(arr, opts)
+    k = len(chs)
+    # A prefix is a view; any other selection is a (small) copy. Neither touches ``maps``.
+    block = arr[:k] if chs == tuple(range(k)) else arr[np.asarray(chs, dtype=np.intp)]
+    per_channel = opts.scale == "channel"
+
+    # Decide the range and the colormap. Signedness is judged on the whole layer (and, for
+    # "global", on the shared range) so the colormap does not change with the channel choice.
+    layer_range = compute_range(arr, symmetric=False)
+    signed = layer_range.vmin < 0
+    value_range: ValueRange | None
+    if opts.scale in ("fixed", "global"):
+        if opts.value_range is None:
+            # Options for "global" may be built before the range is known (it needs every
+            # layer), so this is checked here rather than in GridOptions.
+            raise OptionError(
+                f"scale {opts.scale!r} needs value_range; got none. The caller must pass the range "
+                "across all layers: merge_ranges() of each layer's compute_range()."
+            )
+        lo, hi = opts.value_range
+        if opts.scale == "fixed":
+            # A fixed range is used exactly as given; it is diverging only if centred on zero.
+            signed = lo < 0 < hi and lo == -hi
+            value_range = ValueRange(lo, hi, signed)
+        else:
+            signed = signed or lo < 0
+            given = ValueRange(lo, hi, False)
+            value_range = _centred(given) if signed else given
+    elif opts.scale == "layer":
+        value_range = _centred(layer_range) if signed else layer_range
+    else:
+        value_range = None
+    if opts.cmap is not None:
+        cmap = opts.cmap
+    else:
+        cmap = DEFAULT_DIVERGING_CMAP if signed else DEFAULT_CMAP
+    lut = colormap_lut(cmap)
+
+    finite = np.isfinite(block)
+    finite_per_tile = finite.reshape(k, h * w).sum(axis=1)
+    nonfinite = int(finite.size - int(finite_per_tile.sum()))
+    data_ranges = channel_ranges(block, symmetric=False)
+    if per_channel:
+        tile_ranges = channel_ranges(block, symmetric=True) if signed else data_ranges
+        t = normalize_channels(block, tile_ranges)
+    else:
+        assert value_range is not None
+        tile_ranges = data_ranges
+        t = normalize(block, value_range)
+    constant = tuple(
+        ch
+        for ch, r, n in zip(chs, data_ranges, finite_per_tile.tolist(), strict=True)
+        if n > 0 and r.vmin == r.vmax
+    )
+
+    # Colour the whole block at once, then enlarge by an integer factor only.
+    s = max(1, math.ceil(opts.min_tile / max(h, w, 1)))
+    rgb = colorize(t, lut)
+    if s > 1:
+        rgb = rgb.repeat(s, axis=1).repeat(s, axis=2)
+    th, tw = h * s, w * s
+    cw = max(tw, MIN_CELL_WIDTH_CHANNEL if per_channel else MIN_CELL_WIDTH)
+    cap = CAPTION_PAD + (2 if per_channel else 1) * CAPTION_LINE_HEIGHT
+    ncols = min(opts.columns, k)
+    nrows = math.ceil(k / ncols) if k else 0
+    mosaic_w = ncols * cw + (ncols + 1) * GAP
+    mosaic_h = nrows * (th + cap) + (nrows + 1) * GAP
+
+    content = _legend_content(opts, label, arr.shape, chs, value_range, signed, cmap, nonfinite)
+    top = LEGEND_HEIGHT if opts.legend else 0
+    width = max(mosaic_w, legend_width(content)) if opts.legend else mosaic_w
+    canvas = np.empty((top + mosaic_h, width, 3), dtype=np.uint8)
+    canvas[...] = BACKGROUND
+
+    for i in range(k):
+        row, col = divmod(i, ncols)
+        x = GAP + col * (cw + GAP) + (cw - tw) // 2
+        y = top + GAP + row * (th + cap + GAP)
+        canvas[y : y + th, x : x + tw] = rgb[i]
+
+    # Text goes through Pillow one horizontal band at a time (the legend, then each row of
+    # captions) so the large tile areas never make the numpy -> Pillow -> numpy round trip.
+    if opts.legend:
+        paint_legend_graphics(canvas, content, lut)
+        with _text_band(canvas, 0, LEGEND_HEIGHT) as draw:
+            draw_legend_text(draw, content)
+    for row in range(nrows):
+        with _text_band(canvas, top + GAP + row * (th + cap + GAP) + th, cap) as draw:
+            for col, i in enumerate(range(row * ncols, min((row + 1) * ncols, k))):
+                r = tile_ranges[i] if per_channel else None
+                lines = _tile_caption(chs[i], r, data_ranges[i], bool(finite_per_tile[i] > 0))
+                draw_caption(draw, (GAP + col * (cw + GAP), CAPTION_PAD), lines)
+
+    warnings: list[str] = []
+    if total == 0:
+        warnings.append("the layer has no channels")
+    if nonfinite:
+        warnings.append(f"{_plural(nonfinite, 'NaN/Inf value')} drawn in magenta")
+    if constant:
+        warnings.append(f"{len(constant)} of {k} shown channels are constant")
+    if value_range is not None and opts.scale in ("fixed", "global"):
+        outside = int(
+            np.count_nonzero(finite & ((block < value_range.vmin) | (block > value_range.vmax)))
+        )
+        if outside:
+            warnings.append(
+                f"{_plural(outside, 'value')} outside the {opts.scale} range "
+                f"{_fmt(value_range.vmin)} … {_fmt(value_range.vmax)} drawn in the end colours"
+            )
+    if misleading_colormap(cmap):
+        warnings.append(
+            f"colormap {cmap!r} is a rainbow or cyclic map, so equal steps in value do not look "
+            f"equal; prefer {DEFAULT_CMAP!r} or {DEFAULT_DIVERGING_CMAP!r}"
+        )
+
+    return Grid(
+        pixels=canvas,
+        channels=chs,
+        total_channels=total,
+        scale=opts.scale,
+        cmap=cmap,
+        value_range=value_range,
+        tile_ranges=tuple(tile_ranges),
+        nonfinite=nonfinite,
+        constant_channels=constant,
+        warnings=tuple(warnings),
+    )
+
+
+_SCALE_TEXT = {
+    "channel": "per channel",
+    "layer": "per layer",
+    "global": "global (all layers)",
+    "fixed": "fixed",
+}
+
+
+def _legend_content(
+    opts: GridOptions,
+    label: GridLabel | None,
+    shape: tuple[int, ...],
+    chs: tuple[int, ...],
+    value_range: ValueRange | None,
+    signed: bool,
+    cmap: str,
+    nonfinite: int,
+) -> LegendContent:
+    total = shape[0]
+    k = len(chs)
+    if label is not None:
+        title = f"{label.name} · {label.module_type} · {tuple(label.shape)}"
+        stamp = label.stamp
+    else:
+        title = f"maps of shape {tuple(shape)}"
+        stamp = None
+    if total == 0:
+        how = "no channels"
+    elif opts.channels is not None:
+        how = "explicit list"
+    elif opts.order == "index":
+        how = f"first {k} by index"
+    else:
+        how = f"top {k} by {opts.order}"
+    selection = f"{k} of {total} channels shown ({how})"
+    scale = f"scale: {_SCALE_TEXT[opts.scale]}"
+    if opts.scale == "layer" and k < total:
+        scale += f" (range over all {total} channels)"
+    colour = f"colormap {cmap}"
+    if value_range.symmetric if value_range is not None else signed:
+        colour += ", centred on 0"
+    scale = f"{scale} · {colour}"
+
+    if value_range is None:
+        if signed:
+            low, mid, high = "-max|x|", "0", "+max|x|"
+            note = "each tile: its own -max|x| to +max|x| (see tile captions)"
+        else:
+            low, mid, high = "min", None, "max"
+            note = "each tile: its own min to max (see tile captions)"
+    else:
+        low, high = _fmt(value_range.vmin), _fmt(value_range.vmax)
+        mid = "0" if value_range.symmetric else None
+        note = None
+    return LegendContent(
+        title=title,
+        stamp=stamp,
+        selection=selection,
+        scale=scale,
+        bar_low=low,
+        bar_mid=mid,
+        bar_high=high,
+        bar_note=note,
+        nonfinite=nonfinite,
+    )

@@ -1,0 +1,74 @@
+"""Tests for featuremaps.render.colormap: lookup tables vs. matplotlib, colouring by index."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+
+from featuremaps._errors import OptionError
+from featuremaps.render import NAN_COLOR, colorize, colormap_lut
+
+
+@pytest.mark.parametrize("name", ["viridis", "RdBu_r", "gray", "magma"])
+def test_lut_matches_matplotlib(name: str) -> None:
+    lut = colormap_lut(name)
+    assert lut.shape == (256, 3)
+    assert lut.dtype == np.uint8
+    cmap = matplotlib.colormaps[name]
+    for i in (0, 1, 100, 128, 254, 255):
+        expected = [round(c * 255) for c in cmap(i / 255)[:3]]
+        assert lut[i].tolist() == expected
+
+
+def test_viridis_ends_are_the_known_colours() -> None:
+    lut = colormap_lut("viridis")
+    assert lut[0].tolist() == [68, 1, 84]
+    assert lut[255].tolist() == [253, 231, 37]
+
+
+def test_lut_is_cached_and_read_only() -> None:
+    assert colormap_lut("viridis") is colormap_lut("viridis")
+    with pytest.raises(ValueError, match="read-only"):
+        colormap_lut("viridis")[0, 0] = 0
+
+
+def test_unknown_colormap_suggests_the_closest_name() -> None:
+    with pytest.raises(
+        OptionError,
+        match=r"^unknown colormap 'virdis'; did you mean 'viridis'\? Any matplotlib colormap",
+    ):
+        colormap_lut("virdis")
+
+
+def test_unknown_colormap_without_close_name_lists_examples() -> None:
+    with pytest.raises(OptionError, match=r"unknown colormap 'zzzzqqq'; expected a matplotlib"):
+        colormap_lut("zzzzqqq")
+
+
+def test_colorize_picks_rounded_index_and_paints_nan() -> None:
+    lut = colormap_lut("viridis")
+    # 0.2 * 255 = 51, 0.7 * 255 = 178.5 -> 178 (round half to even), 1.2 clips to 255.
+    t = np.array([[0.0, 0.2, np.nan], [0.7, 1.0, 1.2]], dtype=np.float32)
+    out = colorize(t, lut)
+    assert out.shape == (2, 3, 3)
+    assert out.dtype == np.uint8
+    expected_idx = [[0, 51, None], [int(np.rint(np.float32(0.7) * 255)), 255, 255]]
+    for r, row in enumerate(expected_idx):
+        for c, idx in enumerate(row):
+            want = NAN_COLOR if idx is None else tuple(lut[idx])
+            assert tuple(out[r, c]) == tuple(int(v) for v in want)
+
+
+def test_colorize_custom_nan_color_and_input_untouched() -> None:
+    t = np.array([np.nan, 0.5])
+    before = t.copy()
+    out = colorize(t, colormap_lut("gray"), nan_color=(1, 2, 3))
+    assert out[0].tolist() == [1, 2, 3]
+    assert out[1].tolist() == [128, 128, 128]
+    np.testing.assert_array_equal(t, before)
+
+
+def test_colorize_rejects_a_bad_table() -> None:
+    with pytest.raises(OptionError, match=r"colour table of shape \(4,\); expected \(N, 3\)"):
+        colorize(np.zeros(3), np.zeros(4, dtype=np.uint8))

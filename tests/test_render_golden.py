@@ -1,0 +1,40 @@
+"""Golden pictures of whole grids (tiles, captions, legend), compared pixel for pixel.
+
+Inputs are built from integer arithmetic only (no random streams, no libm), so they are the
+same bits on every machine. See tests/gold/README.md for how to accept a changed picture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from featuremaps.render import GridLabel, GridOptions, make_grid
+from goldtest import assert_matches_golden
+
+
+def test_golden_unsigned_per_layer() -> None:
+    maps = ((np.arange(4 * 5 * 6, dtype=np.float32) * 7) % 23).reshape(4, 5, 6) / 4
+    label = GridLabel("features.3", "ReLU", (1, 4, 5, 6))
+    grid = make_grid(maps, GridOptions(scale="layer"), label=label)
+    assert grid.cmap == "viridis"
+    assert_matches_golden("grid_unsigned_layer", grid.pixels)
+
+
+def test_golden_signed_per_channel_with_nan_and_constant() -> None:
+    base = (((np.arange(4 * 5 * 6) * 7) % 13) - 6).reshape(4, 5, 6).astype(np.float32)
+    maps = base * np.array([1.0, 10.0, 0.0, 0.25], dtype=np.float32)[:, None, None]
+    maps[2] = 0.5  # a constant channel
+    maps[1, 2, 3] = np.nan
+    label = GridLabel("layer1.0.conv1", "Conv2d", (1, 4, 5, 6), stamp="RANDOM WEIGHTS")
+    grid = make_grid(maps, GridOptions(scale="channel", columns=2), label=label)
+    assert grid.cmap == "RdBu_r"
+    assert grid.nonfinite == 1
+    assert grid.constant_channels == (2,)
+    assert_matches_golden("grid_signed_channel", grid.pixels)
+
+
+def test_golden_one_by_one_maps() -> None:
+    maps = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0], dtype=np.float32).reshape(6, 1, 1)
+    label = GridLabel("avgpool", "AdaptiveAvgPool2d", (1, 6, 1, 1))
+    grid = make_grid(maps, GridOptions(columns=3), label=label)
+    assert_matches_golden("grid_1x1", grid.pixels)
