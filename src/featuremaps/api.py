@@ -15,7 +15,7 @@ import datetime as _dt
 import html
 import platform
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,35 @@ def _global_range(
     return merged
 
 
+class _BackgroundWriter:
+    """Encode and write PNGs on a second thread while the model keeps running.
+
+    PNG compression releases the GIL in Pillow, so it overlaps with the forward pass and the next
+    layer's drawing. At most ``limit`` pictures wait in the queue, which keeps memory bounded.
+    """
+
+    def __init__(self, limit: int = 8) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuremaps-write")
+        self._pending: list[Future[object]] = []
+        self._limit = limit
+
+    def submit(
+        self, write: Callable[[str, bytes], object], path: str, encode: Callable[[], bytes]
+    ) -> None:
+        while len(self._pending) >= self._limit:
+            self._pending.pop(0).result()  # re-raises a failed write here, in the caller
+        self._pending.append(self._pool.submit(lambda: write(path, encode())))
+
+    def wait(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _run_one(
     loaded: LoadedModel,
     tensor: torch.Tensor,
@@ -265,7 +294,7 @@ def _run_one(
             notes.extend(w for w in picture.warnings if w not in notes)
             if folder is not None:
                 image = prefix + safe_filename(record.index, record.name)
-                folder.write_bytes(image, picture.to_png())
+                writer.submit(folder.write_bytes, image, picture.to_png)
             else:
                 grids[record.name] = picture
         if arrays is not None:
@@ -291,9 +320,12 @@ def _run_one(
         )
         bar.update(1)
 
+    writer = _BackgroundWriter()
     try:
         result: Capture = capture(loaded.model, tensor, on_record=consume, **cap)
+        writer.wait()
     finally:
+        writer.close()
         bar.close()
     for miss in result.not_run:
         summaries.append(
