@@ -14,6 +14,7 @@ import base64
 import datetime as _dt
 import html
 import platform
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,8 @@ from featuremaps.render.scaling import compute_range, is_signed, merge_ranges
 __all__ = ["RecordSummary", "Visualization", "summarize", "visualize"]
 
 ARRAYS = "arrays.safetensors"
+# capture: the forward pass with hooks and copies, without the time spent consuming records.
+TIMING_KEYS = ("capture", "stats", "render", "encode", "write", "consume", "wall")
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,9 @@ class Visualization:
     """The result of :func:`visualize` for one input.
 
     ``grids`` holds the pictures in memory when no output folder was given (they display inline
-    in Jupyter); with an output folder they are written and not kept.
+    in Jupyter); with an output folder they are written and not kept. ``timings`` holds seconds
+    spent in each stage (see :data:`TIMING_KEYS`); "encode" and "write" run on a second thread,
+    overlapping the others, so the stages add up to more than "wall".
     """
 
     records: list[RecordSummary]
@@ -97,6 +102,7 @@ class Visualization:
     out_dir: Path | None = None
     grids: dict[str, Grid] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def _repr_html_(self) -> str:
         parts = []
@@ -234,19 +240,29 @@ class _BackgroundWriter:
     layer's drawing. At most ``limit`` pictures wait in the queue, which keeps memory bounded.
     """
 
-    def __init__(self, limit: int = 8) -> None:
+    def __init__(self, timings: dict[str, float], limit: int = 4) -> None:
         from concurrent.futures import Future, ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuremaps-write")
-        self._pending: list[Future[object]] = []
+        self._pending: list[Future[None]] = []
         self._limit = limit
+        self._timings = timings  # only this thread touches the "encode" and "write" keys
 
     def submit(
         self, write: Callable[[str, bytes], object], path: str, encode: Callable[[], bytes]
     ) -> None:
         while len(self._pending) >= self._limit:
             self._pending.pop(0).result()  # re-raises a failed write here, in the caller
-        self._pending.append(self._pool.submit(lambda: write(path, encode())))
+
+        def job() -> None:
+            start = time.perf_counter()
+            data = encode()
+            middle = time.perf_counter()
+            write(path, data)
+            self._timings["encode"] += middle - start
+            self._timings["write"] += time.perf_counter() - middle
+
+        self._pending.append(self._pool.submit(job))
 
     def wait(self) -> None:
         while self._pending:
@@ -279,9 +295,13 @@ def _run_one(
     arrays = folder.arrays(prefix + ARRAYS) if folder is not None and save_arrays else None
     bar = tqdm(desc=f"layers of {loaded.spec}", unit=" layer", disable=not progress, leave=False)
 
+    timings: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
+
     def consume(record: LayerRecord) -> None:
+        start = time.perf_counter()
         lo, hi, mean, nonfinite = summarize(record.tensor)
         reason = _skip_reason(record)
+        timings["stats"] += time.perf_counter() - start
         image = None
         shown: tuple[int, ...] | None = None
         notes: list[str] = []
@@ -289,7 +309,9 @@ def _run_one(
             notes.append(f"{nonfinite} NaN/Inf values")
         if reason is None:
             label = GridLabel(record.name, record.module_type, record.shape, stamp)
+            drawn = time.perf_counter()
             picture = make_grid(_maps(record, sample), grid, label=label)
+            timings["render"] += time.perf_counter() - drawn
             shown = picture.channels
             notes.extend(w for w in picture.warnings if w not in notes)
             if folder is not None:
@@ -319,11 +341,15 @@ def _run_one(
             )
         )
         bar.update(1)
+        timings["consume"] += time.perf_counter() - start
 
-    writer = _BackgroundWriter()
+    writer = _BackgroundWriter(timings)
     try:
+        start = time.perf_counter()
         result: Capture = capture(loaded.model, tensor, on_record=consume, **cap)
+        timings["capture"] = time.perf_counter() - start - timings.pop("consume")
         writer.wait()
+        timings["wall"] = time.perf_counter() - start
     finally:
         writer.close()
         bar.close()
@@ -370,7 +396,7 @@ def _run_one(
     }
     if folder is not None:
         folder.write_json(prefix + MANIFEST, manifest)
-    return Visualization(summaries, manifest, None, grids, messages)
+    return Visualization(summaries, manifest, None, grids, messages, timings)
 
 
 def visualize(
