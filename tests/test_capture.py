@@ -207,3 +207,21 @@ def test_inputs_of_wrong_kind_are_refused(tiny: nn.Module) -> None:
 )  # fmt: skip
 def test_layout_names(ndim: int, module_type: str, layout: str) -> None:
     assert infer_layout(ndim, module_type) == layout
+
+
+def test_streaming_without_copy_sees_exact_values_during_the_callback(
+    tiny: nn.Module, image_batch: torch.Tensor
+) -> None:
+    seen: dict[str, torch.Tensor] = {}
+    live: dict[str, torch.Tensor] = {}
+
+    def consume(record: fm.LayerRecord) -> None:
+        seen[record.name] = record.tensor.clone()  # what a consumer reads during the call
+        live[record.name] = record.tensor  # kept past the call: not protected
+
+    fm.capture(tiny, image_batch, on_record=consume, copy=False)
+    exact = fm.capture(tiny, image_batch)
+    for record in exact:
+        torch.testing.assert_close(seen[record.name], record.tensor, rtol=0, atol=0)
+    # bn1's live output was later ReLU-ed in place: the documented reason to consume or clone.
+    assert live["bn1"].min() >= 0 and exact.get("bn1").tensor.min() < 0

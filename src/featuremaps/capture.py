@@ -277,6 +277,7 @@ def capture(
     train: bool = False,
     grad: bool = False,
     on_record: RecordCallback | None = None,
+    copy: bool = True,
     model_label: str | None = None,
 ) -> Capture:
     """Run ``model`` on ``inputs`` once and capture the output of every selected module call.
@@ -292,6 +293,11 @@ def capture(
         grad: keep autograd on (default: ``torch.no_grad``).
         on_record: if given, each record is passed to it as soon as it exists and not kept, so
             an all-layers run does not hold every activation at once.
+        copy: copy each output into its record (the default). With ``on_record`` and
+            ``copy=False`` the record holds the module's live output instead: exact while the
+            callback runs (the forward pass waits for it), but later in-place operations of the
+            model will change it, so the callback must consume it (draw, measure, write) or
+            clone it before returning, and must not modify it.
         model_label: how error messages name the model (default: its class name).
 
     Returns:
@@ -313,6 +319,7 @@ def capture(
     selected = select_modules(model, patterns, as_patterns(types), containers, label)
     kept: list[LayerRecord] = []
     count = 0
+    keep_copy = copy or on_record is None  # kept records must never alias live tensors
 
     def emit(path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor) -> None:
         nonlocal count
@@ -323,7 +330,7 @@ def capture(
             module_type=type_name(module),
             output_key=key,
             index=count,
-            tensor=t.detach().clone(),
+            tensor=t.detach().clone() if keep_copy else t.detach(),
         )
         count += 1
         if on_record is None:
