@@ -1,0 +1,272 @@
+"""Geometry: where each cell of a captured 2-D map sits in the input image.
+
+A transform stage beside statistics (input → model → capture → **geometry** → render). For a map
+with cumulative stride ``S``, first-cell centre ``O`` and receptive-field size ``R`` (per axis, in
+input pixels, pixel centres at integer coordinates), cell ``j`` is centred on ``O + j·S`` and sees
+input pixels ``O + j·S ± (R − 1)/2``. For a single ``Conv2d(k, stride s, padding p)`` that is
+``S = s``, ``O = (k − 1)/2 − p``, ``R = k`` — for ResNets the centre of the top-left cell is *not*
+the centre of the ``S × S`` block, which is why stretching a map to the image size misplaces it.
+
+Two methods, and each result says which was used:
+
+* ``analytic``: the model runs once with hooks; every convolution and pooling layer composes its
+  kernel, stride, padding and dilation onto the geometry of the tensor it received (tensors are
+  followed through in-place operations by their storage). Element-wise layers keep the geometry.
+* ``empirical``: where the analytic path is broken (an op it does not know, a tensor made by
+  functional code), the gradient of two neighbouring output cells with respect to the input gives
+  the centres (hence stride and offset) and the extent of the non-zero gradient gives the
+  receptive field. This is the *effective* field: cells whose gradient is exactly zero (a ReLU
+  that is off, the losing inputs of a max-pool) are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from featuremaps._errors import OptionError
+from featuremaps.capture import record_name, run_hooked
+
+__all__ = ["AxisGeometry", "MapGeometry", "compute_geometry"]
+
+# Layers whose output cell j depends on exactly the same input cells as its input cell j.
+_ELEMENTWISE = (
+    nn.BatchNorm2d,
+    nn.InstanceNorm2d,
+    nn.GroupNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
+
+
+@dataclass(frozen=True)
+class AxisGeometry:
+    """Geometry along one axis: cell ``j`` is centred on ``offset + j * stride``."""
+
+    stride: float
+    offset: float
+    size: float
+
+    def compose(self, kernel: int, stride: int, padding: int, dilation: int) -> AxisGeometry:
+        """The geometry after a sliding window applied to a map with this geometry."""
+        span = dilation * (kernel - 1)
+        return AxisGeometry(
+            stride=self.stride * stride,
+            offset=self.offset + (span / 2 - padding) * self.stride,
+            size=self.size + span * self.stride,
+        )
+
+    def center(self, j: float) -> float:
+        """Input coordinate of the centre of cell ``j``."""
+        return self.offset + j * self.stride
+
+    def cells_seeing(self, coordinate: float, cells: int) -> range:
+        """Indices of the cells (of ``cells``) whose receptive field contains ``coordinate``."""
+        half = (self.size - 1) / 2
+        lo = math.ceil((coordinate - half - self.offset) / self.stride - 1e-9)
+        hi = math.floor((coordinate + half - self.offset) / self.stride + 1e-9)
+        return range(max(lo, 0), min(hi, cells - 1) + 1)
+
+
+IDENTITY = AxisGeometry(1.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class MapGeometry:
+    """Where the cells of one record's (N, C, H, W) output sit in the (H_in, W_in) input."""
+
+    name: str
+    y: AxisGeometry
+    x: AxisGeometry
+    shape: tuple[int, int]
+    method: str
+
+    def cell_center(self, row: int, col: int) -> tuple[float, float]:
+        """Input ``(y, x)`` of the centre of cell ``(row, col)``."""
+        return self.y.center(row), self.x.center(col)
+
+    def cell_region(self, row: int, col: int) -> tuple[float, float, float, float]:
+        """The receptive field of cell ``(row, col)`` as ``(y0, x0, y1, x1)``, inclusive, in
+        input pixel coordinates; it may reach past the image border (padding)."""
+        cy, cx = self.cell_center(row, col)
+        hy, hx = (self.y.size - 1) / 2, (self.x.size - 1) / 2
+        return cy - hy, cx - hx, cy + hy, cx + hx
+
+    def cells_seeing(self, y: float, x: float) -> tuple[range, range]:
+        """Row and column ranges of the cells whose receptive field contains input ``(y, x)``."""
+        return self.y.cells_seeing(y, self.shape[0]), self.x.cells_seeing(x, self.shape[1])
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able description (for manifests)."""
+        return {
+            "method": self.method,
+            "stride": [self.y.stride, self.x.stride],
+            "offset": [self.y.offset, self.x.offset],
+            "receptive_field": [self.y.size, self.x.size],
+        }
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[-1])
+    return int(value), int(value)
+
+
+def _window(module: nn.Module) -> tuple[tuple[int, int], ...] | None:
+    """(kernel, stride, padding, dilation) per axis of a sliding-window layer, else None."""
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        padding = getattr(module, "padding", 0)
+        if isinstance(padding, str):  # "same"/"valid" convolutions
+            if padding == "valid":
+                padding = 0
+            else:
+                k, d = _pair(module.kernel_size), _pair(getattr(module, "dilation", 1))
+                padding = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True))
+        stride = module.stride if module.stride is not None else module.kernel_size
+        return (
+            _pair(module.kernel_size),
+            _pair(stride),
+            _pair(padding),
+            _pair(getattr(module, "dilation", 1)),
+        )
+    return None
+
+
+def _key(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    # In-place ops (ReLU(inplace=True), +=) keep the storage, so storage + shape follows a
+    # tensor through them; a new tensor made by functional code gets a new key and is unknown.
+    return t.untyped_storage().data_ptr(), tuple(t.shape)
+
+
+def compute_geometry(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    layers: Mapping[str, nn.Module] | None = None,
+    method: str = "auto",
+) -> dict[str, MapGeometry]:
+    """Geometry of every 4-D output of the selected leaf modules (default: all leaves).
+
+    Args:
+        model: the model; it runs in eval mode (analytic) and once per unknown layer with
+            gradients (empirical); its modes are restored.
+        inputs: one ``(1, C, H, W)`` input tensor.
+        layers: ``{path: module}`` to describe (default: every leaf module).
+        method: ``"auto"`` (analytic where possible, else empirical), ``"analytic"`` or
+            ``"empirical"``.
+
+    Returns:
+        ``{record name: MapGeometry}`` in execution order.
+    """
+    if method not in ("auto", "analytic", "empirical"):
+        raise OptionError(f"geometry method '{method}' is unknown; use auto, analytic or empirical")
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+        raise OptionError("compute_geometry needs one (1, C, H, W) input tensor")
+    if layers is None:
+        from featuremaps.layers import select_modules
+
+        layers = select_modules(model, None, None, False, type(model).__name__)
+    known: dict[tuple[int, tuple[int, ...]], tuple[AxisGeometry, AxisGeometry]] = {
+        _key(inputs): (IDENTITY, IDENTITY)
+    }
+    found: dict[str, MapGeometry | None] = {}
+    inputs_of: dict[int, Any] = {}
+
+    def pre(module: nn.Module, args: Any) -> None:
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        inputs_of[id(module)] = known.get(_key(first)) if first is not None else None
+
+    def sink(path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor) -> None:
+        if key is not None or t.dim() != 4:
+            return
+        name = record_name(path, call, key)
+        before = inputs_of.get(id(module))
+        window = _window(module)
+        after: tuple[AxisGeometry, AxisGeometry] | None = None
+        if method != "empirical" and before is not None:
+            if window is not None:
+                k, s, p, d = window
+                after = (
+                    before[0].compose(k[0], s[0], p[0], d[0]),
+                    before[1].compose(k[1], s[1], p[1], d[1]),
+                )
+            elif isinstance(module, _ELEMENTWISE):
+                after = before
+        if after is not None:
+            known[_key(t)] = after
+            found[name] = MapGeometry(
+                name, after[0], after[1], (t.shape[2], t.shape[3]), "analytic"
+            )
+        else:
+            found[name] = None
+
+    handles = [m.register_forward_pre_hook(pre) for m in layers.values()]
+    try:
+        run_hooked(model, inputs, layers, sink)
+    finally:
+        for h in handles:
+            h.remove()
+
+    result: dict[str, MapGeometry] = {}
+    for name, geometry in found.items():
+        if geometry is None:
+            if method == "analytic":
+                continue
+            geometry = _empirical(model, inputs, layers, name)
+        if geometry is not None:
+            result[name] = geometry
+    return result
+
+
+def _empirical(
+    model: nn.Module, inputs: torch.Tensor, layers: Mapping[str, nn.Module], name: str
+) -> MapGeometry | None:
+    """Measure one layer's geometry from input gradients of two neighbouring output cells."""
+    grabbed: list[torch.Tensor] = []
+
+    def sink(path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor) -> None:
+        if record_name(path, call, key) == name:
+            grabbed.append(t.clone())  # a clone keeps later in-place ops out of the graph
+
+    x = inputs.detach().clone().requires_grad_(True)
+    run_hooked(model, x, layers, sink, grad=True)
+    if not grabbed:
+        return None
+    out = grabbed[0]
+    h, w = out.shape[2], out.shape[3]
+    r0, c0 = h // 2, w // 2
+    cells = [(r0, c0), (min(r0 + 1, h - 1), min(c0 + 1, w - 1))]
+    boxes = []
+    for r, c in cells:
+        (grad,) = torch.autograd.grad(out[0, :, r, c].sum(), x, retain_graph=True)
+        hit = grad[0].abs().sum(0) > 0
+        ys, xs = torch.nonzero(hit, as_tuple=True)
+        if ys.numel() == 0:
+            return None
+        boxes.append((r, c, ys.min().item(), ys.max().item(), xs.min().item(), xs.max().item()))
+    (r0, c0, y0a, y1a, x0a, x1a), (r1, c1, y0b, y1b, x0b, x1b) = boxes
+    cy0, cy1 = (y0a + y1a) / 2, (y0b + y1b) / 2
+    cx0, cx1 = (x0a + x1a) / 2, (x0b + x1b) / 2
+    in_h, in_w = inputs.shape[2], inputs.shape[3]
+    sy = (cy1 - cy0) / (r1 - r0) if r1 != r0 else float(in_h)
+    sx = (cx1 - cx0) / (c1 - c0) if c1 != c0 else float(in_w)
+    y = AxisGeometry(sy, cy0 - r0 * sy, float(y1a - y0a + 1))
+    xg = AxisGeometry(sx, cx0 - c0 * sx, float(x1a - x0a + 1))
+    return MapGeometry(name, y, xg, (h, w), "empirical")
