@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -24,12 +25,24 @@ from featuremaps.render import (
 )
 from featuremaps.render.grid import BACKGROUND, GAP, MIN_CELL_WIDTH, MIN_CELL_WIDTH_CHANNEL
 from featuremaps.render.legend import (
+    BAR_HEIGHT,
+    BAR_TOP_GAP,
+    BAR_WIDTH,
     CAPTION_LINE_HEIGHT,
     CAPTION_PAD,
     LEGEND_HEIGHT,
     LEGEND_MIN_WIDTH,
-    STAMP_FILL,
+    LEGEND_PAD,
+    LINE_HEIGHT,
     text_width,
+)
+from featuremaps.render.palette import (
+    BACKGROUND_INDEX,
+    LEVELS,
+    STAMP_FILL,
+    STAMP_FILL_INDEX,
+    STAMP_TEXT_INDEX,
+    TEXT_INDEX,
 )
 
 RNG_SEED = 1234
@@ -71,8 +84,12 @@ def tile(pixels: np.ndarray, i: int, geo: dict[str, int]) -> np.ndarray:
 
 
 def lut_colours(t: np.ndarray, name: str) -> np.ndarray:
-    """Independent colouring oracle: entry round(t * 255) of the colormap's table."""
-    return colormap_lut(name)[np.rint(np.asarray(t, dtype=np.float64) * 255).astype(int)]
+    """Independent colouring oracle: level round(t * (LEVELS - 1)), drawn with entry
+    round(level * 255 / (LEVELS - 1)) of the colormap's 256-entry table (both ends exact)."""
+    top = LEVELS - 1
+    level = np.rint(np.asarray(t, dtype=np.float64) * top)
+    # level * 255 / 239 is never a rounding tie: 239 is odd.
+    return colormap_lut(name)[np.rint(level * 255 / top).astype(int)]
 
 
 # --- geometry -----------------------------------------------------------------------------
@@ -183,7 +200,7 @@ def test_seven_by_seven_maps_are_enlarged_by_an_integer_factor() -> None:
 
 
 def test_tile_pixels_are_the_lut_colour_of_the_normalised_value() -> None:
-    # arange values: t * 255 = i * 255 / 59 is never within 0.008 of a rounding tie.
+    # arange values: t * 239 = i * 239 / 59 is never within 0.008 of a rounding tie.
     maps = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
     opts = GridOptions(min_tile=1)
     grid = make_grid(maps, opts)
@@ -207,7 +224,7 @@ def test_signed_data_uses_a_diverging_map_centred_on_zero() -> None:
     t = tile(grid.pixels, 0, layout(1, 2, 2, opts))
     expected = lut_colours((maps[0] + 2.0) / 4.0, "RdBu_r")
     np.testing.assert_array_equal(t, expected)
-    # Zero is the exact centre entry of the table.
+    # Zero is drawn with the centre entry of the 256-entry table, as without quantisation.
     assert tuple(t[0, 1]) == tuple(colormap_lut("RdBu_r")[128])
 
 
@@ -302,6 +319,13 @@ def test_stamp_is_drawn_in_red() -> None:
     without = make_grid(maps, label=GridLabel("fc", "Linear", (1, 1)))
     assert np.count_nonzero(np.all(with_stamp.pixels == STAMP_FILL, axis=-1)) > 100
     assert np.count_nonzero(np.all(without.pixels == STAMP_FILL, axis=-1)) == 0
+    # White text on the red box: the stamp ramp fills exactly one rectangle, and white is in it.
+    ys, xs = np.nonzero(with_stamp.indices >= STAMP_FILL_INDEX)
+    box = with_stamp.indices[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert box.size == ys.size
+    assert np.all(box <= STAMP_TEXT_INDEX)
+    assert np.count_nonzero(box == STAMP_TEXT_INDEX) > 20
+    assert not np.any(without.indices >= STAMP_FILL_INDEX)
 
 
 @pytest.mark.parametrize("scale", ["channel", "layer", "global", "fixed"])
@@ -318,12 +342,82 @@ def test_make_grid_never_modifies_its_input(scale: str, dtype: type[np.floating]
 
 
 def test_png_bytes_decode_to_the_same_pixels() -> None:
-    grid = make_grid(rng().standard_normal((3, 4, 4)))
+    maps = rng().standard_normal((3, 4, 4))
+    maps[1, 2, 2] = np.nan
+    grid = make_grid(maps, label=GridLabel("c", "Conv2d", (1, 3, 4, 4), stamp="RANDOM WEIGHTS"))
     data = grid._repr_png_()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert data == grid.to_png()
     with Image.open(io.BytesIO(data)) as im:
+        # A palette PNG carrying the grid's own palette: nothing quantised while encoding.
+        assert im.mode == "P"
+        np.testing.assert_array_equal(np.asarray(im), grid.indices)
+        pal = np.frombuffer(bytes(im.getpalette() or []), dtype=np.uint8).reshape(-1, 3)
+        np.testing.assert_array_equal(pal[: len(grid.palette)], grid.palette)
         np.testing.assert_array_equal(np.asarray(im.convert("RGB")), grid.pixels)
+
+
+def test_pixels_are_the_palette_looked_up_and_read_only() -> None:
+    grid = make_grid(rng().standard_normal((5, 6, 6)))
+    assert grid.indices.dtype == np.uint8
+    assert grid.indices.shape == grid.pixels.shape[:2]
+    assert grid.palette.dtype == np.uint8
+    assert grid.palette.ndim == 2
+    assert grid.palette.shape[1] == 3
+    assert len(grid.palette) <= 256
+    assert int(grid.indices.max()) < len(grid.palette)
+    expected = np.array([[grid.palette[i] for i in row] for row in grid.indices.tolist()])
+    np.testing.assert_array_equal(grid.pixels, expected)
+    assert grid.pixels is grid.pixels  # computed once
+    for arr in (grid.pixels, grid.indices, grid.palette):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 0
+
+
+def test_grid_survives_pickling() -> None:
+    grid = make_grid(rng().standard_normal((2, 3, 3)))
+    grid.pixels  # noqa: B018 - cached before pickling, and rebuilt after
+    back = pickle.loads(pickle.dumps(grid))
+    np.testing.assert_array_equal(back.indices, grid.indices)
+    np.testing.assert_array_equal(back.pixels, grid.pixels)
+    assert back.to_png() == grid.to_png()
+
+
+def test_colour_bar_shows_every_level_with_exact_ends() -> None:
+    grid = make_grid(np.linspace(0.0, 1.0, 8).reshape(2, 2, 2))
+    # The legend layout of the legend module's docstring: three text rows, a gap, the bar.
+    y0 = LEGEND_PAD + 3 * LINE_HEIGHT + BAR_TOP_GAP
+    bar = grid.pixels[y0 : y0 + BAR_HEIGHT, LEGEND_PAD : LEGEND_PAD + BAR_WIDTH]
+    expected = lut_colours(np.linspace(0.0, 1.0, BAR_WIDTH), "viridis")
+    np.testing.assert_array_equal(bar, np.broadcast_to(expected, bar.shape))
+    lut = colormap_lut("viridis")
+    assert tuple(bar[0, 0]) == tuple(lut[0])
+    assert tuple(bar[0, -1]) == tuple(lut[255])
+    # Evenly spaced levels, no two pixels alike (the bar is narrower than the number of levels).
+    assert BAR_WIDTH < LEVELS
+    assert len(np.unique(bar[0], axis=0)) == BAR_WIDTH
+
+
+def test_text_is_drawn_with_the_text_ramp_only() -> None:
+    # Everything outside the tiles, the colour bar and the swatch is background or anti-aliased
+    # text, i.e. an index of the ramp from background to text colour.
+    k, h, w = 5, 3, 4
+    opts = GridOptions(columns=3, scale="channel")
+    grid = make_grid(rng().standard_normal((k, h, w)), opts)
+    geo = layout(k, h, w, opts)
+    outside = np.ones(grid.indices.shape, dtype=bool)
+    for i in range(k):
+        row, col = divmod(i, geo["ncols"])
+        x = GAP + col * (geo["cw"] + GAP) + (geo["cw"] - geo["tw"]) // 2
+        y = geo["top"] + GAP + row * (geo["th"] + geo["cap"] + GAP)
+        outside[y : y + geo["th"], x : x + geo["tw"]] = False
+    mosaic = grid.indices[geo["top"] :][outside[geo["top"] :]]
+    assert mosaic.min() >= BACKGROUND_INDEX
+    assert mosaic.max() <= TEXT_INDEX
+    # Captions are there, with full-ink pixels and some in-between ones.
+    assert np.count_nonzero(mosaic == TEXT_INDEX) > 50
+    assert np.count_nonzero((mosaic > BACKGROUND_INDEX) & (mosaic < TEXT_INDEX)) > 50
+    assert tuple(grid.palette[BACKGROUND_INDEX]) == BACKGROUND
 
 
 # --- channel selection -----------------------------------------------------------------------

@@ -3,6 +3,11 @@
 Part of the pure ``render`` stage. matplotlib is used only as a source of lookup tables (no
 figures, no backend): a name becomes a (256, 3) uint8 table once, and colouring is then a single
 integer index lookup over the whole block of maps.
+
+Grids are drawn as palette pictures (see ``featuremaps.render.palette``), so they use
+:func:`colormap_levels`, the table resampled to 240 evenly spaced entries with both ends exact, and
+:func:`level_indices`: colours are quantised to 240 levels (the legend prints the exact range).
+:func:`colorize` colours with whatever table it is given.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ __all__ = [
     "DEFAULT_DIVERGING_CMAP",
     "NAN_COLOR",
     "colorize",
+    "colormap_levels",
     "colormap_lut",
+    "level_indices",
     "misleading_colormap",
 ]
 
@@ -87,6 +94,59 @@ def colormap_lut(name: str) -> np.ndarray:
     return lut
 
 
+@functools.lru_cache(maxsize=64)
+def colormap_levels(name: str, levels: int) -> np.ndarray:
+    """``levels`` evenly spaced entries of :func:`colormap_lut` (read-only (levels, 3) uint8).
+
+    Entry ``j`` is table entry ``round(j * 255 / (levels - 1))``, so the first and last colours
+    are exactly the colormap's ends. Each entry is a colour of the 256-entry table; nothing is
+    interpolated.
+    """
+    if levels < 2 or levels > 256:
+        raise OptionError(f"{levels} colour levels; expected 2 to 256. Pass for example 240.")
+    lut = colormap_lut(name)
+    pos = np.rint(np.arange(levels) * ((len(lut) - 1) / (levels - 1))).astype(np.intp)
+    table: np.ndarray = lut[pos]
+    table.setflags(write=False)
+    return table
+
+
+def _scaled_indices(t: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``round(clip(t, 0, 1) * top)`` as float32, and the NaN mask (None when there is none).
+
+    NaN positions hold 0 in the result so that the integer cast never sees a NaN.
+    """
+    tf = np.asarray(t, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        scaled = np.clip(tf, 0.0, 1.0)
+    scaled *= np.float32(top)
+    np.rint(scaled, out=scaled)
+    nan = np.isnan(scaled)
+    if not nan.any():
+        return scaled, None
+    scaled[nan] = 0.0
+    return scaled, nan
+
+
+def level_indices(t: np.ndarray, levels: int, nan_index: int) -> np.ndarray:
+    """Quantise normalised values to uint8 level indices: ``round(t * (levels - 1))``.
+
+    ``t`` of shape (...) in [0, 1]; values outside are clipped; NaN becomes ``nan_index``. The
+    caller owns the result (a fresh array). Index ``j`` is drawn with entry ``j`` of
+    :func:`colormap_levels` (``name``, ``levels``).
+    """
+    if not 1 <= levels <= 256 or not 0 <= nan_index <= 255:
+        raise OptionError(
+            f"{levels} levels with NaN index {nan_index}; expected 1 to 256 levels and an index "
+            "in 0..255 (uint8 pictures)."
+        )
+    scaled, nan = _scaled_indices(t, levels - 1)
+    idx = scaled.astype(np.uint8)
+    if nan is not None:
+        idx[nan] = nan_index
+    return idx
+
+
 def colorize(
     t: np.ndarray,
     lut: np.ndarray,
@@ -103,16 +163,9 @@ def colorize(
             f"colour table of shape {table.shape}; expected (N, 3) uint8. Build one with "
             "colormap_lut(name)."
         )
-    tf = np.asarray(t, dtype=np.float32)
-    nan = np.isnan(tf)
     top = table.shape[0] - 1
-    with np.errstate(invalid="ignore"):
-        scaled = np.clip(tf, 0.0, 1.0) * np.float32(top)
-    np.rint(scaled, out=scaled)
-    has_nan = bool(nan.any())
-    if has_nan:
-        # NaN becomes index 0 here and is painted over below.
-        scaled[nan] = 0.0
+    # NaN becomes index 0 here and is painted over below.
+    scaled, nan = _scaled_indices(t, top)
     idx = scaled.astype(np.uint8 if top <= 255 else np.intp)
     # Look up one 4-byte word per pixel instead of three bytes: np.take on a uint32 table with
     # uint8 indices is ~5x faster than fancy indexing the (N, 3) table. The byte order of the
@@ -121,6 +174,6 @@ def colorize(
     rgbx[:, :3] = table
     words = np.take(rgbx.view(np.uint32).reshape(-1), idx)
     out: np.ndarray = words.view(np.uint8).reshape(*idx.shape, 4)[..., :3]
-    if has_nan:
+    if nan is not None:
         out[nan] = np.asarray(nan_color, dtype=np.uint8)
     return out

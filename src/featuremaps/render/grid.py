@@ -1,9 +1,12 @@
-"""The channel mosaic: one layer's (C, H, W) maps in, one (H, W, 3) uint8 picture out.
+"""The channel mosaic: one layer's (C, H, W) maps in, one palette picture out.
 
 Part of the pure ``render`` stage: no files, no matplotlib figures. Channels are chosen
-(:func:`select_channels`), normalised and coloured as one vectorised block, enlarged by an integer
-factor, placed on a canvas, and captioned; a legend strip on top says what the colours mean.
-Writing the picture to disk is the job of ``featuremaps.io``.
+(:func:`select_channels`), normalised and quantised to colour levels as one vectorised block,
+enlarged by an integer factor, placed on a uint8 index canvas, and captioned; a legend strip on top
+says what the colours mean. The picture is an (H, W) array of palette indices
+(``featuremaps.render.palette``), with its RGB form and its PNG bytes derived from it. Colours are
+quantised to 240 levels of the colormap; the legend prints the exact range. Writing the picture
+to disk is the job of ``featuremaps.io``.
 
 Geometry (every size in pixels; constants are module attributes)::
 
@@ -23,23 +26,22 @@ legend height; the tile is centred horizontally in its cell and its caption is d
 
 from __future__ import annotations
 
-import contextlib
 import difflib
+import functools
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from featuremaps._errors import InputError, OptionError
 from featuremaps.render.colormap import (
     DEFAULT_CMAP,
     DEFAULT_DIVERGING_CMAP,
-    colorize,
-    colormap_lut,
+    level_indices,
     misleading_colormap,
 )
 from featuremaps.render.legend import (
@@ -47,10 +49,17 @@ from featuremaps.render.legend import (
     CAPTION_PAD,
     LEGEND_HEIGHT,
     LegendContent,
-    draw_caption,
-    draw_legend_text,
     legend_width,
-    paint_legend_graphics,
+    paint_caption,
+    paint_legend,
+)
+from featuremaps.render.palette import (
+    BACKGROUND,
+    BACKGROUND_INDEX,
+    LEVELS,
+    NAN_INDEX,
+    grid_palette,
+    palette_pixels,
 )
 from featuremaps.render.scaling import (
     ScaleMode,
@@ -77,8 +86,6 @@ __all__ = [
 ChannelOrder = Literal["index", "mean", "max", "std", "absmean"]
 
 GAP = 2
-# Light grey: distinct from the near-white centre of RdBu_r, so an all-zero tile keeps its edge.
-BACKGROUND = (224, 224, 224)
 # Wide enough for "#99999" under a tiny tile.
 MIN_CELL_WIDTH = 40
 # Wide enough for a range caption such as "-1.23e+03 … -4.56e-05".
@@ -168,9 +175,17 @@ class GridLabel:
 
 @dataclass(frozen=True, eq=False)
 class Grid:
-    """A rendered mosaic and the facts needed to read it truthfully."""
+    """A rendered mosaic and the facts needed to read it truthfully.
 
-    pixels: np.ndarray
+    The picture is ``indices``, (H, W) uint8, each pixel an entry of ``palette``, (n, 3) uint8,
+    n <= 256 (layout in ``featuremaps.render.palette``). ``pixels`` is the same picture as
+    (H, W, 3) uint8 RGB, ``palette[indices]``, computed on first use and kept. All three are
+    read-only so that ``pixels`` and :meth:`to_png` always show the same picture. Tile colours are
+    quantised to 240 levels of the colormap; ``value_range`` and ``tile_ranges`` are exact.
+    """
+
+    indices: np.ndarray
+    palette: np.ndarray
     channels: tuple[int, ...]
     total_channels: int
     scale: str
@@ -181,10 +196,25 @@ class Grid:
     constant_channels: tuple[int, ...]
     warnings: tuple[str, ...] = field(default=())
 
+    @functools.cached_property
+    def pixels(self) -> np.ndarray:
+        """The picture as (H, W, 3) uint8 RGB (read-only; computed once from the palette)."""
+        rgb = palette_pixels(self.indices, self.palette)
+        rgb.setflags(write=False)
+        return rgb
+
     def to_png(self) -> bytes:
-        """PNG bytes of ``pixels`` (fast compression: rendering many layers is the hot path)."""
+        """PNG bytes of the picture, decoding exactly to ``pixels``.
+
+        Saved as a palette ("P") image with the grid's own palette: nothing is quantised here,
+        and Pillow skips the per-row filter search it does for RGB, which dominated encoding time.
+        Fast compression, because rendering many layers is the hot path.
+        """
+        image = Image.fromarray(np.ascontiguousarray(self.indices))
+        # An "L" image given a palette becomes a "P" image with exactly these entries.
+        image.putpalette(np.ascontiguousarray(self.palette, dtype=np.uint8).tobytes())
         buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(self.pixels)).save(buf, format="PNG", compress_level=1)
+        image.save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
     def _repr_png_(self) -> bytes:
@@ -257,13 +287,14 @@ def select_channels(maps: np.ndarray, options: GridOptions) -> tuple[int, ...]:
     return tuple(int(i) for i in ranked[:k])
 
 
-@contextlib.contextmanager
-def _text_band(canvas: np.ndarray, y: int, height: int) -> Iterator[ImageDraw.ImageDraw]:
-    """A Pillow drawing surface over rows ``y .. y + height`` of ``canvas``, copied back after."""
-    band = canvas[y : y + height]
-    image = Image.fromarray(np.ascontiguousarray(band))
-    yield ImageDraw.Draw(image)
-    band[...] = np.asarray(image)
+@functools.lru_cache(maxsize=4096)
+def _caption_patch(lines: tuple[str, ...], width: int, height: int) -> np.ndarray:
+    """The palette indices of one tile caption on the background, cached: "#0" … "#31" recur in
+    every layer, and drawing text is the slowest part of a small grid."""
+    patch = np.full((height, width), BACKGROUND_INDEX, dtype=np.uint8)
+    paint_caption(patch, (0, CAPTION_PAD), lines)
+    patch.flags.writeable = False
+    return patch
 
 
 def _centred(r: ValueRange) -> ValueRange:
@@ -344,10 +375,14 @@ def make_grid(
         cmap = opts.cmap
     else:
         cmap = DEFAULT_DIVERGING_CMAP if signed else DEFAULT_CMAP
-    lut = colormap_lut(cmap)
+    palette = grid_palette(cmap)  # raises OptionError for an unknown name, before any work
 
     finite = np.isfinite(block)
-    finite_per_tile = finite.reshape(k, h * w).sum(axis=1)
+    if finite.all():
+        # The common case; counting per tile is the slower reduction.
+        finite_per_tile = np.full(k, h * w, dtype=np.intp)
+    else:
+        finite_per_tile = finite.reshape(k, h * w).sum(axis=1)
     nonfinite = int(finite.size - int(finite_per_tile.sum()))
     data_ranges = channel_ranges(block, symmetric=False)
     if per_channel:
@@ -363,11 +398,11 @@ def make_grid(
         if n > 0 and r.vmin == r.vmax
     )
 
-    # Colour the whole block at once, then enlarge by an integer factor only.
+    # Quantise the whole block to colour levels at once, then enlarge by an integer factor only.
     s = max(1, math.ceil(opts.min_tile / max(h, w, 1)))
-    rgb = colorize(t, lut)
+    idx = level_indices(t, LEVELS, NAN_INDEX)
     if s > 1:
-        rgb = rgb.repeat(s, axis=1).repeat(s, axis=2)
+        idx = idx.repeat(s, axis=1).repeat(s, axis=2)
     th, tw = h * s, w * s
     cw = max(tw, MIN_CELL_WIDTH_CHANNEL if per_channel else MIN_CELL_WIDTH)
     cap = CAPTION_PAD + (2 if per_channel else 1) * CAPTION_LINE_HEIGHT
@@ -379,27 +414,26 @@ def make_grid(
     content = _legend_content(opts, label, arr.shape, chs, value_range, signed, cmap, nonfinite)
     top = LEGEND_HEIGHT if opts.legend else 0
     width = max(mosaic_w, legend_width(content)) if opts.legend else mosaic_w
-    canvas = np.empty((top + mosaic_h, width, 3), dtype=np.uint8)
-    canvas[...] = BACKGROUND
+    canvas = np.full((top + mosaic_h, width), BACKGROUND_INDEX, dtype=np.uint8)
 
     for i in range(k):
         row, col = divmod(i, ncols)
         x = GAP + col * (cw + GAP) + (cw - tw) // 2
         y = top + GAP + row * (th + cap + GAP)
-        canvas[y : y + th, x : x + tw] = rgb[i]
+        canvas[y : y + th, x : x + tw] = idx[i]
 
-    # Text goes through Pillow one horizontal band at a time (the legend, then each row of
-    # captions) so the large tile areas never make the numpy -> Pillow -> numpy round trip.
+    # Text is cached per string and per caption, and written as palette indices: the tiles never
+    # make a numpy -> Pillow -> numpy round trip.
     if opts.legend:
-        paint_legend_graphics(canvas, content, lut)
-        with _text_band(canvas, 0, LEGEND_HEIGHT) as draw:
-            draw_legend_text(draw, content)
-    for row in range(nrows):
-        with _text_band(canvas, top + GAP + row * (th + cap + GAP) + th, cap) as draw:
-            for col, i in enumerate(range(row * ncols, min((row + 1) * ncols, k))):
-                r = tile_ranges[i] if per_channel else None
-                lines = _tile_caption(chs[i], r, data_ranges[i], bool(finite_per_tile[i] > 0))
-                draw_caption(draw, (GAP + col * (cw + GAP), CAPTION_PAD), lines)
+        paint_legend(canvas, content)
+    for i in range(k):
+        row, col = divmod(i, ncols)
+        r = tile_ranges[i] if per_channel else None
+        lines = _tile_caption(chs[i], r, data_ranges[i], bool(finite_per_tile[i] > 0))
+        patch = _caption_patch(lines, cw, cap)
+        y = top + GAP + row * (th + cap + GAP) + th
+        x = GAP + col * (cw + GAP)
+        canvas[y : y + cap, x : x + cw] = patch
 
     warnings: list[str] = []
     if total == 0:
@@ -423,8 +457,10 @@ def make_grid(
             f"equal; prefer {DEFAULT_CMAP!r} or {DEFAULT_DIVERGING_CMAP!r}"
         )
 
+    canvas.setflags(write=False)
     return Grid(
-        pixels=canvas,
+        indices=canvas,
+        palette=palette,
         channels=chs,
         total_channels=total,
         scale=opts.scale,

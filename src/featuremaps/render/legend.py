@@ -1,9 +1,13 @@
 """Text for pictures: the legend strip above a mosaic and the caption under each tile.
 
-Part of the pure ``render`` stage. The mosaic and the colour bar are numpy; only the text is drawn
-with Pillow, on an in-memory image, with the FreeType font bundled in Pillow (no system fonts, so
-the same pixels on every machine with the same Pillow). The legend says what the colours mean:
-the layer, which channels are shown and why, the scale, the colormap and the real numeric range.
+Part of the pure ``render`` stage. Everything is painted as palette indices into the grid's uint8
+index canvas (see ``featuremaps.render.palette``). Text is rasterised by Pillow, with the FreeType
+font bundled in Pillow (no system fonts, so the same pixels on every machine with the same
+Pillow), into an in-memory coverage mask per string; the coverage is quantised to the text ramp
+of the palette and written into the canvas. Masks are cached per string: captions such as "#0"
+and legend rows such as "scale: per layer · ..." recur in every layer. The legend says what the
+colours mean: the layer, which channels are shown and why, the scale, the colormap and the real
+numeric range.
 
 Legend layout (pixels, top to bottom, all constants below)::
 
@@ -15,6 +19,9 @@ Legend layout (pixels, top to bottom, all constants below)::
     colour bar      BAR_HEIGHT tall, BAR_WIDTH wide; note or NaN swatch to its right
     ticks/labels    vmin at the left end, 0 at the centre (symmetric), vmax at the right end
     LEGEND_PAD
+
+The colour bar samples the tiles' colour levels evenly, vmin (left) to vmax (right), both ends
+exact.
 """
 
 from __future__ import annotations
@@ -23,9 +30,18 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
-from featuremaps.render.colormap import NAN_COLOR
+from featuremaps.render.palette import (
+    BACKGROUND_INDEX,
+    LEVELS,
+    NAN_INDEX,
+    STAMP_FILL_INDEX,
+    STAMP_LEVELS,
+    TEXT_INDEX,
+    TEXT_LEVELS,
+    coverage_table,
+)
 
 __all__ = [
     "BAR_HEIGHT",
@@ -37,10 +53,10 @@ __all__ = [
     "LEGEND_HEIGHT",
     "LEGEND_MIN_WIDTH",
     "LegendContent",
-    "draw_caption",
-    "draw_legend_text",
     "legend_width",
-    "paint_legend_graphics",
+    "paint_caption",
+    "paint_legend",
+    "paint_text",
     "text_width",
 ]
 
@@ -66,10 +82,6 @@ _BAR_Y = LEGEND_PAD + 3 * LINE_HEIGHT + BAR_TOP_GAP
 _LABEL_Y = _BAR_Y + BAR_HEIGHT + TICK_LENGTH + 1
 LEGEND_HEIGHT = _LABEL_Y + LINE_HEIGHT + LEGEND_PAD
 
-TEXT_COLOR = (20, 20, 20)
-STAMP_FILL = (200, 0, 0)
-STAMP_TEXT = (255, 255, 255)
-
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
@@ -79,9 +91,55 @@ def font(size: int) -> Font:
     return ImageFont.load_default(size=size)
 
 
+@functools.lru_cache(maxsize=1024)
 def text_width(text: str, size: int = LEGEND_FONT_SIZE) -> int:
-    """Advance width in pixels of ``text`` in the bundled font."""
+    """Advance width in pixels of ``text`` in the bundled font (cached, like the masks)."""
     return int(np.ceil(font(size).getlength(text)))
+
+
+@functools.lru_cache(maxsize=2048)
+def _coverage(text: str, size: int, anchor: str) -> tuple[np.ndarray, int, int]:
+    """Pillow's anti-aliased coverage (0..255) of ``text`` and its offset from the anchor point.
+
+    Drawn exactly as ``ImageDraw.text(xy, text, anchor=anchor)`` would draw it at an integer
+    ``xy``, only into a mask of its own bounding box, so it can be cached and placed anywhere.
+    """
+    f = font(size)
+    left, top, right, bottom = (int(v) for v in f.getbbox(text, mode="L", anchor=anchor))
+    mask = Image.new("L", (max(right - left, 0), max(bottom - top, 0)))
+    if mask.width and mask.height:
+        ImageDraw.Draw(mask).text((-left, -top), text, font=f, fill=255, anchor=anchor)
+    cov = np.array(mask)
+    cov.setflags(write=False)
+    return cov, left, top
+
+
+def paint_text(
+    canvas: np.ndarray,
+    xy: tuple[int, int],
+    text: str,
+    size: int,
+    *,
+    anchor: str = "la",
+    on_stamp: bool = False,
+) -> None:
+    """Write ``text`` into the index ``canvas`` (H, W) uint8 at the Pillow anchor point ``xy``.
+
+    The text is drawn over the background (text ramp) or, with ``on_stamp``, over the stamp box
+    (stamp ramp); pixels its glyphs do not reach keep their index, and it is clipped to ``canvas``.
+    """
+    cov, dx, dy = _coverage(text, size, anchor)
+    x, y = xy[0] + dx, xy[1] + dy
+    h, w = cov.shape
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, canvas.shape[1]), min(y + h, canvas.shape[0])
+    if x0 >= x1 or y0 >= y1:
+        return
+    first, levels = BACKGROUND_INDEX, TEXT_LEVELS
+    if on_stamp:
+        first, levels = STAMP_FILL_INDEX, STAMP_LEVELS
+    steps = np.take(coverage_table(first, levels), cov[y0 - y : y1 - y, x0 - x : x1 - x])
+    np.copyto(canvas[y0:y1, x0:x1], steps, where=steps != first)
 
 
 @dataclass(frozen=True)
@@ -121,55 +179,52 @@ def legend_width(c: LegendContent) -> int:
     return max(LEGEND_MIN_WIDTH, max(rows) + 2 * LEGEND_PAD)
 
 
-def paint_legend_graphics(
-    canvas: np.ndarray, c: LegendContent, lut: np.ndarray, *, top: int = 0
-) -> None:
-    """Paint the colour bar, its ticks and the NaN swatch into ``canvas`` (numpy, in place)."""
-    x0, y0 = LEGEND_PAD, top + _BAR_Y
-    # The bar is the lookup table itself, left end = vmin colour, right end = vmax colour.
-    pos = np.rint(np.linspace(0, len(lut) - 1, BAR_WIDTH)).astype(np.intp)
-    canvas[y0 : y0 + BAR_HEIGHT, x0 : x0 + BAR_WIDTH] = np.asarray(lut)[pos][None, :, :]
-    ty = y0 + BAR_HEIGHT
+# Evenly spaced colour levels, left (vmin) to right (vmax), both ends exact.
+_BAR = np.rint(np.linspace(0, LEVELS - 1, BAR_WIDTH)).astype(np.uint8)
+
+
+def paint_legend(canvas: np.ndarray, c: LegendContent, *, top: int = 0) -> None:
+    """Paint the whole legend (text, colour bar, ticks, NaN swatch, stamp) into the index canvas
+    (H, W) uint8, whose rows ``top .. top + LEGEND_HEIGHT`` hold the background index."""
+    x0 = LEGEND_PAD
+    by = top + _BAR_Y
+    canvas[by : by + BAR_HEIGHT, x0 : x0 + BAR_WIDTH] = _BAR[None, :]
+    ty = by + BAR_HEIGHT
     ticks = [x0, x0 + BAR_WIDTH - 1]
     if c.bar_mid is not None:
         ticks.append(x0 + BAR_WIDTH // 2)
     for tx in ticks:
-        canvas[ty : ty + TICK_LENGTH, tx] = TEXT_COLOR
+        canvas[ty : ty + TICK_LENGTH, tx] = TEXT_INDEX
+    ly = top + _LABEL_Y
+    side_x = x0 + BAR_WIDTH + SIDE_GAP
     if c.nan_text:
-        sx, sy = x0 + BAR_WIDTH + SIDE_GAP, top + _LABEL_Y + 2
-        canvas[sy : sy + SWATCH, sx : sx + SWATCH] = NAN_COLOR
+        sy = ly + 2
+        canvas[sy : sy + SWATCH, side_x : side_x + SWATCH] = NAN_INDEX
 
-
-def draw_legend_text(draw: ImageDraw.ImageDraw, c: LegendContent, *, top: int = 0) -> None:
-    """Draw the legend's text rows and tick labels onto a Pillow drawing surface."""
-    f = font(LEGEND_FONT_SIZE)
-    x0 = LEGEND_PAD
+    size = LEGEND_FONT_SIZE
     y = top + LEGEND_PAD
-    draw.text((x0, y), c.title, font=f, fill=TEXT_COLOR)
+    paint_text(canvas, (x0, y), c.title, size)
     if c.stamp:
         # A filled red box: a stamp such as "RANDOM WEIGHTS" must not be overlooked.
         sx = x0 + text_width(c.title) + STAMP_GAP
         sw = text_width(c.stamp) + 2 * STAMP_PAD
-        draw.rectangle((sx, y - 1, sx + sw - 1, y + LINE_HEIGHT - 2), fill=STAMP_FILL)
-        draw.text((sx + STAMP_PAD, y), c.stamp, font=f, fill=STAMP_TEXT)
-    draw.text((x0, y + LINE_HEIGHT), c.selection, font=f, fill=TEXT_COLOR)
-    draw.text((x0, y + 2 * LINE_HEIGHT), c.scale, font=f, fill=TEXT_COLOR)
+        canvas[y - 1 : y + LINE_HEIGHT - 1, sx : sx + sw] = STAMP_FILL_INDEX
+        paint_text(canvas, (sx + STAMP_PAD, y), c.stamp, size, on_stamp=True)
+    paint_text(canvas, (x0, y + LINE_HEIGHT), c.selection, size)
+    paint_text(canvas, (x0, y + 2 * LINE_HEIGHT), c.scale, size)
 
-    ly = top + _LABEL_Y
-    draw.text((x0, ly), c.bar_low, font=f, fill=TEXT_COLOR)
-    draw.text((x0 + BAR_WIDTH, ly), c.bar_high, font=f, fill=TEXT_COLOR, anchor="ra")
+    paint_text(canvas, (x0, ly), c.bar_low, size)
+    paint_text(canvas, (x0 + BAR_WIDTH, ly), c.bar_high, size, anchor="ra")
     if c.bar_mid is not None:
-        draw.text((x0 + BAR_WIDTH // 2, ly), c.bar_mid, font=f, fill=TEXT_COLOR, anchor="ma")
-    side_x = x0 + BAR_WIDTH + SIDE_GAP
+        paint_text(canvas, (x0 + BAR_WIDTH // 2, ly), c.bar_mid, size, anchor="ma")
     if c.bar_note:
-        draw.text((side_x, top + _BAR_Y - 1), c.bar_note, font=f, fill=TEXT_COLOR)
+        paint_text(canvas, (side_x, top + _BAR_Y - 1), c.bar_note, size)
     if c.nan_text:
-        draw.text((side_x + SWATCH + 4, ly), c.nan_text, font=f, fill=TEXT_COLOR)
+        paint_text(canvas, (side_x + SWATCH + 4, ly), c.nan_text, size)
 
 
-def draw_caption(draw: ImageDraw.ImageDraw, xy: tuple[int, int], lines: tuple[str, ...]) -> None:
-    """Draw a tile caption (one or two short lines) with its top-left corner at ``xy``."""
-    f = font(CAPTION_FONT_SIZE)
+def paint_caption(canvas: np.ndarray, xy: tuple[int, int], lines: tuple[str, ...]) -> None:
+    """Paint a tile caption (one or two short lines) with its top-left corner at ``xy``."""
     x, y = xy
     for i, line in enumerate(lines):
-        draw.text((x, y + i * CAPTION_LINE_HEIGHT), line, font=f, fill=TEXT_COLOR)
+        paint_text(canvas, (x, y + i * CAPTION_LINE_HEIGHT), line, CAPTION_FONT_SIZE)

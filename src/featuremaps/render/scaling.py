@@ -71,9 +71,12 @@ def _finite_min_max(a: np.ndarray) -> tuple[float, float] | None:
     """Min and max over the finite values of ``a``; None when it has none."""
     if a.size == 0:
         return None
+    lo, hi = float(a.min()), float(a.max())
+    # NaN propagates through min and max, and ±Inf would be one of them: finite ends mean every
+    # value is finite, without a mask over the whole array (the common case).
+    if math.isfinite(lo) and math.isfinite(hi):
+        return lo, hi
     finite = np.isfinite(a)
-    if finite.all():
-        return float(a.min()), float(a.max())
     if not finite.any():
         return None
     vals = a[finite]
