@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 OUT ?= out/demo
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test bench lint typecheck unit clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,12 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/featuremaps run --out $(OUT)
-	@echo "demo done: open $(abspath $(OUT)) (PNG per layer + manifest.json)"
+	@echo "demo done (PNG per layer, manifest.json, HTML report); open in a browser:"
+	@echo "$(abspath $(OUT))/index.html"
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests examples
-	$(VENV)/bin/ruff format --check src tests examples
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
 
 typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy src/featuremaps
@@ -35,6 +36,12 @@ unit: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest
 
 test: lint typecheck unit
+
+# Side-by-side timings and memory (minutes); not part of `make test`. TorchLens joins the capture
+# table when installed (the `bench` extra).
+bench: $(VENV)/.installed-dev
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) out tests/actual .pytest_cache .mypy_cache .ruff_cache

@@ -143,7 +143,8 @@ def test_several_images_get_one_folder_each(
     out = tmp_path / "many"
     code, stdout, _ = run([photo, str(other), "-m", f"{nets}:build", "-o", str(out)], capsys)
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "photo", "photo-2"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["assets", "index.html", "manifest.json", "photo", "photo-2"]
     second = json.loads((out / "photo-2" / "manifest.json").read_text())
     assert "grayscale L -> RGB" in " ".join(second["input"]["conversions"])
     assert "photo.png: grayscale L -> RGB" in stdout

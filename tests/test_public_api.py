@@ -47,6 +47,7 @@ EXPECTED = [
     "sample_image_path",
     "summarize",
     "visualize",
+    "write_report",
 ]
 
 

@@ -2,7 +2,7 @@
 
     >>> import featuremaps as fm
     >>> records = fm.capture(model, x)                    # exact values, one record per call
-    >>> fm.visualize("resnet18", "photo.jpg", out="maps")  # pictures + manifest.json
+    >>> fm.visualize("resnet18", "photo.jpg", out="maps")  # pictures, manifest.json, index.html
 
 Discover names with :func:`list_layers`; everything raised on purpose is a
 :class:`FeaturemapsError`.
@@ -34,6 +34,7 @@ from featuremaps.io import MANIFEST as MANIFEST_NAME
 from featuremaps.layers import LayerInfo, list_layers
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.render import Grid, GridLabel, GridOptions, make_grid
+from featuremaps.report import write_report
 
 __version__ = "0.1.0"
 
@@ -73,4 +74,5 @@ __all__ = [
     "sample_image_path",
     "summarize",
     "visualize",
+    "write_report",
 ]

@@ -31,17 +31,30 @@ from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
     expected_channels,
+    fed_picture,
     load_input,
     preprocessing_from_weights,
 )
 from featuremaps.io import MANIFEST, TOOL, OutputFolder, safe_filename
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
+from featuremaps.render.png import encode_png
 from featuremaps.render.scaling import compute_range, is_signed, merge_ranges
+from featuremaps.report import (
+    DATA_DIR,
+    INDEX,
+    float16_copy,
+    layer_data_script,
+    report_files,
+    runs_report_files,
+)
+from featuremaps.stats import ChannelStats, channel_stats
 
 __all__ = ["RecordSummary", "Visualization", "summarize", "visualize"]
 
 ARRAYS = "arrays.safetensors"
+INPUT_PICTURE = "input.png"
+FED_PICTURE = "input-fed.png"
 # capture: the forward pass with hooks and copies, without the time spent consuming records.
 TIMING_KEYS = ("capture", "stats", "render", "encode", "write", "consume", "wall")
 
@@ -65,6 +78,8 @@ class RecordSummary:
     nonfinite: int
     channels_shown: tuple[int, ...] | None = None
     warnings: tuple[str, ...] = ()
+    channel_stats: dict[str, list[float]] | None = None
+    data: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest entry (key order as documented in the README)."""
@@ -77,12 +92,14 @@ class RecordSummary:
             "dtype": self.dtype,
             "layout": self.layout,
             "image": self.image,
+            "data": self.data,
             "skipped": self.skipped,
             "min": self.min,
             "max": self.max,
             "mean": self.mean,
             "nonfinite": self.nonfinite,
             "channels_shown": list(self.channels_shown) if self.channels_shown else None,
+            "channel_stats": self.channel_stats,
             "warnings": list(self.warnings),
         }
 
@@ -103,6 +120,7 @@ class Visualization:
     grids: dict[str, Grid] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
 
     def _repr_html_(self) -> str:
         parts = []
@@ -191,15 +209,28 @@ def _resolve_model(model: nn.Module | LoadedModel | str) -> LoadedModel:
     return LoadedModel(model, name, "python object", "as given", "as given by the caller", False)
 
 
-def _resolve_input(item: Any, loaded: LoadedModel) -> tuple[torch.Tensor, dict[str, Any], str]:
-    """Return the tensor to feed, its manifest description, and a folder name for it."""
+@dataclass(frozen=True)
+class _Resolved:
+    """One input ready to run: what to feed, how to describe it, and its pictures' sources."""
+
+    tensor: torch.Tensor
+    info: dict[str, Any]
+    stem: str
+    display: np.ndarray | None = None  # (H, W, 3) uint8, the input as given
+    preprocessing: Preprocessing | None = None
+
+
+def _resolve_input(item: Any, loaded: LoadedModel) -> _Resolved:
+    """Return the tensor to feed, its manifest description, a folder name and its pictures."""
     if isinstance(item, torch.Tensor):
         tensor = item if item.dim() != 3 else item.unsqueeze(0)
-        return tensor, {"kind": "tensor", "fed_shape": list(tensor.shape)}, "input"
+        return _Resolved(tensor, {"kind": "tensor", "fed_shape": list(tensor.shape)}, "input")
     if not isinstance(item, LoadedInput):
         first = expected_channels(loaded.model)
         preprocessing = (
-            preprocessing_from_weights(loaded.weights_enum)
+            loaded.preprocessing
+            if loaded.preprocessing is not None
+            else preprocessing_from_weights(loaded.weights_enum)
             if loaded.weights_enum is not None
             else Preprocessing()
         )
@@ -209,7 +240,7 @@ def _resolve_input(item: Any, loaded: LoadedModel) -> tuple[torch.Tensor, dict[s
             layer_name=first[1] if first else None,
             preprocessing=preprocessing,
         )
-    return item.tensor, item.describe(), item.path.stem
+    return _Resolved(item.tensor, item.describe(), item.path.stem, item.display, item.preprocessing)
 
 
 def _global_range(
@@ -225,7 +256,7 @@ def _global_range(
             signed = signed or is_signed(maps)
             ranges.append(compute_range(maps, symmetric=False))
 
-    capture(model, tensor, on_record=measure, **cap)
+    capture(model, tensor, on_record=measure, copy=False, **cap)
     merged = merge_ranges(ranges) if ranges else ValueRange(0.0, 0.0, False)
     if signed:
         m = max(abs(merged.vmin), abs(merged.vmax))
@@ -272,10 +303,40 @@ class _BackgroundWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _layer_data(
+    record: LayerRecord, maps: np.ndarray, shown: tuple[int, ...], stats: ChannelStats
+) -> tuple[str, Callable[[], bytes]]:
+    """The report's data file for one record: its path, and a job that encodes it (float16).
+
+    The float16 copy is taken here, not in the job: ``maps`` may share memory with the live
+    activation, which the network can change in place as soon as this record is consumed.
+    """
+    stem = safe_filename(record.index, record.name, suffix="")
+    block = maps[: len(shown)] if shown == tuple(range(len(shown))) else maps[list(shown)]
+    half, overflow = float16_copy(block)
+    ranges = [(_finite_or_none(stats.min[c]), _finite_or_none(stats.max[c])) for c in shown]
+    return f"{DATA_DIR}/{stem}.js", lambda: layer_data_script(stem, half, overflow, ranges)
+
+
+def _input_pictures(
+    folder: OutputFolder, prefix: str, item: _Resolved, sample: int
+) -> dict[str, Any]:
+    """Write the input as given and as fed (PNG); return the manifest's ``input.pictures``."""
+    given = None
+    if item.display is not None:
+        given = folder.write_bytes(prefix + INPUT_PICTURE, encode_png(item.display))
+    fed = fed_picture(item.tensor, item.preprocessing, sample)
+    fed_path = folder.write_bytes(prefix + FED_PICTURE, encode_png(fed[0])) if fed else None
+    return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
+
+
 def _run_one(
     loaded: LoadedModel,
-    tensor: torch.Tensor,
-    input_info: dict[str, Any],
+    item: _Resolved,
     grid: GridOptions,
     cap: dict[str, Any],
     folder: OutputFolder | None,
@@ -283,9 +344,14 @@ def _run_one(
     save_arrays: bool,
     sample: int,
     progress: bool,
+    report: bool = False,
 ) -> Visualization:
     from tqdm import tqdm
 
+    tensor, input_info = item.tensor, dict(item.info)
+    report = report and folder is not None
+    if folder is not None:
+        input_info["pictures"] = _input_pictures(folder, prefix, item, sample)
     if grid.scale == "global":
         r = _global_range(loaded.model, tensor, cap, sample)
         grid = replace(grid, value_range=(r.vmin, r.vmax))
@@ -303,20 +369,30 @@ def _run_one(
         reason = _skip_reason(record)
         timings["stats"] += time.perf_counter() - start
         image = None
+        data = None
+        stats: ChannelStats | None = None
         shown: tuple[int, ...] | None = None
         notes: list[str] = []
         if nonfinite:
             notes.append(f"{nonfinite} NaN/Inf values")
         if reason is None:
             label = GridLabel(record.name, record.module_type, record.shape, stamp)
+            maps = _maps(record, sample)
             drawn = time.perf_counter()
-            picture = make_grid(_maps(record, sample), grid, label=label)
+            picture = make_grid(maps, grid, label=label)
             timings["render"] += time.perf_counter() - drawn
             shown = picture.channels
             notes.extend(w for w in picture.warnings if w not in notes)
+            measured = time.perf_counter()
+            stats = channel_stats(maps)  # every channel of the drawn sample, not only those shown
+            timings["stats"] += time.perf_counter() - measured
             if folder is not None:
                 image = prefix + safe_filename(record.index, record.name)
                 writer.submit(folder.write_bytes, image, picture.to_png)
+                if report:
+                    path, encode = _layer_data(record, maps, shown, stats)
+                    data = prefix + path
+                    writer.submit(folder.write_bytes, data, encode)
             else:
                 grids[record.name] = picture
         if arrays is not None:
@@ -338,6 +414,8 @@ def _run_one(
                 nonfinite,
                 shown,
                 tuple(notes),
+                channel_stats=stats.to_json() if stats is not None else None,
+                data=data,
             )
         )
         bar.update(1)
@@ -346,7 +424,9 @@ def _run_one(
     writer = _BackgroundWriter(timings)
     try:
         start = time.perf_counter()
-        result: Capture = capture(loaded.model, tensor, on_record=consume, **cap)
+        # consume() measures, draws and writes each record before the forward pass goes on,
+        # so it sees the exact value without a copy (see capture's ``copy`` argument).
+        result: Capture = capture(loaded.model, tensor, on_record=consume, copy=False, **cap)
         timings["capture"] = time.perf_counter() - start - timings.pop("consume")
         writer.wait()
         timings["wall"] = time.perf_counter() - start
@@ -391,11 +471,16 @@ def _run_one(
             "sample": sample,
         },
         "arrays": prefix + ARRAYS if arrays is not None else None,
+        "report": prefix + INDEX if report else None,
         "warnings": messages,
         "records": [s.to_json() for s in summaries],
     }
     if folder is not None:
         folder.write_json(prefix + MANIFEST, manifest)
+        if report:
+            # The page is built from the manifest just written, as write_report() would.
+            for relative, content in report_files(manifest, prefix).items():
+                folder.write_bytes(prefix + relative, content)
     return Visualization(summaries, manifest, None, grids, messages, timings)
 
 
@@ -411,6 +496,7 @@ def visualize(
     save_arrays: bool = False,
     sample: int = 0,
     progress: bool = False,
+    report: bool = True,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -424,6 +510,8 @@ def visualize(
         save_arrays: also write ``arrays.safetensors`` (float32, batch dimension kept).
         sample: which sample of the batch to draw.
         progress: show a progress bar on stderr.
+        report: with ``out``, also write the HTML report ``index.html`` and its float16 layer
+            data (``data/``); ``Visualization.report`` is then its path. Ignored without ``out``.
 
     Returns:
         One :class:`Visualization` per input.
@@ -438,15 +526,15 @@ def visualize(
         "model_label": loaded.spec,
     }
     resolved = [_resolve_input(item, loaded) for item in items]
-    folders = _unique([name for _, _, name in resolved]) if len(resolved) > 1 else [""]
+    folders = _unique([r.stem for r in resolved]) if len(resolved) > 1 else [""]
     folder = OutputFolder(out) if out is not None else None
     results: list[Visualization] = []
     try:
-        for (tensor, info, _), sub in zip(resolved, folders, strict=True):
+        for item, sub in zip(resolved, folders, strict=True):
             prefix = f"{sub}/" if sub else ""
             results.append(
-                _run_one(loaded, tensor, info, grid, cap, folder, prefix, save_arrays, sample,
-                         progress)
+                _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
+                         report)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -458,9 +546,17 @@ def visualize(
                         "runs": [f"{sub}/{MANIFEST}" for sub in folders],
                     },
                 )
+                if report:
+                    pages = runs_report_files(
+                        [(sub, r.manifest) for sub, r in zip(folders, results, strict=True)]
+                    )
+                    for relative, content in pages.items():
+                        folder.write_bytes(relative, content)
             target = folder.commit()
             for result, sub in zip(results, folders, strict=True):
                 result.out_dir = target / sub if sub else target
+                if report:
+                    result.report = result.out_dir / INDEX
     except BaseException:
         if folder is not None:
             folder.discard()
@@ -470,7 +566,7 @@ def visualize(
 
 def _unique(stems: list[str]) -> list[str]:
     """Safe, distinct folder names for several inputs (``a``, ``a-2``, ...)."""
-    used: set[str] = set()
+    used: set[str] = {"assets", "data"}  # the report's own folders beside them
     out = []
     for stem in stems:
         base = safe_filename(0, stem, suffix="")[5:]  # drop the "0000_" index prefix

@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--save-arrays", action="store_true", help="also write arrays.safetensors (float32)"
     )
+    run.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="do not write the HTML report (index.html and its float16 layer data in data/)",
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")
@@ -155,6 +161,7 @@ def _preprocessing(args: argparse.Namespace, loaded: LoadedModel) -> Preprocessi
 
     enum = loaded.weights_enum
     base = preprocessing_from_weights(enum) if enum is not None else Preprocessing()
+    base = loaded.preprocessing if loaded.preprocessing is not None else base
     if args.size is None and args.normalize is None:
         return base
     size = parse_size(args.size) if args.size else None
@@ -218,6 +225,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         save_arrays=args.save_arrays,
         sample=args.sample,
         progress=not args.quiet and sys.stderr.isatty(),
+        report=args.report,
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)
@@ -230,6 +238,9 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     if loaded.random_weights:
         print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
     print(f"results: {Path(args.out).resolve()}", file=out)
+    if args.report:
+        # The last line: the page to open (for several inputs, the one that links them all).
+        print(f"report: {(Path(args.out) / 'index.html').resolve()}", file=out)
     return 0
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "LoadedInput",
     "Preprocessing",
     "expected_channels",
+    "fed_picture",
     "load_array",
     "load_image",
     "load_input",
@@ -393,6 +394,48 @@ def _for_display(hwc: FloatArray) -> npt.NDArray[np.uint8]:
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     return np.ascontiguousarray(pixels)
+
+
+def fed_picture(
+    tensor: torch.Tensor, preprocessing: Preprocessing | None = None, sample: int = 0
+) -> tuple[npt.NDArray[np.uint8], str] | None:
+    """An (H, W, 3) uint8 picture of what the model was fed, and a sentence saying how it was made.
+
+    With a normalisation (``mean``/``std`` for each channel) the values are de-normalised and
+    shown as [0, 1]; values already in [0, 1] are shown as they are; otherwise each channel is
+    stretched from its minimum to its maximum. Inputs
+    with neither 1 nor 3 channels are shown by their first channel. Returns ``None`` for tensors
+    that are not ``(N, C, H, W)`` pictures. ``tensor`` is not modified.
+    """
+    if tensor.dim() != 4 or tensor.is_complex() or not 0 <= sample < tensor.shape[0]:
+        return None
+    chw = tensor[sample].detach().to("cpu", torch.float64).numpy()
+    channels = chw.shape[0]
+    mean, std = (preprocessing.mean, preprocessing.std) if preprocessing else (None, None)
+    if mean is not None and std is not None and len(mean) == channels:
+        values = chw * np.asarray(std)[:, None, None] + np.asarray(mean)[:, None, None]
+        note = "de-normalised with the preprocessing mean and std, then clipped to [0, 1]"
+    elif np.all(np.isfinite(chw) & (chw >= 0.0) & (chw <= 1.0)):
+        values = chw
+        note = "values shown as they are (already in [0, 1])"
+    else:
+        values = chw.copy()
+        for c in range(channels):  # each channel on its own: a colour cast is not hidden by another
+            finite = np.isfinite(values[c])
+            if finite.any():
+                low, high = float(values[c][finite].min()), float(values[c][finite].max())
+                span = high - low
+                values[c] = (values[c] - low) / span if span > 0 else 0.0
+        note = "each channel stretched from its minimum (black) to its maximum (white)"
+    if channels not in (1, 3):
+        values = values[:1]
+        note = f"channel 0 of {channels}; " + note
+    hwc = np.moveaxis(values, 0, -1)
+    scaled = np.where(np.isfinite(hwc), np.clip(hwc, 0.0, 1.0) * 255.0, 0.0)
+    pixels = np.rint(scaled).astype(np.uint8)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels), note
 
 
 def _preprocess(

@@ -28,7 +28,14 @@ import torch
 
 from featuremaps._errors import OutputError
 
-__all__ = ["MANIFEST", "OutputFolder", "SafetensorsStream", "safe_filename"]
+__all__ = [
+    "MANIFEST",
+    "OutputFolder",
+    "SafetensorsStream",
+    "dump_json",
+    "safe_filename",
+    "update_run_folder",
+]
 
 MANIFEST = "manifest.json"
 TOOL = "featuremaps"
@@ -81,6 +88,53 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
+
+
+# A list of numbers (or nulls) that json.dumps(indent=...) spread over one line per item. Raw
+# newlines never occur inside JSON strings, so this only ever matches the layout, not the data.
+_ITEM = r"(?:-?[0-9.eE+-]+|null)"
+_NUMBER_LIST = re.compile(rf"\[\n\s*({_ITEM}(?:,\n\s*{_ITEM})*)\n\s*\]")
+
+
+def dump_json(obj: Any) -> str:
+    """Strict, indented JSON text (NaN/Inf become null) with lists of numbers kept on one line.
+
+    Per-channel statistics are long lists of numbers; one line per number would make a large
+    model's manifest several times longer and no easier to read.
+    """
+    text = json.dumps(_clean(obj), indent=2, default=_json_default, allow_nan=False)
+    return _NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text)
+
+
+def update_run_folder(folder: str | Path, files: dict[str, bytes]) -> list[Path]:
+    """Write ``files`` (relative path -> bytes) into an existing featuremaps run folder.
+
+    Used to add or refresh files of a finished run (the HTML report) without staging the whole
+    folder again. Each file is replaced in one step (written beside it, then renamed), so a
+    reader sees the old or the new file, never half of one. Returns the written paths.
+    """
+    root = Path(folder)
+    if not root.is_dir() or not _is_ours(root):
+        raise OutputError(
+            f"'{root}' is not a featuremaps run folder (no {MANIFEST} written by featuremaps); "
+            "expected the --out folder of a run, or one of its per-image sub-folders"
+        )
+    written = []
+    for relative, data in files.items():
+        rel = Path(relative)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise OutputError(f"refusing to write '{relative}': it would leave the output folder")
+        full = root / rel
+        try:
+            full.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{full.name}.", dir=full.parent)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, full)
+        except OSError as exc:
+            raise OutputError(f"cannot write '{full}': {exc}") from None
+        written.append(full)
+    return written
 
 
 class SafetensorsStream:
@@ -183,8 +237,7 @@ class OutputFolder:
 
     def write_json(self, relative: str, obj: Any) -> str:
         """Write strict JSON (NaN/Inf become null) to ``relative``; return the relative path."""
-        text = json.dumps(_clean(obj), indent=2, default=_json_default, allow_nan=False)
-        self.path(relative).write_text(text + "\n", encoding="utf-8")
+        self.path(relative).write_text(dump_json(obj) + "\n", encoding="utf-8")
         return relative
 
     def arrays(self, relative: str, metadata: dict[str, str] | None = None) -> SafetensorsStream:

@@ -2,6 +2,8 @@
 
 Second stage of the flow (input → **model** → capture → render → io). A *model spec* is one of:
 
+* ``shapes_cnn``: featuremaps' own small CNN, trained here on procedural shapes, with weights
+  shipped in the package (:mod:`featuremaps.zoo`);
 * a torchvision name (``resnet18``, ``vgg16``, ``vit_b_16``) with weights ``DEFAULT``, an enum
   member name (``IMAGENET1K_V1``), ``none`` or a local weights file (``.pth``, ``.safetensors``);
 * ``timm:NAME`` (or a bare timm name) when timm is installed;
@@ -29,12 +31,15 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from featuremaps._errors import ModelError, RandomWeightsWarning, UntrustedCheckpointError
+
+if TYPE_CHECKING:
+    from featuremaps.inputs import Preprocessing
 
 __all__ = ["LoadedModel", "load_model", "load_weights_file"]
 
@@ -55,6 +60,8 @@ class LoadedModel:
         random_weights: True when the model runs with randomly initialised weights.
         weights_enum: the torchvision weights enum member, when one applies (its transforms
             describe the preprocessing the weights expect, even when they could not be loaded).
+        preprocessing: the preprocessing the model expects when it is not described by
+            ``weights_enum`` (featuremaps' zoo models); preferred over ``weights_enum`` when set.
     """
 
     model: nn.Module
@@ -64,6 +71,7 @@ class LoadedModel:
     weights_status: str
     random_weights: bool
     weights_enum: Any = None
+    preprocessing: Preprocessing | None = None
 
     def describe(self) -> dict[str, object]:
         """A JSON-able summary for manifests."""
@@ -109,9 +117,15 @@ def load_model(
     elif Path(spec).suffix in WEIGHT_SUFFIXES or Path(spec).is_file():
         loaded = _load_model_file(spec, trust_checkpoint)
     else:
-        loaded = _load_zoo(spec, weights, offline)
+        from featuremaps import zoo  # imported here: the zoo builds on this module
 
-    if weights not in (None, "DEFAULT", "default") and loaded.source not in ("torchvision", "timm"):
+        if spec in zoo.NAMES:
+            loaded = zoo.load(spec, weights, trust_checkpoint)
+        else:
+            loaded = _load_zoo(spec, weights, offline)
+
+    handled = ("torchvision", "timm", "featuremaps")  # these loaders already applied `weights`
+    if weights not in (None, "DEFAULT", "default") and loaded.source not in handled:
         state = load_weights_file(weights, trust_checkpoint)
         _fit_state_dict(loaded.model, state, weights, spec)
         loaded = LoadedModel(

@@ -1,0 +1,317 @@
+"""The report as plain data: built from a run's manifest, before any HTML exists.
+
+First half of the ``report`` stage (… → render → **report** → io). :func:`build_report` reads
+only the manifest dict that the run wrote (the same file users load), so a report can be rebuilt
+from a finished run folder, and everything the page shows can be checked here without a browser.
+Paths in the manifest of a per-image sub-folder start with that sub-folder; ``base`` strips it so
+every path here is relative to the report itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from featuremaps._errors import InputError
+from featuremaps.io import TOOL
+
+__all__ = [
+    "DATA_DIR",
+    "Field",
+    "LayerEntry",
+    "OutlineNode",
+    "ReportData",
+    "ReportHeader",
+    "build_report",
+    "preprocessing_text",
+]
+
+DATA_DIR = "data"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One labelled line of the header."""
+
+    label: str
+    value: str
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One manifest record as the report shows it.
+
+    ``key`` is the record's position in the manifest (the page anchor is ``L<key>``). ``stem`` is
+    the safe file stem shared by the record's picture and its data files (``0012_layer1.0.conv1``).
+    ``low``/``high`` are the range of the drawn sample over all channels (from the channel
+    statistics), which is what the per-layer scale uses.
+    """
+
+    key: int
+    name: str
+    module: str
+    call: int
+    type: str
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    layout: str | None
+    image: str | None
+    data: str | None
+    stem: str | None
+    skipped: str | None
+    minimum: float | None
+    maximum: float | None
+    mean: float | None
+    nonfinite: int
+    shown: tuple[int, ...]
+    channel_stats: Mapping[str, Sequence[float | None]] | None
+    low: float | None
+    high: float | None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def anchor(self) -> str:
+        return f"L{self.key}"
+
+    @property
+    def shape_text(self) -> str:
+        return "×".join(str(n) for n in self.shape) if self.shape else "never ran"
+
+    @property
+    def channels(self) -> int | None:
+        return self.shape[1] if self.shape and len(self.shape) >= 2 else None
+
+    @property
+    def stats_file(self) -> str | None:
+        """Where the report writes this record's statistics script (None without statistics)."""
+        if self.channel_stats is None or self.stem is None:
+            return None
+        return f"{DATA_DIR}/{self.stem}.stats.js"
+
+    @property
+    def label(self) -> str:
+        """The name shown in the outline: the last path segment plus any call/key suffix."""
+        if not self.module:
+            return self.name
+        return self.module.rsplit(".", 1)[-1] + self.name[len(self.module) :]
+
+    @property
+    def drawn(self) -> bool:
+        return self.image is not None and self.shape is not None and len(self.shape) == 4
+
+
+@dataclass(frozen=True)
+class OutlineNode:
+    """A module path segment, the records its module produced (keys), and its sub-modules."""
+
+    segment: str
+    path: str
+    entries: tuple[int, ...]
+    children: tuple[OutlineNode, ...]
+
+
+@dataclass(frozen=True)
+class ReportHeader:
+    title: str
+    model: tuple[Field, ...]
+    random_weights: bool
+    weights_status: str
+    input: tuple[Field, ...]
+    picture_given: str | None
+    picture_fed: str | None
+    fed_note: str | None
+    versions: tuple[Field, ...]
+    created: str
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReportData:
+    header: ReportHeader
+    layers: tuple[LayerEntry, ...]
+    outline: OutlineNode
+    scale: str
+    fixed_range: tuple[float, float] | None
+    cmap: str | None
+    columns: int
+    sample: int
+    global_range: tuple[float, float] | None
+    selection: str
+
+
+def _relative(path: object, base: str) -> str | None:
+    if not isinstance(path, str) or not path:
+        return None
+    return path[len(base) :] if base and path.startswith(base) else path
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _sample_range(stats: Mapping[str, Sequence[Any]] | None) -> tuple[float | None, float | None]:
+    if not stats:
+        return None, None
+    lows = [v for v in (_finite(x) for x in stats.get("min", ())) if v is not None]
+    highs = [v for v in (_finite(x) for x in stats.get("max", ())) if v is not None]
+    return (min(lows) if lows else None), (max(highs) if highs else None)
+
+
+def _entry(key: int, rec: Mapping[str, Any], base: str) -> LayerEntry:
+    image = _relative(rec.get("image"), base)
+    stem = PurePosixPath(image).stem if image else None
+    stats = rec.get("channel_stats")
+    stats = stats if isinstance(stats, Mapping) else None
+    low, high = _sample_range(stats)
+    shape = rec.get("shape")
+    shown = rec.get("channels_shown") or ()
+    return LayerEntry(
+        key=key,
+        name=str(rec.get("name", "")),
+        module=str(rec.get("module", "")),
+        call=int(rec.get("call", 0)),
+        type=str(rec.get("type", "")),
+        shape=tuple(int(n) for n in shape) if isinstance(shape, list) else None,
+        dtype=rec.get("dtype"),
+        layout=rec.get("layout"),
+        image=image,
+        data=_relative(rec.get("data"), base),
+        stem=stem,
+        skipped=rec.get("skipped"),
+        minimum=_finite(rec.get("min")),
+        maximum=_finite(rec.get("max")),
+        mean=_finite(rec.get("mean")),
+        nonfinite=int(rec.get("nonfinite") or 0),
+        shown=tuple(int(c) for c in shown),
+        channel_stats=stats,
+        low=low,
+        high=high,
+        warnings=tuple(str(w) for w in rec.get("warnings") or ()),
+    )
+
+
+def _outline(layers: Sequence[LayerEntry]) -> OutlineNode:
+    """The module hierarchy from the records' dotted module paths, in execution order."""
+    # Mutable twins of OutlineNode while the tree grows: (entries, children by segment).
+    tree: dict[str, Any] = {"entries": [], "children": {}}
+    for entry in layers:
+        node = tree
+        for part in entry.module.split(".") if entry.module else ():
+            node = node["children"].setdefault(part, {"entries": [], "children": {}})
+        node["entries"].append(entry.key)
+
+    def freeze(segment: str, path: str, node: dict[str, Any]) -> OutlineNode:
+        children = tuple(
+            freeze(seg, f"{path}.{seg}" if path else seg, child)
+            for seg, child in node["children"].items()
+        )
+        return OutlineNode(segment, path, tuple(node["entries"]), children)
+
+    return freeze("", "", tree)
+
+
+def preprocessing_text(pre: object) -> str:
+    """One line for the preprocessing steps of the manifest's ``input.preprocessing``."""
+    if not isinstance(pre, Mapping):
+        return "not recorded"
+    steps = []
+    if pre.get("resize") is not None:
+        steps.append(f"resize {pre['resize']}")
+    if pre.get("crop") is not None:
+        steps.append(f"centre crop {pre['crop']}")
+    if pre.get("mean") is not None:
+        steps.append(f"normalise mean {pre['mean']} std {pre.get('std')}")
+    if pre.get("transform"):
+        steps.append(f"transform {pre['transform']}")
+    text = " → ".join(steps) if steps else "none"
+    return f"{text} ({pre['source']})" if pre.get("source") else text
+
+
+def _header(manifest: Mapping[str, Any], base: str) -> ReportHeader:
+    model = manifest.get("model") or {}
+    inp = manifest.get("input") or {}
+    pictures = inp.get("pictures") or {}
+    spec = str(model.get("spec", "model"))
+    model_fields = (
+        Field("model", spec),
+        Field("source", str(model.get("source", ""))),
+        Field("weights", str(model.get("weights", ""))),
+        Field("weights status", str(model.get("weights_status", ""))),
+    )
+    input_fields = [Field("kind", str(inp.get("kind", "")))]
+    if inp.get("path"):
+        input_fields.insert(0, Field("input", str(inp["path"])))
+    if inp.get("original"):
+        input_fields.append(Field("as given", str(inp["original"])))
+    conversions = inp.get("conversions") or []
+    if conversions:
+        input_fields.append(Field("conversions", "; ".join(str(c) for c in conversions)))
+    if "preprocessing" in inp:
+        input_fields.append(Field("preprocessing", preprocessing_text(inp["preprocessing"])))
+    if inp.get("fed_shape"):
+        input_fields.append(Field("fed shape", "×".join(str(n) for n in inp["fed_shape"])))
+    versions = manifest.get("versions") or {}
+    name = PurePosixPath(str(inp["path"])).name if inp.get("path") else "tensor input"
+    return ReportHeader(
+        title=f"{spec} · {name}",
+        model=model_fields,
+        random_weights=bool(model.get("random_weights")),
+        weights_status=str(model.get("weights_status", "")),
+        input=tuple(input_fields),
+        picture_given=_relative(pictures.get("given"), base),
+        picture_fed=_relative(pictures.get("fed"), base),
+        fed_note=pictures.get("fed_note"),
+        versions=tuple(Field(str(k), str(v)) for k, v in versions.items()),
+        created=str(manifest.get("created", "")),
+        # The banner already says it, with the same words.
+        warnings=tuple(
+            str(w)
+            for w in manifest.get("warnings") or ()
+            if not (model.get("random_weights") and str(w).startswith("RANDOM WEIGHTS"))
+        ),
+    )
+
+
+def _selection_text(render: Mapping[str, Any]) -> str:
+    if render.get("channels"):
+        return "explicit list"
+    order = render.get("order", "index")
+    k = render.get("max_channels")
+    return f"first {k} by index" if order == "index" else f"top {k} by {order}"
+
+
+def build_report(manifest: Mapping[str, Any], base: str = "") -> ReportData:
+    """The report's data objects from a run's manifest (see the module docstring for ``base``)."""
+    if not isinstance(manifest, Mapping) or manifest.get("tool") != TOOL:
+        raise InputError(
+            'the manifest was not written by featuremaps (no "tool": "featuremaps"); expected '
+            "the manifest.json of a featuremaps run"
+        )
+    if "records" not in manifest:
+        raise InputError(
+            "the manifest lists runs, not records; build the report of each run in its sub-folder"
+        )
+    layers = tuple(_entry(i, rec, base) for i, rec in enumerate(manifest["records"]))
+    render = manifest.get("render") or {}
+    fixed = render.get("value_range") if render.get("scale") == "fixed" else None
+    lows = [e.low for e in layers if e.drawn and e.low is not None]
+    highs = [e.high for e in layers if e.drawn and e.high is not None]
+    cmap = render.get("cmap")
+    return ReportData(
+        header=_header(manifest, base),
+        layers=layers,
+        outline=_outline(layers),
+        scale=str(render.get("scale", "layer")),
+        fixed_range=(float(fixed[0]), float(fixed[1])) if fixed else None,
+        # The manifest says "auto (...)" when no colormap was asked for.
+        cmap=cmap if isinstance(cmap, str) and not cmap.startswith("auto") else None,
+        columns=int(render.get("columns") or 8),
+        sample=int(render.get("sample") or 0),
+        global_range=(min(lows), max(highs)) if lows and highs else None,
+        selection=_selection_text(render),
+    )

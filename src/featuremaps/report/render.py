@@ -1,0 +1,246 @@
+"""The report's files as bytes: the HTML page from packaged templates, its assets and data scripts.
+
+Second half of the ``report`` stage: :class:`~featuremaps.report.model.ReportData` in, a mapping
+``relative path -> bytes`` out. Nothing here writes files (``featuremaps.io`` does).
+
+The page must open from ``file://`` with no server. Browsers refuse ``fetch()`` of ``file://``
+URLs, but they do run ``<script src>`` files from the same folder, so every piece of data loaded
+later is a small script that calls ``featuremaps.layerData(...)`` or ``featuremaps.layerStats(...)``
+defined by ``assets/report.js``. Layer names are user data (a module can be registered under any
+string): the templates autoescape everything, data goes into the page only as JSON inside a
+``<script type="application/json">`` block with ``<``, ``>`` and ``&`` escaped, and the
+Content-Security-Policy runs script files only (no inline script, no event-handler attributes).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from featuremaps.render.colormap import DEFAULT_CMAP, DEFAULT_DIVERGING_CMAP, colormap_lut
+from featuremaps.report.model import ReportData
+
+__all__ = [
+    "ASSETS_DIR",
+    "CSP",
+    "DIVERGING_CMAPS",
+    "PRECISION",
+    "SEQUENTIAL_CMAPS",
+    "float16_copy",
+    "layer_data_script",
+    "render_files",
+    "runs_index_files",
+    "script_json",
+    "stats_script",
+]
+
+ASSETS_DIR = "assets"
+PRECISION = "float16"
+SEQUENTIAL_CMAPS = ("viridis", "magma", "cividis", "gray")
+DIVERGING_CMAPS = ("RdBu_r", "coolwarm")
+# Diverging matplotlib maps a run may have asked for; any of them is offered for signed layers.
+_DIVERGING_BASES = ("RdBu", "coolwarm", "bwr", "seismic", "PiYG", "PRGn", "BrBG", "PuOr", "RdGy")
+_KNOWN_DIVERGING = frozenset(
+    name
+    for base in (*_DIVERGING_BASES, "RdYlBu", "RdYlGn", "Spectral")
+    for name in (base, f"{base}_r")
+)
+# For a file:// page Chromium counts every file:// URL as 'self' (measured: a script in a parent
+# folder loads too), so this does not confine the page to its folder. What it does: no inline
+# script or style, no eval, no event-handler attributes, nothing from the network, data: or blob:.
+# A path-restricted source would need the folder's absolute path and break moving the report.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'none'"
+)
+
+
+def _strict(value: Any) -> Any:
+    """NaN/Inf floats become None, so the text is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def script_json(obj: Any) -> str:
+    """JSON text that is safe inside ``<script>`` blocks and JavaScript string contexts.
+
+    ``<``, ``>`` and ``&`` become ``\\u003c`` etc., so no value can close the script element or
+    start a comment; U+2028/U+2029 are escaped because older JavaScript treats them as line ends.
+    NaN/Inf become ``null`` (strict JSON).
+    """
+    text = json.dumps(_strict(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for raw, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def float16_copy(maps: np.ndarray) -> tuple[np.ndarray, int]:
+    """A little-endian float16 copy of ``maps`` and how many finite values overflowed to ±Inf."""
+    arr = np.asarray(maps)
+    with np.errstate(over="ignore"):
+        half = arr.astype("<f2")  # always a new array: the caller's buffer may change later
+    overflow = int(np.count_nonzero(np.isfinite(arr) & ~np.isfinite(half)))
+    return half, overflow
+
+
+def layer_data_script(
+    stem: str,
+    half: np.ndarray,
+    overflow: int,
+    ranges: Sequence[tuple[float | None, float | None]],
+) -> bytes:
+    """The data script of one record: its shown channels ``(k, H, W)`` as float16, base64.
+
+    ``half`` and ``overflow`` come from :func:`float16_copy`. ``ranges`` are the exact
+    (float32/float64) min and max of each shown channel, so per-channel colour scales and
+    captions do not depend on the float16 rounding.
+    """
+    half = np.asarray(half, dtype="<f2")
+    meta = {
+        "shape": list(half.shape),
+        "dtype": PRECISION,
+        "byteorder": "little",
+        "overflow": overflow,
+        "ranges": [list(r) for r in ranges],
+    }
+    payload = base64.b64encode(np.ascontiguousarray(half).tobytes()).decode("ascii")
+    text = f'featuremaps.layerData({script_json(stem)},{script_json(meta)},"{payload}");\n'
+    return text.encode("utf-8")
+
+
+def stats_script(stem: str, stats: Mapping[str, Any]) -> bytes:
+    """The statistics script of one record (every channel of the drawn sample)."""
+    return f"featuremaps.layerStats({script_json(stem)},{script_json(stats)});\n".encode()
+
+
+def _lut_hex(name: str) -> str:
+    return bytes(np.asarray(colormap_lut(name), dtype=np.uint8).tobytes()).hex()
+
+
+def _cmap_lists(run_cmap: str | None) -> tuple[list[str], list[str], str, str]:
+    sequential, diverging = list(SEQUENTIAL_CMAPS), list(DIVERGING_CMAPS)
+    seq_default, div_default = DEFAULT_CMAP, DEFAULT_DIVERGING_CMAP
+    if run_cmap is not None:
+        colormap_lut(run_cmap)  # a name the run accepted; fails loudly if it is not a colormap
+        if run_cmap in _KNOWN_DIVERGING:
+            if run_cmap not in diverging:
+                diverging.append(run_cmap)
+            div_default = run_cmap
+        else:
+            if run_cmap not in sequential:
+                sequential.append(run_cmap)
+            seq_default = run_cmap
+    return sequential, diverging, seq_default, div_default
+
+
+def client_config(data: ReportData) -> dict[str, Any]:
+    """What report.js needs, as one JSON object embedded in the page."""
+    sequential, diverging, seq_default, div_default = _cmap_lists(data.cmap)
+    layers = [
+        {
+            "key": e.key,
+            "name": e.name,
+            "shape": list(e.shape[1:]) if e.shape else None,
+            "shown": list(e.shown),
+            "low": e.low,
+            "high": e.high,
+            "data": e.data,
+            "stem": e.stem,
+            "stats": e.stats_file,
+            "image": e.image,
+        }
+        for e in data.layers
+        if e.drawn
+    ]
+    return {
+        "precision": PRECISION,
+        "scale": data.scale,
+        "fixed": list(data.fixed_range) if data.fixed_range else None,
+        "global": list(data.global_range) if data.global_range else None,
+        "columns": data.columns,
+        "sample": data.sample,
+        "selection": data.selection,
+        "sequential": sequential,
+        "diverging": diverging,
+        "cmap": {"sequential": seq_default, "diverging": div_default},
+        "luts": {name: _lut_hex(name) for name in dict.fromkeys(sequential + diverging)},
+        "fed": data.header.picture_fed,
+        "layers": layers,
+    }
+
+
+@functools.cache
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("featuremaps.report", "templates"),
+        autoescape=True,  # every value is escaped unless a template says otherwise
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _asset(name: str) -> bytes:
+    return (resources.files("featuremaps.report") / "static" / name).read_bytes()
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def render_files(data: ReportData) -> dict[str, bytes]:
+    """Every file of the report: ``index.html``, its assets, and the statistics scripts."""
+    import markupsafe
+
+    config = script_json(client_config(data))
+    page = (
+        _environment()
+        .get_template("index.html")
+        .render(
+            report=data,
+            csp=CSP,
+            assets=ASSETS_DIR,
+            precision=PRECISION,
+            number=_number,
+            # Already escaped for a <script> block by script_json; autoescaping it again would
+            # turn its quotes into entities that JSON.parse cannot read.
+            config=markupsafe.Markup(config),
+            by_key={e.key: e for e in data.layers},
+        )
+    )
+    files = {
+        "index.html": page.encode("utf-8"),
+        f"{ASSETS_DIR}/report.js": _asset("report.js"),
+        f"{ASSETS_DIR}/report.css": _asset("report.css"),
+    }
+    for entry in data.layers:
+        if entry.stats_file and entry.stem and entry.channel_stats is not None:
+            files[entry.stats_file] = stats_script(entry.stem, entry.channel_stats)
+    return files
+
+
+def runs_index_files(runs: Sequence[tuple[str, ReportData]]) -> dict[str, bytes]:
+    """A top-level page linking the report of each input's sub-folder."""
+    page = _environment().get_template("runs.html").render(runs=runs, csp=CSP, assets=ASSETS_DIR)
+    return {"index.html": page.encode("utf-8"), f"{ASSETS_DIR}/report.css": _asset("report.css")}

@@ -1,0 +1,96 @@
+"""Per-channel statistics of one sample's maps: pure numbers, no drawing, no files.
+
+Part of the pure "statistics" stage (capture → **stats** → render → report/io). The run computes
+these for every channel of the drawn sample as each record arrives, stores them in the manifest,
+and the HTML report shows them as a sortable table.
+
+Every statistic is taken over the *finite* values of a channel (NaN and ±Inf are left out, as in
+the rest of featuremaps) and accumulated in float64. The standard deviation is the population one
+(``ddof=0``) computed in two passes (mean first, then the mean squared deviation), because the
+one-pass ``E[x²] − E[x]²`` loses every digit when the mean is large next to the spread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from featuremaps._errors import InputError
+
+__all__ = ["STAT_NAMES", "ChannelStats", "channel_stats"]
+
+STAT_NAMES = ("mean", "std", "min", "max", "zeros")
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelStats:
+    """Statistics per channel, each a (C,) float64 array (``finite`` is int64).
+
+    ``zeros`` is the fraction of a channel's finite values that are exactly 0 (for example what
+    a ReLU switched off). A channel without any finite value has NaN in every statistic and
+    ``finite == 0``.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    zeros: np.ndarray
+    finite: np.ndarray
+
+    def to_json(self) -> dict[str, list[Any]]:
+        """Plain lists for the manifest (NaN stays NaN here; the writer turns it into null)."""
+        return {name: getattr(self, name).tolist() for name in STAT_NAMES}
+
+
+def channel_stats(maps: np.ndarray) -> ChannelStats:
+    """Mean, std, min, max and fraction of zeros of each channel of ``maps`` (C, ...).
+
+    ``maps`` is any real array whose first axis is the channel (one sample's ``(C, H, W)``
+    maps, or ``(C, L)``); it is not modified.
+    """
+    arr = np.asarray(maps)
+    if arr.ndim < 1:
+        raise InputError(
+            f"maps of shape {arr.shape}; expected (C, ...) with channels first. Select one sample "
+            "of the batch first."
+        )
+    if arr.dtype.kind not in "fiub":
+        raise InputError(
+            f"maps of dtype {arr.dtype}; expected real numbers. Convert with .real or "
+            ".astype(float)."
+        )
+    c = arr.shape[0]
+    flat = arr.reshape(c, int(np.prod(arr.shape[1:], dtype=np.int64)))
+    if flat.dtype.kind != "f":
+        flat = flat.astype(np.float64)  # integers and bools: exact in float64, and ±inf fills work
+    finite = np.isfinite(flat)
+    every = bool(finite.all())
+    # A mask only when needed: the common case is all finite, and masked reductions are slower.
+    where: np.ndarray | bool = True if every else finite
+    n = np.full(c, flat.shape[1], dtype=np.int64) if every else finite.sum(axis=1, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = np.sum(flat, axis=1, dtype=np.float64, where=where)
+        mean = total / n
+        dev = flat.astype(np.float64) - mean[:, None]
+        if not every:
+            dev = np.where(finite, dev, 0.0)
+        std = np.sqrt(np.einsum("ij,ij->i", dev, dev) / n)
+        low = np.min(flat, axis=1, initial=np.inf, where=where)
+        high = np.max(flat, axis=1, initial=-np.inf, where=where)
+        zeros = np.count_nonzero(flat == 0, axis=1) / n
+    empty = n == 0
+    low = low.astype(np.float64)
+    high = high.astype(np.float64)
+    for values in (mean, std, low, high, zeros):
+        values[empty] = np.nan
+    return ChannelStats(
+        mean=mean,
+        std=std,
+        min=low,
+        max=high,
+        zeros=np.asarray(zeros, dtype=np.float64),
+        finite=n,
+    )

@@ -1,0 +1,389 @@
+"""The HTML report without a browser: files, data objects, numbers against recomputations, escaping.
+
+What only a browser can show (drawing, hovering, switching scales, scripts that must not run) is
+in test_report_browser.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import featuremaps as fm
+from featuremaps.cli import main
+from featuremaps.inputs import Preprocessing, fed_picture
+from featuremaps.io import update_run_folder
+from featuremaps.report import build_report, report_files
+from featuremaps.report.render import CSP, script_json
+
+DATA_CALL = re.compile(r'^featuremaps\.layerData\(("[^"]*"),(\{.*\}),"([A-Za-z0-9+/=]*)"\);\n$')
+STATS_CALL = re.compile(r"^featuremaps\.layerStats\((\"[^\"]*\"),(\{.*\})\);\n$")
+
+
+def read_layer_data(path: Path) -> tuple[str, dict, np.ndarray]:
+    """Decode a data script the way report.js does: base64 -> little-endian float16."""
+    match = DATA_CALL.match(path.read_text(encoding="utf-8"))
+    assert match, path
+    meta = json.loads(match.group(2))
+    raw = np.frombuffer(base64.b64decode(match.group(3)), dtype="<f2")
+    return json.loads(match.group(1)), meta, raw.reshape(meta["shape"])
+
+
+@pytest.fixture
+def tiny_run(tiny: nn.Module, image_batch: torch.Tensor, tmp_path: Path) -> fm.Visualization:
+    [result] = fm.visualize(tiny, image_batch, out=tmp_path / "tiny")
+    return result
+
+
+def test_run_writes_report_beside_pictures(tiny_run: fm.Visualization) -> None:
+    out = tiny_run.out_dir
+    assert out is not None and tiny_run.report == out / "index.html"
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    drawn = [r for r in tiny_run.records if r.image]
+    assert {"index.html", "assets/report.js", "assets/report.css", "input-fed.png"} <= names
+    for r in drawn:
+        stem = Path(r.image or "").stem
+        assert {f"{stem}.png", f"data/{stem}.js", f"data/{stem}.stats.js"} <= names
+        assert r.data == f"data/{stem}.js"
+    assert tiny_run.manifest["report"] == "index.html"
+    # A tensor input has no picture "as given"; the fed one is made from the tensor.
+    assert tiny_run.manifest["input"]["pictures"]["given"] is None
+
+
+def test_channel_stats_in_manifest_match_numpy_for_every_channel(
+    tiny: nn.Module, image_batch: torch.Tensor, tiny_run: fm.Visualization
+) -> None:
+    manifest = json.loads((Path(str(tiny_run.out_dir)) / "manifest.json").read_text())
+    tensors = {r.name: r.tensor for r in fm.capture(tiny, image_batch)}
+    checked = 0
+    for rec in manifest["records"]:
+        if rec["image"] is None:
+            assert rec["channel_stats"] is None
+            continue
+        maps = tensors[rec["name"]][0].double().numpy().reshape(rec["shape"][1], -1)
+        stats = rec["channel_stats"]
+        assert len(stats["mean"]) == rec["shape"][1]  # all C channels, not only those shown
+        np.testing.assert_allclose(stats["mean"], maps.mean(axis=1), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(stats["std"], maps.std(axis=1), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(stats["min"], maps.min(axis=1), rtol=0, atol=0)
+        np.testing.assert_allclose(stats["max"], maps.max(axis=1), rtol=0, atol=0)
+        np.testing.assert_allclose(stats["zeros"], (maps == 0).mean(axis=1), rtol=0, atol=0)
+        checked += 1
+    assert checked == 6  # conv1, bn1, act, conv2, act#2, pool (1x1 maps are drawn too)
+
+
+def test_layer_data_are_the_shown_channels_in_float16(
+    tiny: nn.Module, image_batch: torch.Tensor, tmp_path: Path
+) -> None:
+    grid = fm.GridOptions(channels=(5, 0, 7))
+    [result] = fm.visualize(tiny, image_batch, out=tmp_path / "o", layers="conv2", grid=grid)
+    [rec] = [r for r in result.records if r.image]
+    assert rec.channels_shown == (5, 0, 7)
+    key, meta, values = read_layer_data(Path(str(result.out_dir)) / str(rec.data))
+    assert key == Path(str(rec.image)).stem and meta["dtype"] == "float16"
+    expected = fm.capture(tiny, image_batch, layers="conv2")[0].tensor[0, [5, 0, 7]].numpy()
+    np.testing.assert_array_equal(values, expected.astype(np.float16))
+    # Exact ranges ride along, so per-channel scales do not depend on the float16 rounding.
+    assert meta["ranges"] == [
+        [float(expected[i].min()), float(expected[i].max())] for i in range(3)
+    ]
+    assert meta["overflow"] == 0
+
+
+def test_float16_overflow_is_counted() -> None:
+    from featuremaps.report.render import float16_copy, layer_data_script
+
+    maps = np.array([[[1e5, 1.0]]], dtype=np.float32)
+    half, overflow = float16_copy(maps)
+    assert overflow == 1 and half.dtype == np.dtype("<f2") and not np.shares_memory(half, maps)
+    text = layer_data_script("0000_x", half, overflow, [(1.0, 1e5)])
+    assert '"overflow":1' in text.decode()
+
+
+def test_outline_keeps_every_call_of_a_reused_module(tiny_run: fm.Visualization) -> None:
+    data = build_report(tiny_run.manifest)
+    by_key = {e.key: e for e in data.layers}
+    act = next(n for n in data.outline.children if n.segment == "act")
+    assert [by_key[k].name for k in act.entries] == ["act", "act#2"]
+    assert [by_key[k].label for k in act.entries] == ["act", "act#2"]
+    segments = [n.segment for n in data.outline.children]
+    assert segments == ["conv1", "bn1", "act", "conv2", "pool", "fc"]
+    html = (Path(str(tiny_run.out_dir)) / "index.html").read_text()
+    for e in data.layers:
+        assert f'href="#{e.anchor}"' in html and f'id="{e.anchor}"' in html
+
+
+def test_outline_is_a_tree_of_module_paths() -> None:
+    seq = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU()), nn.Conv2d(2, 2, 1))
+    [result] = fm.visualize(seq, torch.zeros(1, 1, 3, 3))
+    data = build_report({**result.manifest, "records": result.manifest["records"]})
+    [block, last] = data.outline.children
+    assert (block.path, [c.path for c in block.children]) == ("0", ["0.0", "0.1"])
+    assert last.path == "1" and last.entries and not last.children
+
+
+class Hostile(nn.Module):
+    NAMES = (
+        "<img src=x onerror=alert(1)>",
+        "</script><script>alert(2)</script>",
+        "\"'><svg onload=alert(3)>&amp;\u2028",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in self.NAMES:
+            self.add_module(name, nn.Conv2d(1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.NAMES:
+            x = getattr(self, name)(x)
+        return x
+
+
+class _Tags(HTMLParser):
+    """Every start tag with its attributes, as a browser's parser would see them."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+TEMPLATE_TAGS = {
+    "html", "head", "meta", "title", "link", "script", "body", "header", "h1", "h2", "span", "p",
+    "strong", "div", "dl", "dt", "dd", "figure", "img", "figcaption", "ul", "li", "label",
+    "select", "option", "noscript", "nav", "button", "details", "summary", "a", "main",
+    "section", "canvas", "dialog", "input", "br", "output",
+}  # fmt: skip
+
+
+def test_layer_names_are_escaped_everywhere(tmp_path: Path) -> None:
+    [result] = fm.visualize(Hostile(), torch.ones(1, 1, 4, 4), out=tmp_path / "h")
+    out = Path(str(result.out_dir))
+    html = (out / "index.html").read_text()
+    for name in Hostile.NAMES:
+        assert name not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    # No element from data: every tag is one the template wrote, with no event handler attribute.
+    tags = _Tags(html).tags
+    assert {tag for tag, _ in tags} <= TEMPLATE_TAGS
+    for tag, attrs in tags:
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        if tag == "img":
+            assert attrs["src"] in {"input-fed.png"} | {f"{p.stem}.png" for p in out.glob("*.png")}
+    assert [a["title"] for t, a in tags if t == "a" and "title" in a] == list(Hostile.NAMES)
+    scripts = re.findall(r"<script[^>]*>", html)
+    assert scripts == [
+        '<script type="application/json" id="fm-config">',
+        '<script src="assets/report.js" defer>',
+    ]
+    config = html.split('id="fm-config">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in config and ">" not in config and "&" not in config and "\u2028" not in config
+    assert [layer["name"] for layer in json.loads(config)["layers"]] == list(Hostile.NAMES)
+    for path in (out / "data").iterdir():
+        text = path.read_text()
+        assert "<" not in text and "\u2028" not in text
+
+
+def test_page_has_a_restrictive_csp_and_no_remote_resources(tiny_run: fm.Visualization) -> None:
+    html = (Path(str(tiny_run.out_dir)) / "index.html").read_text()
+    metas = [a for t, a in _Tags(html).tags if t == "meta" and "http-equiv" in a]
+    assert metas == [{"http-equiv": "Content-Security-Policy", "content": CSP}]
+    assert "default-src 'none'" in CSP and "script-src 'self'" in CSP and "unsafe" not in CSP
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    js = (Path(str(tiny_run.out_dir)) / "assets" / "report.js").read_text()
+    for forbidden in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert forbidden not in js
+    # fetch() and XHR of file:// URLs are blocked by browsers; data come as script files.
+    assert not re.search(r"\bfetch\([^)]", js) and "XMLHttpRequest" not in js
+
+
+def test_script_json_cannot_break_out_of_a_script_block() -> None:
+    text = script_json({"a": "</script><!-- & \u2028 \u2029", "n": float("nan")})
+    assert text == '{"a":"\\u003c/script\\u003e\\u003c!-- \\u0026 \\u2028 \\u2029","n":null}'
+    assert json.loads(text) == {"a": "</script><!-- & \u2028 \u2029", "n": None}
+
+
+def test_header_shows_random_weights_pictures_and_versions(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), np.uint8)).save(photo)
+    seq = nn.Sequential(nn.Conv2d(3, 2, 3))
+    loaded = fm.LoadedModel(seq, "my-net", "python object", "none", "random (test)", True)
+    pre = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="test")
+    item = fm.load_input(photo, preprocessing=pre)
+    [result] = fm.visualize(loaded, item, out=tmp_path / "o")
+    out = Path(str(result.out_dir))
+    html = (out / "index.html").read_text()
+    assert 'class="banner"' in html and "RANDOM WEIGHTS" in html
+    assert 'src="input.png"' in html and 'src="input-fed.png"' in html
+    assert "de-normalised with the preprocessing mean and std" in html
+    for key in ("torch", "numpy", "featuremaps"):
+        assert f"{key} {result.manifest['versions'][key]}" in html
+    assert result.manifest["created"] in html
+    with Image.open(out / "input.png") as given, Image.open(out / "input-fed.png") as fed:
+        # De-normalising the fed tensor gives the picture back.
+        assert np.array_equal(np.asarray(given), np.asarray(fed))
+        assert np.array_equal(np.asarray(given), item.display)
+
+
+def test_fed_picture_stretches_without_normalisation() -> None:
+    x = torch.zeros(1, 3, 2, 2)
+    x[0, 0] = torch.tensor([[-2.0, 0.0], [1.0, 2.0]])
+    x[0, 1] = 5.0
+    picture, note = fed_picture(x) or (None, "")
+    assert picture is not None and "stretched" in note
+    assert picture[..., 0].tolist() == [[0, 128], [191, 255]]
+    assert picture[..., 1].tolist() == [[0, 0], [0, 0]]  # constant channel
+    gray, note = fed_picture(torch.rand(1, 5, 3, 3)) or (None, "")
+    assert gray is not None and note.startswith("channel 0 of 5")
+    assert np.array_equal(gray[..., 0], gray[..., 2])
+    assert fed_picture(torch.rand(1, 10)) is None
+    plain, note = fed_picture(torch.full((1, 3, 2, 2), 0.5)) or (None, "")
+    assert plain is not None and note == "values shown as they are (already in [0, 1])"
+    assert (plain == 128).all()
+
+
+def test_no_report_option_writes_pictures_and_stats_only(
+    tiny: nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.save(tiny.state_dict(), tmp_path / "w.pt")
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (12, 10), (10, 200, 30)).save(photo)
+    nets = tmp_path / "nets.py"
+    nets.write_text("import torch.nn as nn\ndef build():\n    return nn.Conv2d(3, 4, 3)\n")
+    out = tmp_path / "o"
+    code = main([str(photo), "-m", f"{nets}:build", "-o", str(out), "--no-report"])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "report:" not in stdout
+    assert not (out / "index.html").exists() and not (out / "data").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["report"] is None
+    [rec] = manifest["records"]
+    assert rec["data"] is None and len(rec["channel_stats"]["mean"]) == 4
+    # The report can still be written afterwards; without layer data it shows the PNGs.
+    index = fm.write_report(out)
+    assert index == out / "index.html"
+    html = index.read_text()
+    assert '<img class="png" src="0000_output.png"' in html
+    assert (out / "data" / "0000_output.stats.js").exists()
+
+
+def test_cli_prints_the_report_path_last(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (12, 10), (10, 200, 30)).save(photo)
+    nets = tmp_path / "nets.py"
+    nets.write_text("import torch.nn as nn\ndef build():\n    return nn.Conv2d(3, 4, 3)\n")
+    out = tmp_path / "o"
+    assert main([str(photo), "-m", f"{nets}:build", "-o", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"report: {(out / 'index.html').resolve()}"
+    assert (out / "index.html").is_file()
+
+
+def test_write_report_refreshes_runs_and_refuses_other_folders(
+    tiny: nn.Module, image_batch: torch.Tensor, tmp_path: Path
+) -> None:
+    results = fm.visualize(tiny, [image_batch, image_batch * 2], out=tmp_path / "many")
+    top = tmp_path / "many"
+    assert [r.report for r in results] == [
+        top / "input" / "index.html",
+        top / "input-2" / "index.html",
+    ]
+    page = (top / "index.html").read_text()
+    assert 'href="input/index.html"' in page and 'href="input-2/index.html"' in page
+    (top / "input" / "index.html").unlink()
+    assert fm.write_report(top / "input") == top / "input" / "index.html"
+    sub = (top / "input" / "index.html").read_text()
+    assert 'src="data/0000_conv1.js"' not in sub  # data paths are relative to the sub-folder
+    assert '"data":"data/0000_conv1.js"' in sub
+    assert fm.write_report(top) == top / "index.html"
+    other = tmp_path / "mine"
+    other.mkdir()
+    with pytest.raises(fm.InputError, match=r"no manifest\.json in '.*mine'; expected the --out"):
+        fm.write_report(other)
+    (other / "manifest.json").write_text('{"tool": "other"}')
+    with pytest.raises(fm.InputError, match="manifest was not written by featuremaps"):
+        fm.write_report(other)
+    with pytest.raises(fm.OutputError, match=r"'.*mine' is not a featuremaps run folder"):
+        update_run_folder(other, {"index.html": b""})
+    with pytest.raises(fm.OutputError, match="refusing to write '../x': it would leave"):
+        update_run_folder(top, {"../x": b""})
+
+
+def test_build_report_refuses_foreign_manifests() -> None:
+    with pytest.raises(fm.InputError, match="was not written by featuremaps"):
+        build_report({"tool": "x", "records": []})
+    with pytest.raises(fm.InputError, match="lists runs, not records"):
+        build_report({"tool": "featuremaps", "runs": []})
+
+
+def test_report_files_are_package_data() -> None:
+    root = resources.files("featuremaps.report")
+    for name in ("templates/index.html", "templates/runs.html", "static/report.js"):
+        assert (root / name).is_file(), name
+    assert (root / "static" / "report.css").is_file()
+
+
+def test_report_is_built_from_the_manifest_alone(tiny_run: fm.Visualization) -> None:
+    manifest = json.loads((Path(str(tiny_run.out_dir)) / "manifest.json").read_text())
+    files = report_files(manifest)
+    written = (Path(str(tiny_run.out_dir)) / "index.html").read_bytes()
+    assert files["index.html"] == written
+
+
+def test_manifest_keeps_number_lists_on_one_line(tiny_run: fm.Visualization) -> None:
+    text = (Path(str(tiny_run.out_dir)) / "manifest.json").read_text()
+    assert re.search(r'"mean": \[-?[0-9.e+-]+, ', text)
+    assert json.loads(text)["tool"] == "featuremaps"
+
+
+def test_fixed_scale_and_colormap_of_the_run_are_offered(
+    tiny: nn.Module, image_batch: torch.Tensor, tmp_path: Path
+) -> None:
+    grid = fm.GridOptions(scale="fixed", value_range=(-1.0, 1.0), cmap="plasma")
+    [result] = fm.visualize(tiny, image_batch, out=tmp_path / "o", grid=grid)
+    html = (Path(str(result.out_dir)) / "index.html").read_text()
+    assert '<option value="fixed">fixed -1 … 1</option>' in html
+    config = json.loads(html.split('id="fm-config">', 1)[1].split("</script>", 1)[0])
+    assert config["scale"] == "fixed" and config["fixed"] == [-1.0, 1.0]
+    assert config["cmap"]["sequential"] == "plasma" and "plasma" in config["luts"]
+    assert config["cmap"]["diverging"] == "RdBu_r"
+    lut = bytes.fromhex(config["luts"]["plasma"])
+    assert lut == fm.render.colormap_lut("plasma").tobytes()
+
+
+def test_layer_data_keep_the_value_returned_even_if_changed_in_place_later(
+    tiny: nn.Module, image_batch: torch.Tensor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files are encoded on a second thread; make it as late as possible (after the whole forward
+    # pass, when `z += y` and the in-place ReLU have changed the buffers) to catch any aliasing.
+    import featuremaps.api as api
+
+    deferred: list[tuple[Any, str, Any]] = []
+    monkeypatch.setattr(api._BackgroundWriter, "submit", lambda self, *job: deferred.append(job))
+    monkeypatch.setattr(
+        api._BackgroundWriter, "wait", lambda self: [w(p, e()) for w, p, e in deferred]
+    )
+    [result] = fm.visualize(tiny, image_batch, out=tmp_path / "o")
+    exact = {r.name: r.tensor for r in fm.capture(tiny, image_batch)}
+    for rec in (r for r in result.records if r.data):
+        _, _, values = read_layer_data(Path(str(result.out_dir)) / rec.data)
+        expected = exact[rec.name][0, list(rec.channels_shown or ())].numpy()
+        np.testing.assert_array_equal(values, expected.astype(np.float16), err_msg=rec.name)
