@@ -291,13 +291,25 @@ def bench_scaling(model_name: str, sizes: list[int], reps: int) -> dict[str, Any
     model = build(model_name)
     for size in sizes:
         x = torch.randn(1, 3, size, size)
-        times = []
-        for _ in range(max(1, reps // 2)):
+
+        def plain(x: torch.Tensor = x) -> None:
+            with torch.no_grad():
+                model(x)
+
+        def run(x: torch.Tensor = x) -> None:
             with tempfile.TemporaryDirectory() as tmp:
-                [res] = fm.visualize(model, x, out=Path(tmp) / "o")
-                times.append(res.timings["wall"])
-        t = statistics.median(times)
-        size_rows.append({"input": size, "s": t, "us_per_input_pixel": 1e6 * t / size**2})
+                fm.visualize(model, x, out=Path(tmp) / "o")
+
+        t = alternate({"plain": plain, "featuremaps": run}, max(1, reps // 2))
+        size_rows.append(
+            {
+                "input": size,
+                "s": t["featuremaps"],
+                "plain_s": t["plain"],
+                "us_per_input_pixel": 1e6 * t["featuremaps"] / size**2,
+                "ratio_to_plain": t["featuremaps"] / t["plain"],
+            }
+        )
     return {"channels_shown": channel_rows, "input_size": size_rows, "model": model_name}
 
 
@@ -374,10 +386,11 @@ def report(results: dict[str, Any]) -> str:
             f"   {row['channels']:>4} channels {1e3 * row['s']:7.1f} ms "
             f"({row['ms_per_channel']:.2f} ms/channel)"
         )
-    lines.append(f"   input size ({s['model']}, all layers, wall)")
+    lines.append(f"   input size ({s['model']}, all layers, whole run incl. report)")
     for row in s["input_size"]:
         lines.append(
-            f"   {row['input']:>4}^2 {row['s']:7.2f} s ({row['us_per_input_pixel']:.2f} us/pixel)"
+            f"   {row['input']:>4}^2 {row['s']:7.2f} s ({row['us_per_input_pixel']:.2f} us/pixel,"
+            f" {row['ratio_to_plain']:.1f}x a plain forward of {row['plain_s']:.2f} s)"
         )
     return "\n".join(lines)
 

@@ -86,6 +86,12 @@ def test_run_writes_pictures_manifest_and_arrays(
     conv = manifest["records"][0]
     assert conv["image"] == "0000_conv.png" and (out / conv["image"]).is_file()
     assert conv["shape"] == [1, 6, 20, 24] and conv["skipped"] is None
+    assert conv["geometry"] == {
+        "method": "analytic",
+        "stride": [1.0, 1.0],
+        "offset": [0.0, 0.0],
+        "receptive_field": [3.0, 3.0],
+    }
     assert manifest["records"][3]["image"] is None and "vector" in manifest["records"][3]["skipped"]
     assert manifest["model"]["random_weights"] is False
     assert manifest["input"]["fed_shape"] == [1, 3, 20, 24]

@@ -340,6 +340,22 @@ def test_resnet18_every_layer_draws_from_file_urls(resnet18: Run, open_report: A
     h, w = resnet18.record(name)["shape"][2:]
     got = _hover_cell(page, "#fm-view-map", 10, 7, h, w)
     _check_readout(resnet18, name, shown[3], 10, 7, got)
+    # The overlay sits where the cells' receptive fields are centred (stride 32, first centre on
+    # pixel 0), not stretched: shifted up-left by half a stride on the 600x512 input.
+    assert resnet18.record(name)["geometry"] == {
+        "method": "analytic",
+        "stride": [32.0, 32.0],
+        "offset": [0.0, 0.0],
+        "receptive_field": [435.0, 435.0],
+    }
+    over = page.locator("#fm-view-over")
+    assert over.get_attribute("data-placed") == "geometry"
+    box = over.evaluate("c => [c.style.left, c.style.top, c.style.width, c.style.height]")
+    assert [float(v.rstrip("%")) for v in box] == pytest.approx(
+        [100 * -15.5 / 512, 100 * -15.5 / 600, 100 * 16 * 32 / 512, 100 * 19 * 32 / 600],
+        abs=1e-3,  # the browser keeps about 6 significant digits of a CSS percentage
+    )
+    assert "receptive-field geometry" in page.locator("#fm-view-place").text_content()
     page.screenshot(path=str(ACTUAL / "report-channel.png"))
     assert opened.errors == [] and opened.dialogs == []
     print(json.dumps({"resnet18_first_layer_ms": first_ms}))

@@ -11,6 +11,7 @@ pass) instead of keeping every activation.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import html
 import platform
@@ -27,6 +28,7 @@ from torch import nn
 
 from featuremaps._errors import NonFiniteWarning, OptionError
 from featuremaps.capture import Capture, LayerRecord, capture
+from featuremaps.geometry import GeometryTracker
 from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
@@ -36,6 +38,7 @@ from featuremaps.inputs import (
     preprocessing_from_weights,
 )
 from featuremaps.io import MANIFEST, TOOL, OutputFolder, safe_filename
+from featuremaps.layers import select_modules
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
 from featuremaps.render.png import encode_png
@@ -55,7 +58,8 @@ __all__ = ["RecordSummary", "Visualization", "summarize", "visualize"]
 ARRAYS = "arrays.safetensors"
 INPUT_PICTURE = "input.png"
 FED_PICTURE = "input-fed.png"
-# capture: the forward pass with hooks and copies, without the time spent consuming records.
+# capture: the forward pass with hooks, without the time spent consuming records; wall: the
+# capture with everything it waits for; manifest+report: writing those after the forward pass.
 TIMING_KEYS = ("capture", "stats", "render", "encode", "write", "consume", "wall")
 
 
@@ -80,6 +84,7 @@ class RecordSummary:
     warnings: tuple[str, ...] = ()
     channel_stats: dict[str, list[float]] | None = None
     data: str | None = None
+    geometry: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest entry (key order as documented in the README)."""
@@ -100,6 +105,7 @@ class RecordSummary:
             "nonfinite": self.nonfinite,
             "channels_shown": list(self.channels_shown) if self.channels_shown else None,
             "channel_stats": self.channel_stats,
+            "geometry": self.geometry,
             "warnings": list(self.warnings),
         }
 
@@ -334,6 +340,14 @@ def _input_pictures(
     return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
 
 
+def _geometry_tracker(model: nn.Module, tensor: torch.Tensor) -> GeometryTracker | None:
+    """Follow receptive-field geometry through the capture's own forward pass (no extra run);
+    it describes every leaf, selected or not, since geometry flows through all of them."""
+    if tensor.dim() != 4 or isinstance(model, torch.jit.ScriptModule):
+        return None
+    return GeometryTracker(tensor, select_modules(model, None, None, False, type(model).__name__))
+
+
 def _run_one(
     loaded: LoadedModel,
     item: _Resolved,
@@ -422,11 +436,13 @@ def _run_one(
         timings["consume"] += time.perf_counter() - start
 
     writer = _BackgroundWriter(timings)
+    tracker = _geometry_tracker(loaded.model, tensor) if folder is not None else None
     try:
         start = time.perf_counter()
         # consume() measures, draws and writes each record before the forward pass goes on,
         # so it sees the exact value without a copy (see capture's ``copy`` argument).
-        result: Capture = capture(loaded.model, tensor, on_record=consume, copy=False, **cap)
+        with tracker or contextlib.nullcontext():
+            result: Capture = capture(loaded.model, tensor, on_record=consume, copy=False, **cap)
         timings["capture"] = time.perf_counter() - start - timings.pop("consume")
         writer.wait()
         timings["wall"] = time.perf_counter() - start
@@ -442,6 +458,9 @@ def _run_one(
         )  # fmt: skip
     if arrays is not None:
         arrays.close()
+    if tracker is not None:
+        placed = {n: g.to_json() for n, g in tracker.found.items() if g is not None}
+        summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
 
     messages = []
     bad = [s.name for s in summaries if s.nonfinite]
@@ -476,11 +495,13 @@ def _run_one(
         "records": [s.to_json() for s in summaries],
     }
     if folder is not None:
+        start = time.perf_counter()
         folder.write_json(prefix + MANIFEST, manifest)
         if report:
             # The page is built from the manifest just written, as write_report() would.
             for relative, content in report_files(manifest, prefix).items():
                 folder.write_bytes(prefix + relative, content)
+        timings["manifest+report"] = time.perf_counter() - start
     return Visualization(summaries, manifest, None, grids, messages, timings)
 
 

@@ -32,7 +32,7 @@ from torch import nn
 from featuremaps._errors import OptionError
 from featuremaps.capture import record_name, run_hooked
 
-__all__ = ["AxisGeometry", "MapGeometry", "compute_geometry"]
+__all__ = ["AxisGeometry", "GeometryTracker", "MapGeometry", "compute_geometry"]
 
 # Layers whose output cell j depends on exactly the same input cells as its input cell j.
 _ELEMENTWISE = (
@@ -155,6 +155,71 @@ def _key(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:
     return t.untyped_storage().data_ptr(), tuple(t.shape)
 
 
+class GeometryTracker:
+    """Follows the analytic geometry through one forward pass, alongside any other hooks.
+
+    Use as a context manager around a forward pass (featuremaps' own capture, or a plain call):
+    it adds a pre-hook and a forward hook to each of ``modules`` and leaves them as it found
+    them. ``found`` then maps record names to a :class:`MapGeometry`, or to ``None`` where the
+    analytic path broke.
+    """
+
+    def __init__(self, inputs: torch.Tensor, modules: Mapping[str, nn.Module]) -> None:
+        self._modules = modules
+        self._known: dict[tuple[int, tuple[int, ...]], tuple[AxisGeometry, AxisGeometry]] = {
+            _key(inputs): (IDENTITY, IDENTITY)
+        }
+        self._before: dict[int, tuple[AxisGeometry, AxisGeometry] | None] = {}
+        self._calls: dict[str, int] = {}
+        self._handles: list[Any] = []
+        self.found: dict[str, MapGeometry | None] = {}
+
+    def __enter__(self) -> GeometryTracker:
+        for path, module in self._modules.items():
+            if isinstance(module, torch.jit.ScriptModule):
+                continue  # TorchScript modules run no Python hooks
+            self._handles.append(module.register_forward_pre_hook(self._pre))
+            self._handles.append(module.register_forward_hook(self._make_post(path)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        self._before[id(module)] = self._known.get(_key(first)) if first is not None else None
+
+    def _make_post(self, path: str) -> Any:
+        def post(module: nn.Module, args: Any, output: Any) -> None:
+            self._calls[path] = self._calls.get(path, 0) + 1
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                self._observe(record_name(path, self._calls[path]), module, output)
+
+        return post
+
+    def _observe(self, name: str, module: nn.Module, t: torch.Tensor) -> None:
+        before = self._before.get(id(module))
+        window = _window(module)
+        after: tuple[AxisGeometry, AxisGeometry] | None = None
+        if before is not None:
+            if window is not None:
+                k, s, p, d = window
+                after = (
+                    before[0].compose(k[0], s[0], p[0], d[0]),
+                    before[1].compose(k[1], s[1], p[1], d[1]),
+                )
+            elif isinstance(module, _ELEMENTWISE):
+                after = before
+        if after is None:
+            self.found[name] = None
+            return
+        self._known[_key(t)] = after
+        shape = (int(t.shape[2]), int(t.shape[3]))
+        self.found[name] = MapGeometry(name, after[0], after[1], shape, "analytic")
+
+
 def compute_geometry(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -183,50 +248,12 @@ def compute_geometry(
         from featuremaps.layers import select_modules
 
         layers = select_modules(model, None, None, False, type(model).__name__)
-    known: dict[tuple[int, tuple[int, ...]], tuple[AxisGeometry, AxisGeometry]] = {
-        _key(inputs): (IDENTITY, IDENTITY)
-    }
-    found: dict[str, MapGeometry | None] = {}
-    inputs_of: dict[int, Any] = {}
-
-    def pre(module: nn.Module, args: Any) -> None:
-        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        inputs_of[id(module)] = known.get(_key(first)) if first is not None else None
-
-    def sink(path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor) -> None:
-        if key is not None or t.dim() != 4:
-            return
-        name = record_name(path, call, key)
-        before = inputs_of.get(id(module))
-        window = _window(module)
-        after: tuple[AxisGeometry, AxisGeometry] | None = None
-        if method != "empirical" and before is not None:
-            if window is not None:
-                k, s, p, d = window
-                after = (
-                    before[0].compose(k[0], s[0], p[0], d[0]),
-                    before[1].compose(k[1], s[1], p[1], d[1]),
-                )
-            elif isinstance(module, _ELEMENTWISE):
-                after = before
-        if after is not None:
-            known[_key(t)] = after
-            found[name] = MapGeometry(
-                name, after[0], after[1], (t.shape[2], t.shape[3]), "analytic"
-            )
-        else:
-            found[name] = None
-
-    handles = [m.register_forward_pre_hook(pre) for m in layers.values()]
-    try:
-        run_hooked(model, inputs, layers, sink)
-    finally:
-        for h in handles:
-            h.remove()
+    with GeometryTracker(inputs, layers) as tracker:
+        run_hooked(model, inputs, {}, lambda *args: None)
 
     result: dict[str, MapGeometry] = {}
-    for name, geometry in found.items():
-        if geometry is None:
+    for name, geometry in tracker.found.items():
+        if geometry is None or method == "empirical":
             if method == "analytic":
                 continue
             geometry = _empirical(model, inputs, layers, name)

@@ -71,6 +71,7 @@ class LayerEntry:
     low: float | None
     high: float | None
     warnings: tuple[str, ...] = ()
+    geometry: Mapping[str, Any] | None = None
 
     @property
     def anchor(self) -> str:
@@ -192,6 +193,7 @@ def _entry(key: int, rec: Mapping[str, Any], base: str) -> LayerEntry:
         low=low,
         high=high,
         warnings=tuple(str(w) for w in rec.get("warnings") or ()),
+        geometry=rec["geometry"] if isinstance(rec.get("geometry"), Mapping) else None,
     )
 
 

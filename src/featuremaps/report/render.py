@@ -69,7 +69,11 @@ def _strict(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _strict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
+        # Inline test for the plain floats that fill statistics lists: one call per channel
+        # value cost a third of a second on resnet50.
+        return [
+            (v if math.isfinite(v) else None) if type(v) is float else _strict(v) for v in value
+        ]
     return value
 
 
@@ -166,6 +170,7 @@ def client_config(data: ReportData) -> dict[str, Any]:
             "stem": e.stem,
             "stats": e.stats_file,
             "image": e.image,
+            "geometry": dict(e.geometry) if e.geometry else None,
         }
         for e in data.layers
         if e.drawn

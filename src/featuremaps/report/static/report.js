@@ -462,6 +462,37 @@
       `${legendText(L, sc)}${sc.mode === "channel" ? ` · this channel: ${fmt(lo)} … ${fmt(hi)}` : ""}`;
   }
 
+  // Place the overlay by the layer's receptive-field geometry: cell (r, c) is centred on input
+  // pixel (offset + r * stride) and covers one stride around it, so the map is scaled by the
+  // stride and shifted by offset - stride / 2 (+ 0.5: pixel centres sit at half-pixel canvas
+  // positions). Without geometry the map is stretched over the input, and the note says so.
+  function placeOverlay(L, h, w) {
+    const g = L.geometry;
+    const W = viewInput ? viewInput.naturalWidth : 0;
+    const H = viewInput ? viewInput.naturalHeight : 0;
+    const note = document.getElementById("fm-view-place");
+    const box = viewOver.style;
+    if (g && W && H) {
+      const [sy, sx] = g.stride;
+      const [oy, ox] = g.offset;
+      box.left = `${(100 * (ox - sx / 2 + 0.5)) / W}%`;
+      box.top = `${(100 * (oy - sy / 2 + 0.5)) / H}%`;
+      box.width = `${(100 * w * sx) / W}%`;
+      box.height = `${(100 * h * sy) / H}%`;
+      box.right = box.bottom = "auto";
+      viewOver.dataset.placed = "geometry";
+      note.textContent =
+        `placed by receptive-field geometry (${g.method}): cell (r, c) is centred on input ` +
+        `(${fmt(oy)} + ${fmt(sy)}·r, ${fmt(ox)} + ${fmt(sx)}·c) and sees ` +
+        `${fmt(g.receptive_field[0])}×${fmt(g.receptive_field[1])} px`;
+    } else {
+      box.left = box.top = box.right = box.bottom = "0";
+      box.width = box.height = "100%";
+      viewOver.dataset.placed = "stretched";
+      note.textContent = "stretched over the input as fed (no geometry known for this layer), so alignment is approximate";
+    }
+  }
+
   function showViewStats() {
     const target = document.getElementById("fm-view-stats");
     const { L, i } = view;
@@ -488,6 +519,7 @@
     delete readout.dataset.col;
     delete readout.dataset.value;
     drawView();
+    placeOverlay(L, h, w);
     showViewStats();
     viewOver.style.opacity = String(Number(opacity.value) / 100);
     if (!dialog.open) dialog.showModal();
@@ -604,6 +636,7 @@
       high: spec.high,
       data: spec.data,
       image: spec.image,
+      geometry: spec.geometry,
       statsFile: spec.stats,
       section,
       tiles: section.querySelector(".tiles"),
