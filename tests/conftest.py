@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
+
+# CI replays the same examples every run (a red CI must mean a changed program, not a new draw);
+# local runs keep exploring new examples.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
+import tempfile
 import textwrap
 import urllib.error
 from pathlib import Path
@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
@@ -141,9 +143,19 @@ def test_full_model_pickle_needs_trust(tmp_path: Path) -> None:
     assert loaded.source == "pickle" and isinstance(loaded.model[0], nn.Conv2d)
 
 
+@settings(max_examples=60, deadline=None)
+@given(garbage=st.binary(max_size=300))
+def test_any_bytes_as_weights_give_a_model_error(garbage: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        bad = Path(tmp) / "bad.pth"
+        bad.write_bytes(garbage)
+        with pytest.raises(fm.ModelError):  # never another exception type, never code
+            fm.load_model("squeezenet1_1", str(bad))
+
+
 def test_corrupt_weights_and_state_dict_as_model(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pth"
-    bad.write_bytes(os.urandom(64))
+    bad.write_bytes(bytes(range(7, 71)))
     with pytest.raises(fm.ModelError, match="cannot read .*bad.pth"):
         fm.load_model("squeezenet1_1", str(bad))
     sd = tmp_path / "sd.pt"

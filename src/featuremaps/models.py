@@ -380,10 +380,14 @@ def _torch_load(path: Path, trust: bool) -> Any:
                 "loaded; if you trust its source pass --trust-checkpoint (trust_checkpoint=True), "
                 "or re-save it as a state_dict or .safetensors"
             ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # reported as a ModelError below, not swallowed
+        # On arbitrary bytes the weights-only unpickler fails in many ways (IndexError,
+        # KeyError, struct.error, RuntimeError from the zip reader...): all mean "not a
+        # readable checkpoint", and none of them ran code.
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelError(
-            f"cannot read '{path}' as a PyTorch file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); is it complete and really a .pt?"
+            f"cannot read '{path}' as a PyTorch file ({type(exc).__name__}: {first}); "
+            "is it complete and really a .pt?"
         ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
