@@ -26,8 +26,8 @@ demo: $(VENV)/.installed
 	@echo "$(abspath $(OUT))/index.html"
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests examples benchmarks
-	$(VENV)/bin/ruff format --check src tests examples benchmarks
+	$(VENV)/bin/ruff check src tests examples benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests examples benchmarks scripts
 
 typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy src/featuremaps
