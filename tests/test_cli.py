@@ -277,3 +277,13 @@ def test_visualize_in_memory_shows_grids(tiny: nn.Module, image_batch: torch.Ten
     assert list(result.grids) == ["conv1", "bn1"] and result.out_dir is None
     assert "data:image/png;base64" in result._repr_html_()
     assert result.grids["bn1"].channels == tuple(range(8))
+
+
+def test_shapes_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parents[1] / "examples" / "shapes_conv1.py"
+    monkeypatch.setattr(sys, "argv", [str(example), str(tmp_path / "shapes")])
+    runpy.run_path(str(example), run_name="__main__")
+    manifest = json.loads((tmp_path / "shapes" / "manifest.json").read_text())
+    [record] = manifest["records"]
+    assert (record["name"], record["shape"]) == ("conv1", [1, 16, 64, 64])
+    assert manifest["model"]["weights_status"].startswith("pretrained: shapes_cnn")
