@@ -114,3 +114,22 @@ def test_properties_hold_for_any_maps(maps: np.ndarray) -> None:
     assert np.all(stats.std[has] >= 0)
     assert np.all((stats.zeros[has] >= 0) & (stats.zeros[has] <= 1))
     _assert_matches(maps)
+
+
+@pytest.mark.parametrize("holes", [0, 1, 7])
+def test_summarize_matches_numpy_over_finite_values(holes: int) -> None:
+    import torch
+
+    import featuremaps as fm
+
+    rng = np.random.default_rng(holes)
+    values = (rng.standard_normal((2, 5, 6, 7)) * 100 + 1e4).astype(np.float32)
+    flat = values.reshape(-1)
+    spots = rng.choice(flat.size, size=holes, replace=False)
+    flat[spots] = np.array([np.nan, np.inf, -np.inf] * 3, dtype=np.float32)[:holes]
+    lo, hi, mean, nonfinite = fm.summarize(torch.from_numpy(values))
+    finite = flat[np.isfinite(flat)].astype(np.float64)
+    assert nonfinite == holes
+    assert (lo, hi) == (finite.min(), finite.max())
+    assert mean == pytest.approx(finite.mean(), rel=1e-12)
+    assert fm.summarize(torch.full((1, 2, 2, 2), float("nan"))) == (None, None, None, 8)

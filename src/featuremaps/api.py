@@ -14,6 +14,7 @@ import base64
 import contextlib
 import datetime as _dt
 import html
+import math
 import platform
 import time
 import warnings
@@ -151,14 +152,16 @@ def summarize(tensor: torch.Tensor) -> tuple[float | None, float | None, float |
     if tensor.is_complex() or tensor.numel() == 0:
         return None, None, None, 0
     t = tensor.detach().float()
+    total = float(t.sum(dtype=torch.float64))  # float64: a float32 running sum loses digits
+    if math.isfinite(total):  # a float64 sum of float32 values is finite iff every value is
+        low, high = torch.aminmax(t)
+        return float(low), float(high), total / t.numel(), 0
     finite = torch.isfinite(t)
     nonfinite = int(t.numel() - int(finite.sum()))
-    if nonfinite:
-        t = t[finite]
-        if t.numel() == 0:
-            return None, None, None, nonfinite
-    t64 = t.double()  # a float32 running sum loses digits on large maps
-    return float(t.min()), float(t.max()), float(t64.mean()), nonfinite
+    t = t[finite]
+    if t.numel() == 0:
+        return None, None, None, nonfinite
+    return float(t.min()), float(t.max()), float(t.sum(dtype=torch.float64)) / t.numel(), nonfinite
 
 
 def _skip_reason(record: LayerRecord) -> str | None:

@@ -50,9 +50,15 @@ _BLOCK_VALUES = 1 << 20  # values per block of channels (8 MB of float64 deviati
 
 def _row_stats(flat: np.ndarray) -> tuple[np.ndarray, ...]:
     """``(n, mean, std, min, max, zeros)`` of each row of a (rows, values) float array."""
-    finite = np.isfinite(flat)
-    every = bool(finite.all())
     # A mask only when needed: the common case is all finite, and masked reductions are slower.
+    # A float64 sum of float32/float16 values cannot overflow, so a finite sum proves every value
+    # finite without building the mask; float64 input (or a NaN/Inf somewhere) takes the slow way.
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is the answer, not an error
+        every = flat.dtype != np.float64 and bool(
+            np.isfinite(np.sum(flat, axis=1, dtype=np.float64)).all()
+        )
+    finite = np.ones((1, 1), dtype=bool) if every else np.isfinite(flat)
+    every = every or bool(finite.all())
     where: np.ndarray | bool = True if every else finite
     rows = flat.shape[0]
     n = np.full(rows, flat.shape[1], dtype=np.int64) if every else finite.sum(1, dtype=np.int64)
