@@ -38,6 +38,7 @@ EXPECTED = [
     "Visualization",
     "__version__",
     "capture",
+    "collect_stats",
     "expected_channels",
     "list_layers",
     "load_input",

@@ -21,7 +21,7 @@ from featuremaps._errors import (
     RandomWeightsWarning,
     UntrustedCheckpointError,
 )
-from featuremaps.api import RecordSummary, Visualization, summarize, visualize
+from featuremaps.api import RecordSummary, Visualization, collect_stats, summarize, visualize
 from featuremaps.capture import Capture, LayerRecord, NotRun, capture, record_name
 from featuremaps.inputs import (
     LoadedInput,
@@ -65,6 +65,7 @@ __all__ = [
     "Visualization",
     "__version__",
     "capture",
+    "collect_stats",
     "expected_channels",
     "list_layers",
     "load_input",

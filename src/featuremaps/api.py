@@ -29,6 +29,8 @@ from torch import nn
 
 from featuremaps._errors import NonFiniteWarning, OptionError
 from featuremaps.capture import Capture, LayerRecord, capture
+from featuremaps.dataset import DatasetStats
+from featuremaps.datastats import RunningStats
 from featuremaps.geometry import GeometryTracker
 from featuremaps.inputs import (
     LoadedInput,
@@ -38,7 +40,7 @@ from featuremaps.inputs import (
     load_input,
     preprocessing_from_weights,
 )
-from featuremaps.io import MANIFEST, TOOL, OutputFolder, safe_filename
+from featuremaps.io import MANIFEST, SUMMARY, TOOL, OutputFolder, safe_filename
 from featuremaps.layers import select_modules
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
@@ -54,9 +56,10 @@ from featuremaps.report import (
 )
 from featuremaps.stats import ChannelStats, channel_stats
 
-__all__ = ["RecordSummary", "Visualization", "summarize", "visualize"]
+__all__ = ["RecordSummary", "Visualization", "collect_stats", "summarize", "visualize"]
 
 ARRAYS = "arrays.safetensors"
+STATS_CSV = "stats.csv"
 INPUT_PICTURE = "input.png"
 FED_PICTURE = "input-fed.png"
 # capture: the forward pass with hooks, without the time spent consuming records; wall: the
@@ -601,3 +604,104 @@ def _unique(stems: list[str]) -> list[str]:
         used.add(name.lower())
         out.append(name)
     return out
+
+
+def collect_stats(
+    model: nn.Module | LoadedModel | str,
+    data: Sequence[str],
+    *,
+    out: str | Path,
+    layers: str | Sequence[str] | None = None,
+    types: str | Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    near_zero: float = 1e-6,
+    duplicates: float | None = None,
+    rank_by: str = "absmean",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Per-channel statistics of the selected layers over a data set, written to ``out``.
+
+    ``data`` names files, folders (searched recursively) or globs. Writes ``stats.csv`` (one row
+    per layer and channel, with ``dead`` and a per-layer rank) and ``summary.json`` (inputs read
+    and not read, images/s, dead channels and, with ``duplicates``, channel pairs correlated at
+    least that much). Returns the summary.
+    """
+    from tqdm import tqdm
+
+    from featuremaps.dataset import compute_dataset_stats, find_inputs, stats_rows
+
+    loaded = _resolve_model(model)
+    paths = find_inputs(data)
+    if preprocessing is None:
+        preprocessing = (
+            loaded.preprocessing
+            if loaded.preprocessing is not None
+            else preprocessing_from_weights(loaded.weights_enum)
+            if loaded.weights_enum is not None
+            else Preprocessing()
+        )
+    first = expected_channels(loaded.model)
+    folder = OutputFolder(out)  # refuses a bad --out before the long run, not after
+    with folder, tqdm(total=len(paths), unit=" img", disable=not progress, leave=False) as bar:
+        result = compute_dataset_stats(
+            loaded.model,
+            paths,
+            channels=first[0] if first else None,
+            preprocessing=preprocessing,
+            layers=layers,
+            types=types,
+            batch_size=batch_size,
+            workers=workers,
+            near_zero=near_zero,
+            correlations=duplicates is not None,
+            progress=bar.update,
+        )
+        summary = _stats_summary(loaded, paths, preprocessing, result, near_zero, duplicates)
+        folder.write_csv(STATS_CSV, stats_rows(result, rank_by))
+        folder.write_json(SUMMARY, summary)
+    return summary
+
+
+def _stats_summary(
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    preprocessing: Preprocessing,
+    result: DatasetStats,
+    near_zero: float,
+    duplicates: float | None,
+) -> dict[str, Any]:
+    from featuremaps.dataset import near_duplicates
+
+    def dead(stats: RunningStats) -> list[int]:
+        return [int(c) for c in np.flatnonzero(stats.result()["std"] == 0)]
+
+    return {
+        "tool": TOOL,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "model": loaded.describe(),
+        "preprocessing": preprocessing.describe(),
+        "inputs": {
+            "found": len(paths),
+            "read": result.images,
+            "not_read": [{"path": p, "reason": why} for p, why in result.failed],
+        },
+        "images_per_second": result.images_per_second,
+        "near_zero": near_zero,
+        "layers": [
+            {
+                "name": name,
+                "type": result.types[name],
+                "channels": stats.channels,
+                "dead": dead(stats),
+                "near_duplicates": (
+                    [list(p) for p in near_duplicates(stats, duplicates)]
+                    if duplicates is not None
+                    else None
+                ),
+            }
+            for name, stats in result.layers.items()
+        ],
+    }

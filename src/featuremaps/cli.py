@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-COMMANDS = ("run", "layers")
+COMMANDS = ("run", "layers", "stats")
 STATS = ("mean", "max", "std", "absmean")
 
 
@@ -110,6 +110,32 @@ def _parser() -> argparse.ArgumentParser:
         help="do not write the HTML report (index.html and its float16 layer data in data/)",
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    stats = sub.add_parser(
+        "stats", help="per-channel statistics of every layer over a folder or list of images"
+    )
+    stats.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
+    stats.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
+    _add_model_options(stats)
+    stats.add_argument("--out", "-o", default="featuremaps-stats", help="output folder")
+    stats.add_argument("--layers", "-l", action="append", help="as for run")
+    stats.add_argument("--type", action="append", dest="types", help="as for run")
+    stats.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
+    stats.add_argument("--workers", type=int, default=2, help="reader processes (2)")
+    stats.add_argument(
+        "--near-zero", type=float, default=1e-6, help="|x| at most this counts as near zero"
+    )
+    stats.add_argument(
+        "--duplicates",
+        type=float,
+        metavar="R",
+        help="also list channel pairs correlated at least R within a layer (costs C^2 per value)",
+    )
+    stats.add_argument(
+        "--rank-by", choices=("absmean", "mean", "std", "max"), default="absmean",
+        help="statistic that ranks channels within a layer (default: absmean)",
+    )  # fmt: skip
+    stats.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")
     layers.add_argument("model", nargs="?", default="resnet18", help="model spec")
@@ -244,6 +270,48 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
+    import featuremaps as fm
+
+    if args.batch_size < 1 or args.workers < 0:
+        raise OptionError(
+            f"--batch-size {args.batch_size} / --workers {args.workers}: expected a batch of at "
+            "least 1 and 0 or more workers"
+        )
+    loaded = fm.load_model(
+        args.model,
+        args.weights,
+        trust_checkpoint=args.trust_checkpoint,
+        offline=args.offline or None,
+    )
+    summary = fm.collect_stats(
+        loaded,
+        args.data,
+        out=args.out,
+        layers=args.layers,
+        types=args.types,
+        preprocessing=_preprocessing(args, loaded) if args.size or args.normalize else None,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        near_zero=args.near_zero,
+        duplicates=args.duplicates,
+        rank_by=args.rank_by,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    inputs = summary["inputs"]
+    for item in inputs["not_read"]:
+        print(f"not read: {item['path']}: {item['reason']}", file=out)
+    dead = sum(len(layer["dead"]) for layer in summary["layers"])
+    print(
+        f"{inputs['read']} of {inputs['found']} inputs read at "
+        f"{summary['images_per_second']:.1f} images/s; {len(summary['layers'])} layers, "
+        f"{dead} dead channels",
+        file=out,
+    )
+    print(f"results: {(Path(args.out) / 'stats.csv').resolve()}", file=out)
+    return 0
+
+
 def _cmd_layers(args: argparse.Namespace, out: TextIO) -> int:
     import featuremaps as fm
 
@@ -295,6 +363,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         try:
             if args.command == "layers":
                 return _cmd_layers(args, out)
+            if args.command == "stats":
+                return _cmd_stats(args, out)
             return _cmd_run(args, out)
         except FeaturemapsError as exc:
             print(f"featuremaps: error: {exc}", file=sys.stderr)

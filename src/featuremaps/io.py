@@ -31,6 +31,7 @@ from featuremaps._errors import OutputError
 
 __all__ = [
     "MANIFEST",
+    "SUMMARY",
     "OutputFolder",
     "SafetensorsStream",
     "dump_json",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+SUMMARY = "summary.json"  # what `featuremaps stats` writes in place of a manifest
 TOOL = "featuremaps"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -56,12 +58,14 @@ def safe_filename(index: int, name: str, suffix: str = ".png", max_len: int = 80
 
 
 def _is_ours(folder: Path) -> bool:
-    manifest = folder / MANIFEST
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("tool") == TOOL
+    for name in (MANIFEST, SUMMARY):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("tool") == TOOL:
+            return True
+    return False
 
 
 def _json_default(value: Any) -> Any:
@@ -264,6 +268,16 @@ class OutputFolder:
     def write_json(self, relative: str, obj: Any) -> str:
         """Write strict JSON (NaN/Inf become null) to ``relative``; return the relative path."""
         self.path(relative).write_text(dump_json(obj) + "\n", encoding="utf-8")
+        return relative
+
+    def write_csv(self, relative: str, rows: list[dict[str, Any]]) -> str:
+        """Write ``rows`` (dicts with the same keys) as CSV with a header; return the path."""
+        import csv
+
+        with self.path(relative).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
+            writer.writeheader()
+            writer.writerows(rows)
         return relative
 
     def arrays(self, relative: str, metadata: dict[str, str] | None = None) -> SafetensorsStream:

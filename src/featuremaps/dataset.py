@@ -1,0 +1,195 @@
+"""Statistics of every layer over a data set: images in, per-channel numbers out.
+
+Inputs → model → capture → :mod:`featuremaps.datastats`, batch after batch. Images are read by a
+torch ``DataLoader`` (worker processes, batching); a file that cannot be read is counted, named
+and skipped, and only a data set where nothing could be read is an error. Records are consumed
+while their module runs (no copies) and folded into running statistics, so memory does not grow
+with the number of images.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featuremaps._errors import FeaturemapsError, InputError
+from featuremaps.capture import LayerRecord, capture
+from featuremaps.datastats import RunningStats
+from featuremaps.inputs import IMAGE_SUFFIXES, Preprocessing, load_input
+
+__all__ = ["DatasetStats", "compute_dataset_stats", "find_inputs"]
+
+SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
+
+
+def find_inputs(data: Sequence[str]) -> list[Path]:
+    """Files named by ``data``: files as given, folders searched recursively, globs expanded.
+
+    Only files with an image or ``.npy`` suffix are taken from folders and globs; the result is
+    sorted within each item and free of duplicates.
+    """
+    found: dict[Path, None] = {}
+    for item in data:
+        path = Path(item)
+        if path.is_dir():
+            candidates = sorted(p for p in path.rglob("*") if p.is_file())
+        elif any(ch in item for ch in "*?["):
+            candidates = sorted(Path(p) for p in glob.glob(item, recursive=True))
+        else:
+            candidates = [path]
+        for p in candidates:
+            if p in found or (p != path and p.suffix.lower() not in SUFFIXES):
+                continue
+            found[p] = None
+    if not found:
+        raise InputError(
+            f"no input files found in {', '.join(repr(d) for d in data)}; expected image files "
+            f"({', '.join(SUFFIXES)}), folders holding them, or a glob like 'data/**/*.png'"
+        )
+    return list(found)
+
+
+class _Files(torch.utils.data.Dataset[tuple[torch.Tensor | None, str, str | None]]):
+    """Each item: (tensor or None, path, reason it could not be read or None)."""
+
+    def __init__(self, paths: list[Path], channels: int | None, pre: Preprocessing) -> None:
+        self.paths, self.channels, self.pre = paths, channels, pre
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str, str | None]:
+        path = self.paths[i]
+        try:
+            item = load_input(path, channels=self.channels, preprocessing=self.pre)
+        except FeaturemapsError as exc:
+            return None, str(path), str(exc)
+        return item.tensor[0], str(path), None
+
+
+def _collate(
+    items: list[tuple[torch.Tensor | None, str, str | None]],
+) -> tuple[torch.Tensor | None, list[str], list[tuple[str, str]]]:
+    tensors = [t for t, _, _ in items if t is not None]
+    paths = [p for t, p, _ in items if t is not None]
+    failed = [(p, why) for t, p, why in items if t is None and why is not None]
+    return (torch.stack(tensors) if tensors else None), paths, failed
+
+
+@dataclass
+class DatasetStats:
+    """Running statistics per record name, and an account of the inputs."""
+
+    layers: dict[str, RunningStats] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
+    images: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def _channels_first(record: LayerRecord) -> np.ndarray | None:
+    """The record as (N, C, ...) float array, or None when it has no channel axis."""
+    t = record.tensor
+    if t.dim() < 2 or t.is_complex():
+        return None
+    if record.layout == "NLD":
+        t = t.movedim(-1, 1)  # tokens: the feature axis is the channel
+    return t.detach().float().cpu().numpy()
+
+
+def compute_dataset_stats(
+    model: nn.Module,
+    paths: Sequence[Path],
+    *,
+    channels: int | None,
+    preprocessing: Preprocessing,
+    layers: str | Sequence[str] | None = None,
+    types: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    near_zero: float = 1e-6,
+    correlations: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> DatasetStats:
+    """Per-channel statistics of the selected layers over every readable input in ``paths``.
+
+    Without a fixed-size preprocessing (a crop or an ``HxW`` resize), images of different sizes
+    cannot share a batch, so each is its own batch.
+    """
+    fixed = preprocessing.crop is not None or isinstance(preprocessing.resize, tuple)
+    loader = torch.utils.data.DataLoader(
+        _Files(list(paths), channels, preprocessing),
+        batch_size=batch_size if fixed else 1,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    out = DatasetStats()
+
+    def consume(record: LayerRecord) -> None:
+        values = _channels_first(record)
+        if values is None:
+            return
+        stats = out.layers.get(record.name)
+        if stats is None:
+            stats = out.layers[record.name] = RunningStats(
+                values.shape[1], near_zero=near_zero, correlations=correlations
+            )
+            out.types[record.name] = record.module_type
+        stats.update(values)  # reads the live output before the forward pass goes on
+
+    start = time.perf_counter()
+    for batch, batch_paths, failed in loader:
+        out.failed.extend(failed)
+        if batch is not None:
+            capture(model, batch, layers=layers, types=types, on_record=consume, copy=False)
+            out.images += len(batch_paths)
+        if progress is not None:
+            progress(len(batch_paths) + len(failed))
+    out.seconds = time.perf_counter() - start
+    if out.images == 0:
+        first = out.failed[0][1] if out.failed else "no inputs"
+        raise InputError(
+            f"none of the {len(paths)} inputs could be read (first: {first}); check the files"
+        )
+    return out
+
+
+def stats_rows(result: DatasetStats, rank_by: str = "absmean") -> list[dict[str, Any]]:
+    """One row per layer and channel, with a per-layer rank by ``rank_by`` (1 = largest) and
+    ``dead`` marking channels that were constant over every input."""
+    rows: list[dict[str, Any]] = []
+    for name, stats in result.layers.items():
+        numbers = stats.result()
+        key = np.nan_to_num(numbers[rank_by], nan=-np.inf)
+        order = np.argsort(-key, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(1, len(order) + 1)
+        for c in range(stats.channels):
+            row: dict[str, Any] = {"layer": name, "type": result.types[name], "channel": c}
+            row.update({k: v[c].item() for k, v in numbers.items()})
+            row["dead"] = bool(numbers["std"][c] == 0)
+            row[f"rank_{rank_by}"] = int(rank[c])
+            rows.append(row)
+    return rows
+
+
+def near_duplicates(stats: RunningStats, threshold: float) -> list[tuple[int, int, float]]:
+    """Channel pairs whose correlation over the data is at least ``threshold`` in size."""
+    corr = stats.correlation()
+    i, j = np.triu_indices(stats.channels, k=1)
+    values = corr[i, j]
+    keep = np.abs(np.nan_to_num(values)) >= threshold
+    pairs = zip(i[keep], j[keep], values[keep], strict=True)
+    return [(int(a), int(b), float(v)) for a, b, v in pairs]

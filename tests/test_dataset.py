@@ -1,0 +1,123 @@
+"""`featuremaps stats`: statistics over a folder equal numpy on the captured tensors; unreadable
+files are counted and named; a channel built to be dead is found; correlated channels are paired."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import featuremaps as fm
+from featuremaps.cli import main
+
+NET = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            with torch.no_grad():
+                self.conv.weight[3] = 0.0      # channel 3: zero weights ...
+                self.conv.bias[3] = -1.0       # ... and a negative bias: the ReLU never fires
+                self.conv.weight[2] = 2.0 * self.conv.weight[1]   # 2 = twice channel 1 ...
+                self.conv.bias[2] = 2.0 * self.conv.bias[1]        # ... so they correlate 1.0
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.conv(x))
+
+    def build():
+        return Net()
+    """
+)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        target = folder / ("sub" if i % 2 else "") / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(target)
+    (folder / "broken.png").write_text("not a picture")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    return folder
+
+
+def test_stats_over_a_folder_match_numpy(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = tmp_path / "net.py"
+    net.write_text(NET)
+    out = tmp_path / "stats"
+    buf = io.StringIO()
+    code = main(
+        ["stats", str(data), "-m", f"{net}:build", "-o", str(out), "--batch-size", "2",
+         "--workers", "0", "--duplicates", "0.99", "--size", "12x10"],
+        out=buf,
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    printed = buf.getvalue()
+    assert "not read: " in printed and "broken.png" in printed
+    assert "5 of 6 inputs read" in printed
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inputs"]["read"] == 5 and len(summary["inputs"]["not_read"]) == 1
+    act = next(layer for layer in summary["layers"] if layer["name"] == "act")
+    assert act["dead"] == [3]
+    assert [pair[:2] for pair in act["near_duplicates"]] == [[1, 2]]
+
+    # Oracle: the same layers captured image by image, statistics by numpy.
+    model = fm.load_model(f"{net}:build").model
+    images = sorted(p for p in data.rglob("img*.png"))
+    pre = fm.Preprocessing(resize=(12, 10), source="test")
+    tensors = [fm.capture(model, fm.load_input(p, preprocessing=pre).tensor) for p in images]
+    with open(out / "stats.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 4
+    for row in rows:
+        values = np.concatenate(
+            [t.get(row["layer"]).tensor[0, int(row["channel"])].double().numpy().ravel()
+             for t in tensors]
+        )  # fmt: skip
+        # Batched convolutions differ from one-image ones in the last float32 bits.
+        assert float(row["mean"]) == pytest.approx(values.mean(), rel=1e-5, abs=1e-7)
+        assert float(row["std"]) == pytest.approx(values.std(), rel=1e-5, abs=1e-7)
+        assert float(row["max"]) == pytest.approx(values.max(), rel=1e-6)
+        assert float(row["zeros"]) == pytest.approx(np.mean(values == 0))
+        assert (row["dead"] == "True") == (values.std() == 0)
+
+
+def test_nothing_readable_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.png").write_text("x")
+    code = main(["stats", str(tmp_path / "a.png"), "-m", "resnet18", "--weights", "none",
+                 "-o", str(tmp_path / "o"), "--workers", "0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "none of the 1 inputs could be read" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_inputs_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["stats", str(tmp_path / "*.png"), "-m", "resnet18", "--weights", "none"])
+    assert code == 2 and "no input files found" in capsys.readouterr().err
+
+
+def test_tensor_channels_first_for_tokens() -> None:
+    from featuremaps.dataset import _channels_first
+
+    record = fm.LayerRecord("x", "x", 1, "Linear", None, 0, torch.arange(24.0).reshape(1, 4, 6))
+    assert _channels_first(record).shape == (1, 6, 4)
