@@ -287,3 +287,95 @@ def test_shapes_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     [record] = manifest["records"]
     assert (record["name"], record["shape"]) == ("conv1", [1, 16, 64, 64])
     assert manifest["model"]["weights_status"].startswith("pretrained: shapes_cnn")
+
+
+TWO_INPUTS = textwrap.dedent(
+    """
+    import torch.nn as nn
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x, y):
+            return self.conv(x) + y
+
+    def build():
+        return Two()
+    """
+)
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featuremaps: error: "), err
+    return lines[0]
+
+
+def test_forward_failing_before_any_layer_is_one_line(
+    photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "two.py"
+    path.write_text(TWO_INPUTS)
+    code, _, err = run([photo, "-m", f"{path}:build", "-o", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert "forward pass failed on input of shape" in _one_error_line(err)
+
+
+def test_out_of_memory_is_one_line(
+    nets: str, photo: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def huge(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] can't allocate memory: 1e11 bytes")
+
+    monkeypatch.setattr(fm, "load_input", huge)
+    code, _, err = run([photo, "-m", f"{nets}:build"], capsys)
+    assert code == 2 and "out of memory" in _one_error_line(err)
+
+
+def test_output_folder_guards(
+    nets: str,
+    photo: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, _, err = run([photo, "-m", f"{nets}:build", "--out", "."], capsys)
+    assert code == 2 and "is the current folder" in _one_error_line(err)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    code, _, err = run([photo, "-m", f"{nets}:build", "--out", str(tmp_path / "link")], capsys)
+    assert code == 2 and "symbolic link" in _one_error_line(err)
+    run_dir = tmp_path / "run"
+    assert run([photo, "-m", f"{nets}:build", "--out", str(run_dir)], capsys)[0] == 0
+    assert oct(run_dir.stat().st_mode & 0o777) != oct(0o700)  # readable like any new folder
+    inside = run_dir / "again.png"
+    Image.open(photo).save(inside)
+    code, _, err = run([str(inside), "-m", f"{nets}:build", "--out", str(run_dir)], capsys)
+    assert code == 2 and "lies inside the output folder" in _one_error_line(err)
+    assert inside.exists()
+
+
+def test_inputs_named_like_report_files_get_their_own_folders(
+    nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = tmp_path / "index.html.png"
+    Image.open(photo).save(odd)
+    out = tmp_path / "many"
+    code, _, err = run([str(odd), photo, "-m", f"{nets}:build", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert (out / "index.html").is_file() and (out / "index.html-2" / "manifest.json").is_file()
+
+
+def test_consumer_errors_are_not_called_forward_failures(
+    nets: str, photo: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run([photo, "-m", f"{nets}:build", "--sample", "5"], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "sample 5 asked for" in line and "forward pass failed" not in line

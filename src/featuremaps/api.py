@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featuremaps._errors import NonFiniteWarning, OptionError
+from featuremaps._errors import NonFiniteWarning, OptionError, OutputError
 from featuremaps.capture import Capture, LayerRecord, capture
 from featuremaps.dataset import DatasetStats
 from featuremaps.datastats import RunningStats
@@ -552,6 +552,8 @@ def visualize(
         "containers": containers,
         "model_label": loaded.spec,
     }
+    if out is not None:
+        _refuse_inputs_inside(items, Path(out))
     resolved = [_resolve_input(item, loaded) for item in items]
     folders = _unique([r.stem for r in resolved]) if len(resolved) > 1 else [""]
     folder = OutputFolder(out) if out is not None else None
@@ -591,9 +593,22 @@ def visualize(
     return results
 
 
+def _refuse_inputs_inside(items: list[Any], out: Path) -> None:
+    """A run replaces its whole output folder, so an input inside it would be deleted."""
+    target = out.resolve()
+    for item in items:
+        path = item.path if isinstance(item, LoadedInput) else item
+        if isinstance(path, (str, Path)) and target in Path(path).resolve().parents:
+            raise OutputError(
+                f"input '{path}' lies inside the output folder '{out}', which each run replaces "
+                "as a whole; move the input or choose another --out"
+            )
+
+
 def _unique(stems: list[str]) -> list[str]:
     """Safe, distinct folder names for several inputs (``a``, ``a-2``, ...)."""
-    used: set[str] = {"assets", "data"}  # the report's own folders beside them
+    # The report's folders and the top-level files sit beside the per-input folders.
+    used: set[str] = {"assets", "data", "index.html", "manifest.json", "summary.json"}
     out = []
     for stem in stems:
         base = safe_filename(0, stem, suffix="")[5:]  # drop the "0000_" index prefix

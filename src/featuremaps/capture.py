@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from featuremaps._errors import CaptureError, InputError
+from featuremaps._errors import CaptureError, FeaturemapsError, InputError
 
 __all__ = ["Capture", "LayerRecord", "NotRun", "capture", "record_name"]
 
@@ -251,11 +251,16 @@ def run_hooked(
         with torch.set_grad_enabled(grad):
             try:
                 output = _call_model(model, inputs)
+            except FeaturemapsError:
+                raise  # our own errors from a record consumer already say what is wrong
             except Exception as exc:  # re-raised with the user's context, chain kept
-                where = f" in '{current[-1]}' ({type(model.get_submodule(current[-1])).__name__})"
+                where = ""
+                if current:
+                    kind = type(model.get_submodule(current[-1])).__name__
+                    where = f" in '{current[-1]}' ({kind})"
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise CaptureError(
-                    f"the model's forward pass failed{where if current else ''} on "
+                    f"the model's forward pass failed{where} on "
                     f"{_describe_inputs(inputs)}: {type(exc).__name__}: {first_line}; "
                     "check the input size and channel count the model expects"
                 ) from exc

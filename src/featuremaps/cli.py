@@ -369,7 +369,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         except FeaturemapsError as exc:
             print(f"featuremaps: error: {exc}", file=sys.stderr)
             return 2
-        except MemoryError:
+        except (MemoryError, RuntimeError) as exc:
+            # torch's CPU allocator raises RuntimeError ("can't allocate memory"), CUDA an
+            # OutOfMemoryError (a RuntimeError); anything else is a bug and keeps its traceback.
+            text = str(exc).lower()
+            if not isinstance(exc, MemoryError) and "allocate" not in text and "memory" not in text:
+                raise
             print(
                 "featuremaps: error: out of memory; select fewer layers (--layers) or use a "
                 "smaller input (--size)",

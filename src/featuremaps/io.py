@@ -218,7 +218,20 @@ class OutputFolder:
     """
 
     def __init__(self, target: str | Path) -> None:
-        self.target = Path(target)
+        # An absolute path without resolving links: a link is refused below, and "." gets a
+        # real name so that it can be recognised.
+        self.target = Path(os.path.abspath(target))
+        if self.target.is_symlink():
+            raise OutputError(
+                f"output path '{target}' is a symbolic link; give the folder it points to, or a "
+                "new folder"
+            )
+        here = Path.cwd().resolve()
+        if self.target.resolve() == here or self.target.resolve() in here.parents:
+            raise OutputError(
+                f"output path '{target}' is the current folder or one above it, which a run "
+                "would replace as a whole; choose a new sub-folder, e.g. --out maps"
+            )
         if self.target.exists() and not self.target.is_dir():
             raise OutputError(
                 f"output path '{self.target}' is a file; expected a folder (new, empty or from an "
@@ -229,10 +242,15 @@ class OutputFolder:
                 f"refusing to replace '{self.target}': it is not empty and holds no featuremaps "
                 f"{MANIFEST}, so it may hold your own files; choose a new or empty folder"
             )
-        parent = self.target.resolve().parent
+        parent = self.target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=parent))
+            # mkdtemp makes a private (0700) folder; the results should be as readable as any
+            # folder the user makes.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.staging, 0o777 & ~umask)
         except OSError as exc:
             raise OutputError(f"cannot create output folder '{self.target}': {exc}") from None
         self._closed = False
@@ -262,12 +280,15 @@ class OutputFolder:
 
     def write_bytes(self, relative: str, data: bytes) -> str:
         """Write ``data`` to ``relative`` inside the folder; return the relative path."""
-        self.path(relative).write_bytes(data)
+        try:
+            self.path(relative).write_bytes(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write '{relative}' into '{self.target}': {exc}") from None
         return relative
 
     def write_json(self, relative: str, obj: Any) -> str:
         """Write strict JSON (NaN/Inf become null) to ``relative``; return the relative path."""
-        self.path(relative).write_text(dump_json(obj) + "\n", encoding="utf-8")
+        self.write_bytes(relative, (dump_json(obj) + "\n").encode("utf-8"))
         return relative
 
     def write_csv(self, relative: str, rows: list[dict[str, Any]]) -> str:
@@ -288,14 +309,23 @@ class OutputFolder:
         """Move the staged run into place, replacing an earlier run in one step."""
         if self._closed:
             return self.target
-        self._closed = True
         old: Path | None = None
-        if self.target.exists():
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{self.target.name}.old.", dir=self.staging.parent)
-            )
-            os.replace(self.target, old / "run")
-        os.replace(self.staging, self.target)
+        try:
+            if self.target.exists():
+                old = Path(
+                    tempfile.mkdtemp(prefix=f".{self.target.name}.old.", dir=self.staging.parent)
+                )
+                os.replace(self.target, old / "run")
+            os.replace(self.staging, self.target)
+        except OSError as exc:
+            # Put the previous run back where it was and drop the new one.
+            if old is not None and (old / "run").exists() and not self.target.exists():
+                os.replace(old / "run", self.target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            self.discard()
+            raise OutputError(f"cannot put the results in '{self.target}': {exc}") from None
+        self._closed = True
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.target

@@ -221,7 +221,7 @@ def _weights_enum(name: str, asked: str) -> Any:
     try:
         return enum_cls[member]
     except KeyError:
-        names = ", ".join(["DEFAULT", *enum_cls.__members__])
+        names = ", ".join(dict.fromkeys(["DEFAULT", *enum_cls.__members__]))
         raise ModelError(
             f"'{asked}' is not a weights name for {name}; expected one of {names}, none, "
             "or a weights file path"
