@@ -229,6 +229,8 @@ def _a_file(tmp_path: Path) -> str:
         (lambda t, n, p: [p, "-m", n, "--cmap", "virdis"], r"did you mean 'viridis'"),
         (lambda t, n, p: [p, "-m", n, "--scale", "fixed"], r"fixed"),
         (lambda t, n, p: [p, "-m", n, "--range", "1,0"], r"--range '1,0' needs LO < HI"),
+        (lambda t, n, p: [p, "-m", n, "--channels", "0"], r"--channels 0 would show nothing"),
+        (lambda t, n, p: [p, "-m", n, "--layers", ""], r"--layers was given but empty"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(

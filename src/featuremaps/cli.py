@@ -154,11 +154,13 @@ def _parse_channels(text: str) -> dict[str, object]:
         parts = text.split(":")
         if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) > 0 and parts[2] in STATS:
             return {"max_channels": int(parts[1]), "order": parts[2]}
-    elif "," in text or text.isdigit():
+    elif "," in text:
         try:
             return {"channels": tuple(int(c) for c in text.split(",") if c.strip())}
         except ValueError:
             pass
+    if text == "0":
+        raise OptionError("--channels 0 would show nothing; for channel #0 alone write 0,")
     raise OptionError(
         f"--channels '{text}' is not understood; expected N, all, a list like 0,5,7, or "
         f"top:K:STAT with STAT one of {', '.join(STATS)}"
@@ -224,9 +226,18 @@ def _load(
     return loaded, inputs
 
 
+def _check_layers(patterns: list[str] | None) -> None:
+    if patterns is not None and not any(p.strip(" ,") for p in patterns):
+        raise OptionError(
+            "--layers was given but empty; name layers (see 'featuremaps layers MODEL') or "
+            "leave the option out to capture every layer"
+        )
+
+
 def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     import featuremaps as fm
 
+    _check_layers(args.layers)
     grid = fm.GridOptions(
         columns=args.columns,
         scale=args.scale,
@@ -273,6 +284,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     import featuremaps as fm
 
+    _check_layers(args.layers)
     if args.batch_size < 1 or args.workers < 0:
         raise OptionError(
             f"--batch-size {args.batch_size} / --workers {args.workers}: expected a batch of at "
