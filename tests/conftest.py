@@ -53,3 +53,18 @@ def tiny() -> TinyNet:
 @pytest.fixture
 def image_batch() -> torch.Tensor:
     return torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+class NamedChain(nn.Module):
+    """1x1 convolutions registered under the given (possibly hostile) names, run in order."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = names
+        for name in names:
+            self.add_module(name, nn.Conv2d(1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.names:
+            x = getattr(self, name)(x)
+        return x

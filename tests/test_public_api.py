@@ -7,9 +7,9 @@ import io
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 import featuremaps as fm
+from conftest import NamedChain
 
 EXPECTED = [
     "MANIFEST_NAME",
@@ -67,20 +67,14 @@ def test_every_error_is_a_featuremaps_error() -> None:
             assert issubclass(obj, fm.FeaturemapsError)
 
 
-class Hostile(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_module("<img src=x onerror=alert(1)>", nn.Conv2d(1, 2, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return getattr(self, "<img src=x onerror=alert(1)>")(x)
+HOSTILE_NAMES = ("<img src=x onerror=alert(1)>",)
 
 
 def test_notebook_displays_escape_layer_names() -> None:
-    c = fm.capture(Hostile(), torch.zeros(1, 1, 2, 2))
+    c = fm.capture(NamedChain(HOSTILE_NAMES), torch.zeros(1, 1, 2, 2))
     for html in (c._repr_html_(), c[0]._repr_html_()):
         assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
-    [result] = fm.visualize(Hostile(), torch.zeros(1, 1, 2, 2))
+    [result] = fm.visualize(NamedChain(HOSTILE_NAMES), torch.zeros(1, 1, 2, 2))
     assert "<img src=x" not in result._repr_html_().replace("<img src='data:image/png", "")
 
 

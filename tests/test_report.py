@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 import featuremaps as fm
+from conftest import NamedChain
 from featuremaps.cli import main
 from featuremaps.inputs import Preprocessing, fed_picture
 from featuremaps.io import update_run_folder
@@ -133,22 +134,11 @@ def test_outline_is_a_tree_of_module_paths() -> None:
     assert last.path == "1" and last.entries and not last.children
 
 
-class Hostile(nn.Module):
-    NAMES = (
-        "<img src=x onerror=alert(1)>",
-        "</script><script>alert(2)</script>",
-        "\"'><svg onload=alert(3)>&amp;\u2028",
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        for name in self.NAMES:
-            self.add_module(name, nn.Conv2d(1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.NAMES:
-            x = getattr(self, name)(x)
-        return x
+HOSTILE_NAMES = (
+    "<img src=x onerror=alert(1)>",
+    "</script><script>alert(2)</script>",
+    "\"'><svg onload=alert(3)>&amp;\u2028",
+)
 
 
 class _Tags(HTMLParser):
@@ -172,10 +162,10 @@ TEMPLATE_TAGS = {
 
 
 def test_layer_names_are_escaped_everywhere(tmp_path: Path) -> None:
-    [result] = fm.visualize(Hostile(), torch.ones(1, 1, 4, 4), out=tmp_path / "h")
+    [result] = fm.visualize(NamedChain(HOSTILE_NAMES), torch.ones(1, 1, 4, 4), out=tmp_path / "h")
     out = Path(str(result.out_dir))
     html = (out / "index.html").read_text()
-    for name in Hostile.NAMES:
+    for name in HOSTILE_NAMES:
         assert name not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     # No element from data: every tag is one the template wrote, with no event handler attribute.
@@ -185,7 +175,7 @@ def test_layer_names_are_escaped_everywhere(tmp_path: Path) -> None:
         assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
         if tag == "img":
             assert attrs["src"] in {"input-fed.png"} | {f"{p.stem}.png" for p in out.glob("*.png")}
-    assert [a["title"] for t, a in tags if t == "a" and "title" in a] == list(Hostile.NAMES)
+    assert [a["title"] for t, a in tags if t == "a" and "title" in a] == list(HOSTILE_NAMES)
     scripts = re.findall(r"<script[^>]*>", html)
     assert scripts == [
         '<script type="application/json" id="fm-config">',
@@ -193,7 +183,7 @@ def test_layer_names_are_escaped_everywhere(tmp_path: Path) -> None:
     ]
     config = html.split('id="fm-config">', 1)[1].split("</script>", 1)[0]
     assert "<" not in config and ">" not in config and "&" not in config and "\u2028" not in config
-    assert [layer["name"] for layer in json.loads(config)["layers"]] == list(Hostile.NAMES)
+    assert [layer["name"] for layer in json.loads(config)["layers"]] == list(HOSTILE_NAMES)
     for path in (out / "data").iterdir():
         text = path.read_text()
         assert "<" not in text and "\u2028" not in text

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import featuremaps as fm
+from conftest import NamedChain
 
 pytestmark = pytest.mark.browser
 
@@ -273,31 +274,20 @@ def test_statistics_table_sorts_in_the_browser(small: Run, open_report: Any) -> 
     assert page.locator(f"{section} th[aria-sort=descending] button").text_content() == "mean"
 
 
-class Hostile(nn.Module):
-    NAMES = (
-        "<img src=x onerror=self['pwned']=1>",
-        "</script><script>self['pwned']=2</script>",
-        "\"'><svg onload=self['pwned']=3>",
-        "javascript:self['pwned']=4",
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        for name in self.NAMES:
-            self.add_module(name, nn.Conv2d(1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.NAMES:
-            x = getattr(self, name)(x)
-        return x
+HOSTILE_NAMES = (
+    "<img src=x onerror=self['pwned']=1>",
+    "</script><script>self['pwned']=2</script>",
+    "\"'><svg onload=self['pwned']=3>",
+    "javascript:self['pwned']=4",
+)
 
 
 def test_hostile_layer_names_never_run(tmp_path: Path, open_report: Any) -> None:
     torch.manual_seed(0)
-    [result] = fm.visualize(Hostile(), torch.randn(1, 1, 5, 5), out=tmp_path / "h")
+    [result] = fm.visualize(NamedChain(HOSTILE_NAMES), torch.randn(1, 1, 5, 5), out=tmp_path / "h")
     opened = open_report(Path(str(result.report)))
     page = opened.page
-    for key, name in enumerate(Hostile.NAMES):
+    for key, name in enumerate(HOSTILE_NAMES):
         # Shown as text, exactly as registered.
         assert page.locator(f"#L{key} h2").text_content() == name
         link = page.locator(f'#fm-outline a[href="#L{key}"]')

@@ -38,7 +38,6 @@ from featuremaps.inputs import (
     expected_channels,
     fed_picture,
     load_input,
-    preprocessing_from_weights,
 )
 from featuremaps.io import MANIFEST, SUMMARY, TOOL, OutputFolder, safe_filename
 from featuremaps.layers import select_modules
@@ -239,18 +238,11 @@ def _resolve_input(item: Any, loaded: LoadedModel) -> _Resolved:
         return _Resolved(tensor, {"kind": "tensor", "fed_shape": list(tensor.shape)}, "input")
     if not isinstance(item, LoadedInput):
         first = expected_channels(loaded.model)
-        preprocessing = (
-            loaded.preprocessing
-            if loaded.preprocessing is not None
-            else preprocessing_from_weights(loaded.weights_enum)
-            if loaded.weights_enum is not None
-            else Preprocessing()
-        )
         item = load_input(
             item,
             channels=first[0] if first else None,
             layer_name=first[1] if first else None,
-            preprocessing=preprocessing,
+            preprocessing=loaded.input_preprocessing(),
         )
     return _Resolved(item.tensor, item.describe(), item.path.stem, item.display, item.preprocessing)
 
@@ -650,13 +642,7 @@ def collect_stats(
     loaded = _resolve_model(model)
     paths = find_inputs(data)
     if preprocessing is None:
-        preprocessing = (
-            loaded.preprocessing
-            if loaded.preprocessing is not None
-            else preprocessing_from_weights(loaded.weights_enum)
-            if loaded.weights_enum is not None
-            else Preprocessing()
-        )
+        preprocessing = loaded.input_preprocessing()
     first = expected_channels(loaded.model)
     folder = OutputFolder(out)  # refuses a bad --out before the long run, not after
     with folder, tqdm(total=len(paths), unit=" img", disable=not progress, leave=False) as bar:

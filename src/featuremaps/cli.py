@@ -180,18 +180,10 @@ def _parse_range(text: str | None) -> tuple[float, float] | None:
 
 
 def _preprocessing(args: argparse.Namespace, loaded: LoadedModel) -> Preprocessing:
-    from featuremaps.inputs import (
-        Preprocessing,
-        parse_normalize,
-        parse_size,
-        preprocessing_from_weights,
-    )
+    from featuremaps.inputs import Preprocessing, parse_normalize, parse_size
 
-    enum = loaded.weights_enum
-    base = preprocessing_from_weights(enum) if enum is not None else Preprocessing()
-    base = loaded.preprocessing if loaded.preprocessing is not None else base
     if args.size is None and args.normalize is None:
-        return base
+        return loaded.input_preprocessing()
     size = parse_size(args.size) if args.size else None
     norm = parse_normalize(args.normalize) if args.normalize else None
     return Preprocessing(

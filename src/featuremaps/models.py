@@ -73,6 +73,17 @@ class LoadedModel:
     weights_enum: Any = None
     preprocessing: Preprocessing | None = None
 
+    def input_preprocessing(self) -> Preprocessing:
+        """The preprocessing this model's inputs get by default: the zoo model's own, else the
+        weights' transforms, else plain ToTensor."""
+        from featuremaps.inputs import Preprocessing, preprocessing_from_weights
+
+        if self.preprocessing is not None:
+            return self.preprocessing
+        if self.weights_enum is not None:
+            return preprocessing_from_weights(self.weights_enum)
+        return Preprocessing()
+
     def describe(self) -> dict[str, object]:
         """A JSON-able summary for manifests."""
         return {
