@@ -1,12 +1,15 @@
-"""Running statistics: streaming equals one shot, stable at large means, merges, correlations."""
+"""Running statistics: streaming equals one shot, stable at large means, merges, correlations;
+running histograms equal np.histogram on their final edges however the data is split."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from featuremaps._errors import InputError
-from featuremaps.datastats import RunningStats
+from featuremaps.datastats import RunningHistogram, RunningStats
 
 
 def _data(seed: int) -> np.ndarray:
@@ -94,3 +97,117 @@ def test_streaming_correlation_matches_numpy() -> None:
 def test_wrong_channel_count_is_refused() -> None:
     with pytest.raises(InputError, match=r"expected \(N, 4, \.\.\.\)"):
         RunningStats(4).update(np.zeros((2, 3, 5)))
+
+
+# RunningHistogram: the streamed counts equal np.histogram of all values on the final edges.
+
+
+def _grows() -> list[np.ndarray]:
+    """Batches whose range grows a lot after the first, with NaN/Inf and exact zeros."""
+    rng = np.random.default_rng(4)
+    first = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    wider = (rng.standard_normal((2, 4, 5)) * 1e3 + 5e3).astype(np.float32)
+    wider[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    lower = np.concatenate([rng.uniform(-7e4, -6e4, 17), np.zeros(5), [np.nan]])
+    return [first, wider, lower.astype(np.float32), (rng.standard_normal(40) * 1e-3)]
+
+
+def _stream(batches: list[np.ndarray], chunks: int, bins: int = 64) -> RunningHistogram:
+    hist = RunningHistogram(bins)
+    for batch in batches:
+        for piece in np.array_split(batch.ravel(), chunks):
+            hist.update(piece)
+    return hist
+
+
+def _oracle_counts(batches: list[np.ndarray], edges: np.ndarray) -> np.ndarray:
+    values = np.concatenate([b.ravel().astype(np.float64) for b in batches])
+    counts, _ = np.histogram(values, bins=edges)  # NaN/Inf are outside every edge
+    return counts
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3, 7])
+def test_streamed_histogram_equals_numpy_on_its_edges(chunks: int) -> None:
+    batches = _grows()
+    values = np.concatenate([b.ravel().astype(np.float64) for b in batches])
+    before = [b.copy() for b in batches]
+    got = _stream(batches, chunks).result()
+    np.testing.assert_array_equal(got.counts, _oracle_counts(batches, got.edges))
+    assert got.total == np.isfinite(values).sum() and got.nonfinite == 4
+    assert got.edges[0] <= np.nanmin(values[np.isfinite(values)]) < got.edges[1]
+    assert got.edges[-2] <= np.max(values[np.isfinite(values)]) < got.edges[-1]
+    # Equal power-of-two widths, and the range grew without losing resolution.
+    widths = np.diff(got.edges)
+    assert np.all(widths == widths[0]) and np.log2(widths[0]) == np.round(np.log2(widths[0]))
+    assert 32 <= len(got.counts) <= 64
+    # However the values were split, the result is the same: the narrowest width that fits.
+    one_shot = _stream([values], 1).result()
+    np.testing.assert_array_equal(got.edges, one_shot.edges)
+    np.testing.assert_array_equal(got.counts, one_shot.counts)
+    for b, original in zip(batches, before, strict=True):
+        np.testing.assert_array_equal(b, original)  # inputs untouched
+
+
+def test_histogram_of_a_constant_is_one_bin_holding_it() -> None:
+    for value in (2.5, -3.0, 0.0, 1e-30, 7e12):
+        batches = [np.full(10, value), np.full((2, 3), value, dtype=np.float32)]
+        got = _stream(batches, 2).result()
+        assert got.counts.tolist() == [16] and got.edges[0] <= value < got.edges[1]
+        np.testing.assert_array_equal(got.counts, _oracle_counts(batches, got.edges))
+
+
+def test_histogram_zero_signs_and_underflowing_negatives() -> None:
+    # -0.0 is zero (bin [0, w)); -5e-324 scaled by 1/w underflows to -0.0 yet belongs below 0.
+    batches = [np.array([-5e-324, -0.0, 0.0, 300.0, 1e-320])]
+    got = _stream(batches, 1, bins=16).result()
+    np.testing.assert_array_equal(got.counts, _oracle_counts(batches, got.edges))
+    assert got.edges[0] < 0 and got.counts[0] == 1
+
+
+def test_histogram_only_nonfinite_and_empty() -> None:
+    hist = RunningHistogram(8)
+    hist.update(np.array([np.nan, np.inf]))
+    hist.update(np.zeros(0))
+    got = hist.result()
+    assert got.nonfinite == 2 and got.total == 0 and len(got.edges) == len(got.counts) == 0
+    hist.update(np.arange(5))  # integers are counted as floats
+    assert hist.result().total == 5 and hist.result().nonfinite == 2
+
+
+@given(
+    st.lists(
+        st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), max_size=30),
+        min_size=1,
+        max_size=5,
+    ),
+    st.integers(min_value=4, max_value=130),
+)
+def test_streamed_histogram_property(batches: list[list[float]], bins: int) -> None:
+    arrays = [np.array(b, dtype=np.float32) for b in batches]
+    hist = RunningHistogram(bins)
+    for a in arrays:
+        hist.update(a)
+    got = hist.result()
+    values = np.concatenate(arrays).astype(np.float64)
+    finite = values[np.isfinite(values)]
+    assert got.nonfinite == len(values) - len(finite) and got.total == len(finite)
+    assert len(got.counts) <= bins
+    if len(finite):
+        np.testing.assert_array_equal(got.counts, _oracle_counts(arrays, got.edges))
+
+
+def test_merged_histograms_equal_one_pass() -> None:
+    batches = _grows()
+    whole = _stream(batches, 1).result()
+    for split in range(len(batches) + 1):
+        a, b = _stream(batches[:split], 1), _stream(batches[split:], 1)
+        a.merge(b)
+        got = a.result()
+        np.testing.assert_array_equal(got.edges, whole.edges)
+        np.testing.assert_array_equal(got.counts, whole.counts)
+        assert got.nonfinite == whole.nonfinite
+
+
+def test_too_few_bins_are_refused() -> None:
+    with pytest.raises(InputError, match="a histogram of 3 bins; expected at least 4"):
+        RunningHistogram(3)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,3 +113,108 @@ def test_cells_seeing_is_the_inverse_of_cell_region() -> None:
         for j in range(12):
             inside = abs(g.center(j) - coordinate) <= (g.size - 1) / 2
             assert (j in cells) == inside
+
+
+LOCATE_NET = """
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, stride=2, padding=1, dilation=2), nn.ReLU(),
+        nn.Conv2d(2, 2, 3, stride=2, padding=0),
+    )
+"""
+
+
+def test_cli_locate_answers_match_an_impulse_oracle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cells `locate --pixel` names are exactly the cells whose value moves when that input
+    pixel moves (no ReLU in the oracle, so no cell is off). The first layer is dilated 2 with
+    stride 2, so it reads odd coordinates only: even ones lie in the field's box but in a hole."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    import featuremaps as fm
+    from featuremaps.cli import main
+
+    (tmp_path / "net.py").write_text(LOCATE_NET)
+    spec = f"{tmp_path / 'net.py'}:build"
+    Image.fromarray(np.full((23, 30), 128, np.uint8)).save(tmp_path / "grey.png")
+    model = fm.load_model(spec).model
+    linear = nn.Sequential(model[0], model[2])  # no ReLU: every weight of the field counts
+    base = torch.full((1, 1, 23, 30), 128 / 255)
+    for y, x in ((1, 1), (11, 15), (21, 25), (5, 23)):
+        buf = io.StringIO()
+        code = main(["locate", str(tmp_path / "grey.png"), "-m", spec, "--layer", "2",
+                     "--pixel", f"{y},{x}", "--cell", "1,2"], out=buf)  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        head, cell, pixel = buf.getvalue().splitlines()
+        assert head.startswith("2: 5x6 cells over the input as fed (23x30, grey.png); stride 4x4")
+        assert "(analytic)" in head
+        poked = base.clone()
+        poked[0, 0, y, x] += 1.0
+        with torch.no_grad():
+            moved = (linear(poked) - linear(base)).abs().sum(1)[0] > 0
+        rows, cols = torch.nonzero(moved, as_tuple=True)
+        span = re.search(r"rows (\S+), columns (\S+) \((\d+) cells\)", pixel)
+        assert span is not None, pixel
+        expect_rows = f"{rows.min()}..{rows.max()}" if rows.max() > rows.min() else f"{rows.min()}"
+        expect_cols = f"{cols.min()}..{cols.max()}" if cols.max() > cols.min() else f"{cols.min()}"
+        assert (span[1], span[2], int(span[3])) == (expect_rows, expect_cols, int(moved.sum()))
+    geo = fm.locate(spec, base, "2")
+    assert cell.startswith(
+        f"cell (1, 2) is centred on input {geo.cell_center(1, 2)}".replace(".0", "")
+    )
+
+
+def test_cli_locate_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from featuremaps.cli import main
+
+    (tmp_path / "net.py").write_text(LOCATE_NET)
+    spec = f"{tmp_path / 'net.py'}:build"
+    for extra, message in (
+        (["--layer", "2", "--cell", "9,9"], "--cell 9,9 is not a cell of the 5x6 map of 2"),
+        (["--layer", "2", "--pixel", "a"], "--pixel 'a' is not Y,X"),
+        (["--layer", "2", "--pixel", "99,0"], "--pixel 99,0 is outside the 23x30 input"),
+        (["--layer", "7"], "layer '7' not found"),
+    ):
+        code = main(["locate", "-m", spec, "--size", "23x30", *extra], out=io.StringIO())
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_locate_overlay_writes_the_placed_picture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    import featuremaps as fm
+    from featuremaps.cli import main
+    from featuremaps.render import overlay
+
+    (tmp_path / "net.py").write_text(LOCATE_NET)
+    spec = f"{tmp_path / 'net.py'}:build"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (23, 30), dtype=np.uint8)).save(tmp_path / "noise.png")
+    buf = io.StringIO()
+    argv = ["locate", str(tmp_path / "noise.png"), "-m", spec, "--layer", "2", "--overlay", "1",
+            "--threshold", "0.4", "--alpha", "0.8", "-o", str(tmp_path / "o")]  # fmt: skip
+    code = main(argv, out=buf)
+    assert code == 0, capsys.readouterr().err
+    assert "overlay: placed by receptive-field geometry (analytic)" in buf.getvalue()
+    [written] = (tmp_path / "o").glob("overlay_*.png")
+    assert written.name == "overlay_0001_2.png"
+    # Oracle: the same overlay built from the public pieces.
+    item = fm.load_input(tmp_path / "noise.png", channels=1)
+    x = item.tensor
+    geo = fm.locate(spec, x, "2")
+    cell_map = fm.capture(fm.load_model(spec).model, x, layers="2").get("2").tensor[0, 1].numpy()
+    grey = np.repeat(np.asarray(Image.open(tmp_path / "noise.png"))[..., None], 3, axis=2)
+    expected = overlay(grey, cell_map, geo, alpha=0.8, threshold=0.4)
+    np.testing.assert_array_equal(np.asarray(Image.open(written).convert("RGB")), expected.pixels)

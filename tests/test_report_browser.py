@@ -21,6 +21,7 @@ from torch import nn
 
 import featuremaps as fm
 from conftest import NamedChain
+from featuremaps.render import overlay
 
 pytestmark = pytest.mark.browser
 
@@ -204,6 +205,80 @@ def test_outline_jump_channel_view_and_hover_read_out(small: Run, open_report: A
     assert page.locator("#fm-view-over").evaluate("c => c.style.opacity") == "0"
     page.click("#fm-view-close")
     assert page.locator("#fm-view").get_attribute("open") is None
+    assert opened.errors == [] and opened.dialogs == []
+
+
+def _opaque_cells(page: Any) -> int:
+    """How many pixels of the overlay canvas (one per cell) are not fully transparent."""
+    return int(
+        page.locator("#fm-view-over").evaluate(
+            "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
+            ".filter((v, j) => j % 4 === 3 && v > 0).length"
+        )
+    )
+
+
+def _set_threshold(page: Any, percent: int) -> None:
+    page.locator("#fm-view-threshold").fill(str(percent))  # fires "input", like a drag
+
+
+def test_threshold_slider_hides_weak_cells_of_the_overlay(small: Run, open_report: Any) -> None:
+    opened = open_report(small.index)
+    page = opened.page
+    name = "act#2"
+    key = small.key(name)
+    page.click(f'#fm-outline a[title="{name}"]')
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]", timeout=5000)
+    # The shown channel with the largest values, so that a threshold of 0.5 splits its cells.
+    shown = small.record(name)["channels_shown"]
+    index = max(range(len(shown)), key=lambda i: float(small.tensors[name][0, shown[i]].max()))
+    channel = shown[index]
+    page.click(f'#L{key} figure.tile[data-index="{index}"]')
+    h, w = small.record(name)["shape"][2:]
+    over = page.locator("#fm-view-over")
+    assert over.evaluate("c => [c.width, c.height]") == [w, h]
+    # Threshold 0 (the default) shows every cell, fully.
+    assert page.locator("#fm-view-threshold").input_value() == "0"
+    assert _opaque_cells(page) == h * w
+    assert page.locator("#fm-view-threshold-value").text_content() == (
+        f"0.00 ({h * w} of {h * w} cells shown)"
+    )
+    # The maximum leaves only cells at the very top of the colour range (t >= 1).
+    _set_threshold(page, 100)
+    at_max = _opaque_cells(page)
+    assert at_max <= 1 and over.get_attribute("data-hidden") == str(h * w - at_max)
+    # Half way: exactly the cells Python's overlay(threshold=0.5) keeps, on the page's float16
+    # values and with the page's range (layer scale: the range of all the layer's channels).
+    layer = page.evaluate(
+        f"JSON.parse(document.getElementById('fm-config').textContent).layers[{key}]"
+    )
+    values = small.tensors[name][0, channel].numpy().astype(np.float16).astype(np.float32)
+    expected = overlay(
+        np.zeros((h, w), np.uint8),
+        values,
+        None,
+        threshold=0.5,
+        value_range=(layer["low"], layer["high"]),
+    ).cells_shown
+    assert 0 < expected < h * w
+    _set_threshold(page, 50)
+    assert _opaque_cells(page) == expected
+    assert page.locator("#fm-view-threshold-value").text_content() == (
+        f"0.50 ({expected} of {h * w} cells shown)"
+    )
+    # The enlarged map beside it always shows every cell.
+    assert (
+        page.locator("#fm-view-map").evaluate(
+            "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
+            ".filter((v, j) => j % 4 === 3 && v === 255).length"
+        )
+        == h * w
+    )
+    # Back to 0: everything shows again, and the opacity slider still applies on top.
+    page.focus("#fm-view-threshold")
+    page.keyboard.press("Home")
+    assert _opaque_cells(page) == h * w and over.get_attribute("data-hidden") == "0"
+    assert over.evaluate("c => c.style.opacity") == "0.6"
     assert opened.errors == [] and opened.dialogs == []
 
 

@@ -21,8 +21,20 @@ from featuremaps._errors import (
     RandomWeightsWarning,
     UntrustedCheckpointError,
 )
-from featuremaps.api import RecordSummary, Visualization, collect_stats, summarize, visualize
-from featuremaps.capture import Capture, LayerRecord, NotRun, capture, record_name
+from featuremaps.ablation import AblationPoint, AblationResult
+from featuremaps.api import (
+    RecordSummary,
+    Visualization,
+    ablate,
+    collect_stats,
+    draw_overlay,
+    locate,
+    summarize,
+    visualize,
+)
+from featuremaps.capture import Capture, LayerRecord, NotRun, capture, record_name, zero_channels
+from featuremaps.dataset import SavedStats, read_stats
+from featuremaps.geometry import MapGeometry
 from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
@@ -40,6 +52,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MANIFEST_NAME",
+    "AblationPoint",
+    "AblationResult",
     "Capture",
     "CaptureError",
     "FeaturemapsError",
@@ -53,6 +67,7 @@ __all__ = [
     "LayerRecord",
     "LoadedInput",
     "LoadedModel",
+    "MapGeometry",
     "ModelError",
     "NonFiniteWarning",
     "NotRun",
@@ -61,19 +76,25 @@ __all__ = [
     "Preprocessing",
     "RandomWeightsWarning",
     "RecordSummary",
+    "SavedStats",
     "UntrustedCheckpointError",
     "Visualization",
     "__version__",
+    "ablate",
     "capture",
     "collect_stats",
+    "draw_overlay",
     "expected_channels",
     "list_layers",
     "load_input",
     "load_model",
+    "locate",
     "make_grid",
+    "read_stats",
     "record_name",
     "sample_image_path",
     "summarize",
     "visualize",
     "write_report",
+    "zero_channels",
 ]

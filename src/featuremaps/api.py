@@ -27,11 +27,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from featuremaps._errors import NonFiniteWarning, OptionError, OutputError
+from featuremaps._errors import (
+    FeaturemapsWarning,
+    LayerError,
+    NonFiniteWarning,
+    OptionError,
+    OutputError,
+)
+from featuremaps.ablation import AblationResult
 from featuremaps.capture import Capture, LayerRecord, capture
-from featuremaps.dataset import DatasetStats
+from featuremaps.dataset import DatasetStats, SavedStats, read_stats
 from featuremaps.datastats import RunningStats
-from featuremaps.geometry import GeometryTracker
+from featuremaps.geometry import GeometryTracker, MapGeometry
 from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
@@ -43,6 +50,7 @@ from featuremaps.io import MANIFEST, SUMMARY, TOOL, OutputFolder, safe_filename
 from featuremaps.layers import select_modules
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
+from featuremaps.render.overlay import Overlay
 from featuremaps.render.png import encode_png
 from featuremaps.render.scaling import compute_range, is_signed, merge_ranges
 from featuremaps.report import (
@@ -55,10 +63,22 @@ from featuremaps.report import (
 )
 from featuremaps.stats import ChannelStats, channel_stats
 
-__all__ = ["RecordSummary", "Visualization", "collect_stats", "summarize", "visualize"]
+__all__ = [
+    "RecordSummary",
+    "Visualization",
+    "ablate",
+    "collect_stats",
+    "draw_overlay",
+    "locate",
+    "summarize",
+    "visualize",
+]
 
 ARRAYS = "arrays.safetensors"
 STATS_CSV = "stats.csv"
+ABLATION_CSV = "ablation.csv"
+ABLATION_JSON = "ablation.json"
+ABLATION_PNG = "ablation.png"
 INPUT_PICTURE = "input.png"
 FED_PICTURE = "input-fed.png"
 # capture: the forward pass with hooks, without the time spent consuming records; wall: the
@@ -357,6 +377,7 @@ def _run_one(
     sample: int,
     progress: bool,
     report: bool = False,
+    saved: SavedStats | None = None,
 ) -> Visualization:
     from tqdm import tqdm
 
@@ -391,7 +412,8 @@ def _run_one(
             label = GridLabel(record.name, record.module_type, record.shape, stamp)
             maps = _maps(record, sample)
             drawn = time.perf_counter()
-            picture = make_grid(maps, grid, label=label)
+            options = _ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
+            picture = make_grid(maps, options, label=label)
             timings["render"] += time.perf_counter() - drawn
             shown = picture.channels
             notes.extend(w for w in picture.warnings if w not in notes)
@@ -461,6 +483,12 @@ def _run_one(
         summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
 
     messages = []
+    if saved is not None and not any(s.name in saved.layers for s in summaries if s.image):
+        messages.append(
+            f"no drawn layer is in the statistics file '{saved.path}', so every layer ranked its "
+            "channels on this input; was the file made with another model or other layers?"
+        )
+        warnings.warn(FeaturemapsWarning(messages[-1]), stacklevel=3)
     bad = [s.name for s in summaries if s.nonfinite]
     if bad:
         messages.append(
@@ -516,6 +544,7 @@ def visualize(
     sample: int = 0,
     progress: bool = False,
     report: bool = True,
+    channel_stats: SavedStats | str | Path | None = None,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -531,12 +560,22 @@ def visualize(
         progress: show a progress bar on stderr.
         report: with ``out``, also write the HTML report ``index.html`` and its float16 layer
             data (``data/``); ``Visualization.report`` is then its path. Ignored without ``out``.
+        channel_stats: a ``stats.csv``/``stats.parquet`` from :func:`collect_stats` (or its
+            :class:`~featuremaps.dataset.SavedStats`). With a ``grid.order`` other than "index",
+            layers found in it show their top channels by that statistic over the data set
+            instead of over this input (the legend says which); other layers rank on the input.
 
     Returns:
         One :class:`Visualization` per input.
     """
     loaded = _resolve_model(model)
     grid = grid or GridOptions()
+    saved = read_stats(channel_stats) if isinstance(channel_stats, (str, Path)) else channel_stats
+    if saved is not None and (grid.order == "index" or grid.channels is not None):
+        raise OptionError(
+            f"a statistics file ('{saved.path.name}') ranks channels only for a top-K choice; "
+            "use --channels top:K:STAT (grid order absmean, mean, std or max)"
+        )
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     cap: dict[str, Any] = {
         "layers": layers,
@@ -555,7 +594,7 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report)
+                         report, saved)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -583,6 +622,27 @@ def visualize(
             folder.discard()
         raise
     return results
+
+
+def _ranked_by_file(
+    grid: GridOptions, saved: SavedStats | None, name: str, channels: int, notes: list[str]
+) -> GridOptions:
+    """The grid options for one layer: its top channels by the saved data-set statistic."""
+    if saved is None:
+        return grid
+    values = saved.values(name, grid.order)
+    if values is None:
+        notes.append(f"not in {saved.path.name}: top channels ranked on this input")
+        return grid
+    if len(values) != channels:
+        raise OptionError(
+            f"'{name}' has {channels} channels but the statistics file '{saved.path}' lists "
+            f"{len(values)}; use a file made with the same model (featuremaps stats)"
+        )
+    key = np.nan_to_num(values, nan=-np.inf)
+    top = np.argsort(-key, kind="stable")[: grid.max_channels]
+    note = f"top {len(top)} by {grid.order} over the data set in {saved.path.name}"
+    return replace(grid, channels=tuple(int(c) for c in top), channels_note=note)
 
 
 def _refuse_inputs_inside(items: list[Any], out: Path) -> None:
@@ -626,19 +686,36 @@ def collect_stats(
     near_zero: float = 1e-6,
     duplicates: float | None = None,
     rank_by: str = "absmean",
+    plots: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Per-channel statistics of the selected layers over a data set, written to ``out``.
 
-    ``data`` names files, folders (searched recursively) or globs. Writes ``stats.csv`` (one row
-    per layer and channel, with ``dead`` and a per-layer rank) and ``summary.json`` (inputs read
-    and not read, images/s, dead channels and, with ``duplicates``, channel pairs correlated at
-    least that much). Returns the summary.
+    ``data`` names files, folders (searched recursively) or globs. Writes:
+
+    - ``stats.csv`` and ``stats.parquet``: the same table, one row per layer and channel, with
+      ``dead`` and a per-layer rank by ``rank_by`` (the Parquet file keeps the column types);
+    - ``summary.json``: inputs read and not read, images/s, and per layer its dead channels,
+      with ``duplicates`` the channel pairs correlated at least that much, its histogram of all
+      values (channels pooled; exact ``edges`` and ``counts`` of the finite values and the
+      ``nonfinite`` count) and, with ``plots``, the names of its two plot files;
+    - with ``plots`` (the default), per layer ``plots/NNNN_<name>.hist.png`` (that histogram,
+      counts on a log scale) and ``plots/NNNN_<name>.ranked.png`` (its channels sorted by
+      ``rank_by``, largest first, dead channels in red); ``NNNN_<name>`` is the layer's position
+      and its name made safe for any filesystem (:func:`featuremaps.io.safe_filename`).
+
+    Returns the summary.
     """
     from tqdm import tqdm
 
     from featuremaps.dataset import compute_dataset_stats, find_inputs, stats_rows
 
+    statistics = list(RunningStats(1).result())
+    if rank_by not in statistics:
+        raise OptionError(
+            f"rank_by={rank_by!r} is not a per-channel statistic; expected one of "
+            f"{', '.join(statistics)}"
+        )
     loaded = _resolve_model(model)
     paths = find_inputs(data)
     if preprocessing is None:
@@ -659,8 +736,32 @@ def collect_stats(
             correlations=duplicates is not None,
             progress=bar.update,
         )
-        summary = _stats_summary(loaded, paths, preprocessing, result, near_zero, duplicates)
-        folder.write_csv(STATS_CSV, stats_rows(result, rank_by))
+        rows = stats_rows(result, rank_by)
+        folder.write_csv(STATS_CSV, rows)
+        folder.write_parquet("stats.parquet", rows)
+        plot_files: dict[str, dict[str, str]] | None = None
+        if plots:
+            from featuremaps.render.plots import Charts
+
+            charts, plot_files = Charts(), {}  # one Charts: its figures are reused per layer
+            for index, (name, stats) in enumerate(result.layers.items()):
+                numbers = stats.result()
+                hist = result.histograms[name].result()
+                hist_png = charts.histogram(hist, layer=name, images=result.images)
+                ranked_png = charts.ranked(
+                    numbers[rank_by], layer=name, statistic=rank_by, dead=numbers["std"] == 0
+                )
+                plot_files[name] = {
+                    "histogram": folder.write_bytes(
+                        "plots/" + safe_filename(index, name, ".hist.png"), hist_png
+                    ),
+                    "ranked": folder.write_bytes(
+                        "plots/" + safe_filename(index, name, ".ranked.png"), ranked_png
+                    ),
+                }
+        summary = _stats_summary(
+            loaded, paths, preprocessing, result, near_zero, duplicates, plot_files
+        )
         folder.write_json(SUMMARY, summary)
     return summary
 
@@ -672,11 +773,20 @@ def _stats_summary(
     result: DatasetStats,
     near_zero: float,
     duplicates: float | None,
+    plot_files: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     from featuremaps.dataset import near_duplicates
 
     def dead(stats: RunningStats) -> list[int]:
         return [int(c) for c in np.flatnonzero(stats.result()["std"] == 0)]
+
+    def histogram(name: str) -> dict[str, Any]:
+        hist = result.histograms[name].result()  # at most 128 bins: small enough to keep here
+        return {
+            "edges": hist.edges.tolist(),
+            "counts": hist.counts.tolist(),
+            "nonfinite": hist.nonfinite,
+        }
 
     return {
         "tool": TOOL,
@@ -702,7 +812,201 @@ def _stats_summary(
                     if duplicates is not None
                     else None
                 ),
+                "histogram": histogram(name),
+                "plots": None if plot_files is None else plot_files[name],
             }
             for name, stats in result.layers.items()
         ],
     }
+
+
+def ablate(
+    model: nn.Module | LoadedModel | str,
+    data: Sequence[str],
+    *,
+    layers: str | Sequence[str],
+    out: str | Path | None = None,
+    stat: str = "absmean",
+    ks: Sequence[int] = (0, 8, 16, 32),
+    trials: int = 3,
+    seed: int = 0,
+    channel_stats: SavedStats | str | Path | None = None,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    progress: bool = False,
+) -> AblationResult:
+    """Zero the K lowest-ranked channels of ``layers`` and measure the model's output change.
+
+    The ranking is ``stat`` per channel: from ``channel_stats`` (a saved ``stats.csv`` or
+    ``stats.parquet``, ideally made on other images) or, without it, from statistics computed
+    first on the same ``data`` (an in-sample ranking; the summary says which). For each K the
+    masked model is compared with the unmasked one on every readable input (top-1 agreement,
+    mean |Δlogit|, KL divergence), and ``trials`` random K-channel masks per layer give the
+    control. With ``out``, writes ``ablation.csv`` (one row per point), ``ablation.json`` (the
+    curve, the layers, their lowest-ranked channels, the inputs) and ``ablation.png`` (the curve,
+    ranked against the random band). See :mod:`featuremaps.ablation`.
+    """
+    from tqdm import tqdm
+
+    from featuremaps.ablation import check_options, measure_ablation
+    from featuremaps.dataset import RANKABLE, compute_dataset_stats, find_inputs
+    from featuremaps.layers import as_patterns, keep_record
+    from featuremaps.render.plots import plot_ablation
+
+    if stat not in RANKABLE:
+        raise OptionError(
+            f"--stat '{stat}' is not a statistic; expected one of {', '.join(RANKABLE)}"
+        )
+    check_options(ks, trials)
+    loaded = _resolve_model(model)
+    patterns = as_patterns(layers)
+    if patterns is None:
+        raise OptionError("ablation needs --layers: the layers whose channels are zeroed")
+    select_modules(loaded.model, patterns, None, False, loaded.spec)  # unknown names fail here
+    paths = find_inputs(data)
+    pre = preprocessing or loaded.input_preprocessing()
+    first = expected_channels(loaded.model)
+    saved = read_stats(channel_stats) if isinstance(channel_stats, (str, Path)) else channel_stats
+    folder = OutputFolder(out) if out is not None else None
+    with (
+        folder or contextlib.nullcontext(),
+        tqdm(desc="ablation", unit=" pass", disable=not progress, leave=False) as bar,
+    ):
+        if saved is not None:
+            values = {
+                name: numbers[stat]
+                for name, numbers in saved.layers.items()
+                if keep_record(name, name.rpartition("#")[0] or name, patterns)
+            }
+            source = f"statistics file {saved.path}"
+            if not values:
+                raise OptionError(
+                    f"no layer of the statistics file '{saved.path}' matches --layers "
+                    f"{','.join(patterns)}; run 'featuremaps stats' with those layers first"
+                )
+        else:
+            bar.set_description("ranking")
+            ranking = compute_dataset_stats(
+                loaded.model, paths, channels=first[0] if first else None, preprocessing=pre,
+                layers=patterns, batch_size=batch_size, workers=workers,
+            )  # fmt: skip
+            values = {name: s.result()[stat] for name, s in ranking.layers.items()}
+            source = "the same inputs (in-sample: computed first on the data measured)"
+        bar.set_description("ablation")
+        result = measure_ablation(
+            loaded.model, paths, values, ks=ks, stat=stat, channels=first[0] if first else None,
+            preprocessing=pre, trials=trials, seed=seed, batch_size=batch_size,
+            workers=workers, progress=bar.update,
+        )  # fmt: skip
+        if folder is not None:
+            summary = {
+                "tool": TOOL,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "versions": _versions(),
+                "model": loaded.describe(),
+                "preprocessing": pre.describe(),
+                "inputs": {
+                    "found": len(paths),
+                    "read": result.images,
+                    "not_read": [{"path": p, "reason": why} for p, why in result.failed],
+                },
+                "ranking": {"stat": stat, "source": source, "zeroed_first": "lowest"},
+                "layers": [
+                    {"name": n, "channels": c, "lowest_ranked": result.order[n][: max(ks)]}
+                    for n, c in result.channels.items()
+                ],
+                "trials": trials,
+                "seed": seed,
+                "seconds": result.seconds,
+                "curve": result.curve(),
+            }
+            folder.write_csv(ABLATION_CSV, result.rows())
+            folder.write_json(ABLATION_JSON, summary)
+            picture = plot_ablation(
+                result.curve(), model=loaded.spec, layers=list(result.channels),
+                images=result.images, stat=stat, trials=trials,
+                random_weights=loaded.random_weights,
+            )  # fmt: skip
+            folder.write_bytes(ABLATION_PNG, picture)
+    return result
+
+
+def locate(
+    model: nn.Module | LoadedModel | str,
+    inputs: Any,
+    layer: str,
+    *,
+    method: str = "auto",
+) -> MapGeometry:
+    """Where the cells of record ``layer`` sit in ``inputs`` (the input as fed to the model).
+
+    The returned :class:`~featuremaps.geometry.MapGeometry` answers both questions of region
+    analysis: ``cell_region(r, c)`` is the input region cell (r, c) sees and ``cells_seeing(y, x)``
+    the cells whose receptive field holds input pixel (y, x), in the coordinates of the input as
+    fed (after resizing and cropping). ``method`` is as in
+    :func:`featuremaps.geometry.compute_geometry`; the result says which one was used.
+
+    Raises:
+        LayerError: ``layer`` is unknown, or is not a 2-D map (its geometry is undefined).
+    """
+    from featuremaps.geometry import compute_geometry
+
+    loaded = _resolve_model(model)
+    tensor = _resolve_input(inputs, loaded).tensor[:1]
+    module = layer.rpartition("#")[0] if "#" in layer else layer
+    selected = select_modules(loaded.model, (module,), None, True, loaded.spec)
+    found: dict[str, MapGeometry] = {}
+    if method != "empirical":  # the analytic chain needs every layer on the way, not just this
+        found = compute_geometry(loaded.model, tensor, method="analytic")
+    if layer not in found and method != "analytic":
+        found = compute_geometry(loaded.model, tensor, layers=selected, method="empirical")
+    if layer not in found:
+        maps = ", ".join(list(found)[:5]) or "none"
+        raise LayerError(
+            f"'{layer}' has no 2-D map whose cells can be placed on the input (maps selected by "
+            f"that name: {maps}); pick a convolution or pooling layer from 'featuremaps layers "
+            f"{loaded.spec}'"
+        )
+    return found[layer]
+
+
+def draw_overlay(
+    model: nn.Module | LoadedModel | str,
+    inputs: Any,
+    layer: str,
+    channel: int,
+    *,
+    out: str | Path | None = None,
+    alpha: float = 0.6,
+    threshold: float | None = None,
+    cmap: str | None = None,
+    geometry: MapGeometry | None = None,
+) -> Overlay:
+    """Draw channel ``channel`` of record ``layer`` over the input as fed, each cell at its
+    receptive-field centre (:func:`locate`; pass ``geometry`` to reuse one), blended with
+    ``alpha``; cells below ``threshold`` (a fraction of the colour range) stay transparent.
+
+    With ``out``, also writes the picture there as ``overlay_<layer>_c<channel>.png``.
+    """
+    from featuremaps.render import overlay
+
+    loaded = _resolve_model(model)
+    item = _resolve_input(inputs, loaded)
+    tensor = item.tensor[:1]
+    geometry = geometry or locate(loaded, tensor, layer)
+    record = capture(loaded.model, tensor, layers=layer.partition("#")[0], model_label=loaded.spec)
+    maps = _maps(record.get(layer), 0)
+    if not 0 <= channel < maps.shape[0]:
+        raise OptionError(
+            f"channel {channel} does not exist in '{layer}', which has {maps.shape[0]} channels"
+        )
+    fed = fed_picture(tensor, item.preprocessing)
+    if fed is None:
+        raise OptionError(f"the input of shape {tuple(tensor.shape)} is not a picture to draw on")
+    picture = overlay(fed[0], maps[channel], geometry, alpha=alpha, threshold=threshold, cmap=cmap)
+    if out is not None:
+        with OutputFolder(out) as folder:
+            name = f"overlay_{safe_filename(channel, layer, '.png')}"
+            folder.write_bytes(name, picture.to_png())
+    return picture

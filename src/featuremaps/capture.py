@@ -23,6 +23,7 @@ Naming rule (documented, tested literally):
 
 from __future__ import annotations
 
+import contextlib
 import html
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from featuremaps._errors import CaptureError, FeaturemapsError, InputError
+from featuremaps._errors import CaptureError, FeaturemapsError, InputError, LayerError, OptionError
 
-__all__ = ["Capture", "LayerRecord", "NotRun", "capture", "record_name"]
+__all__ = ["Capture", "LayerRecord", "NotRun", "capture", "record_name", "zero_channels"]
 
 RecordCallback = Callable[["LayerRecord"], None]
 
@@ -359,3 +360,95 @@ def capture(
         NotRun(path, type_name(selected[path]), NEVER_CALLED) for path, n in calls.items() if n == 0
     )
     return Capture(tuple(kept), not_run, count, output)
+
+
+def _split_record(name: str, modules: Mapping[str, nn.Module]) -> tuple[str, int]:
+    """``"layer1.0.relu#2"`` → ``("layer1.0.relu", 2)``; a plain module path is its first call."""
+    if name in modules:
+        return name, 1
+    path, _, call = name.rpartition("#")
+    if path in modules and call.isdigit() and int(call) >= 1:
+        return path, int(call)
+    return name, 0
+
+
+def channel_axis(layout: str) -> int:
+    """The channel axis of a tensor with this layout: 1, or the last one for ``NLD`` tokens."""
+    return -1 if layout == "NLD" else 1
+
+
+@contextlib.contextmanager
+def zero_channels(model: nn.Module, masks: Mapping[str, Sequence[int]]) -> Iterator[dict[str, int]]:
+    """Zero the given channels of the named records' outputs while the context is open.
+
+    ``masks`` maps record names (``layer4.1.conv2``, ``layer1.0.relu#2``) to channel indices.
+    Each selected call returns a copy of its output with those channels set to 0 (a forward hook
+    that replaces the output), so later layers see the masked value, in-place operations included,
+    and the model's parameters are never touched. The yielded dict counts, per record name, the
+    forward passes in which the mask was applied; every hook is removed on exit.
+
+    Raises:
+        LayerError: a name is not a call of a module of ``model``.
+        OptionError: a channel index is out of range (at the first forward pass).
+        CaptureError: the record's output is not a single tensor with a channel axis.
+    """
+    from featuremaps.layers import _suggest, type_name
+
+    if isinstance(model, torch.jit.ScriptModule):
+        raise OptionError(
+            "channels of a TorchScript model cannot be zeroed (it runs no Python hooks); "
+            "load the model as Python code (a zoo name or 'package.module:factory')"
+        )
+    modules = {p: m for p, m in model.named_modules() if p}
+    wanted: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
+    for name, channels in masks.items():
+        path, call = _split_record(name, modules)
+        if call == 0:
+            raise LayerError(
+                f"layer '{name}' not found in {type_name(model)}"
+                f"{_suggest(path, list(modules)) or '.'} Masks need a module's own output "
+                "(a name from 'featuremaps layers', optionally with #k for its k-th call)."
+            )
+        index = torch.as_tensor(sorted({int(c) for c in channels}), dtype=torch.long)
+        wanted.setdefault(path, {})[call] = (name, index)
+    applied = dict.fromkeys(masks, 0)
+    calls = dict.fromkeys(wanted, 0)
+
+    def reset(module: nn.Module, args: Any) -> None:
+        for path in calls:
+            calls[path] = 0
+
+    def make_hook(path: str) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            calls[path] += 1
+            entry = wanted[path].get(calls[path])
+            if entry is None:
+                return None
+            name, index = entry
+            if not isinstance(output, torch.Tensor) or output.dim() < 2:
+                kind = type(output).__name__
+                raise CaptureError(
+                    f"'{name}' ({type_name(module)}) returns {kind} "
+                    f"{tuple(output.shape) if isinstance(output, torch.Tensor) else ''}; zeroing "
+                    "channels needs one tensor with a channel axis: pick another layer"
+                )
+            axis = channel_axis(infer_layout(output.dim(), type_name(module)))
+            size = output.shape[axis]
+            if len(index) and int(index[-1]) >= size:
+                raise OptionError(
+                    f"channel {int(index[-1])} does not exist in '{name}', which has {size} "
+                    "channels; check the stats file or --layers"
+                )
+            applied[name] += 1
+            return output.index_fill(axis % output.dim(), index.to(output.device), 0)
+
+        return hook
+
+    handles = [model.register_forward_pre_hook(reset)]
+    try:
+        for path in wanted:
+            handles.append(modules[path].register_forward_hook(make_hook(path)))
+        yield applied
+    finally:
+        for handle in handles:
+            handle.remove()

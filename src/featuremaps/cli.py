@@ -3,6 +3,9 @@
     featuremaps run [IMAGE ...] [--model SPEC] [--out DIR] ...   draw every layer (the default)
     featuremaps IMAGE ... [options]                              same as ``run``
     featuremaps layers [MODEL]                                   list layers with output shapes
+    featuremaps stats DATA ... --model SPEC                      per-channel statistics over data
+    featuremaps ablate DATA ... --model SPEC --layers L          zero low-ranked channels, measure
+    featuremaps locate [IMAGE] --layer L --cell R,C --pixel Y,X  which input region a cell sees
 
 Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 interrupted.
 """
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-COMMANDS = ("run", "layers", "stats")
+COMMANDS = ("run", "layers", "stats", "ablate", "locate")
 STATS = ("mean", "max", "std", "absmean")
 
 
@@ -88,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         help="N (first N), all, a list like 0,5,7, or top:K:STAT with STAT in mean, max, std, "
         "absmean (default: 32)",
     )
+    run.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="stats.csv/stats.parquet from 'featuremaps stats': --channels top:K:STAT then ranks "
+        "channels over that data set instead of this image",
+    )
     run.add_argument("--columns", type=int, default=8, help="tiles per row (default: 8)")
     run.add_argument(
         "--scale",
@@ -135,7 +144,70 @@ def _parser() -> argparse.ArgumentParser:
         "--rank-by", choices=("absmean", "mean", "std", "max"), default="absmean",
         help="statistic that ranks channels within a layer (default: absmean)",
     )  # fmt: skip
+    stats.add_argument(
+        "--no-plots", dest="plots", action="store_false",
+        help="skip the per-layer histogram and ranked-channel charts (plots/)",
+    )  # fmt: skip
     stats.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    ablate = sub.add_parser(
+        "ablate",
+        help="zero the K lowest-ranked channels of layers and measure how the output changes, "
+        "against K random channels",
+    )
+    ablate.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
+    ablate.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
+    _add_model_options(ablate)
+    ablate.add_argument("--out", "-o", default="featuremaps-ablation", help="output folder")
+    ablate.add_argument(
+        "--layers", "-l", action="append", required=True,
+        help="layers whose channels are zeroed (as for run; each gets K zeroed)",
+    )  # fmt: skip
+    ablate.add_argument(
+        "--stat", default="absmean", choices=("absmean", "mean", "std", "max", "min"),
+        help="ranking statistic; the lowest channels are zeroed first (default: absmean)",
+    )  # fmt: skip
+    ablate.add_argument("--k", default="0,8,16,32", help="channel counts K (default: 0,8,16,32)")
+    ablate.add_argument(
+        "--random", type=int, default=3, metavar="N", help="random-channel draws per K (3)"
+    )
+    ablate.add_argument("--seed", type=int, default=0, help="seed of the random draws (0)")
+    ablate.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="rank by this stats.csv/.parquet (default: statistics of DATA itself, in-sample)",
+    )
+    ablate.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
+    ablate.add_argument("--workers", type=int, default=2, help="reader processes (2)")
+    ablate.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    locate = sub.add_parser(
+        "locate",
+        help="which input region a cell of a layer sees, and which cells see an input pixel",
+    )
+    locate.add_argument("image", nargs="?", help="image (default: the bundled sample photo)")
+    locate.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
+    _add_model_options(locate)
+    locate.add_argument("--layer", "-l", required=True, help="one record name, e.g. layer3.1.conv2")
+    locate.add_argument(
+        "--cell", action="append", default=[], metavar="R,C", help="a cell of the map (repeatable)"
+    )
+    locate.add_argument(
+        "--pixel", action="append", default=[], metavar="Y,X",
+        help="a pixel of the input as fed (repeatable)",
+    )  # fmt: skip
+    locate.add_argument(
+        "--overlay", type=int, metavar="CH",
+        help="also draw channel CH over the input, each cell at its receptive-field centre",
+    )  # fmt: skip
+    locate.add_argument("--alpha", type=float, default=0.6, help="overlay opacity (0.6)")
+    locate.add_argument(
+        "--threshold", type=float,
+        help="hide cells below this fraction of the colour range (0..1; default: show all)",
+    )  # fmt: skip
+    locate.add_argument(
+        "--out", "-o", default="featuremaps-locate", help="folder for the --overlay picture"
+    )
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")
     layers.add_argument("model", nargs="?", default="resnet18", help="model spec")
@@ -195,14 +267,19 @@ def _preprocessing(args: argparse.Namespace, loaded: LoadedModel) -> Preprocessi
     )
 
 
+def _load_model(args: argparse.Namespace, spec: str) -> LoadedModel:
+    from featuremaps import load_model
+
+    offline = args.offline or None
+    return load_model(spec, args.weights, trust_checkpoint=args.trust_checkpoint, offline=offline)
+
+
 def _load(
     args: argparse.Namespace, spec: str, images: Sequence[str]
 ) -> tuple[LoadedModel, list[LoadedInput]]:
     import featuremaps as fm
 
-    loaded = fm.load_model(
-        spec, args.weights, trust_checkpoint=args.trust_checkpoint, offline=args.offline or None
-    )
+    loaded = _load_model(args, spec)
     pre = _preprocessing(args, loaded)
     first = fm.expected_channels(loaded.model)
     paths = list(images) or [str(fm.sample_image_path())]
@@ -243,6 +320,10 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     for item in inputs:
         for line in item.conversions:
             print(f"{item.path.name}: {line}", file=out)
+    if args.stats and "order" not in _parse_channels(args.channels):
+        raise OptionError(
+            f"--stats ranks channels for --channels top:K:STAT; got --channels {args.channels}"
+        )
     results = fm.visualize(
         loaded,
         inputs,
@@ -255,6 +336,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         sample=args.sample,
         progress=not args.quiet and sys.stderr.isatty(),
         report=args.report,
+        channel_stats=args.stats,
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)
@@ -273,21 +355,20 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    import featuremaps as fm
-
-    _check_layers(args.layers)
+def _check_loader(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.workers < 0:
         raise OptionError(
             f"--batch-size {args.batch_size} / --workers {args.workers}: expected a batch of at "
             "least 1 and 0 or more workers"
         )
-    loaded = fm.load_model(
-        args.model,
-        args.weights,
-        trust_checkpoint=args.trust_checkpoint,
-        offline=args.offline or None,
-    )
+
+
+def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
+    import featuremaps as fm
+
+    _check_layers(args.layers)
+    _check_loader(args)
+    loaded = _load_model(args, args.model)
     summary = fm.collect_stats(
         loaded,
         args.data,
@@ -300,6 +381,7 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
         near_zero=args.near_zero,
         duplicates=args.duplicates,
         rank_by=args.rank_by,
+        plots=args.plots,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     inputs = summary["inputs"]
@@ -313,6 +395,131 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
         file=out,
     )
     print(f"results: {(Path(args.out) / 'stats.csv').resolve()}", file=out)
+    return 0
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 0:
+        raise OptionError(f"--k '{text}' is not understood; expected counts like 0,8,16,32")
+    return ks
+
+
+def _cmd_ablate(args: argparse.Namespace, out: TextIO) -> int:
+    import featuremaps as fm
+
+    _check_layers(args.layers)
+    _check_loader(args)
+    ks = _parse_ks(args.k)
+    loaded = _load_model(args, args.model)
+    result = fm.ablate(
+        loaded,
+        args.data,
+        layers=args.layers,
+        out=args.out,
+        stat=args.stat,
+        ks=ks,
+        trials=args.random,
+        seed=args.seed,
+        channel_stats=args.stats,
+        preprocessing=_preprocessing(args, loaded) if args.size or args.normalize else None,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    for path, reason in result.failed:
+        print(f"not read: {path}: {reason}", file=out)
+    print(
+        f"{result.images} inputs, {len(result.channels)} layer(s); K lowest by {args.stat} "
+        f"zeroed per layer vs {args.random} random draws (mean [min, max])",
+        file=out,
+    )
+    print(f"{'K':>5} {'zeroed':>6}  {'agree':>6} {'random':>21}  {'KL':>8} {'random':>8}", file=out)
+    for row in result.curve():
+        rand = (
+            f"{row['random_agreement_mean']:.3f} [{row['random_agreement_min']:.2f}, "
+            f"{row['random_agreement_max']:.2f}]"
+            if args.random
+            else "-"
+        )
+        rand_kl = f"{row['random_kl_mean']:8.4f}" if args.random else "-"
+        print(
+            f"{row['k']:>5} {row['zeroed']:>6}  {row['ranked_agreement']:>6.3f} {rand:>21}  "
+            f"{row['ranked_kl']:>8.4f} {rand_kl:>8}",
+            file=out,
+        )
+    if loaded.random_weights:
+        print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
+    print(f"results: {(Path(args.out) / 'ablation.csv').resolve()}", file=out)
+    return 0
+
+
+def _pair(text: str, option: str, what: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(f"{option} '{text}' is not {what} (two numbers, e.g. 3,5)") from None
+    return a, b
+
+
+def _span(values: range) -> str:
+    if not values:
+        return "none"
+    return f"{values[0]}..{values[-1]}" if len(values) > 1 else str(values[0])
+
+
+def _cmd_locate(args: argparse.Namespace, out: TextIO) -> int:
+    import featuremaps as fm
+
+    loaded, [item] = _load(args, args.model, [args.image] if args.image else [])
+    geo = fm.locate(loaded, item, args.layer)
+    height, width = item.tensor.shape[-2:]
+    h, w = geo.shape
+    print(
+        f"{args.layer}: {h}x{w} cells over the input as fed ({height}x{width}, "
+        f"{item.path.name}); stride {geo.y.stride:g}x{geo.x.stride:g}, first cell centred at "
+        f"({geo.y.offset:g}, {geo.x.offset:g}), receptive field {geo.y.size:g}x{geo.x.size:g} "
+        f"({geo.method})",
+        file=out,
+    )
+    for text in args.cell:
+        r, c = _pair(text, "--cell", "R,C")
+        if not (r.is_integer() and c.is_integer() and 0 <= r < h and 0 <= c < w):
+            raise OptionError(f"--cell {text} is not a cell of the {h}x{w} map of {args.layer}")
+        y0, x0, y1, x1 = geo.cell_region(int(r), int(c))
+        cy, cx = geo.cell_center(int(r), int(c))
+        inside = (max(y0, 0), max(x0, 0), min(y1, height - 1), min(x1, width - 1))
+        print(
+            f"cell ({int(r)}, {int(c)}) is centred on input ({cy:g}, {cx:g}) and sees rows "
+            f"{y0:g}..{y1:g}, columns {x0:g}..{x1:g} (inside the image: rows {inside[0]:g}.."
+            f"{inside[2]:g}, columns {inside[1]:g}..{inside[3]:g})",
+            file=out,
+        )
+    for text in args.pixel:
+        y, x = _pair(text, "--pixel", "Y,X")
+        if not (0 <= y < height and 0 <= x < width):
+            raise OptionError(f"--pixel {text} is outside the {height}x{width} input as fed")
+        rows, cols = geo.cells_seeing(y, x)
+        near = (
+            min(max(round((y - geo.y.offset) / geo.y.stride), 0), h - 1),
+            min(max(round((x - geo.x.offset) / geo.x.stride), 0), w - 1),
+        )
+        print(
+            f"pixel ({y:g}, {x:g}) lies in the receptive field of cells in rows {_span(rows)}, "
+            f"columns {_span(cols)} ({len(rows) * len(cols)} cells); the nearest centre is cell "
+            f"{near}",
+            file=out,
+        )
+    if args.overlay is not None:
+        picture = fm.draw_overlay(
+            loaded, item, args.layer, args.overlay, alpha=args.alpha, threshold=args.threshold,
+            geometry=geo, out=args.out,
+        )  # fmt: skip
+        print(f"overlay: {picture.caption}", file=out)
+        print(f"results: {Path(args.out).resolve()}", file=out)
     return 0
 
 
@@ -369,6 +576,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 return _cmd_layers(args, out)
             if args.command == "stats":
                 return _cmd_stats(args, out)
+            if args.command == "ablate":
+                return _cmd_ablate(args, out)
+            if args.command == "locate":
+                return _cmd_locate(args, out)
             return _cmd_run(args, out)
         except FeaturemapsError as exc:
             print(f"featuremaps: error: {exc}", file=sys.stderr)

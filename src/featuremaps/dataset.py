@@ -3,8 +3,8 @@
 Inputs → model → capture → :mod:`featuremaps.datastats`, batch after batch. Images are read by a
 torch ``DataLoader`` (worker processes, batching); a file that cannot be read is counted, named
 and skipped, and only a data set where nothing could be read is an error. Records are consumed
-while their module runs (no copies) and folded into running statistics, so memory does not grow
-with the number of images.
+while their module runs (no copies) and folded into running statistics and running histograms
+(all values of a layer, channels pooled), so memory does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from torch import nn
 
 from featuremaps._errors import FeaturemapsError, InputError
 from featuremaps.capture import LayerRecord, capture
-from featuremaps.datastats import RunningStats
+from featuremaps.datastats import RunningHistogram, RunningStats
 from featuremaps.inputs import IMAGE_SUFFIXES, Preprocessing, load_input
 
-__all__ = ["DatasetStats", "compute_dataset_stats", "find_inputs"]
+__all__ = ["DatasetStats", "SavedStats", "compute_dataset_stats", "find_inputs", "read_stats"]
 
 SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
 
@@ -86,9 +86,10 @@ def _collate(
 
 @dataclass
 class DatasetStats:
-    """Running statistics per record name, and an account of the inputs."""
+    """Running statistics and histograms per record name, and an account of the inputs."""
 
     layers: dict[str, RunningStats] = field(default_factory=dict)
+    histograms: dict[str, RunningHistogram] = field(default_factory=dict)
     types: dict[str, str] = field(default_factory=dict)
     images: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -121,13 +122,16 @@ def compute_dataset_stats(
     workers: int = 2,
     near_zero: float = 1e-6,
     correlations: bool = False,
+    bins: int = 128,
     progress: Callable[[int], object] | None = None,
 ) -> DatasetStats:
-    """Per-channel statistics of the selected layers over every readable input in ``paths``.
+    """Per-channel statistics and a histogram (at most ``bins`` bins) of the selected layers
+    over every readable input in ``paths``.
 
     Without a fixed-size preprocessing (a crop or an ``HxW`` resize), images of different sizes
     cannot share a batch, so each is its own batch.
     """
+    RunningHistogram(bins)  # refuses a bad bin count now rather than inside the first hook
     fixed = preprocessing.crop is not None or isinstance(preprocessing.resize, tuple)
     loader = torch.utils.data.DataLoader(
         _Files(list(paths), channels, preprocessing),
@@ -147,7 +151,9 @@ def compute_dataset_stats(
                 values.shape[1], near_zero=near_zero, correlations=correlations
             )
             out.types[record.name] = record.module_type
+            out.histograms[record.name] = RunningHistogram(bins)
         stats.update(values)  # reads the live output before the forward pass goes on
+        out.histograms[record.name].update(values)
 
     start = time.perf_counter()
     for batch, batch_paths, failed in loader:
@@ -193,3 +199,82 @@ def near_duplicates(stats: RunningStats, threshold: float) -> list[tuple[int, in
     keep = np.abs(np.nan_to_num(values)) >= threshold
     pairs = zip(i[keep], j[keep], values[keep], strict=True)
     return [(int(a), int(b), float(v)) for a, b, v in pairs]
+
+
+@dataclass(frozen=True)
+class SavedStats:
+    """Per-channel statistics read back from a ``stats.csv`` or ``stats.parquet`` file.
+
+    ``layers`` maps record name → statistic name → one value per channel (channel order).
+    """
+
+    path: Path
+    layers: dict[str, dict[str, np.ndarray]]
+
+    def values(self, layer: str, stat: str) -> np.ndarray | None:
+        """The statistic of every channel of ``layer``, or None when the file lacks the layer."""
+        found = self.layers.get(layer)
+        return None if found is None else found[stat]
+
+
+RANKABLE = ("absmean", "mean", "std", "max", "min")
+
+
+def read_stats(path: str | Path) -> SavedStats:
+    """Read a statistics table written by ``featuremaps stats`` (CSV or Parquet).
+
+    Raises:
+        InputError: the file is missing, unreadable, or lacks the ``layer``/``channel`` columns or
+            a statistic column; the message names the file and what was expected.
+    """
+    path = Path(path)
+    expected = "a stats.csv or stats.parquet written by 'featuremaps stats'"
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            columns: dict[str, list[Any]] = pq.read_table(path).to_pydict()
+        else:
+            import csv
+
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            columns = {key: [row[key] for row in rows] for key in (rows[0] if rows else {})}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(
+            f"cannot read statistics file '{path}': {exc}; expected {expected}"
+        ) from None
+    except Exception as exc:  # pyarrow's own errors (ArrowInvalid) are not OSErrors
+        raise InputError(
+            f"cannot read statistics file '{path}': {type(exc).__name__}; expected {expected}"
+        ) from None
+    missing = [c for c in ("layer", "channel", *RANKABLE) if c not in columns]
+    if missing:
+        raise InputError(
+            f"statistics file '{path}' has no column {', '.join(missing)}; expected {expected}"
+        )
+    layers: dict[str, dict[str, np.ndarray]] = {}
+    try:
+        names = [str(v) for v in columns["layer"]]
+        channel = np.array([int(v) for v in columns["channel"]])
+        numbers = {s: np.array([float(v) for v in columns[s]]) for s in RANKABLE}
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            f"statistics file '{path}' holds a value that is not a number: {exc}"
+        ) from None
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    for name, members in groups.items():
+        rows_of = np.array(members)
+        order = np.argsort(channel[rows_of], kind="stable")
+        chans = channel[rows_of][order]
+        if not np.array_equal(chans, np.arange(len(chans))):
+            raise InputError(
+                f"statistics file '{path}' lists channels {chans[:5].tolist()}... for '{name}'; "
+                "expected every channel 0..C-1 once"
+            )
+        layers[name] = {s: v[rows_of][order] for s, v in numbers.items()}
+    if not layers:
+        raise InputError(f"statistics file '{path}' holds no rows; expected {expected}")
+    return SavedStats(path, layers)

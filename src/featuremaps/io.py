@@ -210,6 +210,37 @@ class SafetensorsStream:
         self._spool.close()
 
 
+def _kind(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return type(value).__name__
+
+
+def _arrow_type(pa: Any, relative: str, name: str, values: list[Any]) -> Any:
+    """The Arrow type of one column, from the Python types of its values (None: a null)."""
+    kinds = {_kind(v) for v in values if v is not None}
+    if not kinds:
+        return pa.null()
+    if kinds == {"bool"}:
+        return pa.bool_()
+    if kinds == {"int"}:
+        return pa.int64()
+    if kinds <= {"int", "float"}:
+        return pa.float64()
+    if kinds == {"str"}:
+        return pa.string()
+    raise OutputError(
+        f"cannot write '{relative}': column '{name}' holds {', '.join(sorted(kinds))}; "
+        "expected bool, int, float or str"
+    )
+
+
 class OutputFolder:
     """Collect a run's files and put them in place atomically.
 
@@ -299,6 +330,33 @@ class OutputFolder:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
             writer.writeheader()
             writer.writerows(rows)
+        return relative
+
+    def write_parquet(self, relative: str, rows: list[dict[str, Any]]) -> str:
+        """Write ``rows`` (dicts with the same keys) as a Parquet table; return the path.
+
+        Column types follow the values, as in the CSV: ``bool``, ``int`` (int64), ``float``
+        (float64; NaN stays NaN, a column mixing ints and floats is float64) and ``str``;
+        ``None`` is a null.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        names = list(rows[0]) if rows else []
+        for row in rows:
+            if list(row) != names:
+                raise OutputError(
+                    f"cannot write '{relative}': a row has the columns {list(row)}; expected "
+                    f"{names} as in the first row"
+                )
+        columns = {}
+        for name in names:
+            values = [row[name] for row in rows]
+            columns[name] = pa.array(values, type=_arrow_type(pa, relative, name, values))
+        try:
+            pq.write_table(pa.table(columns), self.path(relative))
+        except OSError as exc:
+            raise OutputError(f"cannot write '{relative}' into '{self.target}': {exc}") from None
         return relative
 
     def arrays(self, relative: str, metadata: dict[str, str] | None = None) -> SafetensorsStream:

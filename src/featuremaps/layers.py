@@ -131,9 +131,8 @@ def select_modules(
                 p for p in names if _match(base, p) and (containers or p in leaves or p == base)
             }
             if not hits:
-                raise LayerError(
-                    f"layer '{pattern}' not found in {label}{_suggest(base, names)}{hint}"
-                )
+                suggestion = _suggest(base, names) or "."
+                raise LayerError(f"layer '{pattern}' not found in {label}{suggestion}{hint}")
             chosen |= hits
 
     if types is not None:

@@ -1,7 +1,8 @@
 """Pure rendering: activation arrays in, uint8 pixels out (no files, no matplotlib figures).
 
 The flow inside this stage is scaling (which value range) -> colormap (which colour) -> grid
-(which tiles, where, with which captions and legend). Writing pictures is done elsewhere.
+(which tiles, where, with which captions and legend), or -> overlay (one channel over the input,
+placed by receptive-field geometry). Writing pictures is done elsewhere.
 """
 
 from featuremaps.render.colormap import (
@@ -12,6 +13,7 @@ from featuremaps.render.colormap import (
     colormap_lut,
 )
 from featuremaps.render.grid import Grid, GridLabel, GridOptions, make_grid, select_channels
+from featuremaps.render.overlay import Overlay, overlay
 from featuremaps.render.scaling import (
     ScaleMode,
     ValueRange,
@@ -30,6 +32,7 @@ __all__ = [
     "Grid",
     "GridLabel",
     "GridOptions",
+    "Overlay",
     "ScaleMode",
     "ValueRange",
     "channel_ranges",
@@ -41,5 +44,6 @@ __all__ = [
     "merge_ranges",
     "normalize",
     "normalize_channels",
+    "overlay",
     "select_channels",
 ]

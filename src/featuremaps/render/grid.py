@@ -113,7 +113,8 @@ class GridOptions:
 
     ``order`` "index" shows the first ``max_channels`` channels; the other orders show the top
     ``max_channels`` by that statistic over finite values (largest first, ties by lower index).
-    ``channels`` overrides both. ``value_range`` is required for scale "fixed" (checked here),
+    ``channels`` overrides both; ``channels_note`` then says how they were chosen in the legend
+    (default "explicit list"). ``value_range`` is required for scale "fixed" (checked here),
     and for "global" where the caller passes the range across all layers (see ``merge_ranges``;
     checked by :func:`make_grid`, so options can be built before that range is known). ``cmap`` None
     picks viridis for unsigned data and RdBu_r centred on zero for signed data.
@@ -123,6 +124,7 @@ class GridOptions:
     columns: int = 8
     order: ChannelOrder = "index"
     channels: tuple[int, ...] | None = None
+    channels_note: str | None = None
     scale: ScaleMode = "layer"
     value_range: tuple[float, float] | None = None
     cmap: str | None = None
@@ -502,7 +504,7 @@ def _legend_content(
     if total == 0:
         how = "no channels"
     elif opts.channels is not None:
-        how = "explicit list"
+        how = opts.channels_note or "explicit list"
     elif opts.order == "index":
         how = f"first {k} by index"
     else:

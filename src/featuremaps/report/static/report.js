@@ -437,8 +437,57 @@
   const viewOver = document.getElementById("fm-view-over");
   const viewInput = document.getElementById("fm-view-input");
   const opacity = document.getElementById("fm-view-opacity");
+  const threshold = document.getElementById("fm-view-threshold");
+  const thresholdOut = document.getElementById("fm-view-threshold-value");
   const readout = document.getElementById("fm-readout");
   let view = null;
+
+  // The overlay's threshold means what featuremaps.render.overlay(threshold=...) means: a cell
+  // whose place on the colour scale, t = (x - lo) / (hi - lo) in [0, 1], is below it is left
+  // transparent, so only strong responses show. NaN/Inf cells have no place on the scale and stay
+  // drawn (magenta). Returns how many cells were hidden.
+  function hideBelow(image, values, offset, lo, hi, symmetric, threshold) {
+    if (!(threshold > 0)) return 0;
+    const out = new Uint32Array(image.data.buffer);
+    const width = hi - lo;
+    let hidden = 0;
+    for (let j = 0; j < out.length; j++) {
+      const x = values[offset + j];
+      if (x !== x || x === Infinity || x === -Infinity) continue;
+      let t;
+      if (width > 0) t = x <= lo ? 0 : x >= hi ? 1 : (x - lo) / width;
+      else t = x > hi ? 1 : x < lo ? 0 : symmetric ? 0.5 : 0; // a constant range, as in paint()
+      if (t < threshold) {
+        out[j] = 0; // transparent black
+        hidden++;
+      }
+    }
+    return hidden;
+  }
+
+  function paintCanvas(canvas, threshold) {
+    const { L, i } = view;
+    const [, h, w] = L.dataShape;
+    const sc = layerScale(L);
+    const [lo, hi] = tileRange(L, sc, i);
+    canvas.width = w;
+    canvas.height = h;
+    const ctx = canvas.getContext("2d");
+    const image = ctx.createImageData(w, h);
+    paint(image, L.values, i * h * w, lo, hi, sc.signed, packed(cmapOf(sc)));
+    const hidden = hideBelow(image, L.values, i * h * w, lo, hi, sc.signed, threshold);
+    ctx.putImageData(image, 0, 0);
+    return hidden;
+  }
+
+  function drawOverlay() {
+    if (!view) return;
+    const [, h, w] = view.L.dataShape;
+    const t = Number(threshold.value) / 100;
+    const hidden = paintCanvas(viewOver, t);
+    viewOver.dataset.hidden = String(hidden);
+    thresholdOut.textContent = `${t.toFixed(2)} (${h * w - hidden} of ${h * w} cells shown)`;
+  }
 
   function drawView() {
     if (!view) return;
@@ -446,15 +495,8 @@
     const [, h, w] = L.dataShape;
     const sc = layerScale(L);
     const [lo, hi] = tileRange(L, sc, i);
-    const words = packed(cmapOf(sc));
-    for (const canvas of [viewMap, viewOver]) {
-      canvas.width = w;
-      canvas.height = h;
-      const ctx = canvas.getContext("2d");
-      const image = ctx.createImageData(w, h);
-      paint(image, L.values, i * h * w, lo, hi, sc.signed, words);
-      ctx.putImageData(image, 0, 0);
-    }
+    paintCanvas(viewMap, 0); // the map itself always shows every cell
+    drawOverlay();
     const s = Math.max(h, w) > VIEW_SIZE ? VIEW_SIZE / Math.max(h, w) : Math.floor(VIEW_SIZE / Math.max(h, w));
     viewMap.style.width = `${w * s}px`;
     viewMap.style.height = `${h * s}px`;
@@ -546,6 +588,7 @@
   opacity.addEventListener("input", () => {
     viewOver.style.opacity = String(Number(opacity.value) / 100);
   });
+  threshold.addEventListener("input", drawOverlay);
   document.getElementById("fm-view-close").addEventListener("click", () => dialog.close());
   dialog.addEventListener("close", () => {
     view = null;

@@ -1,0 +1,275 @@
+"""Ablation: zero the lowest-ranked channels of some layers and measure what the output loses.
+
+A ranking (per-channel statistics over a data set, :mod:`featuremaps.dataset`) claims that some
+channels matter little; this module measures the claim. For each K, the K lowest-ranked channels
+of every chosen layer are zeroed during the forward pass (:func:`featuremaps.capture.zero_channels`:
+hooks replace the outputs, the model's weights are untouched) and the masked model's outputs are
+compared with the unmasked ones on the same images:
+
+* **top-1 agreement**: the fraction of images whose arg-max class is unchanged;
+* **mean |Δlogit|**: the mean absolute change of every output value;
+* **KL divergence** ``KL(p || q)`` of the masked softmax ``q`` from the unmasked ``p``, in nats,
+  averaged over images (computed from log-softmax in float64).
+
+The control zeroes K *random* channels per layer instead (a fresh permutation per trial, the first K
+of it for each K, so each trial's masks are nested like the ranked ones). A ranking is worth
+something when its curve stays above the random band. Pure computation: nothing is written here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featuremaps._errors import CaptureError, FeaturemapsError, InputError, OptionError
+from featuremaps.capture import zero_channels
+from featuremaps.dataset import _collate, _Files
+from featuremaps.inputs import Preprocessing
+
+__all__ = ["AblationPoint", "AblationResult", "lowest_first", "measure_ablation"]
+
+METRICS = ("agreement", "mean_abs_dlogit", "kl")
+
+
+def lowest_first(values: np.ndarray) -> np.ndarray:
+    """Channel indices ordered from the lowest statistic to the highest (ties: lower index first).
+
+    A NaN statistic (a channel without one finite value) counts as the lowest, as in the
+    statistics' ranks.
+    """
+    key = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-np.inf)
+    return np.argsort(key, kind="stable")
+
+
+@dataclass(frozen=True)
+class AblationPoint:
+    """The output change with ``k`` channels zeroed per layer, for one choice of channels.
+
+    ``selection`` is ``"ranked"`` or ``"random"``; ``trial`` numbers the random draws (0 for
+    ranked); ``zeroed`` is the number of channels zeroed over all layers (K is capped at a
+    layer's width) and ``masks`` names them per layer.
+    """
+
+    selection: str
+    k: int
+    trial: int
+    zeroed: int
+    agreement: float
+    mean_abs_dlogit: float
+    kl: float
+    masks: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False)
+
+
+@dataclass
+class AblationResult:
+    """Every measured point, with what was masked and over which inputs."""
+
+    points: list[AblationPoint]
+    channels: dict[str, int]
+    order: dict[str, list[int]]
+    stat: str
+    ks: tuple[int, ...]
+    trials: int
+    images: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per point, for a CSV file."""
+        return [
+            {
+                "selection": p.selection,
+                "k": p.k,
+                "trial": p.trial,
+                "zeroed": p.zeroed,
+                "top1_agreement": p.agreement,
+                "mean_abs_dlogit": p.mean_abs_dlogit,
+                "kl": p.kl,
+            }
+            for p in self.points
+        ]
+
+    def curve(self) -> list[dict[str, Any]]:
+        """Per K: the ranked value of each metric and the random trials' mean, min and max."""
+        out = []
+        for k in self.ks:
+            ranked = next(p for p in self.points if p.selection == "ranked" and p.k == k)
+            rand = [p for p in self.points if p.selection == "random" and p.k == k]
+            entry: dict[str, Any] = {"k": k, "zeroed": ranked.zeroed}
+            for metric in METRICS:
+                entry[f"ranked_{metric}"] = getattr(ranked, metric)
+                values = np.array([getattr(p, metric) for p in rand])
+                stats = (values.mean(), values.min(), values.max()) if len(values) else (None,) * 3
+                for name, value in zip(("mean", "min", "max"), stats, strict=True):
+                    entry[f"random_{metric}_{name}"] = None if value is None else float(value)
+            out.append(entry)
+        return out
+
+
+def _logits(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] >= 2:
+        return output.detach().to(torch.float64)
+    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    raise OptionError(
+        f"ablation compares class scores, shaped (images, classes); this model returns {shape}. "
+        "Use a classifier, or wrap the model so it returns one (images, classes) tensor"
+    )
+
+
+def _compare(base: torch.Tensor, masked: torch.Tensor) -> np.ndarray:
+    """Per-batch sums of (agreement, mean |Δlogit| per image, KL) for :data:`METRICS`."""
+    agree = (base.argmax(1) == masked.argmax(1)).sum().item()
+    dlogit = (masked - base).abs().mean(1).sum().item()
+    logp = torch.log_softmax(base, 1)
+    logq = torch.log_softmax(masked, 1)
+    kl = (logp.exp() * (logp - logq)).sum(1).clamp_min(0).sum().item()
+    return np.array([agree, dlogit, kl], dtype=np.float64)
+
+
+def _masks(order: Mapping[str, np.ndarray], k: int) -> tuple[dict[str, tuple[int, ...]], int]:
+    masks = {name: tuple(int(c) for c in idx[:k]) for name, idx in order.items()}
+    return masks, sum(len(v) for v in masks.values())
+
+
+def check_options(ks: Iterable[int], trials: int) -> tuple[int, ...]:
+    """The sorted distinct K values; raises OptionError for negative counts or trials."""
+    given = list(ks)
+    out = tuple(sorted({int(k) for k in given}))
+    if not out or out[0] < 0:
+        raise OptionError(
+            f"--k {','.join(map(str, given))}: expected channel counts of 0 or more, e.g. 0,8,16"
+        )
+    if trials < 0:
+        raise OptionError(f"--random {trials}: expected 0 or more random trials")
+    return out
+
+
+def measure_ablation(
+    model: nn.Module,
+    paths: Sequence[Path],
+    values: Mapping[str, np.ndarray],
+    *,
+    ks: Iterable[int],
+    stat: str,
+    channels: int | None,
+    preprocessing: Preprocessing,
+    trials: int = 3,
+    seed: int = 0,
+    batch_size: int = 16,
+    workers: int = 2,
+    progress: Callable[[int], object] | None = None,
+) -> AblationResult:
+    """Zero the K lowest-ranked channels of each layer in ``values`` and measure the output change.
+
+    Args:
+        model: a classifier (its output must be one ``(images, classes)`` tensor).
+        paths: the inputs, read like ``featuremaps stats`` reads them (unreadable ones skipped).
+        values: per record name, the ranking statistic of each channel (lowest = zeroed first).
+        ks: the K values; 0 measures the model against itself (exactly no change).
+        stat: the statistic's name, kept in the result.
+        channels: the model's input channel count, if known.
+        trials: random-channel controls per K (0 for none), drawn with ``seed``.
+        progress: called with 1 after each masked forward pass (a mask that repeats an earlier
+            one, such as K=0 for every random draw, is measured once).
+    """
+    ks = check_options(ks, trials)
+    if not values:
+        raise OptionError("no layer to ablate; name layers with --layers")
+    order = {name: lowest_first(v) for name, v in values.items()}
+    rng = np.random.default_rng(seed)
+    shuffled = [
+        {name: rng.permutation(len(v)) for name, v in values.items()} for _ in range(trials)
+    ]
+    configs: list[tuple[str, int, int, dict[str, tuple[int, ...]], int]] = []
+    for k in ks:
+        configs.append(("ranked", k, 0, *_masks(order, k)))
+        for t, perm in enumerate(shuffled, start=1):
+            configs.append(("random", k, t, *_masks(perm, k)))
+
+    fixed = preprocessing.crop is not None or isinstance(preprocessing.resize, tuple)
+    loader = torch.utils.data.DataLoader(
+        _Files(list(paths), channels, preprocessing),
+        batch_size=batch_size if fixed else 1,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    sums = np.zeros((len(configs), len(METRICS)))
+    images = 0
+    failed: list[tuple[str, str]] = []
+    modes = {m: m.training for m in model.modules()}
+    start = time.perf_counter()
+    try:
+        model.eval()
+        with torch.inference_mode():
+            for batch, _, bad in loader:
+                failed.extend(bad)
+                if batch is None:
+                    continue
+                base = _logits(_forward(model, batch))
+                done: dict[tuple[tuple[str, tuple[int, ...]], ...], np.ndarray] = {}
+                for i, (_, _, _, masks, _) in enumerate(configs):
+                    key = tuple(sorted((n, tuple(sorted(v))) for n, v in masks.items()))
+                    if key in done:  # the same channels again (K=0, or K at a layer's width)
+                        sums[i] += done[key]
+                        continue
+                    with zero_channels(model, masks) as applied:
+                        masked = _logits(_forward(model, batch))
+                    missing = [n for n, count in applied.items() if masks[n] and count == 0]
+                    if missing:
+                        raise CaptureError(
+                            f"layer '{missing[0]}' did not run on {tuple(batch.shape)} inputs, so "
+                            "its channels could not be zeroed; pick layers from 'featuremaps "
+                            "layers MODEL'"
+                        )
+                    done[key] = _compare(base, masked)
+                    sums[i] += done[key]
+                    if progress is not None:
+                        progress(1)
+                images += len(batch)
+    finally:
+        for m, was_training in modes.items():
+            m.training = was_training
+    if images == 0:
+        first = failed[0][1] if failed else "no inputs"
+        raise InputError(
+            f"none of the {len(paths)} inputs could be read (first: {first}); check the files"
+        )
+    means = sums / images
+    points = [
+        AblationPoint(selection, k, t, zeroed, *_floats(means[i]), masks=masks)
+        for i, (selection, k, t, masks, zeroed) in enumerate(configs)
+    ]
+    return AblationResult(
+        points=points,
+        channels={name: len(v) for name, v in values.items()},
+        order={name: [int(c) for c in idx] for name, idx in order.items()},
+        stat=stat,
+        ks=ks,
+        trials=trials,
+        images=images,
+        failed=failed,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _floats(row: np.ndarray) -> tuple[float, float, float]:
+    return float(row[0]), float(row[1]), float(row[2])
+
+
+def _forward(model: nn.Module, batch: torch.Tensor) -> Any:
+    try:
+        return model(batch)
+    except FeaturemapsError:
+        raise
+    except Exception as exc:
+        raise CaptureError(
+            f"the model's forward pass failed on input of shape {tuple(batch.shape)}: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        ) from exc
