@@ -30,7 +30,7 @@ from torch import nn
 
 from featuremaps._errors import CaptureError, FeaturemapsError, InputError, OptionError
 from featuremaps.capture import zero_channels
-from featuremaps.dataset import _collate, _Files
+from featuremaps.dataset import make_loader
 from featuremaps.inputs import Preprocessing
 
 __all__ = ["AblationPoint", "AblationResult", "lowest_first", "measure_ablation"]
@@ -193,13 +193,7 @@ def measure_ablation(
         for t, perm in enumerate(shuffled, start=1):
             configs.append(("random", k, t, *_masks(perm, k)))
 
-    fixed = preprocessing.crop is not None or isinstance(preprocessing.resize, tuple)
-    loader = torch.utils.data.DataLoader(
-        _Files(list(paths), channels, preprocessing),
-        batch_size=batch_size if fixed else 1,
-        num_workers=workers,
-        collate_fn=_collate,
-    )
+    loader = make_loader(paths, channels, preprocessing, batch_size, workers)
     sums = np.zeros((len(configs), len(METRICS)))
     images = 0
     failed: list[tuple[str, str]] = []

@@ -84,6 +84,27 @@ def _collate(
     return (torch.stack(tensors) if tensors else None), paths, failed
 
 
+def make_loader(
+    paths: Sequence[Path],
+    channels: int | None,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    workers: int,
+) -> torch.utils.data.DataLoader[Any]:
+    """A loader of ``(batch or None, paths read, [(path, why not read)])`` over ``paths``.
+
+    Without a fixed-size preprocessing (a crop or an ``HxW`` resize), images of different sizes
+    cannot share a batch, so each is its own batch.
+    """
+    fixed = preprocessing.crop is not None or isinstance(preprocessing.resize, tuple)
+    return torch.utils.data.DataLoader(
+        _Files(list(paths), channels, preprocessing),
+        batch_size=batch_size if fixed else 1,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+
+
 @dataclass
 class DatasetStats:
     """Running statistics and histograms per record name, and an account of the inputs."""
@@ -132,13 +153,7 @@ def compute_dataset_stats(
     cannot share a batch, so each is its own batch.
     """
     RunningHistogram(bins)  # refuses a bad bin count now rather than inside the first hook
-    fixed = preprocessing.crop is not None or isinstance(preprocessing.resize, tuple)
-    loader = torch.utils.data.DataLoader(
-        _Files(list(paths), channels, preprocessing),
-        batch_size=batch_size if fixed else 1,
-        num_workers=workers,
-        collate_fn=_collate,
-    )
+    loader = make_loader(paths, channels, preprocessing, batch_size, workers)
     out = DatasetStats()
 
     def consume(record: LayerRecord) -> None:
