@@ -79,8 +79,10 @@ if __name__ == "__main__":
         ("shapes_cnn", "shapes", "relu2,relu3", "0,4,8,12,16,20,24,28,32"),
     ]
     for model, data, layers, ks in experiments:
-        stats, curve = out / f"{model}-stats", out / f"{model}-ablation"
+        stats = out / f"{model}-stats"
         common = ["-m", model, "--layers", layers]
         run(["stats", str(out / "data" / f"{data}-a"), *common, "-o", str(stats), "--no-plots"])
-        run(["ablate", str(out / "data" / f"{data}-b"), *common, "--k", ks, "--random", "5",
-             "--stats", str(stats / "stats.csv"), "-o", str(curve)])  # fmt: skip
+        for stat in ("absmean", "std"):
+            run(["ablate", str(out / "data" / f"{data}-b"), *common, "--k", ks, "--random", "5",
+                 "--stat", stat, "--stats", str(stats / "stats.csv"),
+                 "-o", str(out / f"{model}-ablation-{stat}")])  # fmt: skip
