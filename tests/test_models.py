@@ -177,6 +177,9 @@ def test_torchscript_file(tmp_path: Path) -> None:
     assert loaded.source == "torchscript"
     x = torch.randn(1, 3, 6, 6)
     torch.testing.assert_close(fm.capture(loaded.model, x)[0].tensor, net(x))
+    # Given as weights, it is pointed to --model (not to torch's weights_only advice).
+    with pytest.raises(fm.ModelError, match=r"is a TorchScript model .*--model .*net\.pt$"):
+        fm.load_model("squeezenet1_1", str(path))
 
 
 FACTORY = textwrap.dedent(

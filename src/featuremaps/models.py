@@ -423,6 +423,11 @@ def load_weights_file(path_text: str, trust_checkpoint: bool = False) -> dict[st
             return dict(load_file(str(path), device="cpu"))
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelError(f"cannot read safetensors file '{path_text}': {exc}") from None
+    if _is_torchscript(path):
+        raise ModelError(
+            f"'{path_text}' is a TorchScript model (architecture and weights), not a state_dict; "
+            f"pass it as the model instead: --model {path_text}"
+        )
     obj = _torch_load(path, trust_checkpoint)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
