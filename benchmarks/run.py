@@ -2,6 +2,8 @@
 
     python benchmarks/run.py              full suite (a few minutes on 2 cores), writes results.json
     python benchmarks/run.py --smoke      seconds; what the test suite runs so this file cannot rot
+    python benchmarks/run.py --only stats some sections only; the other sections already in the
+                                          results file (of the same mode, full or smoke) are kept
 
 The machines this runs on are noisy, so each comparison alternates the two sides in the same
 process after a warm-up and reports medians; ratios are the only numbers to compare across runs.
@@ -13,11 +15,14 @@ Sections:
   end_to_end  resnet50, all layers, 32 channels, PNG + manifest: time per stage
   memory      peak RSS of an all-layers streamed run vs the plain forward's peak
   scaling     time vs channels shown and vs input size
+  stats       images/s of ``featuremaps stats`` (compute_dataset_stats) vs a plain DataLoader +
+              forward loop over the same files with the same reader, and where the difference goes
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,6 +42,7 @@ from torch import nn
 
 import featuremaps as fm
 from featuremaps.api import _maps
+from featuremaps.dataset import _collate, _Files, compute_dataset_stats
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
@@ -51,15 +57,28 @@ def median_time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(sides: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median seconds of each side, the sides run in turn ``reps`` times after one warm-up."""
+def alternate_runs(
+    sides: dict[str, Callable[[], object]], reps: int, rotate: bool = False
+) -> dict[str, list[float]]:
+    """Seconds of every run of each side, the sides run in turn ``reps`` times after one warm-up.
+
+    ``rotate`` starts each round one side later, so that no side always follows the same one
+    (a run right after one that churned through gigabytes of temporaries is slower).
+    """
     for fn in sides.values():
         fn()
+    names = list(sides)
     times: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(reps):
-        for name, fn in sides.items():
-            times[name].append(median_time(fn))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    for i in range(reps):
+        k = i % len(names) if rotate else 0
+        for name in names[k:] + names[:k]:
+            times[name].append(median_time(sides[name]))
+    return times
+
+
+def alternate(sides: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median seconds of each side, the sides run in turn ``reps`` times after one warm-up."""
+    return {name: statistics.median(ts) for name, ts in alternate_runs(sides, reps).items()}
 
 
 class Tiny(nn.Module):
@@ -313,6 +332,230 @@ def bench_scaling(model_name: str, sizes: list[int], reps: int) -> dict[str, Any
     return {"channels_shown": channel_rows, "input_size": size_rows, "model": model_name}
 
 
+IMAGES_WHAT = (
+    "photo-like JPEGs (quality 90), made with numpy from the image index: a two-colour gradient at "
+    "a random angle, 2-4 filled disks and rectangles, a patch of stripes, Gaussian noise (sigma 8)"
+)
+
+
+def photo_like_images(folder: Path, n: int, size: int) -> list[Path]:
+    """``n`` deterministic ``size``x``size`` RGB JPEGs as :data:`IMAGES_WHAT` describes."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    paths = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = np.cos(angle) * xx + np.sin(angle) * yy
+        ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
+        a, b = rng.uniform(0, 255, (2, 3))
+        img = a + ramp[..., None] * (b - a)
+        for _ in range(int(rng.integers(2, 5))):
+            colour = rng.uniform(0, 255, 3)
+            cx, cy = rng.uniform(0, 1, 2)
+            r = rng.uniform(0.05, 0.25)
+            if rng.random() < 0.5:
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+            else:
+                mask = (abs(xx - cx) < r) & (abs(yy - cy) < r * rng.uniform(0.3, 1.0))
+            img[mask] = colour
+        x0, y0 = rng.uniform(0, 0.7, 2)
+        patch = (xx >= x0) & (xx < x0 + 0.3) & (yy >= y0) & (yy < y0 + 0.3)
+        stripes = np.sin(2 * np.pi * (xx + yy) / rng.uniform(0.02, 0.08)) > 0
+        img[patch & stripes] *= 0.3
+        img += rng.normal(0, 8, img.shape)
+        path = folder / f"photo{i:04d}.jpg"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def stats_model(spec: str) -> tuple[nn.Module, fm.Preprocessing]:
+    """The model and the fixed-size preprocessing it is fed in the stats section."""
+    if spec == "resnet18":
+        import torchvision
+
+        from featuremaps.inputs import preprocessing_from_weights
+
+        # Random weights carry no transforms, and ToTensor alone has no fixed size, so the engine
+        # would run batches of 1: feed what the pretrained weights expect (resize 256, crop 224,
+        # ImageNet normalisation), as `featuremaps stats` does for --weights DEFAULT.
+        weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+        return fm.load_model("resnet18", "none").model, preprocessing_from_weights(weights)
+    loaded = fm.load_model(spec)  # the zoo's shapes_cnn: its own 64x64 preprocessing
+    return loaded.model, loaded.input_preprocessing()
+
+
+def stats_sides(
+    model: nn.Module, paths: list[Path], pre: fm.Preprocessing, batch: int, workers: int
+) -> dict[str, Callable[[], object]]:
+    """plain: the loop a user would write; capture: the same with every leaf captured and the
+    records dropped; stats: the engine of `featuremaps stats`. All read with the same reader."""
+
+    def loader() -> torch.utils.data.DataLoader[Any]:
+        files = _Files(paths, 3, pre)
+        return torch.utils.data.DataLoader(
+            files, batch_size=batch, num_workers=workers, collate_fn=_collate
+        )
+
+    def plain() -> None:
+        with torch.no_grad():  # what capture() runs under
+            for tensors, _, _ in loader():
+                model(tensors)
+
+    def captured() -> None:
+        for tensors, _, _ in loader():
+            fm.capture(model, tensors, on_record=lambda record: None, copy=False)
+
+    def stats() -> None:
+        result = compute_dataset_stats(
+            model, paths, channels=3, preprocessing=pre, batch_size=batch, workers=workers
+        )
+        assert result.images == len(paths) and not result.failed
+
+    return {"plain": plain, "capture": captured, "stats": stats}
+
+
+def stats_breakdown(
+    model: nn.Module, paths: list[Path], pre: fm.Preprocessing, batch: int
+) -> dict[str, Any]:
+    """One pass of the real engine (workers 0) with its parts wrapped in timers: the forward
+    pass with hooks, records to numpy, and the ``update`` of each running statistic the engine
+    keeps (``RunningStats``, ``RunningHistogram``, whichever it has); reading and the loop are the
+    rest. Wrapping the engine's own names keeps this right when its consumer changes."""
+    from unittest import mock
+
+    import featuremaps.dataset as engine
+
+    spent: dict[str, float] = {}
+    by_type: dict[str, float] = {}
+    current = {"type": "", "values": 0}
+
+    def add(key: str, seconds: float) -> None:
+        spent[key] = spent.get(key, 0.0) + seconds
+
+    def timed(key: str, fn: Callable[..., Any], per_type: bool = False) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - start
+                add(key, dt)
+                if per_type:
+                    by_type[current["type"]] = by_type.get(current["type"], 0.0) + dt
+
+        return wrapper
+
+    channels_first = engine._channels_first
+
+    def to_numpy(record: fm.LayerRecord) -> Any:
+        current["type"] = record.module_type
+        values = channels_first(record)
+        current["values"] += 0 if values is None else values.size
+        return values
+
+    updates = [
+        cls
+        for cls in (
+            getattr(engine, "RunningStats", None),
+            getattr(engine, "RunningHistogram", None),
+        )
+        if cls is not None
+    ]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(engine, "capture", timed("capture", engine.capture)))
+        stack.enter_context(
+            mock.patch.object(engine, "_channels_first", timed("to_numpy", to_numpy))
+        )
+        for cls in updates:
+            wrapped = timed(f"{cls.__name__}.update", cls.update, per_type=True)
+            stack.enter_context(mock.patch.object(cls, "update", wrapped))
+        start = time.perf_counter()
+        compute_dataset_stats(
+            model, paths, channels=3, preprocessing=pre, batch_size=batch, workers=0
+        )
+        total = time.perf_counter() - start
+    in_capture = spent.pop("capture")
+    parts = {
+        "read+loop": total - in_capture,
+        "forward+hooks": in_capture - sum(spent.values()),
+        **spent,
+    }
+    update_s = sum(v for k, v in spent.items() if k.endswith(".update"))
+    values = int(current["values"])
+    return {
+        "s": parts,
+        "total_s": total,
+        "share": {k: v / total for k, v in parts.items()},
+        "values_per_image": values / len(paths),
+        "updates_ns_per_value": 1e9 * update_s / max(values, 1),
+        "updates_s_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
+    }
+
+
+FIRST_READ = """
+import time
+import featuremaps
+from featuremaps.inputs import Preprocessing
+start = time.perf_counter()
+featuremaps.load_input({path!r}, channels=3, preprocessing=Preprocessing(resize=64, crop=64))
+print(time.perf_counter() - start)
+"""
+
+
+def first_read_s(path: Path) -> float:
+    """Seconds of the first image read in a fresh process that imported featuremaps: the reader
+    imports torchvision.transforms.v2 (and so torchvision) on first use. A DataLoader worker pays
+    this in every epoch when its parent had not imported them before forking."""
+    code = FIRST_READ.format(path=str(path))
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_stats(
+    models: list[tuple[str, int]], n: int, size: int, batch: int, workers: list[int]
+) -> dict[str, Any]:
+    """images/s of the stats engine vs a plain loop over the same files, per model and workers."""
+    rows, breakdowns = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = photo_like_images(Path(tmp), n, size)
+        cold = first_read_s(paths[0])
+        for spec, reps in models:
+            model, pre = stats_model(spec)
+            # Read once here so forked workers inherit the reader's imports: the sides then
+            # measure steady throughput, whatever ran before; `cold` is that one-off cost.
+            fm.load_input(paths[0], channels=3, preprocessing=pre)
+            for w in workers:
+                runs = alternate_runs(stats_sides(model, paths, pre, batch, w), reps, rotate=True)
+                median_s = {k: statistics.median(v) for k, v in runs.items()}
+                plain = median_s["plain"]
+                rows.append(
+                    {
+                        "model": spec,
+                        "input": pre.crop,
+                        "preprocessing": pre.source,
+                        "images": n,
+                        "batch_size": batch,
+                        "workers": w,
+                        "reps": reps,
+                        "runs_s": runs,
+                        "median_s": median_s,
+                        "images_per_s": {k: n / v for k, v in median_s.items()},
+                        "ratio": {k: v / plain for k, v in median_s.items() if k != "plain"},
+                    }
+                )
+            breakdowns.append({"model": spec, **stats_breakdown(model, paths, pre, batch)})
+    return {
+        "images": {"count": n, "size": [size, size], "what": IMAGES_WHAT},
+        "torch_threads": torch.get_num_threads(),
+        "first_read_in_fresh_process_s": cold,
+        "rows": rows,
+        "breakdown": breakdowns,
+    }
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -339,48 +582,48 @@ def machine() -> dict[str, Any]:
     }
 
 
-def report(results: dict[str, Any]) -> str:
-    lines = []
-    r = results["render"]
-    lines.append(
+def report_render(r: dict[str, Any]) -> list[str]:
+    return [
         f"1. render vs recipe ({r['model']} @ {r['input']}, {r['layers']} layers; "
-        f"recipe skips {', '.join(r['skipped_for_recipe']['layers']) or 'none'}: 1x1 maps)"
-    )
-    lines.append(
+        f"recipe skips {', '.join(r['skipped_for_recipe']['layers']) or 'none'}: 1x1 maps)",
         f"   recipe {1e3 * r['recipe_s_per_layer']:.0f} ms/layer, ours "
-        f"{1e3 * r['ours_s_per_layer']:.1f} ms/layer (one thread, PNG written)"
-    )
-    lines.append(
+        f"{1e3 * r['ours_s_per_layer']:.1f} ms/layer (one thread, PNG written)",
         f"   ratio per layer: median {r['ratio_median']:.0f}x, worst {r['ratio_min']:.0f}x, "
-        f"total {r['ratio_total']:.0f}x   target >= 50x"
-    )
-    lines.append(
+        f"total {r['ratio_total']:.0f}x   target >= 50x",
         f"   whole run minus a plain forward (2 threads, {r['layers'] + 2} records incl. stats "
         f"and manifest): {r['pipelined_s_all_layers']:.2f} s -> {r['ratio_pipelined_total']:.0f}x"
-        " the recipe's total"
-    )
-    lines.append("2. capture overhead (median time / plain no_grad forward)   target <= 1.25x")
-    for row in results["capture"]:
+        " the recipe's total",
+    ]
+
+
+def report_capture(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["2. capture overhead (median time / plain no_grad forward)   target <= 1.25x"]
+    for row in rows:
         ratios = "  ".join(f"{k} {v:.2f}x" for k, v in row["ratio"].items())
         plain_ms = 1e3 * row["median_s"]["plain"]
         lines.append(
             f"   {row['model']:>12} @ {row['input']:<5} plain {plain_ms:7.1f} ms  {ratios}"
         )
-    e = results["end_to_end"]
+    return lines
+
+
+def report_end_to_end(e: dict[str, Any]) -> list[str]:
     stages = "  ".join(f"{k} {v:.2f}s" for k, v in e["median_s"].items())
-    lines.append(f"3. end to end {e['model']} @ {e['input']}, {e['pictures']} pictures: {stages}")
-    m = results["memory"]
-    lines.append(
+    return [f"3. end to end {e['model']} @ {e['input']}, {e['pictures']} pictures: {stages}"]
+
+
+def report_memory(m: dict[str, Any]) -> list[str]:
+    return [
         f"4. peak RSS {m['model']} @ {m['input']}: plain {m['peak_rss_mib']['plain']:.0f} MiB, "
         f"streamed all layers {m['peak_rss_mib']['streamed']:.0f} MiB -> {m['ratio']:.2f}x"
-        "   target <= 1.5x"
-    )
-    lines.append(
+        "   target <= 1.5x",
         f"   above the loaded model alone ({m['peak_rss_mib']['model only']:.0f} MiB): "
-        f"{m['ratio_above_model']:.2f}x"
-    )
-    s = results["scaling"]
-    lines.append("5. scaling: channels shown (512x28x28 layer, draw + PNG)")
+        f"{m['ratio_above_model']:.2f}x",
+    ]
+
+
+def report_scaling(s: dict[str, Any]) -> list[str]:
+    lines = ["5. scaling: channels shown (512x28x28 layer, draw + PNG)"]
     for row in s["channels_shown"]:
         lines.append(
             f"   {row['channels']:>4} channels {1e3 * row['s']:7.1f} ms "
@@ -392,32 +635,145 @@ def report(results: dict[str, Any]) -> str:
             f"   {row['input']:>4}^2 {row['s']:7.2f} s ({row['us_per_input_pixel']:.2f} us/pixel,"
             f" {row['ratio_to_plain']:.1f}x a plain forward of {row['plain_s']:.2f} s)"
         )
+    return lines
+
+
+def report_stats(s: dict[str, Any]) -> list[str]:
+    images = s["images"]
+    first = s["rows"][0]
+    lines = [
+        "6. dataset stats: compute_dataset_stats (`featuremaps stats`, every leaf) vs a plain "
+        "DataLoader + no_grad forward loop, same reader and files, alternating in rotated order, "
+        "medians",
+        f"   {images['count']} {images['size'][0]}x{images['size'][1]} {images['what']}; "
+        f"batch {first['batch_size']}, torch threads {s['torch_threads']}; the reader's imports"
+        " are done in the parent first (the first read in a fresh process takes "
+        f"{s['first_read_in_fresh_process_s']:.2f} s, paid by every worker whose parent skipped "
+        "it)",
+    ]
+    for row in s["rows"]:
+        ips = row["images_per_s"]
+        lines.append(
+            f"   {row['model']:>10} @ {row['input']!s:<4} workers {row['workers']}: plain "
+            f"{ips['plain']:6.1f} img/s, capture only {ips['capture']:6.1f}, stats "
+            f"{ips['stats']:6.1f} -> stats takes {row['ratio']['stats']:.2f}x the plain time "
+            f"({row['reps']} reps)"
+        )
+    for b in s["breakdown"]:
+        share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in b["share"].items())
+        types = ", ".join(f"{k} {v:.2f}s" for k, v in list(b["updates_s_by_type"].items())[:3])
+        lines.append(
+            f"   {b['model']} stats, one timed pass, workers 0, {b['total_s']:.2f} s: {share}"
+        )
+        lines.append(
+            f"      updates {b['updates_ns_per_value']:.1f} ns/value over "
+            f"{b['values_per_image'] / 1e6:.2f}M values/image (by layer type: {types})"
+        )
+    return lines
+
+
+REPORTS: dict[str, Callable[[Any], list[str]]] = {
+    "render": report_render,
+    "capture": report_capture,
+    "end_to_end": report_end_to_end,
+    "memory": report_memory,
+    "scaling": report_scaling,
+    "stats": report_stats,
+}
+SECTIONS = tuple(REPORTS)
+
+
+def report(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for name, lines_of in REPORTS.items():
+        if name in results:
+            lines.extend(lines_of(results[name]))
     return "\n".join(lines)
+
+
+def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
+    """What each section runs, in the smoke or the full mode."""
+    if smoke:
+        return {
+            "render": lambda: bench_render("tiny", 32, 1),
+            "capture": lambda: bench_capture([("tiny", 32)], 1),
+            "end_to_end": lambda: bench_end_to_end("squeezenet1_1", 64, 1),
+            "memory": lambda: bench_memory("tiny", 64),
+            "scaling": lambda: bench_scaling("tiny", [32, 64], 1),
+            "stats": lambda: bench_stats([("shapes_cnn", 1)], 4, 64, 2, [2, 0]),
+        }
+    return {
+        "render": lambda: bench_render("resnet18", 224, 5),
+        "capture": lambda: bench_capture(
+            [("resnet18", 224), ("resnet50", 224), ("resnet50", 1024)], 7
+        ),
+        "end_to_end": lambda: bench_end_to_end("resnet50", 224, 3),
+        "memory": lambda: bench_memory("resnet50", 1024),
+        "scaling": lambda: bench_scaling("resnet18", [224, 512, 1024, 2048], 3),
+        "stats": lambda: bench_stats([("resnet18", 3), ("shapes_cnn", 6)], 64, 256, 16, [2, 0]),
+    }
+
+
+def section_list(text: str) -> list[str]:
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(unknown) or text!r}; choose from {', '.join(SECTIONS)}"
+        )
+    return names
+
+
+def previous_results(path: Path, smoke: bool) -> dict[str, Any]:
+    """The results file already at ``path`` when it is of the same mode (full or smoke)."""
+    try:
+        old: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get("smoke") != smoke:
+        print(f"{path} holds {'smoke' if old.get('smoke') else 'full'} results: not merged")
+        return {}
+    return old
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON path")
+    parser.add_argument(
+        "--only",
+        type=section_list,
+        default=list(SECTIONS),
+        metavar="SECTION[,SECTION...]",
+        help=f"run these sections only ({', '.join(SECTIONS)}); the other sections already in "
+        "--out (same mode) are kept",
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", fm.FeaturemapsWarning)
-    if args.smoke:
-        results = {
-            "render": bench_render("tiny", 32, 1),
-            "capture": bench_capture([("tiny", 32)], 1),
-            "end_to_end": bench_end_to_end("squeezenet1_1", 64, 1),
-            "memory": bench_memory("tiny", 64),
-            "scaling": bench_scaling("tiny", [32, 64], 1),
+    todo = plan(args.smoke)
+    sections: dict[str, Any] = {}
+    measured: dict[str, Any] = {}
+    for name in args.only:
+        load_before, start = os.getloadavg(), time.perf_counter()
+        sections[name] = todo[name]()
+        measured[name] = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wall_s": time.perf_counter() - start,
+            "loadavg_before": list(load_before),
+            "loadavg_after": list(os.getloadavg()),
         }
-    else:
-        results = {
-            "render": bench_render("resnet18", 224, 5),
-            "capture": bench_capture([("resnet18", 224), ("resnet50", 224), ("resnet50", 1024)], 7),
-            "end_to_end": bench_end_to_end("resnet50", 224, 3),
-            "memory": bench_memory("resnet50", 1024),
-            "scaling": bench_scaling("resnet18", [224, 512, 1024, 2048], 3),
-        }
-    results = {"machine": machine(), "smoke": args.smoke, **results}
+    here = machine()
+    if set(args.only) != set(SECTIONS):
+        old = previous_results(args.out, args.smoke)
+        for name in SECTIONS:
+            if name in old and name not in sections:
+                sections[name] = old[name]
+                measured[name] = dict(old.get("measured", {}).get(name, {}))
+                if old.get("machine", here) != here:  # keep what the kept rows ran on
+                    measured[name]["machine"] = old["machine"]
+    ordered = {name: sections[name] for name in SECTIONS if name in sections}
+    measured = {name: measured[name] for name in ordered if measured.get(name)}
+    results = {"machine": here, "smoke": args.smoke, "measured": measured, **ordered}
     text = report(results)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

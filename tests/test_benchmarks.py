@@ -5,20 +5,40 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
 RUN = Path(__file__).parents[1] / "benchmarks" / "run.py"
 
 
-@pytest.mark.slow
-def test_benchmark_smoke_mode_writes_every_section(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def load_bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("fm_benchmarks", RUN)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def check_stats(stats: dict[str, Any]) -> None:
+    assert stats["images"]["count"] == 4
+    assert [(row["model"], row["workers"]) for row in stats["rows"]] == [
+        ("shapes_cnn", 2),
+        ("shapes_cnn", 0),
+    ]
+    for row in stats["rows"]:
+        assert set(row["images_per_s"]) == {"plain", "capture", "stats"}
+        assert all(v > 0 for v in row["images_per_s"].values())
+    [breakdown] = stats["breakdown"]
+    assert breakdown["s"]["RunningStats.update"] > 0 and breakdown["values_per_image"] > 0
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_mode_writes_every_section(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load_bench()
     out = tmp_path / "results.json"
     bench.main(["--smoke", "--out", str(out)])
     results = json.loads(out.read_text())
@@ -30,4 +50,33 @@ def test_benchmark_smoke_mode_writes_every_section(
     assert set(results["end_to_end"]["median_s"]) >= {"capture", "render", "encode", "write"}
     assert results["memory"]["peak_rss_mib"]["plain"] > 0
     assert [row["channels"] for row in results["scaling"]["channels_shown"]] == [32, 256, 512]
-    assert "1. render vs recipe" in capsys.readouterr().out
+    check_stats(results["stats"])
+    assert set(results["measured"]) == set(bench.SECTIONS)
+    printed = capsys.readouterr().out
+    assert "1. render vs recipe" in printed and "6. dataset stats" in printed
+
+
+@pytest.mark.slow
+def test_benchmark_only_keeps_the_other_sections_of_the_same_mode(tmp_path: Path) -> None:
+    bench = load_bench()
+    out = tmp_path / "results.json"
+    memory = {
+        "model": "tiny",
+        "input": 64,
+        "peak_rss_mib": {"model only": 1.0, "plain": 2.0, "streamed": 2.0},
+        "ratio": 1.0,
+        "ratio_above_model": 1.0,
+    }
+    earlier = {"smoke": True, "measured": {"memory": {"at": "then"}}, "memory": memory}
+    out.write_text(json.dumps(earlier))
+    bench.main(["--smoke", "--only", "stats", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["memory"] == memory and results["measured"]["memory"]["at"] == "then"
+    check_stats(results["stats"])
+    assert any(line.startswith("4. peak RSS") for line in results["table"])
+    # Full-mode rows are never mixed with smoke rows.
+    out.write_text(json.dumps({**earlier, "smoke": False}))
+    bench.main(["--smoke", "--only", "stats", "--out", str(out)])
+    assert "memory" not in json.loads(out.read_text())
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--only", "stats,nope", "--out", str(out)])
