@@ -211,3 +211,28 @@ def test_merged_histograms_equal_one_pass() -> None:
 def test_too_few_bins_are_refused() -> None:
     with pytest.raises(InputError, match="a histogram of 3 bins; expected at least 4"):
         RunningHistogram(3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_torch_batches_take_the_fast_path_and_agree_with_numpy(
+    dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    def general(self: RunningStats, batch: np.ndarray) -> None:
+        raise AssertionError("finite batches must not take the general path")
+
+    monkeypatch.setattr(RunningStats, "_update_general", general)
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 5, 7, 3)).astype(dtype)
+    x[:, 1] = np.abs(x[:, 1])  # one non-negative channel among signed ones
+    x[0, 2, 0, 0] = 0.0
+    # (N, L, C) tokens moved to (N, C, L): a non-contiguous tensor, as the stats command passes.
+    tokens = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x.reshape(6, 5, 21), 1, 2)))
+    stats = RunningStats(5, near_zero=0.3)
+    stats.update(tokens[:4].movedim(-1, 1))
+    stats.update(tokens[4:].movedim(-1, 1))
+    got, want = stats.result(), _oracle(x, 0.3)
+    for key, expected in want.items():
+        np.testing.assert_allclose(got[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)

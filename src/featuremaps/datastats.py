@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from featuremaps._errors import InputError
 
@@ -70,14 +71,68 @@ class RunningStats:
         self.joint_mean = np.zeros(c)
         self.comoment = np.zeros((c, c) if self.correlations else (0, 0))
 
-    def update(self, batch: np.ndarray) -> None:
-        """Add a batch: ``(N, C, ...)`` activations (channels on axis 1). It is not modified."""
-        arr = np.asarray(batch)
-        if arr.ndim < 2 or arr.shape[1] != self.channels:
+    def update(self, batch: np.ndarray | torch.Tensor) -> None:
+        """Add a batch: ``(N, C, ...)`` activations (channels on axis 1). It is not modified.
+
+        A float tensor (or array) whose values are all finite takes a fast path in torch; any
+        other batch goes through the general numpy path, which masks NaN and ±Inf.
+        """
+        shape = tuple(batch.shape)
+        if len(shape) < 2 or shape[1] != self.channels:
             raise InputError(
-                f"batch of shape {arr.shape}; expected (N, {self.channels}, ...) with the "
+                f"batch of shape {shape}; expected (N, {self.channels}, ...) with the "
                 "channels on axis 1"
             )
+        if self.correlations or not self._update_finite(batch):
+            self._update_general(batch.numpy() if isinstance(batch, torch.Tensor) else batch)
+
+    def _update_finite(self, batch: np.ndarray | torch.Tensor) -> bool:
+        """The fast path for an all-finite float batch; returns False (and changes nothing) when
+        the batch holds a non-finite value or is not a float32/float64 batch.
+
+        The moments are the same two passes in float64 as the general path, done in place on
+        one float64 copy with torch (the sum is finite exactly when every value is: NaN and ±Inf
+        propagate, and float32 values cannot overflow a float64 sum); the counts use numpy's
+        fast boolean reductions on the batch itself. Nothing else is allocated per value.
+        """
+        t = torch.as_tensor(batch)
+        if t.dtype not in (torch.float32, torch.float64) or t.numel() == 0:
+            return False
+        t = t.contiguous()
+        dims = [0, *range(2, t.dim())]
+        d = t.to(torch.float64, copy=True)
+        total = d.sum(dims)
+        if not bool(torch.isfinite(total).all()):
+            return False
+        n = t.numel() // self.channels
+        mean = total / n
+        minimum = t.amin(dims).double().numpy()
+        maximum = t.amax(dims).double().numpy()
+        nonnegative = bool((minimum >= 0).all())
+        abs_sum = total if nonnegative else torch.linalg.vector_norm(d, ord=1, dim=dims)
+        d -= mean.view((1, self.channels) + (1,) * (t.dim() - 2))
+        shifted = d.sum(dims)  # ~0; removes what rounding left of the mean
+        m2 = d.square_().sum(dims) - shifted * shifted / n
+        del d
+        values = t.numpy().reshape(t.shape[0], self.channels, -1)
+        zeros = np.count_nonzero(values == 0, axis=(0, 2))
+        if nonnegative:
+            near = np.count_nonzero(values <= self.near_zero, axis=(0, 2))
+        else:
+            small = values <= self.near_zero
+            small &= values >= -self.near_zero
+            near = np.count_nonzero(small, axis=(0, 2))
+        counts = np.full(self.channels, n, dtype=np.int64)
+        self._merge_moments(counts, mean.numpy(), m2.clamp_min(0).numpy())
+        self.minimum = np.minimum(self.minimum, minimum)
+        self.maximum = np.maximum(self.maximum, maximum)
+        self.abs_sum += abs_sum.numpy()
+        self.zeros += zeros
+        self.near_zeros += near
+        return True
+
+    def _update_general(self, batch: np.ndarray) -> None:
+        arr = np.asarray(batch)
         rows = np.moveaxis(arr, 1, 0).reshape(self.channels, -1)  # (C, values)
         finite = np.isfinite(rows)
         n = finite.sum(axis=1)
@@ -224,27 +279,38 @@ class RunningHistogram:
         x = np.asarray(values).ravel()
         if not np.issubdtype(x.dtype, np.floating):
             x = x.astype(np.float64)
-        finite = np.isfinite(x)
-        n = int(np.count_nonzero(finite))
-        self.nonfinite += x.size - n
-        if n == 0:
+        if x.size == 0:
             return
-        if n < x.size:
+        lo, hi = float(x.min()), float(x.max())  # NaN and ±Inf show up here: no mask needed
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(x)
+            n = int(np.count_nonzero(finite))
+            self.nonfinite += x.size - n
+            if n == 0:
+                return
             x = x[finite]
-        lo, hi = float(x.min()), float(x.max())
+            lo, hi = float(x.min()), float(x.max())
         if self.exponent is None:
             self.exponent = _initial_exponent(lo, hi, self.bins)
             self.start = self.first = _index(lo, self.exponent)
             self.last = self.first - 1
         self._fit(lo, hi)
-        # Scaling by 2**-exponent in float64 is exact (float32 and float16 convert exactly).
-        k = np.multiply(x, math.ldexp(1.0, -self.exponent), dtype=np.float64)
+        # Scaling by 2**-exponent is exact (float32 and float16 convert exactly to float64). In
+        # float32 too, as long as the scale is a normal float32 and every scaled value is below
+        # 2**24, where float32 still holds every integer: then the cheaper float32 path is used.
+        scale = math.ldexp(1.0, -self.exponent)
+        top = max(abs(lo), abs(hi)) * scale
+        if x.dtype == np.float32 and -126 <= -self.exponent <= 127 and top < 2**24:
+            k = np.multiply(x, np.float32(scale), dtype=np.float32)
+        else:
+            k = np.multiply(x, scale, dtype=np.float64)
         np.floor(k, out=k)
-        # A negative value so small that the scaled value underflows to -0.0 belongs in bin -1
-        # (-0.0 itself is zero and stays in bin 0).
-        below = k == 0
-        below &= x < 0
-        k[below] = -1
+        if lo < 0:
+            # A negative value so small that the scaled value underflows to -0.0 belongs in bin
+            # -1 (-0.0 itself is zero and stays in bin 0).
+            below = k == 0
+            below &= x < 0
+            k[below] = -1
         k -= self.start
         self.counts += np.bincount(k.astype(np.intp), minlength=self.bins)
 
