@@ -26,6 +26,7 @@ __all__ = [
     "colorize",
     "colormap_levels",
     "colormap_lut",
+    "colormap_warning",
     "level_indices",
     "misleading_colormap",
 ]
@@ -58,6 +59,16 @@ def misleading_colormap(name: str) -> bool:
     """True for rainbow or cyclic maps whose colours do not read as ordered values."""
     base = name[:-2] if name.endswith("_r") else name
     return base in _MISLEADING
+
+
+def colormap_warning(name: str) -> str | None:
+    """The warning a picture drawn with colormap ``name`` carries, or None when it reads well."""
+    if not misleading_colormap(name):
+        return None
+    return (
+        f"colormap {name!r} is a rainbow or cyclic map, so equal steps in value do not look "
+        f"equal; prefer {DEFAULT_CMAP!r} or {DEFAULT_DIVERGING_CMAP!r}"
+    )
 
 
 @functools.lru_cache(maxsize=64)

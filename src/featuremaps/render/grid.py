@@ -41,8 +41,8 @@ from featuremaps._errors import InputError, OptionError
 from featuremaps.render.colormap import (
     DEFAULT_CMAP,
     DEFAULT_DIVERGING_CMAP,
+    colormap_warning,
     level_indices,
-    misleading_colormap,
 )
 from featuremaps.render.legend import (
     CAPTION_LINE_HEIGHT,
@@ -453,11 +453,9 @@ def make_grid(
                 f"{_plural(outside, 'value')} outside the {opts.scale} range "
                 f"{_fmt(value_range.vmin)} … {_fmt(value_range.vmax)} drawn in the end colours"
             )
-    if misleading_colormap(cmap):
-        warnings.append(
-            f"colormap {cmap!r} is a rainbow or cyclic map, so equal steps in value do not look "
-            f"equal; prefer {DEFAULT_CMAP!r} or {DEFAULT_DIVERGING_CMAP!r}"
-        )
+    caution = colormap_warning(cmap)
+    if caution is not None:
+        warnings.append(caution)
 
     canvas.setflags(write=False)
     return Grid(

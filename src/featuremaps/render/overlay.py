@@ -38,7 +38,7 @@ from featuremaps.render.colormap import (
     NAN_COLOR,
     colorize,
     colormap_lut,
-    misleading_colormap,
+    colormap_warning,
 )
 from featuremaps.render.png import encode_png
 from featuremaps.render.scaling import ValueRange, compute_range, normalize
@@ -321,11 +321,9 @@ def overlay(
         warnings.append(f"{nonfinite} NaN/Inf {noun} drawn in magenta")
     if extent is None:
         warnings.append("the map's cells cover none of the image")
-    if misleading_colormap(name):
-        warnings.append(
-            f"colormap {name!r} is a rainbow or cyclic map, so equal steps in value do not look "
-            f"equal; prefer {DEFAULT_CMAP!r} or {DEFAULT_DIVERGING_CMAP!r}"
-        )
+    caution = colormap_warning(name)
+    if caution is not None:
+        warnings.append(caution)
     pixels.setflags(write=False)
     return Overlay(
         pixels=pixels,
