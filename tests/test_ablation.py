@@ -348,3 +348,23 @@ def test_ablation_plot_draws_hostile_layer_names_as_text() -> None:
     with PILImage.open(io.BytesIO(png)) as picture:
         assert picture.size == (1100, 340)
         assert len(picture.convert("RGB").getcolors(1 << 20) or []) > 20
+
+
+def test_ablate_refuses_a_ranking_from_another_model_or_without_a_named_layer(
+    images: list[Path], known_spec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from featuremaps.cli import main
+
+    stats = tmp_path / "other.csv"  # 4 channels for 'act', which has 8 in this model
+    stats.write_text(
+        "layer,type,channel,mean,std,min,max,absmean\n"
+        + "".join(f"act,ReLU,{c},1,1,0,2,1\n" for c in range(4))
+    )
+    common = ["ablate", str(images[0]), "-m", known_spec, "--workers", "0", "--k", "2"]
+    code = main([*common, "-l", "act", "--stats", str(stats), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'act' has 8 channels but its ranking lists 4" in err
+    code = main([*common, "-l", "act,feat", "--stats", str(stats), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no layer matching --layers feat;" in err
+    assert not (tmp_path / "o").exists()

@@ -236,3 +236,26 @@ def test_torch_batches_take_the_fast_path_and_agree_with_numpy(
     got, want = stats.result(), _oracle(x, 0.3)
     for key, expected in want.items():
         np.testing.assert_allclose(got[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_near_zero_counts_the_same_on_both_paths_when_float32_rounds_the_threshold_up() -> None:
+    # float32(0.1) = 0.10000000149 > 0.1: a value equal to it is not within 0.1 of zero.
+    x = np.full((2, 1, 3, 3), np.float32(0.1))
+    fast, general = RunningStats(1, near_zero=0.1), RunningStats(1, near_zero=0.1)
+    fast.update(x)
+    general._update_general(x)
+    assert fast.result()["near_zeros"][0] == general.result()["near_zeros"][0] == 0.0
+    x[0, 0, 0, 0] = np.nextafter(np.float32(0.1), np.float32(0))  # just below 0.1: counted
+    fast.update(x)
+    assert fast.result()["near_zeros"][0] == pytest.approx(1 / 36)
+
+
+def test_histogram_stays_exact_when_a_float64_batch_left_a_far_window() -> None:
+    h = RunningHistogram(128)
+    first = np.arange(-(2**24 + 5), -(2**24 + 5) + 100, dtype=np.float64)
+    second = np.array([-16777215.0], dtype=np.float32)
+    h.update(first)
+    h.update(second)
+    result = h.result()
+    expected, _ = np.histogram(np.concatenate([first, second.astype(np.float64)]), result.edges)
+    np.testing.assert_array_equal(result.counts, expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -208,8 +209,11 @@ def test_cli_locate_overlay_writes_the_placed_picture(
     code = main(argv, out=buf)
     assert code == 0, capsys.readouterr().err
     assert "overlay: placed by receptive-field geometry (analytic)" in buf.getvalue()
-    [written] = (tmp_path / "o").glob("overlay_*.png")
-    assert written.name == "overlay_0001_2.png"
+    written = tmp_path / "o" / "overlay.png"
+    record = json.loads((tmp_path / "o" / "locate.json").read_text())
+    assert (record["layer"], record["channel"], record["picture"]) == ("2", 1, "overlay.png")
+    assert record["geometry"]["stride"] == [4.0, 4.0]
+    assert main(argv, out=io.StringIO()) == 0  # the same --out again replaces its own folder
     # Oracle: the same overlay built from the public pieces.
     item = fm.load_input(tmp_path / "noise.png", channels=1)
     x = item.tensor

@@ -183,6 +183,7 @@ def measure_ablation(
     if not values:
         raise OptionError("no layer to ablate; name layers with --layers")
     order = {name: lowest_first(v) for name, v in values.items()}
+    widths = {name: len(v) for name, v in values.items()}
     rng = np.random.default_rng(seed)
     shuffled = [
         {name: rng.permutation(len(v)) for name, v in values.items()} for _ in range(trials)
@@ -213,7 +214,7 @@ def measure_ablation(
                     if key in done:  # the same channels again (K=0, or K at a layer's width)
                         sums[i] += done[key]
                         continue
-                    with zero_channels(model, masks) as applied:
+                    with zero_channels(model, masks, widths) as applied:
                         masked = _logits(_forward(model, batch))
                     missing = [n for n, count in applied.items() if masks[n] and count == 0]
                     if missing:

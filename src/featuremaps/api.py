@@ -46,7 +46,7 @@ from featuremaps.inputs import (
     fed_picture,
     load_input,
 )
-from featuremaps.io import MANIFEST, SUMMARY, TOOL, OutputFolder, safe_filename
+from featuremaps.io import ABLATION, LOCATE, MANIFEST, SUMMARY, TOOL, OutputFolder, safe_filename
 from featuremaps.layers import select_modules
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
@@ -77,8 +77,8 @@ __all__ = [
 ARRAYS = "arrays.safetensors"
 STATS_CSV = "stats.csv"
 ABLATION_CSV = "ablation.csv"
-ABLATION_JSON = "ablation.json"
 ABLATION_PNG = "ablation.png"
+OVERLAY_PNG = "overlay.png"
 INPUT_PICTURE = "input.png"
 FED_PICTURE = "input-fed.png"
 # capture: the forward pass with hooks, without the time spent consuming records; wall: the
@@ -880,10 +880,14 @@ def ablate(
                 if keep_record(name, name.rpartition("#")[0] or name, patterns)
             }
             source = f"statistics file {saved.path}"
-            if not values:
+            missing = [
+                p for p in patterns if not any(keep_record(n, n.rpartition("#")[0] or n, (p,))
+                                               for n in values)
+            ]  # fmt: skip
+            if missing:
                 raise OptionError(
-                    f"no layer of the statistics file '{saved.path}' matches --layers "
-                    f"{','.join(patterns)}; run 'featuremaps stats' with those layers first"
+                    f"the statistics file '{saved.path}' has no layer matching --layers "
+                    f"{','.join(missing)}; run 'featuremaps stats' with those layers first"
                 )
         else:
             bar.set_description("ranking")
@@ -922,7 +926,7 @@ def ablate(
                 "curve": result.curve(),
             }
             folder.write_csv(ABLATION_CSV, result.rows())
-            folder.write_json(ABLATION_JSON, summary)
+            folder.write_json(ABLATION, summary)
             picture = plot_ablation(
                 result.curve(), model=loaded.spec, layers=list(result.channels),
                 images=result.images, stat=stat, trials=trials,
@@ -987,7 +991,8 @@ def draw_overlay(
     receptive-field centre (:func:`locate`; pass ``geometry`` to reuse one), blended with
     ``alpha``; cells below ``threshold`` (a fraction of the colour range) stay transparent.
 
-    With ``out``, also writes the picture there as ``overlay_<layer>_c<channel>.png``.
+    With ``out``, also writes that folder (replacing an earlier one): ``overlay.png`` and
+    ``locate.json`` (model, input, layer, channel, geometry and the caption of the picture).
     """
     from featuremaps.render import overlay
 
@@ -1007,6 +1012,21 @@ def draw_overlay(
     picture = overlay(fed[0], maps[channel], geometry, alpha=alpha, threshold=threshold, cmap=cmap)
     if out is not None:
         with OutputFolder(out) as folder:
-            name = f"overlay_{safe_filename(channel, layer, '.png')}"
-            folder.write_bytes(name, picture.to_png())
+            folder.write_bytes(OVERLAY_PNG, picture.to_png())
+            folder.write_json(
+                LOCATE,
+                {
+                    "tool": TOOL,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "versions": _versions(),
+                    "model": loaded.describe(),
+                    "input": item.info,
+                    "layer": layer,
+                    "channel": channel,
+                    "geometry": geometry.to_json(),
+                    "picture": OVERLAY_PNG,
+                    "caption": picture.caption,
+                    "warnings": list(picture.warnings),
+                },
+            )
     return picture

@@ -378,18 +378,25 @@ def channel_axis(layout: str) -> int:
 
 
 @contextlib.contextmanager
-def zero_channels(model: nn.Module, masks: Mapping[str, Sequence[int]]) -> Iterator[dict[str, int]]:
+def zero_channels(
+    model: nn.Module,
+    masks: Mapping[str, Sequence[int]],
+    widths: Mapping[str, int] | None = None,
+) -> Iterator[dict[str, int]]:
     """Zero the given channels of the named records' outputs while the context is open.
 
     ``masks`` maps record names (``layer4.1.conv2``, ``layer1.0.relu#2``) to channel indices.
     Each selected call returns a copy of its output with those channels set to 0 (a forward hook
     that replaces the output), so later layers see the masked value, in-place operations included,
     and the model's parameters are never touched. The yielded dict counts, per record name, the
-    forward passes in which the mask was applied; every hook is removed on exit.
+    forward passes in which the mask was applied; every hook is removed on exit. ``widths``
+    optionally gives the channel count each record must have (that of the ranking the masks
+    come from), so masks made for another model are refused instead of applied.
 
     Raises:
         LayerError: a name is not a call of a module of ``model``.
-        OptionError: a channel index is out of range (at the first forward pass).
+        OptionError: a channel index is out of range, or a width differs from ``widths`` (at the
+            first forward pass).
         CaptureError: the record's output is not a single tensor with a channel axis.
     """
     from featuremaps.layers import _suggest, type_name
@@ -434,6 +441,12 @@ def zero_channels(model: nn.Module, masks: Mapping[str, Sequence[int]]) -> Itera
                 )
             axis = channel_axis(infer_layout(output.dim(), type_name(module)))
             size = output.shape[axis]
+            expected = widths.get(name) if widths is not None else None
+            if expected is not None and expected != size:
+                raise OptionError(
+                    f"'{name}' has {size} channels but its ranking lists {expected}; use "
+                    "statistics made with the same model and input size (featuremaps stats)"
+                )
             if len(index) and int(index[-1]) >= size:
                 raise OptionError(
                     f"channel {int(index[-1])} does not exist in '{name}', which has {size} "

@@ -13,6 +13,7 @@ Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 in
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -503,9 +504,10 @@ def _cmd_locate(args: argparse.Namespace, out: TextIO) -> int:
         if not (0 <= y < height and 0 <= x < width):
             raise OptionError(f"--pixel {text} is outside the {height}x{width} input as fed")
         rows, cols = geo.cells_seeing(y, x)
+        # Ties go to the later cell, as in the overlay: cell j covers [c_j - S/2, c_j + S/2).
         near = (
-            min(max(round((y - geo.y.offset) / geo.y.stride), 0), h - 1),
-            min(max(round((x - geo.x.offset) / geo.x.stride), 0), w - 1),
+            min(max(math.floor((y - geo.y.offset) / geo.y.stride + 0.5), 0), h - 1),
+            min(max(math.floor((x - geo.x.offset) / geo.x.stride + 0.5), 0), w - 1),
         )
         print(
             f"pixel ({y:g}, {x:g}) lies in the receptive field of cells in rows {_span(rows)}, "

@@ -95,7 +95,7 @@ class RunningStats:
         propagate, and float32 values cannot overflow a float64 sum); the counts use numpy's
         fast boolean reductions on the batch itself. Nothing else is allocated per value.
         """
-        t = torch.as_tensor(batch)
+        t = torch.as_tensor(batch).detach().cpu()
         if t.dtype not in (torch.float32, torch.float64) or t.numel() == 0:
             return False
         t = t.contiguous()
@@ -116,11 +116,16 @@ class RunningStats:
         del d
         values = t.numpy().reshape(t.shape[0], self.channels, -1)
         zeros = np.count_nonzero(values == 0, axis=(0, 2))
+        # The largest value of the batch's dtype that is <= near_zero: comparing with it in that
+        # dtype counts exactly the values a float64 comparison with near_zero would.
+        limit = values.dtype.type(self.near_zero)
+        if float(limit) > self.near_zero:  # float(): compared in float64, not in the dtype
+            limit = np.nextafter(limit, values.dtype.type(-np.inf))
         if nonnegative:
-            near = np.count_nonzero(values <= self.near_zero, axis=(0, 2))
+            near = np.count_nonzero(values <= limit, axis=(0, 2))
         else:
-            small = values <= self.near_zero
-            small &= values >= -self.near_zero
+            small = values <= limit
+            small &= values >= -limit
             near = np.count_nonzero(small, axis=(0, 2))
         counts = np.full(self.channels, n, dtype=np.int64)
         self._merge_moments(counts, mean.numpy(), m2.clamp_min(0).numpy())
@@ -300,7 +305,8 @@ class RunningHistogram:
         # 2**24, where float32 still holds every integer: then the cheaper float32 path is used.
         scale = math.ldexp(1.0, -self.exponent)
         top = max(abs(lo), abs(hi)) * scale
-        if x.dtype == np.float32 and -126 <= -self.exponent <= 127 and top < 2**24:
+        window = abs(self.start) + self.bins  # k - start must stay exact too
+        if x.dtype == np.float32 and -126 <= -self.exponent <= 127 and max(top, window) < 2**24:
             k = np.multiply(x, np.float32(scale), dtype=np.float32)
         else:
             k = np.multiply(x, scale, dtype=np.float64)

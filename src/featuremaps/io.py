@@ -41,6 +41,8 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"  # what `featuremaps stats` writes in place of a manifest
+ABLATION = "ablation.json"  # ... `featuremaps ablate`
+LOCATE = "locate.json"  # ... `featuremaps locate --overlay`
 TOOL = "featuremaps"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -58,7 +60,7 @@ def safe_filename(index: int, name: str, suffix: str = ".png", max_len: int = 80
 
 
 def _is_ours(folder: Path) -> bool:
-    for name in (MANIFEST, SUMMARY):
+    for name in (MANIFEST, SUMMARY, ABLATION, LOCATE):
         try:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
