@@ -266,8 +266,10 @@ def test_cli_ablate_with_a_saved_ranking_writes_the_curve(
     assert png.startswith(b"\x89PNG")
 
     # Without a saved file the ranking is computed on the same inputs, and says so.
-    assert main(["ablate", data, *common, "-l", "act", "--k", "4", "--random", "0",
-                 "-o", str(tmp_path / "b")]) == 0  # fmt: skip
+    again = ["ablate", data, *common, "-l", "act", "--k", "4", "--random", "0",
+             "-o", str(tmp_path / "b")]  # fmt: skip
+    assert main(again) == 0
+    assert main(again) == 0  # a second run replaces the folder the first one wrote
     summary = json.loads((tmp_path / "b" / "ablation.json").read_text())
     assert "in-sample" in summary["ranking"]["source"]
     assert summary["curve"][0]["random_agreement_mean"] is None
@@ -367,4 +369,21 @@ def test_ablate_refuses_a_ranking_from_another_model_or_without_a_named_layer(
     code = main([*common, "-l", "act,feat", "--stats", str(stats), "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "has no layer matching --layers feat;" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_ablate_checks_for_class_scores_before_the_ranking_pass(
+    images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featuremaps.dataset
+    from featuremaps.api import ablate
+
+    def no_ranking(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the ranking pass ran before the output was checked")
+
+    monkeypatch.setattr(featuremaps.dataset, "compute_dataset_stats", no_ranking)
+    model = nn.Sequential(nn.Conv2d(3, 2, 1)).eval()
+    with pytest.raises(OptionError, match=r"class scores.*returns \(1, 2, 9, 11\)"):
+        ablate(model, [str(images[0].parent)], layers="0", out=tmp_path / "o", workers=0,
+               preprocessing=PLAIN)  # fmt: skip
     assert not (tmp_path / "o").exists()

@@ -18,8 +18,9 @@ something when its curve stays above the random band. Pure computation: nothing 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from torch import nn
 from featuremaps._errors import CaptureError, FeaturemapsError, InputError, OptionError
 from featuremaps.capture import zero_channels
 from featuremaps.dataset import make_loader
-from featuremaps.inputs import Preprocessing
+from featuremaps.inputs import Preprocessing, load_input
 
 __all__ = ["AblationPoint", "AblationResult", "lowest_first", "measure_ablation"]
 
@@ -123,6 +124,21 @@ def _logits(output: Any) -> torch.Tensor:
     )
 
 
+def check_classifier(
+    model: nn.Module, paths: Sequence[Path], channels: int | None, preprocessing: Preprocessing
+) -> None:
+    """Run the model on the first readable input and raise OptionError unless it returns class
+    scores; inputs that cannot be read are left for the main pass to count."""
+    for path in paths:
+        try:
+            item = load_input(path, channels=channels, preprocessing=preprocessing)
+        except FeaturemapsError:
+            continue
+        with _evaluating(model):
+            _logits(_forward(model, item.tensor))
+        return
+
+
 def _compare(base: torch.Tensor, masked: torch.Tensor) -> np.ndarray:
     """Per-batch sums of (agreement, mean |Δlogit| per image, KL) for :data:`METRICS`."""
     agree = (base.argmax(1) == masked.argmax(1)).sum().item()
@@ -198,39 +214,33 @@ def measure_ablation(
     sums = np.zeros((len(configs), len(METRICS)))
     images = 0
     failed: list[tuple[str, str]] = []
-    modes = {m: m.training for m in model.modules()}
     start = time.perf_counter()
-    try:
-        model.eval()
-        with torch.inference_mode():
-            for batch, _, bad in loader:
-                failed.extend(bad)
-                if batch is None:
-                    continue
-                base = _logits(_forward(model, batch))
-                done: dict[tuple[tuple[str, tuple[int, ...]], ...], np.ndarray] = {}
-                for i, (_, _, _, masks, _) in enumerate(configs):
-                    key = tuple(sorted((n, tuple(sorted(v))) for n, v in masks.items()))
-                    if key in done:  # the same channels again (K=0, or K at a layer's width)
-                        sums[i] += done[key]
-                        continue
-                    with zero_channels(model, masks, widths) as applied:
-                        masked = _logits(_forward(model, batch))
-                    missing = [n for n, count in applied.items() if masks[n] and count == 0]
-                    if missing:
-                        raise CaptureError(
-                            f"layer '{missing[0]}' did not run on {tuple(batch.shape)} inputs, so "
-                            "its channels could not be zeroed; pick layers from 'featuremaps "
-                            "layers MODEL'"
-                        )
-                    done[key] = _compare(base, masked)
+    with _evaluating(model):
+        for batch, _, bad in loader:
+            failed.extend(bad)
+            if batch is None:
+                continue
+            base = _logits(_forward(model, batch))
+            done: dict[tuple[tuple[str, tuple[int, ...]], ...], np.ndarray] = {}
+            for i, (_, _, _, masks, _) in enumerate(configs):
+                key = tuple(sorted((n, tuple(sorted(v))) for n, v in masks.items()))
+                if key in done:  # the same channels again (K=0, or K at a layer's width)
                     sums[i] += done[key]
-                    if progress is not None:
-                        progress(1)
-                images += len(batch)
-    finally:
-        for m, was_training in modes.items():
-            m.training = was_training
+                    continue
+                with zero_channels(model, masks, widths) as applied:
+                    masked = _logits(_forward(model, batch))
+                missing = [n for n, count in applied.items() if masks[n] and count == 0]
+                if missing:
+                    raise CaptureError(
+                        f"layer '{missing[0]}' did not run on {tuple(batch.shape)} inputs, so "
+                        "its channels could not be zeroed; pick layers from 'featuremaps "
+                        "layers MODEL'"
+                    )
+                done[key] = _compare(base, masked)
+                sums[i] += done[key]
+                if progress is not None:
+                    progress(1)
+            images += len(batch)
     if images == 0:
         first = failed[0][1] if failed else "no inputs"
         raise InputError(
@@ -252,6 +262,19 @@ def measure_ablation(
         failed=failed,
         seconds=time.perf_counter() - start,
     )
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd inside; every module's own train/eval flag restored after."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.inference_mode():
+            yield
+    finally:
+        for m, was_training in modes.items():
+            m.training = was_training
 
 
 def _floats(row: np.ndarray) -> tuple[float, float, float]:

@@ -849,7 +849,7 @@ def ablate(
     """
     from tqdm import tqdm
 
-    from featuremaps.ablation import check_options, measure_ablation
+    from featuremaps.ablation import check_classifier, check_options, measure_ablation
     from featuremaps.dataset import RANKABLE, compute_dataset_stats, find_inputs
     from featuremaps.layers import as_patterns, keep_record
     from featuremaps.render.plots import plot_ablation
@@ -890,6 +890,8 @@ def ablate(
                     f"{','.join(missing)}; run 'featuremaps stats' with those layers first"
                 )
         else:
+            # The output must be class scores: find out on one input, not after a whole pass.
+            check_classifier(loaded.model, paths, first[0] if first else None, pre)
             bar.set_description("ranking")
             ranking = compute_dataset_stats(
                 loaded.model, paths, channels=first[0] if first else None, preprocessing=pre,
