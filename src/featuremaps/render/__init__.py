@@ -1,8 +1,11 @@
-"""Pure rendering: activation arrays in, uint8 pixels out (no files, no matplotlib figures).
+"""Pure rendering: activation arrays in, uint8 pixels out; numbers in, chart PNG bytes out.
 
 The flow inside this stage is scaling (which value range) -> colormap (which colour) -> grid
 (which tiles, where, with which captions and legend), or -> overlay (one channel over the input,
-placed by receptive-field geometry). Writing pictures is done elsewhere.
+placed by receptive-field geometry); pictures of maps are computed in numpy, without matplotlib
+figures. Charts with axes and text (statistics histograms, ranked channels, ablation curves) are
+drawn by matplotlib in :mod:`featuremaps.render.plots`, imported on first use. Nothing here writes
+files.
 """
 
 from featuremaps.render.colormap import (
