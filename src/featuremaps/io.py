@@ -100,6 +100,9 @@ def _clean(value: Any) -> Any:
 _NON_FINITE = re.compile(r"-?Infinity|NaN")
 
 
+_PLAIN = {int, float, type(None)}  # checked first: a set of types is built at C speed
+
+
 def _is_number(value: Any) -> bool:
     return value is None or (
         isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
@@ -121,7 +124,7 @@ def dump_json(obj: Any) -> str:
         if isinstance(value, dict):
             return {k: pack(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            if value and all(_is_number(v) for v in value):
+            if value and (set(map(type, value)) <= _PLAIN or all(map(_is_number, value))):
                 lists.append(value)
                 return f"{token}{len(lists) - 1}"
             return [pack(v) for v in value]
