@@ -55,6 +55,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--normalize",
         help="imagenet, none, or MEAN,.../STD,...; replaces the weights' preset normalisation",
     )
+
+
+def _add_containers_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--containers", action="store_true", help="also capture modules that have children"
     )
@@ -78,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
     _add_model_options(run)
+    _add_containers_option(run)
     run.add_argument("--out", "-o", default="featuremaps-out", help="output folder")
     run.add_argument(
         "--layers",
@@ -214,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     layers.add_argument("model", nargs="?", default="resnet18", help="model spec")
     layers.add_argument("--input", help="image for the dry run (default: the bundled sample)")
     _add_model_options(layers)
+    _add_containers_option(layers)
     return parser
 
 
