@@ -21,18 +21,14 @@ from featuremaps._errors import (
     RandomWeightsWarning,
     UntrustedCheckpointError,
 )
+from featuremaps._version import __version__
 from featuremaps.ablation import AblationPoint, AblationResult
-from featuremaps.api import (
-    RecordSummary,
-    Visualization,
-    ablate,
-    collect_stats,
-    draw_overlay,
-    locate,
-    summarize,
-    visualize,
-)
 from featuremaps.capture import Capture, LayerRecord, NotRun, capture, record_name, zero_channels
+from featuremaps.commands.ablate import ablate
+from featuremaps.commands.layers import LayerInfo, list_layers
+from featuremaps.commands.locate import draw_overlay, locate
+from featuremaps.commands.run import Visualization, visualize
+from featuremaps.commands.stats import collect_stats
 from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.geometry import MapGeometry
 from featuremaps.inputs import (
@@ -42,13 +38,12 @@ from featuremaps.inputs import (
     load_input,
     sample_image_path,
 )
-from featuremaps.io import MANIFEST as MANIFEST_NAME
-from featuremaps.layers import LayerInfo, list_layers
+from featuremaps.manifest import MANIFEST as MANIFEST_NAME
+from featuremaps.manifest import RecordSummary
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.render import Grid, GridLabel, GridOptions, make_grid
 from featuremaps.report import write_report
-
-__version__ = "0.1.0"
+from featuremaps.stats import summarize
 
 __all__ = [
     "MANIFEST_NAME",

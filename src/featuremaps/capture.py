@@ -29,38 +29,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from featuremaps import layouts
 from featuremaps._errors import CaptureError, FeaturemapsError, InputError, LayerError, OptionError
+from featuremaps.naming import record_name, suggest, type_name
+from featuremaps.selection import as_patterns, keep_record, select_modules, split_record
 
 __all__ = ["Capture", "LayerRecord", "NotRun", "capture", "record_name", "zero_channels"]
 
 RecordCallback = Callable[["LayerRecord"], None]
-
-
-def record_name(module: str, call: int, key: str | None = None) -> str:
-    """Return the record name for the ``call``-th call (1-based) of ``module``, output ``key``."""
-    module = module or "output"  # the model itself (a bare layer, or a TorchScript model)
-    name = module if call == 1 else f"{module}#{call}"
-    return name if key is None else f"{name}.{key}"
-
-
-def infer_layout(ndim: int, module_type: str) -> str:
-    """Name the axes of an output: ``NCHW`` for 4-D, ``NLD`` for token sequences, and so on."""
-    if ndim == 4:
-        return "NCHW"
-    if ndim == 5:
-        return "NCDHW"
-    if ndim == 3:
-        # 1-d convolutions, norms and pools keep channels second; anything else of rank 3 is
-        # (batch, tokens, features) in the models people bring (transformers, RNNs).
-        return "NCL" if module_type.endswith("1d") else "NLD"
-    if ndim == 2:
-        return "NC"
-    if ndim == 1:
-        return "N"
-    return "scalar" if ndim == 0 else f"{ndim}-D"
+Sink = Callable[[str, nn.Module, int, "str | None", torch.Tensor, "torch.Tensor | None"], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +56,7 @@ class LayerRecord:
         output_key: ``None`` for a plain tensor output, else the key path inside a tuple/list/dict.
         index: 0-based position of the record in execution order.
         tensor: a detached copy of the output, on the device and in the dtype it had.
+        layout: axis names decided by :func:`featuremaps.layouts.decide`, e.g. ``"NCHW"``.
     """
 
     name: str
@@ -84,6 +66,38 @@ class LayerRecord:
     output_key: str | None
     index: int
     tensor: torch.Tensor
+    layout: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.layout:  # built by hand: decided from the shape and module type alone
+            object.__setattr__(
+                self, "layout", layouts.decide(tuple(self.tensor.shape), self.module_type).name
+            )
+
+    @property
+    def layout_info(self) -> layouts.Layout:
+        """The registered layout (channel axis, how it is drawn); see :mod:`featuremaps.layouts`."""
+        return layouts.get(self.layout, self.tensor.dim())
+
+    def maps(self, sample: int = 0) -> np.ndarray:
+        """One sample as drawable ``(C, H, W)`` float maps (float32 or float64), as its layout
+        says; may share memory with :attr:`tensor`.
+
+        Raises:
+            OptionError: ``sample`` is not in the batch, or the layout is not drawn as maps.
+        """
+        if not 0 <= sample < self.tensor.shape[0]:
+            raise OptionError(
+                f"sample {sample} asked for, but layer '{self.name}' has a batch of "
+                f"{self.tensor.shape[0]}; choose a sample from 0 to {self.tensor.shape[0] - 1}"
+            )
+        layout = self.layout_info
+        if not layout.drawable:
+            raise OptionError(
+                f"layer '{self.name}' ({self.module_type}, {self.layout} {self.shape}) has no "
+                f"maps to draw: {layout.reason}"
+            )
+        return layouts.drawable_maps(layout, self.tensor, sample)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -94,11 +108,6 @@ class LayerRecord:
     def dtype(self) -> str:
         """The tensor's dtype without the ``torch.`` prefix, e.g. ``"float32"``."""
         return str(self.tensor.dtype).removeprefix("torch.")
-
-    @property
-    def layout(self) -> str:
-        """Axis names of the tensor, e.g. ``"NCHW"`` (see :func:`infer_layout`)."""
-        return infer_layout(self.tensor.dim(), self.module_type)
 
     def _repr_html_(self) -> str:
         rows = {
@@ -211,16 +220,18 @@ def run_hooked(
     model: nn.Module,
     inputs: Any,
     modules: Mapping[str, nn.Module],
-    sink: Callable[[str, nn.Module, int, str | None, torch.Tensor], None],
+    sink: Sink,
     *,
     train: bool = False,
     grad: bool = False,
 ) -> tuple[Any, dict[str, int]]:
     """Run ``model`` once with a forward hook on each of ``modules``; return output and call counts.
 
-    ``sink(path, module, call, key, tensor)`` is called inside the hook for every output tensor,
-    while the value is still exactly what the module returned. The model's train/eval flags are
-    restored module by module afterwards, and every hook is removed even if the forward fails.
+    ``sink(path, module, call, key, tensor, given)`` is called inside the hook for every output
+    tensor, while the value is still exactly what the module returned; ``given`` is the module's
+    first tensor argument (or ``None``), so a consumer can follow values from module to module.
+    The model's train/eval flags are restored module by module afterwards, and every hook is
+    removed even if the forward fails.
     """
     calls = dict.fromkeys(modules, 0)
     current: list[str] = []
@@ -229,8 +240,9 @@ def run_hooked(
     def make_hook(path: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             calls[path] += 1
+            given = args[0] if args and isinstance(args[0], torch.Tensor) else None
             for key, tensor in _walk(output, None):
-                sink(path, module, calls[path], key, tensor)
+                sink(path, module, calls[path], key, tensor, given)
 
         return hook
 
@@ -313,8 +325,6 @@ def capture(
         LayerError: a pattern or type selects nothing (with the closest names).
         CaptureError: the forward pass failed (with the module it failed in and the input shape).
     """
-    from featuremaps.layers import as_patterns, keep_record, select_modules, type_name
-
     if not isinstance(inputs, (torch.Tensor, tuple, Mapping)):
         raise InputError(
             f"capture() got inputs of type {type(inputs).__name__}; expected a tensor, a tuple of "
@@ -326,8 +336,13 @@ def capture(
     kept: list[LayerRecord] = []
     count = 0
     keep_copy = copy or on_record is None  # kept records must never alias live tensors
+    # The layout of each output seen so far, by storage and shape, so that a module that keeps
+    # the rank (an activation after a Linear or a Conv1d) keeps the layout it was given.
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
 
-    def emit(path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor) -> None:
+    def emit(
+        path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor, layout: str
+    ) -> None:
         nonlocal count
         record = LayerRecord(
             name=record_name(path, call, key),
@@ -337,6 +352,7 @@ def capture(
             output_key=key,
             index=count,
             tensor=t.detach().clone() if keep_copy else t.detach(),
+            layout=layout,
         )
         count += 1
         if on_record is None:
@@ -344,14 +360,24 @@ def capture(
         else:
             on_record(record)
 
-    def sink(path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor) -> None:
+    def sink(
+        path: str,
+        module: nn.Module,
+        call: int,
+        key: str | None,
+        t: torch.Tensor,
+        given: torch.Tensor | None,
+    ) -> None:
+        given_layout = seen.get(_storage_key(given)) if given is not None else None
+        layout = layouts.decide(tuple(t.shape), type_name(module), given_layout).name
+        seen[_storage_key(t)] = layout
         if keep_record(record_name(path, call, key), path, patterns):
-            emit(path, module, call, key, t)
+            emit(path, module, call, key, t, layout)
 
     if isinstance(model, torch.jit.ScriptModule):
         output, _ = run_hooked(model, inputs, {}, sink, train=train, grad=grad)
         for key, tensor in _walk(output, None):
-            emit("output", model, 1, key, tensor)
+            emit("output", model, 1, key, tensor, layouts.decide(tuple(tensor.shape), "").name)
         not_run = tuple(NotRun(p, type_name(m), SCRIPTED) for p, m in selected.items() if p)
         return Capture(tuple(kept), not_run, count, output)
 
@@ -362,19 +388,10 @@ def capture(
     return Capture(tuple(kept), not_run, count, output)
 
 
-def _split_record(name: str, modules: Mapping[str, nn.Module]) -> tuple[str, int]:
-    """``"layer1.0.relu#2"`` → ``("layer1.0.relu", 2)``; a plain module path is its first call."""
-    if name in modules:
-        return name, 1
-    path, _, call = name.rpartition("#")
-    if path in modules and call.isdigit() and int(call) >= 1:
-        return path, int(call)
-    return name, 0
-
-
-def channel_axis(layout: str) -> int:
-    """The channel axis of a tensor with this layout: 1, or the last one for ``NLD`` tokens."""
-    return -1 if layout == "NLD" else 1
+def _storage_key(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    # In-place ops (ReLU(inplace=True), +=) keep the storage, so storage + shape follows a value
+    # through them; an activation's input is the previous module's output, found the same way.
+    return t.untyped_storage().data_ptr(), tuple(t.shape)
 
 
 @contextlib.contextmanager
@@ -399,8 +416,6 @@ def zero_channels(
             first forward pass).
         CaptureError: the record's output is not a single tensor with a channel axis.
     """
-    from featuremaps.layers import _suggest, type_name
-
     if isinstance(model, torch.jit.ScriptModule):
         raise OptionError(
             "channels of a TorchScript model cannot be zeroed (it runs no Python hooks); "
@@ -409,11 +424,11 @@ def zero_channels(
     modules = {p: m for p, m in model.named_modules() if p}
     wanted: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
     for name, channels in masks.items():
-        path, call = _split_record(name, modules)
+        path, call = split_record(name, modules)
         if call == 0:
             raise LayerError(
                 f"layer '{name}' not found in {type_name(model)}"
-                f"{_suggest(path, list(modules)) or '.'} Masks need a module's own output "
+                f"{suggest(path, list(modules)) or '.'} Masks need a module's own output "
                 "(a name from 'featuremaps layers', optionally with #k for its k-th call)."
             )
         index = torch.as_tensor(sorted({int(c) for c in channels}), dtype=torch.long)
@@ -439,7 +454,12 @@ def zero_channels(
                     f"{tuple(output.shape) if isinstance(output, torch.Tensor) else ''}; zeroing "
                     "channels needs one tensor with a channel axis: pick another layer"
                 )
-            axis = channel_axis(infer_layout(output.dim(), type_name(module)))
+            axis = layouts.decide(tuple(output.shape), type_name(module)).channel_axis
+            if axis is None:
+                raise CaptureError(
+                    f"'{name}' ({type_name(module)}) returns a tensor of shape "
+                    f"{tuple(output.shape)} without a channel axis; pick another layer"
+                )
             size = output.shape[axis]
             expected = widths.get(name) if widths is not None else None
             if expected is not None and expected != size:

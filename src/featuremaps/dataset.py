@@ -24,6 +24,9 @@ from featuremaps._errors import FeaturemapsError, InputError
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.datastats import RunningHistogram, RunningStats
 from featuremaps.inputs import IMAGE_SUFFIXES, Preprocessing, load_input
+from featuremaps.io import parquet_available
+from featuremaps.layouts import channels_first
+from featuremaps.stats import RANKABLE
 
 __all__ = ["DatasetStats", "SavedStats", "compute_dataset_stats", "find_inputs", "read_stats"]
 
@@ -122,13 +125,11 @@ class DatasetStats:
 
 
 def _channels_first(record: LayerRecord) -> np.ndarray | None:
-    """The record as (N, C, ...) float array, or None when it has no channel axis."""
-    t = record.tensor
-    if t.dim() < 2 or t.is_complex():
+    """The record as (N, C, ...) float array, or None when its layout has no channel axis."""
+    if record.tensor.is_complex():
         return None
-    if record.layout == "NLD":
-        t = t.movedim(-1, 1)  # tokens: the feature axis is the channel
-    return t.detach().float().cpu().numpy()
+    t = channels_first(record.layout_info, record.tensor)
+    return None if t is None else t.detach().float().cpu().numpy()
 
 
 def compute_dataset_stats(
@@ -232,9 +233,6 @@ class SavedStats:
         return None if found is None else found[stat]
 
 
-RANKABLE = ("absmean", "mean", "std", "max", "min")
-
-
 def read_stats(path: str | Path) -> SavedStats:
     """Read a statistics table written by ``featuremaps stats`` (CSV or Parquet).
 
@@ -244,6 +242,11 @@ def read_stats(path: str | Path) -> SavedStats:
     """
     path = Path(path)
     expected = "a stats.csv or stats.parquet written by 'featuremaps stats'"
+    if path.suffix.lower() == ".parquet" and not parquet_available():
+        raise InputError(
+            f"'{path}' is a Parquet file, which needs pyarrow; pip install "
+            "'featuremaps[parquet]', or pass the stats.csv written beside it"
+        )
     try:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq

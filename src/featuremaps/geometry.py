@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from featuremaps._errors import OptionError
-from featuremaps.capture import record_name, run_hooked
+from featuremaps.capture import run_hooked
+from featuremaps.naming import record_name
 
 __all__ = ["AxisGeometry", "GeometryTracker", "MapGeometry", "compute_geometry"]
 
@@ -245,7 +246,7 @@ def compute_geometry(
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
         raise OptionError("compute_geometry needs one (1, C, H, W) input tensor")
     if layers is None:
-        from featuremaps.layers import select_modules
+        from featuremaps.selection import select_modules
 
         layers = select_modules(model, None, None, False, type(model).__name__)
     with GeometryTracker(inputs, layers) as tracker:
@@ -268,7 +269,14 @@ def _empirical(
     """Measure one layer's geometry from input gradients of two neighbouring output cells."""
     grabbed: list[torch.Tensor] = []
 
-    def sink(path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor) -> None:
+    def sink(
+        path: str,
+        module: nn.Module,
+        call: int,
+        key: str | None,
+        t: torch.Tensor,
+        given: torch.Tensor | None,
+    ) -> None:
         if record_name(path, call, key) == name:
             grabbed.append(t.clone())  # a clone keeps later in-place ops out of the graph
 

@@ -28,22 +28,17 @@ import numpy as np
 import torch
 
 from featuremaps._errors import OutputError
+from featuremaps.manifest import MANIFEST, OUTPUT_FILES, TOOL
 
 __all__ = [
-    "MANIFEST",
-    "SUMMARY",
     "OutputFolder",
     "SafetensorsStream",
     "dump_json",
+    "parquet_available",
     "safe_filename",
     "update_run_folder",
 ]
 
-MANIFEST = "manifest.json"
-SUMMARY = "summary.json"  # what `featuremaps stats` writes in place of a manifest
-ABLATION = "ablation.json"  # ... `featuremaps ablate`
-LOCATE = "locate.json"  # ... `featuremaps locate --overlay`
-TOOL = "featuremaps"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -60,7 +55,7 @@ def safe_filename(index: int, name: str, suffix: str = ".png", max_len: int = 80
 
 
 def _is_ours(folder: Path) -> bool:
-    for name in (MANIFEST, SUMMARY, ABLATION, LOCATE):
+    for name in OUTPUT_FILES:
         try:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -215,6 +210,13 @@ class SafetensorsStream:
         self._spool.close()
 
 
+def parquet_available() -> bool:
+    """Whether Parquet files can be written and read (pyarrow, the ``parquet`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "bool"
@@ -344,6 +346,11 @@ class OutputFolder:
         (float64; NaN stays NaN, a column mixing ints and floats is float64) and ``str``;
         ``None`` is a null.
         """
+        if not parquet_available():
+            raise OutputError(
+                f"cannot write '{relative}': Parquet needs pyarrow; pip install "
+                "'featuremaps[parquet]'"
+            )
         import pyarrow as pa
         import pyarrow.parquet as pq
 

@@ -19,80 +19,32 @@ that needs full unpickling (which can run code) is refused unless the caller tru
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import os
-import pickle
 import re
 import sys
 import warnings
-import zipfile
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from featuremaps._errors import ModelError, RandomWeightsWarning, UntrustedCheckpointError
-
-if TYPE_CHECKING:
-    from featuremaps.inputs import Preprocessing
+from featuremaps._errors import ModelError, RandomWeightsWarning
+from featuremaps.checkpoints import (
+    RANDOM_SEED,
+    WEIGHT_SUFFIXES,
+    LoadedModel,
+    fit_state_dict,
+    is_torchscript,
+    load_weights_file,
+    seeded_build,
+    torch_load,
+)
+from featuremaps.naming import suggest
 
 __all__ = ["LoadedModel", "load_model", "load_weights_file"]
-
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-RANDOM_SEED = 0  # random initialisation is seeded so "random weights" pictures are reproducible
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A ready model and an honest account of where its weights came from.
-
-    Attributes:
-        model: the module, on the CPU, in eval mode.
-        spec: the spec as given.
-        source: ``"torchvision"``, ``"timm"``, ``"torchscript"``, ``"factory"`` or ``"pickle"``.
-        weights: the weights as asked for (``"DEFAULT"``, ``"none"``, a path, ...).
-        weights_status: one sentence, e.g. ``"pretrained: ResNet18_Weights.IMAGENET1K_V1"``.
-        random_weights: True when the model runs with randomly initialised weights.
-        weights_enum: the torchvision weights enum member, when one applies (its transforms
-            describe the preprocessing the weights expect, even when they could not be loaded).
-        preprocessing: the preprocessing the model expects when it is not described by
-            ``weights_enum`` (featuremaps' zoo models); preferred over ``weights_enum`` when set.
-    """
-
-    model: nn.Module
-    spec: str
-    source: str
-    weights: str
-    weights_status: str
-    random_weights: bool
-    weights_enum: Any = None
-    preprocessing: Preprocessing | None = None
-
-    def input_preprocessing(self) -> Preprocessing:
-        """The preprocessing this model's inputs get by default: the zoo model's own, else the
-        weights' transforms, else plain ToTensor."""
-        from featuremaps.inputs import Preprocessing, preprocessing_from_weights
-
-        if self.preprocessing is not None:
-            return self.preprocessing
-        if self.weights_enum is not None:
-            return preprocessing_from_weights(self.weights_enum)
-        return Preprocessing()
-
-    def describe(self) -> dict[str, object]:
-        """A JSON-able summary for manifests."""
-        return {
-            "spec": self.spec,
-            "source": self.source,
-            "weights": self.weights,
-            "weights_status": self.weights_status,
-            "random_weights": self.random_weights,
-        }
 
 
 def load_model(
@@ -128,7 +80,7 @@ def load_model(
     elif Path(spec).suffix in WEIGHT_SUFFIXES or Path(spec).is_file():
         loaded = _load_model_file(spec, trust_checkpoint)
     else:
-        from featuremaps import zoo  # imported here: the zoo builds on this module
+        from featuremaps import zoo  # imported here: torch.hub and the zoo's weights are slow
 
         if spec in zoo.NAMES:
             loaded = zoo.load(spec, weights, trust_checkpoint)
@@ -138,7 +90,7 @@ def load_model(
     handled = ("torchvision", "timm", "featuremaps")  # these loaders already applied `weights`
     if weights not in (None, "DEFAULT", "default") and loaded.source not in handled:
         state = load_weights_file(weights, trust_checkpoint)
-        _fit_state_dict(loaded.model, state, weights, spec)
+        fit_state_dict(loaded.model, state, weights, spec)
         loaded = LoadedModel(
             loaded.model, spec, loaded.source, weights, f"loaded from {weights}", False
         )
@@ -157,15 +109,6 @@ def _is_dotted(text: str) -> bool:
     return all(part.isidentifier() for part in text.split("."))
 
 
-def _seeded_build(build: Any, *args: Any, **kwargs: Any) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_SEED)
-        model = build(*args, **kwargs)
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model builder returned {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
 # -- torchvision -------------------------------------------------------------------------------
 
 
@@ -176,21 +119,20 @@ def _load_zoo(name: str, weights: str | None, offline: bool) -> LoadedModel:
     if name not in known:
         if _timm_has(name):
             return _load_timm(name, name, weights, offline)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        hint = suggest(name, known, 3, 0.6)
         raise ModelError(
-            f"unknown model '{name}': not a torchvision model name, a file, or module:factory; "
-            f"{hint}torchvision has {len(known)} models, e.g. resnet18, vgg16, vit_b_16"
+            f"unknown model '{name}': not a torchvision model name, a file, or module:factory"
+            f"{hint or '.'} torchvision has {len(known)} models, e.g. resnet18, vgg16, vit_b_16"
         )
     asked = weights or "DEFAULT"
     if asked.lower() in ("none", "random"):
-        model = _seeded_build(tvm.get_model, name, weights=None)
+        model = seeded_build(tvm.get_model, name, weights=None)
         return LoadedModel(
             model, name, "torchvision", asked, "random (asked for: --weights none)", True
         )
     if Path(asked).suffix in WEIGHT_SUFFIXES or Path(asked).exists():
-        model = _seeded_build(tvm.get_model, name, weights=None)
-        _fit_state_dict(model, load_weights_file(asked, False), asked, name)
+        model = seeded_build(tvm.get_model, name, weights=None)
+        fit_state_dict(model, load_weights_file(asked, False), asked, name)
         return LoadedModel(model, name, "torchvision", asked, f"loaded from {asked}", False)
 
     enum = _weights_enum(name, asked)
@@ -214,7 +156,7 @@ def _load_zoo(name: str, weights: str | None, offline: bool) -> LoadedModel:
         ),
         stacklevel=3,
     )
-    model = _seeded_build(tvm.get_model, name, weights=None)
+    model = seeded_build(tvm.get_model, name, weights=None)
     status = f"random (offline fallback: {enum} could not be had: {reason})"
     return LoadedModel(model, name, "torchvision", asked, status, True, enum)
 
@@ -265,15 +207,13 @@ def _load_timm(spec: str, name: str, weights: str | None, offline: bool) -> Load
             "pip install 'featuremaps[timm]'"
         ) from None
     if not timm.list_models(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ModelError(f"unknown timm model '{name}'{hint}")
+        raise ModelError(f"unknown timm model '{name}'{suggest(name, timm.list_models(), 3, 0.6)}")
     asked = weights or "DEFAULT"
     if asked.lower() in ("none", "random") or Path(asked).suffix in WEIGHT_SUFFIXES:
-        model = _seeded_build(timm.create_model, name, pretrained=False)
+        model = seeded_build(timm.create_model, name, pretrained=False)
         if asked.lower() in ("none", "random"):
             return LoadedModel(model, spec, "timm", asked, "random (asked for: none)", True)
-        _fit_state_dict(model, load_weights_file(asked, False), asked, spec)
+        fit_state_dict(model, load_weights_file(asked, False), asked, spec)
         return LoadedModel(model, spec, "timm", asked, f"loaded from {asked}", False)
     if not offline:
         try:
@@ -291,7 +231,7 @@ def _load_timm(spec: str, name: str, weights: str | None, offline: bool) -> Load
         ),
         stacklevel=3,
     )
-    model = _seeded_build(timm.create_model, name, pretrained=False)
+    model = seeded_build(timm.create_model, name, pretrained=False)
     return LoadedModel(model, spec, "timm", asked, f"random (offline fallback: {reason})", True)
 
 
@@ -326,11 +266,9 @@ def _load_factory(spec: str) -> LoadedModel:
     factory = getattr(module, attr, None)
     if not callable(factory):
         names = [n for n in dir(module) if not n.startswith("_")]
-        close = difflib.get_close_matches(attr, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ModelError(f"'{target}' has no callable '{attr}'{hint}")
+        raise ModelError(f"'{target}' has no callable '{attr}'{suggest(attr, names)}")
     try:
-        model = _seeded_build(factory)
+        model = seeded_build(factory)
     except ModelError:
         raise
     except Exception as exc:
@@ -344,13 +282,6 @@ def _load_factory(spec: str) -> LoadedModel:
 # -- files -------------------------------------------------------------------------------------
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in n or n.endswith("constants.pkl") for n in archive.namelist())
-
-
 def _load_model_file(spec: str, trust: bool) -> LoadedModel:
     path = Path(spec)
     if not path.is_file():
@@ -358,7 +289,7 @@ def _load_model_file(spec: str, trust: bool) -> LoadedModel:
             f"model file '{spec}' does not exist; expected a TorchScript file, a torchvision name "
             "or module:factory"
         )
-    if _is_torchscript(path):
+    if is_torchscript(path):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
@@ -366,111 +297,10 @@ def _load_model_file(spec: str, trust: bool) -> LoadedModel:
         except (RuntimeError, OSError) as exc:
             raise ModelError(f"cannot load TorchScript file '{spec}': {exc}") from None
         return LoadedModel(model, spec, "torchscript", "as saved", "as saved in the file", False)
-    obj = _torch_load(path, trust)
+    obj = torch_load(path, trust)
     if isinstance(obj, nn.Module):
         return LoadedModel(obj, spec, "pickle", "as saved", "as saved in the (trusted) file", False)
     raise ModelError(
         f"'{spec}' holds weights but no architecture; pass the architecture as the model and the "
         f"file as weights, e.g. --model resnet18 --weights {spec}"
     )
-
-
-def _torch_load(path: Path, trust: bool) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch names the refused global ("Unsupported global: GLOBAL pkg.Class"); any other
-        # unpickling failure means the bytes are not a valid checkpoint at all.
-        if "global" not in str(exc).lower():
-            raise ModelError(
-                f"cannot read '{path}' as a PyTorch file: it is corrupt or not a checkpoint"
-            ) from None
-        if not trust:
-            raise UntrustedCheckpointError(
-                f"'{path}' needs full unpickling, which can run arbitrary code, so it was not "
-                "loaded; if you trust its source pass --trust-checkpoint (trust_checkpoint=True), "
-                "or re-save it as a state_dict or .safetensors"
-            ) from None
-    except Exception as exc:  # reported as a ModelError below, not swallowed
-        # On arbitrary bytes the weights-only unpickler fails in many ways (IndexError,
-        # KeyError, struct.error, RuntimeError from the zip reader...): all mean "not a
-        # readable checkpoint", and none of them ran code.
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelError(
-            f"cannot read '{path}' as a PyTorch file ({type(exc).__name__}: {first}); "
-            "is it complete and really a .pt?"
-        ) from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelError(f"unpickling trusted file '{path}' failed: {exc}") from exc
-
-
-def load_weights_file(path_text: str, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """Read a state_dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``).
-
-    Common wrappers are unwrapped: ``{"state_dict": ...}``, ``{"model": ...}``, a saved module,
-    and the ``module.`` prefix that ``DataParallel`` adds.
-    """
-    path = Path(path_text)
-    if not path.is_file():
-        raise ModelError(f"weights file '{path_text}' does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelError(f"cannot read safetensors file '{path_text}': {exc}") from None
-    if _is_torchscript(path):
-        raise ModelError(
-            f"'{path_text}' is a TorchScript model (architecture and weights), not a state_dict; "
-            f"pass it as the model instead: --model {path_text}"
-        )
-    obj = _torch_load(path, trust_checkpoint)
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(
-            f"'{path_text}' does not hold a state_dict (a mapping of names to tensors); "
-            "save one with torch.save(model.state_dict(), path)"
-        )
-    state = {str(k): v for k, v in obj.items()}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
-def _fit_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], path: str, label: str
-) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} tensors have the wrong shape (e.g. '{k}': file "
-                f"{tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
-            )
-        if missing:
-            parts.append(f"{len(missing)} model tensors are missing (e.g. '{missing[0]}')")
-        if unexpected:
-            parts.append(f"{len(unexpected)} file tensors have no place (e.g. '{unexpected[0]}')")
-        raise ModelError(
-            f"weights file '{path}' does not fit {label}: {'; '.join(parts)}; it was probably "
-            "saved from another architecture or with other settings (e.g. num_classes)"
-        )
-    model.load_state_dict(state, strict=True)

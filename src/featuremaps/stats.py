@@ -12,16 +12,26 @@ one-pass ``E[x²] − E[x]²`` loses every digit when the mean is large next to 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featuremaps._errors import InputError
 
-__all__ = ["STAT_NAMES", "ChannelStats", "channel_stats"]
+if TYPE_CHECKING:
+    import torch
 
+__all__ = ["RANKABLE", "STAT_NAMES", "TOP_K_ORDERS", "ChannelStats", "channel_stats", "summarize"]
+
+# The statistic vocabulary, in one place.
+#: Per-channel statistics of one sample, as stored in a run's manifest (``channel_stats``).
 STAT_NAMES = ("mean", "std", "min", "max", "zeros")
+#: Data-set statistics (``featuremaps stats``) that can rank channels (``ablate --stat``).
+RANKABLE = ("absmean", "mean", "std", "max", "min")
+#: Statistics that pick a layer's top-K channels to draw (``--channels top:K:STAT``).
+TOP_K_ORDERS = ("mean", "max", "std", "absmean")
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,3 +122,22 @@ def channel_stats(maps: np.ndarray) -> ChannelStats:
         zeros=zeros,
         finite=n,
     )
+
+
+def summarize(tensor: torch.Tensor) -> tuple[float | None, float | None, float | None, int]:
+    """``(min, max, mean, nonfinite count)`` over the finite values of ``tensor`` (all samples)."""
+    import torch  # here: the rest of this module is numpy only, for the render package
+
+    if tensor.is_complex() or tensor.numel() == 0:
+        return None, None, None, 0
+    t = tensor.detach().float()
+    total = float(t.sum(dtype=torch.float64))  # float64: a float32 running sum loses digits
+    if math.isfinite(total):  # a float64 sum of float32 values is finite iff every value is
+        low, high = torch.aminmax(t)
+        return float(low), float(high), total / t.numel(), 0
+    finite = torch.isfinite(t)
+    nonfinite = int(t.numel() - int(finite.sum()))
+    t = t[finite]
+    if t.numel() == 0:
+        return None, None, None, nonfinite
+    return float(t.min()), float(t.max()), float(t.sum(dtype=torch.float64)) / t.numel(), nonfinite

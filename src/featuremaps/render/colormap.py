@@ -12,12 +12,12 @@ Grids are drawn as palette pictures (see ``featuremaps.render.palette``), so the
 
 from __future__ import annotations
 
-import difflib
 import functools
 
 import numpy as np
 
 from featuremaps._errors import OptionError
+from featuremaps.naming import close_names
 
 __all__ = [
     "DEFAULT_CMAP",
@@ -87,7 +87,7 @@ def colormap_lut(name: str) -> np.ndarray:
         names = sorted(registry)
         # Compare case-insensitively so 'Viridis' still finds 'viridis'.
         lowered = {n.lower(): n for n in names}
-        close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+        close = close_names(name.lower(), list(lowered), 1, 0.6)
         if close:
             raise OptionError(
                 f"unknown colormap {name!r}; did you mean {lowered[close[0]]!r}? Any "

@@ -26,24 +26,22 @@ legend height; the tile is centred horizontally in its cell and its caption is d
 
 from __future__ import annotations
 
-import difflib
 import functools
-import io
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import numpy as np
-from PIL import Image
 
 from featuremaps._errors import InputError, OptionError
+from featuremaps.naming import suggest
 from featuremaps.render.colormap import (
     DEFAULT_CMAP,
     DEFAULT_DIVERGING_CMAP,
     colormap_warning,
     level_indices,
 )
+from featuremaps.render.encode import encode_indexed_png
 from featuremaps.render.legend import (
     CAPTION_LINE_HEIGHT,
     CAPTION_PAD,
@@ -64,11 +62,15 @@ from featuremaps.render.palette import (
 from featuremaps.render.scaling import (
     ScaleMode,
     ValueRange,
+    centred,
     channel_ranges,
     compute_range,
+    fixed_range,
+    is_signed_range,
     normalize,
     normalize_channels,
 )
+from featuremaps.stats import TOP_K_ORDERS
 
 __all__ = [
     "BACKGROUND",
@@ -91,13 +93,8 @@ MIN_CELL_WIDTH = 40
 # Wide enough for a range caption such as "-1.23e+03 … -4.56e-05".
 MIN_CELL_WIDTH_CHANNEL = 112
 
-_ORDERS: tuple[str, ...] = get_args(ChannelOrder)
+_ORDERS: tuple[str, ...] = ("index", *TOP_K_ORDERS)
 _SCALES: tuple[str, ...] = get_args(ScaleMode)
-
-
-def _suggest(value: object, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -137,12 +134,14 @@ class GridOptions:
         _positive_int("min_tile", self.min_tile)
         if self.order not in _ORDERS:
             raise OptionError(
-                f"unknown channel order {self.order!r}; {_suggest(self.order, _ORDERS)}"
+                f"unknown channel order {self.order!r}"
+                f"{suggest(str(self.order), _ORDERS, 1, 0.6) or '.'} "
                 f"Expected one of {', '.join(_ORDERS)}."
             )
         if self.scale not in _SCALES:
             raise OptionError(
-                f"unknown scale mode {self.scale!r}; {_suggest(self.scale, _SCALES)}"
+                f"unknown scale mode {self.scale!r}"
+                f"{suggest(str(self.scale), _SCALES, 1, 0.6) or '.'} "
                 f"Expected one of {', '.join(_SCALES)}."
             )
         if self.channels is not None:
@@ -212,12 +211,7 @@ class Grid:
         and Pillow skips the per-row filter search it does for RGB, which dominated encoding time.
         Fast compression, because rendering many layers is the hot path.
         """
-        image = Image.fromarray(np.ascontiguousarray(self.indices))
-        # An "L" image given a palette becomes a "P" image with exactly these entries.
-        image.putpalette(np.ascontiguousarray(self.palette, dtype=np.uint8).tobytes())
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", compress_level=1)
-        return buf.getvalue()
+        return encode_indexed_png(self.indices, self.palette)
 
     def _repr_png_(self) -> bytes:
         """Inline display in Jupyter."""
@@ -299,12 +293,6 @@ def _caption_patch(lines: tuple[str, ...], width: int, height: int) -> np.ndarra
     return patch
 
 
-def _centred(r: ValueRange) -> ValueRange:
-    """The smallest range centred on zero that holds ``r`` (for signed data)."""
-    m = max(-r.vmin, r.vmax)
-    return ValueRange(-m if m > 0 else 0.0, m, True)
-
-
 def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
@@ -350,7 +338,7 @@ def make_grid(
     # Decide the range and the colormap. Signedness is judged on the whole layer (and, for
     # "global", on the shared range) so the colormap does not change with the channel choice.
     layer_range = compute_range(arr, symmetric=False)
-    signed = layer_range.vmin < 0
+    signed = is_signed_range(layer_range.vmin)
     value_range: ValueRange | None
     if opts.scale in ("fixed", "global"):
         if opts.value_range is None:
@@ -362,15 +350,14 @@ def make_grid(
             )
         lo, hi = opts.value_range
         if opts.scale == "fixed":
-            # A fixed range is used exactly as given; it is diverging only if centred on zero.
-            signed = lo < 0 < hi and lo == -hi
-            value_range = ValueRange(lo, hi, signed)
+            value_range = fixed_range(lo, hi)
+            signed = value_range.symmetric
         else:
-            signed = signed or lo < 0
+            signed = signed or is_signed_range(lo)
             given = ValueRange(lo, hi, False)
-            value_range = _centred(given) if signed else given
+            value_range = centred(given) if signed else given
     elif opts.scale == "layer":
-        value_range = _centred(layer_range) if signed else layer_range
+        value_range = centred(layer_range) if signed else layer_range
     else:
         value_range = None
     if opts.cmap is not None:

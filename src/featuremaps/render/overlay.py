@@ -40,8 +40,15 @@ from featuremaps.render.colormap import (
     colormap_lut,
     colormap_warning,
 )
-from featuremaps.render.png import encode_png
-from featuremaps.render.scaling import ValueRange, compute_range, normalize
+from featuremaps.render.encode import encode_png
+from featuremaps.render.scaling import (
+    ValueRange,
+    centred,
+    compute_range,
+    fixed_range,
+    is_signed_range,
+    normalize,
+)
 
 if TYPE_CHECKING:
     # Only for annotations: rendering reads the numbers of a geometry and needs none of the
@@ -222,13 +229,13 @@ def _value_range(
             raise OptionError(
                 f"value_range={value_range!r}; expected (low, high), two numbers."
             ) from None
-        # Used exactly as given (scale "fixed" in the grids): diverging only if centred on zero.
-        signed = lo < 0 < hi and lo == -hi
-        return ValueRange(lo, hi, signed), signed  # ValueRange rejects non-finite/reversed
+        # Used exactly as given (scale "fixed" in the grids); ValueRange rejects non-finite or
+        # reversed ends.
+        fixed = fixed_range(lo, hi)
+        return fixed, fixed.symmetric
     data = compute_range(values, symmetric=False)
-    if data.vmin < 0:
-        m = max(-data.vmin, data.vmax)
-        return ValueRange(-m, m, True), True
+    if is_signed_range(data.vmin):
+        return centred(data), True
     return data, False
 
 

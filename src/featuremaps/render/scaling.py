@@ -19,9 +19,12 @@ from featuremaps._errors import OptionError
 __all__ = [
     "ScaleMode",
     "ValueRange",
+    "centred",
     "channel_ranges",
     "compute_range",
+    "fixed_range",
     "is_signed",
+    "is_signed_range",
     "merge_ranges",
     "normalize",
     "normalize_channels",
@@ -65,6 +68,22 @@ def is_signed(x: np.ndarray) -> bool:
     """Return True when any finite value of ``x`` is negative (NaN and -Inf do not count)."""
     mm = _finite_min_max(np.asarray(x))
     return mm is not None and mm[0] < 0
+
+
+def is_signed_range(low: float | None) -> bool:
+    """The centring rule, for a range already measured: signed when its low end is negative."""
+    return low is not None and low < 0
+
+
+def centred(r: ValueRange) -> ValueRange:
+    """The smallest range centred on zero that holds ``r`` (how signed data is drawn)."""
+    m = max(-r.vmin, r.vmax)
+    return ValueRange(-m if m > 0 else 0.0, m, True)
+
+
+def fixed_range(lo: float, hi: float) -> ValueRange:
+    """A range given by the user, used exactly: diverging only when it is centred on zero."""
+    return ValueRange(lo, hi, lo < 0 < hi and lo == -hi)
 
 
 def _finite_min_max(a: np.ndarray) -> tuple[float, float] | None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from featuremaps._errors import InputError
-from featuremaps.io import MANIFEST, update_run_folder
+from featuremaps.io import update_run_folder
+from featuremaps.manifest import MANIFEST
 from featuremaps.report.model import DATA_DIR, ReportData, build_report
 from featuremaps.report.render import (
     PRECISION,

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from featuremaps import layouts
 from featuremaps._errors import InputError
-from featuremaps.io import TOOL
+from featuremaps.manifest import TOOL, RecordSummary
 
 __all__ = [
     "DATA_DIR",
@@ -72,6 +73,7 @@ class LayerEntry:
     high: float | None
     warnings: tuple[str, ...] = ()
     geometry: Mapping[str, Any] | None = None
+    drawn_as: str | None = None
 
     @property
     def anchor(self) -> str:
@@ -83,7 +85,18 @@ class LayerEntry:
 
     @property
     def channels(self) -> int | None:
-        return self.shape[1] if self.shape and len(self.shape) >= 2 else None
+        """The channel count, on the channel axis of the record's layout."""
+        if not self.shape or self.layout is None:
+            return None
+        axis = layouts.get(self.layout, len(self.shape)).channel_axis
+        return self.shape[axis] if axis is not None else None
+
+    @property
+    def maps_shape(self) -> tuple[int, ...] | None:
+        """``(C, H, W)`` of the drawn sample (the layout may have moved the channel axis)."""
+        if not self.drawn or self.shape is None or self.layout is None:
+            return None
+        return layouts.maps_shape(layouts.get(self.layout, len(self.shape)), self.shape)
 
     @property
     def stats_file(self) -> str | None:
@@ -101,7 +114,8 @@ class LayerEntry:
 
     @property
     def drawn(self) -> bool:
-        return self.image is not None and self.shape is not None and len(self.shape) == 4
+        """Whether the run drew this record (the manifest's ``drawn_as``)."""
+        return self.image is not None and self.shape is not None and self.drawn_as is not None
 
 
 @dataclass(frozen=True)
@@ -164,36 +178,37 @@ def _sample_range(stats: Mapping[str, Sequence[Any]] | None) -> tuple[float | No
 
 
 def _entry(key: int, rec: Mapping[str, Any], base: str) -> LayerEntry:
-    image = _relative(rec.get("image"), base)
-    stem = PurePosixPath(image).stem if image else None
-    stats = rec.get("channel_stats")
-    stats = stats if isinstance(stats, Mapping) else None
+    summary = RecordSummary.from_json(rec)
+    image = _relative(summary.image, base)
+    stats = summary.channel_stats
     low, high = _sample_range(stats)
-    shape = rec.get("shape")
-    shown = rec.get("channels_shown") or ()
+    drawn_as = summary.drawn_as
+    if "drawn_as" not in rec and image is not None and summary.layout == "NCHW":
+        drawn_as = layouts.CHANNEL_GRID  # a manifest written before records said how
     return LayerEntry(
         key=key,
-        name=str(rec.get("name", "")),
-        module=str(rec.get("module", "")),
-        call=int(rec.get("call", 0)),
-        type=str(rec.get("type", "")),
-        shape=tuple(int(n) for n in shape) if isinstance(shape, list) else None,
-        dtype=rec.get("dtype"),
-        layout=rec.get("layout"),
+        name=summary.name,
+        module=summary.module,
+        call=summary.call,
+        type=summary.type,
+        shape=summary.shape,
+        dtype=summary.dtype,
+        layout=summary.layout,
         image=image,
-        data=_relative(rec.get("data"), base),
-        stem=stem,
-        skipped=rec.get("skipped"),
-        minimum=_finite(rec.get("min")),
-        maximum=_finite(rec.get("max")),
-        mean=_finite(rec.get("mean")),
-        nonfinite=int(rec.get("nonfinite") or 0),
-        shown=tuple(int(c) for c in shown),
+        data=_relative(summary.data, base),
+        stem=PurePosixPath(image).stem if image else None,
+        skipped=summary.skipped,
+        minimum=summary.min,
+        maximum=summary.max,
+        mean=summary.mean,
+        nonfinite=summary.nonfinite,
+        shown=summary.channels_shown or (),
         channel_stats=stats,
         low=low,
         high=high,
-        warnings=tuple(str(w) for w in rec.get("warnings") or ()),
-        geometry=rec["geometry"] if isinstance(rec.get("geometry"), Mapping) else None,
+        warnings=summary.warnings,
+        geometry=summary.geometry,
+        drawn_as=drawn_as,
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from featuremaps.render.colormap import DEFAULT_CMAP, DEFAULT_DIVERGING_CMAP, colormap_lut
+from featuremaps.render.scaling import fixed_range, is_signed_range
 from featuremaps.report.model import ReportData
 
 __all__ = [
@@ -162,7 +163,8 @@ def client_config(data: ReportData) -> dict[str, Any]:
         {
             "key": e.key,
             "name": e.name,
-            "shape": list(e.shape[1:]) if e.shape else None,
+            "shape": list(e.maps_shape) if e.maps_shape else None,
+            "signed": is_signed_range(e.low),
             "shown": list(e.shown),
             "low": e.low,
             "high": e.high,
@@ -179,7 +181,9 @@ def client_config(data: ReportData) -> dict[str, Any]:
         "precision": PRECISION,
         "scale": data.scale,
         "fixed": list(data.fixed_range) if data.fixed_range else None,
+        "fixedSigned": data.fixed_range is not None and fixed_range(*data.fixed_range).symmetric,
         "global": list(data.global_range) if data.global_range else None,
+        "globalSigned": data.global_range is not None and is_signed_range(data.global_range[0]),
         "columns": data.columns,
         "sample": data.sample,
         "selection": data.selection,

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from featuremaps._errors import ModelError
-from featuremaps.inputs import Preprocessing
-from featuremaps.models import (
+from featuremaps.checkpoints import (
     RANDOM_SEED,
     WEIGHT_SUFFIXES,
     LoadedModel,
-    _fit_state_dict,
-    _seeded_build,
+    fit_state_dict,
     load_weights_file,
+    seeded_build,
 )
+from featuremaps.inputs import Preprocessing
 from featuremaps.zoo.shapes import INPUT_SIZE, ShapesNet
 
 __all__ = ["NAMES", "card", "load"]
@@ -96,19 +96,19 @@ def load(name: str, weights: str | None = None, trust_checkpoint: bool = False) 
     asked = weights or "DEFAULT"
     pre = _preprocessing(name)
     if asked.lower() in ("none", "random"):
-        model = _seeded_build(ShapesNet)
+        model = seeded_build(ShapesNet)
         status = f"random (asked for: --weights none; PyTorch default init, seed {RANDOM_SEED})"
         return LoadedModel(model, name, SOURCE, asked, status, True, preprocessing=pre)
     if asked.lower() == "default":
         model = ShapesNet()
-        _fit_state_dict(model, _packaged_state(name), f"{name}.safetensors (packaged)", name)
+        fit_state_dict(model, _packaged_state(name), f"{name}.safetensors (packaged)", name)
         accuracy = card(name).get("test_accuracy")
         score = f", test accuracy {accuracy:.1%}" if isinstance(accuracy, float) else ""
         status = f"pretrained: {name} (procedural shapes{score})"
         return LoadedModel(model, name, SOURCE, asked, status, False, preprocessing=pre)
     if Path(asked).suffix in WEIGHT_SUFFIXES or Path(asked).exists():
         model = ShapesNet()
-        _fit_state_dict(model, load_weights_file(asked, trust_checkpoint), asked, name)
+        fit_state_dict(model, load_weights_file(asked, trust_checkpoint), asked, name)
         return LoadedModel(
             model, name, SOURCE, asked, f"loaded from {asked}", False, preprocessing=pre
         )

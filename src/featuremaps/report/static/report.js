@@ -74,21 +74,21 @@
   }
 
   // ---------------------------------------------------------------- scales and colours
-  // The same rules as the PNGs: signed data is centred on 0 with a diverging map.
+  // The same rules as the PNGs: signed data is centred on 0 with a diverging map. Which ranges
+  // are signed is decided once, in Python (render.scaling), and arrives in the config.
   function centred(lo, hi) {
     const m = Math.max(Math.abs(lo), Math.abs(hi));
     return [m > 0 ? -m : 0, m];
   }
 
   function layerScale(L) {
-    const signedLayer = L.low !== null && L.low < 0;
+    const signedLayer = L.signed;
     if (state.scale === "fixed" && cfg.fixed) {
       const [lo, hi] = cfg.fixed;
-      const signed = lo < 0 && hi > 0 && lo === -hi;
-      return { mode: "fixed", lo, hi, signed };
+      return { mode: "fixed", lo, hi, signed: cfg.fixedSigned };
     }
     if (state.scale === "global" && cfg.global) {
-      const signed = signedLayer || cfg.global[0] < 0;
+      const signed = signedLayer || cfg.globalSigned;
       const [lo, hi] = signed ? centred(cfg.global[0], cfg.global[1]) : cfg.global;
       return { mode: "global", lo, hi, signed };
     }

@@ -1,0 +1,143 @@
+"""The ``ablate`` command: zero the lowest-ranked channels of layers and measure the change.
+
+Wires the ablation stage together (inputs → model → ranking statistics → masks → output change
+→ chart → manifest → io); the measurement itself is :mod:`featuremaps.ablation`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+
+from featuremaps._errors import OptionError
+from featuremaps.ablation import AblationResult
+from featuremaps.commands.common import resolve_model
+from featuremaps.dataset import SavedStats, read_stats
+from featuremaps.inputs import Preprocessing, expected_channels
+from featuremaps.io import OutputFolder
+from featuremaps.manifest import ABLATION, header
+from featuremaps.models import LoadedModel
+from featuremaps.selection import as_patterns, keep_record, select_modules
+from featuremaps.stats import RANKABLE
+
+__all__ = ["ABLATION_CSV", "ABLATION_PNG", "ablate"]
+
+ABLATION_CSV = "ablation.csv"
+ABLATION_PNG = "ablation.png"
+
+
+def ablate(
+    model: nn.Module | LoadedModel | str,
+    data: Sequence[str],
+    *,
+    layers: str | Sequence[str],
+    out: str | Path | None = None,
+    stat: str = "absmean",
+    ks: Sequence[int] = (0, 8, 16, 32),
+    trials: int = 3,
+    seed: int = 0,
+    channel_stats: SavedStats | str | Path | None = None,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    progress: bool = False,
+) -> AblationResult:
+    """Zero the K lowest-ranked channels of ``layers`` and measure the model's output change.
+
+    The ranking is ``stat`` per channel: from ``channel_stats`` (a saved ``stats.csv`` or
+    ``stats.parquet``, ideally made on other images) or, without it, from statistics computed
+    first on the same ``data`` (an in-sample ranking; the summary says which). For each K the
+    masked model is compared with the unmasked one on every readable input (top-1 agreement,
+    mean |Δlogit|, KL divergence), and ``trials`` random K-channel masks per layer give the
+    control. With ``out``, writes ``ablation.csv`` (one row per point), ``ablation.json`` (the
+    curve, the layers, their lowest-ranked channels, the inputs) and ``ablation.png`` (the curve,
+    ranked against the random band). See :mod:`featuremaps.ablation`.
+    """
+    from tqdm import tqdm
+
+    from featuremaps.ablation import check_classifier, check_options, measure_ablation
+    from featuremaps.dataset import compute_dataset_stats, find_inputs
+    from featuremaps.render.plots import plot_ablation
+
+    if stat not in RANKABLE:
+        raise OptionError(
+            f"--stat '{stat}' is not a statistic; expected one of {', '.join(RANKABLE)}"
+        )
+    check_options(ks, trials)
+    loaded = resolve_model(model)
+    patterns = as_patterns(layers)
+    if patterns is None:
+        raise OptionError("ablation needs --layers: the layers whose channels are zeroed")
+    select_modules(loaded.model, patterns, None, False, loaded.spec)  # unknown names fail here
+    paths = find_inputs(data)
+    pre = preprocessing or loaded.input_preprocessing()
+    first = expected_channels(loaded.model)
+    saved = read_stats(channel_stats) if isinstance(channel_stats, (str, Path)) else channel_stats
+    folder = OutputFolder(out) if out is not None else None
+    with (
+        folder or contextlib.nullcontext(),
+        tqdm(desc="ablation", unit=" pass", disable=not progress, leave=False) as bar,
+    ):
+        if saved is not None:
+            values = {
+                name: numbers[stat]
+                for name, numbers in saved.layers.items()
+                if keep_record(name, name.rpartition("#")[0] or name, patterns)
+            }
+            source = f"statistics file {saved.path}"
+            missing = [
+                p for p in patterns if not any(keep_record(n, n.rpartition("#")[0] or n, (p,))
+                                               for n in values)
+            ]  # fmt: skip
+            if missing:
+                raise OptionError(
+                    f"the statistics file '{saved.path}' has no layer matching --layers "
+                    f"{','.join(missing)}; run 'featuremaps stats' with those layers first"
+                )
+        else:
+            # The output must be class scores: find out on one input, not after a whole pass.
+            check_classifier(loaded.model, paths, first[0] if first else None, pre)
+            bar.set_description("ranking")
+            ranking = compute_dataset_stats(
+                loaded.model, paths, channels=first[0] if first else None, preprocessing=pre,
+                layers=patterns, batch_size=batch_size, workers=workers,
+            )  # fmt: skip
+            values = {name: s.result()[stat] for name, s in ranking.layers.items()}
+            source = "the same inputs (in-sample: computed first on the data measured)"
+        bar.set_description("ablation")
+        result = measure_ablation(
+            loaded.model, paths, values, ks=ks, stat=stat, channels=first[0] if first else None,
+            preprocessing=pre, trials=trials, seed=seed, batch_size=batch_size,
+            workers=workers, progress=bar.update,
+        )  # fmt: skip
+        if folder is not None:
+            summary = {
+                **header(loaded.describe()),
+                "preprocessing": pre.describe(),
+                "inputs": {
+                    "found": len(paths),
+                    "read": result.images,
+                    "not_read": [{"path": p, "reason": why} for p, why in result.failed],
+                },
+                "ranking": {"stat": stat, "source": source, "zeroed_first": "lowest"},
+                "layers": [
+                    {"name": n, "channels": c, "lowest_ranked": result.order[n][: max(ks)]}
+                    for n, c in result.channels.items()
+                ],
+                "trials": trials,
+                "seed": seed,
+                "seconds": result.seconds,
+                "curve": result.curve(),
+            }
+            folder.write_csv(ABLATION_CSV, result.rows())
+            folder.write_json(ABLATION, summary)
+            picture = plot_ablation(
+                result.curve(), model=loaded.spec, layers=list(result.channels),
+                images=result.images, stat=stat, trials=trials,
+                random_weights=loaded.random_weights,
+            )  # fmt: skip
+            folder.write_bytes(ABLATION_PNG, picture)
+    return result

@@ -1,0 +1,60 @@
+"""What every command does first: resolve the model and the inputs it was given.
+
+Shared by the command modules (run, stats, ablate, locate, layers); a caller may pass a model
+object, a :class:`~featuremaps.models.LoadedModel` or a spec string, and an input as a tensor, a
+path or a :class:`~featuremaps.inputs.LoadedInput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featuremaps.inputs import LoadedInput, Preprocessing, expected_channels, load_input
+from featuremaps.models import LoadedModel, load_model
+
+__all__ = ["ResolvedInput", "resolve_input", "resolve_model"]
+
+
+def resolve_model(model: nn.Module | LoadedModel | str) -> LoadedModel:
+    """A :class:`LoadedModel` for a spec string, a module (described as given) or one already
+    loaded."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model)
+    name = type(model).__name__
+    return LoadedModel(model, name, "python object", "as given", "as given by the caller", False)
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    """One input ready to run: what to feed, how to describe it, and its pictures' sources."""
+
+    tensor: torch.Tensor
+    info: dict[str, Any]
+    stem: str
+    display: np.ndarray | None = None  # (H, W, 3) uint8, the input as given
+    preprocessing: Preprocessing | None = None
+
+
+def resolve_input(item: Any, loaded: LoadedModel) -> ResolvedInput:
+    """Return the tensor to feed, its manifest description, a folder name and its pictures."""
+    if isinstance(item, torch.Tensor):
+        tensor = item if item.dim() != 3 else item.unsqueeze(0)
+        return ResolvedInput(tensor, {"kind": "tensor", "fed_shape": list(tensor.shape)}, "input")
+    if not isinstance(item, LoadedInput):
+        first = expected_channels(loaded.model)
+        item = load_input(
+            item,
+            channels=first[0] if first else None,
+            layer_name=first[1] if first else None,
+            preprocessing=loaded.input_preprocessing(),
+        )
+    return ResolvedInput(
+        item.tensor, item.describe(), item.path.stem, item.display, item.preprocessing
+    )

@@ -1,0 +1,95 @@
+"""The ``layers`` command: discover a model's layers, and with an input, every call's shape.
+
+Discovery half of the selection pair (torchvision's ``get_graph_node_names`` is the model):
+:func:`list_layers` lists the names that :mod:`featuremaps.selection` acts on, and the errors
+of the selection point back here (``featuremaps layers MODEL``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from featuremaps.capture import run_hooked
+from featuremaps.naming import record_name, type_name
+from featuremaps.selection import select_modules
+
+__all__ = ["LayerInfo", "list_layers"]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One module call found by :func:`list_layers`.
+
+    ``shape`` is ``None`` when no dry run was made or the module never ran (``ran`` False);
+    a tuple/dict output has one entry per tensor, named like records (``lstm.0``).
+    """
+
+    name: str
+    module: str
+    call: int
+    module_type: str
+    shape: tuple[int, ...] | None
+    ran: bool
+    is_container: bool
+
+
+def list_layers(
+    model: nn.Module,
+    inputs: Any = None,
+    *,
+    containers: bool = False,
+) -> list[LayerInfo]:
+    """List the model's layers; with ``inputs``, one entry per call with its output shape.
+
+    Without inputs every module is listed once with ``shape=None``. With inputs the model runs
+    once in eval mode under ``no_grad`` (nothing is copied) and modules that never ran are
+    listed after the ones that did, with ``ran=False``.
+    """
+    modules = select_modules(model, None, None, True, type(model).__name__)
+    leaves = {p for p, m in modules.items() if next(iter(m.children()), None) is None}
+    if not containers:
+        modules = {p: m for p, m in modules.items() if p in leaves}
+    if inputs is None:
+        return [
+            LayerInfo(p, p, 1, type_name(m), None, False, p not in leaves)
+            for p, m in modules.items()
+        ]
+
+    found: list[LayerInfo] = []
+
+    def sink(
+        path: str,
+        module: nn.Module,
+        call: int,
+        key: str | None,
+        t: torch.Tensor,
+        given: torch.Tensor | None,
+    ) -> None:
+        found.append(
+            LayerInfo(
+                record_name(path, call, key),
+                path,
+                call,
+                type_name(module),
+                tuple(t.shape),
+                True,
+                path not in leaves,
+            )
+        )
+
+    _, calls = run_hooked(model, inputs, _hookable(modules), sink)
+    found.extend(
+        LayerInfo(p, p, 0, type_name(m), None, False, p not in leaves)
+        for p, m in modules.items()
+        if calls.get(p, 0) == 0
+    )
+    return found
+
+
+def _hookable(modules: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    return {p: m for p, m in modules.items() if not isinstance(m, torch.jit.ScriptModule)}

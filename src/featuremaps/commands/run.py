@@ -1,0 +1,488 @@
+"""The ``run`` command: model + inputs in; pictures, numbers, a manifest and a report out.
+
+This module wires the stages together for one run (inputs → model → capture → layouts → stats →
+render → encode → manifest → io/report). Records are streamed: each one is measured, drawn,
+encoded and written as soon as its module returns, then dropped, so an all-layers run of a large
+model on a large image never holds every activation at once. Only the "global" scale needs the
+range over all layers before it can draw anything; it runs the model twice (a cheap pass that
+only measures, then the drawing pass) instead of keeping every activation.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import html
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featuremaps import layouts
+from featuremaps._errors import FeaturemapsWarning, NonFiniteWarning, OptionError, OutputError
+from featuremaps.capture import Capture, LayerRecord, capture
+from featuremaps.commands.common import ResolvedInput, resolve_input, resolve_model
+from featuremaps.dataset import SavedStats, read_stats
+from featuremaps.geometry import GeometryTracker
+from featuremaps.inputs import LoadedInput, fed_picture
+from featuremaps.io import OutputFolder, safe_filename
+from featuremaps.manifest import ARRAYS, MANIFEST, RecordSummary, header, runs_manifest
+from featuremaps.models import LoadedModel
+from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
+from featuremaps.render.encode import encode, encode_png
+from featuremaps.render.scaling import centred, compute_range, is_signed_range, merge_ranges
+from featuremaps.report import (
+    DATA_DIR,
+    INDEX,
+    float16_copy,
+    layer_data_script,
+    report_files,
+    runs_report_files,
+)
+from featuremaps.selection import select_modules
+from featuremaps.stats import ChannelStats, channel_stats, summarize
+
+__all__ = ["TIMING_KEYS", "Visualization", "visualize"]
+
+INPUT_PICTURE = "input.png"
+FED_PICTURE = "input-fed.png"
+# capture: the forward pass with hooks, without the time spent consuming records; wall: the
+# capture with everything it waits for; manifest+report: writing those after the forward pass.
+TIMING_KEYS = ("capture", "stats", "render", "encode", "write", "consume", "wall")
+
+
+@dataclass
+class Visualization:
+    """The result of :func:`visualize` for one input.
+
+    ``grids`` holds the pictures in memory when no output folder was given (they display inline
+    in Jupyter); with an output folder they are written and not kept. ``timings`` holds seconds
+    spent in each stage (see :data:`TIMING_KEYS`); "encode" and "write" run on a second thread,
+    overlapping the others, so the stages add up to more than "wall".
+    """
+
+    records: list[RecordSummary]
+    manifest: dict[str, Any]
+    out_dir: Path | None = None
+    grids: dict[str, Grid] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+
+    def _repr_html_(self) -> str:
+        parts = []
+        for name, grid in self.grids.items():
+            data = base64.b64encode(grid.to_png()).decode()
+            parts.append(
+                f"<figure><img src='data:image/png;base64,{data}'/>"
+                f"<figcaption>{html.escape(name)}</figcaption></figure>"
+            )
+        skipped = [r for r in self.records if r.skipped]
+        if skipped:
+            items = "".join(
+                f"<li>{html.escape(r.name)}: {html.escape(r.skipped or '')}</li>" for r in skipped
+            )
+            parts.append(f"<details><summary>{len(skipped)} not drawn</summary><ul>{items}</ul>")
+        where = f"<p>written to {html.escape(str(self.out_dir))}</p>" if self.out_dir else ""
+        return where + "".join(parts)
+
+
+def _skip_reason(record: LayerRecord) -> str | None:
+    return layouts.skip_reason(record.layout_info, record.tensor.is_complex())
+
+
+def _global_range(
+    model: nn.Module, tensor: torch.Tensor, cap: dict[str, Any], sample: int
+) -> ValueRange:
+    ranges: list[ValueRange] = []
+
+    def measure(record: LayerRecord) -> None:
+        if _skip_reason(record) is None:
+            ranges.append(compute_range(record.maps(sample), symmetric=False))
+
+    capture(model, tensor, on_record=measure, copy=False, **cap)
+    merged = merge_ranges(ranges) if ranges else ValueRange(0.0, 0.0, False)
+    return centred(merged) if is_signed_range(merged.vmin) else merged
+
+
+class _BackgroundWriter:
+    """Encode and write PNGs on a second thread while the model keeps running.
+
+    PNG compression releases the GIL in Pillow, so it overlaps with the forward pass and the next
+    layer's drawing. At most ``limit`` pictures wait in the queue, which keeps memory bounded.
+    """
+
+    def __init__(self, timings: dict[str, float], limit: int = 4) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuremaps-write")
+        self._pending: list[Future[None]] = []
+        self._limit = limit
+        self._timings = timings  # only this thread touches the "encode" and "write" keys
+
+    def submit(
+        self, write: Callable[[str, bytes], object], path: str, encode: Callable[[], bytes]
+    ) -> None:
+        while len(self._pending) >= self._limit:
+            self._pending.pop(0).result()  # re-raises a failed write here, in the caller
+
+        def job() -> None:
+            start = time.perf_counter()
+            data = encode()
+            middle = time.perf_counter()
+            write(path, data)
+            self._timings["encode"] += middle - start
+            self._timings["write"] += time.perf_counter() - middle
+
+        self._pending.append(self._pool.submit(job))
+
+    def wait(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _layer_data(
+    record: LayerRecord, maps: np.ndarray, shown: tuple[int, ...], stats: ChannelStats
+) -> tuple[str, Callable[[], bytes]]:
+    """The report's data file for one record: its path, and a job that encodes it (float16).
+
+    The float16 copy is taken here, not in the job: ``maps`` may share memory with the live
+    activation, which the network can change in place as soon as this record is consumed.
+    """
+    stem = safe_filename(record.index, record.name, suffix="")
+    block = maps[: len(shown)] if shown == tuple(range(len(shown))) else maps[list(shown)]
+    half, overflow = float16_copy(block)
+    ranges = [(_finite_or_none(stats.min[c]), _finite_or_none(stats.max[c])) for c in shown]
+    return f"{DATA_DIR}/{stem}.js", lambda: layer_data_script(stem, half, overflow, ranges)
+
+
+def _input_pictures(
+    folder: OutputFolder, prefix: str, item: ResolvedInput, sample: int
+) -> dict[str, Any]:
+    """Write the input as given and as fed (PNG); return the manifest's ``input.pictures``."""
+    given = None
+    if item.display is not None:
+        given = folder.write_bytes(prefix + INPUT_PICTURE, encode_png(item.display))
+    fed = fed_picture(item.tensor, item.preprocessing, sample)
+    fed_path = folder.write_bytes(prefix + FED_PICTURE, encode_png(fed[0])) if fed else None
+    return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
+
+
+def _geometry_tracker(model: nn.Module, tensor: torch.Tensor) -> GeometryTracker | None:
+    """Follow receptive-field geometry through the capture's own forward pass (no extra run);
+    it describes every leaf, selected or not, since geometry flows through all of them."""
+    if tensor.dim() != 4 or isinstance(model, torch.jit.ScriptModule):
+        return None
+    return GeometryTracker(tensor, select_modules(model, None, None, False, type(model).__name__))
+
+
+def _run_one(
+    loaded: LoadedModel,
+    item: ResolvedInput,
+    grid: GridOptions,
+    cap: dict[str, Any],
+    folder: OutputFolder | None,
+    prefix: str,
+    save_arrays: bool,
+    sample: int,
+    progress: bool,
+    report: bool = False,
+    saved: SavedStats | None = None,
+) -> Visualization:
+    from tqdm import tqdm
+
+    tensor, input_info = item.tensor, dict(item.info)
+    report = report and folder is not None
+    if folder is not None:
+        input_info["pictures"] = _input_pictures(folder, prefix, item, sample)
+    if grid.scale == "global":
+        r = _global_range(loaded.model, tensor, cap, sample)
+        grid = replace(grid, value_range=(r.vmin, r.vmax))
+    stamp = "RANDOM WEIGHTS" if loaded.random_weights else None
+    summaries: list[RecordSummary] = []
+    grids: dict[str, Grid] = {}
+    arrays = folder.arrays(prefix + ARRAYS) if folder is not None and save_arrays else None
+    bar = tqdm(desc=f"layers of {loaded.spec}", unit=" layer", disable=not progress, leave=False)
+
+    timings: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
+
+    def consume(record: LayerRecord) -> None:
+        start = time.perf_counter()
+        lo, hi, mean, nonfinite = summarize(record.tensor)
+        reason = _skip_reason(record)
+        timings["stats"] += time.perf_counter() - start
+        image = None
+        data = None
+        stats: ChannelStats | None = None
+        shown: tuple[int, ...] | None = None
+        notes: list[str] = []
+        if nonfinite:
+            notes.append(f"{nonfinite} NaN/Inf values")
+        if reason is None:
+            label = GridLabel(record.name, record.module_type, record.shape, stamp)
+            maps = record.maps(sample)
+            drawn = time.perf_counter()
+            options = _ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
+            picture = make_grid(maps, options, label=label)
+            timings["render"] += time.perf_counter() - drawn
+            shown = picture.channels
+            notes.extend(w for w in picture.warnings if w not in notes)
+            measured = time.perf_counter()
+            stats = channel_stats(maps)  # every channel of the drawn sample, not only those shown
+            timings["stats"] += time.perf_counter() - measured
+            if folder is not None:
+                image = prefix + safe_filename(record.index, record.name)
+                writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
+                if report:
+                    path, encode_data = _layer_data(record, maps, shown, stats)
+                    data = prefix + path
+                    writer.submit(folder.write_bytes, data, encode_data)
+            else:
+                grids[record.name] = picture
+        if arrays is not None:
+            arrays.add(record.name, record.tensor)
+        summaries.append(
+            RecordSummary(
+                record.name,
+                record.module,
+                record.call,
+                record.module_type,
+                record.shape,
+                record.dtype,
+                record.layout,
+                image,
+                reason,
+                lo,
+                hi,
+                mean,
+                nonfinite,
+                shown,
+                tuple(notes),
+                channel_stats=stats.to_json() if stats is not None else None,
+                data=data,
+                drawn_as=record.layout_info.drawn_as if reason is None else None,
+            )
+        )
+        bar.update(1)
+        timings["consume"] += time.perf_counter() - start
+
+    writer = _BackgroundWriter(timings)
+    tracker = _geometry_tracker(loaded.model, tensor) if folder is not None else None
+    try:
+        start = time.perf_counter()
+        # consume() measures, draws and writes each record before the forward pass goes on,
+        # so it sees the exact value without a copy (see capture's ``copy`` argument).
+        with tracker or contextlib.nullcontext():
+            result: Capture = capture(loaded.model, tensor, on_record=consume, copy=False, **cap)
+        timings["capture"] = time.perf_counter() - start - timings.pop("consume")
+        writer.wait()
+        timings["wall"] = time.perf_counter() - start
+    finally:
+        writer.close()
+        bar.close()
+    for miss in result.not_run:
+        summaries.append(
+            RecordSummary(
+                miss.module, miss.module, 0, miss.module_type, None, None, None, None,
+                f"never ran: {miss.reason}", None, None, None, 0,
+            )
+        )  # fmt: skip
+    if arrays is not None:
+        arrays.close()
+    if tracker is not None:
+        placed = {n: g.to_json() for n, g in tracker.found.items() if g is not None}
+        summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
+
+    messages = []
+    if saved is not None and not any(s.name in saved.layers for s in summaries if s.image):
+        messages.append(
+            f"no drawn layer is in the statistics file '{saved.path}', so every layer ranked its "
+            "channels on this input; was the file made with another model or other layers?"
+        )
+        warnings.warn(FeaturemapsWarning(messages[-1]), stacklevel=3)
+    bad = [s.name for s in summaries if s.nonfinite]
+    if bad:
+        messages.append(
+            f"{len(bad)} layer(s) hold NaN/Inf values (first: '{bad[0]}'); they are drawn in "
+            "magenta and counted in the manifest's 'nonfinite'"
+        )
+        warnings.warn(NonFiniteWarning(messages[-1]), stacklevel=3)
+    if loaded.random_weights:
+        messages.append(f"RANDOM WEIGHTS: {loaded.weights_status}")
+
+    manifest: dict[str, Any] = {
+        **header(loaded.describe()),
+        "input": input_info,
+        "render": {
+            "scale": grid.scale,
+            "value_range": list(grid.value_range) if grid.value_range else None,
+            "cmap": grid.cmap or "auto (viridis; RdBu_r centred on 0 for signed data)",
+            "max_channels": grid.max_channels,
+            "columns": grid.columns,
+            "order": grid.order,
+            "channels": list(grid.channels) if grid.channels else None,
+            "sample": sample,
+        },
+        "arrays": prefix + ARRAYS if arrays is not None else None,
+        "report": prefix + INDEX if report else None,
+        "warnings": messages,
+        "records": [s.to_json() for s in summaries],
+    }
+    if folder is not None:
+        start = time.perf_counter()
+        folder.write_json(prefix + MANIFEST, manifest)
+        if report:
+            # The page is built from the manifest just written, as write_report() would.
+            for relative, content in report_files(manifest, prefix).items():
+                folder.write_bytes(prefix + relative, content)
+        timings["manifest+report"] = time.perf_counter() - start
+    return Visualization(summaries, manifest, None, grids, messages, timings)
+
+
+def visualize(
+    model: nn.Module | LoadedModel | str,
+    inputs: Any,
+    *,
+    out: str | Path | None = None,
+    layers: str | Sequence[str] | None = None,
+    types: str | Sequence[str] | None = None,
+    containers: bool = False,
+    grid: GridOptions | None = None,
+    save_arrays: bool = False,
+    sample: int = 0,
+    progress: bool = False,
+    report: bool = True,
+    channel_stats: SavedStats | str | Path | None = None,
+) -> list[Visualization]:
+    """Capture, draw and (optionally) write every selected layer for one or several inputs.
+
+    Args:
+        model: an ``nn.Module``, a :class:`LoadedModel`, or a model spec string.
+        inputs: a tensor ``(N, C, H, W)``, an image/array path, a :class:`LoadedInput`, or a list
+            of those (one result, and with ``out`` one sub-folder, per input).
+        out: output folder; ``None`` keeps the pictures in memory (``Visualization.grids``).
+        layers, types, containers: layer selection, as in :func:`featuremaps.capture`.
+        grid: how to draw (channels, columns, scale, colormap); defaults to :class:`GridOptions`.
+        save_arrays: also write ``arrays.safetensors`` (float32, batch dimension kept).
+        sample: which sample of the batch to draw.
+        progress: show a progress bar on stderr.
+        report: with ``out``, also write the HTML report ``index.html`` and its float16 layer
+            data (``data/``); ``Visualization.report`` is then its path. Ignored without ``out``.
+        channel_stats: a ``stats.csv``/``stats.parquet`` from :func:`collect_stats` (or its
+            :class:`~featuremaps.dataset.SavedStats`). With a ``grid.order`` other than "index",
+            layers found in it show their top channels by that statistic over the data set
+            instead of over this input (the legend says which); other layers rank on the input.
+
+    Returns:
+        One :class:`Visualization` per input.
+    """
+    loaded = resolve_model(model)
+    grid = grid or GridOptions()
+    saved = read_stats(channel_stats) if isinstance(channel_stats, (str, Path)) else channel_stats
+    if saved is not None and (grid.order == "index" or grid.channels is not None):
+        raise OptionError(
+            f"a statistics file ('{saved.path.name}') ranks channels only for a top-K choice; "
+            "use --channels top:K:STAT (grid order absmean, mean, std or max)"
+        )
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    cap: dict[str, Any] = {
+        "layers": layers,
+        "types": types,
+        "containers": containers,
+        "model_label": loaded.spec,
+    }
+    if out is not None:
+        _refuse_inputs_inside(items, Path(out))
+    resolved = [resolve_input(item, loaded) for item in items]
+    folders = _unique([r.stem for r in resolved]) if len(resolved) > 1 else [""]
+    folder = OutputFolder(out) if out is not None else None
+    results: list[Visualization] = []
+    try:
+        for item, sub in zip(resolved, folders, strict=True):
+            prefix = f"{sub}/" if sub else ""
+            results.append(
+                _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
+                         report, saved)
+            )  # fmt: skip
+        if folder is not None:
+            if len(results) > 1:
+                folder.write_json(MANIFEST, runs_manifest([f"{sub}/{MANIFEST}" for sub in folders]))
+                if report:
+                    pages = runs_report_files(
+                        [(sub, r.manifest) for sub, r in zip(folders, results, strict=True)]
+                    )
+                    for relative, content in pages.items():
+                        folder.write_bytes(relative, content)
+            target = folder.commit()
+            for result, sub in zip(results, folders, strict=True):
+                result.out_dir = target / sub if sub else target
+                if report:
+                    result.report = result.out_dir / INDEX
+    except BaseException:
+        if folder is not None:
+            folder.discard()
+        raise
+    return results
+
+
+def _ranked_by_file(
+    grid: GridOptions, saved: SavedStats | None, name: str, channels: int, notes: list[str]
+) -> GridOptions:
+    """The grid options for one layer: its top channels by the saved data-set statistic."""
+    if saved is None:
+        return grid
+    values = saved.values(name, grid.order)
+    if values is None:
+        notes.append(f"not in {saved.path.name}: top channels ranked on this input")
+        return grid
+    if len(values) != channels:
+        raise OptionError(
+            f"'{name}' has {channels} channels but the statistics file '{saved.path}' lists "
+            f"{len(values)}; use a file made with the same model (featuremaps stats)"
+        )
+    key = np.nan_to_num(values, nan=-np.inf)
+    top = np.argsort(-key, kind="stable")[: grid.max_channels]
+    note = f"top {len(top)} by {grid.order} over the data set in {saved.path.name}"
+    return replace(grid, channels=tuple(int(c) for c in top), channels_note=note)
+
+
+def _refuse_inputs_inside(items: list[Any], out: Path) -> None:
+    """A run replaces its whole output folder, so an input inside it would be deleted."""
+    target = out.resolve()
+    for item in items:
+        path = item.path if isinstance(item, LoadedInput) else item
+        if isinstance(path, (str, Path)) and target in Path(path).resolve().parents:
+            raise OutputError(
+                f"input '{path}' lies inside the output folder '{out}', which each run replaces "
+                "as a whole; move the input or choose another --out"
+            )
+
+
+def _unique(stems: list[str]) -> list[str]:
+    """Safe, distinct folder names for several inputs (``a``, ``a-2``, ...)."""
+    # The report's folders and the top-level files sit beside the per-input folders.
+    used: set[str] = {"assets", "data", "index.html", "manifest.json", "summary.json"}
+    out = []
+    for stem in stems:
+        base = safe_filename(0, stem, suffix="")[5:]  # drop the "0000_" index prefix
+        name, k = base, 1
+        while name.lower() in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name.lower())
+        out.append(name)
+    return out

@@ -1,0 +1,184 @@
+"""The ``stats`` command: per-channel statistics of every layer over a data set, to files.
+
+Wires the data-set stage together (inputs → model → capture → layouts → running statistics →
+charts → manifest → io): :mod:`featuremaps.dataset` computes, this module writes ``stats.csv``,
+``stats.parquet`` (with the ``parquet`` extra), ``summary.json`` and the per-layer charts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from featuremaps._errors import OptionError
+from featuremaps.commands.common import resolve_model
+from featuremaps.dataset import DatasetStats
+from featuremaps.datastats import RunningStats
+from featuremaps.inputs import Preprocessing, expected_channels
+from featuremaps.io import OutputFolder, parquet_available, safe_filename
+from featuremaps.manifest import SUMMARY, header
+from featuremaps.models import LoadedModel
+
+__all__ = ["STATS_CSV", "STATS_PARQUET", "collect_stats"]
+
+STATS_CSV = "stats.csv"
+STATS_PARQUET = "stats.parquet"
+
+
+def collect_stats(
+    model: nn.Module | LoadedModel | str,
+    data: Sequence[str],
+    *,
+    out: str | Path,
+    layers: str | Sequence[str] | None = None,
+    types: str | Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    near_zero: float = 1e-6,
+    duplicates: float | None = None,
+    rank_by: str = "absmean",
+    plots: bool = True,
+    parquet: bool | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Per-channel statistics of the selected layers over a data set, written to ``out``.
+
+    ``data`` names files, folders (searched recursively) or globs. Writes:
+
+    - ``stats.csv`` and ``stats.parquet``: the same table, one row per layer and channel, with
+      ``dead`` and a per-layer rank by ``rank_by`` (the Parquet file keeps the column types).
+      ``parquet`` None writes the Parquet file when pyarrow is installed (the ``parquet``
+      extra), True requires it, False skips it; the summary's ``files`` says what was written;
+    - ``summary.json``: inputs read and not read, images/s, and per layer its dead channels,
+      with ``duplicates`` the channel pairs correlated at least that much, its histogram of all
+      values (channels pooled; exact ``edges`` and ``counts`` of the finite values and the
+      ``nonfinite`` count) and, with ``plots``, the names of its two plot files;
+    - with ``plots`` (the default), per layer ``plots/NNNN_<name>.hist.png`` (that histogram,
+      counts on a log scale) and ``plots/NNNN_<name>.ranked.png`` (its channels sorted by
+      ``rank_by``, largest first, dead channels in red); ``NNNN_<name>`` is the layer's position
+      and its name made safe for any filesystem (:func:`featuremaps.io.safe_filename`).
+
+    Returns the summary.
+    """
+    from tqdm import tqdm
+
+    from featuremaps.dataset import compute_dataset_stats, find_inputs, stats_rows
+
+    write_parquet = parquet_available() if parquet is None else parquet
+    if parquet and not parquet_available():
+        raise OptionError(
+            "stats.parquet needs pyarrow, which is not installed; pip install "
+            "'featuremaps[parquet]', or leave out --parquet to write stats.csv only"
+        )
+    statistics = list(RunningStats(1).result())
+    if rank_by not in statistics:
+        raise OptionError(
+            f"rank_by={rank_by!r} is not a per-channel statistic; expected one of "
+            f"{', '.join(statistics)}"
+        )
+    loaded = resolve_model(model)
+    paths = find_inputs(data)
+    if preprocessing is None:
+        preprocessing = loaded.input_preprocessing()
+    first = expected_channels(loaded.model)
+    folder = OutputFolder(out)  # refuses a bad --out before the long run, not after
+    with folder, tqdm(total=len(paths), unit=" img", disable=not progress, leave=False) as bar:
+        result = compute_dataset_stats(
+            loaded.model,
+            paths,
+            channels=first[0] if first else None,
+            preprocessing=preprocessing,
+            layers=layers,
+            types=types,
+            batch_size=batch_size,
+            workers=workers,
+            near_zero=near_zero,
+            correlations=duplicates is not None,
+            progress=bar.update,
+        )
+        rows = stats_rows(result, rank_by)
+        folder.write_csv(STATS_CSV, rows)
+        if write_parquet:
+            folder.write_parquet(STATS_PARQUET, rows)
+        plot_files: dict[str, dict[str, str]] | None = None
+        if plots:
+            from featuremaps.render.plots import Charts
+
+            charts, plot_files = Charts(), {}  # one Charts: its figures are reused per layer
+            for index, (name, stats) in enumerate(result.layers.items()):
+                numbers = stats.result()
+                hist = result.histograms[name].result()
+                hist_png = charts.histogram(hist, layer=name, images=result.images)
+                ranked_png = charts.ranked(
+                    numbers[rank_by], layer=name, statistic=rank_by, dead=numbers["std"] == 0
+                )
+                plot_files[name] = {
+                    "histogram": folder.write_bytes(
+                        "plots/" + safe_filename(index, name, ".hist.png"), hist_png
+                    ),
+                    "ranked": folder.write_bytes(
+                        "plots/" + safe_filename(index, name, ".ranked.png"), ranked_png
+                    ),
+                }
+        summary = _stats_summary(
+            loaded, paths, preprocessing, result, near_zero, duplicates, plot_files
+        )
+        summary["files"] = [STATS_CSV, *([STATS_PARQUET] if write_parquet else [])]
+        folder.write_json(SUMMARY, summary)
+    return summary
+
+
+def _stats_summary(
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    preprocessing: Preprocessing,
+    result: DatasetStats,
+    near_zero: float,
+    duplicates: float | None,
+    plot_files: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    from featuremaps.dataset import near_duplicates
+
+    def dead(stats: RunningStats) -> list[int]:
+        return [int(c) for c in np.flatnonzero(stats.result()["std"] == 0)]
+
+    def histogram(name: str) -> dict[str, Any]:
+        hist = result.histograms[name].result()  # at most 128 bins: small enough to keep here
+        return {
+            "edges": hist.edges.tolist(),
+            "counts": hist.counts.tolist(),
+            "nonfinite": hist.nonfinite,
+        }
+
+    return {
+        **header(loaded.describe()),
+        "preprocessing": preprocessing.describe(),
+        "inputs": {
+            "found": len(paths),
+            "read": result.images,
+            "not_read": [{"path": p, "reason": why} for p, why in result.failed],
+        },
+        "images_per_second": result.images_per_second,
+        "near_zero": near_zero,
+        "layers": [
+            {
+                "name": name,
+                "type": result.types[name],
+                "channels": stats.channels,
+                "dead": dead(stats),
+                "near_duplicates": (
+                    [list(p) for p in near_duplicates(stats, duplicates)]
+                    if duplicates is not None
+                    else None
+                ),
+                "histogram": histogram(name),
+                "plots": None if plot_files is None else plot_files[name],
+            }
+            for name, stats in result.layers.items()
+        ],
+    }

@@ -1,0 +1,172 @@
+"""The manifest: the schema of what a run says about itself, written by the commands and read
+back by the report.
+
+Between the commands and io/report in the flow (… → render → **manifest** → report, io). One
+place builds the header every output file starts with (``tool``, ``created``, ``versions``,
+``model``), one class is a record's entry (:class:`RecordSummary`, written with
+:meth:`RecordSummary.to_json` and read back with :meth:`RecordSummary.from_json`), and the file
+names every command writes are named here. Nothing here writes files (:mod:`featuremaps.io` does).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from featuremaps._version import __version__
+
+__all__ = [
+    "ABLATION",
+    "ARRAYS",
+    "LOCATE",
+    "MANIFEST",
+    "OUTPUT_FILES",
+    "SUMMARY",
+    "TOOL",
+    "RecordSummary",
+    "header",
+    "runs_manifest",
+    "versions",
+]
+
+TOOL = "featuremaps"
+MANIFEST = "manifest.json"  # what `featuremaps run` writes
+SUMMARY = "summary.json"  # ... `featuremaps stats`
+ABLATION = "ablation.json"  # ... `featuremaps ablate`
+LOCATE = "locate.json"  # ... `featuremaps locate --overlay`
+#: The files that mark a folder as written by featuremaps (each holds ``"tool": "featuremaps"``).
+OUTPUT_FILES = (MANIFEST, SUMMARY, ABLATION, LOCATE)
+ARRAYS = "arrays.safetensors"
+
+
+def versions() -> dict[str, str]:
+    """The versions that made a result (featuremaps, torch, torchvision, numpy, ...)."""
+    import matplotlib
+    import numpy as np
+    import PIL
+    import torch
+    import torchvision
+
+    return {
+        "featuremaps": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "matplotlib": matplotlib.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def header(model: Mapping[str, Any] | None = None, *, created: bool = True) -> dict[str, Any]:
+    """The first keys of every file a command writes: tool, created (UTC), versions, model."""
+    head: dict[str, Any] = {"tool": TOOL}
+    if created:
+        head["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    head["versions"] = versions()
+    if model is not None:
+        head["model"] = dict(model)
+    return head
+
+
+def runs_manifest(manifests: Sequence[str]) -> dict[str, Any]:
+    """The top-level manifest of a run over several inputs: it lists each input's manifest."""
+    return {**header(created=False), "runs": list(manifests)}
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class RecordSummary:
+    """What the manifest says about one record (or one selected module that never ran).
+
+    ``layout`` names the output's axes and ``drawn_as`` how it was drawn (``None``: not drawn,
+    ``skipped`` says why); see :mod:`featuremaps.layouts`.
+    """
+
+    name: str
+    module: str
+    call: int
+    type: str
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    layout: str | None
+    image: str | None
+    skipped: str | None
+    min: float | None
+    max: float | None
+    mean: float | None
+    nonfinite: int
+    channels_shown: tuple[int, ...] | None = None
+    warnings: tuple[str, ...] = ()
+    channel_stats: dict[str, list[float]] | None = None
+    data: str | None = None
+    geometry: dict[str, Any] | None = None
+    drawn_as: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest entry (key order as documented in the README)."""
+        return {
+            "name": self.name,
+            "module": self.module,
+            "call": self.call,
+            "type": self.type,
+            "shape": list(self.shape) if self.shape is not None else None,
+            "dtype": self.dtype,
+            "layout": self.layout,
+            "drawn_as": self.drawn_as,
+            "image": self.image,
+            "data": self.data,
+            "skipped": self.skipped,
+            "min": self.min,
+            "max": self.max,
+            "mean": self.mean,
+            "nonfinite": self.nonfinite,
+            "channels_shown": list(self.channels_shown) if self.channels_shown else None,
+            "channel_stats": self.channel_stats,
+            "geometry": self.geometry,
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> RecordSummary:
+        """Read a manifest entry back, tolerating missing or malformed fields (old manifests,
+        hand edits): what cannot be read becomes ``None`` or empty."""
+        shape = entry.get("shape")
+        shown = entry.get("channels_shown")
+        stats = entry.get("channel_stats")
+        geometry = entry.get("geometry")
+
+        def text(key: str) -> str | None:
+            value = entry.get(key)
+            return value if isinstance(value, str) else None
+
+        return cls(
+            name=str(entry.get("name", "")),
+            module=str(entry.get("module", "")),
+            call=int(entry.get("call") or 0),
+            type=str(entry.get("type", "")),
+            shape=tuple(int(n) for n in shape) if isinstance(shape, list) else None,
+            dtype=text("dtype"),
+            layout=text("layout"),
+            image=text("image"),
+            skipped=text("skipped"),
+            min=_finite(entry.get("min")),
+            max=_finite(entry.get("max")),
+            mean=_finite(entry.get("mean")),
+            nonfinite=int(entry.get("nonfinite") or 0),
+            channels_shown=tuple(int(c) for c in shown) if isinstance(shown, list) else None,
+            warnings=tuple(str(w) for w in entry.get("warnings") or ()),
+            channel_stats=dict(stats) if isinstance(stats, Mapping) else None,
+            data=text("data"),
+            geometry=dict(geometry) if isinstance(geometry, Mapping) else None,
+            drawn_as=text("drawn_as"),
+        )

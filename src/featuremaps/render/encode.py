@@ -1,0 +1,73 @@
+"""Encoding: the one place a rendered picture becomes bytes (PNG today).
+
+End of the pure render stage (… → render → **encode** → io). Pictures are arrays; this module
+turns them into file bytes in memory, and :mod:`featuremaps.io` writes them. A new format (TIFF,
+SVG legends) is one more function here and one more entry in :data:`ENCODERS`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from featuremaps._errors import InputError, OptionError
+
+__all__ = ["ENCODERS", "Picture", "encode", "encode_indexed_png", "encode_png"]
+
+
+class Picture(Protocol):
+    """Anything rendered: ``pixels`` as (H, W, 3) uint8 RGB, optionally also ``indices`` into a
+    ``palette`` (an exact, smaller encoding of the same picture)."""
+
+    @property
+    def pixels(self) -> np.ndarray: ...
+
+
+def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 picture (fast compression by default)."""
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(f"pixels of {arr.dtype} {arr.shape}; expected (H, W, 3) uint8")
+    buf = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(arr))
+    image.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def encode_indexed_png(indices: np.ndarray, palette: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of a palette picture: (H, W) uint8 ``indices`` into an (n <= 256, 3) ``palette``.
+
+    Saved as a palette ("P") image with exactly these entries: nothing is quantised, it decodes
+    to ``palette[indices]``, and Pillow skips the per-row filter search it does for RGB, which
+    dominated encoding time.
+    """
+    image = Image.fromarray(np.ascontiguousarray(indices))
+    # An "L" image given a palette becomes a "P" image with exactly these entries.
+    image.putpalette(np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def _png(picture: Picture) -> bytes:
+    indices = getattr(picture, "indices", None)
+    palette = getattr(picture, "palette", None)
+    if indices is not None and palette is not None:
+        return encode_indexed_png(indices, palette)
+    return encode_png(picture.pixels)
+
+
+#: Encoders by format name.
+ENCODERS: dict[str, Callable[[Picture], bytes]] = {"png": _png}
+
+
+def encode(picture: Picture, fmt: str = "png") -> bytes:
+    """The bytes of ``picture`` in format ``fmt`` (one of :data:`ENCODERS`)."""
+    encoder = ENCODERS.get(fmt)
+    if encoder is None:
+        raise OptionError(f"unknown picture format {fmt!r}; expected one of {', '.join(ENCODERS)}")
+    return encoder(picture)

@@ -1,0 +1,127 @@
+"""Selection: which modules and calls a layer pattern or type picks (pure name logic, no hooks).
+
+Between model and capture in the flow. :func:`featuremaps.list_layers` *discovers* names (see
+:mod:`featuremaps.commands.layers`); :func:`select_modules` *acts* on patterns, and when a pattern
+matches nothing its error names the closest layers and points back to the discovery command, so
+the user never has to guess a name twice.
+
+Pattern rules (``--layers`` on the command line, ``layers=`` in the API):
+
+* an exact module path (``layer1.0.conv1``); an exact path of a container selects the container;
+* a glob (``layer1.*``, ``*.relu``; ``*`` also crosses dots), which selects leaf modules unless
+  containers are asked for;
+* ``re:REGEX``, searched in the path (``re:conv\\d$``);
+* any of the above followed by ``#k`` keeps only the k-th call (``layer1.0.relu#2``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+
+from torch import nn
+
+from featuremaps._errors import LayerError
+from featuremaps.naming import suggest, type_name, type_names
+
+__all__ = ["as_patterns", "keep_record", "select_modules", "split_record", "type_name"]
+
+
+def as_patterns(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """Normalise a pattern argument: ``None``, one string (commas split it) or a sequence."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    out = tuple(p.strip() for item in items for p in item.split(",") if p.strip())
+    return out or None
+
+
+def _match(pattern: str, text: str) -> bool:
+    if pattern.startswith("re:"):
+        try:
+            return re.search(pattern[3:], text) is not None
+        except re.error as exc:
+            raise LayerError(
+                f"layer pattern '{pattern}' is not a valid regular expression ({exc}); "
+                "write it as re:REGEX in Python syntax, e.g. re:conv\\d$"
+            ) from None
+    return text == pattern or fnmatch.fnmatchcase(text, pattern)
+
+
+def _split_call(pattern: str) -> tuple[str, bool]:
+    """Return the module part of a pattern and whether it picks one call (``name#k``)."""
+    if not pattern.startswith("re:") and re.search(r"#\d+$", pattern):
+        return pattern.rsplit("#", 1)[0], True
+    return pattern, False
+
+
+def select_modules(
+    model: nn.Module,
+    patterns: tuple[str, ...] | None,
+    types: tuple[str, ...] | None,
+    containers: bool,
+    label: str,
+) -> dict[str, nn.Module]:
+    """Return ``{path: module}`` of the modules to hook, in registration order.
+
+    Raises:
+        LayerError: a pattern matches no module, or no selected module has one of ``types``.
+    """
+    named = [(p, m) for p, m in model.named_modules() if p]
+    if not named:  # a model without submodules is its own only layer
+        named = [("", model)]
+    leaves = {p for p, m in named if next(iter(m.children()), None) is None}
+    names = [p for p, _ in named]
+    hint = f" Run 'featuremaps layers {label}' to list the names."
+
+    chosen: set[str] = set()
+    if patterns is None:
+        chosen = set(names) if containers else set(leaves)
+    else:
+        for pattern in patterns:
+            base, _ = _split_call(pattern)
+            hits = {
+                p for p in names if _match(base, p) and (containers or p in leaves or p == base)
+            }
+            if not hits:
+                suggestion = suggest(base, names) or "."
+                raise LayerError(f"layer '{pattern}' not found in {label}{suggestion}{hint}")
+            chosen |= hits
+
+    if types is not None:
+        present = sorted({type(m).__name__ for p, m in named if p in chosen})
+        chosen = {p for p, m in named if p in chosen and type_names(m) & set(types)}
+        if not chosen:
+            raise LayerError(
+                f"no selected layer of {label} has type {', '.join(types)}; types there: "
+                f"{', '.join(present)}.{hint}"
+            )
+    return {p: m for p, m in named if p in chosen}
+
+
+def keep_record(name: str, module: str, patterns: tuple[str, ...] | None) -> bool:
+    """Whether a record survives the patterns (``name#k`` patterns keep only that call)."""
+    if patterns is None:
+        return True
+    for pattern in patterns:
+        base, one_call = _split_call(pattern)
+        if one_call:
+            if _match(pattern, name) or _match(pattern + ".*", name):
+                return True
+        elif _match(base, module):
+            return True
+    return False
+
+
+def split_record(name: str, modules: Mapping[str, nn.Module]) -> tuple[str, int]:
+    """``"layer1.0.relu#2"`` → ``("layer1.0.relu", 2)``; a plain module path is its first call.
+
+    Returns ``(name, 0)`` when ``name`` is not a call of one of ``modules``.
+    """
+    if name in modules:
+        return name, 1
+    path, _, call = name.rpartition("#")
+    if path in modules and call.isdigit() and int(call) >= 1:
+        return path, int(call)
+    return name, 0
