@@ -13,24 +13,22 @@ Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 in
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from featuremaps import __version__
 from featuremaps._errors import FeaturemapsError, FeaturemapsWarning, OptionError
+from featuremaps._version import __version__
+from featuremaps.stats import RANKABLE, TOP_K_ORDERS
 
 if TYPE_CHECKING:
     from featuremaps.inputs import LoadedInput, Preprocessing
     from featuremaps.models import LoadedModel
 
 __all__ = ["main"]
-
-COMMANDS = ("run", "layers", "stats", "ablate", "locate")
-STATS = ("mean", "max", "std", "absmean")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -63,163 +61,153 @@ def _add_containers_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="featuremaps",
-        description="Capture every layer of a PyTorch model on real inputs and draw truthful "
-        "channel grids with a manifest of numbers.",
-    )
-    parser.add_argument("--version", action="version", version=f"featuremaps {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    run = sub.add_parser("run", help="draw the selected layers of a model for images (default)")
-    run.add_argument(
+def _build_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "images",
         nargs="*",
         metavar="IMAGE",
         help="image files or .npy arrays (default: the bundled sample photo)",
     )
-    run.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
-    _add_model_options(run)
-    _add_containers_option(run)
-    run.add_argument("--out", "-o", default="featuremaps-out", help="output folder")
-    run.add_argument(
+    p.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
+    _add_model_options(p)
+    _add_containers_option(p)
+    p.add_argument("--out", "-o", default="featuremaps-out", help="output folder")
+    p.add_argument(
         "--layers",
         "-l",
         action="append",
         help="name, glob, re:REGEX, or NAME#k; repeat or use commas (default: all leaves)",
     )
-    run.add_argument("--type", action="append", dest="types", help="module class, e.g. Conv2d")
-    run.add_argument(
+    p.add_argument("--type", action="append", dest="types", help="module class, e.g. Conv2d")
+    p.add_argument(
         "--channels",
         default="32",
-        help="N (first N), all, a list like 0,5,7, or top:K:STAT with STAT in mean, max, std, "
-        "absmean (default: 32)",
+        help="N (first N), all, a list like 0,5,7, or top:K:STAT with STAT in "
+        f"{', '.join(TOP_K_ORDERS)} (default: 32)",
     )
-    run.add_argument(
+    p.add_argument(
         "--stats",
         metavar="FILE",
         help="stats.csv/stats.parquet from 'featuremaps stats': --channels top:K:STAT then ranks "
         "channels over that data set instead of this image",
     )
-    run.add_argument("--columns", type=int, default=8, help="tiles per row (default: 8)")
-    run.add_argument(
+    p.add_argument("--columns", type=int, default=8, help="tiles per row (default: 8)")
+    p.add_argument(
         "--scale",
         choices=("layer", "channel", "global", "fixed"),
         default="layer",
         help="colour scale shared per layer (default), per channel, across all layers, or fixed",
     )
-    run.add_argument("--range", dest="value_range", help="LO,HI for --scale fixed")
-    run.add_argument(
+    p.add_argument("--range", dest="value_range", help="LO,HI for --scale fixed")
+    p.add_argument(
         "--cmap", help="matplotlib colormap (default: viridis; RdBu_r centred on 0 if signed)"
     )
-    run.add_argument("--sample", type=int, default=0, help="batch sample to draw (default: 0)")
-    run.add_argument(
+    p.add_argument("--sample", type=int, default=0, help="batch sample to draw (default: 0)")
+    p.add_argument(
         "--save-arrays", action="store_true", help="also write arrays.safetensors (float32)"
     )
-    run.add_argument(
+    p.add_argument(
         "--no-report",
         dest="report",
         action="store_false",
         help="do not write the HTML report (index.html and its float16 layer data in data/)",
     )
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    stats = sub.add_parser(
-        "stats", help="per-channel statistics of every layer over a folder or list of images"
-    )
-    stats.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
-    stats.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
-    _add_model_options(stats)
-    stats.add_argument("--out", "-o", default="featuremaps-stats", help="output folder")
-    stats.add_argument("--layers", "-l", action="append", help="as for run")
-    stats.add_argument("--type", action="append", dest="types", help="as for run")
-    stats.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
-    stats.add_argument("--workers", type=int, default=2, help="reader processes (2)")
-    stats.add_argument(
+
+def _build_stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
+    p.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
+    _add_model_options(p)
+    p.add_argument("--out", "-o", default="featuremaps-stats", help="output folder")
+    p.add_argument("--layers", "-l", action="append", help="as for run")
+    p.add_argument("--type", action="append", dest="types", help="as for run")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
+    p.add_argument("--workers", type=int, default=2, help="reader processes (2)")
+    p.add_argument(
         "--near-zero", type=float, default=1e-6, help="|x| at most this counts as near zero"
     )
-    stats.add_argument(
+    p.add_argument(
         "--duplicates",
         type=float,
         metavar="R",
         help="also list channel pairs correlated at least R within a layer (costs C^2 per value)",
     )
-    stats.add_argument(
-        "--rank-by", choices=("absmean", "mean", "std", "max"), default="absmean",
+    p.add_argument(
+        "--rank-by", choices=RANKABLE, default="absmean",
         help="statistic that ranks channels within a layer (default: absmean)",
     )  # fmt: skip
-    stats.add_argument(
+    p.add_argument(
         "--no-plots", dest="plots", action="store_false",
         help="skip the per-layer histogram and ranked-channel charts (plots/)",
     )  # fmt: skip
-    stats.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--parquet", action="store_true", default=None,
+        help="require stats.parquet (needs the 'parquet' extra; by default it is written when "
+        "pyarrow is installed)",
+    )  # fmt: skip
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    ablate = sub.add_parser(
-        "ablate",
-        help="zero the K lowest-ranked channels of layers and measure how the output changes, "
-        "against K random channels",
-    )
-    ablate.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
-    ablate.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
-    _add_model_options(ablate)
-    ablate.add_argument("--out", "-o", default="featuremaps-ablation", help="output folder")
-    ablate.add_argument(
+
+def _build_ablate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
+    p.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
+    _add_model_options(p)
+    p.add_argument("--out", "-o", default="featuremaps-ablation", help="output folder")
+    p.add_argument(
         "--layers", "-l", action="append", required=True,
         help="layers whose channels are zeroed (as for run; each gets K zeroed)",
     )  # fmt: skip
-    ablate.add_argument(
-        "--stat", default="absmean", choices=("absmean", "mean", "std", "max", "min"),
+    p.add_argument(
+        "--stat", default="absmean", choices=RANKABLE,
         help="ranking statistic; the lowest channels are zeroed first (default: absmean)",
     )  # fmt: skip
-    ablate.add_argument("--k", default="0,8,16,32", help="channel counts K (default: 0,8,16,32)")
-    ablate.add_argument(
+    p.add_argument("--k", default="0,8,16,32", help="channel counts K (default: 0,8,16,32)")
+    p.add_argument(
         "--random", type=int, default=3, metavar="N", help="random-channel draws per K (3)"
     )
-    ablate.add_argument("--seed", type=int, default=0, help="seed of the random draws (0)")
-    ablate.add_argument(
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws (0)")
+    p.add_argument(
         "--stats",
         metavar="FILE",
         help="rank by this stats.csv/.parquet (default: statistics of DATA itself, in-sample)",
     )
-    ablate.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
-    ablate.add_argument("--workers", type=int, default=2, help="reader processes (2)")
-    ablate.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
+    p.add_argument("--workers", type=int, default=2, help="reader processes (2)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    locate = sub.add_parser(
-        "locate",
-        help="which input region a cell of a layer sees, and which cells see an input pixel",
-    )
-    locate.add_argument("image", nargs="?", help="image (default: the bundled sample photo)")
-    locate.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
-    _add_model_options(locate)
-    locate.add_argument("--layer", "-l", required=True, help="one record name, e.g. layer3.1.conv2")
-    locate.add_argument(
+
+def _build_locate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="?", help="image (default: the bundled sample photo)")
+    p.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
+    _add_model_options(p)
+    p.add_argument("--layer", "-l", required=True, help="one record name, e.g. layer3.1.conv2")
+    p.add_argument(
         "--cell", action="append", default=[], metavar="R,C", help="a cell of the map (repeatable)"
     )
-    locate.add_argument(
+    p.add_argument(
         "--pixel", action="append", default=[], metavar="Y,X",
         help="a pixel of the input as fed (repeatable)",
     )  # fmt: skip
-    locate.add_argument(
+    p.add_argument(
         "--overlay", type=int, metavar="CH",
         help="also draw channel CH over the input, each cell at its receptive-field centre",
     )  # fmt: skip
-    locate.add_argument("--alpha", type=float, default=0.6, help="overlay opacity (0.6)")
-    locate.add_argument(
+    p.add_argument("--alpha", type=float, default=0.6, help="overlay opacity (0.6)")
+    p.add_argument(
         "--threshold", type=float,
         help="hide cells below this fraction of the colour range (0..1; default: show all)",
     )  # fmt: skip
-    locate.add_argument(
+    p.add_argument(
         "--out", "-o", default="featuremaps-locate", help="folder for the --overlay picture"
     )
 
-    layers = sub.add_parser("layers", help="list a model's layers with their output shapes")
-    layers.add_argument("model", nargs="?", default="resnet18", help="model spec")
-    layers.add_argument("--input", help="image for the dry run (default: the bundled sample)")
-    _add_model_options(layers)
-    _add_containers_option(layers)
-    return parser
+
+def _build_layers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="resnet18", help="model spec")
+    p.add_argument("--input", help="image for the dry run (default: the bundled sample)")
+    _add_model_options(p)
+    _add_containers_option(p)
 
 
 def _parse_channels(text: str) -> dict[str, object]:
@@ -230,7 +218,12 @@ def _parse_channels(text: str) -> dict[str, object]:
         return {"max_channels": int(text)}
     if text.startswith("top:"):
         parts = text.split(":")
-        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) > 0 and parts[2] in STATS:
+        if (
+            len(parts) == 3
+            and parts[1].isdigit()
+            and int(parts[1]) > 0
+            and parts[2] in TOP_K_ORDERS
+        ):
             return {"max_channels": int(parts[1]), "order": parts[2]}
     elif "," in text:
         try:
@@ -241,7 +234,7 @@ def _parse_channels(text: str) -> dict[str, object]:
         raise OptionError("--channels 0 would show nothing; for channel #0 alone write 0,")
     raise OptionError(
         f"--channels '{text}' is not understood; expected N, all, a list like 0,5,7, or "
-        f"top:K:STAT with STAT one of {', '.join(STATS)}"
+        f"top:K:STAT with STAT one of {', '.join(TOP_K_ORDERS)}"
     )
 
 
@@ -388,6 +381,7 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
         duplicates=args.duplicates,
         rank_by=args.rank_by,
         plots=args.plots,
+        parquet=args.parquet,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     inputs = summary["inputs"]
@@ -497,7 +491,7 @@ def _cmd_locate(args: argparse.Namespace, out: TextIO) -> int:
             raise OptionError(f"--cell {text} is not a cell of the {h}x{w} map of {args.layer}")
         y0, x0, y1, x1 = geo.cell_region(int(r), int(c))
         cy, cx = geo.cell_center(int(r), int(c))
-        inside = (max(y0, 0), max(x0, 0), min(y1, height - 1), min(x1, width - 1))
+        inside = geo.clipped_region(int(r), int(c), height, width)
         print(
             f"cell ({int(r)}, {int(c)}) is centred on input ({cy:g}, {cx:g}) and sees rows "
             f"{y0:g}..{y1:g}, columns {x0:g}..{x1:g} (inside the image: rows {inside[0]:g}.."
@@ -509,11 +503,7 @@ def _cmd_locate(args: argparse.Namespace, out: TextIO) -> int:
         if not (0 <= y < height and 0 <= x < width):
             raise OptionError(f"--pixel {text} is outside the {height}x{width} input as fed")
         rows, cols = geo.cells_seeing(y, x)
-        # Ties go to the later cell, as in the overlay: cell j covers [c_j - S/2, c_j + S/2).
-        near = (
-            min(max(math.floor((y - geo.y.offset) / geo.y.stride + 0.5), 0), h - 1),
-            min(max(math.floor((x - geo.x.offset) / geo.x.stride + 0.5), 0), w - 1),
-        )
+        near = geo.nearest_cell(y, x)
         print(
             f"pixel ({y:g}, {x:g}) lies in the receptive field of cells in rows {_span(rows)}, "
             f"columns {_span(cols)} ({len(rows) * len(cols)} cells); the nearest centre is cell "
@@ -555,17 +545,100 @@ def _cmd_layers(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Command:
+    """One command of the command line: its help, its options and the call that runs it."""
+
+    help: str
+    build: Callable[[argparse.ArgumentParser], None]
+    call: Callable[[argparse.Namespace, TextIO], int]
+
+
+#: The commands, in the order ``featuremaps --help`` lists them; ``run`` is the default.
+COMMANDS: dict[str, Command] = {
+    "run": Command(
+        "draw the selected layers of a model for images (default)", _build_run, _cmd_run
+    ),
+    "layers": Command("list a model's layers with their output shapes", _build_layers, _cmd_layers),
+    "stats": Command(
+        "per-channel statistics of every layer over a folder or list of images",
+        _build_stats,
+        _cmd_stats,
+    ),
+    "ablate": Command(
+        "zero the K lowest-ranked channels of layers and measure how the output changes, "
+        "against K random channels",
+        _build_ablate,
+        _cmd_ablate,
+    ),
+    "locate": Command(
+        "which input region a cell of a layer sees, and which cells see an input pixel",
+        _build_locate,
+        _cmd_locate,
+    ),
+}
+DESCRIPTION = (
+    "Capture every layer of a PyTorch model on real inputs and draw truthful channel grids with "
+    "a manifest of numbers."
+)
+# Options whose value may start with "-" (a negative number): "--range -1,1" is read as
+# "--range=-1,1", which argparse would otherwise take for an unknown option.
+_SIGNED_VALUES = ("--range",)
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(
+        prog=f"featuremaps {name}", description=command.help[:1].upper() + command.help[1:] + "."
+    )
+    command.build(parser)
+    return parser
+
+
+def _top_help() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        "usage: featuremaps [COMMAND] [options] [IMAGE ...]",
+        "",
+        DESCRIPTION,
+        "",
+        "commands (without one, 'run' is meant: featuremaps photo.jpg --model resnet50):",
+    ]
+    lines += [f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items()]
+    lines += ["", "featuremaps COMMAND --help shows a command's options; --version its version."]
+    return "\n".join(lines)
+
+
+def _join_signed_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _SIGNED_VALUES and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    The first argument names the command; anything else (an image, an option) means ``run``.
+    Options may come before, between or after the images.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     out = out or sys.stdout
-    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
-        argv.insert(0, "run")  # `featuremaps photo.jpg` means `featuremaps run photo.jpg`
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(out)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help(), file=out)
         return 0
+    if argv[0] == "--version":
+        print(f"featuremaps {__version__}", file=out)
+        return 0
+    name = argv[0] if argv[0] in COMMANDS else "run"
+    rest = argv[1:] if argv[0] in COMMANDS else argv
+    args = _parser(name).parse_intermixed_args(_join_signed_values(rest))
     with warnings.catch_warnings():
         warnings.simplefilter("always", FeaturemapsWarning)
         previous = warnings.showwarning
@@ -579,15 +652,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
         warnings.showwarning = show
         try:
-            if args.command == "layers":
-                return _cmd_layers(args, out)
-            if args.command == "stats":
-                return _cmd_stats(args, out)
-            if args.command == "ablate":
-                return _cmd_ablate(args, out)
-            if args.command == "locate":
-                return _cmd_locate(args, out)
-            return _cmd_run(args, out)
+            return COMMANDS[name].call(args, out)
         except FeaturemapsError as exc:
             print(f"featuremaps: error: {exc}", file=sys.stderr)
             return 2

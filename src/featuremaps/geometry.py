@@ -31,6 +31,7 @@ from torch import nn
 
 from featuremaps._errors import OptionError
 from featuremaps.capture import run_hooked
+from featuremaps.cells import nearest_cell
 from featuremaps.naming import record_name
 
 __all__ = ["AxisGeometry", "GeometryTracker", "MapGeometry", "compute_geometry"]
@@ -113,6 +114,21 @@ class MapGeometry:
     def cells_seeing(self, y: float, x: float) -> tuple[range, range]:
         """Row and column ranges of the cells whose receptive field contains input ``(y, x)``."""
         return self.y.cells_seeing(y, self.shape[0]), self.x.cells_seeing(x, self.shape[1])
+
+    def nearest_cell(self, y: float, x: float) -> tuple[int, int]:
+        """The cell whose centre is nearest input ``(y, x)`` (clamped to the map), by the same
+        rule as the overlay (:mod:`featuremaps.cells`)."""
+        return (
+            nearest_cell(y, self.y.stride, self.y.offset, self.shape[0]),
+            nearest_cell(x, self.x.stride, self.x.offset, self.shape[1]),
+        )
+
+    def clipped_region(
+        self, row: int, col: int, height: int, width: int
+    ) -> tuple[float, float, float, float]:
+        """:meth:`cell_region` limited to an input of ``height`` x ``width`` pixels."""
+        y0, x0, y1, x1 = self.cell_region(row, col)
+        return max(y0, 0), max(x0, 0), min(y1, height - 1), min(x1, width - 1)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able description (for manifests)."""

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featuremaps._errors import InputError, OptionError
+from featuremaps.cells import nearest_cells
 from featuremaps.render.colormap import (
     DEFAULT_CMAP,
     DEFAULT_DIVERGING_CMAP,
@@ -62,7 +63,6 @@ PLACED_BY_GEOMETRY = "receptive-field geometry"
 
 # Floating-point slack when a pixel lies exactly on the border between two cells (empirical
 # strides such as 2.0000000001 would otherwise flip a whole column).
-_EPS = 1e-9
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,8 +184,7 @@ def _cell_values(cell_map: np.ndarray) -> np.ndarray:
 
 def _axis_cells(stride: float, offset: float, pixels: int, cells: int) -> np.ndarray:
     """For each pixel along one axis, the index of the cell painted there, or -1 for none."""
-    p = np.arange(pixels, dtype=np.float64)
-    j = np.floor((p - offset) / stride + 0.5 + _EPS).astype(np.int64)
+    j = nearest_cells(np.arange(pixels, dtype=np.float64), stride, offset)
     j[(j < 0) | (j >= cells)] = -1
     return j
 
