@@ -41,7 +41,6 @@ import torch
 from torch import nn
 
 import featuremaps as fm
-from featuremaps.api import _maps
 from featuremaps.dataset import _collate, _Files, compute_dataset_stats
 
 HERE = Path(__file__).resolve().parent
@@ -133,7 +132,7 @@ def recipe_draw(maps: np.ndarray, path: Path) -> None:
 
 def ours_draw(record: fm.LayerRecord, path: Path) -> None:
     label = fm.GridLabel(record.name, record.module_type, record.shape)
-    grid = fm.make_grid(_maps(record, 0), fm.GridOptions(), label=label)
+    grid = fm.make_grid(record.maps(0), fm.GridOptions(), label=label)
     path.write_bytes(grid.to_png())
 
 
@@ -153,7 +152,7 @@ def bench_render(model_name: str, size: int, reps: int) -> dict[str, Any]:
         for r in records:
             if r.name in skipped:
                 continue
-            maps = _maps(r, 0)
+            maps = r.maps(0)
             t = alternate(
                 {
                     "recipe": lambda m=maps: recipe_draw(m, out / "recipe.png"),

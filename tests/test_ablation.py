@@ -376,7 +376,7 @@ def test_ablate_checks_for_class_scores_before_the_ranking_pass(
     images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import featuremaps.dataset
-    from featuremaps.api import ablate
+    from featuremaps.commands.ablate import ablate
 
     def no_ranking(*args: object, **kwargs: object) -> None:
         raise AssertionError("the ranking pass ran before the output was checked")

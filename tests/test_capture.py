@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 import featuremaps as fm
-from featuremaps.capture import infer_layout
+from featuremaps import layouts
 
 
 def _leaf_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[Any, ...]]:
@@ -206,7 +206,7 @@ def test_inputs_of_wrong_kind_are_refused(tiny: nn.Module) -> None:
      (2, "Linear", "NC"), (1, "X", "N"), (0, "X", "scalar"), (6, "X", "6-D")],
 )  # fmt: skip
 def test_layout_names(ndim: int, module_type: str, layout: str) -> None:
-    assert infer_layout(ndim, module_type) == layout
+    assert layouts.decide((2,) * ndim, module_type).name == layout
 
 
 def test_streaming_without_copy_sees_exact_values_during_the_callback(

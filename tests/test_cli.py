@@ -269,9 +269,8 @@ def test_seed_recipe_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, stdout, _ = run([], capsys)
     assert code == 0 and "featuremaps" in stdout and "layers" in stdout
-    with pytest.raises(SystemExit) as exc:
-        main(["--version"])
-    assert exc.value.code == 0 and fm.__version__ in capsys.readouterr().out
+    code, stdout, _ = run(["--version"], capsys)
+    assert code == 0 and stdout.strip() == f"featuremaps {fm.__version__}"
 
 
 def test_visualize_in_memory_shows_grids(tiny: nn.Module, image_batch: torch.Tensor) -> None:

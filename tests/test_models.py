@@ -227,8 +227,10 @@ def test_timm_missing_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_pickle_module_is_the_stdlib_one() -> None:
-    # models.py relies on torch.load raising pickle.UnpicklingError for refused globals.
-    assert fm.models.pickle is pickle  # type: ignore[attr-defined]
+    # checkpoints.py relies on torch.load raising pickle.UnpicklingError for refused globals.
+    import featuremaps.checkpoints
+
+    assert featuremaps.checkpoints.pickle is pickle  # type: ignore[attr-defined]
 
 
 def test_timm_names_random_and_offline_fallback() -> None:

@@ -364,12 +364,14 @@ def test_layer_data_keep_the_value_returned_even_if_changed_in_place_later(
 ) -> None:
     # Files are encoded on a second thread; make it as late as possible (after the whole forward
     # pass, when `z += y` and the in-place ReLU have changed the buffers) to catch any aliasing.
-    import featuremaps.api as api
+    import featuremaps.commands.run as run_command
 
     deferred: list[tuple[Any, str, Any]] = []
-    monkeypatch.setattr(api._BackgroundWriter, "submit", lambda self, *job: deferred.append(job))
     monkeypatch.setattr(
-        api._BackgroundWriter, "wait", lambda self: [w(p, e()) for w, p, e in deferred]
+        run_command._BackgroundWriter, "submit", lambda self, *job: deferred.append(job)
+    )
+    monkeypatch.setattr(
+        run_command._BackgroundWriter, "wait", lambda self: [w(p, e()) for w, p, e in deferred]
     )
     [result] = fm.visualize(tiny, image_batch, out=tmp_path / "o")
     exact = {r.name: r.tensor for r in fm.capture(tiny, image_batch)}

@@ -87,6 +87,7 @@ def _one_d(shape: tuple[int, ...], module_type: str, given: str | None) -> bool:
     return len(shape) == 3 and (module_type.endswith("1d") or given == "NCL")
 
 
+_TOO_FEW = "output has {} dimension(s); channel grids need (N, C, H, W)"
 _NOT_YET = "sequence and token pictures are not drawn yet"
 
 #: The registry, tried in order; the last entry accepts anything.
@@ -111,17 +112,23 @@ LAYOUTS: tuple[Layout, ...] = (
         "output is a vector per sample (N, C); channel grids need (N, C, H, W)",
         _rank(2),
     ),
-    Layout("N", 1, None, None, None, _rank(1)),
-    Layout("scalar", 0, None, None, None, _rank(0)),
+    Layout(
+        "N", 1, None, None, "output has 1 dimension(s); channel grids need (N, C, H, W)", _rank(1)
+    ),
+    Layout(
+        "scalar",
+        0,
+        None,
+        None,
+        "output has 0 dimension(s); channel grids need (N, C, H, W)",
+        _rank(0),
+    ),
 )
 _BY_NAME = {layout.name: layout for layout in LAYOUTS}
 
 
 def _other(ndim: int) -> Layout:
-    return Layout(
-        f"{ndim}-D", ndim, None, None,
-        f"output has {ndim} dimension(s); channel grids need (N, C, H, W)", _rank(ndim),
-    )  # fmt: skip
+    return Layout(f"{ndim}-D", ndim, None, None, _TOO_FEW.format(ndim), _rank(ndim))
 
 
 def decide(shape: tuple[int, ...], module_type: str, input_layout: str | None = None) -> Layout:
@@ -136,8 +143,6 @@ def decide(shape: tuple[int, ...], module_type: str, input_layout: str | None = 
         given = None
     for layout in LAYOUTS:
         if layout.detect(shape, module_type, given):
-            if layout.reason is None and layout.drawn_as is None:
-                return _other(len(shape))  # N and scalar: nothing to draw, say why
             return layout
     return _other(len(shape))
 
