@@ -380,3 +380,62 @@ def test_consumer_errors_are_not_called_forward_failures(
     code, _, err = run([photo, "-m", f"{nets}:build", "--sample", "5"], capsys)
     line = _one_error_line(err)
     assert code == 2 and "sample 5 asked for" in line and "forward pass failed" not in line
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["--out", "{out}", "-m", "{nets}", "{a}", "{b}"],  # options first, no command word
+        ["{a}", "--out", "{out}", "{b}", "-m", "{nets}"],  # options between images
+        ["run", "{a}", "{b}", "-m", "{nets}", "--out", "{out}"],  # options last
+        ["run", "-m", "{nets}", "{a}", "--out", "{out}", "{b}"],
+    ],
+)
+def test_options_in_any_order(
+    order: list[str], nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "second.png"
+    Image.new("RGB", (12, 10), (10, 200, 30)).save(other)
+    out = tmp_path / "out"
+    values = {"out": str(out), "nets": f"{nets}:build", "a": photo, "b": str(other)}
+    code, _, err = run([arg.format(**values) for arg in order], capsys)
+    assert code == 0, err
+    top = json.loads((out / "manifest.json").read_text())
+    assert top["runs"] == ["photo/manifest.json", "second/manifest.json"]
+    for sub, given in (("photo", photo), ("second", str(other))):
+        manifest = json.loads((out / sub / "manifest.json").read_text())
+        assert manifest["input"]["path"] == given
+        assert manifest["model"]["spec"] == f"{nets}:build"
+
+
+def test_zoo_model_without_command_word(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x"
+    code, stdout, err = run(
+        ["--model", "shapes_cnn", "--out", str(out), "--layers", "conv1"], capsys
+    )
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["spec"] == "shapes_cnn"
+    assert [r["name"] for r in manifest["records"]] == ["conv1"]
+    assert "using the bundled sample" in stdout
+
+
+def test_negative_range_value_with_a_space(
+    nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    argv = [photo, "-m", f"{nets}:build", "--out", str(out), "--scale", "fixed", "--range", "-1,1"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["render"]["value_range"] == [-1.0, 1.0]
+
+
+def test_each_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from featuremaps.cli import COMMANDS
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        assert f"usage: featuremaps {name}" in capsys.readouterr().out
