@@ -677,6 +677,7 @@
       shown: spec.shown,
       low: spec.low,
       high: spec.high,
+      signed: spec.signed,
       data: spec.data,
       image: spec.image,
       geometry: spec.geometry,
