@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 OUT ?= out/demo
 
-.PHONY: demo test bench lint typecheck unit clean
+.PHONY: demo test bench lint typecheck unit chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,15 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy src/featuremaps
 
-unit: $(VENV)/.installed-dev
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not used):
+# installed here when missing, as CI does, so `make test` works alone on a fresh machine.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "make test needs Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+unit: $(VENV)/.installed-dev chromium
 	$(VENV)/bin/pytest
 
 test: lint typecheck unit
