@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -336,9 +337,7 @@ def capture(
     kept: list[LayerRecord] = []
     count = 0
     keep_copy = copy or on_record is None  # kept records must never alias live tensors
-    # The layout of each output seen so far, by storage and shape, so that a module that keeps
-    # the rank (an activation after a Linear or a Conv1d) keeps the layout it was given.
-    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    follower = LayoutFollower()
 
     def emit(
         path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor, layout: str
@@ -368,10 +367,8 @@ def capture(
         t: torch.Tensor,
         given: torch.Tensor | None,
     ) -> None:
-        given_layout = seen.get(_storage_key(given)) if given is not None else None
-        layout = layouts.decide(tuple(t.shape), type_name(module), given_layout).name
-        seen[_storage_key(t)] = layout
-        if keep_record(record_name(path, call, key), path, patterns):
+        layout = follower.observe(type_name(module), t, given)
+        if path in selected and keep_record(record_name(path, call, key), path, patterns):
             emit(path, module, call, key, t, layout)
 
     if isinstance(model, torch.jit.ScriptModule):
@@ -381,17 +378,67 @@ def capture(
         not_run = tuple(NotRun(p, type_name(m), SCRIPTED) for p, m in selected.items() if p)
         return Capture(tuple(kept), not_run, count, output)
 
-    output, calls = run_hooked(model, inputs, selected, sink, train=train, grad=grad)
+    followed = {
+        p: m for p, m in model.named_modules() if p and not isinstance(m, torch.jit.ScriptModule)
+    }
+    output, calls = run_hooked(
+        model, inputs, {**followed, **selected}, sink, train=train, grad=grad
+    )
     not_run = tuple(
-        NotRun(path, type_name(selected[path]), NEVER_CALLED) for path, n in calls.items() if n == 0
+        NotRun(path, type_name(module), NEVER_CALLED)
+        for path, module in selected.items()
+        if calls[path] == 0
     )
     return Capture(tuple(kept), not_run, count, output)
 
 
-def _storage_key(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:
-    # In-place ops (ReLU(inplace=True), +=) keep the storage, so storage + shape follows a value
-    # through them; an activation's input is the previous module's output, found the same way.
-    return t.untyped_storage().data_ptr(), tuple(t.shape)
+_ValueKey = tuple[int, tuple[int, ...], tuple[int, ...]]
+
+
+def _value_key(t: torch.Tensor) -> _ValueKey | None:
+    # In-place ops (ReLU(inplace=True), +=) keep address, shape and strides, so the key follows a
+    # value through them; a permuted view has other strides. None: a tensor without strides.
+    try:
+        return t.data_ptr(), tuple(t.shape), tuple(t.stride())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+class LayoutFollower:
+    """Decides the layout of each module output of one forward pass, following values.
+
+    Outputs are remembered by address, shape and strides, so that a module that keeps the shape
+    (an activation after a Linear or a Conv1d) keeps the layout it was given. Every module should
+    be followed, selected or not, so that a layout does not depend on a selection; an entry counts
+    only while its tensor is alive (freed memory gets reused).
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[_ValueKey, tuple[str, weakref.ref[Any]]] = {}
+
+    def _known(self, key: _ValueKey | None) -> str | None:
+        entry = self._seen.get(key) if key is not None else None
+        return entry[0] if entry is not None and entry[1]() is not None else None
+
+    def observe(self, module_type: str, t: torch.Tensor, given: torch.Tensor | None) -> str:
+        """The layout name of output ``t`` of a ``module_type`` module called with ``given``."""
+        # The very value a module already returned (a container's output, an in-place op's)
+        # keeps its layout; a module that permutes axes (shape or strides change) does not.
+        key = _value_key(t)
+        layout = self._known(key)
+        if layout is None:
+            key_given = _value_key(given) if given is not None else None
+            same = key is not None and key_given is not None and key_given[1:] == key[1:]
+            given_layout = self._known(key_given) if same else None
+            layout = layouts.decide(tuple(t.shape), module_type, given_layout).name
+            self.mark(t, layout)
+        return layout
+
+    def mark(self, t: torch.Tensor, layout: str) -> None:
+        """Remember that ``t`` has ``layout`` (a value that replaces a module's output)."""
+        key = _value_key(t)
+        if key is not None:
+            self._seen[key] = (layout, weakref.ref(t))
 
 
 @contextlib.contextmanager
@@ -435,13 +482,24 @@ def zero_channels(
         wanted.setdefault(path, {})[call] = (name, index)
     applied = dict.fromkeys(masks, 0)
     calls = dict.fromkeys(wanted, 0)
+    follower = LayoutFollower()  # the channel axis is the one capture and statistics use
 
     def reset(module: nn.Module, args: Any) -> None:
+        nonlocal follower
+        follower = LayoutFollower()
         for path in calls:
             calls[path] = 0
 
     def make_hook(path: str) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            given = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            layout = (
+                follower.observe(type_name(module), output, given)
+                if isinstance(output, torch.Tensor)
+                else None
+            )
+            if path not in wanted:
+                return None
             calls[path] += 1
             entry = wanted[path].get(calls[path])
             if entry is None:
@@ -454,7 +512,7 @@ def zero_channels(
                     f"{tuple(output.shape) if isinstance(output, torch.Tensor) else ''}; zeroing "
                     "channels needs one tensor with a channel axis: pick another layer"
                 )
-            axis = layouts.decide(tuple(output.shape), type_name(module)).channel_axis
+            axis = layouts.get(layout or "", output.dim()).channel_axis
             if axis is None:
                 raise CaptureError(
                     f"'{name}' ({type_name(module)}) returns a tensor of shape "
@@ -473,14 +531,17 @@ def zero_channels(
                     "channels; check the stats file or --layers"
                 )
             applied[name] += 1
-            return output.index_fill(axis % output.dim(), index.to(output.device), 0)
+            masked = output.index_fill(axis % output.dim(), index.to(output.device), 0)
+            follower.mark(masked, layout or "")
+            return masked
 
         return hook
 
     handles = [model.register_forward_pre_hook(reset)]
     try:
-        for path in wanted:
-            handles.append(modules[path].register_forward_hook(make_hook(path)))
+        for path, module in modules.items():
+            if not isinstance(module, torch.jit.ScriptModule):
+                handles.append(module.register_forward_hook(make_hook(path)))
         yield applied
     finally:
         for handle in handles:

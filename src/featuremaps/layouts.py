@@ -90,7 +90,7 @@ def _one_d(shape: tuple[int, ...], module_type: str, given: str | None) -> bool:
 _TOO_FEW = "output has {} dimension(s); channel grids need (N, C, H, W)"
 _NOT_YET = "sequence and token pictures are not drawn yet"
 
-#: The registry, tried in order; the last entry accepts anything.
+#: The registry, tried in order; an output no entry accepts gets a generic "<n>-D" layout.
 LAYOUTS: tuple[Layout, ...] = (
     Layout("NHWC", 4, 3, CHANNEL_GRID, None, _channels_last, to_maps=(2, 0, 1)),
     Layout("NCHW", 4, 1, CHANNEL_GRID, None, _rank(4)),

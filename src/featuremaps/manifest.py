@@ -84,6 +84,22 @@ def _finite(value: object) -> float | None:
     return None
 
 
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _ints(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, list):
+        return None
+    try:
+        return tuple(int(n) for n in value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 @dataclass(frozen=True)
 class RecordSummary:
     """What the manifest says about one record (or one selected module that never ran).
@@ -140,9 +156,8 @@ class RecordSummary:
     def from_json(cls, entry: Mapping[str, Any]) -> RecordSummary:
         """Read a manifest entry back, tolerating missing or malformed fields (old manifests,
         hand edits): what cannot be read becomes ``None`` or empty."""
-        shape = entry.get("shape")
-        shown = entry.get("channels_shown")
         stats = entry.get("channel_stats")
+        warnings = entry.get("warnings")
         geometry = entry.get("geometry")
 
         def text(key: str) -> str | None:
@@ -152,9 +167,9 @@ class RecordSummary:
         return cls(
             name=str(entry.get("name", "")),
             module=str(entry.get("module", "")),
-            call=int(entry.get("call") or 0),
+            call=_int(entry.get("call")),
             type=str(entry.get("type", "")),
-            shape=tuple(int(n) for n in shape) if isinstance(shape, list) else None,
+            shape=_ints(entry.get("shape")),
             dtype=text("dtype"),
             layout=text("layout"),
             image=text("image"),
@@ -162,9 +177,9 @@ class RecordSummary:
             min=_finite(entry.get("min")),
             max=_finite(entry.get("max")),
             mean=_finite(entry.get("mean")),
-            nonfinite=int(entry.get("nonfinite") or 0),
-            channels_shown=tuple(int(c) for c in shown) if isinstance(shown, list) else None,
-            warnings=tuple(str(w) for w in entry.get("warnings") or ()),
+            nonfinite=_int(entry.get("nonfinite")),
+            channels_shown=_ints(entry.get("channels_shown")),
+            warnings=tuple(str(w) for w in warnings) if isinstance(warnings, (list, tuple)) else (),
             channel_stats=dict(stats) if isinstance(stats, Mapping) else None,
             data=text("data"),
             geometry=dict(geometry) if isinstance(geometry, Mapping) else None,
