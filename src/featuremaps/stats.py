@@ -58,26 +58,33 @@ class ChannelStats:
 _BLOCK_VALUES = 1 << 20  # values per block of channels (8 MB of float64 deviations)
 
 
-def _row_stats(flat: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``(n, mean, std, min, max, zeros)`` of each row of a (rows, values) float array."""
+def _row_stats(flat: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(n, mean, std, min, max, zeros)`` of each row of a (rows, values) float array.
+
+    ``scratch`` is a float64 buffer of at least ``flat.size`` values, reused between blocks: the
+    deviations are written into it instead of into a new array per block.
+    """
     # A mask only when needed: the common case is all finite, and masked reductions are slower.
     # A float64 sum of float32/float16 values cannot overflow, so a finite sum proves every value
     # finite without building the mask; float64 input (or a NaN/Inf somewhere) takes the slow way.
-    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is the answer, not an error
-        every = flat.dtype != np.float64 and bool(
-            np.isfinite(np.sum(flat, axis=1, dtype=np.float64)).all()
-        )
+    total: np.ndarray | None = None
+    if flat.dtype != np.float64:
+        with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is an answer, not an error
+            total = np.sum(flat, axis=1, dtype=np.float64)
+    every = total is not None and bool(np.isfinite(total).all())
     finite = np.ones((1, 1), dtype=bool) if every else np.isfinite(flat)
     every = every or bool(finite.all())
     where: np.ndarray | bool = True if every else finite
     rows = flat.shape[0]
     n = np.full(rows, flat.shape[1], dtype=np.int64) if every else finite.sum(1, dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        total = np.sum(flat, axis=1, dtype=np.float64, where=where)
+        if total is None or not every:
+            total = np.sum(flat, axis=1, dtype=np.float64, where=where)
         mean = total / n
-        dev = flat.astype(np.float64) - mean[:, None]
+        dev = scratch[: flat.size].reshape(flat.shape)
+        np.subtract(flat, mean[:, None], out=dev, dtype=np.float64)  # one pass, no float64 copy
         if not every:
-            dev = np.where(finite, dev, 0.0)
+            dev[~finite] = 0.0
         std = np.sqrt(np.einsum("ij,ij->i", dev, dev) / n)
         low = np.min(flat, axis=1, initial=np.inf, where=where).astype(np.float64)
         high = np.max(flat, axis=1, initial=-np.inf, where=where).astype(np.float64)
@@ -109,7 +116,10 @@ def channel_stats(maps: np.ndarray) -> ChannelStats:
     # A few channels at a time: the float64 deviations of a whole (64, 512, 512) layer would take
     # 128 MB on top of the activation, for no gain in speed.
     step = max(1, _BLOCK_VALUES // max(flat.shape[1], 1))
-    parts = [_row_stats(flat[i : i + step]) for i in range(0, c, step)] or [_row_stats(flat)]
+    scratch = np.empty(min(step, max(c, 1)) * flat.shape[1], dtype=np.float64)
+    parts = [_row_stats(flat[i : i + step], scratch) for i in range(0, c, step)] or [
+        _row_stats(flat, scratch)
+    ]
     n, mean, std, low, high, zeros = (np.concatenate(column) for column in zip(*parts, strict=True))
     empty = n == 0
     for values in (mean, std, low, high, zeros):
