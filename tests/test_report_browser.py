@@ -186,13 +186,14 @@ def test_outline_jump_channel_view_and_hover_read_out(small: Run, open_report: A
     page = opened.page
     key = small.key("act#2")
     page.click('#fm-outline a[title="act#2"]')
-    assert page.url.endswith(f"#L{key}")
+    assert page.url.split("#")[1].startswith("layer=act%232&")
     assert page.get_attribute('#fm-outline a[title="act#2"]', "aria-current") == "location"
     page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]", timeout=5000)
     shown = small.record("act#2")["channels_shown"]
     assert len(shown) == 32 and small.record("act#2")["shape"] == [1, 40, 9, 11]
     page.click(f'#L{key} figure.tile[data-index="5"]')
     assert page.locator("#fm-view").get_attribute("open") is not None
+    page.click("#fm-zoom-fit")
     assert page.locator("#fm-view-title").text_content() == f"act#2 · channel #{shown[5]} · 9×11"
     for row, col in ((0, 0), (4, 7), (8, 10)):
         got = _hover_cell(page, "#fm-view-map", row, col, 9, 11)
@@ -365,7 +366,7 @@ def test_hostile_layer_names_never_run(tmp_path: Path, open_report: Any) -> None
     for key, name in enumerate(HOSTILE_NAMES):
         # Shown as text, exactly as registered.
         assert page.locator(f"#L{key} h2").text_content() == name
-        link = page.locator(f'#fm-outline a[href="#L{key}"]')
+        link = page.locator(f'#fm-outline a[data-key="{key}"]')
         assert link.get_attribute("title") == name
         link.click()
         page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]")
