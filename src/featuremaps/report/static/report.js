@@ -668,15 +668,16 @@
     const next = Math.min(zmax, Math.max(zmin, z));
     const box = viewBox();
     const old = view.z || fit;
-    const px = ax === undefined ? Math.min(box, w * old) / 2 : ax;
-    const py = ay === undefined ? Math.min(box, h * old) / 2 : ay;
+    const px = ax === undefined ? Math.min(box, w * fit) / 2 : ax;
+    const py = ay === undefined ? Math.min(box, h * fit) / 2 : ay;
     const cellX = (viewPort.scrollLeft + px) / old;
     const cellY = (viewPort.scrollTop + py) / old;
     view.z = next;
     viewMap.style.width = `${w * next}px`;
     viewMap.style.height = `${h * next}px`;
-    viewPort.style.width = `${Math.min(box, w * next)}px`;
-    viewPort.style.height = `${Math.min(box, h * next)}px`;
+    // The box keeps its fitted size while zooming, so nothing around it moves.
+    viewPort.style.width = `${Math.min(box, w * fit)}px`;
+    viewPort.style.height = `${Math.min(box, h * fit)}px`;
     viewPort.scrollLeft = cellX * next - px;
     viewPort.scrollTop = cellY * next - py;
     viewPort.dataset.zoom = String(next);
@@ -1394,7 +1395,10 @@
     if (t === search) {
       if (ev.key === "Enter") {
         ev.preventDefault();
-        if (matches && matches.length) navigate(matches[0].key);
+        if (matches && matches.length) {
+          search.blur(); // so that j/k step through the matches at once
+          navigate(matches[0].key);
+        }
       } else if (ev.key === "Escape") {
         ev.preventDefault();
         search.value = "";
