@@ -1117,6 +1117,7 @@
     document.documentElement.style.setProperty("--bar", `${sticky ? controls.offsetHeight : 0}px`);
   }
   measureBar();
+  controls.querySelector("details.keys").addEventListener("toggle", measureBar);
   let lastWidth = window.innerWidth;
   window.addEventListener("resize", () => {
     if (Math.abs(window.innerWidth - lastWidth) < 40) return;
