@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -122,7 +123,8 @@ def test_outline_keeps_every_call_of_a_reused_module(tiny_run: fm.Visualization)
     assert segments == ["conv1", "bn1", "act", "conv2", "pool", "fc"]
     html = (Path(str(tiny_run.out_dir)) / "index.html").read_text()
     for e in data.layers:
-        assert f'href="#{e.anchor}"' in html and f'id="{e.anchor}"' in html
+        # Links name the record (the address survives a change of the layer selection).
+        assert f'href="#layer={quote(e.name, safe="/")}"' in html and f'id="{e.anchor}"' in html
 
 
 def test_outline_is_a_tree_of_module_paths() -> None:
@@ -132,6 +134,57 @@ def test_outline_is_a_tree_of_module_paths() -> None:
     [block, last] = data.outline.children
     assert (block.path, [c.path for c in block.children]) == ("0", ["0.0", "0.1"])
     assert last.path == "1" and last.entries and not last.children
+
+
+class Bottleneck(nn.Module):
+    """One ReLU module called three times, a sub-container called after two of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 2, 1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(2, 2, 1)
+        self.downsample = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.conv1(x))
+        out = self.relu(self.conv2(out))
+        return self.relu(out + self.downsample(x))
+
+
+def _outline_order(node: Any, by_key: dict[int, Any]) -> list[str]:
+    """The outline flattened as a reader sees it: records by name, containers as 'path/'."""
+    names: list[str] = []
+    for item in node.items:
+        if isinstance(item, int):
+            names.append(by_key[item].name)
+        else:
+            names.append(f"{item.path}/")
+            names.extend(_outline_order(item, by_key))
+    return names
+
+
+def test_outline_lists_calls_in_execution_order_within_each_container() -> None:
+    model = nn.Sequential(Bottleneck(), nn.Conv2d(2, 2, 1)).eval()
+    [result] = fm.visualize(model, torch.randn(1, 2, 4, 4))
+    data = build_report(result.manifest)
+    by_key = {e.key: e for e in data.layers}
+    # The manifest's records are in the order the calls returned (the oracle).
+    ran = [r["name"] for r in result.manifest["records"]]
+    assert ran == [
+        "0.conv1", "0.relu", "0.conv2", "0.relu#2", "0.downsample.0", "0.downsample.1",
+        "0.relu#3", "1",
+    ]  # fmt: skip
+    assert _outline_order(data.outline, by_key) == [
+        "0/", "0.conv1", "0.relu", "0.conv2", "0.relu#2",
+        "0.downsample/", "0.downsample.0", "0.downsample.1",
+        "0.relu#3", "1",
+    ]  # fmt: skip
+    # The tree is still there: the reused relu is one module, its calls are its records.
+    [block, last] = data.outline.children
+    relu = next(c for c in block.children if c.segment == "relu")
+    assert [by_key[k].name for k in relu.entries] == ["0.relu", "0.relu#2", "0.relu#3"]
+    assert last.path == "1" and block.first == 0
 
 
 HOSTILE_NAMES = (
@@ -157,7 +210,7 @@ TEMPLATE_TAGS = {
     "html", "head", "meta", "title", "link", "script", "body", "header", "h1", "h2", "span", "p",
     "strong", "div", "dl", "dt", "dd", "figure", "img", "figcaption", "ul", "li", "label",
     "select", "option", "noscript", "nav", "button", "details", "summary", "a", "main",
-    "section", "canvas", "dialog", "input", "br", "output",
+    "section", "canvas", "dialog", "input", "br", "output", "kbd", "h3", "ol", "code",
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -186,13 +187,14 @@ def test_outline_jump_channel_view_and_hover_read_out(small: Run, open_report: A
     page = opened.page
     key = small.key("act#2")
     page.click('#fm-outline a[title="act#2"]')
-    assert page.url.endswith(f"#L{key}")
+    assert page.url.split("#")[1].startswith("layer=act%232&")
     assert page.get_attribute('#fm-outline a[title="act#2"]', "aria-current") == "location"
     page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]", timeout=5000)
     shown = small.record("act#2")["channels_shown"]
     assert len(shown) == 32 and small.record("act#2")["shape"] == [1, 40, 9, 11]
     page.click(f'#L{key} figure.tile[data-index="5"]')
     assert page.locator("#fm-view").get_attribute("open") is not None
+    page.click("#fm-zoom-fit")
     assert page.locator("#fm-view-title").text_content() == f"act#2 · channel #{shown[5]} · 9×11"
     for row, col in ((0, 0), (4, 7), (8, 10)):
         got = _hover_cell(page, "#fm-view-map", row, col, 9, 11)
@@ -365,7 +367,7 @@ def test_hostile_layer_names_never_run(tmp_path: Path, open_report: Any) -> None
     for key, name in enumerate(HOSTILE_NAMES):
         # Shown as text, exactly as registered.
         assert page.locator(f"#L{key} h2").text_content() == name
-        link = page.locator(f'#fm-outline a[href="#L{key}"]')
+        link = page.locator(f'#fm-outline a[data-key="{key}"]')
         assert link.get_attribute("title") == name
         link.click()
         page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]")
@@ -424,3 +426,560 @@ def test_resnet18_every_layer_draws_from_file_urls(resnet18: Run, open_report: A
     page.screenshot(path=str(ACTUAL / "report-channel.png"))
     assert opened.errors == [] and opened.dialogs == []
     print(json.dumps({"resnet18_first_layer_ms": first_ms}))
+
+
+# ------------------------------------------------------------------ exploring the report
+
+
+def _config(page: Any) -> dict[str, Any]:
+    return dict(page.evaluate("JSON.parse(document.getElementById('fm-config').textContent)"))
+
+
+def _pixels(page: Any, selector: str) -> np.ndarray:
+    """A canvas's pixels as an (H, W, 4) uint8 array."""
+    w, h, data = page.locator(selector).evaluate(
+        "c => [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width,"
+        " c.height).data)]"
+    )
+    return np.array(data, dtype=np.uint8).reshape(h, w, 4)
+
+
+class Fixed(nn.Module):
+    """Returns a fixed tensor (its values chosen by the test)."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("values", values)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.values + 0 * x.sum()
+
+
+class Bounds(nn.Module):
+    """An unsigned layer and a signed layer whose values sit exactly on their range ends."""
+
+    def __init__(self, pos: torch.Tensor, neg: torch.Tensor) -> None:
+        super().__init__()
+        self.pos = Fixed(pos)
+        self.neg = Fixed(neg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neg(x) + 0 * self.pos(x).sum()
+
+
+def test_values_equal_to_a_bound_get_that_bounds_colour(tmp_path: Path, open_report: Any) -> None:
+    from featuremaps.render.colormap import colormap_lut
+
+    # 0.568 is not a float16: its copy is 0.5679, below the float32 bound it equals.
+    assert float(np.float16(0.568)) < float(np.float32(0.568))
+    pos = torch.full((1, 3, 4, 5), 0.568)
+    pos[0, 1] = torch.linspace(0.1234567, 0.568, 20).reshape(4, 5)  # min at (0,0), max at (3,4)
+    pos[0, 2] = torch.linspace(0.2, 0.4, 20).reshape(4, 5)
+    neg = torch.linspace(-0.568, 0.3, 40).reshape(1, 2, 4, 5).clone()
+    neg[0, 1] = -0.333  # a constant signed channel
+    [result] = fm.visualize(Bounds(pos, neg).eval(), torch.zeros(1, 1, 2, 2), out=tmp_path / "b")
+    opened = open_report(Path(str(result.report)))
+    page = opened.page
+    names = [r["name"] for r in result.manifest["records"]]
+    p, n = f"#L{names.index('pos')}", f"#L{names.index('neg')}"
+    viridis = colormap_lut("viridis")
+    rdbu = colormap_lut("RdBu_r")
+
+    def rgb(selector: str) -> np.ndarray:
+        return _pixels(page, selector)[..., :3]
+
+    page.locator(n).scroll_into_view_if_needed()
+    page.wait_for_selector(f"{n} .tiles[data-state=drawn]")
+    for scale in ("layer", "channel"):
+        page.select_option("#fm-scale", scale)
+        tiles = [rgb(f"{p} figure.tile canvas >> nth={i}") for i in range(3)]
+        if scale == "layer":
+            # The layer's maximum is 0.568: every cell of the constant channel is on it.
+            assert (tiles[0] == viridis[255]).all()
+        else:
+            # A constant range: the low end, as featuremaps.render.scaling paints the PNGs.
+            assert (tiles[0] == viridis[0]).all()
+            assert (tiles[1][0, 0] == viridis[0]).all()
+        assert (tiles[1][3, 4] == viridis[255]).all()  # the maximum, equal to the bound
+        signed = [rgb(f"{n} figure.tile canvas >> nth={i}") for i in range(2)]
+        # Centred on 0: -0.568 is the low end of (-0.568, 0.568) in both scales.
+        assert (signed[0][0, 0] == rdbu[0]).all()
+        if scale == "channel":
+            assert (signed[1] == rdbu[0]).all()  # -0.333 is the low end of (-0.333, 0.333)
+    assert opened.errors == []
+
+
+def test_outline_follows_execution_order_with_the_module_tree(
+    resnet18: Run, open_report: Any
+) -> None:
+    page = open_report(resnet18.index).page
+    page.click("#fm-expand")
+    titles = page.locator('#fm-outline summary[title="layer4.1"] + ul > li.entry > a').evaluate_all(
+        "links => links.map(a => a.title)"
+    )
+    # The oracle: the manifest lists records in the order their calls returned.
+    ran = [r["name"] for r in resnet18.manifest["records"] if r["name"].startswith("layer4.1.")]
+    assert titles == ran == [
+        "layer4.1.conv1", "layer4.1.bn1", "layer4.1.relu", "layer4.1.conv2", "layer4.1.bn2",
+        "layer4.1.relu#2",
+    ]  # fmt: skip
+    # The sub-module with children of its own stays a foldable node where its first call ran.
+    block = page.locator('#fm-outline summary[title="layer4.0"] + ul > li').evaluate_all(
+        "items => items.map(li => li.matches('.node') ? li.querySelector('summary').title"
+        " : li.querySelector('a').title)"
+    )
+    assert block == [
+        "layer4.0.conv1", "layer4.0.bn1", "layer4.0.relu", "layer4.0.conv2", "layer4.0.bn2",
+        "layer4.0.downsample", "layer4.0.relu#2",
+    ]  # fmt: skip
+    keys = [resnet18.key(n) for n in ran]
+    assert keys == sorted(keys)
+
+
+def test_random_weights_mark_on_every_picture_and_in_the_sticky_bar(
+    resnet18: Run, small: Run, open_report: Any
+) -> None:
+    name = "layer4.1.relu#2"
+    key = resnet18.key(name)
+    link = f"{resnet18.index.resolve().as_uri()}#layer={quote(name)}&channel=3"
+    opened = open_report(resnet18.index)
+    page = opened.page
+    page.goto(link)
+    page.wait_for_selector("#fm-view[open]")
+    # The sticky bar says it wherever the page is scrolled to.
+    badge = page.locator("#fm-rw-badge")
+    assert badge.text_content() == "RANDOM WEIGHTS" and badge.is_visible()
+    assert 0 <= badge.bounding_box()["y"] < 100
+    for where in ("#fm-view .view-frame", "#fm-view-overlay"):
+        assert page.locator(f"{where} .rw-mark").is_visible()
+    assert page.locator("#fm-view .rw-line").is_visible()
+    page.keyboard.press("p")
+    assert page.locator("#fm-pins figure.pin .rw-mark").count() == 1
+    page.keyboard.press("Escape")
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]")
+    for section in page.locator("section.layer .tiles[data-state=drawn]").all():
+        tiles = section.locator("figure.tile")
+        assert tiles.count() > 0
+        assert section.locator("figure.tile .rw-mark").count() == tiles.count()
+    mark = page.locator(f"#L{key} figure.tile .rw-mark >> nth=0")
+    assert mark.text_content() == "RANDOM WEIGHTS" and mark.is_visible()
+    assert opened.errors == []
+    # A model with its own weights carries no mark.
+    plain = open_report(small.index).page
+    assert plain.locator(".rw-mark:visible, #fm-rw-badge").count() == 0
+
+
+def _state(page: Any) -> dict[str, Any]:
+    return {
+        "title": page.locator("#fm-view-title").text_content(),
+        "open": page.locator("#fm-view").get_attribute("open") is not None,
+        "scale": page.locator("#fm-scale").input_value(),
+        "cmap": page.locator("#fm-cmap-seq").input_value(),
+        "zoom": page.locator("#fm-view-port").get_attribute("data-zoom"),
+        "pins": page.locator("#fm-pins figure.pin").evaluate_all(
+            "figs => figs.map(f => [f.dataset.key, f.dataset.channel])"
+        ),
+    }
+
+
+def test_address_round_trip_link_and_reload(small: Run, open_report: Any) -> None:
+    opened = open_report(small.index)
+    page = opened.page
+    name = "act#2"
+    key = small.key(name)
+    shown = small.record(name)["channels_shown"]
+    page.select_option("#fm-scale", "channel")
+    page.select_option("#fm-cmap-seq", "magma")
+    page.click(f'#fm-outline a[title="{name}"]')
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]")
+    page.click(f'#L{key} figure.tile[data-index="5"]')
+    page.click("#fm-zoom-one")
+    page.click("#fm-zoom-in")
+    page.click("#fm-view-pin")
+    page.keyboard.press("ArrowRight")
+    before = _state(page)
+    assert before["title"] == f"act#2 · channel #{shown[6]} · 9×11" and before["zoom"] == "1.25"
+    assert before["pins"] == [[str(key), str(shown[5])]]
+    url = page.url
+    assert f"#layer=act%232&channel={shown[6]}&scale=channel&cmap=magma&" in url
+    assert f"&zoom=1.25&pin={shown[5]}@act%232" in url
+    # The link in a fresh page, and a reload, show the same thing.
+    fresh = open_report(small.index).page
+    fresh.goto(url)
+    fresh.wait_for_selector("#fm-view[open]")
+    assert _state(fresh) == before
+    page.reload()
+    page.wait_for_selector("#fm-view[open]")
+    assert _state(page) == before
+    # Closing the view keeps the layer and the settings in the address, not the channel.
+    page.click("#fm-view-close")
+    page.wait_for_function("!location.hash.includes('channel=')")  # "close" is a queued event
+    assert page.url.split("#")[1] == (
+        f"layer=act%232&scale=channel&cmap=magma&div=RdBu_r&pin={shown[5]}@act%232"
+    )
+    # Links from before records were named in the address still land on their layer.
+    page.goto(f"{small.index.resolve().as_uri()}#L{key}")
+    assert page.get_attribute(f'#fm-outline a[title="{name}"]', "aria-current") == "location"
+    assert page.url.split("#")[1].startswith("layer=act%232&")
+    assert opened.errors == []
+
+
+def _outline_text(record: dict[str, Any]) -> str:
+    shape = "×".join(str(n) for n in record["shape"]) if record["shape"] else "never ran"
+    return f"{record['name']} {record['type']} {shape} {shape.replace('×', 'x')}".lower()
+
+
+def test_search_filters_the_outline_by_name_type_and_shape(resnet18: Run, open_report: Any) -> None:
+    opened = open_report(resnet18.index)
+    page = opened.page
+    records = resnet18.manifest["records"]
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "fm-search"
+    for query in ("relu", "batchnorm2d", "512x19x16", "layer3 conv 256×"):
+        page.locator("#fm-search").fill(query)
+        expected = [
+            r["name"] for r in records if all(t in _outline_text(r) for t in query.lower().split())
+        ]
+        assert expected, query
+        shown = page.locator("#fm-outline li.entry:not(.filtered-out) > a").evaluate_all(
+            "links => links.map(a => a.title)"
+        )
+        assert sorted(shown) == sorted(expected), query
+        assert all(page.locator(f'#fm-outline a[title="{n}"]').is_visible() for n in shown)
+        assert page.locator("#fm-search-count").text_content() == (
+            f"{len(expected)} of {len(records)}"
+        )
+    # Enter jumps to the first match (outline order), and j/k step through the matches.
+    page.keyboard.press("Enter")
+    first = shown[0]
+    assert page.url.split("#")[1].startswith(f"layer={quote(first)}&")
+    top = page.locator(f"#L{resnet18.key(first)}").bounding_box()["y"]
+    assert 0 <= top < 150
+    page.keyboard.press("j")
+    assert page.url.split("#")[1].startswith(f"layer={quote(shown[1])}&")
+    # Escape clears the search: every entry is back.
+    page.focus("#fm-search")
+    page.keyboard.press("Escape")
+    assert page.locator("#fm-outline li.entry.filtered-out").count() == 0
+    assert page.locator("#fm-search-count").text_content() == ""
+    assert opened.errors == []
+
+
+def test_keys_step_between_layers_and_channels(small: Run, open_report: Any) -> None:
+    opened = open_report(small.index)
+    page = opened.page
+    names = [r["name"] for r in small.manifest["records"]]
+
+    def layer_in_address() -> str:
+        return page.url.split("#layer=")[1].split("&")[0].replace("%23", "#")
+
+    page.keyboard.press("j")
+    assert layer_in_address() == names[0]
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    assert layer_in_address() == names[2]
+    page.keyboard.press("k")
+    assert layer_in_address() == names[1]
+    name = "act#2"
+    key = small.key(name)
+    shown = small.record(name)["channels_shown"]
+    page.click(f'#fm-outline a[title="{name}"]')
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]")
+    page.click(f'#L{key} figure.tile[data-index="0"]')
+    title = page.locator("#fm-view-title")
+    page.keyboard.press("ArrowLeft")  # already the first: stays
+    assert title.text_content() == f"act#2 · channel #{shown[0]} · 9×11"
+    for i in (1, 2, 3):
+        page.keyboard.press("ArrowRight")
+        assert title.text_content() == f"act#2 · channel #{shown[i]} · 9×11"
+    page.keyboard.press("ArrowLeft")
+    assert title.text_content() == f"act#2 · channel #{shown[2]} · 9×11"
+    # The map follows: it shows the float16 copy of the new channel.
+    h, w = 9, 11
+    got = _hover_cell(page, "#fm-view-map", 2, 3, h, w)
+    _check_readout(small, name, shown[2], 2, 3, got)
+    assert opened.errors == []
+
+
+def test_pinned_channels_side_by_side_match_their_tiles(small: Run, open_report: Any) -> None:
+    opened = open_report(small.index)
+    page = opened.page
+    key = small.key("down")
+    page.click('#fm-outline a[title="down"]')
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]")
+    for index in (4, 9):
+        page.click(f'#L{key} figure.tile[data-index="{index}"]')
+        page.keyboard.press("p")
+        page.keyboard.press("Escape")
+    # One from another layer, too.
+    conv = small.key("conv")
+    page.click('#fm-outline a[title="conv"]')
+    page.wait_for_selector(f"#L{conv} .tiles[data-state=drawn]")
+    page.click(f'#L{conv} figure.tile[data-index="2"]')
+    page.click("#fm-view-pin")
+    pins = page.locator("#fm-pins figure.pin")
+    assert pins.count() == 3
+    assert page.locator("#fm-view-pin").get_attribute("aria-pressed") == "true"
+    for i, (k, index) in enumerate(((key, 4), (key, 9), (conv, 2))):
+        pin = _pixels(page, f"#fm-pins figure.pin >> nth={i} >> canvas")
+        tile = _pixels(page, f'#L{k} figure.tile[data-index="{index}"] canvas')
+        assert np.array_equal(pin, tile)
+    # Side by side: one row, left to right.
+    boxes = [pins.nth(i).bounding_box() for i in range(3)]
+    assert boxes[0]["x"] < boxes[1]["x"] < boxes[2]["x"]
+    assert boxes[0]["y"] == boxes[1]["y"] == boxes[2]["y"]
+    page.click("#fm-pins figure.pin >> nth=0 >> button.pin-drop")
+    assert pins.count() == 2
+    assert opened.errors == []
+
+
+def test_zoom_pan_and_the_receptive_field_of_the_hovered_cell(
+    resnet18: Run, open_report: Any
+) -> None:
+    opened = open_report(resnet18.index)
+    page = opened.page
+    name = "layer1.0.conv1"  # 150x128 cells, stride 4
+    key = resnet18.key(name)
+    h, w = resnet18.record(name)["shape"][2:]
+    page.click("#fm-expand")
+    page.click(f'#fm-outline a[title="{name}"]')
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]")
+    page.click(f'#L{key} figure.tile[data-index="0"]')
+    port = page.locator("#fm-view-port")
+    fit = float(port.get_attribute("data-zoom"))
+    assert fit == 480 // max(h, w)  # the 480 px box, by a whole factor (every cell alike)
+    page.click("#fm-zoom-one")
+    assert port.get_attribute("data-zoom") == "1"
+    assert page.locator("#fm-view-map").evaluate("c => c.getBoundingClientRect().width") == w
+    page.click("#fm-zoom-in")
+    assert port.get_attribute("data-zoom") == "1.25"
+    page.click("#fm-zoom-out")
+    page.click("#fm-zoom-fit")
+    assert float(port.get_attribute("data-zoom")) == fit
+    # The wheel zooms about the cursor: the cell under it stays under it.
+    box = port.bounding_box()
+    x, y = box["x"] + 200, box["y"] + 150
+    page.mouse.move(x, y)
+    readout = page.locator("#fm-readout")
+    cell = (readout.get_attribute("data-row"), readout.get_attribute("data-col"))
+    for _ in range(6):
+        page.mouse.wheel(0, -100)
+    zoom = float(port.get_attribute("data-zoom"))
+    assert zoom == pytest.approx(fit * 1.25**6)
+    page.mouse.move(x + 1, y)
+    page.mouse.move(x, y)
+    assert (readout.get_attribute("data-row"), readout.get_attribute("data-col")) == cell
+    # Dragging pans by the distance moved.
+    left = port.evaluate("p => p.scrollLeft")
+    page.mouse.down()
+    page.mouse.move(x - 60, y)
+    page.mouse.up()
+    assert port.evaluate("p => p.scrollLeft") == pytest.approx(left + 60, abs=1)
+    # The hovered cell's receptive field, on the input beside the map.
+    page.click("#fm-zoom-fit")
+    g = resnet18.record(name)["geometry"]
+    for row, col in ((0, 0), (70, 33)):
+        got = _hover_cell(page, "#fm-view-map", row, col, h, w)
+        assert (got["row"], got["col"]) == (str(row), str(col))
+        cy = g["offset"][0] + g["stride"][0] * row
+        cx = g["offset"][1] + g["stride"][1] * col
+        ry, rx = g["receptive_field"]
+        field = json.loads(page.locator("#fm-view-rf").get_attribute("data-box"))
+        assert field == [cy - (ry - 1) / 2, cx - (rx - 1) / 2, ry, rx]
+        # Drawn where that is on the picture of the input (600x512 px as fed).
+        rf = page.locator("#fm-view-rf").bounding_box()
+        image = page.locator("#fm-view-input").bounding_box()
+        assert rf["x"] == pytest.approx(image["x"] + field[1] * image["width"] / 512, abs=1)
+        assert rf["y"] == pytest.approx(image["y"] + field[0] * image["height"] / 600, abs=1)
+        assert rf["width"] == pytest.approx(rx * image["width"] / 512, abs=1)
+        text = page.locator("#fm-view-rf-text").text_content()
+        assert text.startswith(f"cell ({row}, {col}) sees input rows ")
+    _hover_cell(page, "#fm-view-map", 0, 0, h, w)
+    assert "partly beyond the image (padding)" in page.locator("#fm-view-rf-text").text_content()
+    assert opened.errors == []
+
+
+@pytest.fixture(scope="module")
+def with_arrays(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    torch.manual_seed(0)
+    model = Small().eval()
+    x = torch.randn(1, 3, 19, 23, generator=torch.Generator().manual_seed(1))
+    return _run(model, x, tmp_path_factory.mktemp("arrays") / "out", save_arrays=True)
+
+
+def test_any_channel_opens_from_the_statistics_table(
+    with_arrays: Run, small: Run, open_report: Any
+) -> None:
+    name = "down"  # 40 channels, 32 drawn as tiles
+    shown = with_arrays.record(name)["channels_shown"]
+    hidden = 35
+    assert hidden not in shown
+    for run, has_arrays in ((small, False), (with_arrays, True)):
+        opened = open_report(run.index)
+        page = opened.page
+        key = run.key(name)
+        section = f"#L{key}"
+        page.locator(section).scroll_into_view_if_needed()
+        page.click(f"{section} details.stats summary")
+        page.wait_for_selector(f"{section} table.stats-table")
+        assert page.locator(f"{section} tbody button.open").count() == 40
+        # A shown channel opens from the report's data.
+        page.click(f'{section} tbody button.open[data-channel="{shown[3]}"]')
+        assert page.locator("#fm-view-title").text_content().endswith(f"#{shown[3]} · 9×11")
+        page.click("#fm-view-close")
+        page.click(f'{section} tbody button.open[data-channel="{hidden}"]')
+        assert page.locator("#fm-view-title").text_content() == f"down · channel #{hidden} · 9×11"
+        text = page.locator("#fm-view-missing-text").text_content()
+        assert f"Channel #{hidden} is not drawn as a tile" in text
+        # Its statistics are there even without its values.
+        stats = page.locator("#fm-view-stats").text_content()
+        assert stats.startswith(f"channel #{hidden} (all values, exact): mean ")
+        if not has_arrays:
+            assert "--save-arrays" in text and page.locator("#fm-arrays-file").count() == 0
+            continue
+        arrays = run.index.parent / "arrays.safetensors"
+        page.set_input_files("#fm-arrays-file", str(arrays))
+        page.wait_for_selector("#fm-view-port[data-zoom]", state="attached")
+        page.wait_for_function("!document.getElementById('fm-view').classList.contains('missing')")
+        got = _hover_cell(page, "#fm-view-map", 2, 3, 9, 11)
+        exact = float(run.tensors[name][0, hidden, 2, 3])
+        assert float(got["value"]) == exact  # the float32 value itself, not a float16 copy
+        assert "exact float32" in got["text"]
+        # With the arrays file read, the arrow keys step through every channel.
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            f"document.getElementById('fm-view-title').textContent.endsWith('#{hidden + 1} · 9×11')"
+        )
+        assert opened.errors == []
+
+
+def test_laptop_and_phone_layouts(resnet18: Run, open_report: Any) -> None:
+    ACTUAL.mkdir(exist_ok=True)
+    laptop = open_report(resnet18.index, width=1366, height=768).page
+    laptop.screenshot(path=str(ACTUAL / "report-1366x768.png"))
+    # The main column is used: the first layer's tiles reach past its middle.
+    main = laptop.locator("#fm-main").bounding_box()
+    tiles = laptop.locator("#L0 .tiles figure.tile").evaluate_all(
+        "figs => figs.map(f => f.getBoundingClientRect().right)"
+    )
+    assert max(tiles) > main["x"] + 0.75 * main["width"]
+    # Folding the header leaves the layers most of the screen, and is kept on reload.
+    laptop.click("#fm-header-toggle")
+    assert laptop.locator("#fm-facts").is_hidden()
+    laptop.reload()
+    laptop.wait_for_selector("html[data-first-layer-ms]", state="attached")
+    assert laptop.locator("#fm-facts").is_hidden()
+    assert laptop.locator("#fm-main").bounding_box()["y"] < 200
+    laptop.screenshot(path=str(ACTUAL / "report-1366x768-folded.png"))
+    laptop.click("#fm-header-toggle")
+    assert laptop.locator("#fm-facts").is_visible()
+
+    phone = open_report(resnet18.index, width=400, height=800).page
+    name = "conv1"  # a 300x256 map
+    phone.click(f'#fm-outline a[title="{name}"]')
+    phone.wait_for_selector("#L0 .tiles[data-state=drawn]")
+    phone.click('#L0 figure.tile[data-index="0"]')
+    phone.screenshot(path=str(ACTUAL / "report-400-channel.png"))
+    fits = phone.evaluate(
+        "() => { const r = s => document.querySelector(s).getBoundingClientRect();"
+        " return [r('#fm-view').left, r('#fm-view').right, r('#fm-view-port').right,"
+        " r('#fm-view-overlay').right, document.documentElement.scrollWidth]; }"
+    )
+    left, right, port, overlay, scroll_width = fits
+    assert left >= 0 and right <= 400 and port <= right and overlay <= right
+    assert scroll_width <= 400
+    dialog = phone.locator("#fm-view")
+    assert dialog.evaluate("d => d.scrollWidth <= d.clientWidth")
+    phone.click("#fm-view-close")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 400
+    phone.screenshot(path=str(ACTUAL / "report-400.png"))
+
+
+def test_density_control_changes_columns_and_is_kept(resnet18: Run, open_report: Any) -> None:
+    page = open_report(resnet18.index, width=1366, height=768).page
+
+    def columns() -> int:
+        return int(
+            page.locator("#L0 .tiles").evaluate(
+                "t => getComputedStyle(t).gridTemplateColumns.split(' ').length"
+            )
+        )
+
+    page.wait_for_selector("#L0 .tiles[data-state=drawn]")
+    counts = {}
+    for density in ("large", "medium", "small", "run"):
+        page.select_option("#fm-density", density)
+        counts[density] = columns()
+    assert counts["small"] > counts["medium"] > counts["large"] >= 1
+    assert counts["run"] == resnet18.manifest["render"]["columns"]
+    page.select_option("#fm-density", "small")
+    page.reload()
+    page.wait_for_selector("#L0 .tiles[data-state=drawn]")
+    assert page.locator("#fm-density").input_value() == "small" and columns() == counts["small"]
+    page.select_option("#fm-density", "medium")
+
+
+def test_dark_theme_follows_the_system_setting(browser: Any, small: Run) -> None:
+    colours = {}
+    for scheme in ("light", "dark"):
+        context = browser.new_context(color_scheme=scheme)
+        page = context.new_page()
+        page.goto(small.index.resolve().as_uri())
+        page.wait_for_selector("html[data-first-layer-ms]", state="attached")
+        colours[scheme] = page.evaluate(
+            "() => [getComputedStyle(document.body).backgroundColor,"
+            " getComputedStyle(document.body).color]"
+        )
+        if scheme == "dark":
+            ACTUAL.mkdir(exist_ok=True)
+            page.screenshot(path=str(ACTUAL / "report-dark.png"))
+        context.close()
+
+    def luminance(css: str) -> float:
+        r, g, b = (int(v) for v in css[css.index("(") + 1 : css.index(")")].split(",")[:3])
+        return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+    assert luminance(colours["light"][0]) > 0.9 and luminance(colours["light"][1]) < 0.2
+    assert luminance(colours["dark"][0]) < 0.15 and luminance(colours["dark"][1]) > 0.8
+
+
+def test_prediction_panel_lists_the_top_answers(
+    small: Run, tmp_path: Path, open_report: Any
+) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(small.index.parent, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    top = [
+        {"index": 948, "label": "Granny Smith", "probability": 0.61},
+        {"index": 3, "label": "<img src=x onerror=self['pwned']=1>", "probability": 0.2},
+        {"index": 7, "label": "cock", "probability": 0.05},
+    ]
+    for random_weights in (False, True):
+        manifest["prediction"] = {
+            "source": "softmax of the model's 1000 outputs; ImageNet-1k categories",
+            "random_weights": random_weights,
+            "meaningless": random_weights,
+            "top": top,
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        fm.write_report(folder)
+        opened = open_report(folder / "index.html")
+        page = opened.page
+        panel = page.locator("#fm-prediction")
+        items = panel.locator("ol.prediction-top > li")
+        assert items.count() == 3
+        for i, t in enumerate(top):
+            li = items.nth(i)
+            assert li.locator(".p-label").text_content() == t["label"]
+            assert li.locator(".p-index").text_content() == f"#{t['index']}"
+            assert li.locator(".p-prob").text_content() == f"{100 * t['probability']:.1f}%"
+            width = li.locator(".p-fill").evaluate("e => e.style.width")
+            assert float(width.rstrip("%")) == pytest.approx(100 * t["probability"])
+        warning = panel.locator(".prediction-warning")
+        assert warning.count() == int(random_weights)
+        if random_weights:
+            assert "RANDOM WEIGHTS" in warning.text_content()
+        assert page.evaluate("typeof self.pwned") == "undefined"
+        assert opened.errors == []
+    # Without a prediction (models without known categories) there is no panel.
+    assert open_report(small.index).page.locator("#fm-prediction").count() == 0

@@ -24,6 +24,8 @@ __all__ = [
     "Field",
     "LayerEntry",
     "OutlineNode",
+    "Prediction",
+    "PredictionItem",
     "ReportData",
     "ReportHeader",
     "build_report",
@@ -127,6 +129,48 @@ class OutlineNode:
     entries: tuple[int, ...]
     children: tuple[OutlineNode, ...]
 
+    @property
+    def first(self) -> int:
+        """The key of the first record in this subtree (when its first call ran)."""
+        keys = [*self.entries, *(c.first for c in self.children)]
+        return min(keys) if keys else -1
+
+    @property
+    def items(self) -> tuple[int | OutlineNode, ...]:
+        """What the outline lists under this node, in execution order.
+
+        Records of this module and of its leaf sub-modules are listed one by one where each call
+        ran (``conv1, bn1, relu, conv2, bn2, relu#2``), not grouped by module; a sub-module with
+        sub-modules of its own stays one foldable node, placed where its first record ran.
+        """
+        placed: list[tuple[int, int | OutlineNode]] = [(k, k) for k in self.entries]
+        for child in self.children:
+            if child.children:
+                placed.append((child.first, child))
+            else:
+                placed.extend((k, k) for k in child.entries)
+        placed.sort(key=lambda pair: pair[0])
+        return tuple(item for _, item in placed)
+
+
+@dataclass(frozen=True)
+class PredictionItem:
+    """One of the model's top answers: class index, its name, its probability."""
+
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for the drawn sample (the manifest's ``prediction``)."""
+
+    source: str
+    random_weights: bool
+    meaningless: bool
+    top: tuple[PredictionItem, ...]
+
 
 @dataclass(frozen=True)
 class ReportHeader:
@@ -155,6 +199,8 @@ class ReportData:
     sample: int
     global_range: tuple[float, float] | None
     selection: str
+    prediction: Prediction | None = None
+    arrays: str | None = None
 
 
 def _relative(path: object, base: str) -> str | None:
@@ -294,6 +340,27 @@ def _header(manifest: Mapping[str, Any], base: str) -> ReportHeader:
     )
 
 
+def _prediction(value: object) -> Prediction | None:
+    """The manifest's ``prediction`` (absent or null for models without known categories)."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("top"), Sequence):
+        return None
+    top = []
+    for item in value["top"]:
+        if not isinstance(item, Mapping):
+            return None
+        probability = _finite(item.get("probability"))
+        index = item.get("index")
+        if probability is None or not isinstance(index, int) or isinstance(index, bool):
+            return None
+        top.append(PredictionItem(index, str(item.get("label", "")), probability))
+    return Prediction(
+        source=str(value.get("source", "")),
+        random_weights=bool(value.get("random_weights")),
+        meaningless=bool(value.get("meaningless")),
+        top=tuple(top),
+    )
+
+
 def _selection_text(render: Mapping[str, Any]) -> str:
     if render.get("channels"):
         return "explicit list"
@@ -331,4 +398,6 @@ def build_report(manifest: Mapping[str, Any], base: str = "") -> ReportData:
         sample=int(render.get("sample") or 0),
         global_range=(min(lows), max(highs)) if lows and highs else None,
         selection=_selection_text(render),
+        prediction=_prediction(manifest.get("prediction")),
+        arrays=_relative(manifest.get("arrays"), base),
     )

@@ -156,6 +156,18 @@ def _cmap_lists(run_cmap: str | None) -> tuple[list[str], list[str], str, str]:
     return sequential, diverging, seq_default, div_default
 
 
+def _all_channels_factor(data: ReportData) -> float | None:
+    """How many times larger the layer data would be with every channel instead of the shown."""
+    shown = every = 0
+    for e in data.layers:
+        maps = e.maps_shape
+        if e.data and maps:
+            cells = math.prod(maps[1:])
+            shown += len(e.shown) * cells
+            every += maps[0] * cells
+    return every / shown if shown else None
+
+
 def client_config(data: ReportData) -> dict[str, Any]:
     """What report.js needs, as one JSON object embedded in the page."""
     sequential, diverging, seq_default, div_default = _cmap_lists(data.cmap)
@@ -173,6 +185,7 @@ def client_config(data: ReportData) -> dict[str, Any]:
             "stats": e.stats_file,
             "image": e.image,
             "geometry": dict(e.geometry) if e.geometry else None,
+            "layout": e.layout,
         }
         for e in data.layers
         if e.drawn
@@ -192,6 +205,9 @@ def client_config(data: ReportData) -> dict[str, Any]:
         "cmap": {"sequential": seq_default, "diverging": div_default},
         "luts": {name: _lut_hex(name) for name in dict.fromkeys(sequential + diverging)},
         "fed": data.header.picture_fed,
+        "randomWeights": data.header.random_weights,
+        "arrays": data.arrays,
+        "allChannelsFactor": _all_channels_factor(data),
         "layers": layers,
     }
 
