@@ -182,6 +182,18 @@ def _pixel(page: Any, selector: str) -> list[int]:
     )
 
 
+def _wait_until(page: Any, expression: str, seconds: float = 10.0) -> None:
+    """Poll ``expression`` from the test side. Playwright's own ``wait_for_function`` polls with
+    ``eval`` inside the page, which the report's CSP (no 'unsafe-eval') rightly refuses."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {seconds} s: {expression}")
+        page.wait_for_timeout(50)
+
+
 def test_outline_jump_channel_view_and_hover_read_out(small: Run, open_report: Any) -> None:
     opened = open_report(small.index)
     page = opened.page
@@ -613,7 +625,7 @@ def test_address_round_trip_link_and_reload(small: Run, open_report: Any) -> Non
     assert _state(page) == before
     # Closing the view keeps the layer and the settings in the address, not the channel.
     page.click("#fm-view-close")
-    page.wait_for_function("!location.hash.includes('channel=')")  # "close" is a queued event
+    _wait_until(page, "!location.hash.includes('channel=')")  # "close" is a queued event
     assert page.url.split("#")[1] == (
         f"layer=act%232&scale=channel&cmap=magma&div=RdBu_r&pin={shown[5]}@act%232"
     )
@@ -840,16 +852,15 @@ def test_any_channel_opens_from_the_statistics_table(
         arrays = run.index.parent / "arrays.safetensors"
         page.set_input_files("#fm-arrays-file", str(arrays))
         page.wait_for_selector("#fm-view-port[data-zoom]", state="attached")
-        page.wait_for_function("!document.getElementById('fm-view').classList.contains('missing')")
+        _wait_until(page, "!document.getElementById('fm-view').classList.contains('missing')")
         got = _hover_cell(page, "#fm-view-map", 2, 3, 9, 11)
         exact = float(run.tensors[name][0, hidden, 2, 3])
         assert float(got["value"]) == exact  # the float32 value itself, not a float16 copy
         assert "exact float32" in got["text"]
         # With the arrays file read, the arrow keys step through every channel.
         page.keyboard.press("ArrowRight")
-        page.wait_for_function(
-            f"document.getElementById('fm-view-title').textContent.endsWith('#{hidden + 1} · 9×11')"
-        )
+        title = "document.getElementById('fm-view-title').textContent"
+        _wait_until(page, f"{title}.endsWith('#{hidden + 1} · 9×11')")
         assert opened.errors == []
 
 
