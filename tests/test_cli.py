@@ -137,7 +137,8 @@ def test_layers_command_lists_calls_and_shapes(capsys: pytest.CaptureFixture[str
     # --weights none: no weights preset, so ToTensor on the full 600x512 sample photo
     assert lines[1].split() == ["conv1", "1", "Conv2d", "1x64x300x256"]
     assert ["layer1.0.relu#2", "2", "ReLU", "1x64x150x128"] in [ln.split() for ln in lines]
-    assert lines[-1] == "60 records from 52 modules of resnet18 on input (1, 3, 600, 512)"
+    assert lines[-2] == "60 records from 52 modules of resnet18 on input (1, 3, 600, 512)"
+    assert lines[-1].startswith("preprocessing: none for random weights")
 
 
 def test_several_images_get_one_folder_each(

@@ -294,6 +294,8 @@ def test_default_preprocessing_does_nothing_and_says_so() -> None:
         "interpolation": "bilinear",
         "transform": None,
         "source": "ToTensor (values scaled to [0, 1], no normalisation)",
+        "from_model": False,
+        "as_is": False,
     }
 
 
