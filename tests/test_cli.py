@@ -440,3 +440,92 @@ def test_each_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             main([name, "--help"])
         assert exc.value.code == 0
         assert f"usage: featuremaps {name}" in capsys.readouterr().out
+
+
+# -- preprocessing is always stated, and options replace only their own step -------------------
+
+
+def test_run_states_unknown_preprocessing_and_how_to_set_it(
+    nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stdout, _ = run([photo, "-m", f"{nets}:build", "-o", str(tmp_path / "o")], capsys)
+    assert code == 0
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("preprocessing:"))
+    assert "none known for this model" in line
+    assert "--size N and --normalize imagenet" in line
+
+
+@pytest.mark.parametrize("command", ["layers", "stats", "ablate", "locate"])
+def test_every_command_that_reads_inputs_states_its_preprocessing(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.zeros((70, 70, 3), np.uint8)).save(data / "a.png")
+    argv = {
+        "layers": ["layers", "shapes_cnn", "--input", str(data / "a.png")],
+        "stats": ["stats", str(data), "-m", "shapes_cnn", "-o", str(tmp_path / "s"), "-q",
+                  "--workers", "0", "--no-plots"],
+        "ablate": ["ablate", str(data), "-m", "shapes_cnn", "--layers", "relu3", "--k", "0",
+                   "--random", "0", "-o", str(tmp_path / "a"), "-q", "--workers", "0"],
+        "locate": ["locate", str(data / "a.png"), "-m", "shapes_cnn", "--layer", "conv1"],
+    }[command]  # fmt: skip
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0
+    assert "preprocessing: resize shorter side 64 (bilinear), centre crop 64 (shapes_cnn" in stdout
+
+
+def test_size_option_keeps_the_model_normalisation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "weights.pth"
+    torch.save(torchvision_resnet18_state(), path)
+    argv = ["layers", "resnet18", "--weights", str(path), "--size", "32"]
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0
+    last = stdout.splitlines()[-1]
+    assert last.startswith("preprocessing: resize shorter side 32 (bilinear), normalise mean")
+    assert "--size 32, the rest from transforms of ResNet18_Weights" in last
+
+
+def torchvision_resnet18_state() -> dict[str, torch.Tensor]:
+    import torchvision
+
+    return torchvision.models.resnet18().state_dict()
+
+
+def test_as_is_feeds_an_array_unchanged_and_excludes_other_steps(
+    nets: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    values = np.arange(3 * 5 * 6, dtype=np.uint8).reshape(3, 5, 6)
+    np.save(tmp_path / "x.npy", values)
+    out = tmp_path / "o"
+    argv = [
+        str(tmp_path / "x.npy"),
+        "-m",
+        f"{nets}:build",
+        "-o",
+        str(out),
+        "--as-is",
+        "--save-arrays",
+    ]
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0 and "preprocessing: none, inputs fed as read" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["preprocessing"]["as_is"] is True
+    assert manifest["input"]["fed_shape"] == [1, 3, 5, 6]
+    code, _, err = run([*argv, "--size", "4"], capsys)
+    assert code == 2 and "--as-is feeds inputs exactly as read" in err
+
+
+def test_help_says_a_factory_spec_runs_code(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("run", "layers"):
+        buf = io.StringIO()
+        with pytest.raises(SystemExit):
+            sys.stdout, saved = buf, sys.stdout
+            try:
+                main([command, "--help"])
+            finally:
+                sys.stdout = saved
+        text = " ".join(buf.getvalue().split())
+        assert "'path/file.py:factory' always runs that code" in text

@@ -296,7 +296,7 @@ def preprocessing_from_timm(config: Mapping[str, object], name: str) -> Preproce
     "squash" resizes both sides to ``floor(size / crop_pct)`` first. Other crop modes (and
     non-square centre crops) are approximated by resizing straight to the input size, and the
     source says so. Tensors are resized with antialiasing, which differs from timm's PIL resize
-    by a few grey levels at most.
+    by less than one grey level on average (single pixels at sharp edges differ more).
     """
     size = config.get("input_size", (3, 224, 224))
     if not isinstance(size, (tuple, list)) or len(size) != 3:
@@ -890,8 +890,7 @@ def _array_preprocessing(
             preprocessing,
             resize=None,
             crop=None,
-            source=f"{preprocessing.source}; resize and crop skipped (already {size[0]}x"
-            f"{size[1]})",
+            source=f"{preprocessing.source}; resize and crop skipped (already {size[0]}x{size[1]})",
         )
     return preprocessing
 

@@ -255,9 +255,10 @@ def _timm_has(name: str) -> bool:
 
 def _timm_preprocessing(model: nn.Module, name: str) -> Preprocessing:
     """timm's own data config for the model (input size, interpolation, crop, mean and std)."""
-    from timm.data import resolve_data_config
+    import timm.data
 
-    return preprocessing_from_timm(resolve_data_config({}, model=model), name)
+    config = timm.data.resolve_data_config({}, model=model)  # type: ignore[attr-defined,no-untyped-call]
+    return preprocessing_from_timm(config, name)
 
 
 def _load_timm(
