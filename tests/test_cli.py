@@ -529,3 +529,89 @@ def test_help_says_a_factory_spec_runs_code(capsys: pytest.CaptureFixture[str]) 
                 sys.stdout = saved
         text = " ".join(buf.getvalue().split())
         assert "'path/file.py:factory' always runs that code" in text
+
+
+def test_a_layer_call_that_never_happened_fails_with_the_calls_that_did(
+    photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [photo, "-m", "resnet18", "--weights", "none", "-o", str(tmp_path / "o"), "--no-report"]
+    code, _, err = run([*argv, "--layers", "layer1.0.relu#5"], capsys)
+    assert code == 2
+    assert (
+        "layer 'layer1.0.relu#5' matches no call in resnet18: 'layer1.0.relu' ran 2 times "
+        "(layer1.0.relu, layer1.0.relu#2); did you mean 'layer1.0.relu#2'?"
+    ) in _one_error_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+MIXED = textwrap.dedent(
+    """
+    import dataclasses
+    import torch
+    from torch import nn
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+
+    class Log(nn.Module):
+        def forward(self, x):
+            return None
+
+    class Head(nn.Module):
+        def forward(self, x):
+            return Out(x.mean((2, 3)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.log = Log()
+            self.head = Head()
+
+        def forward(self, x):
+            y = self.conv(x)
+            self.log(y)
+            return self.head(y)
+
+    def build():
+        return Net()
+    """
+)
+
+
+def test_outputs_without_tensors_appear_in_manifest_and_layers(
+    photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mixed.py"
+    path.write_text(MIXED)
+    out = tmp_path / "o"
+    code, _, _ = run([photo, "-m", f"{path}:build", "-o", str(out), "--no-report"], capsys)
+    assert code == 0
+    records = {r["name"]: r for r in json.loads((out / "manifest.json").read_text())["records"]}
+    assert records["log"]["skipped"] == "returned NoneType, not a tensor: nothing to record"
+    assert records["head.logits"]["shape"] == [1, 4]
+    code, stdout, _ = run(["layers", f"{path}:build", "--input", photo], capsys)
+    assert code == 0
+    assert ["log", "1", "Log", "returned", "NoneType", "(no", "tensor)"] in [
+        ln.split() for ln in stdout.splitlines()
+    ]
+
+
+@pytest.mark.slow
+def test_detection_transform_is_listed_with_the_type_it_returned(
+    photo: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "layers",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "--weights",
+        "none",
+        "--input",
+        photo,
+    ]
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0
+    rows = [ln.split() for ln in stdout.splitlines()]
+    assert ["transform", "1", "GeneralizedRCNNTransform", "returned", "tuple", "(ImageList,",
+            "NoneType)", "(no", "tensor)"] in rows  # fmt: skip

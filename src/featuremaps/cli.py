@@ -577,15 +577,20 @@ def _cmd_layers(args: argparse.Namespace, out: TextIO) -> int:
     )
     rows = [("name", "call", "type", "output shape")]
     for info in infos:
-        shape = "x".join(map(str, info.shape)) if info.shape else "never ran"
+        if info.returned is not None:
+            shape = f"returned {info.returned} (no tensor)"
+        else:
+            shape = "x".join(map(str, info.shape)) if info.shape else "never ran"
         rows.append((info.name, str(info.call), info.module_type, shape))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}", file=out)
     ran = sum(1 for i in infos if i.shape)
+    others = sum(1 for i in infos if i.returned is not None)
     print(
         f"{ran} records from {len({i.module for i in infos})} modules of {args.model} "
-        f"on input {tuple(inputs[0].tensor.shape)}",
+        f"on input {tuple(inputs[0].tensor.shape)}"
+        + (f"; {others} calls returned no tensor" if others else ""),
         file=out,
     )
     _print_preprocessing(inputs[0].preprocessing, out)  # as applied to this input

@@ -294,6 +294,13 @@ def _run_one(
     finally:
         writer.close()
         bar.close()
+    for other in result.no_tensor:
+        summaries.append(
+            RecordSummary(
+                other.name, other.module, other.call, other.module_type, None, None, None, None,
+                other.reason, None, None, None, 0,
+            )
+        )  # fmt: skip
     for miss in result.not_run:
         summaries.append(
             RecordSummary(
