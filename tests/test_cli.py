@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import runpy
 import sys
 import textwrap
@@ -229,7 +230,10 @@ def _a_file(tmp_path: Path) -> str:
         (lambda t, n, p: [p, "-m", n, "--channels", "top:3:median"], r"--channels 'top:3:median'"),
         (lambda t, n, p: [p, "-m", n, "--cmap", "virdis"], r"did you mean 'viridis'"),
         (lambda t, n, p: [p, "-m", n, "--scale", "fixed"], r"fixed"),
-        (lambda t, n, p: [p, "-m", n, "--range", "1,0"], r"--range '1,0' needs LO < HI"),
+        (
+            lambda t, n, p: [p, "-m", n, "--scale", "fixed", "--range", "1,0"],
+            r"--range '1,0' needs LO < HI",
+        ),
         (lambda t, n, p: [p, "-m", n, "--channels", "0"], r"--channels 0 would show nothing"),
         (lambda t, n, p: [p, "-m", n, "--layers", ""], r"--layers was given but empty"),
     ],
@@ -615,3 +619,76 @@ def test_detection_transform_is_listed_with_the_type_it_returned(
     rows = [ln.split() for ln in stdout.splitlines()]
     assert ["transform", "1", "GeneralizedRCNNTransform", "returned", "tuple", "(ImageList,",
             "NoneType)", "(no", "tensor)"] in rows  # fmt: skip
+
+
+# -- scale and range: never ignored, never clipped without a hint, messages in CLI words ------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--scale", "global", "--range=-1,1"],
+         "--range -1,1 is used only with --scale fixed, but the scale is 'global'"),
+        (["--range", "-1,1"],
+         "--range -1,1 is used only with --scale fixed, but the scale is 'layer'"),
+        (["--scale", "channel", "--range", "0,1"], "but the scale is 'channel'"),
+        (["--scale", "fixed"], "--scale fixed needs --range LO,HI, for example --range -1,1"),
+        (["--columns", "0"], "--columns 0 is not valid; expected 1 or more"),
+    ],
+)  # fmt: skip
+def test_scale_and_range_misuse_is_an_error_in_command_line_words(
+    extra: list[str], message: str, nets: str, photo: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    code, _, err = run([photo, "-m", f"{nets}:build", "-o", str(tmp_path / "o"), *extra], capsys)
+    assert code == 2
+    assert message in _one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--scale", "fixed"],
+        ["--scale", "global", "--range", "0,1"],
+        ["--columns", "0"],
+        ["--channels", "0,99"],
+        ["--channels", "top:0:mean"],
+        ["--sample", "3"],
+        ["--cmap", "nope"],
+        ["--scale", "fixed", "--range", "inf,1"],
+        ["--size", "0"],
+        ["--normalize", "1,2/0,1"],
+    ],
+)
+def test_no_python_syntax_in_command_line_errors(
+    extra: list[str], nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run([photo, "-m", f"{nets}:build", "-o", str(tmp_path / "o"), *extra], capsys)
+    line = _one_error_line(err)
+    assert code == 2
+    # Keyword arguments (value_range=..., columns=8) and tuples are Python, not options.
+    assert not re.search(r"\b[a-z_]+=|\(low, high\)|list_layers|\(\d+, \d+\)", line), line
+
+
+def test_fixed_scale_counts_clipped_cells_in_the_manifest(
+    nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    argv = [photo, "-m", f"{nets}:build", "-o", str(out), "--scale", "fixed", "--range", "0,0.01",
+            "--layers", "conv", "--save-arrays", "--no-report"]  # fmt: skip
+    code, _, _ = run(argv, capsys)
+    assert code == 0
+    [record] = json.loads((out / "manifest.json").read_text())["records"]
+    with safe_open(str(out / "arrays.safetensors"), "pt") as arrays:
+        values = arrays.get_tensor("conv")[0]
+    outside = int(((values < 0) | (values > 0.01)).sum())
+    assert outside > 0
+    assert f"{outside} values outside the fixed range 0 … 0.01" in " ".join(record["warnings"])
+
+
+def test_visualize_refuses_a_range_it_would_ignore(
+    tiny: nn.Module, image_batch: torch.Tensor
+) -> None:
+    grid = fm.GridOptions(scale="global", value_range=(-1.0, 1.0))
+    with pytest.raises(fm.OptionError, match="scale 'global' measures its range over all layers"):
+        fm.visualize(tiny, image_batch, grid=grid)

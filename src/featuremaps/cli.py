@@ -344,10 +344,24 @@ def _check_layers(patterns: list[str] | None) -> None:
         )
 
 
+def _check_scale(args: argparse.Namespace) -> None:
+    """--range belongs to --scale fixed: given with another scale it would be ignored."""
+    if args.value_range is not None and args.scale != "fixed":
+        raise OptionError(
+            f"--range {args.value_range} is used only with --scale fixed, but the scale is "
+            f"'{args.scale}'; add --scale fixed, or drop --range"
+        )
+    if args.scale == "fixed" and args.value_range is None:
+        raise OptionError("--scale fixed needs --range LO,HI, for example --range -1,1")
+    if args.columns < 1:
+        raise OptionError(f"--columns {args.columns} is not valid; expected 1 or more, e.g. 8")
+
+
 def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     import featuremaps as fm
 
     _check_layers(args.layers)
+    _check_scale(args)
     grid = fm.GridOptions(
         columns=args.columns,
         scale=args.scale,

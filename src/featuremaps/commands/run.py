@@ -399,6 +399,12 @@ def visualize(
     """
     loaded = resolve_model(model)
     grid = grid or GridOptions()
+    if grid.scale == "global" and grid.value_range is not None:
+        raise OptionError(
+            f"scale 'global' measures its range over all layers itself, so the given range "
+            f"{grid.value_range[0]:g} … {grid.value_range[1]:g} would be ignored; use scale "
+            "'fixed' for a range of your own, or leave the range out"
+        )
     saved = read_stats(channel_stats) if isinstance(channel_stats, (str, Path)) else channel_stats
     if saved is not None and (grid.order == "index" or grid.channels is not None):
         raise OptionError(
