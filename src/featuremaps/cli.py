@@ -445,6 +445,8 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     inputs = summary["inputs"]
     for item in inputs["not_read"]:
         print(f"not read: {item['path']}: {item['reason']}", file=out)
+    for reason, count in inputs["skipped"].items():
+        print(f"skipped: {count} file{'s' if count != 1 else ''}: {reason}", file=out)
     dead = sum(len(layer["dead"]) for layer in summary["layers"])
     print(
         f"{inputs['read']} of {inputs['found']} inputs read at "

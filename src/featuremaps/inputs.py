@@ -42,10 +42,14 @@ __all__ = [
     "parse_size",
     "preprocessing_from_timm",
     "preprocessing_from_weights",
+    "readable_suffixes",
     "sample_image_path",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+# Pillow formats it only identifies (stubs without a decoder here) or decodes through an outside
+# program (Ghostscript): files with these suffixes are not taken from folders.
+_UNDECODED_FORMATS = frozenset({"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"})
 
 _NO_PREPROCESSING_SOURCE = "ToTensor (values scaled to [0, 1], no normalisation)"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,6 +74,21 @@ _INT32_MAX = 2_147_483_647
 
 FloatArray = npt.NDArray[np.float32]
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def readable_suffixes() -> tuple[str, ...]:
+    """Every suffix an input file may have: the formats Pillow decodes, and ``.npy``.
+
+    ``featuremaps run`` reads any file Pillow can open; commands that search folders
+    (``stats``, ``ablate``) take exactly these suffixes, so both read the same formats.
+    """
+    Image.init()
+    found = {
+        suffix.lower()
+        for suffix, kind in Image.registered_extensions().items()
+        if kind in Image.OPEN and kind not in _UNDECODED_FORMATS
+    }
+    return tuple(sorted(found | {*IMAGE_SUFFIXES, ".npy"}))
 
 
 def sample_image_path() -> Path:

@@ -67,7 +67,7 @@ def collect_stats(
     """
     from tqdm import tqdm
 
-    from featuremaps.dataset import compute_dataset_stats, find_inputs, stats_rows
+    from featuremaps.dataset import compute_dataset_stats, scan_inputs, stats_rows
 
     write_parquet = parquet_available() if parquet is None else parquet
     if parquet and not parquet_available():
@@ -82,7 +82,8 @@ def collect_stats(
             f"{', '.join(statistics)}"
         )
     loaded = resolve_model(model)
-    paths = find_inputs(data)
+    scanned = scan_inputs(data)
+    paths = scanned.paths
     if preprocessing is None:
         preprocessing = loaded.input_preprocessing()
     first = expected_channels(loaded.model)
@@ -128,6 +129,7 @@ def collect_stats(
         summary = _stats_summary(
             loaded, paths, preprocessing, result, near_zero, duplicates, plot_files
         )
+        summary["inputs"]["skipped"] = scanned.skipped
         summary["files"] = [STATS_CSV, *([STATS_PARQUET] if write_parquet else [])]
         folder.write_json(SUMMARY, summary)
     return summary
