@@ -692,3 +692,27 @@ def test_visualize_refuses_a_range_it_would_ignore(
     grid = fm.GridOptions(scale="global", value_range=(-1.0, 1.0))
     with pytest.raises(fm.OptionError, match="scale 'global' measures its range over all layers"):
         fm.visualize(tiny, image_batch, grid=grid)
+
+
+def test_inputs_whose_names_sanitise_alike_stay_distinct_and_traceable(
+    nets: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    paths = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "é.png",
+             tmp_path / "ü.png", tmp_path / "x y.png", tmp_path / "x_y.png"]  # fmt: skip
+    for path in paths:
+        path.parent.mkdir(exist_ok=True)
+        picture.save(path)
+    out = tmp_path / "o"
+    argv = [*map(str, paths), "-m", f"{nets}:build", "-o", str(out), "--no-report"]
+    code, _, _ = run(argv, capsys)
+    assert code == 0
+    top = json.loads((out / "manifest.json").read_text())
+    folders = [entry["folder"] for entry in top["inputs"]]
+    assert len(set(folders)) == len(paths)
+    assert [entry["input"] for entry in top["inputs"]] == [str(p) for p in paths]
+    for entry in top["inputs"]:
+        sub = json.loads((out / entry["manifest"]).read_text())
+        assert sub["input"]["path"] == entry["input"]
+        assert entry["manifest"] == f"{entry['folder']}/manifest.json"
+    assert folders[2:4] == ["input", "input-2"]  # nothing of é or ü survives sanitising
