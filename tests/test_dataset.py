@@ -170,3 +170,20 @@ def test_readable_suffixes_are_the_formats_pillow_decodes() -> None:
         stubs = {"BUFR", "GRIB", "HDF5", "WMF", "MPEG", "EPS"}
         if kind in Image.OPEN and kind in Image.SAVE and kind not in stubs:
             assert suffix in suffixes, suffix
+
+
+def test_already_preprocessed_arrays_of_any_size_share_a_data_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(folder / "a.npy", rng.normal(size=(3, 64, 64)).astype(np.float32))
+    np.save(folder / "b.npy", rng.normal(size=(3, 40, 48)).astype(np.float32))
+    Image.fromarray(rng.integers(0, 256, (80, 90, 3), dtype=np.uint8)).save(folder / "c.png")
+    argv = ["stats", str(folder), "-m", "shapes_cnn", "-o", str(tmp_path / "o"), "--workers",
+            "0", "--no-plots", "--batch-size", "4"]  # fmt: skip
+    code = main(argv, out=io.StringIO())
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["inputs"]["read"] == 3

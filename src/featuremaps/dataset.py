@@ -132,9 +132,12 @@ def make_loader(
     """A loader of ``(batch or None, paths read, [(path, why not read)])`` over ``paths``.
 
     Without a fixed-size preprocessing (a crop or an ``HxW`` resize), images of different sizes
-    cannot share a batch, so each is its own batch.
+    cannot share a batch, so each is its own batch. The same holds when ``.npy`` arrays meet the
+    model's own preprocessing: an array that is already preprocessed keeps its own size.
     """
-    fixed = preprocessing.crop is not None or isinstance(preprocessing.resize, tuple)
+    fixed = preprocessing.final_size() is not None and not (
+        preprocessing.from_model and any(Path(p).suffix.lower() == ".npy" for p in paths)
+    )
     return torch.utils.data.DataLoader(
         _Files(list(paths), channels, preprocessing),
         batch_size=batch_size if fixed else 1,
