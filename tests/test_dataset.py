@@ -187,3 +187,22 @@ def test_already_preprocessed_arrays_of_any_size_share_a_data_set(
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["inputs"]["read"] == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--near-zero", "-1"], "near-zero threshold -1 is not valid; expected 0 or more"),
+        (["--duplicates", "2"], "duplicate threshold 2 can never be reached"),
+        (["--layers", "conv1#3"],
+         "layer 'conv1#3' matches no call in shapes_cnn: 'conv1' ran 1 time (conv1)"),
+    ],
+)  # fmt: skip
+def test_stats_options_that_would_select_or_mean_nothing_are_errors(
+    extra: list[str], message: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["stats", str(data), "-m", "shapes_cnn", "-o", str(tmp_path / "o"), "--workers", "0",
+            "--no-plots", *extra]  # fmt: skip
+    code = main(argv, out=io.StringIO())
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -184,9 +184,11 @@ def compute_dataset_stats(
     correlations: bool = False,
     bins: int = 128,
     progress: Callable[[int], object] | None = None,
+    model_label: str | None = None,
 ) -> DatasetStats:
     """Per-channel statistics and a histogram (at most ``bins`` bins) of the selected layers
-    over every readable input in ``paths``.
+    over every readable input in ``paths``. ``model_label`` names the model in error messages
+    (its spec; default its class name).
 
     Without a fixed-size preprocessing (a crop or an ``HxW`` resize), images of different sizes
     cannot share a batch, so each is its own batch.
@@ -213,7 +215,10 @@ def compute_dataset_stats(
     for batch, batch_paths, failed in loader:
         out.failed.extend(failed)
         if batch is not None:
-            capture(model, batch, layers=layers, types=types, on_record=consume, copy=False)
+            capture(
+                model, batch, layers=layers, types=types, on_record=consume, copy=False,
+                model_label=model_label,
+            )  # fmt: skip
             out.images += len(batch_paths)
         if progress is not None:
             progress(len(batch_paths) + len(failed))

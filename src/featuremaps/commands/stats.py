@@ -81,6 +81,15 @@ def collect_stats(
             f"rank_by={rank_by!r} is not a per-channel statistic; expected one of "
             f"{', '.join(statistics)}"
         )
+    if not near_zero >= 0:  # also refuses NaN
+        raise OptionError(
+            f"near-zero threshold {near_zero:g} is not valid; expected 0 or more, e.g. 1e-6"
+        )
+    if duplicates is not None and not 0 <= duplicates <= 1:
+        raise OptionError(
+            f"duplicate threshold {duplicates:g} can never be reached by a correlation's size; "
+            "expected a number from 0 to 1, e.g. 0.95"
+        )
     loaded = resolve_model(model)
     scanned = scan_inputs(data)
     paths = scanned.paths
@@ -101,6 +110,7 @@ def collect_stats(
             near_zero=near_zero,
             correlations=duplicates is not None,
             progress=bar.update,
+            model_label=loaded.spec,
         )
         rows = stats_rows(result, rank_by)
         folder.write_csv(STATS_CSV, rows)
