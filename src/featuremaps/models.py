@@ -46,7 +46,7 @@ from featuremaps.checkpoints import (
 from featuremaps.inputs import Preprocessing, preprocessing_from_timm, preprocessing_from_weights
 from featuremaps.naming import suggest
 
-__all__ = ["LoadedModel", "load_model", "load_weights_file"]
+__all__ = ["LoadedModel", "load_model", "load_weights_file", "no_download_arguments"]
 
 
 def load_model(
