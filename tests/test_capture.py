@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import inspect
+import re
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -191,7 +194,8 @@ def test_torchscript_gives_the_output_and_says_why_nothing_else(
 
 
 def test_forward_failure_names_module_and_input_shape(tiny: nn.Module) -> None:
-    with pytest.raises(fm.CaptureError, match=r"failed in 'conv1' \(Conv2d\) on input of shape"):
+    match = r"failed in 'conv1' \(Conv2d\) at .*conftest.py:\d+ \(in forward\) on input of shape"
+    with pytest.raises(fm.CaptureError, match=match):
         fm.capture(tiny, torch.randn(1, 5, 8, 8))
 
 
@@ -225,3 +229,119 @@ def test_streaming_without_copy_sees_exact_values_during_the_callback(
         torch.testing.assert_close(seen[record.name], record.tensor, rtol=0, atol=0)
     # bn1's live output was later ReLU-ed in place: the documented reason to consume or clone.
     assert live["bn1"].min() >= 0 and exact.get("bn1").tensor.min() < 0
+
+
+# -- selections that match nothing, outputs without tensors, failures in the model's own code --
+
+
+@pytest.mark.parametrize("pattern", ["act#3", "a*#3", "act#0", "conv1#2"])
+def test_a_call_pattern_beyond_the_calls_made_is_an_error(tiny: nn.Module, pattern: str) -> None:
+    with pytest.raises(fm.LayerError, match=r"matches no call in TinyNet: '.*' ran \d+ times?"):
+        fm.capture(tiny, torch.randn(1, 3, 8, 8), layers=pattern)
+
+
+def test_call_one_pattern_picks_the_first_call(tiny: nn.Module) -> None:
+    x = torch.randn(1, 3, 8, 8)
+    assert fm.capture(tiny, x, layers="act#1").names() == ["act"]
+    assert fm.capture(tiny, x, layers="conv1#1").names() == ["conv1"]
+    assert fm.capture(tiny, x, layers="act#2").names() == ["act#2"]
+
+
+@dataclasses.dataclass
+class _HeadOutput:
+    logits: torch.Tensor
+    note: str = "not a tensor"
+
+
+class _Pair(NamedTuple):
+    first: torch.Tensor
+    second: torch.Tensor
+
+
+class _DataclassHead(nn.Module):
+    def forward(self, x: torch.Tensor) -> _HeadOutput:
+        return _HeadOutput(x.mean((2, 3)))
+
+
+class _PairMaker(nn.Module):
+    def forward(self, x: torch.Tensor) -> _Pair:
+        return _Pair(x + 1, x * 2)
+
+
+class _Logger(nn.Module):
+    def forward(self, x: torch.Tensor) -> None:
+        return None
+
+
+class _Images:
+    """Like torchvision detection's ImageList: an object that holds tensors, not a tensor."""
+
+    def __init__(self, tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+
+class _Batcher(nn.Module):
+    def forward(self, x: torch.Tensor) -> _Images:
+        return _Images(x)
+
+
+class _Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch = _Batcher()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.log = _Logger()
+        self.pair = _PairMaker()
+        self.head = _DataclassHead()
+
+    def forward(self, x: torch.Tensor) -> _HeadOutput:
+        y = self.conv(self.batch(x).tensors)
+        self.log(y)
+        return self.head(self.pair(y).second)
+
+
+def test_outputs_without_tensors_are_listed_with_their_type() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    result = fm.capture(_Mixed(), x)
+    assert [(n.name, n.returned) for n in result.no_tensor] == [
+        ("batch", "_Images"),
+        ("log", "NoneType"),
+    ]
+    assert "returned NoneType, not a tensor" in result.no_tensor[1].reason
+    infos = {i.name: i for i in fm.list_layers(_Mixed(), x)}
+    assert infos["batch"].returned == "_Images" and infos["batch"].ran
+    assert infos["log"].returned == "NoneType" and infos["log"].shape is None
+
+
+def test_tensors_inside_dataclasses_and_named_tuples_are_recorded() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    result = fm.capture(_Mixed(), x)
+    y = result.get("conv").tensor
+    assert result.names() == ["conv", "pair.first", "pair.second", "head.logits"]
+    assert torch.equal(result.get("pair.first").tensor, y + 1)
+    assert torch.equal(result.get("pair.second").tensor, y * 2)
+    assert torch.equal(result.get("head.logits").tensor, (y * 2).mean((2, 3)))
+
+
+class _ReshapesWrongly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(10, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        flat = y.view(1, 10)  # the bug: in the model's own code, not in a module
+        return self.fc(flat)
+
+
+def test_a_failure_in_the_model_own_code_is_reported_where_it_happened() -> None:
+    line = inspect.getsourcelines(_ReshapesWrongly.forward)[1] + 2
+    here = re.escape(f"{__file__}:{line} (in forward)")
+    expected = (
+        rf"failed in its own forward code, outside any submodule at {here}, after its module "
+        r"'conv' returned, on input of shape \(1, 3, 8, 8\): RuntimeError: shape '\[1, 10\]' is "
+        r"invalid for input of size 144$"
+    )
+    with pytest.raises(fm.CaptureError, match=expected):
+        fm.capture(_ReshapesWrongly(), torch.randn(1, 3, 8, 8))

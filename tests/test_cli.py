@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import runpy
 import sys
 import textwrap
@@ -137,7 +138,8 @@ def test_layers_command_lists_calls_and_shapes(capsys: pytest.CaptureFixture[str
     # --weights none: no weights preset, so ToTensor on the full 600x512 sample photo
     assert lines[1].split() == ["conv1", "1", "Conv2d", "1x64x300x256"]
     assert ["layer1.0.relu#2", "2", "ReLU", "1x64x150x128"] in [ln.split() for ln in lines]
-    assert lines[-1] == "60 records from 52 modules of resnet18 on input (1, 3, 600, 512)"
+    assert lines[-2] == "60 records from 52 modules of resnet18 on input (1, 3, 600, 512)"
+    assert lines[-1].startswith("preprocessing: none for random weights")
 
 
 def test_several_images_get_one_folder_each(
@@ -228,7 +230,10 @@ def _a_file(tmp_path: Path) -> str:
         (lambda t, n, p: [p, "-m", n, "--channels", "top:3:median"], r"--channels 'top:3:median'"),
         (lambda t, n, p: [p, "-m", n, "--cmap", "virdis"], r"did you mean 'viridis'"),
         (lambda t, n, p: [p, "-m", n, "--scale", "fixed"], r"fixed"),
-        (lambda t, n, p: [p, "-m", n, "--range", "1,0"], r"--range '1,0' needs LO < HI"),
+        (
+            lambda t, n, p: [p, "-m", n, "--scale", "fixed", "--range", "1,0"],
+            r"--range '1,0' needs LO < HI",
+        ),
         (lambda t, n, p: [p, "-m", n, "--channels", "0"], r"--channels 0 would show nothing"),
         (lambda t, n, p: [p, "-m", n, "--layers", ""], r"--layers was given but empty"),
     ],
@@ -439,3 +444,275 @@ def test_each_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             main([name, "--help"])
         assert exc.value.code == 0
         assert f"usage: featuremaps {name}" in capsys.readouterr().out
+
+
+# -- preprocessing is always stated, and options replace only their own step -------------------
+
+
+def test_run_states_unknown_preprocessing_and_how_to_set_it(
+    nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stdout, _ = run([photo, "-m", f"{nets}:build", "-o", str(tmp_path / "o")], capsys)
+    assert code == 0
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("preprocessing:"))
+    assert "none known for this model" in line
+    assert "--size N and --normalize imagenet" in line
+
+
+@pytest.mark.parametrize("command", ["layers", "stats", "ablate", "locate"])
+def test_every_command_that_reads_inputs_states_its_preprocessing(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.zeros((70, 70, 3), np.uint8)).save(data / "a.png")
+    argv = {
+        "layers": ["layers", "shapes_cnn", "--input", str(data / "a.png")],
+        "stats": ["stats", str(data), "-m", "shapes_cnn", "-o", str(tmp_path / "s"), "-q",
+                  "--workers", "0", "--no-plots"],
+        "ablate": ["ablate", str(data), "-m", "shapes_cnn", "--layers", "relu3", "--k", "0",
+                   "--random", "0", "-o", str(tmp_path / "a"), "-q", "--workers", "0"],
+        "locate": ["locate", str(data / "a.png"), "-m", "shapes_cnn", "--layer", "conv1"],
+    }[command]  # fmt: skip
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0
+    assert "preprocessing: resize shorter side 64 (bilinear), centre crop 64 (shapes_cnn" in stdout
+
+
+def test_size_option_keeps_the_model_normalisation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "weights.pth"
+    torch.save(torchvision_resnet18_state(), path)
+    argv = ["layers", "resnet18", "--weights", str(path), "--size", "32"]
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0
+    last = stdout.splitlines()[-1]
+    assert last.startswith("preprocessing: resize shorter side 32 (bilinear), normalise mean")
+    assert "--size 32, the rest from transforms of ResNet18_Weights" in last
+
+
+def torchvision_resnet18_state() -> dict[str, torch.Tensor]:
+    import torchvision
+
+    return torchvision.models.resnet18().state_dict()
+
+
+def test_as_is_feeds_an_array_unchanged_and_excludes_other_steps(
+    nets: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    values = np.arange(3 * 5 * 6, dtype=np.uint8).reshape(3, 5, 6)
+    np.save(tmp_path / "x.npy", values)
+    out = tmp_path / "o"
+    argv = [
+        str(tmp_path / "x.npy"),
+        "-m",
+        f"{nets}:build",
+        "-o",
+        str(out),
+        "--as-is",
+        "--save-arrays",
+    ]
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0 and "preprocessing: none, inputs fed as read" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["preprocessing"]["as_is"] is True
+    assert manifest["input"]["fed_shape"] == [1, 3, 5, 6]
+    code, _, err = run([*argv, "--size", "4"], capsys)
+    assert code == 2 and "--as-is feeds inputs exactly as read" in err
+
+
+def test_help_says_a_factory_spec_runs_code(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("run", "layers"):
+        buf = io.StringIO()
+        with pytest.raises(SystemExit):
+            sys.stdout, saved = buf, sys.stdout
+            try:
+                main([command, "--help"])
+            finally:
+                sys.stdout = saved
+        text = " ".join(buf.getvalue().split())
+        assert "'path/file.py:factory' always runs that code" in text
+
+
+def test_a_layer_call_that_never_happened_fails_with_the_calls_that_did(
+    photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [photo, "-m", "resnet18", "--weights", "none", "-o", str(tmp_path / "o"), "--no-report"]
+    code, _, err = run([*argv, "--layers", "layer1.0.relu#5"], capsys)
+    assert code == 2
+    assert (
+        "layer 'layer1.0.relu#5' matches no call in resnet18: 'layer1.0.relu' ran 2 times "
+        "(layer1.0.relu, layer1.0.relu#2); did you mean 'layer1.0.relu#2'?"
+    ) in _one_error_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+MIXED = textwrap.dedent(
+    """
+    import dataclasses
+    import torch
+    from torch import nn
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+
+    class Log(nn.Module):
+        def forward(self, x):
+            return None
+
+    class Head(nn.Module):
+        def forward(self, x):
+            return Out(x.mean((2, 3)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.log = Log()
+            self.head = Head()
+
+        def forward(self, x):
+            y = self.conv(x)
+            self.log(y)
+            return self.head(y)
+
+    def build():
+        return Net()
+    """
+)
+
+
+def test_outputs_without_tensors_appear_in_manifest_and_layers(
+    photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mixed.py"
+    path.write_text(MIXED)
+    out = tmp_path / "o"
+    code, _, _ = run([photo, "-m", f"{path}:build", "-o", str(out), "--no-report"], capsys)
+    assert code == 0
+    records = {r["name"]: r for r in json.loads((out / "manifest.json").read_text())["records"]}
+    assert records["log"]["skipped"] == "returned NoneType, not a tensor: nothing to record"
+    assert records["head.logits"]["shape"] == [1, 4]
+    code, stdout, _ = run(["layers", f"{path}:build", "--input", photo], capsys)
+    assert code == 0
+    assert ["log", "1", "Log", "returned", "NoneType", "(no", "tensor)"] in [
+        ln.split() for ln in stdout.splitlines()
+    ]
+
+
+@pytest.mark.slow
+def test_detection_transform_is_listed_with_the_type_it_returned(
+    photo: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "layers",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "--weights",
+        "none",
+        "--input",
+        photo,
+    ]
+    code, stdout, _ = run(argv, capsys)
+    assert code == 0
+    rows = [ln.split() for ln in stdout.splitlines()]
+    assert ["transform", "1", "GeneralizedRCNNTransform", "returned", "tuple", "(ImageList,",
+            "NoneType)", "(no", "tensor)"] in rows  # fmt: skip
+
+
+# -- scale and range: never ignored, never clipped without a hint, messages in CLI words ------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--scale", "global", "--range=-1,1"],
+         "--range -1,1 is used only with --scale fixed, but the scale is 'global'"),
+        (["--range", "-1,1"],
+         "--range -1,1 is used only with --scale fixed, but the scale is 'layer'"),
+        (["--scale", "channel", "--range", "0,1"], "but the scale is 'channel'"),
+        (["--scale", "fixed"], "--scale fixed needs --range LO,HI, for example --range -1,1"),
+        (["--columns", "0"], "--columns 0 is not valid; expected 1 or more"),
+    ],
+)  # fmt: skip
+def test_scale_and_range_misuse_is_an_error_in_command_line_words(
+    extra: list[str], message: str, nets: str, photo: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    code, _, err = run([photo, "-m", f"{nets}:build", "-o", str(tmp_path / "o"), *extra], capsys)
+    assert code == 2
+    assert message in _one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--scale", "fixed"],
+        ["--scale", "global", "--range", "0,1"],
+        ["--columns", "0"],
+        ["--channels", "0,99"],
+        ["--channels", "top:0:mean"],
+        ["--sample", "3"],
+        ["--cmap", "nope"],
+        ["--scale", "fixed", "--range", "inf,1"],
+        ["--size", "0"],
+        ["--normalize", "1,2/0,1"],
+    ],
+)
+def test_no_python_syntax_in_command_line_errors(
+    extra: list[str], nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run([photo, "-m", f"{nets}:build", "-o", str(tmp_path / "o"), *extra], capsys)
+    line = _one_error_line(err)
+    assert code == 2
+    # Keyword arguments (value_range=..., columns=8) and tuples are Python, not options.
+    assert not re.search(r"\b[a-z_]+=|\(low, high\)|list_layers|\(\d+, \d+\)", line), line
+
+
+def test_fixed_scale_counts_clipped_cells_in_the_manifest(
+    nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    argv = [photo, "-m", f"{nets}:build", "-o", str(out), "--scale", "fixed", "--range", "0,0.01",
+            "--layers", "conv", "--save-arrays", "--no-report"]  # fmt: skip
+    code, _, _ = run(argv, capsys)
+    assert code == 0
+    [record] = json.loads((out / "manifest.json").read_text())["records"]
+    with safe_open(str(out / "arrays.safetensors"), "pt") as arrays:
+        values = arrays.get_tensor("conv")[0]
+    outside = int(((values < 0) | (values > 0.01)).sum())
+    assert outside > 0
+    assert f"{outside} values outside the fixed range 0 … 0.01" in " ".join(record["warnings"])
+
+
+def test_visualize_refuses_a_range_it_would_ignore(
+    tiny: nn.Module, image_batch: torch.Tensor
+) -> None:
+    grid = fm.GridOptions(scale="global", value_range=(-1.0, 1.0))
+    with pytest.raises(fm.OptionError, match="scale 'global' measures its range over all layers"):
+        fm.visualize(tiny, image_batch, grid=grid)
+
+
+def test_inputs_whose_names_sanitise_alike_stay_distinct_and_traceable(
+    nets: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    paths = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "é.png",
+             tmp_path / "ü.png", tmp_path / "x y.png", tmp_path / "x_y.png"]  # fmt: skip
+    for path in paths:
+        path.parent.mkdir(exist_ok=True)
+        picture.save(path)
+    out = tmp_path / "o"
+    argv = [*map(str, paths), "-m", f"{nets}:build", "-o", str(out), "--no-report"]
+    code, _, _ = run(argv, capsys)
+    assert code == 0
+    top = json.loads((out / "manifest.json").read_text())
+    folders = [entry["folder"] for entry in top["inputs"]]
+    assert len(set(folders)) == len(paths)
+    assert [entry["input"] for entry in top["inputs"]] == [str(p) for p in paths]
+    for entry in top["inputs"]:
+        sub = json.loads((out / entry["manifest"]).read_text())
+        assert sub["input"]["path"] == entry["input"]
+        assert entry["manifest"] == f"{entry['folder']}/manifest.json"
+    assert folders[2:4] == ["input", "input-2"]  # nothing of é or ü survives sanitising

@@ -121,3 +121,88 @@ def test_tensor_channels_first_for_tokens() -> None:
 
     record = fm.LayerRecord("x", "x", 1, "Linear", None, 0, torch.arange(24.0).reshape(1, 4, 6))
     assert _channels_first(record).shape == (1, 6, 4)
+
+
+def test_stats_reads_every_format_run_reads_and_counts_what_it_skips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    kinds = [".png", ".gif", ".ppm", ".tga", ".pcx"]
+    for suffix in kinds:
+        picture.save(folder / f"img{suffix}")
+    np.save(folder / "array.npy", np.asarray(picture))
+    for name in ("a.txt", "b.txt", "labels.json", "README"):
+        (folder / name).write_text("not an input")
+    net = tmp_path / "net.py"
+    net.write_text(NET)
+    out, buf = tmp_path / "stats", io.StringIO()
+    argv = ["stats", str(folder), "-m", f"{net}:build", "-o", str(out), "--workers", "0",
+            "--no-plots"]  # fmt: skip
+    code = main(argv, out=buf)
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    # The oracle: every file `run` reads (load_input) is read here too.
+    for path in folder.iterdir():
+        if path.suffix in (*kinds, ".npy"):
+            fm.load_input(path, channels=3)
+    assert summary["inputs"]["read"] == len(kinds) + 1 and summary["inputs"]["not_read"] == []
+    assert summary["inputs"]["skipped"] == {
+        "suffix '.txt' is not an image or .npy": 2,
+        "suffix '.json' is not an image or .npy": 1,
+        "no suffix (not an image or .npy)": 1,
+    }
+    printed = buf.getvalue()
+    assert "skipped: 2 files: suffix '.txt' is not an image or .npy" in printed
+    assert "skipped: 1 file: no suffix (not an image or .npy)" in printed
+
+
+def test_readable_suffixes_are_the_formats_pillow_decodes() -> None:
+    from featuremaps.inputs import readable_suffixes
+
+    Image.init()
+    suffixes = readable_suffixes()
+    assert {".gif", ".npy", ".png", ".jpg", ".webp", ".tif"} <= set(suffixes)
+    for suffix, kind in Image.registered_extensions().items():
+        # Stubs (identified, not decoded here) and Ghostscript's EPS are left out on purpose.
+        stubs = {"BUFR", "GRIB", "HDF5", "WMF", "MPEG", "EPS"}
+        if kind in Image.OPEN and kind in Image.SAVE and kind not in stubs:
+            assert suffix in suffixes, suffix
+
+
+def test_already_preprocessed_arrays_of_any_size_share_a_data_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(folder / "a.npy", rng.normal(size=(3, 64, 64)).astype(np.float32))
+    np.save(folder / "b.npy", rng.normal(size=(3, 40, 48)).astype(np.float32))
+    Image.fromarray(rng.integers(0, 256, (80, 90, 3), dtype=np.uint8)).save(folder / "c.png")
+    argv = ["stats", str(folder), "-m", "shapes_cnn", "-o", str(tmp_path / "o"), "--workers",
+            "0", "--no-plots", "--batch-size", "4"]  # fmt: skip
+    code = main(argv, out=io.StringIO())
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["inputs"]["read"] == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--near-zero", "-1"], "near-zero threshold -1 is not valid; expected 0 or more"),
+        (["--duplicates", "2"], "duplicate threshold 2 can never be reached"),
+        (["--layers", "conv1#3"],
+         "layer 'conv1#3' matches no call in shapes_cnn: 'conv1' ran 1 time (conv1)"),
+    ],
+)  # fmt: skip
+def test_stats_options_that_would_select_or_mean_nothing_are_errors(
+    extra: list[str], message: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["stats", str(data), "-m", "shapes_cnn", "-o", str(tmp_path / "o"), "--workers", "0",
+            "--no-plots", *extra]  # fmt: skip
+    code = main(argv, out=io.StringIO())
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -154,7 +154,8 @@ def test_cli_locate_answers_match_an_impulse_oracle(
         code = main(["locate", str(tmp_path / "grey.png"), "-m", spec, "--layer", "2",
                      "--pixel", f"{y},{x}", "--cell", "1,2"], out=buf)  # fmt: skip
         assert code == 0, capsys.readouterr().err
-        head, cell, pixel = buf.getvalue().splitlines()
+        stated, head, cell, pixel = buf.getvalue().splitlines()
+        assert stated.startswith("preprocessing: none known for this model")
         assert head.startswith("2: 5x6 cells over the input as fed (23x30, grey.png); stride 4x4")
         assert "(analytic)" in head
         poked = base.clone()

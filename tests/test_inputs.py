@@ -294,6 +294,8 @@ def test_default_preprocessing_does_nothing_and_says_so() -> None:
         "interpolation": "bilinear",
         "transform": None,
         "source": "ToTensor (values scaled to [0, 1], no normalisation)",
+        "from_model": False,
+        "as_is": False,
     }
 
 
@@ -954,3 +956,73 @@ def test_display_of_extreme_values_does_not_overflow(tmp_path: Path) -> None:
     assert loaded.display[0, 0].tolist() == [0, 0, 0]
     assert loaded.display[1, 1].tolist() == [255, 255, 255]
     np.testing.assert_array_equal(loaded.tensor[0].numpy(), array)
+
+
+# -- arrays: what an array is, decided from its dtype and values, and said --------------------
+
+_MODEL_PRESET = Preprocessing(
+    resize=40, crop=32, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), source="a preset",
+    from_model=True,
+)  # fmt: skip
+
+
+def test_uint8_array_is_read_like_the_same_picture_as_an_image(tmp_path: Path) -> None:
+    pixels = random_rgb(48, 64, seed=3)
+    array = tmp_path / "pixels.npy"
+    np.save(array, pixels)
+    image = save(Image.fromarray(pixels), tmp_path / "pixels.png")
+    from_array = load_input(array, channels=3, preprocessing=_MODEL_PRESET)
+    from_image = load_input(image, channels=3, preprocessing=_MODEL_PRESET)
+    assert torch.equal(from_array.tensor, from_image.tensor)
+    assert any("uint8 values divided by 255" in c for c in from_array.conversions)
+
+
+def test_uint16_array_is_divided_by_its_full_scale(tmp_path: Path) -> None:
+    values = np.random.default_rng(0).integers(0, 65536, (1, 8, 8)).astype(np.uint16)
+    np.save(tmp_path / "sixteen.npy", values)
+    loaded = load_input(tmp_path / "sixteen.npy")
+    expected = values.astype(np.float32) / np.float32(65535)
+    np.testing.assert_array_equal(loaded.tensor[0].numpy(), expected)
+
+
+def test_already_preprocessed_array_is_fed_as_it_is(tmp_path: Path) -> None:
+    # Normalised values (outside [0, 1]) at the model's input size: resizing, cropping and
+    # normalising them again would feed something else.
+    values = np.random.default_rng(1).normal(size=(3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "ready.npy", values)
+    loaded = load_input(tmp_path / "ready.npy", channels=3, preprocessing=_MODEL_PRESET)
+    np.testing.assert_array_equal(loaded.tensor[0].numpy(), values)
+    assert any("taken as already preprocessed" in c for c in loaded.conversions)
+    assert loaded.describe()["preprocessing"]["source"].startswith("not applied")
+
+
+def test_picture_array_at_the_input_size_is_only_normalised(tmp_path: Path) -> None:
+    values = np.random.default_rng(2).random((3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "sized.npy", values)
+    loaded = load_input(tmp_path / "sized.npy", channels=3, preprocessing=_MODEL_PRESET)
+    mean = np.array(_MODEL_PRESET.mean, dtype=np.float32)[:, None, None]
+    std = np.array(_MODEL_PRESET.std, dtype=np.float32)[:, None, None]
+    expected = (values - mean) / std
+    np.testing.assert_allclose(loaded.tensor[0].numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert any("not resized or cropped again" in c for c in loaded.conversions)
+
+
+def test_user_preprocessing_is_applied_even_to_arrays_outside_unit_range(tmp_path: Path) -> None:
+    values = np.full((3, 10, 10), 5.0, dtype=np.float32)
+    np.save(tmp_path / "raw.npy", values)
+    given = Preprocessing(resize=(4, 6), source="options")
+    loaded = load_input(tmp_path / "raw.npy", channels=3, preprocessing=given)
+    assert loaded.tensor.shape == (1, 3, 4, 6)
+
+
+def test_as_is_feeds_array_values_unchanged(tmp_path: Path) -> None:
+    pixels = random_rgb(8, 8, seed=4)
+    np.save(tmp_path / "raw.npy", pixels)
+    loaded = load_input(tmp_path / "raw.npy", channels=3, preprocessing=Preprocessing.unchanged())
+    np.testing.assert_array_equal(fed(loaded), pixels.astype(np.float32))
+    assert any("fed as is (asked for)" in c for c in loaded.conversions)
+
+
+def test_as_is_cannot_have_steps() -> None:
+    with pytest.raises(OptionError, match="'as is' feeds inputs exactly as read"):
+        Preprocessing(resize=4, as_is=True)

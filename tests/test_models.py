@@ -10,11 +10,13 @@ import urllib.error
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
@@ -243,3 +245,115 @@ def test_timm_names_random_and_offline_fallback() -> None:
     assert fallback.random_weights and fallback.weights_status.startswith("random (offline")
     with pytest.raises(fm.ModelError, match=r"unknown timm model 'resnet10x'"):
         fm.load_model("timm:resnet10x")
+
+
+# -- the user's own model: preprocessing follows the architecture, loading never misleads ------
+
+
+def test_torchvision_name_with_weights_file_keeps_the_architecture_preprocessing(
+    tmp_path: Path,
+) -> None:
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    path = tmp_path / "finetuned.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    loaded = fm.load_model("resnet18", str(path))
+    pre = loaded.input_preprocessing()
+    assert "assumed for the weights file finetuned.pth" in pre.source
+    assert pre.from_model
+    # The oracle: torchvision's own transforms of that architecture, on the same pixels.
+    image = fm.sample_image_path()
+    fed = fm.load_input(image, preprocessing=pre).tensor[0]
+    pixels = np.array(Image.open(image).convert("RGB"))
+    chw = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+    expected = weights.transforms()(chw)
+    assert fed.shape == expected.shape == (3, 224, 224)
+    assert torch.allclose(fed, expected, atol=1e-5)
+
+
+def test_timm_models_use_timm_data_config_on_any_image_size(tmp_path: Path) -> None:
+    import timm
+
+    path = tmp_path / "wide.png"
+    Image.open(fm.sample_image_path()).convert("RGB").resize((300, 200)).save(path)
+    loaded = fm.load_model("timm:vit_tiny_patch16_224", "none")
+    pre = loaded.input_preprocessing()
+    assert "timm data config" in pre.source
+    fed = fm.load_input(path, preprocessing=pre).tensor
+    config = timm.data.resolve_data_config({}, model=loaded.model)
+    expected = timm.data.create_transform(**config)(Image.open(path).convert("RGB"))[None]
+    assert fed.shape == expected.shape == (1, 3, 224, 224)
+    # timm resizes PIL images, we resize tensors (antialiased): the same recipe, values within
+    # a fraction of a grey level on average (std 0.5, so 0.01 is 0.6 grey levels).
+    assert float((fed - expected).abs().mean()) < 0.01
+    records = fm.capture(loaded.model, fed, layers="blocks.0")  # a non-224 image no longer fails
+    assert records[0].shape == (1, 197, 192)
+
+
+def _refuse_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    attempts: list[str] = []
+
+    def refuse(url: Any, *args: Any, **kwargs: Any) -> None:
+        attempts.append(str(getattr(url, "full_url", url)))
+        raise urllib.error.URLError("network refused by the test")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr("urllib.request.urlopen", refuse)
+    return attempts
+
+
+@pytest.mark.parametrize("weights", ["none", "DEFAULT"])
+@pytest.mark.parametrize(
+    "name", ["fasterrcnn_mobilenet_v3_large_320_fpn", "lraspp_mobilenet_v3_large"]
+)
+def test_no_weights_and_offline_never_touch_the_network(
+    name: str, weights: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached copy
+    attempts = _refuse_network(monkeypatch)
+    if weights == "none":
+        loaded = fm.load_model(name, weights, offline=True)
+    else:
+        with pytest.warns(fm.RandomWeightsWarning, match="offline mode"):
+            loaded = fm.load_model(name, weights, offline=True)
+    assert attempts == []
+    assert loaded.random_weights
+
+
+def test_every_torchvision_weights_argument_is_kept_from_downloading() -> None:
+    import inspect
+
+    from featuremaps.models import no_download_arguments
+
+    for name in torchvision.models.list_models():
+        builder = torchvision.models.get_model_builder(name)
+        downloading = {
+            p.name
+            for p in inspect.signature(builder).parameters.values()
+            if p.name != "weights" and isinstance(p.default, torchvision.models.WeightsEnum)
+        }
+        assert downloading <= set(no_download_arguments(name)), name
+
+
+def test_trust_checkpoint_reaches_a_whole_model_file_given_as_weights(tmp_path: Path) -> None:
+    path = tmp_path / "whole.pth"
+    model = torchvision.models.squeezenet1_1()
+    torch.save(model, path)
+    with pytest.raises(fm.UntrustedCheckpointError, match="pass --trust-checkpoint"):
+        fm.load_model("squeezenet1_1", str(path))
+    loaded = fm.load_model("squeezenet1_1", str(path), trust_checkpoint=True)
+    assert _same_weights(loaded.model, model.state_dict())
+
+
+@pytest.mark.parametrize("spec", ["builtins:exit", "sys:exit"])
+def test_a_factory_that_exits_is_a_model_error(spec: str) -> None:
+    with pytest.raises(fm.ModelError, match=r"tried to end the program \(SystemExit"):
+        fm.load_model(spec)
+
+
+def test_a_model_file_that_exits_on_import_is_a_model_error(tmp_path: Path) -> None:
+    path = tmp_path / "quits.py"
+    path.write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(fm.ModelError, match=r"importing '.*quits.py' tried to end the program"):
+        fm.load_model(f"{path}:build")

@@ -38,3 +38,20 @@ def test_golden_one_by_one_maps() -> None:
     label = GridLabel("avgpool", "AdaptiveAvgPool2d", (1, 6, 1, 1))
     grid = make_grid(maps, GridOptions(columns=3), label=label)
     assert_matches_golden("grid_1x1", grid.pixels)
+
+
+def test_golden_fixed_scale_marks_clipped_ends() -> None:
+    maps = ((((np.arange(3 * 6 * 6) * 5) % 17) - 8) / 4).reshape(3, 6, 6).astype(np.float32)
+    label = GridLabel("layer2.0.conv1", "Conv2d", (1, 3, 6, 6))
+    grid = make_grid(maps, GridOptions(scale="fixed", value_range=(-1.0, 1.5)), label=label)
+    assert grid.clipped == (int((maps < -1).sum()), int((maps > 1.5).sum()))
+    assert_matches_golden("grid_fixed_clipped", grid.pixels)
+
+
+def test_golden_layer_without_finite_values() -> None:
+    maps = np.full((2, 4, 4), np.nan, dtype=np.float32)
+    maps[1] = np.inf
+    label = GridLabel("head.relu", "ReLU", (1, 2, 4, 4))
+    grid = make_grid(maps, GridOptions(), label=label)
+    assert grid.nonfinite == maps.size
+    assert_matches_golden("grid_all_nonfinite", grid.pixels)

@@ -525,7 +525,10 @@ def test_unknown_colormap_is_an_option_error_with_a_suggestion() -> None:
 
 
 def test_fixed_scale_needs_a_range() -> None:
-    with pytest.raises(OptionError, match=r"scale 'fixed' needs value_range; got none"):
+    with pytest.raises(
+        OptionError,
+        match=r"scale 'fixed' needs a value range \(its low and high values\); got none",
+    ):
         GridOptions(scale="fixed")
 
 
@@ -557,7 +560,7 @@ def test_unknown_order_suggests_a_close_one() -> None:
 
 @pytest.mark.parametrize("field", ["max_channels", "columns", "min_tile"])
 def test_sizes_must_be_positive(field: str) -> None:
-    with pytest.raises(OptionError, match=rf"{field}=0; expected a whole number >= 1"):
+    with pytest.raises(OptionError, match=rf"{field} 0 is not valid; expected a whole number >= 1"):
         GridOptions(**{field: 0})  # type: ignore[arg-type]
 
 

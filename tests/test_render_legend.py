@@ -64,3 +64,21 @@ def test_text_leaves_untouched_pixels_alone() -> None:
     changed = canvas != before
     assert changed.any()
     np.testing.assert_array_equal(changed, ink != BACKGROUND_INDEX)
+
+
+def test_clipped_ends_are_pointed_and_counted() -> None:
+    from featuremaps.render import GridOptions, make_grid
+    from featuremaps.render.legend import _BAR_Y, BAR_HEIGHT, BAR_WIDTH, LEGEND_PAD, POINT_WIDTH
+    from featuremaps.render.palette import BACKGROUND_INDEX
+
+    maps = np.linspace(-3, 3, 2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5)
+    for low, high, pointed in [(-1.0, 1.0, (True, True)), (-5.0, 1.0, (False, True)),
+                               (-5.0, 5.0, (False, False))]:  # fmt: skip
+        grid = make_grid(maps, GridOptions(scale="fixed", value_range=(low, high)))
+        assert grid.clipped == (int((maps < low).sum()), int((maps > high).sum()))
+        bar = grid.indices[_BAR_Y : _BAR_Y + BAR_HEIGHT, LEGEND_PAD : LEGEND_PAD + BAR_WIDTH]
+        corners = (bar[0, 0] == BACKGROUND_INDEX, bar[0, -1] == BACKGROUND_INDEX)
+        assert corners == pointed
+        middle = bar[BAR_HEIGHT // 2]
+        assert (middle != BACKGROUND_INDEX).all()  # the point's tip stays coloured
+        assert (bar[0, POINT_WIDTH:-POINT_WIDTH] != BACKGROUND_INDEX).all()

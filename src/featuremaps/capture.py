@@ -15,8 +15,11 @@ Naming rule (documented, tested literally):
 
 * a record's ``name`` is the module's path in ``model.named_modules()``, e.g. ``layer1.0.relu``;
 * the k-th call (k ≥ 2) of the same module appends ``#k``: ``layer1.0.relu#2``, ``layer1.0.relu#3``;
-* each tensor inside a tuple, list or dict output appends ``.key``: ``lstm.0``, ``lstm.1.0``,
-  ``head.boxes``, ``head#2.boxes``; ``None`` and other non-tensor items are left out;
+* each tensor inside a tuple, list, dict, named tuple or dataclass output appends ``.key``:
+  ``lstm.0``, ``lstm.1.0``, ``head.boxes``, ``head#2.boxes``; ``None`` and other non-tensor
+  items are left out;
+* a call whose output holds no tensor at all (``None``, an image-list object) gives no record;
+  it is listed in :attr:`Capture.no_tensor` with the type it returned;
 * the model itself, when it is captured as a whole (a bare ``nn.Conv2d``, a TorchScript model),
   is called ``output``.
 """
@@ -24,7 +27,10 @@ Naming rule (documented, tested literally):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
+import os
+import traceback
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,9 +43,24 @@ from torch import nn
 from featuremaps import layouts
 from featuremaps._errors import CaptureError, FeaturemapsError, InputError, LayerError, OptionError
 from featuremaps.naming import record_name, suggest, type_name
-from featuremaps.selection import as_patterns, keep_record, select_modules, split_record
+from featuremaps.selection import (
+    as_patterns,
+    matching_patterns,
+    pattern_matches_module,
+    select_modules,
+    split_record,
+)
 
-__all__ = ["Capture", "LayerRecord", "NotRun", "capture", "record_name", "zero_channels"]
+__all__ = [
+    "Capture",
+    "LayerRecord",
+    "NoTensor",
+    "NotRun",
+    "capture",
+    "record_name",
+    "returned_type",
+    "zero_channels",
+]
 
 RecordCallback = Callable[["LayerRecord"], None]
 Sink = Callable[[str, nn.Module, int, "str | None", torch.Tensor, "torch.Tensor | None"], None]
@@ -137,18 +158,37 @@ class NotRun:
 
 
 @dataclass(frozen=True)
+class NoTensor:
+    """A selected module call whose output holds no tensor, and the type it returned instead."""
+
+    name: str
+    module: str
+    call: int
+    module_type: str
+    returned: str
+
+    @property
+    def reason(self) -> str:
+        """Why there is no record, in words."""
+        return f"returned {self.returned}, not a tensor: nothing to record"
+
+
+@dataclass(frozen=True)
 class Capture(Sequence[LayerRecord]):
     """Records of one forward pass, in execution order.
 
     ``records`` is empty when the records were streamed to an ``on_record`` callback; ``total``
     always says how many records were produced. ``not_run`` lists the selected modules that
-    never ran (e.g. ``MultiheadAttention.out_proj``, whose weights are used directly).
+    never ran (e.g. ``MultiheadAttention.out_proj``, whose weights are used directly);
+    ``no_tensor`` the selected calls that ran but returned no tensor (``None``, an image list),
+    with the type they returned.
     """
 
     records: tuple[LayerRecord, ...]
     not_run: tuple[NotRun, ...]
     total: int
     output: Any = field(repr=False, default=None)
+    no_tensor: tuple[NoTensor, ...] = ()
 
     def __getitem__(self, index: Any) -> Any:
         return self.records[index]
@@ -182,6 +222,11 @@ class Capture(Sequence[LayerRecord]):
             f"<td colspan=2>not run: {html.escape(n.reason)}</td></tr>"
             for n in self.not_run
         )
+        extra += "".join(
+            f"<tr><td>–</td><td>{html.escape(n.name)}</td><td>{html.escape(n.module_type)}</td>"
+            f"<td colspan=2>{html.escape(n.reason)}</td></tr>"
+            for n in self.no_tensor
+        )
         return f"<table>{head}{body}{extra}</table>"
 
 
@@ -201,6 +246,22 @@ def _walk(value: Any, key: str | None) -> Iterator[tuple[str | None, torch.Tenso
         for i, v in enumerate(value):
             k = fields[i] if fields else str(i)
             yield from _walk(v, k if key is None else f"{key}.{k}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for item in dataclasses.fields(value):
+            k = item.name
+            yield from _walk(getattr(value, k), k if key is None else f"{key}.{k}")
+
+
+def returned_type(value: Any) -> str:
+    """How a module output without tensors is named in listings: ``NoneType``, ``ImageList``,
+    ``tuple (ImageList, NoneType)``, ``dict (no tensors)``."""
+    kind = type(value).__name__
+    if isinstance(value, (tuple, list)) and value:
+        items = [type(v).__name__ for v in value[:4]] + (["..."] if len(value) > 4 else [])
+        return f"{kind} ({', '.join(items)})"
+    if isinstance(value, (Mapping, tuple, list)) or dataclasses.is_dataclass(value):
+        return f"{kind} (no tensors)"
+    return kind
 
 
 def _call_model(model: nn.Module, inputs: Any) -> Any:
@@ -217,6 +278,9 @@ def _describe_inputs(inputs: Any) -> str:
     return f"inputs of type {type(inputs).__name__}"
 
 
+OtherSink = Callable[[str, nn.Module, int, str], None]
+
+
 def run_hooked(
     model: nn.Module,
     inputs: Any,
@@ -225,42 +289,64 @@ def run_hooked(
     *,
     train: bool = False,
     grad: bool = False,
+    on_other: OtherSink | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """Run ``model`` once with a forward hook on each of ``modules``; return output and call counts.
 
     ``sink(path, module, call, key, tensor, given)`` is called inside the hook for every output
     tensor, while the value is still exactly what the module returned; ``given`` is the module's
     first tensor argument (or ``None``), so a consumer can follow values from module to module.
-    The model's train/eval flags are restored module by module afterwards, and every hook is
-    removed even if the forward fails.
+    ``on_other(path, module, call, returned)`` is called for a call whose output holds no tensor,
+    with the type it returned (:func:`returned_type`). The model's train/eval flags are restored
+    module by module afterwards, and every hook is removed even if the forward fails.
+
+    Raises:
+        CaptureError: the forward pass failed; the message names the module that was running
+            (or says that the model's own code failed, outside any module), the file, line and
+            function where the exception was raised, and the exception's own text.
     """
     calls = dict.fromkeys(modules, 0)
-    current: list[str] = []
+    # The modules running right now, outermost first: a failure belongs to the innermost one,
+    # and to none when the stack is empty (the model's own forward code).
+    active: list[str] = []
+    finished: list[str] = []
     handles = []
 
     def make_hook(path: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             calls[path] += 1
             given = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            found = False
             for key, tensor in _walk(output, None):
+                found = True
                 sink(path, module, calls[path], key, tensor, given)
+            if not found and on_other is not None:
+                on_other(path, module, calls[path], returned_type(output))
 
         return hook
 
-    def make_pre_hook(path: str) -> Callable[[nn.Module, Any], None]:
-        def pre_hook(module: nn.Module, args: Any) -> None:
-            current.append(path)
+    def make_enter(path: str) -> Callable[[nn.Module, Any], None]:
+        def enter(module: nn.Module, args: Any) -> None:
+            active.append(path)
 
-        return pre_hook
+        return enter
+
+    def make_leave(path: str) -> Callable[[nn.Module, Any, Any], None]:
+        def leave(module: nn.Module, args: Any, output: Any) -> None:
+            if active and active[-1] == path:
+                active.pop()
+            finished[:] = [path]
+
+        return leave
 
     modes = {m: m.training for m in model.modules()}
     try:
         for path, module in modules.items():
             handles.append(module.register_forward_hook(make_hook(path)))
-        # Remember the innermost module entered so a failure can name where it happened.
         for path, module in model.named_modules():
             if path and not isinstance(module, torch.jit.ScriptModule):
-                handles.append(module.register_forward_pre_hook(make_pre_hook(path)))
+                handles.append(module.register_forward_pre_hook(make_enter(path)))
+                handles.append(module.register_forward_hook(make_leave(path)))
         model.train(train)
         with torch.set_grad_enabled(grad):
             try:
@@ -268,22 +354,62 @@ def run_hooked(
             except FeaturemapsError:
                 raise  # our own errors from a record consumer already say what is wrong
             except Exception as exc:  # re-raised with the user's context, chain kept
-                where = ""
-                if current:
-                    kind = type(model.get_submodule(current[-1])).__name__
-                    where = f" in '{current[-1]}' ({kind})"
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise CaptureError(
-                    f"the model's forward pass failed{where} on "
-                    f"{_describe_inputs(inputs)}: {type(exc).__name__}: {first_line}; "
-                    "check the input size and channel count the model expects"
-                ) from exc
+                raise _forward_failure(model, inputs, exc, active, finished) from exc
     finally:
         for handle in handles:
             handle.remove()
         for m, was_training in modes.items():
             m.training = was_training
     return output, calls
+
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``file:line (in function)`` of the deepest frame of the traceback in the model's code:
+    not inside torch (whose modules only call into the model) and not inside featuremaps."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not os.path.abspath(f.filename).startswith((_TORCH_DIR, _OWN_DIR))
+    ]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" at {frame.filename}:{frame.lineno} (in {frame.name})"
+
+
+def _exception_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:1000]}" if text else type(exc).__name__
+
+
+def _forward_failure(
+    model: nn.Module, inputs: Any, exc: BaseException, active: list[str], finished: list[str]
+) -> CaptureError:
+    where = _raised_at(exc)
+    what = _exception_text(exc)
+    if active or next(iter(model.children()), None) is None:
+        # A model without submodules is its own only layer: the failure is that layer's.
+        name = f"'{active[-1]}' " if active else "the model "
+        kind = type(model.get_submodule(active[-1]) if active else model).__name__
+        return CaptureError(
+            f"the model's forward pass failed in {name}({kind}){where} on "
+            f"{_describe_inputs(inputs)}: {what}; check the input size and channel count the "
+            "model expects"
+        )
+    if not where:  # no frame of the model's code: calling it failed (e.g. its signature)
+        return CaptureError(
+            f"the model's forward pass failed on {_describe_inputs(inputs)}: {what}; check "
+            "the arguments its forward takes"
+        )
+    when = f"after its module '{finished[0]}' returned" if finished else "before any module ran"
+    return CaptureError(
+        f"the model's forward pass failed in its own forward code, outside any submodule"
+        f"{where}, {when}, on {_describe_inputs(inputs)}: {what}"
+    )
 
 
 def capture(
@@ -335,6 +461,8 @@ def capture(
     patterns = as_patterns(layers)
     selected = select_modules(model, patterns, as_patterns(types), containers, label)
     kept: list[LayerRecord] = []
+    no_tensor: list[NoTensor] = []
+    hit: set[str] = set()  # the patterns that kept at least one call
     count = 0
     keep_copy = copy or on_record is None  # kept records must never alias live tensors
     follower = LayoutFollower()
@@ -368,8 +496,21 @@ def capture(
         given: torch.Tensor | None,
     ) -> None:
         layout = follower.observe(type_name(module), t, given)
-        if path in selected and keep_record(record_name(path, call, key), path, patterns):
+        if path in selected and _kept(path, call):
             emit(path, module, call, key, t, layout)
+
+    def _kept(path: str, call: int) -> bool:
+        if patterns is None:
+            return True
+        found = matching_patterns(path, call, patterns)
+        hit.update(found)
+        return bool(found)
+
+    def other(path: str, module: nn.Module, call: int, returned: str) -> None:
+        if path in selected and _kept(path, call):
+            no_tensor.append(
+                NoTensor(record_name(path, call, None), path, call, type_name(module), returned)
+            )
 
     if isinstance(model, torch.jit.ScriptModule):
         output, _ = run_hooked(model, inputs, {}, sink, train=train, grad=grad)
@@ -378,18 +519,42 @@ def capture(
         not_run = tuple(NotRun(p, type_name(m), SCRIPTED) for p, m in selected.items() if p)
         return Capture(tuple(kept), not_run, count, output)
 
+    # Every module is followed (for layouts); only the selected ones give records.
     followed = {
         p: m for p, m in model.named_modules() if p and not isinstance(m, torch.jit.ScriptModule)
     }
     output, calls = run_hooked(
-        model, inputs, {**followed, **selected}, sink, train=train, grad=grad
+        model, inputs, {**followed, **selected}, sink, train=train, grad=grad, on_other=other
     )
     not_run = tuple(
         NotRun(path, type_name(module), NEVER_CALLED)
         for path, module in selected.items()
         if calls[path] == 0
     )
-    return Capture(tuple(kept), not_run, count, output)
+    if patterns is not None:
+        _check_patterns_hit(patterns, hit, {p: calls[p] for p in selected}, label)
+    return Capture(tuple(kept), not_run, count, output, tuple(no_tensor))
+
+
+def _check_patterns_hit(
+    patterns: tuple[str, ...], hit: set[str], calls: Mapping[str, int], label: str
+) -> None:
+    """A pattern that kept no call of a module that ran selects nothing: an error, whatever its
+    form (``name#k`` beyond the calls made, a glob whose modules ran fewer times)."""
+    for pattern in patterns:
+        if pattern in hit:
+            continue
+        ran = {p: n for p, n in calls.items() if n and pattern_matches_module(pattern, p)}
+        if not ran:
+            continue  # its modules never ran: listed in not_run with the reason
+        path, n = max(ran.items(), key=lambda item: item[1])
+        names = [record_name(path, k, None) for k in range(1, n + 1)]
+        shown = ", ".join(names[:4]) + (", ..." if n > 4 else "")
+        raise LayerError(
+            f"layer '{pattern}' matches no call in {label}: '{path}' ran {n} "
+            f"time{'s' if n != 1 else ''} ({shown}); did you mean '{names[-1]}'? Run "
+            f"'featuremaps layers {label}' to list every call."
+        )
 
 
 _ValueKey = tuple[int, tuple[int, ...], tuple[int, ...]]

@@ -53,7 +53,9 @@ class LoadedModel:
         weights_enum: the torchvision weights enum member, when one applies (its transforms
             describe the preprocessing the weights expect, even when they could not be loaded).
         preprocessing: the preprocessing the model expects when it is not described by
-            ``weights_enum`` (featuremaps' zoo models); preferred over ``weights_enum`` when set.
+            ``weights_enum`` (featuremaps' zoo models, timm's data config, a torchvision
+            architecture's preset assumed for a weights file, or a note that random weights
+            get none); preferred over ``weights_enum`` when set.
     """
 
     model: nn.Module

@@ -41,17 +41,30 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trust-checkpoint",
         action="store_true",
-        help="allow checkpoints that need full unpickling (can run code: only for trusted files)",
+        help="allow checkpoints that need full unpickling (can run code: only for trusted files). "
+        "Note: a model spec 'pkg.mod:factory' or 'path/file.py:factory' always runs that code, "
+        "with or without this flag",
     )
     p.add_argument(
         "--offline",
         action="store_true",
         help="never try to download weights (use the torch hub cache or random weights)",
     )
-    p.add_argument("--size", help="resize: N (shorter side) or HxW; replaces the weights' preset")
+    p.add_argument(
+        "--size",
+        help="resize: N (shorter side) or HxW; replaces the model's resize and crop, keeps its "
+        "normalisation",
+    )
     p.add_argument(
         "--normalize",
-        help="imagenet, none, or MEAN,.../STD,...; replaces the weights' preset normalisation",
+        help="imagenet, none, or MEAN,.../STD,...; replaces the model's normalisation, keeps its "
+        "resize and crop",
+    )
+    p.add_argument(
+        "--as-is",
+        action="store_true",
+        help="feed inputs exactly as read: arrays keep their values, images are scaled to [0, 1]; "
+        "no resize, crop or normalisation",
     )
 
 
@@ -251,19 +264,45 @@ def _parse_range(text: str | None) -> tuple[float, float] | None:
 
 
 def _preprocessing(args: argparse.Namespace, loaded: LoadedModel) -> Preprocessing:
+    """The model's preprocessing, with the steps given on the command line replacing its own."""
+    from dataclasses import replace
+
     from featuremaps.inputs import Preprocessing, parse_normalize, parse_size
 
+    base = loaded.input_preprocessing()
+    if args.as_is:
+        if args.size or args.normalize:
+            raise OptionError(
+                "--as-is feeds inputs exactly as read, so it cannot go with --size or "
+                "--normalize; use one or the other"
+            )
+        return Preprocessing.unchanged()
     if args.size is None and args.normalize is None:
-        return loaded.input_preprocessing()
-    size = parse_size(args.size) if args.size else None
-    norm = parse_normalize(args.normalize) if args.normalize else None
-    return Preprocessing(
-        resize=size,
-        crop=None,
-        mean=norm[0] if norm else None,
-        std=norm[1] if norm else None,
-        source="command-line options (--size/--normalize)",
-    )
+        return base
+    given = []
+    if base._transform is not None:
+        # A recipe object (detection presets) cannot be taken apart; the options replace it.
+        base = Preprocessing()
+    if args.size is not None:
+        base = replace(base, resize=parse_size(args.size), crop=None)
+        given.append(f"--size {args.size}")
+    if args.normalize is not None:
+        norm = parse_normalize(args.normalize)
+        base = replace(base, mean=norm[0] if norm else None, std=norm[1] if norm else None)
+        given.append(f"--normalize {args.normalize}")
+    kept = "" if base.source.startswith("ToTensor") else f", the rest from {base.source}"
+    return replace(base, source=f"{' and '.join(given)}{kept}", from_model=False)
+
+
+def _print_preprocessing(pre: Preprocessing, out: TextIO) -> None:
+    """Say which preprocessing the inputs get and how to change it (every command that reads)."""
+    if pre.as_is:
+        hint = "leave out --as-is to use the model's preprocessing"
+    elif pre.steps():
+        hint = "change it with --size, --normalize, or --as-is to feed inputs as read"
+    else:
+        hint = "set it with --size N and --normalize imagenet (or MEAN,.../STD,...)"
+    print(f"preprocessing: {pre.summary()}; {hint}", file=out)
 
 
 def _load_model(args: argparse.Namespace, spec: str) -> LoadedModel:
@@ -274,12 +313,15 @@ def _load_model(args: argparse.Namespace, spec: str) -> LoadedModel:
 
 
 def _load(
-    args: argparse.Namespace, spec: str, images: Sequence[str]
+    args: argparse.Namespace, spec: str, images: Sequence[str], out: TextIO | None
 ) -> tuple[LoadedModel, list[LoadedInput]]:
+    """Load the model and the inputs; with ``out``, say which preprocessing they got."""
     import featuremaps as fm
 
     loaded = _load_model(args, spec)
     pre = _preprocessing(args, loaded)
+    if out is not None:
+        _print_preprocessing(pre, out)
     first = fm.expected_channels(loaded.model)
     paths = list(images) or [str(fm.sample_image_path())]
     inputs = [
@@ -302,10 +344,24 @@ def _check_layers(patterns: list[str] | None) -> None:
         )
 
 
+def _check_scale(args: argparse.Namespace) -> None:
+    """--range belongs to --scale fixed: given with another scale it would be ignored."""
+    if args.value_range is not None and args.scale != "fixed":
+        raise OptionError(
+            f"--range {args.value_range} is used only with --scale fixed, but the scale is "
+            f"'{args.scale}'; add --scale fixed, or drop --range"
+        )
+    if args.scale == "fixed" and args.value_range is None:
+        raise OptionError("--scale fixed needs --range LO,HI, for example --range -1,1")
+    if args.columns < 1:
+        raise OptionError(f"--columns {args.columns} is not valid; expected 1 or more, e.g. 8")
+
+
 def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     import featuremaps as fm
 
     _check_layers(args.layers)
+    _check_scale(args)
     grid = fm.GridOptions(
         columns=args.columns,
         scale=args.scale,
@@ -315,7 +371,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     )
     if not args.images:
         print(f"no image given; using the bundled sample {fm.sample_image_path()}", file=out)
-    loaded, inputs = _load(args, args.model, args.images)
+    loaded, inputs = _load(args, args.model, args.images, out)
     for item in inputs:
         for line in item.conversions:
             print(f"{item.path.name}: {line}", file=out)
@@ -368,13 +424,15 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     _check_layers(args.layers)
     _check_loader(args)
     loaded = _load_model(args, args.model)
+    pre = _preprocessing(args, loaded)
+    _print_preprocessing(pre, out)
     summary = fm.collect_stats(
         loaded,
         args.data,
         out=args.out,
         layers=args.layers,
         types=args.types,
-        preprocessing=_preprocessing(args, loaded) if args.size or args.normalize else None,
+        preprocessing=pre,
         batch_size=args.batch_size,
         workers=args.workers,
         near_zero=args.near_zero,
@@ -387,6 +445,8 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     inputs = summary["inputs"]
     for item in inputs["not_read"]:
         print(f"not read: {item['path']}: {item['reason']}", file=out)
+    for reason, count in inputs["skipped"].items():
+        print(f"skipped: {count} file{'s' if count != 1 else ''}: {reason}", file=out)
     dead = sum(len(layer["dead"]) for layer in summary["layers"])
     print(
         f"{inputs['read']} of {inputs['found']} inputs read at "
@@ -415,6 +475,8 @@ def _cmd_ablate(args: argparse.Namespace, out: TextIO) -> int:
     _check_loader(args)
     ks = _parse_ks(args.k)
     loaded = _load_model(args, args.model)
+    pre = _preprocessing(args, loaded)
+    _print_preprocessing(pre, out)
     result = fm.ablate(
         loaded,
         args.data,
@@ -425,7 +487,7 @@ def _cmd_ablate(args: argparse.Namespace, out: TextIO) -> int:
         trials=args.random,
         seed=args.seed,
         channel_stats=args.stats,
-        preprocessing=_preprocessing(args, loaded) if args.size or args.normalize else None,
+        preprocessing=pre,
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.quiet and sys.stderr.isatty(),
@@ -474,7 +536,7 @@ def _span(values: range) -> str:
 def _cmd_locate(args: argparse.Namespace, out: TextIO) -> int:
     import featuremaps as fm
 
-    loaded, [item] = _load(args, args.model, [args.image] if args.image else [])
+    loaded, [item] = _load(args, args.model, [args.image] if args.image else [], out)
     geo = fm.locate(loaded, item, args.layer)
     height, width = item.tensor.shape[-2:]
     h, w = geo.shape
@@ -523,7 +585,7 @@ def _cmd_locate(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_layers(args: argparse.Namespace, out: TextIO) -> int:
     import featuremaps as fm
 
-    loaded, inputs = _load(args, args.model, [args.input] if args.input else [])
+    loaded, inputs = _load(args, args.model, [args.input] if args.input else [], None)
     infos = fm.list_layers(
         loaded.model,
         inputs[0].tensor,
@@ -531,17 +593,23 @@ def _cmd_layers(args: argparse.Namespace, out: TextIO) -> int:
     )
     rows = [("name", "call", "type", "output shape")]
     for info in infos:
-        shape = "x".join(map(str, info.shape)) if info.shape else "never ran"
+        if info.returned is not None:
+            shape = f"returned {info.returned} (no tensor)"
+        else:
+            shape = "x".join(map(str, info.shape)) if info.shape else "never ran"
         rows.append((info.name, str(info.call), info.module_type, shape))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}", file=out)
     ran = sum(1 for i in infos if i.shape)
+    others = sum(1 for i in infos if i.returned is not None)
     print(
         f"{ran} records from {len({i.module for i in infos})} modules of {args.model} "
-        f"on input {tuple(inputs[0].tensor.shape)}",
+        f"on input {tuple(inputs[0].tensor.shape)}"
+        + (f"; {others} calls returned no tensor" if others else ""),
         file=out,
     )
+    _print_preprocessing(inputs[0].preprocessing, out)  # as applied to this input
     return 0
 
 

@@ -23,23 +23,41 @@ from torch import nn
 from featuremaps._errors import FeaturemapsError, InputError
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.datastats import RunningHistogram, RunningStats
-from featuremaps.inputs import IMAGE_SUFFIXES, Preprocessing, load_input
+from featuremaps.inputs import IMAGE_SUFFIXES, Preprocessing, load_input, readable_suffixes
 from featuremaps.io import parquet_available
 from featuremaps.layouts import channels_first
 from featuremaps.stats import RANKABLE
 
-__all__ = ["DatasetStats", "SavedStats", "compute_dataset_stats", "find_inputs", "read_stats"]
+__all__ = [
+    "DatasetStats",
+    "FoundInputs",
+    "SavedStats",
+    "compute_dataset_stats",
+    "find_inputs",
+    "read_stats",
+    "scan_inputs",
+]
 
-SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
+
+@dataclass(frozen=True)
+class FoundInputs:
+    """The input files a data argument names, and the files it passed over, counted by reason."""
+
+    paths: list[Path]
+    skipped: dict[str, int]
 
 
-def find_inputs(data: Sequence[str]) -> list[Path]:
+def scan_inputs(data: Sequence[str]) -> FoundInputs:
     """Files named by ``data``: files as given, folders searched recursively, globs expanded.
 
-    Only files with an image or ``.npy`` suffix are taken from folders and globs; the result is
-    sorted within each item and free of duplicates.
+    From folders and globs, only files with a suffix that ``featuremaps run`` reads are taken
+    (:func:`featuremaps.inputs.readable_suffixes`: every format Pillow decodes, and ``.npy``);
+    every other file is counted in ``skipped`` under its reason. Paths are sorted within each
+    item and free of duplicates.
     """
+    suffixes = set(readable_suffixes())
     found: dict[Path, None] = {}
+    skipped: dict[str, int] = {}
     for item in data:
         path = Path(item)
         if path.is_dir():
@@ -49,15 +67,32 @@ def find_inputs(data: Sequence[str]) -> list[Path]:
         else:
             candidates = [path]
         for p in candidates:
-            if p in found or (p != path and p.suffix.lower() not in SUFFIXES):
+            if p in found:
+                continue
+            if p != path and p.is_dir():
+                continue  # a glob's folders: their files are for a recursive glob to name
+            if p != path and p.suffix.lower() not in suffixes:
+                reason = (
+                    f"suffix '{p.suffix.lower()}' is not an image or .npy"
+                    if p.suffix
+                    else ("no suffix (not an image or .npy)")
+                )
+                skipped[reason] = skipped.get(reason, 0) + 1
                 continue
             found[p] = None
     if not found:
+        passed = f"; passed over {sum(skipped.values())} other files" if skipped else ""
         raise InputError(
-            f"no input files found in {', '.join(repr(d) for d in data)}; expected image files "
-            f"({', '.join(SUFFIXES)}), folders holding them, or a glob like 'data/**/*.png'"
+            f"no input files found in {', '.join(repr(d) for d in data)}{passed}; expected "
+            f"image files ({', '.join(IMAGE_SUFFIXES)}, or any other format Pillow reads), .npy "
+            f"arrays, folders holding them, or a glob like 'data/**/*.png'"
         )
-    return list(found)
+    return FoundInputs(list(found), skipped)
+
+
+def find_inputs(data: Sequence[str]) -> list[Path]:
+    """The paths of :func:`scan_inputs`."""
+    return scan_inputs(data).paths
 
 
 class _Files(torch.utils.data.Dataset[tuple[torch.Tensor | None, str, str | None]]):
@@ -97,9 +132,12 @@ def make_loader(
     """A loader of ``(batch or None, paths read, [(path, why not read)])`` over ``paths``.
 
     Without a fixed-size preprocessing (a crop or an ``HxW`` resize), images of different sizes
-    cannot share a batch, so each is its own batch.
+    cannot share a batch, so each is its own batch. The same holds when ``.npy`` arrays meet the
+    model's own preprocessing: an array that is already preprocessed keeps its own size.
     """
-    fixed = preprocessing.crop is not None or isinstance(preprocessing.resize, tuple)
+    fixed = preprocessing.final_size() is not None and not (
+        preprocessing.from_model and any(Path(p).suffix.lower() == ".npy" for p in paths)
+    )
     return torch.utils.data.DataLoader(
         _Files(list(paths), channels, preprocessing),
         batch_size=batch_size if fixed else 1,
@@ -146,9 +184,11 @@ def compute_dataset_stats(
     correlations: bool = False,
     bins: int = 128,
     progress: Callable[[int], object] | None = None,
+    model_label: str | None = None,
 ) -> DatasetStats:
     """Per-channel statistics and a histogram (at most ``bins`` bins) of the selected layers
-    over every readable input in ``paths``.
+    over every readable input in ``paths``. ``model_label`` names the model in error messages
+    (its spec; default its class name).
 
     Without a fixed-size preprocessing (a crop or an ``HxW`` resize), images of different sizes
     cannot share a batch, so each is its own batch.
@@ -175,7 +215,10 @@ def compute_dataset_stats(
     for batch, batch_paths, failed in loader:
         out.failed.extend(failed)
         if batch is not None:
-            capture(model, batch, layers=layers, types=types, on_record=consume, copy=False)
+            capture(
+                model, batch, layers=layers, types=types, on_record=consume, copy=False,
+                model_label=model_label,
+            )  # fmt: skip
             out.images += len(batch_paths)
         if progress is not None:
             progress(len(batch_paths) + len(failed))

@@ -18,8 +18,8 @@ import math
 import re
 import struct
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +40,16 @@ __all__ = [
     "load_input",
     "parse_normalize",
     "parse_size",
+    "preprocessing_from_timm",
     "preprocessing_from_weights",
+    "readable_suffixes",
     "sample_image_path",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+# Pillow formats it only identifies (stubs without a decoder here) or decodes through an outside
+# program (Ghostscript): files with these suffixes are not taken from folders.
+_UNDECODED_FORMATS = frozenset({"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"})
 
 _NO_PREPROCESSING_SOURCE = "ToTensor (values scaled to [0, 1], no normalisation)"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,6 +74,21 @@ _INT32_MAX = 2_147_483_647
 
 FloatArray = npt.NDArray[np.float32]
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def readable_suffixes() -> tuple[str, ...]:
+    """Every suffix an input file may have: the formats Pillow decodes, and ``.npy``.
+
+    ``featuremaps run`` reads any file Pillow can open; commands that search folders
+    (``stats``, ``ablate``) take exactly these suffixes, so both read the same formats.
+    """
+    Image.init()
+    found = {
+        suffix.lower()
+        for suffix, kind in Image.registered_extensions().items()
+        if kind in Image.OPEN and kind not in _UNDECODED_FORMATS
+    }
+    return tuple(sorted(found | {*IMAGE_SUFFIXES, ".npy"}))
 
 
 def sample_image_path() -> Path:
@@ -119,6 +139,13 @@ class Preprocessing:
     std: tuple[float, ...] | None = None
     source: str = _NO_PREPROCESSING_SOURCE
     interpolation: str = "bilinear"
+    # True for a recipe that belongs to the model (its weights' transforms, timm's data config,
+    # a zoo model's own): arrays that are visibly already preprocessed then skip it. A recipe
+    # given by the user (options, or built in code) is always applied.
+    from_model: bool = False
+    # Feed inputs exactly as read: arrays keep their values (no dtype scaling), images are only
+    # scaled to [0, 1]; no resize, crop or normalisation.
+    as_is: bool = False
     # Set only by preprocessing_from_weights for transform classes whose steps cannot be read off
     # as fields; then that object is called instead of the fields above.
     _transform: Transform | None = field(default=None, repr=False, compare=False)
@@ -157,11 +184,50 @@ class Preprocessing:
                     f"normalisation std {_numbers_text(std)} holds a value that is not a positive "
                     f"finite number; every std must be > 0, e.g. 0.229,0.224,0.225"
                 )
+        if self.as_is and self.steps():
+            raise OptionError(
+                "'as is' feeds inputs exactly as read, so it cannot also resize, crop or "
+                "normalise; drop the other preprocessing steps, or do not ask for 'as is'"
+            )
         if self.interpolation not in _INTERPOLATIONS:
             raise OptionError(
                 f"interpolation {self.interpolation!r} is not known; expected one of "
                 f"{', '.join(_INTERPOLATIONS)}"
             )
+
+    @classmethod
+    def unchanged(cls) -> Preprocessing:
+        """Feed inputs exactly as read (``--as-is``): arrays keep their values, images are only
+        scaled to [0, 1]; no resize, crop or normalisation."""
+        return cls(source="as is (asked for): inputs fed exactly as read", as_is=True)
+
+    def steps(self) -> list[str]:
+        """The steps in words, in the order they run; empty when nothing is done."""
+        out: list[str] = []
+        if self._transform is not None:
+            out.append(f"{type(self._transform).__name__} (called as is)")
+        if self.resize is not None:
+            what = "shorter side" if isinstance(self.resize, int) else "to"
+            out.append(f"resize {what} {_size_text(self.resize)} ({self.interpolation})")
+        if self.crop is not None:
+            out.append(f"centre crop {_size_text(self.crop)}")
+        if self.mean is not None and self.std is not None:
+            out.append(f"normalise mean {_numbers_text(self.mean)} std {_numbers_text(self.std)}")
+        return out
+
+    def summary(self) -> str:
+        """One line for the terminal: what is done to every input, and where that came from."""
+        steps = self.steps()
+        if self.as_is:
+            return "none, inputs fed as read (arrays keep their values; images scaled to [0, 1])"
+        if not steps:
+            known = self.source != _NO_PREPROCESSING_SOURCE
+            return (
+                f"{self.source if known else 'none known for this model'}: images scaled to "
+                "[0, 1] at full size, arrays fed as read (8/16-bit integers scaled to [0, 1]), "
+                "no normalisation"
+            )
+        return f"{', '.join(steps)} ({self.source})"
 
     def describe(self) -> dict[str, object]:
         """A JSON-able summary for reports: every step, and where the recipe came from."""
@@ -177,7 +243,17 @@ class Preprocessing:
             "interpolation": self.interpolation,
             "transform": None if self._transform is None else type(self._transform).__name__,
             "source": self.source,
+            "from_model": self.from_model,
+            "as_is": self.as_is,
         }
+
+    def final_size(self) -> tuple[int, int] | None:
+        """The (height, width) every input comes out at, when the recipe fixes it."""
+        if self.crop is not None:
+            return (self.crop, self.crop) if isinstance(self.crop, int) else self.crop
+        if isinstance(self.resize, tuple):
+            return self.resize
+        return None
 
 
 def _size_from_recipe(value: object) -> int | tuple[int, int] | None:
@@ -221,13 +297,57 @@ def preprocessing_from_weights(weights: object) -> Preprocessing:
             std=tuple(float(value) for value in getattr(transform, "std", ())),
             source=source,
             interpolation=str(getattr(interpolation, "value", "bilinear")),
+            from_model=True,
         )
     if not callable(transform):
         raise OptionError(
             f"weights {weights} gave a transforms() result of type {type(transform).__name__}, "
             f"which cannot be called on an image; give the preprocessing as options instead"
         )
-    return Preprocessing(source=source, _transform=transform)
+    return Preprocessing(source=source, _transform=transform, from_model=True)
+
+
+def preprocessing_from_timm(config: Mapping[str, object], name: str) -> Preprocessing:
+    """The preprocessing of a timm model's data config (``timm.data.resolve_data_config``).
+
+    It follows timm's evaluation transform: with ``crop_mode`` "center" (timm's default) the
+    shorter side is resized to ``floor(size / crop_pct)`` and the centre ``size`` is cropped;
+    "squash" resizes both sides to ``floor(size / crop_pct)`` first. Other crop modes (and
+    non-square centre crops) are approximated by resizing straight to the input size, and the
+    source says so. Tensors are resized with antialiasing, which differs from timm's PIL resize
+    by less than one grey level on average (single pixels at sharp edges differ more).
+    """
+    size = config.get("input_size", (3, 224, 224))
+    if not isinstance(size, (tuple, list)) or len(size) != 3:
+        raise OptionError(f"timm data config of {name} has input_size {size!r}; expected (C, H, W)")
+    height, width = int(size[1]), int(size[2])
+    crop_pct = float(config.get("crop_pct") or 0.875)  # type: ignore[arg-type]
+    mode = str(config.get("crop_mode") or "center")
+    interpolation = str(config.get("interpolation") or "bilinear")
+    if interpolation not in _INTERPOLATIONS:
+        interpolation = "bicubic" if interpolation == "random" else "bilinear"
+    mean = tuple(float(v) for v in config.get("mean", _IMAGENET_MEAN))  # type: ignore[attr-defined]
+    std = tuple(float(v) for v in config.get("std", _IMAGENET_STD))  # type: ignore[attr-defined]
+    scaled = (math.floor(height / crop_pct), math.floor(width / crop_pct))
+    crop: int | tuple[int, int] = height if height == width else (height, width)
+    source = f"timm data config of {name} (crop_pct {crop_pct:g}, crop_mode {mode})"
+    resize: int | tuple[int, int]
+    if mode == "center" and height == width:
+        resize = scaled[0]
+    elif mode == "squash":
+        resize = scaled
+    else:
+        resize, crop = (height, width), (height, width)
+        source += f"; approximated by resizing to {height}x{width}"
+    return Preprocessing(
+        resize=resize,
+        crop=crop,
+        mean=mean,
+        std=std,
+        source=source,
+        interpolation=interpolation,
+        from_model=True,
+    )
 
 
 def parse_size(text: str) -> int | tuple[int, int]:
@@ -747,6 +867,53 @@ def _read_npy(path: Path) -> npt.NDArray[np.generic]:
     return np.asarray(loaded)
 
 
+# Unsigned integer arrays hold pictures at these full scales, as 8- and 16-bit image files do.
+_PICTURE_DTYPES = {"u1": 255, "u2": 65535}
+
+
+def _array_preprocessing(
+    chw: FloatArray, preprocessing: Preprocessing, conversions: list[str]
+) -> Preprocessing:
+    """The part of the model's preprocessing an array still needs, decided from its values.
+
+    A recipe given by the user is applied as given. The model's own recipe expects a picture in
+    [0, 1]: an array with values outside [0, 1] is already preprocessed (normalised, or raw
+    measurements), so it is fed as it is; an array in [0, 1] that already has the recipe's
+    final size is only normalised, not resized and cropped again. Each decision is reported.
+    """
+    if preprocessing.as_is:
+        conversions.append("fed as is (asked for): no scaling, resize, crop or normalisation")
+        return preprocessing
+    if not preprocessing.from_model or not preprocessing.steps():
+        return preprocessing
+    finite = chw[np.isfinite(chw)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if low < 0.0 or high > 1.0:
+        conversions.append(
+            f"values span {low:.4g} … {high:.4g}, outside [0, 1], so the array is taken as "
+            f"already preprocessed and fed as it is: the model's preprocessing "
+            f"({', '.join(preprocessing.steps())}) was not applied; give --size/--normalize to "
+            f"apply steps anyway, or scale it to [0, 1] for the full preprocessing"
+        )
+        return Preprocessing(
+            source=f"not applied (values outside [0, 1]): {preprocessing.source}", as_is=True
+        )
+    size = preprocessing.final_size()
+    shape = (int(chw.shape[1]), int(chw.shape[2]))  # (H, W) of the (C, H, W) values
+    if size is not None and shape == size and preprocessing._transform is None:
+        conversions.append(
+            f"array is already {size[0]}x{size[1]}, the model's input size: not resized or "
+            f"cropped again"
+        )
+        return replace(
+            preprocessing,
+            resize=None,
+            crop=None,
+            source=f"{preprocessing.source}; resize and crop skipped (already {size[0]}x{size[1]})",
+        )
+    return preprocessing
+
+
 def load_array(
     path: str | Path,
     *,
@@ -754,7 +921,15 @@ def load_array(
     layer_name: str | None = None,
     preprocessing: Preprocessing = Preprocessing(),
 ) -> LoadedInput:
-    """Load a ``.npy`` array as the tensor to feed; values are used as is (cast to float32).
+    """Load a ``.npy`` array as the tensor to feed, deciding from its dtype and values what it is.
+
+    ``uint8`` and ``uint16`` arrays are pictures: divided by 255 or 65535, as image files are.
+    Other dtypes keep their values (cast to float32). The model's own preprocessing
+    (``preprocessing.from_model``) is then applied only to arrays in [0, 1]; an array with
+    values outside [0, 1] is taken as already preprocessed and fed as it is, and one that
+    already has the recipe's final size is not resized or cropped again. A preprocessing given
+    by the user is applied as given; :meth:`Preprocessing.unchanged` feeds the values as they
+    are. Every decision is listed in ``conversions``.
 
     Accepted shapes: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` and ``(1, C, H, W)``. For 3-D
     arrays the channel axis is the one whose size equals ``channels`` (first axis preferred); with
@@ -830,8 +1005,15 @@ def load_array(
     with np.errstate(over="ignore"):
         # float64 values beyond float32's range become Inf; counted and reported below.
         values = chw.astype(np.float32)
+    full_scale = None if preprocessing.as_is else _PICTURE_DTYPES.get(array.dtype.str[1:])
     if array.dtype == np.bool_:
         conversions.append("bool values cast to float32 (False -> 0, True -> 1)")
+    elif full_scale is not None:
+        values /= np.float32(full_scale)
+        conversions.append(
+            f"{array.dtype} values divided by {full_scale} (read as a {array.dtype.itemsize * 8}"
+            f"-bit picture, like an image file; --as-is keeps 0..{full_scale})"
+        )
     elif array.dtype != np.float32:
         conversions.append(f"{array.dtype} values cast to float32 (no scaling)")
     overflowed = int(np.count_nonzero(was_finite & ~np.isfinite(values)))
@@ -840,6 +1022,7 @@ def load_array(
     not_finite = int(np.count_nonzero(~np.isfinite(values)))
     if not_finite:
         conversions.append(f"array holds {not_finite:,} NaN/Inf values (fed as they are)")
+    preprocessing = _array_preprocessing(values, preprocessing, conversions)
     return _finish(
         np.ascontiguousarray(values.transpose(1, 2, 0)),
         path=where,

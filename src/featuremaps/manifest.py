@@ -73,9 +73,16 @@ def header(model: Mapping[str, Any] | None = None, *, created: bool = True) -> d
     return head
 
 
-def runs_manifest(manifests: Sequence[str]) -> dict[str, Any]:
-    """The top-level manifest of a run over several inputs: it lists each input's manifest."""
-    return {**header(created=False), "runs": list(manifests)}
+def runs_manifest(
+    manifests: Sequence[str], inputs: Sequence[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The top-level manifest of a run over several inputs: it lists each input's manifest and,
+    with ``inputs``, which input each sub-folder holds (``{"folder", "input", "kind",
+    "manifest"}``), so folders whose names were made safe or unique stay traceable."""
+    out = {**header(created=False), "runs": list(manifests)}
+    if inputs is not None:
+        out["inputs"] = list(inputs)
+    return out
 
 
 def _finite(value: object) -> float | None:

@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,10 @@ from featuremaps.checkpoints import (
     seeded_build,
     torch_load,
 )
+from featuremaps.inputs import Preprocessing, preprocessing_from_timm, preprocessing_from_weights
 from featuremaps.naming import suggest
 
-__all__ = ["LoadedModel", "load_model", "load_weights_file"]
+__all__ = ["LoadedModel", "load_model", "load_weights_file", "no_download_arguments"]
 
 
 def load_model(
@@ -74,7 +76,7 @@ def load_model(
         offline = os.environ.get("FEATUREMAPS_OFFLINE", "") not in ("", "0")
     spec = spec.strip()
     if spec.startswith("timm:"):
-        loaded = _load_timm(spec, spec[5:], weights, offline)
+        loaded = _load_timm(spec, spec[5:], weights, offline, trust_checkpoint)
     elif _is_factory(spec):
         loaded = _load_factory(spec)
     elif Path(spec).suffix in WEIGHT_SUFFIXES or Path(spec).is_file():
@@ -85,7 +87,7 @@ def load_model(
         if spec in zoo.NAMES:
             loaded = zoo.load(spec, weights, trust_checkpoint)
         else:
-            loaded = _load_zoo(spec, weights, offline)
+            loaded = _load_zoo(spec, weights, offline, trust_checkpoint)
 
     handled = ("torchvision", "timm", "featuremaps")  # these loaders already applied `weights`
     if weights not in (None, "DEFAULT", "default") and loaded.source not in handled:
@@ -112,13 +114,60 @@ def _is_dotted(text: str) -> bool:
 # -- torchvision -------------------------------------------------------------------------------
 
 
-def _load_zoo(name: str, weights: str | None, offline: bool) -> LoadedModel:
+def _build_unweighted(name: str) -> nn.Module:
+    """Build torchvision model ``name`` with seeded random weights and no download at all.
+
+    Detection and segmentation builders take more weights than ``weights``: their
+    ``weights_backbone`` defaults to ImageNet weights, which would be downloaded. Every such
+    argument is set to None here, so a model asked for without weights (or built offline) never
+    touches the network and really holds random weights.
+    """
+    import torchvision.models as tvm
+
+    return seeded_build(tvm.get_model, name, weights=None, **no_download_arguments(name))
+
+
+def no_download_arguments(name: str) -> dict[str, None]:
+    """The arguments of torchvision builder ``name`` that name weights to download, set to None."""
+    import inspect
+
+    import torchvision.models as tvm
+
+    parameters = inspect.signature(tvm.get_model_builder(name)).parameters
+    return {p: None for p in parameters if p.startswith("weights") and p != "weights"}
+
+
+def _architecture_preprocessing(name: str, path: str | None) -> Preprocessing | None:
+    """The preprocessing of ``name``'s default torchvision weights, for weights from a file.
+
+    A fine-tuned file keeps the architecture's input convention far more often than not, so the
+    preset applies, and its source says it was assumed (``--size``/``--normalize`` change it).
+    """
+    import torchvision.models as tvm
+
+    try:
+        enum = tvm.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None
+    preset = preprocessing_from_weights(enum)
+    if path is None:
+        return preset
+    return replace(
+        preset,
+        source=f"transforms of {enum}, the architecture's preset, assumed for the weights file "
+        f"{Path(path).name}",
+    )
+
+
+def _load_zoo(
+    name: str, weights: str | None, offline: bool, trust_checkpoint: bool = False
+) -> LoadedModel:
     import torchvision.models as tvm
 
     known = tvm.list_models()
     if name not in known:
         if _timm_has(name):
-            return _load_timm(name, name, weights, offline)
+            return _load_timm(name, name, weights, offline, trust_checkpoint)
         hint = suggest(name, known, 3, 0.6)
         raise ModelError(
             f"unknown model '{name}': not a torchvision model name, a file, or module:factory"
@@ -126,14 +175,20 @@ def _load_zoo(name: str, weights: str | None, offline: bool) -> LoadedModel:
         )
     asked = weights or "DEFAULT"
     if asked.lower() in ("none", "random"):
-        model = seeded_build(tvm.get_model, name, weights=None)
+        model = _build_unweighted(name)
+        preset = _architecture_preprocessing(name, None)
+        note = f" (pretrained weights would use: {', '.join(preset.steps())})" if preset else ""
         return LoadedModel(
-            model, name, "torchvision", asked, "random (asked for: --weights none)", True
-        )
+            model, name, "torchvision", asked, "random (asked for: --weights none)", True,
+            preprocessing=Preprocessing(source=f"none for random weights{note}"),
+        )  # fmt: skip
     if Path(asked).suffix in WEIGHT_SUFFIXES or Path(asked).exists():
-        model = seeded_build(tvm.get_model, name, weights=None)
-        fit_state_dict(model, load_weights_file(asked, False), asked, name)
-        return LoadedModel(model, name, "torchvision", asked, f"loaded from {asked}", False)
+        model = _build_unweighted(name)
+        fit_state_dict(model, load_weights_file(asked, trust_checkpoint), asked, name)
+        return LoadedModel(
+            model, name, "torchvision", asked, f"loaded from {asked}", False,
+            preprocessing=_architecture_preprocessing(name, asked),
+        )  # fmt: skip
 
     enum = _weights_enum(name, asked)
     cached = _hub_cache_path(enum.url)
@@ -156,7 +211,7 @@ def _load_zoo(name: str, weights: str | None, offline: bool) -> LoadedModel:
         ),
         stacklevel=3,
     )
-    model = seeded_build(tvm.get_model, name, weights=None)
+    model = _build_unweighted(name)
     status = f"random (offline fallback: {enum} could not be had: {reason})"
     return LoadedModel(model, name, "torchvision", asked, status, True, enum)
 
@@ -198,7 +253,17 @@ def _timm_has(name: str) -> bool:
     return bool(timm.list_models(name))
 
 
-def _load_timm(spec: str, name: str, weights: str | None, offline: bool) -> LoadedModel:
+def _timm_preprocessing(model: nn.Module, name: str) -> Preprocessing:
+    """timm's own data config for the model (input size, interpolation, crop, mean and std)."""
+    import timm.data
+
+    config = timm.data.resolve_data_config({}, model=model)  # type: ignore[attr-defined,no-untyped-call]
+    return preprocessing_from_timm(config, name)
+
+
+def _load_timm(
+    spec: str, name: str, weights: str | None, offline: bool, trust_checkpoint: bool = False
+) -> LoadedModel:
     try:
         import timm
     except ImportError:
@@ -211,17 +276,25 @@ def _load_timm(spec: str, name: str, weights: str | None, offline: bool) -> Load
     asked = weights or "DEFAULT"
     if asked.lower() in ("none", "random") or Path(asked).suffix in WEIGHT_SUFFIXES:
         model = seeded_build(timm.create_model, name, pretrained=False)
+        pre = _timm_preprocessing(model, name)
         if asked.lower() in ("none", "random"):
-            return LoadedModel(model, spec, "timm", asked, "random (asked for: none)", True)
-        fit_state_dict(model, load_weights_file(asked, False), asked, spec)
-        return LoadedModel(model, spec, "timm", asked, f"loaded from {asked}", False)
+            return LoadedModel(
+                model, spec, "timm", asked, "random (asked for: none)", True, preprocessing=pre
+            )
+        fit_state_dict(model, load_weights_file(asked, trust_checkpoint), asked, spec)
+        return LoadedModel(
+            model, spec, "timm", asked, f"loaded from {asked}", False, preprocessing=pre
+        )
     if not offline:
         try:
             model = timm.create_model(name, pretrained=True)
         except (OSError, RuntimeError) as exc:  # hub and connection errors are OSErrors
             reason = f"download failed: {exc}"
         else:
-            return LoadedModel(model, spec, "timm", asked, f"pretrained: timm {name}", False)
+            return LoadedModel(
+                model, spec, "timm", asked, f"pretrained: timm {name}", False,
+                preprocessing=_timm_preprocessing(model, name),
+            )  # fmt: skip
     else:
         reason = "offline mode"
     warnings.warn(
@@ -232,7 +305,10 @@ def _load_timm(spec: str, name: str, weights: str | None, offline: bool) -> Load
         stacklevel=3,
     )
     model = seeded_build(timm.create_model, name, pretrained=False)
-    return LoadedModel(model, spec, "timm", asked, f"random (offline fallback: {reason})", True)
+    return LoadedModel(
+        model, spec, "timm", asked, f"random (offline fallback: {reason})", True,
+        preprocessing=_timm_preprocessing(model, name),
+    )  # fmt: skip
 
 
 # -- user code ---------------------------------------------------------------------------------
@@ -252,12 +328,17 @@ def _load_factory(spec: str) -> LoadedModel:
         sys.modules[module_name] = module
         try:
             loader_spec.loader.exec_module(module)
+        except SystemExit as exc:
+            del sys.modules[module_name]
+            raise _exited(f"importing '{target}'", exc) from None
         except Exception as exc:
             del sys.modules[module_name]
             raise ModelError(f"importing '{target}' failed: {type(exc).__name__}: {exc}") from exc
     else:
         try:
             module = importlib.import_module(target)
+        except SystemExit as exc:
+            raise _exited(f"importing '{target}'", exc) from None
         except ImportError as exc:
             raise ModelError(
                 f"cannot import module '{target}' from spec '{spec}': {exc}; check that it is "
@@ -271,12 +352,23 @@ def _load_factory(spec: str) -> LoadedModel:
         model = seeded_build(factory)
     except ModelError:
         raise
+    except SystemExit as exc:
+        raise _exited(f"calling {spec}()", exc) from None
     except Exception as exc:
         raise ModelError(
             f"calling {spec}() failed: {type(exc).__name__}: {exc}; the factory must build the "
             "model with no arguments"
         ) from exc
     return LoadedModel(model, spec, "factory", "as built", "as built by the factory", False)
+
+
+def _exited(what: str, exc: SystemExit) -> ModelError:
+    """A factory or its module asked the program to exit; that is a failure to build a model."""
+    return ModelError(
+        f"{what} tried to end the program (SystemExit with code {exc.code!r}) instead of "
+        "returning a model; the spec must name a function that builds and returns an "
+        "nn.Module, e.g. models/net.py:build"
+    )
 
 
 # -- files -------------------------------------------------------------------------------------

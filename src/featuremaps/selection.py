@@ -25,7 +25,16 @@ from torch import nn
 from featuremaps._errors import LayerError
 from featuremaps.naming import suggest, type_name, type_names
 
-__all__ = ["as_patterns", "keep_record", "select_modules", "split_record", "type_name"]
+__all__ = [
+    "as_patterns",
+    "keep_record",
+    "matching_patterns",
+    "pattern_call",
+    "pattern_matches_module",
+    "select_modules",
+    "split_record",
+    "type_name",
+]
 
 
 def as_patterns(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -54,6 +63,17 @@ def _split_call(pattern: str) -> tuple[str, bool]:
     if not pattern.startswith("re:") and re.search(r"#\d+$", pattern):
         return pattern.rsplit("#", 1)[0], True
     return pattern, False
+
+
+def pattern_call(pattern: str) -> int | None:
+    """The call a ``name#k`` pattern picks (``k``), or None for a pattern of every call."""
+    base, one_call = _split_call(pattern)
+    return int(pattern[len(base) + 1 :]) if one_call else None
+
+
+def pattern_matches_module(pattern: str, module: str) -> bool:
+    """Whether the module part of ``pattern`` matches the module path ``module``."""
+    return _match(_split_call(pattern)[0], module)
 
 
 def select_modules(
@@ -100,18 +120,34 @@ def select_modules(
     return {p: m for p, m in named if p in chosen}
 
 
-def keep_record(name: str, module: str, patterns: tuple[str, ...] | None) -> bool:
-    """Whether a record survives the patterns (``name#k`` patterns keep only that call)."""
+def keep_record(
+    name: str, module: str, patterns: tuple[str, ...] | None, call: int | None = None
+) -> bool:
+    """Whether a record survives the patterns (``name#k`` patterns keep only the k-th call).
+
+    ``call`` is the record's call number; without it, it is read from the name (``#k`` after
+    the module path, else the first call), so ``conv#1`` keeps the first call, named ``conv``.
+    """
     if patterns is None:
         return True
+    return bool(matching_patterns(module, _call_of(name, module) if call is None else call,
+                                  patterns))  # fmt: skip
+
+
+def matching_patterns(module: str, call: int, patterns: tuple[str, ...]) -> list[str]:
+    """The patterns that keep call ``call`` of module ``module``."""
+    found = []
     for pattern in patterns:
-        base, one_call = _split_call(pattern)
-        if one_call:
-            if _match(pattern, name) or _match(pattern + ".*", name):
-                return True
-        elif _match(base, module):
-            return True
-    return False
+        wanted = pattern_call(pattern)
+        if (wanted is None or wanted == call) and pattern_matches_module(pattern, module):
+            found.append(pattern)
+    return found
+
+
+def _call_of(name: str, module: str) -> int:
+    rest = name[len(module) :] if name.startswith(module) else ""
+    found = re.match(r"#(\d+)", rest)
+    return int(found[1]) if found else 1
 
 
 def split_record(name: str, modules: Mapping[str, nn.Module]) -> tuple[str, int]:

@@ -70,7 +70,7 @@ def _row_stats(flat: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, ...]:
     total: np.ndarray | None = None
     if flat.dtype != np.float64:
         with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is an answer, not an error
-            total = np.sum(flat, axis=1, dtype=np.float64)
+            total = np.asarray(np.sum(flat, axis=1, dtype=np.float64))
     every = total is not None and bool(np.isfinite(total).all())
     finite = np.ones((1, 1), dtype=bool) if every else np.isfinite(flat)
     every = every or bool(finite.all())
@@ -79,8 +79,8 @@ def _row_stats(flat: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, ...]:
     n = np.full(rows, flat.shape[1], dtype=np.int64) if every else finite.sum(1, dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         if total is None or not every:
-            total = np.sum(flat, axis=1, dtype=np.float64, where=where)
-        mean = total / n
+            total = np.asarray(np.sum(flat, axis=1, dtype=np.float64, where=where))
+        mean = np.asarray(total) / n
         dev = scratch[: flat.size].reshape(flat.shape)
         np.subtract(flat, mean[:, None], out=dev, dtype=np.float64)  # one pass, no float64 copy
         if not every:

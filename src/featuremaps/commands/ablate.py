@@ -103,7 +103,7 @@ def ablate(
             bar.set_description("ranking")
             ranking = compute_dataset_stats(
                 loaded.model, paths, channels=first[0] if first else None, preprocessing=pre,
-                layers=patterns, batch_size=batch_size, workers=workers,
+                layers=patterns, batch_size=batch_size, workers=workers, model_label=loaded.spec,
             )  # fmt: skip
             values = {name: s.result()[stat] for name, s in ranking.layers.items()}
             source = "the same inputs (in-sample: computed first on the data measured)"

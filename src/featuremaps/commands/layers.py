@@ -25,8 +25,10 @@ __all__ = ["LayerInfo", "list_layers"]
 class LayerInfo:
     """One module call found by :func:`list_layers`.
 
-    ``shape`` is ``None`` when no dry run was made or the module never ran (``ran`` False);
-    a tuple/dict output has one entry per tensor, named like records (``lstm.0``).
+    ``shape`` is ``None`` when no dry run was made, when the module never ran (``ran`` False),
+    or when its output holds no tensor (``returned`` then names the type it returned, e.g.
+    ``NoneType`` or ``ImageList``); a tuple/dict/dataclass output has one entry per tensor,
+    named like records (``lstm.0``).
     """
 
     name: str
@@ -36,6 +38,7 @@ class LayerInfo:
     shape: tuple[int, ...] | None
     ran: bool
     is_container: bool
+    returned: str | None = None
 
 
 def list_layers(
@@ -82,7 +85,21 @@ def list_layers(
             )
         )
 
-    _, calls = run_hooked(model, inputs, _hookable(modules), sink)
+    def other(path: str, module: nn.Module, call: int, returned: str) -> None:
+        found.append(
+            LayerInfo(
+                record_name(path, call, None),
+                path,
+                call,
+                type_name(module),
+                None,
+                True,
+                path not in leaves,
+                returned,
+            )
+        )
+
+    _, calls = run_hooked(model, inputs, _hookable(modules), sink, on_other=other)
     found.extend(
         LayerInfo(p, p, 0, type_name(m), None, False, p not in leaves)
         for p, m in modules.items()

@@ -294,6 +294,13 @@ def _run_one(
     finally:
         writer.close()
         bar.close()
+    for other in result.no_tensor:
+        summaries.append(
+            RecordSummary(
+                other.name, other.module, other.call, other.module_type, None, None, None, None,
+                other.reason, None, None, None, 0,
+            )
+        )  # fmt: skip
     for miss in result.not_run:
         summaries.append(
             RecordSummary(
@@ -392,6 +399,12 @@ def visualize(
     """
     loaded = resolve_model(model)
     grid = grid or GridOptions()
+    if grid.scale == "global" and grid.value_range is not None:
+        raise OptionError(
+            f"scale 'global' measures its range over all layers itself, so the given range "
+            f"{grid.value_range[0]:g} … {grid.value_range[1]:g} would be ignored; use scale "
+            "'fixed' for a range of your own, or leave the range out"
+        )
     saved = read_stats(channel_stats) if isinstance(channel_stats, (str, Path)) else channel_stats
     if saved is not None and (grid.order == "index" or grid.channels is not None):
         raise OptionError(
@@ -420,7 +433,18 @@ def visualize(
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
-                folder.write_json(MANIFEST, runs_manifest([f"{sub}/{MANIFEST}" for sub in folders]))
+                listed = [
+                    {
+                        "folder": sub,
+                        "input": item.info.get("path"),
+                        "kind": item.info.get("kind"),
+                        "manifest": f"{sub}/{MANIFEST}",
+                    }
+                    for item, sub in zip(resolved, folders, strict=True)
+                ]
+                folder.write_json(
+                    MANIFEST, runs_manifest([f"{sub}/{MANIFEST}" for sub in folders], listed)
+                )
                 if report:
                     pages = runs_report_files(
                         [(sub, r.manifest) for sub, r in zip(folders, results, strict=True)]
@@ -473,12 +497,15 @@ def _refuse_inputs_inside(items: list[Any], out: Path) -> None:
 
 
 def _unique(stems: list[str]) -> list[str]:
-    """Safe, distinct folder names for several inputs (``a``, ``a-2``, ...)."""
+    """Safe, distinct folder names for several inputs (``a``, ``a-2``, ...); the top-level
+    manifest's ``inputs`` says which input each one holds."""
     # The report's folders and the top-level files sit beside the per-input folders.
     used: set[str] = {"assets", "data", "index.html", "manifest.json", "summary.json"}
     out = []
     for stem in stems:
         base = safe_filename(0, stem, suffix="")[5:]  # drop the "0000_" index prefix
+        if not any(ch.isascii() and ch.isalnum() for ch in stem):
+            base = "input"  # nothing of the name was safe (e.g. only non-ASCII letters)
         name, k = base, 1
         while name.lower() in used:
             k += 1

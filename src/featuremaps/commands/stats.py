@@ -67,7 +67,7 @@ def collect_stats(
     """
     from tqdm import tqdm
 
-    from featuremaps.dataset import compute_dataset_stats, find_inputs, stats_rows
+    from featuremaps.dataset import compute_dataset_stats, scan_inputs, stats_rows
 
     write_parquet = parquet_available() if parquet is None else parquet
     if parquet and not parquet_available():
@@ -81,8 +81,18 @@ def collect_stats(
             f"rank_by={rank_by!r} is not a per-channel statistic; expected one of "
             f"{', '.join(statistics)}"
         )
+    if not near_zero >= 0:  # also refuses NaN
+        raise OptionError(
+            f"near-zero threshold {near_zero:g} is not valid; expected 0 or more, e.g. 1e-6"
+        )
+    if duplicates is not None and not 0 <= duplicates <= 1:
+        raise OptionError(
+            f"duplicate threshold {duplicates:g} can never be reached by a correlation's size; "
+            "expected a number from 0 to 1, e.g. 0.95"
+        )
     loaded = resolve_model(model)
-    paths = find_inputs(data)
+    scanned = scan_inputs(data)
+    paths = scanned.paths
     if preprocessing is None:
         preprocessing = loaded.input_preprocessing()
     first = expected_channels(loaded.model)
@@ -100,6 +110,7 @@ def collect_stats(
             near_zero=near_zero,
             correlations=duplicates is not None,
             progress=bar.update,
+            model_label=loaded.spec,
         )
         rows = stats_rows(result, rank_by)
         folder.write_csv(STATS_CSV, rows)
@@ -128,6 +139,7 @@ def collect_stats(
         summary = _stats_summary(
             loaded, paths, preprocessing, result, near_zero, duplicates, plot_files
         )
+        summary["inputs"]["skipped"] = scanned.skipped
         summary["files"] = [STATS_CSV, *([STATS_PARQUET] if write_parquet else [])]
         folder.write_json(SUMMARY, summary)
     return summary

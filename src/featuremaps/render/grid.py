@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -99,9 +99,7 @@ _SCALES: tuple[str, ...] = get_args(ScaleMode)
 
 def _positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise OptionError(
-            f"{name}={value!r}; expected a whole number >= 1. Pass for example {name}=8."
-        )
+        raise OptionError(f"{name} {value!r} is not valid; expected a whole number >= 1, e.g. 8")
 
 
 @dataclass(frozen=True)
@@ -151,13 +149,13 @@ class GridOptions:
         if self.value_range is None:
             if self.scale == "fixed":
                 raise OptionError(
-                    "scale 'fixed' needs value_range; got none. Pass value_range=(low, high)."
+                    "scale 'fixed' needs a value range (its low and high values); got none"
                 )
         else:
             if self.scale not in ("fixed", "global"):
                 raise OptionError(
-                    f"value_range={self.value_range!r} is only used with scale 'fixed' or "
-                    f"'global'; got scale {self.scale!r}. Drop the range or use scale='fixed'."
+                    f"a value range is only used with scale 'fixed' or 'global'; got scale "
+                    f"'{self.scale}'. Drop the range or use scale 'fixed'."
                 )
             lo, hi = (float(v) for v in self.value_range)
             ValueRange(lo, hi, False)  # raises OptionError for non-finite or reversed bounds
@@ -196,6 +194,9 @@ class Grid:
     nonfinite: int
     constant_channels: tuple[int, ...]
     warnings: tuple[str, ...] = field(default=())
+    # Finite cells of the shown tiles below and above a fixed (or global) range: drawn in the
+    # end colours, counted in the legend, whose colour bar is pointed at such an end.
+    clipped: tuple[int, int] = (0, 0)
 
     @functools.cached_property
     def pixels(self) -> np.ndarray:
@@ -266,12 +267,12 @@ def select_channels(maps: np.ndarray, options: GridOptions) -> tuple[int, ...]:
             if isinstance(ch, bool) or not isinstance(ch, (int, np.integer)):
                 raise OptionError(
                     f"channel index {ch!r} is not a whole number; expected indices in "
-                    f"0..{total - 1}. Pass integers such as channels=(0, 5)."
+                    f"0..{total - 1}, such as 0 and 5"
                 )
             if not 0 <= ch < total:
                 raise OptionError(
                     f"channel index {ch} is out of range for a layer with {total} channels; "
-                    f"expected 0..{total - 1}. Check the layer's shape with list_layers."
+                    f"expected 0..{total - 1}. 'featuremaps layers' lists each layer's shape."
                 )
         return tuple(int(ch) for ch in options.channels)
     k = min(options.max_channels, total)
@@ -400,7 +401,16 @@ def make_grid(
     mosaic_w = ncols * cw + (ncols + 1) * GAP
     mosaic_h = nrows * (th + cap) + (nrows + 1) * GAP
 
-    content = _legend_content(opts, label, arr.shape, chs, value_range, signed, cmap, nonfinite)
+    below = above = 0
+    if value_range is not None and opts.scale in ("fixed", "global"):
+        below = int(np.count_nonzero(finite & (block < value_range.vmin)))
+        above = int(np.count_nonzero(finite & (block > value_range.vmax)))
+    # A layer without one finite value has no range: its bar must not read "0 ... 0".
+    empty = arr.size > 0 and layer_range.vmax == 0 and not np.isfinite(arr).any()
+    content = _legend_content(
+        opts, label, arr.shape, chs, value_range, signed, cmap, nonfinite, empty
+    )
+    content = replace(content, clipped_low=below, clipped_high=above)
     top = LEGEND_HEIGHT if opts.legend else 0
     width = max(mosaic_w, legend_width(content)) if opts.legend else mosaic_w
     canvas = np.full((top + mosaic_h, width), BACKGROUND_INDEX, dtype=np.uint8)
@@ -432,9 +442,7 @@ def make_grid(
     if constant:
         warnings.append(f"{len(constant)} of {k} shown channels are constant")
     if value_range is not None and opts.scale in ("fixed", "global"):
-        outside = int(
-            np.count_nonzero(finite & ((block < value_range.vmin) | (block > value_range.vmax)))
-        )
+        outside = below + above
         if outside:
             warnings.append(
                 f"{_plural(outside, 'value')} outside the {opts.scale} range "
@@ -457,6 +465,7 @@ def make_grid(
         nonfinite=nonfinite,
         constant_channels=constant,
         warnings=tuple(warnings),
+        clipped=(below, above),
     )
 
 
@@ -477,6 +486,7 @@ def _legend_content(
     signed: bool,
     cmap: str,
     nonfinite: int,
+    empty: bool = False,
 ) -> LegendContent:
     total = shape[0]
     k = len(chs)
@@ -510,6 +520,9 @@ def _legend_content(
         else:
             low, mid, high = "min", None, "max"
             note = "each tile: its own min to max (see tile captions)"
+    elif empty and opts.scale in ("layer", "global"):
+        low, mid, high = "n/a", None, "n/a"
+        note = "no finite values: every cell is NaN/Inf"
     else:
         low, high = _fmt(value_range.vmin), _fmt(value_range.vmax)
         mid = "0" if value_range.symmetric else None

@@ -16,7 +16,8 @@ Legend layout (pixels, top to bottom, all constants below)::
     selection row   "k of C channels shown (...)"
     scale row       "scale: ... · colormap ..."
     BAR_TOP_GAP
-    colour bar      BAR_HEIGHT tall, BAR_WIDTH wide; note or NaN swatch to its right
+    colour bar      BAR_HEIGHT tall, BAR_WIDTH wide, an end pointed when values were clipped
+                    there; the note (or the clipped counts) and the NaN swatch to its right
     ticks/labels    vmin at the left end, 0 at the centre (symmetric), vmax at the right end
     LEGEND_PAD
 
@@ -155,6 +156,25 @@ class LegendContent:
     bar_high: str
     bar_note: str | None
     nonfinite: int
+    # Cells of the shown tiles outside the colour range (a fixed scale), drawn in the end colours;
+    # an end with clipped cells is drawn pointed, and the count is printed beside the bar.
+    clipped_low: int = 0
+    clipped_high: int = 0
+
+    @property
+    def side_note(self) -> str | None:
+        """The text to the right of the colour bar: the bar note, else the clipped counts."""
+        if self.bar_note or not (self.clipped_low or self.clipped_high):
+            return self.bar_note
+        parts = []
+        if self.clipped_low:
+            parts.append(f"{self.clipped_low} below {self.bar_low}")
+        if self.clipped_high:
+            parts.append(f"{self.clipped_high} above {self.bar_high}")
+        cells = "cell" if (self.clipped_low or self.clipped_high) == 1 else "cells"
+        first, *rest = parts
+        count, where = first.split(" ", 1)
+        return f"clipped: {', '.join([f'{count} {cells} {where}', *rest])}"
 
     @property
     def nan_text(self) -> str | None:
@@ -170,8 +190,8 @@ def legend_width(c: LegendContent) -> int:
     if c.stamp:
         title += STAMP_GAP + text_width(c.stamp) + 2 * STAMP_PAD
     side = 0
-    if c.bar_note:
-        side = max(side, text_width(c.bar_note))
+    if c.side_note:
+        side = max(side, text_width(c.side_note))
     if c.nan_text:
         side = max(side, SWATCH + 4 + text_width(c.nan_text))
     bar_row = BAR_WIDTH + (SIDE_GAP + side if side else 0)
@@ -181,6 +201,12 @@ def legend_width(c: LegendContent) -> int:
 
 # Evenly spaced colour levels, left (vmin) to right (vmax), both ends exact.
 _BAR = np.rint(np.linspace(0, LEVELS - 1, BAR_WIDTH)).astype(np.uint8)
+POINT_WIDTH = 8
+# The background pixels that make the bar's left end a point: column j keeps the rows within
+# (j + 1) / POINT_WIDTH of the half-height around the middle (mirrored for the right end).
+_rows = np.abs(np.arange(BAR_HEIGHT) - (BAR_HEIGHT - 1) / 2)[:, None]
+_cols = np.arange(BAR_WIDTH)[None, :]
+_POINT = (_cols < POINT_WIDTH) & (_rows > (_cols + 1) / POINT_WIDTH * BAR_HEIGHT / 2)
 
 
 def paint_legend(canvas: np.ndarray, c: LegendContent, *, top: int = 0) -> None:
@@ -189,6 +215,12 @@ def paint_legend(canvas: np.ndarray, c: LegendContent, *, top: int = 0) -> None:
     x0 = LEGEND_PAD
     by = top + _BAR_Y
     canvas[by : by + BAR_HEIGHT, x0 : x0 + BAR_WIDTH] = _BAR[None, :]
+    # A clipped end is pointed (like matplotlib's "extend" colour bars): values lie beyond it.
+    bar = canvas[by : by + BAR_HEIGHT, x0 : x0 + BAR_WIDTH]
+    if c.clipped_low:
+        bar[_POINT] = BACKGROUND_INDEX
+    if c.clipped_high:
+        bar[_POINT[:, ::-1]] = BACKGROUND_INDEX
     ty = by + BAR_HEIGHT
     ticks = [x0, x0 + BAR_WIDTH - 1]
     if c.bar_mid is not None:
@@ -217,8 +249,8 @@ def paint_legend(canvas: np.ndarray, c: LegendContent, *, top: int = 0) -> None:
     paint_text(canvas, (x0 + BAR_WIDTH, ly), c.bar_high, size, anchor="ra")
     if c.bar_mid is not None:
         paint_text(canvas, (x0 + BAR_WIDTH // 2, ly), c.bar_mid, size, anchor="ma")
-    if c.bar_note:
-        paint_text(canvas, (side_x, top + _BAR_Y - 1), c.bar_note, size)
+    if c.side_note:
+        paint_text(canvas, (side_x, top + _BAR_Y - 1), c.side_note, size)
     if c.nan_text:
         paint_text(canvas, (side_x + SWATCH + 4, ly), c.nan_text, size)
 

@@ -117,10 +117,12 @@ class Overlay:
 def _unit_float(name: str, value: object, hint: str) -> float:
     """``value`` as a float in [0, 1], else an OptionError that shows what was received."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise OptionError(f"{name}={value!r}; expected a number from 0 to 1. {hint}")
+        raise OptionError(
+            f"{name} {value!r} is not a number; expected a number from 0 to 1. {hint}"
+        )
     v = float(value)
     if not 0.0 <= v <= 1.0:  # also rejects NaN
-        raise OptionError(f"{name}={v!r} is outside 0 … 1; expected a number from 0 to 1. {hint}")
+        raise OptionError(f"{name} {v:g} is outside 0 … 1; expected a number from 0 to 1. {hint}")
     return v
 
 
@@ -267,15 +269,14 @@ def overlay(
         An :class:`Overlay`: (H, W, 3) uint8 ``pixels`` and how they were made. Nothing is
         written and neither ``image`` nor ``cell_map`` is modified.
     """
-    a = _unit_float("alpha", alpha, "Pass for example alpha=0.6 (0 shows only the image).")
+    a = _unit_float("alpha", alpha, "For example 0.6 (0 shows only the image).")
     thr = (
         None
         if threshold is None
         else _unit_float(
             "threshold",
             threshold,
-            "It is a fraction of the colour range: pass for example threshold=0.5 to show only "
-            "the upper half.",
+            "It is a fraction of the colour range: for example 0.5 shows only the upper half.",
         )
     )
     pixels = _image_pixels(image)

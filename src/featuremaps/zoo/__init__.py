@@ -80,6 +80,7 @@ def _preprocessing(name: str) -> Preprocessing:
         resize=INPUT_SIZE,
         crop=INPUT_SIZE,
         source=f"{name}: trained on {INPUT_SIZE}x{INPUT_SIZE} RGB in [0, 1], no normalisation",
+        from_model=True,
     )
 
 
