@@ -18,15 +18,26 @@ Naming rule (documented, tested literally):
 * each tensor inside a tuple, list or dict output appends ``.key``: ``lstm.0``, ``lstm.1.0``,
   ``head.boxes``, ``head#2.boxes``; ``None`` and other non-tensor items are left out;
 * the model itself, when it is captured as a whole (a bare ``nn.Conv2d``, a TorchScript model),
-  is called ``output``.
+  is called ``output``;
+* the model's own return value is a record too, ``output`` (``output.<key>``, ``output.<i>`` for
+  tuple, list and dict outputs), unless it is exactly a module's output already recorded (a
+  classifier's ``fc``): then :attr:`Capture.outputs` names that record instead of repeating it.
+
+Layouts (:mod:`featuremaps.layouts`) are decided inside the hooks from the module's type and
+attributes and the layout of the tensor it was given (followed by storage and shape from module to
+module). For models with module types that do not say their own layout (LayerNorm, attention,
+Permute, RNNs, custom leaves), three cheap probe passes run first, recording only shapes: one
+sample, two samples (the batch axis is the one that doubles) and one sample at a second input size
+(spatial axes move, channels do not). Plain CNNs run once, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -56,7 +67,10 @@ class LayerRecord:
         output_key: ``None`` for a plain tensor output, else the key path inside a tuple/list/dict.
         index: 0-based position of the record in execution order.
         tensor: a detached copy of the output, on the device and in the dtype it had.
-        layout: axis names decided by :func:`featuremaps.layouts.decide`, e.g. ``"NCHW"``.
+        layout: axis names decided by :func:`featuremaps.layouts.decide`, e.g. ``"NCHW"`` or
+            ``"tokens(prefix=1, grid=14x14)"``.
+        layout_note: the evidence the layout rests on, in words (empty when the module's type
+            says it alone).
     """
 
     name: str
@@ -67,6 +81,7 @@ class LayerRecord:
     index: int
     tensor: torch.Tensor
     layout: str = ""
+    layout_note: str = ""
 
     def __post_init__(self) -> None:
         if not self.layout:  # built by hand: decided from the shape and module type alone
@@ -77,7 +92,8 @@ class LayerRecord:
     @property
     def layout_info(self) -> layouts.Layout:
         """The registered layout (channel axis, how it is drawn); see :mod:`featuremaps.layouts`."""
-        return layouts.get(self.layout, self.tensor.dim())
+        layout = layouts.get(self.layout, self.tensor.dim())
+        return replace(layout, note=self.layout_note) if self.layout_note else layout
 
     def maps(self, sample: int = 0) -> np.ndarray:
         """One sample as drawable ``(C, H, W)`` float maps (float32 or float64), as its layout
@@ -142,12 +158,16 @@ class Capture(Sequence[LayerRecord]):
     ``records`` is empty when the records were streamed to an ``on_record`` callback; ``total``
     always says how many records were produced. ``not_run`` lists the selected modules that
     never ran (e.g. ``MultiheadAttention.out_proj``, whose weights are used directly).
+    ``outputs`` maps each tensor of the model's return value (key ``""`` for a plain tensor) to
+    the record that holds it; ``probed`` says whether probe passes ran to decide layouts.
     """
 
     records: tuple[LayerRecord, ...]
     not_run: tuple[NotRun, ...]
     total: int
     output: Any = field(repr=False, default=None)
+    outputs: dict[str, str] = field(default_factory=dict)
+    probed: bool = False
 
     def __getitem__(self, index: Any) -> Any:
         return self.records[index]
@@ -297,6 +317,8 @@ def capture(
     on_record: RecordCallback | None = None,
     copy: bool = True,
     model_label: str | None = None,
+    probe: bool | None = None,
+    input_layout: str | None = None,
 ) -> Capture:
     """Run ``model`` on ``inputs`` once and capture the output of every selected module call.
 
@@ -304,7 +326,7 @@ def capture(
         model: any ``nn.Module`` (a TorchScript module yields only its final output).
         inputs: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
         layers: name patterns (glob, exact name, ``re:REGEX``; ``name#k`` picks one call).
-            ``None`` selects every leaf module.
+            ``None`` selects every leaf module (and the model's own output, ``output``).
         types: module class names to keep, e.g. ``"Conv2d"`` (subclasses match too).
         containers: also capture modules that have children.
         train: run in training mode (default: eval mode; the original modes are restored).
@@ -317,6 +339,10 @@ def capture(
             model will change it, so the callback must consume it (draw, measure, write) or
             clone it before returning, and must not modify it.
         model_label: how error messages name the model (default: its class name).
+        probe: run the shape probes that decide layouts (see the module docstring); ``None``
+            (default) runs them only when the model has module types that need them.
+        input_layout: the layout of a tensor ``inputs`` (default: ``NCHW`` for 4-D, ``NCDHW``
+            for 5-D, unknown otherwise); ``"NCL"`` for signals.
 
     Returns:
         A :class:`Capture` with records in execution order and the selected modules that never ran.
@@ -332,16 +358,21 @@ def capture(
         )
     label = model_label or type_name(model)
     patterns = as_patterns(layers)
-    selected = select_modules(model, patterns, as_patterns(types), containers, label)
+    type_filter = as_patterns(types)
+    selected = select_modules(model, patterns, type_filter, containers, label)
     kept: list[LayerRecord] = []
     count = 0
     keep_copy = copy or on_record is None  # kept records must never alias live tensors
-    # The layout of each output seen so far, by storage and shape, so that a module that keeps
-    # the rank (an activation after a Linear or a Conv1d) keeps the layout it was given.
-    seen: dict[tuple[int, tuple[int, ...]], str] = {}
 
     def emit(
-        path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor, layout: str
+        path: str,
+        module: nn.Module,
+        call: int,
+        key: str | None,
+        t: torch.Tensor,
+        layout: Any,
+        index: int | None = None,
+        copied: bool = False,
     ) -> None:
         nonlocal count
         record = LayerRecord(
@@ -350,15 +381,49 @@ def capture(
             call=call,
             module_type=type_name(module),
             output_key=key,
-            index=count,
-            tensor=t.detach().clone() if keep_copy else t.detach(),
-            layout=layout,
+            index=count if index is None else index,
+            tensor=t.detach().clone() if keep_copy and not copied else t.detach(),
+            layout=layout.name,
+            layout_note=layout.note,
         )
-        count += 1
+        if index is None:
+            count += 1
         if on_record is None:
             kept.append(record)
         else:
             on_record(record)
+
+    if isinstance(model, torch.jit.ScriptModule):
+        output, _ = run_hooked(model, inputs, {}, _ignore, train=train, grad=grad)
+        for key, tensor in _walk(output, None):
+            emit("output", model, 1, key, tensor, layouts.decide(tuple(tensor.shape), ""))
+        not_run = tuple(NotRun(p, type_name(m), SCRIPTED) for p, m in selected.items() if p)
+        return Capture(tuple(kept), not_run, count, output)
+
+    # Every leaf is hooked so that layouts can be followed from module to module; records are
+    # made only for the selected modules.
+    leaves = select_modules(model, None, None, False, label)
+    hooked = {**leaves, **selected}
+    wanted = set(selected)
+    types_of = [type_name(m) for m in hooked.values()]
+    if probe is None:
+        probe = layouts.needs_probes(types_of)
+    probes = _probe_shapes(model, inputs, hooked, train) if probe else {}
+    tracker = _LayoutTracker(model, inputs, probes, input_layout, closed=not probe)
+
+    # Records whose layout needs probes that did not run (a Linear giving tokens in a model
+    # of otherwise self-describing modules) are held, copied, until the probes have run.
+    held: list[tuple[int, str, nn.Module, int, str | None, torch.Tensor]] = []
+
+    def take(
+        path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor, layout: Any
+    ) -> None:
+        nonlocal count
+        if layout is not _PENDING:
+            emit(path, module, call, key, t, layout)
+            return
+        held.append((count, path, module, call, key, t.detach().clone()))
+        count += 1
 
     def sink(
         path: str,
@@ -368,24 +433,255 @@ def capture(
         t: torch.Tensor,
         given: torch.Tensor | None,
     ) -> None:
-        given_layout = seen.get(_storage_key(given)) if given is not None else None
-        layout = layouts.decide(tuple(t.shape), type_name(module), given_layout).name
-        seen[_storage_key(t)] = layout
-        if keep_record(record_name(path, call, key), path, patterns):
-            emit(path, module, call, key, t, layout)
+        name = record_name(path, call, key)
+        layout = tracker.decide(name, module, key, t, given)
+        if path in wanted and keep_record(name, path, patterns):
+            take(path, module, call, key, t, layout)
 
-    if isinstance(model, torch.jit.ScriptModule):
-        output, _ = run_hooked(model, inputs, {}, sink, train=train, grad=grad)
+    output, calls = run_hooked(model, inputs, hooked, sink, train=train, grad=grad)
+    outputs: dict[str, str] = {}
+    if "" not in hooked:  # a model that is its own only layer already gave "output"
+        name = _OUTPUT if _OUTPUT not in hooked else f"{_OUTPUT} (model)"
         for key, tensor in _walk(output, None):
-            emit("output", model, 1, key, tensor, layouts.decide(tuple(tensor.shape), "").name)
-        not_run = tuple(NotRun(p, type_name(m), SCRIPTED) for p, m in selected.items() if p)
-        return Capture(tuple(kept), not_run, count, output)
-
-    output, calls = run_hooked(model, inputs, selected, sink, train=train, grad=grad)
+            recorded = tracker.recorded(tensor)
+            if recorded is not None:
+                outputs[key or ""] = recorded
+                continue
+            full = record_name(name, 1, key)
+            layout = tracker.decide(full, model, key, tensor, None)
+            if type_filter is None and (patterns is None or keep_record(full, name, patterns)):
+                take(name, model, 1, key, tensor, layout)
+                outputs[key or ""] = full
+    if tracker.pending:
+        tracker.redecide(_probe_shapes(model, inputs, hooked, train))
+        probe = True
+    for index, path, module, call, key, t in held:
+        final = tracker.final[record_name(path, call, key)]
+        emit(path, module, call, key, t, final, index=index, copied=True)
+    kept.sort(key=lambda r: r.index)
     not_run = tuple(
-        NotRun(path, type_name(selected[path]), NEVER_CALLED) for path, n in calls.items() if n == 0
+        NotRun(path, type_name(selected[path]), NEVER_CALLED)
+        for path, n in calls.items()
+        if n == 0 and path in wanted
     )
-    return Capture(tuple(kept), not_run, count, output)
+    return Capture(tuple(kept), not_run, count, output, outputs, bool(probe))
+
+
+_OUTPUT = "output"
+
+
+def _ignore(*args: Any) -> None:
+    return None
+
+
+def _attrs(module: nn.Module) -> dict[str, Any]:
+    """The attributes of a module that say what its output's axes are."""
+    found: dict[str, Any] = {}
+    batch_first = getattr(module, "batch_first", None)
+    if isinstance(batch_first, bool):
+        found["batch_first"] = batch_first
+    dims = getattr(module, "dims", None)
+    if isinstance(dims, (list, tuple)) and all(isinstance(d, int) for d in dims):
+        found["dims"] = tuple(dims)
+    return found
+
+
+_PENDING = layouts.Layout("pending", None, None, None, "waiting for probes")
+_PROBE_HELPS = frozenset({"undecided", "NLD", "LND->NLD"})
+
+
+class _LayoutTracker:
+    """Decides each output's layout during a pass, following layouts from module to module.
+
+    A tensor is followed by identity (the same object, alive): in-place modules return the very
+    tensor they were given, and a freed tensor's memory reused by a new one is never mistaken
+    for it. Without probes, a decision that probes could change is left pending
+    (:data:`_PENDING`), with everything needed to take it again once they have run
+    (:meth:`redecide`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Any,
+        probes: Mapping[str, layouts.Probe],
+        input_layout: str | None,
+        closed: bool,
+    ) -> None:
+        self.model = model
+        prefix, source = layouts.prefix_tokens(model) if probes else (None, "")
+        self.facts = layouts.Facts(prefix=prefix, prefix_source=source, closed=closed)
+        self.probes = probes
+        self.can_wait = not probes and closed
+        # id -> (the tensor, weakly; its version when recorded; the step that produced it).
+        self.objects: dict[int, tuple[weakref.ref[torch.Tensor], int, int]] = {}
+        self.batch_one = isinstance(inputs, torch.Tensor) and inputs.dim() > 0 and len(inputs) == 1
+        # Every decision in order, to take them again: name, type, attrs, key, shape, the step
+        # that produced the module's input (-1: the model input, None: unknown).
+        self.steps: list[tuple[str, str, dict[str, Any], str | None, tuple[int, ...], int | None]]
+        self.steps = []
+        self.decided: list[str] = []
+        self.pending = False
+        self.final: dict[str, layouts.Layout] = {}
+        self.input_layout: str | None = None
+        if isinstance(inputs, torch.Tensor):
+            self.input_layout = input_layout or {4: "NCHW", 5: "NCDHW"}.get(inputs.dim())
+            self.objects[id(inputs)] = (weakref.ref(inputs), inputs._version, -1)
+
+    def _step_of(self, t: torch.Tensor | None) -> int | None:
+        entry = self.objects.get(id(t)) if t is not None else None
+        if entry is None or entry[0]() is not t:
+            return None
+        return entry[2]
+
+    def _layout_of(self, step: int | None) -> str | None:
+        if step is None:
+            return None
+        return self.input_layout if step < 0 else self.decided[step]
+
+    def decide(
+        self,
+        name: str,
+        module: nn.Module,
+        key: str | None,
+        t: torch.Tensor,
+        given: torch.Tensor | None,
+    ) -> layouts.Layout:
+        given_step = self._step_of(given)
+        given_layout = self._layout_of(given_step)
+        shape = tuple(int(n) for n in t.shape)
+        attrs = _attrs(module)
+        self.steps.append((name, type_name(module), attrs, key, shape, given_step))
+        if given_layout == _PENDING.name:
+            layout = _PENDING
+        else:
+            layout = self._decide(name, type_name(module), attrs, key, shape, given_layout)
+            if self.can_wait and layout.name in _PROBE_HELPS:
+                layout = _PENDING
+        self.decided.append(layout.name)
+        self.objects[id(t)] = (weakref.ref(t), t._version, len(self.steps) - 1)
+        if layout is _PENDING:
+            # Something here needs probes, so the model is not made of channels-first modules
+            # only: nothing later is channels-first by elimination.
+            self.pending = True
+            self.facts.closed = False
+        return layout
+
+    def _decide(
+        self,
+        name: str,
+        module_type: str,
+        attrs: dict[str, Any],
+        key: str | None,
+        shape: tuple[int, ...],
+        given_layout: str | None,
+    ) -> layouts.Layout:
+        probe = self.probes.get(name)
+        if probe is not None and probe.one is None and self.batch_one:
+            probe = replace(probe, one=shape)  # this pass is the 1-sample probe
+        layout = layouts.decide(
+            shape,
+            module_type,
+            given_layout,
+            probe=probe,
+            facts=self.facts,
+            attrs=attrs,
+            key=key,
+        )
+        if layout.name == "NCHW" and len(shape) == 4:
+            resized = probe.resized if probe is not None else None
+            other = (resized[2], resized[3]) if resized is not None and len(resized) == 4 else None
+            self.facts.grids.append((name, (shape[2], shape[3]), other, shape[1]))
+        self.final[name] = layout
+        return layout
+
+    def redecide(self, probes: Mapping[str, layouts.Probe]) -> None:
+        """Take every decision again, in order, with the probes' evidence."""
+        self.probes = probes
+        prefix, source = layouts.prefix_tokens(self.model)
+        self.facts = layouts.Facts(prefix=prefix, prefix_source=source, closed=False)
+        for i, (name, module_type, attrs, key, shape, given_step) in enumerate(self.steps):
+            given_layout = self._layout_of(given_step)
+            self.decided[i] = self._decide(name, module_type, attrs, key, shape, given_layout).name
+        self.pending = False
+
+    def recorded(self, tensor: torch.Tensor) -> str | None:
+        """The record that holds exactly ``tensor`` (same object, not changed in place since)."""
+        entry = self.objects.get(id(tensor))
+        if entry is None or entry[0]() is not tensor or entry[1] != tensor._version:
+            return None
+        return self.steps[entry[2]][0] if entry[2] >= 0 else None
+
+
+def _probe_inputs(
+    inputs: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """One sample, two samples, and one sample at a second size (spatial axes grown by
+    different amounts, so each moves differently; ``None`` for inputs without spatial axes)."""
+    one = inputs[:1]
+    two = torch.cat([one, one])
+    first = None if len(inputs) == 1 else one  # the capture pass itself is the 1-sample probe
+    if inputs.dim() < 3 or not inputs.is_floating_point():
+        return first, two, None
+    spatial = tuple(int(n) for n in one.shape[2:])
+    # Multiples of 32 keep patch embeddings and stride-32 networks aligned; unequal growth tells
+    # the spatial axes apart (64 rows, 32 columns; 8 more frames for clips).
+    grow = {1: (64,), 2: (64, 32), 3: (8, 64, 32)}.get(len(spatial))
+    if grow is None:
+        return one, two, None
+    size = tuple(n + g for n, g in zip(spatial, grow, strict=True))
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+    resized = torch.nn.functional.interpolate(one, size=size, mode=mode, align_corners=False)
+    return first, two, resized
+
+
+def _probe_shapes(
+    model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module], train: bool
+) -> dict[str, layouts.Probe]:
+    """Each record's output shape for one sample, two samples and a second input size.
+
+    Only shapes are kept (no copies). A probe the model refuses (a fixed input size, a batch
+    norm in training mode with one sample) is left out; its evidence is then missing.
+    """
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[0] < 1:
+        return {}
+    runs: list[dict[str, tuple[int, ...]] | None] = []
+    for probe_input in _probe_inputs(inputs):
+        if probe_input is None:
+            runs.append(None)
+            continue
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def sink(
+            path: str,
+            module: nn.Module,
+            call: int,
+            key: str | None,
+            t: torch.Tensor,
+            given: torch.Tensor | None,
+            into: dict[str, tuple[int, ...]] = shapes,
+        ) -> None:
+            into[record_name(path, call, key)] = tuple(int(n) for n in t.shape)
+
+        try:
+            output, _ = run_hooked(model, probe_input, modules, sink, train=train)
+        except CaptureError:
+            runs.append(None)
+            continue
+        name = _OUTPUT if _OUTPUT not in modules else f"{_OUTPUT} (model)"
+        for key, tensor in _walk(output, None):
+            shapes.setdefault(record_name(name, 1, key), tuple(int(n) for n in tensor.shape))
+        runs.append(shapes)
+    one, two, resized = runs
+    names = set().union(*(r for r in runs if r is not None))
+    return {
+        n: layouts.Probe(
+            one.get(n) if one else None,
+            two.get(n) if two else None,
+            resized.get(n) if resized else None,
+        )
+        for n in names
+    }
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:
