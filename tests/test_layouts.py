@@ -197,3 +197,51 @@ def test_channels_first_moves_batch_and_channels_for_every_layout() -> None:
     moved = layouts.channels_first(lnd, t)
     assert moved is not None
     torch.testing.assert_close(moved, t.permute(1, 2, 0))
+
+
+class AfterTheLastModule(nn.Module):
+    """A functional op after the last module: the model's output differs from every record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.fc(x)
+        return {"logits": y, "scaled": torch.log(y - y.max() - 1.0) * 0 + y.sqrt()}
+
+
+def test_the_models_own_output_is_a_record_unless_a_module_already_holds_it() -> None:
+    torch.manual_seed(0)
+    model = AfterTheLastModule().eval()
+    x = torch.randn(2, 4)
+    captured = fm.capture(model, x)
+    assert captured.outputs == {"logits": "fc", "scaled": "output.scaled"}
+    record = captured.get("output.scaled")
+    assert record.module == "output" and record.layout == "NC"
+    with torch.no_grad():
+        torch.testing.assert_close(record.tensor, model(x)["scaled"], equal_nan=True)
+    assert torch.isnan(record.tensor).any()  # the NaN a functional op made is kept
+    # Changed in place after the module returned: no longer the module's record.
+    inplace = nn.Sequential(nn.Linear(4, 3))
+    inplace.register_forward_hook(lambda m, a, out: out.mul_(2))
+    assert fm.capture(inplace.eval(), x).outputs == {"": "output"}
+
+
+def test_top_5_is_named_from_weights_metadata_and_marked_meaningless() -> None:
+    from featuremaps.predictions import categories, prediction
+
+    loaded = fm.load_model("resnet18", "none", offline=True)
+    found = categories(loaded)
+    assert found is not None
+    names, source = found
+    assert source == "weights metadata ResNet18_Weights.IMAGENET1K_V1" and len(names) == 1000
+    logits = torch.zeros(1, 1000, dtype=torch.float64)
+    logits[0, [7, 3, 999, 500, 1]] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+    result = prediction(logits, names, source, loaded.random_weights)
+    assert result is not None and result["meaningless"] and result["random_weights"]
+    assert [p["index"] for p in result["top"]] == [7, 3, 999, 500, 1]
+    assert [p["label"] for p in result["top"]] == [names[i] for i in (7, 3, 999, 500, 1)]
+    expected = torch.softmax(logits[0], 0)[[7, 3, 999, 500, 1]].tolist()
+    assert [p["probability"] for p in result["top"]] == pytest.approx(expected, rel=1e-12)
+    assert prediction(torch.zeros(1, 10), names, source, False) is None  # not 1000 classes
