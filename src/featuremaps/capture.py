@@ -408,7 +408,7 @@ def capture(
     types_of = [type_name(m) for m in hooked.values()]
     if probe is None:
         probe = layouts.needs_probes(types_of)
-    probes = _probe_shapes(model, inputs, hooked, train) if probe else {}
+    probes = _cached_probes(model, inputs, hooked, train) if probe else {}
     tracker = _LayoutTracker(model, inputs, probes, input_layout, closed=not probe)
 
     # Records whose layout needs probes that did not run (a Linear giving tokens in a model
@@ -453,7 +453,7 @@ def capture(
                 take(name, model, 1, key, tensor, layout)
                 outputs[key or ""] = full
     if tracker.pending:
-        tracker.redecide(_probe_shapes(model, inputs, hooked, train))
+        tracker.redecide(_cached_probes(model, inputs, hooked, train))
         probe = True
     for index, path, module, call, key, t in held:
         final = tracker.final[record_name(path, call, key)]
@@ -633,6 +633,31 @@ def _probe_inputs(
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
     resized = torch.nn.functional.interpolate(one, size=size, mode=mode, align_corners=False)
     return first, two, resized
+
+
+# Probe results per model and input geometry, so a data-set pass (one capture per batch) probes
+# once. Keyed weakly by the model: a model that is freed takes its entries with it.
+_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[Any, dict[str, layouts.Probe]]]
+_PROBES = weakref.WeakKeyDictionary()
+
+
+def _cached_probes(
+    model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module], train: bool
+) -> dict[str, layouts.Probe]:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1:
+        return _probe_shapes(model, inputs, modules, train)
+    key = (
+        tuple(inputs.shape[1:]),
+        len(inputs) == 1,
+        inputs.dtype,
+        str(inputs.device),
+        tuple(modules),
+        train,
+    )
+    per_model = _PROBES.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = _probe_shapes(model, inputs, modules, train)
+    return per_model[key]
 
 
 def _probe_shapes(
