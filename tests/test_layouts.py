@@ -245,3 +245,32 @@ def test_top_5_is_named_from_weights_metadata_and_marked_meaningless() -> None:
     expected = torch.softmax(logits[0], 0)[[7, 3, 999, 500, 1]].tolist()
     assert [p["probability"] for p in result["top"]] == pytest.approx(expected, rel=1e-12)
     assert prediction(torch.zeros(1, 10), names, source, False) is None  # not 1000 classes
+
+
+class Detector(nn.Module):
+    """A detector-like output: per image a dict of unbatched tensors, some of them empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.LayerNorm(4)  # a module type that makes the capture probe
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        maps = self.conv(x)
+        return [
+            {"boxes": maps.new_zeros((0, 4)), "scores": maps[i].mean((1, 2))} for i in range(len(x))
+        ]
+
+
+def test_detector_outputs_are_listed_with_reasons_and_nothing_crashes() -> None:
+    [result] = fm.visualize(Detector().eval(), torch.randn(1, 3, 8, 8))
+    by_name = {r.name: r for r in result.records}
+    boxes, scores = by_name["output.0.boxes"], by_name["output.0.scores"]
+    assert boxes.layout == "undecided" and boxes.drawn_as is None
+    assert "no axis follows the batch size" in str(boxes.skipped)
+    assert scores.layout == "N" and scores.skipped == "output has 1 dimension(s); nothing to draw"
+    assert by_name["conv"].drawn_as == "channel grid"
+    assert result.manifest["outputs"] == {
+        "0.boxes": "output.0.boxes",
+        "0.scores": "output.0.scores",
+    }

@@ -383,8 +383,9 @@ def decide(
     if given is not None and get(given, ndim).ndim != ndim:
         given = None
 
-    for layout in LAYOUTS:  # a module's own type
-        if layout.detect(shape, module_type, given):
+    evidence = probe is not None and probe.one is not None
+    for layout in LAYOUTS:  # a module's own type (the rank alone only without probes)
+        if layout.detect(shape, module_type, given) and not (evidence and layout.name == "NC"):
             return layout
     if module_type in _RNN_TYPES:
         if key is not None and key.split(".")[0] == "1":

@@ -97,8 +97,15 @@ class Visualization:
         return where + "".join(parts)
 
 
-def _skip_reason(record: LayerRecord) -> str | None:
-    return layouts.skip_reason(record.layout_info, record.tensor.is_complex())
+def _skip_reason(record: LayerRecord, sample: int = 0) -> str | None:
+    layout = record.layout_info
+    reason = layouts.skip_reason(layout, record.tensor.is_complex())
+    if reason is None and record.tensor.numel() == 0:
+        return f"empty output (shape {record.shape}); nothing to draw"
+    axis = layout.batch_axis
+    if reason is None and axis is not None and not 0 <= sample < record.shape[axis]:
+        return f"no sample {sample} in a batch of {record.shape[axis]}"
+    return reason
 
 
 def _global_range(
@@ -108,7 +115,10 @@ def _global_range(
 
     def measure(record: LayerRecord) -> None:
         drawn_as = record.layout_info.drawn_as
-        if _skip_reason(record) is None and drawn_as in (layouts.CHANNEL_GRID, layouts.TOKEN_GRID):
+        if _skip_reason(record, sample) is None and drawn_as in (
+            layouts.CHANNEL_GRID,
+            layouts.TOKEN_GRID,
+        ):
             ranges.append(compute_range(record.maps(sample), symmetric=False))
 
     capture(model, tensor, on_record=measure, copy=False, **cap)
@@ -210,6 +220,11 @@ def _run_one(
     from tqdm import tqdm
 
     tensor, input_info = item.tensor, dict(item.info)
+    if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and not 0 <= sample < len(tensor):
+        raise OptionError(
+            f"sample {sample} asked for, but the input has a batch of {len(tensor)}; choose a "
+            f"sample from 0 to {len(tensor) - 1}"
+        )
     report = report and folder is not None
     if folder is not None:
         input_info["pictures"] = _input_pictures(folder, prefix, item, sample)
@@ -227,7 +242,7 @@ def _run_one(
     def consume(record: LayerRecord) -> None:
         start = time.perf_counter()
         lo, hi, mean, nonfinite = summarize(record.tensor)
-        reason = _skip_reason(record)
+        reason = _skip_reason(record, sample)
         timings["stats"] += time.perf_counter() - start
         image = None
         data = None
