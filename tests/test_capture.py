@@ -207,7 +207,8 @@ def test_inputs_of_wrong_kind_are_refused(tiny: nn.Module) -> None:
 @pytest.mark.parametrize(
     ("ndim", "module_type", "layout"),
     [(4, "Conv2d", "NCHW"), (5, "Conv3d", "NCDHW"), (3, "Conv1d", "NCL"), (3, "Linear", "NLD"),
-     (2, "Linear", "NC"), (1, "X", "N"), (0, "X", "scalar"), (6, "X", "6-D")],
+     (2, "Linear", "NC"), (1, "X", "N"), (0, "X", "scalar"), (6, "X", "undecided"),
+     (4, "Linear", "undecided"), (4, "LayerNorm", "undecided")],
 )  # fmt: skip
 def test_layout_names(ndim: int, module_type: str, layout: str) -> None:
     assert layouts.decide((2,) * ndim, module_type).name == layout

@@ -93,7 +93,9 @@ def test_run_writes_pictures_manifest_and_arrays(
         "offset": [0.0, 0.0],
         "receptive_field": [3.0, 3.0],
     }
-    assert manifest["records"][3]["image"] is None and "vector" in manifest["records"][3]["skipped"]
+    fc = manifest["records"][3]
+    assert fc["image"] == "0003_fc.png" and fc["drawn_as"] == "bar strip" and fc["layout"] == "NC"
+    assert fc["data"] is None and fc["skipped"] is None  # a vector is not drawn as 1x1 tiles
     assert manifest["model"]["random_weights"] is False
     assert manifest["input"]["fed_shape"] == [1, 3, 20, 24]
     assert manifest["versions"]["featuremaps"] == fm.__version__
@@ -716,3 +718,25 @@ def test_inputs_whose_names_sanitise_alike_stay_distinct_and_traceable(
         assert sub["input"]["path"] == entry["input"]
         assert entry["manifest"] == f"{entry['folder']}/manifest.json"
     assert folders[2:4] == ["input", "input-2"]  # nothing of é or ü survives sanitising
+
+
+def test_run_prints_and_writes_the_top_5_marked_meaningless(
+    photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = [photo, "--model", "resnet18", "--weights", "none", "--offline", "--layers", "fc"]
+    code, stdout, err = run([*argv, "--out", str(out), "--no-report"], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    found = manifest["prediction"]
+    assert found["source"] == "weights metadata ResNet18_Weights.IMAGENET1K_V1"
+    assert found["random_weights"] is True and found["meaningless"] is True
+    assert len(found["top"]) == 5 and manifest["outputs"] == {"": "fc"}
+    fc = next(r for r in manifest["records"] if r["name"] == "fc")
+    assert fc["drawn_as"] == "bar strip"
+    assert "top-5 classes (weights metadata ResNet18_Weights.IMAGENET1K_V1): MEANINGLESS" in stdout
+    first = found["top"][0]
+    assert f"{first['label']} (#{first['index']})" in stdout
+    assert max(fc["channel_stats"]["max"]) == pytest.approx(
+        max(fc["channel_stats"]["max"][p["index"]] for p in found["top"])
+    )  # the top class is the largest logit

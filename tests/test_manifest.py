@@ -72,9 +72,9 @@ def test_explicit_records_round_trip(record: RecordSummary) -> None:
 
 def test_entry_keys_are_in_the_documented_order() -> None:
     assert list(FULL.to_json()) == [
-        "name", "module", "call", "type", "shape", "dtype", "layout", "drawn_as", "image",
-        "data", "skipped", "min", "max", "mean", "nonfinite", "channels_shown", "channel_stats",
-        "geometry", "warnings",
+        "name", "module", "call", "type", "shape", "dtype", "layout", "layout_evidence",
+        "drawn_as", "pca", "image", "data", "skipped", "min", "max", "mean", "nonfinite",
+        "channels_shown", "channel_stats", "geometry", "warnings",
     ]  # fmt: skip
     assert FULL.to_json()["shape"] == [1, 64, 8, 8]
     assert FULL.to_json()["drawn_as"] == "channel grid"
@@ -95,7 +95,7 @@ def record_summaries(draw: st.DrawFn) -> RecordSummary:
         type=draw(_text),
         shape=draw(st.none() | st.tuples(*[st.integers(0, 512)] * draw(st.integers(0, 6)))),
         dtype=draw(st.none() | _text),
-        layout=draw(st.none() | st.sampled_from(["NCHW", "NHWC", "NCL", "NLD", "NC", "6-D"])),
+        layout=draw(st.none() | st.sampled_from(["NCHW", "NHWC->NCHW", "NCL", "NLD", "NC", "6-D"])),
         image=draw(st.none() | _text),
         skipped=draw(st.none() | _text),
         min=draw(_optional_float),
@@ -218,14 +218,19 @@ def test_a_run_writes_drawn_as_and_the_report_reads_it(
     assert list(records) == ["conv1", "bn1", "act", "conv2", "act#2", "pool", "fc"]
 
     drawn = {n for n, r in records.items() if r["drawn_as"] is not None}
-    assert drawn == {"conv1", "bn1", "act", "conv2", "act#2", "pool"}
-    for name in drawn:
+    assert drawn == {"conv1", "bn1", "act", "conv2", "act#2", "pool", "fc"}
+    for name in drawn - {"fc"}:
         r = records[name]
         assert (r["drawn_as"], r["layout"], r["skipped"]) == ("channel grid", "NCHW", None)
         assert _png_pixels((result.out_dir / r["image"]).read_bytes()).shape[2] == 3
-    fc = records["fc"]
-    assert (fc["layout"], fc["shape"], fc["drawn_as"], fc["image"]) == ("NC", [1, 4], None, None)
-    assert fc["skipped"] == "output is a vector per sample (N, C); channel grids need (N, C, H, W)"
+    fc = records["fc"]  # a vector per sample: a bar strip, never fake 1x1 maps
+    assert (fc["layout"], fc["shape"], fc["drawn_as"], fc["skipped"]) == (
+        "NC",
+        [1, 4],
+        "bar strip",
+        None,
+    )
+    assert _png_pixels((result.out_dir / fc["image"]).read_bytes()).shape[2] == 3
 
     report = build_report(manifest)
     assert {e.name for e in report.layers if e.drawn} == drawn
@@ -241,11 +246,11 @@ def test_a_run_writes_drawn_as_and_the_report_reads_it(
     assert {e.name for e in entries if e.drawn} == drawn - {"conv1"}
 
     # A manifest written before records said how (no key at all) is read as before: an NCHW
-    # record with an image was a channel grid.
+    # record with an image was a channel grid (and nothing else was drawn then).
     legacy = copy.deepcopy(manifest)
     for r in legacy["records"]:
         del r["drawn_as"]
-    assert {e.name for e in build_report(legacy).layers if e.drawn} == drawn
+    assert {e.name for e in build_report(legacy).layers if e.drawn} == drawn - {"fc"}
 
 
 def test_a_channels_last_record_is_drawn_with_its_own_channel_axis(tmp_path: Path) -> None:
@@ -263,7 +268,7 @@ def test_a_channels_last_record_is_drawn_with_its_own_channel_axis(tmp_path: Pat
     assert result.out_dir is not None
     manifest = json.loads((result.out_dir / fm.MANIFEST_NAME).read_text())
     lin = manifest["records"][1]
-    assert (lin["name"], lin["layout"], lin["shape"]) == ("lin", "NHWC", [1, 6, 9, 10])
+    assert (lin["name"], lin["layout"], lin["shape"]) == ("lin", "NHWC->NCHW", [1, 6, 9, 10])
     assert lin["drawn_as"] == "channel grid" and lin["channels_shown"] == list(range(10))
     assert len(lin["channel_stats"]["max"]) == 10
     entry = build_report(manifest).layers[1]

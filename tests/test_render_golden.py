@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from featuremaps.render import GridLabel, GridOptions, make_grid
+from featuremaps.render.bars import make_bars
+from featuremaps.render.tokens import make_token_picture
 from goldtest import assert_matches_golden
 
 
@@ -55,3 +57,21 @@ def test_golden_layer_without_finite_values() -> None:
     grid = make_grid(maps, GridOptions(), label=label)
     assert grid.nonfinite == maps.size
     assert_matches_golden("grid_all_nonfinite", grid.pixels)
+
+
+def test_golden_bar_strip_with_every_value_and_nan() -> None:
+    values = np.array([[-2.0, -0.5, 0.0, 0.25, 1.0, 3.0, np.nan, 1.5]], dtype=np.float32)
+    picture = make_bars(values, ["sample 0"], title="head · Linear · (1, 8)")
+    assert picture.warnings == ("1 NaN/Inf values drawn in magenta",)
+    assert_matches_golden("bars_signed", picture.pixels)
+
+
+def test_golden_tokens_with_norm_pca_and_prefix() -> None:
+    # Patch tokens on a 3x4 grid: dims 0 and 1 are the row and the column, dim 2 their sum.
+    rows, cols = np.mgrid[0:3, 0:4].astype(np.float32)
+    patches = np.stack([rows, cols, rows + cols, (rows * cols) % 3])
+    prefix = np.array([[-1.0, 0.5, 2.0, 0.0], [1.0, 1.0, -1.0, 0.25]], dtype=np.float32)
+    label = GridLabel("blocks.0.mlp", "Linear", (1, 14, 4), stamp="RANDOM WEIGHTS")
+    made = make_token_picture(patches, prefix, GridOptions(), label, ["class", "distillation"])
+    assert made.grid.channels == (0, 1, 2, 3)
+    assert_matches_golden("tokens_prefix2_grid3x4", made.picture.pixels)

@@ -56,8 +56,13 @@ def test_run_writes_report_beside_pictures(tiny_run: fm.Visualization) -> None:
     assert {"index.html", "assets/report.js", "assets/report.css", "input-fed.png"} <= names
     for r in drawn:
         stem = Path(r.image or "").stem
-        assert {f"{stem}.png", f"data/{stem}.js", f"data/{stem}.stats.js"} <= names
+        assert {f"{stem}.png", f"data/{stem}.stats.js"} <= names
+        if r.drawn_as == "bar strip":  # a vector: its PNG, no channel view
+            assert r.data is None and f"data/{stem}.js" not in names
+            continue
+        assert f"data/{stem}.js" in names
         assert r.data == f"data/{stem}.js"
+    assert [r.name for r in drawn if r.drawn_as == "bar strip"] == ["fc"]
     assert tiny_run.manifest["report"] == "index.html"
     # A tensor input has no picture "as given"; the fed one is made from the tensor.
     assert tiny_run.manifest["input"]["pictures"]["given"] is None
@@ -82,7 +87,7 @@ def test_channel_stats_in_manifest_match_numpy_for_every_channel(
         np.testing.assert_allclose(stats["max"], maps.max(axis=1), rtol=0, atol=0)
         np.testing.assert_allclose(stats["zeros"], (maps == 0).mean(axis=1), rtol=0, atol=0)
         checked += 1
-    assert checked == 6  # conv1, bn1, act, conv2, act#2, pool (1x1 maps are drawn too)
+    assert checked == 7  # conv1, bn1, act, conv2, act#2, pool (1x1 maps), fc (a vector)
 
 
 def test_layer_data_are_the_shown_channels_in_float16(

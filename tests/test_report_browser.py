@@ -402,8 +402,12 @@ def test_resnet18_every_layer_draws_from_file_urls(resnet18: Run, open_report: A
     banner = page.locator(".banner")
     assert "RANDOM WEIGHTS" in banner.text_content()
 
-    drawn = [i for i, r in enumerate(resnet18.manifest["records"]) if r["image"]]
+    drawn = [i for i, r in enumerate(resnet18.manifest["records"]) if r["data"]]
     assert len(drawn) == 59
+    # fc's (1, 1000) logits are a bar strip: a PNG, no channel view.
+    assert [r["name"] for r in resnet18.manifest["records"] if r["image"] and not r["data"]] == [
+        "fc"
+    ]
     for key in drawn:
         page.locator(f"#L{key} h2").scroll_into_view_if_needed()
         page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]", timeout=10000)
@@ -994,3 +998,57 @@ def test_prediction_panel_lists_the_top_answers(
         assert opened.errors == []
     # Without a prediction (models without known categories) there is no panel.
     assert open_report(small.index).page.locator("#fm-prediction").count() == 0
+
+
+class Tokens(nn.Module):
+    """A patch embedding, one class token, a per-token Linear and a vector head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 6, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.ones(1, 1, 6))
+        self.mix = nn.Linear(6, 6)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(len(t), -1, -1), t], 1)
+        return self.head(self.norm(self.mix(t))[:, 0])
+
+
+def _image_loaded(page: Any, selector: str) -> bool:
+    return bool(page.locator(selector).evaluate("img => img.complete && img.naturalWidth > 0"))
+
+
+def test_token_and_vector_pictures_show_in_the_report(tmp_path: Path, open_report: Any) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 12, 16, generator=torch.Generator().manual_seed(1))
+    run = _run(Tokens().eval(), x, tmp_path / "tokens")
+    mix = run.record("mix")
+    assert mix["layout"] == "tokens(prefix=1, grid=3x4)" and mix["drawn_as"] == "token grid"
+    assert run.record("head")["drawn_as"] == "bar strip"
+    opened = open_report(run.index)
+    page = opened.page
+    # Tokens: the channel view of the patch maps, and the whole token picture below it.
+    key = run.key("mix")
+    page.click('#fm-outline a[title="mix"]')
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]", timeout=5000)
+    assert page.locator(f"#L{key} figure.tile").count() == 6
+    page.locator(f"#L{key} img.summary").scroll_into_view_if_needed()
+    page.wait_for_function(
+        f"document.querySelector('#L{key} img.summary').naturalWidth > 0", timeout=5000
+    )
+    assert _image_loaded(page, f"#L{key} img.summary")
+    assert "tokens(prefix=1, grid=3x4)" in page.locator(f"#L{key} .meta").text_content()
+    # A vector: its bar strip PNG.
+    key = run.key("head")
+    page.click('#fm-outline a[title="head"]')
+    page.locator(f"#L{key} img.png").scroll_into_view_if_needed()
+    page.wait_for_function(
+        f"document.querySelector('#L{key} img.png').naturalWidth > 0", timeout=5000
+    )
+    assert page.locator(f"#L{key} img.png").get_attribute("src") == run.record("head")["image"]
+    ACTUAL.mkdir(exist_ok=True)
+    page.screenshot(path=str(ACTUAL / "report-tokens.png"), full_page=True)
+    assert opened.errors == []

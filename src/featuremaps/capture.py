@@ -21,7 +21,17 @@ Naming rule (documented, tested literally):
 * a call whose output holds no tensor at all (``None``, an image-list object) gives no record;
   it is listed in :attr:`Capture.no_tensor` with the type it returned;
 * the model itself, when it is captured as a whole (a bare ``nn.Conv2d``, a TorchScript model),
-  is called ``output``.
+  is called ``output``;
+* the model's own return value is a record too, ``output`` (``output.<key>``, ``output.<i>`` for
+  tuple, list and dict outputs), unless it is exactly a module's output already recorded (a
+  classifier's ``fc``): then :attr:`Capture.outputs` names that record instead of repeating it.
+
+Layouts (:mod:`featuremaps.layouts`) are decided inside the hooks from the module's type and
+attributes and the layout of the tensor it was given (followed by storage and shape from module to
+module). For models with module types that do not say their own layout (LayerNorm, attention,
+Permute, RNNs, custom leaves), three cheap probe passes run first, recording only shapes: one
+sample, two samples (the batch axis is the one that doubles) and one sample at a second input size
+(spatial axes move, channels do not). Plain CNNs run once, as before.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import os
 import traceback
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -78,7 +88,10 @@ class LayerRecord:
         output_key: ``None`` for a plain tensor output, else the key path inside a tuple/list/dict.
         index: 0-based position of the record in execution order.
         tensor: a detached copy of the output, on the device and in the dtype it had.
-        layout: axis names decided by :func:`featuremaps.layouts.decide`, e.g. ``"NCHW"``.
+        layout: axis names decided by :func:`featuremaps.layouts.decide`, e.g. ``"NCHW"`` or
+            ``"tokens(prefix=1, grid=14x14)"``.
+        layout_note: the evidence the layout rests on, in words (empty when the module's type
+            says it alone).
     """
 
     name: str
@@ -89,6 +102,7 @@ class LayerRecord:
     index: int
     tensor: torch.Tensor
     layout: str = ""
+    layout_note: str = ""
 
     def __post_init__(self) -> None:
         if not self.layout:  # built by hand: decided from the shape and module type alone
@@ -99,7 +113,8 @@ class LayerRecord:
     @property
     def layout_info(self) -> layouts.Layout:
         """The registered layout (channel axis, how it is drawn); see :mod:`featuremaps.layouts`."""
-        return layouts.get(self.layout, self.tensor.dim())
+        layout = layouts.get(self.layout, self.tensor.dim())
+        return replace(layout, note=self.layout_note) if self.layout_note else layout
 
     def maps(self, sample: int = 0) -> np.ndarray:
         """One sample as drawable ``(C, H, W)`` float maps (float32 or float64), as its layout
@@ -181,13 +196,17 @@ class Capture(Sequence[LayerRecord]):
     always says how many records were produced. ``not_run`` lists the selected modules that
     never ran (e.g. ``MultiheadAttention.out_proj``, whose weights are used directly);
     ``no_tensor`` the selected calls that ran but returned no tensor (``None``, an image list),
-    with the type they returned.
+    with the type they returned. ``outputs`` maps each tensor of the model's return value (key
+    ``""`` for a plain tensor) to the record that holds it; ``probed`` says whether probe passes
+    ran to decide layouts.
     """
 
     records: tuple[LayerRecord, ...]
     not_run: tuple[NotRun, ...]
     total: int
     output: Any = field(repr=False, default=None)
+    outputs: dict[str, str] = field(default_factory=dict)
+    probed: bool = False
     no_tensor: tuple[NoTensor, ...] = ()
 
     def __getitem__(self, index: Any) -> Any:
@@ -424,6 +443,8 @@ def capture(
     on_record: RecordCallback | None = None,
     copy: bool = True,
     model_label: str | None = None,
+    probe: bool | None = None,
+    input_layout: str | None = None,
 ) -> Capture:
     """Run ``model`` on ``inputs`` once and capture the output of every selected module call.
 
@@ -431,7 +452,7 @@ def capture(
         model: any ``nn.Module`` (a TorchScript module yields only its final output).
         inputs: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
         layers: name patterns (glob, exact name, ``re:REGEX``; ``name#k`` picks one call).
-            ``None`` selects every leaf module.
+            ``None`` selects every leaf module (and the model's own output, ``output``).
         types: module class names to keep, e.g. ``"Conv2d"`` (subclasses match too).
         containers: also capture modules that have children.
         train: run in training mode (default: eval mode; the original modes are restored).
@@ -444,6 +465,10 @@ def capture(
             model will change it, so the callback must consume it (draw, measure, write) or
             clone it before returning, and must not modify it.
         model_label: how error messages name the model (default: its class name).
+        probe: run the shape probes that decide layouts (see the module docstring); ``None``
+            (default) runs them only when the model has module types that need them.
+        input_layout: the layout of a tensor ``inputs`` (default: ``NCHW`` for 4-D, ``NCDHW``
+            for 5-D, unknown otherwise); ``"NCL"`` for signals.
 
     Returns:
         A :class:`Capture` with records in execution order and the selected modules that never ran.
@@ -459,16 +484,23 @@ def capture(
         )
     label = model_label or type_name(model)
     patterns = as_patterns(layers)
-    selected = select_modules(model, patterns, as_patterns(types), containers, label)
+    type_filter = as_patterns(types)
+    selected = select_modules(model, patterns, type_filter, containers, label)
     kept: list[LayerRecord] = []
     no_tensor: list[NoTensor] = []
     hit: set[str] = set()  # the patterns that kept at least one call
     count = 0
     keep_copy = copy or on_record is None  # kept records must never alias live tensors
-    follower = LayoutFollower()
 
     def emit(
-        path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor, layout: str
+        path: str,
+        module: nn.Module,
+        call: int,
+        key: str | None,
+        t: torch.Tensor,
+        layout: Any,
+        index: int | None = None,
+        copied: bool = False,
     ) -> None:
         nonlocal count
         record = LayerRecord(
@@ -477,15 +509,49 @@ def capture(
             call=call,
             module_type=type_name(module),
             output_key=key,
-            index=count,
-            tensor=t.detach().clone() if keep_copy else t.detach(),
-            layout=layout,
+            index=count if index is None else index,
+            tensor=t.detach().clone() if keep_copy and not copied else t.detach(),
+            layout=layout.name,
+            layout_note=layout.note,
         )
-        count += 1
+        if index is None:
+            count += 1
         if on_record is None:
             kept.append(record)
         else:
             on_record(record)
+
+    if isinstance(model, torch.jit.ScriptModule):
+        output, _ = run_hooked(model, inputs, {}, _ignore, train=train, grad=grad)
+        for key, tensor in _walk(output, None):
+            emit("output", model, 1, key, tensor, layouts.decide(tuple(tensor.shape), ""))
+        not_run = tuple(NotRun(p, type_name(m), SCRIPTED) for p, m in selected.items() if p)
+        return Capture(tuple(kept), not_run, count, output)
+
+    # Every leaf is hooked so that layouts can be followed from module to module; records are
+    # made only for the selected modules.
+    leaves = select_modules(model, None, None, False, label)
+    hooked = {**leaves, **selected}
+    wanted = set(selected)
+    types_of = [type_name(m) for m in hooked.values()]
+    if probe is None:
+        probe = layouts.needs_probes(types_of)
+    probes = _cached_probes(model, inputs, hooked, train) if probe else {}
+    tracker = _LayoutTracker(model, inputs, probes, input_layout, closed=not probe)
+
+    # Records whose layout needs probes that did not run (a Linear giving tokens in a model
+    # of otherwise self-describing modules) are held, copied, until the probes have run.
+    held: list[tuple[int, str, nn.Module, int, str | None, torch.Tensor]] = []
+
+    def take(
+        path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor, layout: Any
+    ) -> None:
+        nonlocal count
+        if layout is not _PENDING:
+            emit(path, module, call, key, t, layout)
+            return
+        held.append((count, path, module, call, key, t.detach().clone()))
+        count += 1
 
     def sink(
         path: str,
@@ -495,9 +561,10 @@ def capture(
         t: torch.Tensor,
         given: torch.Tensor | None,
     ) -> None:
-        layout = follower.observe(type_name(module), t, given)
-        if path in selected and _kept(path, call):
-            emit(path, module, call, key, t, layout)
+        name = record_name(path, call, key)
+        layout = tracker.decide(name, module, key, t, given)
+        if path in wanted and _kept(path, call):
+            take(path, module, call, key, t, layout)
 
     def _kept(path: str, call: int) -> bool:
         if patterns is None:
@@ -507,33 +574,299 @@ def capture(
         return bool(found)
 
     def other(path: str, module: nn.Module, call: int, returned: str) -> None:
-        if path in selected and _kept(path, call):
+        if path in wanted and _kept(path, call):
             no_tensor.append(
                 NoTensor(record_name(path, call, None), path, call, type_name(module), returned)
             )
 
-    if isinstance(model, torch.jit.ScriptModule):
-        output, _ = run_hooked(model, inputs, {}, sink, train=train, grad=grad)
+    output, calls = run_hooked(model, inputs, hooked, sink, train=train, grad=grad, on_other=other)
+    outputs: dict[str, str] = {}
+    if "" not in hooked:  # a model that is its own only layer already gave "output"
+        name = _OUTPUT if _OUTPUT not in hooked else f"{_OUTPUT} (model)"
         for key, tensor in _walk(output, None):
-            emit("output", model, 1, key, tensor, layouts.decide(tuple(tensor.shape), "").name)
-        not_run = tuple(NotRun(p, type_name(m), SCRIPTED) for p, m in selected.items() if p)
-        return Capture(tuple(kept), not_run, count, output)
-
-    # Every module is followed (for layouts); only the selected ones give records.
-    followed = {
-        p: m for p, m in model.named_modules() if p and not isinstance(m, torch.jit.ScriptModule)
-    }
-    output, calls = run_hooked(
-        model, inputs, {**followed, **selected}, sink, train=train, grad=grad, on_other=other
-    )
+            recorded = tracker.recorded(tensor)
+            if recorded is not None:
+                outputs[key or ""] = recorded
+                continue
+            full = record_name(name, 1, key)
+            layout = tracker.decide(full, model, key, tensor, None)
+            if type_filter is None and _kept(name, 1):
+                take(name, model, 1, key, tensor, layout)
+                outputs[key or ""] = full
+    if tracker.pending:
+        tracker.redecide(_cached_probes(model, inputs, hooked, train))
+        probe = True
+    for index, path, module, call, key, t in held:
+        final = tracker.final[record_name(path, call, key)]
+        emit(path, module, call, key, t, final, index=index, copied=True)
+    kept.sort(key=lambda r: r.index)
     not_run = tuple(
-        NotRun(path, type_name(module), NEVER_CALLED)
-        for path, module in selected.items()
-        if calls[path] == 0
+        NotRun(path, type_name(selected[path]), NEVER_CALLED)
+        for path, n in calls.items()
+        if n == 0 and path in wanted
     )
     if patterns is not None:
         _check_patterns_hit(patterns, hit, {p: calls[p] for p in selected}, label)
-    return Capture(tuple(kept), not_run, count, output, tuple(no_tensor))
+    return Capture(
+        tuple(kept),
+        not_run,
+        count,
+        output,
+        outputs=outputs,
+        probed=bool(probe),
+        no_tensor=tuple(no_tensor),
+    )
+
+
+_OUTPUT = "output"
+
+
+def _ignore(*args: Any) -> None:
+    return None
+
+
+def _attrs(module: nn.Module) -> dict[str, Any]:
+    """The attributes of a module that say what its output's axes are."""
+    found: dict[str, Any] = {}
+    batch_first = getattr(module, "batch_first", None)
+    if isinstance(batch_first, bool):
+        found["batch_first"] = batch_first
+    dims = getattr(module, "dims", None)
+    if isinstance(dims, (list, tuple)) and all(isinstance(d, int) for d in dims):
+        found["dims"] = tuple(dims)
+    return found
+
+
+_PENDING = layouts.Layout("pending", None, None, None, "waiting for probes")
+_PROBE_HELPS = frozenset({"undecided", "NLD", "LND->NLD"})
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter; ``None`` for inference tensors, which keep none."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return None
+
+
+class _LayoutTracker:
+    """Decides each output's layout during a pass, following layouts from module to module.
+
+    A tensor is followed by identity (the same object, alive): in-place modules return the very
+    tensor they were given, and a freed tensor's memory reused by a new one is never mistaken
+    for it. Without probes, a decision that probes could change is left pending
+    (:data:`_PENDING`), with everything needed to take it again once they have run
+    (:meth:`redecide`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Any,
+        probes: Mapping[str, layouts.Probe],
+        input_layout: str | None,
+        closed: bool,
+    ) -> None:
+        self.model = model
+        prefix, source = layouts.prefix_tokens(model) if probes else (None, "")
+        self.facts = layouts.Facts(prefix=prefix, prefix_source=source, closed=closed)
+        self.probes = probes
+        self.can_wait = not probes and closed
+        # id -> (the tensor, weakly; its version when recorded; the step that produced it).
+        self.objects: dict[int, tuple[weakref.ref[torch.Tensor], int | None, int]] = {}
+        self.batch_one = isinstance(inputs, torch.Tensor) and inputs.dim() > 0 and len(inputs) == 1
+        # Every decision in order, to take them again: name, type, attrs, key, shape, the step
+        # that produced the module's input (-1: the model input, None: unknown).
+        self.steps: list[tuple[str, str, dict[str, Any], str | None, tuple[int, ...], int | None]]
+        self.steps = []
+        self.decided: list[str] = []
+        self.pending = False
+        self.final: dict[str, layouts.Layout] = {}
+        self.input_layout: str | None = None
+        if isinstance(inputs, torch.Tensor):
+            self.input_layout = input_layout or {4: "NCHW", 5: "NCDHW"}.get(inputs.dim())
+            self.objects[id(inputs)] = (weakref.ref(inputs), _version(inputs), -1)
+
+    def _step_of(self, t: torch.Tensor | None) -> int | None:
+        entry = self.objects.get(id(t)) if t is not None else None
+        if entry is None or entry[0]() is not t:
+            return None
+        return entry[2]
+
+    def _layout_of(self, step: int | None) -> str | None:
+        if step is None:
+            return None
+        return self.input_layout if step < 0 else self.decided[step]
+
+    def decide(
+        self,
+        name: str,
+        module: nn.Module,
+        key: str | None,
+        t: torch.Tensor,
+        given: torch.Tensor | None,
+    ) -> layouts.Layout:
+        given_step = self._step_of(given)
+        given_layout = self._layout_of(given_step)
+        shape = tuple(int(n) for n in t.shape)
+        attrs = _attrs(module)
+        self.steps.append((name, type_name(module), attrs, key, shape, given_step))
+        if given_layout == _PENDING.name:
+            layout = _PENDING
+        else:
+            layout = self._decide(name, type_name(module), attrs, key, shape, given_layout)
+            if self.can_wait and layout.name in _PROBE_HELPS:
+                layout = _PENDING
+        self.decided.append(layout.name)
+        self.objects[id(t)] = (weakref.ref(t), _version(t), len(self.steps) - 1)
+        if layout is _PENDING:
+            # Something here needs probes, so the model is not made of channels-first modules
+            # only: nothing later is channels-first by elimination.
+            self.pending = True
+            self.facts.closed = False
+        return layout
+
+    def _decide(
+        self,
+        name: str,
+        module_type: str,
+        attrs: dict[str, Any],
+        key: str | None,
+        shape: tuple[int, ...],
+        given_layout: str | None,
+    ) -> layouts.Layout:
+        probe = self.probes.get(name)
+        if probe is not None and probe.one is None and self.batch_one:
+            probe = replace(probe, one=shape)  # this pass is the 1-sample probe
+        layout = layouts.decide(
+            shape,
+            module_type,
+            given_layout,
+            probe=probe,
+            facts=self.facts,
+            attrs=attrs,
+            key=key,
+        )
+        if layout.name == "NCHW" and len(shape) == 4:
+            resized = probe.resized if probe is not None else None
+            other = (resized[2], resized[3]) if resized is not None and len(resized) == 4 else None
+            self.facts.grids.append((name, (shape[2], shape[3]), other, shape[1]))
+        self.final[name] = layout
+        return layout
+
+    def redecide(self, probes: Mapping[str, layouts.Probe]) -> None:
+        """Take every decision again, in order, with the probes' evidence."""
+        self.probes = probes
+        prefix, source = layouts.prefix_tokens(self.model)
+        self.facts = layouts.Facts(prefix=prefix, prefix_source=source, closed=False)
+        for i, (name, module_type, attrs, key, shape, given_step) in enumerate(self.steps):
+            given_layout = self._layout_of(given_step)
+            self.decided[i] = self._decide(name, module_type, attrs, key, shape, given_layout).name
+        self.pending = False
+
+    def recorded(self, tensor: torch.Tensor) -> str | None:
+        """The record that holds exactly ``tensor`` (same object, not changed in place since)."""
+        entry = self.objects.get(id(tensor))
+        version = _version(tensor)
+        if entry is None or entry[0]() is not tensor or version is None or entry[1] != version:
+            return None
+        return self.steps[entry[2]][0] if entry[2] >= 0 else None
+
+
+def _probe_inputs(
+    inputs: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """One sample, two samples, and one sample at a second size (spatial axes grown by
+    different amounts, so each moves differently; ``None`` for inputs without spatial axes)."""
+    one = inputs[:1]
+    two = torch.cat([one, one])
+    first = None if len(inputs) == 1 else one  # the capture pass itself is the 1-sample probe
+    if inputs.dim() < 3 or not inputs.is_floating_point():
+        return first, two, None
+    spatial = tuple(int(n) for n in one.shape[2:])
+    # Multiples of 32 keep patch embeddings and stride-32 networks aligned; unequal growth tells
+    # the spatial axes apart (64 rows, 32 columns; 8 more frames for clips).
+    grow = {1: (64,), 2: (64, 32), 3: (8, 64, 32)}.get(len(spatial))
+    if grow is None:
+        return one, two, None
+    size = tuple(n + g for n, g in zip(spatial, grow, strict=True))
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+    resized = torch.nn.functional.interpolate(one, size=size, mode=mode, align_corners=False)
+    return first, two, resized
+
+
+# Probe results per model and input geometry, so a data-set pass (one capture per batch) probes
+# once. Keyed weakly by the model: a model that is freed takes its entries with it.
+_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[Any, dict[str, layouts.Probe]]]
+_PROBES = weakref.WeakKeyDictionary()
+
+
+def _cached_probes(
+    model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module], train: bool
+) -> dict[str, layouts.Probe]:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1:
+        return _probe_shapes(model, inputs, modules, train)
+    key = (
+        tuple(inputs.shape[1:]),
+        len(inputs) == 1,
+        inputs.dtype,
+        str(inputs.device),
+        tuple(modules),
+        train,
+    )
+    per_model = _PROBES.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = _probe_shapes(model, inputs, modules, train)
+    return per_model[key]
+
+
+def _probe_shapes(
+    model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module], train: bool
+) -> dict[str, layouts.Probe]:
+    """Each record's output shape for one sample, two samples and a second input size.
+
+    Only shapes are kept (no copies). A probe the model refuses (a fixed input size, a batch
+    norm in training mode with one sample) is left out; its evidence is then missing.
+    """
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[0] < 1:
+        return {}
+    runs: list[dict[str, tuple[int, ...]] | None] = []
+    for probe_input in _probe_inputs(inputs):
+        if probe_input is None:
+            runs.append(None)
+            continue
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def sink(
+            path: str,
+            module: nn.Module,
+            call: int,
+            key: str | None,
+            t: torch.Tensor,
+            given: torch.Tensor | None,
+            into: dict[str, tuple[int, ...]] = shapes,
+        ) -> None:
+            into[record_name(path, call, key)] = tuple(int(n) for n in t.shape)
+
+        try:
+            output, _ = run_hooked(model, probe_input, modules, sink, train=train)
+        except CaptureError:
+            runs.append(None)
+            continue
+        name = _OUTPUT if _OUTPUT not in modules else f"{_OUTPUT} (model)"
+        for key, tensor in _walk(output, None):
+            shapes.setdefault(record_name(name, 1, key), tuple(int(n) for n in tensor.shape))
+        runs.append(shapes)
+    one, two, resized = runs
+    names = set().union(*(r for r in runs if r is not None))
+    return {
+        n: layouts.Probe(
+            one.get(n) if one else None,
+            two.get(n) if two else None,
+            resized.get(n) if resized else None,
+        )
+        for n in names
+    }
 
 
 def _check_patterns_hit(
@@ -555,55 +888,6 @@ def _check_patterns_hit(
             f"time{'s' if n != 1 else ''} ({shown}); did you mean '{names[-1]}'? Run "
             f"'featuremaps layers {label}' to list every call."
         )
-
-
-_ValueKey = tuple[int, tuple[int, ...], tuple[int, ...]]
-
-
-def _value_key(t: torch.Tensor) -> _ValueKey | None:
-    # In-place ops (ReLU(inplace=True), +=) keep address, shape and strides, so the key follows a
-    # value through them; a permuted view has other strides. None: a tensor without strides.
-    try:
-        return t.data_ptr(), tuple(t.shape), tuple(t.stride())
-    except (RuntimeError, NotImplementedError):
-        return None
-
-
-class LayoutFollower:
-    """Decides the layout of each module output of one forward pass, following values.
-
-    Outputs are remembered by address, shape and strides, so that a module that keeps the shape
-    (an activation after a Linear or a Conv1d) keeps the layout it was given. Every module should
-    be followed, selected or not, so that a layout does not depend on a selection; an entry counts
-    only while its tensor is alive (freed memory gets reused).
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[_ValueKey, tuple[str, weakref.ref[Any]]] = {}
-
-    def _known(self, key: _ValueKey | None) -> str | None:
-        entry = self._seen.get(key) if key is not None else None
-        return entry[0] if entry is not None and entry[1]() is not None else None
-
-    def observe(self, module_type: str, t: torch.Tensor, given: torch.Tensor | None) -> str:
-        """The layout name of output ``t`` of a ``module_type`` module called with ``given``."""
-        # The very value a module already returned (a container's output, an in-place op's)
-        # keeps its layout; a module that permutes axes (shape or strides change) does not.
-        key = _value_key(t)
-        layout = self._known(key)
-        if layout is None:
-            key_given = _value_key(given) if given is not None else None
-            same = key is not None and key_given is not None and key_given[1:] == key[1:]
-            given_layout = self._known(key_given) if same else None
-            layout = layouts.decide(tuple(t.shape), module_type, given_layout).name
-            self.mark(t, layout)
-        return layout
-
-    def mark(self, t: torch.Tensor, layout: str) -> None:
-        """Remember that ``t`` has ``layout`` (a value that replaces a module's output)."""
-        key = _value_key(t)
-        if key is not None:
-            self._seen[key] = (layout, weakref.ref(t))
 
 
 @contextlib.contextmanager
@@ -647,23 +931,29 @@ def zero_channels(
         wanted.setdefault(path, {})[call] = (name, index)
     applied = dict.fromkeys(masks, 0)
     calls = dict.fromkeys(wanted, 0)
-    follower = LayoutFollower()  # the channel axis is the one capture and statistics use
+    # The channel axis of each masked record is the one capture reports (and statistics and
+    # rankings use): learnt by one capture of those records on the first input seen.
+    axes: dict[str, int | None] = {}
+    learning = False
 
     def reset(module: nn.Module, args: Any) -> None:
-        nonlocal follower
-        follower = LayoutFollower()
+        nonlocal learning
+        if learning:
+            return
         for path in calls:
             calls[path] = 0
+        if not axes and args:
+            learning = True  # the hooks below stand aside during this pass
+            try:
+                found = capture(model, args if len(args) > 1 else args[0], layers=list(masks))
+            finally:
+                learning = False
+            for record in found:
+                axes[record.name] = record.layout_info.channel_axis
 
     def make_hook(path: str) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            given = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            layout = (
-                follower.observe(type_name(module), output, given)
-                if isinstance(output, torch.Tensor)
-                else None
-            )
-            if path not in wanted:
+            if learning:
                 return None
             calls[path] += 1
             entry = wanted[path].get(calls[path])
@@ -677,7 +967,7 @@ def zero_channels(
                     f"{tuple(output.shape) if isinstance(output, torch.Tensor) else ''}; zeroing "
                     "channels needs one tensor with a channel axis: pick another layer"
                 )
-            axis = layouts.get(layout or "", output.dim()).channel_axis
+            axis = axes.get(name)
             if axis is None:
                 raise CaptureError(
                     f"'{name}' ({type_name(module)}) returns a tensor of shape "
@@ -696,17 +986,14 @@ def zero_channels(
                     "channels; check the stats file or --layers"
                 )
             applied[name] += 1
-            masked = output.index_fill(axis % output.dim(), index.to(output.device), 0)
-            follower.mark(masked, layout or "")
-            return masked
+            return output.index_fill(axis % output.dim(), index.to(output.device), 0)
 
         return hook
 
     handles = [model.register_forward_pre_hook(reset)]
     try:
-        for path, module in modules.items():
-            if not isinstance(module, torch.jit.ScriptModule):
-                handles.append(module.register_forward_hook(make_hook(path)))
+        for path in wanted:
+            handles.append(modules[path].register_forward_hook(make_hook(path)))
         yield applied
     finally:
         for handle in handles:

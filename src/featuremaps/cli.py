@@ -359,6 +359,7 @@ def _check_scale(args: argparse.Namespace) -> None:
 
 def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     import featuremaps as fm
+    from featuremaps.predictions import prediction_lines
 
     _check_layers(args.layers)
     _check_scale(args)
@@ -401,6 +402,11 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             f"{fm.MANIFEST_NAME})",
             file=out,
         )
+    for result in results:
+        found = result.manifest.get("prediction")
+        if found:
+            for line in prediction_lines(found):
+                print(line, file=out)
     if loaded.random_weights:
         print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
     print(f"results: {Path(args.out).resolve()}", file=out)

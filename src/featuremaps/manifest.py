@@ -112,7 +112,9 @@ class RecordSummary:
     """What the manifest says about one record (or one selected module that never ran).
 
     ``layout`` names the output's axes and ``drawn_as`` how it was drawn (``None``: not drawn,
-    ``skipped`` says why); see :mod:`featuremaps.layouts`.
+    ``skipped`` says why); ``layout_evidence`` says what the layout was decided from; see
+    :mod:`featuremaps.layouts`. ``pca``: for token pictures, the explained variance of the PCA
+    to RGB and the file holding its basis.
     """
 
     name: str
@@ -134,6 +136,8 @@ class RecordSummary:
     data: str | None = None
     geometry: dict[str, Any] | None = None
     drawn_as: str | None = None
+    layout_evidence: str | None = None
+    pca: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest entry (key order as documented in the README)."""
@@ -145,7 +149,9 @@ class RecordSummary:
             "shape": list(self.shape) if self.shape is not None else None,
             "dtype": self.dtype,
             "layout": self.layout,
+            "layout_evidence": self.layout_evidence,
             "drawn_as": self.drawn_as,
+            "pca": self.pca,
             "image": self.image,
             "data": self.data,
             "skipped": self.skipped,
@@ -191,4 +197,6 @@ class RecordSummary:
             data=text("data"),
             geometry=dict(geometry) if isinstance(geometry, Mapping) else None,
             drawn_as=text("drawn_as"),
+            layout_evidence=text("layout_evidence"),
+            pca=dict(entry["pca"]) if isinstance(entry.get("pca"), Mapping) else None,
         )

@@ -35,9 +35,12 @@ from featuremaps.inputs import LoadedInput, fed_picture
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.manifest import ARRAYS, MANIFEST, RecordSummary, header, runs_manifest
 from featuremaps.models import LoadedModel
+from featuremaps.predictions import categories, prediction
 from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
+from featuremaps.render.bars import make_bars
 from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.scaling import centred, compute_range, is_signed_range, merge_ranges
+from featuremaps.render.tokens import make_token_picture
 from featuremaps.report import (
     DATA_DIR,
     INDEX,
@@ -94,8 +97,15 @@ class Visualization:
         return where + "".join(parts)
 
 
-def _skip_reason(record: LayerRecord) -> str | None:
-    return layouts.skip_reason(record.layout_info, record.tensor.is_complex())
+def _skip_reason(record: LayerRecord, sample: int = 0) -> str | None:
+    layout = record.layout_info
+    reason = layouts.skip_reason(layout, record.tensor.is_complex())
+    if reason is None and record.tensor.numel() == 0:
+        return f"empty output (shape {record.shape}); nothing to draw"
+    axis = layout.batch_axis
+    if reason is None and axis is not None and not 0 <= sample < record.shape[axis]:
+        return f"no sample {sample} in a batch of {record.shape[axis]}"
+    return reason
 
 
 def _global_range(
@@ -104,7 +114,11 @@ def _global_range(
     ranges: list[ValueRange] = []
 
     def measure(record: LayerRecord) -> None:
-        if _skip_reason(record) is None:
+        drawn_as = record.layout_info.drawn_as
+        if _skip_reason(record, sample) is None and drawn_as in (
+            layouts.CHANNEL_GRID,
+            layouts.TOKEN_GRID,
+        ):
             ranges.append(compute_range(record.maps(sample), symmetric=False))
 
     capture(model, tensor, on_record=measure, copy=False, **cap)
@@ -206,6 +220,11 @@ def _run_one(
     from tqdm import tqdm
 
     tensor, input_info = item.tensor, dict(item.info)
+    if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and not 0 <= sample < len(tensor):
+        raise OptionError(
+            f"sample {sample} asked for, but the input has a batch of {len(tensor)}; choose a "
+            f"sample from 0 to {len(tensor) - 1}"
+        )
     report = report and folder is not None
     if folder is not None:
         input_info["pictures"] = _input_pictures(folder, prefix, item, sample)
@@ -223,7 +242,7 @@ def _run_one(
     def consume(record: LayerRecord) -> None:
         start = time.perf_counter()
         lo, hi, mean, nonfinite = summarize(record.tensor)
-        reason = _skip_reason(record)
+        reason = _skip_reason(record, sample)
         timings["stats"] += time.perf_counter() - start
         image = None
         data = None
@@ -232,27 +251,42 @@ def _run_one(
         notes: list[str] = []
         if nonfinite:
             notes.append(f"{nonfinite} NaN/Inf values")
+        pca: dict[str, Any] | None = None
         if reason is None:
             label = GridLabel(record.name, record.module_type, record.shape, stamp)
-            maps = record.maps(sample)
             drawn = time.perf_counter()
-            options = _ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
-            picture = make_grid(maps, options, label=label)
+            options = grid
+            maps = record.maps(sample) if record.layout_info.drawn_as != layouts.BAR_STRIP else None
+            if maps is not None:
+                options = _ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
+            drawing = _draw(record, sample, maps, options, label)
+            picture = drawing.picture
             timings["render"] += time.perf_counter() - drawn
-            shown = picture.channels
-            notes.extend(w for w in picture.warnings if w not in notes)
+            shown = drawing.shown
+            notes.extend(w for w in drawing.warnings if w not in notes)
             measured = time.perf_counter()
-            stats = channel_stats(maps)  # every channel of the drawn sample, not only those shown
+            if maps is not None:
+                stats = channel_stats(maps)  # every channel of the drawn sample, not only shown
+            else:  # a vector: each feature is a channel of one value
+                vector = layouts.drawable_maps(record.layout_info, record.tensor, sample)
+                stats = channel_stats(vector.reshape(-1, 1, 1))
             timings["stats"] += time.perf_counter() - measured
             if folder is not None:
                 image = prefix + safe_filename(record.index, record.name)
                 writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
-                if report:
+                if report and maps is not None and shown is not None and stats is not None:
                     path, encode_data = _layer_data(record, maps, shown, stats)
                     data = prefix + path
                     writer.submit(folder.write_bytes, data, encode_data)
+                if drawing.pca is not None:
+                    basis = prefix + "pca/" + safe_filename(record.index, record.name, ".npy")
+                    writer.submit(
+                        folder.write_bytes, basis, functools.partial(_npy, drawing.pca_array)
+                    )
+                    pca = {**drawing.pca, "basis": basis}
             else:
                 grids[record.name] = picture
+                pca = drawing.pca
         if arrays is not None:
             arrays.add(record.name, record.tensor)
         summaries.append(
@@ -275,6 +309,8 @@ def _run_one(
                 channel_stats=stats.to_json() if stats is not None else None,
                 data=data,
                 drawn_as=record.layout_info.drawn_as if reason is None else None,
+                layout_evidence=record.layout_note or None,
+                pca=pca,
             )
         )
         bar.update(1)
@@ -330,6 +366,10 @@ def _run_one(
         warnings.warn(NonFiniteWarning(messages[-1]), stacklevel=3)
     if loaded.random_weights:
         messages.append(f"RANDOM WEIGHTS: {loaded.weights_status}")
+    named = categories(loaded)
+    found = None
+    if named is not None:
+        found = prediction(result.output, named[0], named[1], loaded.random_weights, sample)
 
     manifest: dict[str, Any] = {
         **header(loaded.describe()),
@@ -347,6 +387,8 @@ def _run_one(
         "arrays": prefix + ARRAYS if arrays is not None else None,
         "report": prefix + INDEX if report else None,
         "warnings": messages,
+        "outputs": dict(result.outputs),
+        "prediction": found,
         "records": [s.to_json() for s in summaries],
     }
     if folder is not None:
@@ -461,6 +503,57 @@ def visualize(
             folder.discard()
         raise
     return results
+
+
+@dataclass
+class _Drawing:
+    """One record's picture and what the manifest says about it."""
+
+    picture: Any
+    shown: tuple[int, ...] | None
+    warnings: tuple[str, ...]
+    pca: dict[str, Any] | None = None
+    pca_array: np.ndarray | None = None
+
+
+def _draw(
+    record: LayerRecord,
+    sample: int,
+    maps: np.ndarray | None,
+    options: GridOptions,
+    label: GridLabel,
+) -> _Drawing:
+    """Draw one record as its layout says (:data:`featuremaps.layouts` ``drawn_as``)."""
+    layout = record.layout_info
+    if layout.drawn_as == layouts.TOKEN_GRID:
+        assert maps is not None
+        _, head = layouts.token_parts(layout, record.tensor, sample)
+        tokens = make_token_picture(maps, head, options, label)
+        pca = tokens.pca
+        return _Drawing(
+            tokens.picture,
+            tokens.grid.channels,
+            tokens.picture.warnings,
+            {"explained_variance": list(pca.explained), "components": len(pca.explained)},
+            np.concatenate([pca.mean[None], pca.basis]).astype(np.float32),
+        )
+    if layout.drawn_as == layouts.BAR_STRIP:
+        vector = layouts.drawable_maps(layout, record.tensor, sample)
+        title = f"{label.name} · {label.module_type} · {tuple(label.shape)}"
+        bars = make_bars(vector[None], [f"sample {sample}"], title=title, stamp=label.stamp)
+        return _Drawing(bars, None, bars.warnings)
+    assert maps is not None
+    picture = make_grid(maps, options, label=label)
+    return _Drawing(picture, picture.channels, picture.warnings)
+
+
+def _npy(array: np.ndarray | None) -> bytes:
+    assert array is not None
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def _ranked_by_file(

@@ -1,0 +1,115 @@
+"""Bar strips: vectors (a classifier's logits, a pooled feature, a CLS token) as bars with values.
+
+Part of the pure ``render`` stage. A vector is not a map, so it is never drawn as 1x1 tiles: each
+vector is one strip of bars, one bar per feature, from a zero line, all strips of a picture on one
+scale (the largest |value|), coloured like the channel grids (diverging and centred on 0 for
+signed values, viridis otherwise). The legend on top is the grids' legend; under each strip its
+range and its largest values are printed with their indices (every value when there are at most
+16).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from featuremaps.render.colormap import DEFAULT_CMAP, DEFAULT_DIVERGING_CMAP, level_indices
+from featuremaps.render.legend import LEGEND_HEIGHT, LegendContent, legend_width, paint_legend
+from featuremaps.render.palette import (
+    BACKGROUND_INDEX,
+    LEVELS,
+    NAN_INDEX,
+    TEXT_INDEX,
+    grid_palette,
+    palette_pixels,
+)
+from featuremaps.render.panels import Composite, stacked, text_block
+
+__all__ = ["STRIP_HEIGHT", "make_bars"]
+
+STRIP_HEIGHT = 64
+MAX_WIDTH = 1000  # bars are 1 px wide at most this many features, wider when fewer
+ALL_VALUES = 16  # print every value up to this many features
+TOP_VALUES = 8
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _values_text(values: np.ndarray) -> list[str]:
+    finite = np.isfinite(values)
+    if values.size <= ALL_VALUES:
+        items = [f"#{i} = {_fmt(float(v))}" for i, v in enumerate(values)]
+        return [",   ".join(items[i : i + 8]) for i in range(0, len(items), 8)] or ["(empty)"]
+    key = np.where(finite, np.abs(values), -np.inf)
+    top = np.argsort(-key, kind="stable")[:TOP_VALUES]
+    items = [f"#{int(i)} = {_fmt(float(values[i]))}" for i in top]
+    return [f"largest |x|:   {',   '.join(items)}"]
+
+
+def make_bars(
+    vectors: np.ndarray,
+    names: Sequence[str],
+    *,
+    title: str,
+    stamp: str | None = None,
+    cmap: str | None = None,
+) -> Composite:
+    """Draw ``vectors`` (K, F) as K bar strips on one shared scale, ``names`` one per strip."""
+    arr = np.asarray(vectors, dtype=np.float64)
+    k, f = arr.shape
+    finite = np.isfinite(arr)
+    peak = float(np.abs(arr[finite]).max()) if finite.any() else 0.0
+    signed = bool(finite.any() and arr[finite].min() < 0)
+    cmap = cmap or (DEFAULT_DIVERGING_CMAP if signed else DEFAULT_CMAP)
+    palette = grid_palette(cmap)
+    bar = max(1, min(16, MAX_WIDTH // max(f, 1)))
+    width = max(f * bar, 1)
+    nonfinite = int(arr.size - finite.sum())
+    lo = -peak if signed else 0.0
+    content = LegendContent(
+        title=title,
+        stamp=stamp,
+        selection=f"{k} vector{'s' if k != 1 else ''} of {f} values (one bar per value)",
+        scale=f"bars from 0; height and colour on one scale · colormap {cmap}"
+        + (", centred on 0" if signed else ""),
+        bar_low=_fmt(lo),
+        bar_mid="0" if signed else None,
+        bar_high=_fmt(peak),
+        bar_note=None,
+        nonfinite=nonfinite,
+    )
+    legend = np.full((LEGEND_HEIGHT, legend_width(content)), BACKGROUND_INDEX, dtype=np.uint8)
+    paint_legend(legend, content)
+    panels = [palette_pixels(legend, palette)]
+    for row in range(k):
+        values = arr[row]
+        canvas = np.full((STRIP_HEIGHT, width), BACKGROUND_INDEX, dtype=np.uint8)
+        zero = STRIP_HEIGHT // 2 if signed else STRIP_HEIGHT - 1
+        span = zero if signed else STRIP_HEIGHT - 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = (values - lo) / (peak - lo) if peak > lo else np.full(f, 0.5)
+        colours = level_indices(t, LEVELS, NAN_INDEX)
+        for i, v in enumerate(values):
+            x0 = i * bar
+            if not math.isfinite(v):
+                canvas[:, x0 : x0 + bar] = NAN_INDEX
+                continue
+            h = round(abs(v) / peak * span) if peak > 0 else 0
+            y0, y1 = (zero - h, zero) if v >= 0 else (zero + 1, zero + 1 + h)
+            canvas[y0:y1, x0 : x0 + bar] = colours[i]
+        canvas[zero, :] = TEXT_INDEX
+        strip = palette_pixels(canvas, palette)
+        finite_row = values[np.isfinite(values)]
+        rng = (
+            f"{_fmt(float(finite_row.min()))} … {_fmt(float(finite_row.max()))}"
+            if finite_row.size
+            else "no finite values"
+        )
+        lines = [f"{names[row]}: {f} values, {rng}", *_values_text(values)]
+        panels.append(stacked([strip, text_block(lines)], gap=0))
+    warnings = (f"{nonfinite} NaN/Inf values drawn in magenta",) if nonfinite else ()
+    return Composite(stacked(panels), warnings)

@@ -1,0 +1,133 @@
+"""Token pictures: a transformer layer's patch tokens on their grid, and its prefix tokens.
+
+Part of the pure ``render`` stage. Patch tokens ``(D, h, w)`` (see
+:func:`featuremaps.layouts.token_parts`) are drawn as the same channel mosaic as a convolution's
+maps (one tile per feature dimension, same scales and legend). Under it, two summaries of the
+whole layer: the L2 norm of each token as one map, and a PCA of the D-dimensional tokens to RGB
+(the first three principal components, each stretched from its minimum to its maximum, with the
+variance each explains). Prefix tokens (class, distillation, register tokens) are not patches:
+they are kept and drawn apart, as bar strips (:mod:`featuremaps.render.bars`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from featuremaps.render.bars import make_bars
+from featuremaps.render.grid import Grid, GridLabel, GridOptions, make_grid
+from featuremaps.render.panels import Composite, side_by_side, stacked, text_block
+
+__all__ = ["PcaSummary", "TokenPicture", "make_token_picture", "token_pca"]
+
+
+@dataclass(frozen=True)
+class PcaSummary:
+    """The PCA of one layer's patch tokens: ``mean`` (D,), ``basis`` (k, D) rows = components
+    (sign fixed so each component's largest loading is positive), ``explained`` (k,) fraction of
+    the total variance per component, ``rgb`` (h, w, 3) in [0, 1]."""
+
+    mean: np.ndarray
+    basis: np.ndarray
+    explained: tuple[float, ...]
+    rgb: np.ndarray
+
+
+def token_pca(patches: np.ndarray, k: int = 3) -> PcaSummary:
+    """PCA of ``patches`` (D, h, w) over its h*w tokens, in float64, to RGB (non-finite tokens
+    are left out of the fit and drawn black)."""
+    d, h, w = patches.shape
+    x = patches.reshape(d, h * w).T.astype(np.float64)
+    good = np.isfinite(x).all(axis=1)
+    mean = x[good].mean(axis=0) if good.any() else np.zeros(d)
+    centred = np.where(good[:, None], x - mean, 0.0)
+    # Eigenvectors of the smaller Gram matrix (tokens x tokens or dims x dims), not a full SVD:
+    # a (196, 3072) layer costs a 196 x 196 eigen-decomposition.
+    n = centred.shape[0]
+    if n <= d:
+        values, vectors = np.linalg.eigh(centred @ centred.T)
+        order = np.argsort(values)[::-1]
+        values = np.clip(values[order], 0.0, None)
+        vt = (centred.T @ vectors[:, order]).T
+        norms = np.linalg.norm(vt, axis=1, keepdims=True)
+        vt = np.divide(vt, norms, out=np.zeros_like(vt), where=norms > 0)
+    else:
+        values, vectors = np.linalg.eigh(centred.T @ centred)
+        order = np.argsort(values)[::-1]
+        values = np.clip(values[order], 0.0, None)
+        vt = vectors[:, order].T
+    s = np.sqrt(values)
+    total = float(values.sum())
+    k = min(k, vt.shape[0])
+    basis = vt[:k].copy()
+    for i in range(k):  # a deterministic sign: the largest loading is positive
+        if basis[i, np.argmax(np.abs(basis[i]))] < 0:
+            basis[i] = -basis[i]
+    explained = tuple(float(v) / total if total > 0 else 0.0 for v in s[:k] ** 2)
+    scores = centred @ basis.T  # (h*w, k)
+    rgb = np.zeros((h * w, 3))
+    for i in range(k):
+        col = scores[good, i]
+        lo, hi = (float(col.min()), float(col.max())) if col.size else (0.0, 0.0)
+        rgb[good, i] = (col - lo) / (hi - lo) if hi > lo else 0.5
+    return PcaSummary(mean, basis, explained, rgb.reshape(h, w, 3))
+
+
+@dataclass(frozen=True)
+class TokenPicture:
+    """A token layer's picture, the mosaic it contains (shown channels, ranges) and its PCA."""
+
+    picture: Composite
+    grid: Grid
+    pca: PcaSummary
+
+
+def _enlarge(rgb: np.ndarray, min_tile: int) -> np.ndarray:
+    s = max(1, math.ceil(min_tile / max(rgb.shape[0], rgb.shape[1], 1)))
+    return rgb.repeat(s, axis=0).repeat(s, axis=1)
+
+
+def make_token_picture(
+    patches: np.ndarray,
+    prefix: np.ndarray,
+    options: GridOptions,
+    label: GridLabel,
+    prefix_names: Sequence[str] | None = None,
+) -> TokenPicture:
+    """The mosaic of ``patches`` (D, h, w), the token-norm map, the PCA-to-RGB map and the
+    ``prefix`` (k, D) tokens as bar strips, in one picture."""
+    d, h, w = patches.shape
+    grid = make_grid(patches, options, label=label)
+    norm = np.sqrt((patches.astype(np.float64) ** 2).sum(axis=0))[None]
+    summary_tile = max(2 * options.min_tile, 96)
+    norm_grid = make_grid(
+        norm,
+        GridOptions(max_channels=1, min_tile=summary_tile),
+        label=GridLabel(f"token L2 norm over {d} dims", label.module_type, (h, w), label.stamp),
+    )
+    pca = token_pca(patches)
+    shares = " · ".join(f"{c} {100 * v:.1f}%" for c, v in zip("RGB", pca.explained, strict=False))
+    pca_panel = stacked(
+        [
+            text_block(
+                [
+                    f"PCA of the {h * w} patch tokens ({d} dims) to RGB",
+                    f"explained variance: {shares}",
+                    "each component stretched from its min to its max",
+                ]
+            ),
+            (_enlarge(pca.rgb, summary_tile) * 255 + 0.5).astype(np.uint8),
+        ],
+        gap=0,
+    )
+    panels = [grid.pixels, side_by_side([norm_grid.pixels, pca_panel])]
+    if len(prefix):
+        names = list(prefix_names or [f"prefix token {i}" for i in range(len(prefix))])
+        title = f"{len(prefix)} prefix token(s), not patches · one shared scale"
+        panels.append(make_bars(prefix, names, title=title, stamp=label.stamp).pixels)
+    else:
+        panels.append(text_block(["no prefix tokens"]))
+    return TokenPicture(Composite(stacked(panels, gap=12), grid.warnings), grid, pca)
