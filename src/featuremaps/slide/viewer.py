@@ -4,7 +4,9 @@ Part of the writers stage: data in, ``relative path -> bytes`` out (:mod:`featur
 writes them). The page opens from ``file://`` with no server and no network: OpenSeadragon
 (vendored from its npm package, with its BSD-3-Clause licence beside it) and the page script are
 files in the same folder, the Deep Zoom descriptors are inline (browsers refuse to ``fetch`` a
-``file://`` ``.dzi``), and the page's data is a JSON block escaped as in the HTML report.
+``file://`` ``.dzi``), and the page's data is a JSON block escaped as in the HTML report. The
+Content-Security-Policy runs script files only; inline styles are allowed because OpenSeadragon
+adds a ``<style>`` element of its own.
 Each overlay is placed in level-0 slide pixels at its cells' receptive-field centres: map pixel
 ``j`` spans ``[(j·S + O + 0.5 − S/2)·d, (j·S + O + 0.5 + S/2)·d)``.
 """
