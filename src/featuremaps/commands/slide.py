@@ -650,6 +650,7 @@ def _write_outputs(
             "computed": maps.computed,
             "resumed": maps.resumed,
             "failed": maps.failed,
+            "done": [[int(r), int(c)] for r, c in zip(*np.nonzero(maps.done), strict=True)],
             "seconds": maps.seconds,
             "pca_fit_tiles": [list(rc) for rc in maps.fit_tiles],
         },

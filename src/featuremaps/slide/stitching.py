@@ -125,15 +125,21 @@ def _fit_basis(
     level: int,
     layers: Sequence[SlideLayer],
     normalize: tuple[Sequence[float] | None, Sequence[float] | None],
-) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The global PCA-3 basis of each layer from the core cells of ``sample`` tiles."""
+) -> tuple[
+    dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    dict[tuple[int, int], dict[str, torch.Tensor]],
+]:
+    """The global PCA-3 basis of each layer from the core cells of ``sample`` tiles, and the
+    sample's maps (kept so that the main pass does not compute those tiles again)."""
     fits = {layer.name: RunningStats(layer.channels, correlations=True) for layer in layers}
+    kept: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
     for tile in sample:
         try:
             window = _read_window(reader, level, tile, 1)
         except Exception:  # noqa: BLE001 - as in the main loop: a damaged tile is skipped
             continue
         maps = forward(to_input(window, *normalize))
+        kept[tile.index] = maps
         for place in plan.layers:
             sy, sx, _, _ = plan.core_cells(tile, place)
             core = maps[place.name][:, sy, sx]
@@ -161,7 +167,7 @@ def _fit_basis(
         explained = np.zeros(3)
         explained[: len(order)] = values[order].clip(min=0) / total
         out[layer.name] = (basis, stats.joint_mean.copy(), explained)
-    return out
+    return out, kept
 
 
 def _region_cells(
@@ -222,8 +228,9 @@ def compute_maps(
         fit_index = [todo[int(i)].index for i in picks] if todo else []
     places = {p.name: p for p in plan.layers}
     outputs: list[LayerMaps] = []
+    computed_early: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
     if state is None:
-        bases = _fit_basis(
+        bases, computed_early = _fit_basis(
             forward, [plan.tile(*rc) for rc in fit_index], plan, reader, level, layers, normalize
         )
     for i, layer in enumerate(layers):
@@ -308,8 +315,9 @@ def compute_maps(
     computed = 0
     try:
         for tile in remaining:
+            early = computed_early.pop(tile.index, None)
             try:
-                window = _read_window(reader, level, tile, retries)
+                window = None if early is not None else _read_window(reader, level, tile, retries)
             except Exception as exc:  # noqa: BLE001 - see _read_window
                 failed.append(
                     {
@@ -323,7 +331,7 @@ def compute_maps(
                 if bar is not None:
                     bar.update(1)
                 continue
-            result = forward(to_input(window, *normalize))
+            result = early if window is None else forward(to_input(window, *normalize))
             for maps in outputs:
                 _store_tile(plan, tile, maps, result[maps.layer.name], regions, coverage, downsample)
             for maps in outputs:
