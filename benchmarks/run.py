@@ -696,9 +696,10 @@ def synthetic_slide(path: Path, size: int, blobs: int, seed: int = 0, tile: int 
                 x = (np.arange(tx, tx + tile) * d)[None, :]
                 inside = np.zeros((tile, tile), dtype=bool)
                 for (cy, cx), r in zip(centres, radii, strict=True):
-                    if abs(cy - (ty + tile / 2) * d) < r + tile * d and abs(
-                        cx - (tx + tile / 2) * d
-                    ) < r + tile * d:
+                    if (
+                        abs(cy - (ty + tile / 2) * d) < r + tile * d
+                        and abs(cx - (tx + tile / 2) * d) < r + tile * d
+                    ):
                         inside |= (y - cy) ** 2 + (x - cx) ** 2 < r**2
                 block = np.full((tile, tile, 3), 244, dtype=np.uint8)
                 if inside.any():

@@ -47,7 +47,12 @@ def _options(jpeg: bool) -> dict[str, object]:
 
 
 def write_page_pyramid(
-    path: Path, picture: np.ndarray, *, mpp: float | None, levels: int = 3, jpeg: bool = True,
+    path: Path,
+    picture: np.ndarray,
+    *,
+    mpp: float | None,
+    levels: int = 3,
+    jpeg: bool = True,
     tile: int = 128,
 ) -> Path:
     import tifffile
@@ -79,7 +84,9 @@ def write_subifd_pyramid(
         level = picture
         for k in range(1, levels):
             level = _halve(level)
-            tif.write(level, tile=(128, 128), subfiletype=1, **_options(jpeg), **_resolution(mpp, 2**k))
+            tif.write(
+                level, tile=(128, 128), subfiletype=1, **_options(jpeg), **_resolution(mpp, 2**k)
+            )
     return path
 
 
@@ -101,7 +108,7 @@ def write_svs(path: Path, picture: np.ndarray, *, mpp: float, levels: int = 2) -
             metadata=None,
         )  # fmt: skip
         level = picture
-        for k in range(1, levels):
+        for _ in range(1, levels):
             level = _halve(level)
             tif.write(
                 level, tile=(256, 256), **_options(True),

@@ -254,7 +254,9 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, picture: np
     a, _, _ = read_ome(tmp_path / "ref" / reference.layers[0]["files"]["ome_tiff"])
     b, _, _ = read_ome(tmp_path / "out" / resumed.layers[0]["files"]["ome_tiff"])
     assert np.array_equal(a, b)
-    assert (tmp_path / "ref" / "stats.csv").read_text() == (tmp_path / "out" / "stats.csv").read_text()
+    assert (tmp_path / "ref" / "stats.csv").read_text() == (
+        tmp_path / "out" / "stats.csv"
+    ).read_text()
 
 
 @pytest.mark.slow
@@ -321,7 +323,9 @@ def test_region_statistics_equal_numpy_on_the_full_map(tmp_path: Path) -> None:
             assert float(row["fraction_positive"]) == pytest.approx((values[c] > 0).mean())
     geo = json.loads((tmp_path / "out" / "regions.geojson").read_text())
     measured = geo["features"][0]["properties"]["measurements"]
-    assert measured["stage2 #0 mean"] == pytest.approx(float(table[("tumour", "stage2", 0)]["mean"]))
+    assert measured["stage2 #0 mean"] == pytest.approx(
+        float(table[("tumour", "stage2", 0)]["mean"])
+    )
     assert geo["features"][1]["properties"]["classification"] == {"name": "stroma"}
     assert result.layers[0]["first_cell_centre_level0"] == [1.0, 1.0]
 

@@ -1,4 +1,4 @@
-"""The slide viewer in a real browser: Debian's Chromium driven by Playwright, from file://, offline.
+"""The slide viewer in a real browser: Debian's Chromium driven by Playwright, file://, offline.
 
 Needs the ``chromium`` executable and ``playwright`` (the ``dev`` extra); fails, never skips, when
 either is missing. Screenshots go to tests/actual/ (git-ignored) for a person to look at.

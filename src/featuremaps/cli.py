@@ -284,9 +284,10 @@ def _cmd_slide(args: argparse.Namespace, out: TextIO) -> int:
         print(f"tile ({item['row']}, {item['col']}) not read: {item['error']}", file=out)
     for layer in result.layers:
         rows, cols = layer["cells"]
+        halo = layer["halo"]
         print(
             f"{layer['name']}: {rows}x{cols} cells of {layer['cell_mpp'][1]:.3g} µm, stride "
-            f"{layer['stride'][1]}, halo {layer['halo']['before'][1]}/{layer['halo']['after'][1]} px",
+            f"{layer['stride'][1]}, halo {halo['before'][1]}/{halo['after'][1]} px",
             file=out,
         )
     if loaded.random_weights:

@@ -543,7 +543,7 @@ class WorkFolder:
         tmp = self.root / f".{self.STATE}.tmp"
         try:
             with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # names are ours, not flags
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.root / self.STATE)

@@ -35,7 +35,6 @@ from featuremaps.render.colormap import (
 from featuremaps.render.scaling import ValueRange, centred, normalize
 from featuremaps.slide.forward import (
     Locality,
-    SlideLayer,
     TileForward,
     check_locality,
     resolve_layers,
@@ -134,7 +133,9 @@ def _choose_level(
     base_y, base_x = reader.mpp[1], reader.mpp[0]
     if mpp is not None:
         if level is not None:
-            raise OptionError("give --level or --mpp, not both: --mpp picks the level whose pixel size it is")
+            raise OptionError(
+                "give --level or --mpp, not both: --mpp picks the level whose pixel size it is"
+            )
         options = [(k, base_x * lv.downsample) for k, lv in enumerate(reader.levels)]
         k, found = min(options, key=lambda kv: abs(math.log(kv[1] / mpp)))
         if abs(found / mpp - 1) > 0.1:
@@ -183,7 +184,9 @@ def _channel_range(maps: LayerMaps, channel: int) -> tuple[ValueRange, str]:
     return ValueRange(lo, hi, False), DEFAULT_CMAP
 
 
-def _colour_channel(index: int, value_range: ValueRange, cmap: str) -> Callable[[np.ndarray], np.ndarray]:
+def _colour_channel(
+    index: int, value_range: ValueRange, cmap: str
+) -> Callable[[np.ndarray], np.ndarray]:
     lut = colormap_lut(cmap)
 
     def colour(block: np.ndarray) -> np.ndarray:
@@ -248,7 +251,11 @@ def _background_levels(
     h, w = math.ceil(base.height / factor), math.ceil(base.width / factor)
     # The coarsest level that is still at least as fine as the picture.
     source = max(
-        (k for k, lv in enumerate(reader.levels) if k >= level and lv.downsample <= base.downsample * factor + 1e-6),
+        (
+            k
+            for k, lv in enumerate(reader.levels)
+            if k >= level and lv.downsample <= base.downsample * factor + 1e-6
+        ),
         key=lambda k: reader.levels[k].downsample,
     )
     src = reader.levels[source]
@@ -257,8 +264,8 @@ def _background_levels(
     band = 256
     for y0 in range(0, h, band):
         y1 = min(y0 + band, h)
-        r0 = int(math.floor(y0 * ratio))
-        r1 = min(src.height, int(math.ceil(y1 * ratio)))
+        r0 = math.floor(y0 * ratio)
+        r1 = min(src.height, math.ceil(y1 * ratio))
         strip = reader.read(source, (r0, r1), (0, src.width))
         image = Image.fromarray(strip).resize(
             (w, y1 - y0), Image.Resampling.BOX, box=(0, y0 * ratio - r0, src.width, y1 * ratio - r0)
@@ -388,7 +395,9 @@ def _run(
             FeaturemapsWarning,
             stacklevel=3,
         )
-    selected = {layer.name: _parse_channels(channels, layer.channels, layer.name) for layer in slide_layers}
+    selected = {
+        layer.name: _parse_channels(channels, layer.channels, layer.name) for layer in slide_layers
+    }
     if draw is not None:
         for layer in slide_layers:
             missing = [c for c in draw if c not in selected[layer.name]]
@@ -404,7 +413,9 @@ def _run(
         "mpp": list(mpp),
         "channels": {k: list(v) for k, v in selected.items()},
         "tile": plan.to_json(),
-        "tissue": tissue_text if tissue_text in ("auto", "none") else str(Path(tissue_text).resolve()),
+        "tissue": tissue_text
+        if tissue_text in ("auto", "none")
+        else str(Path(tissue_text).resolve()),
         "regions": None
         if regions_arg is None
         else hashlib.sha1(Path(regions_arg).read_bytes()).hexdigest(),
@@ -448,6 +459,15 @@ def _run(
     return result
 
 
+def _stored(
+    maps: SlideMaps, lm: LayerMaps, kind: str
+) -> Callable[[tuple[int, int], tuple[int, int]], np.ndarray]:
+    def read(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        return maps.read(lm, kind, rows, cols)
+
+    return read
+
+
 def _write_outputs(
     folder: OutputFolder,
     loaded: LoadedModel,
@@ -481,9 +501,7 @@ def _write_outputs(
         cell_mpp = (mpp[0] * sy, mpp[1] * sx)
         origin_um = (oy * mpp[0], ox * mpp[1])
         rows, cols = place.cells
-        base = PyramidLevel(
-            (rows, cols, len(lm.selected)), 1, lambda r, c, lm=lm: maps.read(lm, "values", r, c)
-        )
+        base = PyramidLevel((rows, cols, len(lm.selected)), 1, _stored(maps, lm, "values"))
         levels = build_pyramid(base, work, f"layer{i}.values")
         placement_text = ome_xml_extra((oy, ox))
         names = [f"{lm.layer.name} #{c}" for c in lm.selected]
@@ -492,7 +510,7 @@ def _write_outputs(
             folder.path(ome), levels, names, cell_mpp, origin_um,
             f"featuremaps {lm.layer.name} ({mode}); {placement_text}",
         )  # fmt: skip
-        pca_base = PyramidLevel((rows, cols, 3), 1, lambda r, c, lm=lm: maps.read(lm, "pca", r, c))
+        pca_base = PyramidLevel((rows, cols, 3), 1, _stored(maps, lm, "pca"))
         pca_levels = build_pyramid(pca_base, work, f"layer{i}.pca")
         pca_colour, pca_ranges = _colour_pca(lm)
         pca_file = f"maps/{stem}.pca.tif"
@@ -606,7 +624,8 @@ def _write_outputs(
         bg_levels = _background_levels(reader, level, factor, work)
 
         def bg_colour(block: np.ndarray) -> np.ndarray:
-            return np.rint(np.nan_to_num(block, nan=255.0)).clip(0, 255).astype(np.uint8)
+            pixels: np.ndarray = np.rint(np.nan_to_num(block, nan=255.0)).clip(0, 255)
+            return pixels.astype(np.uint8)
 
         slide_image = _write_deep_zoom(folder, "slide", bg_levels, bg_colour, "jpeg")
         slide_image.update(

@@ -20,6 +20,7 @@ A model that fails either runs in a labelled approximate mode.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ from featuremaps._errors import CaptureError, LayerError
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.geometry import MapGeometry, compute_geometry
 from featuremaps.selection import select_modules
-from featuremaps.slide.plan import Halo, LayerPlacement, axis_halo, make_plan, placement
+from featuremaps.slide.plan import Halo, axis_halo, make_plan, placement
 
 __all__ = [
     "EXACT_TOLERANCE",
@@ -82,7 +83,7 @@ class TileForward:
                 if len(got) == len(self.layers):
                     raise _Enough("done")
 
-        try:
+        with contextlib.suppress(_Enough):
             capture(
                 self.model,
                 x,
@@ -92,8 +93,6 @@ class TileForward:
                 copy=False,
                 model_label=self.label,
             )
-        except _Enough:
-            pass
         missing = [name for name in self.layers if name not in got]
         if missing:
             raise LayerError(
@@ -245,12 +244,9 @@ def stitch(
 ) -> dict[str, torch.Tensor]:
     """Maps of ``x`` computed tile by tile with the slide plan (cores of ``core`` pixels)."""
     placements = [placement(layer.geometry, cells[layer.name]) for layer in layers]
-    plan = make_plan(
-        (x.shape[2], x.shape[3]), placements, [layer.halo for layer in layers], core
-    )
+    plan = make_plan((x.shape[2], x.shape[3]), placements, [layer.halo for layer in layers], core)
     out = {
-        layer.name: torch.full((layer.channels, *cells[layer.name]), math.nan)
-        for layer in layers
+        layer.name: torch.full((layer.channels, *cells[layer.name]), math.nan) for layer in layers
     }
     for tile in plan.tiles():
         (y0, y1), (x0, x1) = tile.window
@@ -311,9 +307,9 @@ def check_locality(
     return Locality(corner == 0 and error <= EXACT_TOLERANCE, corner, error, reason)
 
 
-def to_input(pixels: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None) -> (
-    torch.Tensor
-):
+def to_input(
+    pixels: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> torch.Tensor:
     """``(h, w, 3)`` uint8 pixels as the model's ``(1, 3, h, w)`` float input ([0, 1], then
     normalised when ``mean``/``std`` are given)."""
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)

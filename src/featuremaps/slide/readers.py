@@ -167,17 +167,19 @@ class TiffReader:
             raise InputError(f"cannot read '{path}' as a TIFF: {exc}") from None
         self._pages = self._find_levels(base)
         w0, h0 = base.imagewidth, base.imagelength
-        self.levels = tuple(Level(p.imagewidth, p.imagelength, w0 / p.imagewidth) for p in self._pages)
+        self.levels = tuple(
+            Level(p.imagewidth, p.imagelength, w0 / p.imagewidth) for p in self._pages
+        )
         for p in self._pages:
             self._check_page(p)
         self.mpp: tuple[float, float] | None = None
         self.mpp_source = "none"
-        for source, found in (
-            ("OME-XML PhysicalSizeX/Y", lambda: _ome_mpp(self._tif)),
-            ("Aperio description MPP", lambda: _aperio_mpp(base)),
-            ("TIFF resolution tags", lambda: _tiff_resolution_mpp(base)),
-        ):
-            value = found()
+        found: list[tuple[str, tuple[float, float] | None]] = [
+            ("OME-XML PhysicalSizeX/Y", _ome_mpp(self._tif)),
+            ("Aperio description MPP", _aperio_mpp(base)),
+            ("TIFF resolution tags", _tiff_resolution_mpp(base)),
+        ]
+        for source, value in found:
             if value is not None:
                 self.mpp, self.mpp_source = value, source
                 break
@@ -189,9 +191,11 @@ class TiffReader:
         if len(pages) == 1:
             # A plain page pyramid that tifffile did not group: later pages that are reduced
             # copies (NewSubfileType bit 0) with the same samples, each smaller than the last.
+            import tifffile
+
             for page in self._tif.pages[1:]:
                 last = pages[-1]
-                if (
+                if isinstance(page, tifffile.TiffPage) and (
                     page.subfiletype & 1
                     and page.samplesperpixel == base.samplesperpixel
                     and page.imagewidth < last.imagewidth
@@ -212,7 +216,11 @@ class TiffReader:
     def read(self, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         page = self._pages[level]
         _check_window(self.levels[level], rows, cols)
-        th, tw = (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip, page.imagewidth)
+        th, tw = (
+            (page.tilelength, page.tilewidth)
+            if page.is_tiled
+            else (page.rowsperstrip, page.imagewidth)
+        )
         th = min(th, page.imagelength)
         per_row = math.ceil(page.imagewidth / tw)
         samples = page.samplesperpixel
@@ -265,11 +273,18 @@ class OpenSlideReader:
         )
         props = self._slide.properties
         try:
-            mpp = (float(props[openslide.PROPERTY_NAME_MPP_X]), float(props[openslide.PROPERTY_NAME_MPP_Y]))
+            mpp = (
+                float(props[openslide.PROPERTY_NAME_MPP_X]),
+                float(props[openslide.PROPERTY_NAME_MPP_Y]),
+            )
         except (KeyError, ValueError):
             mpp = None
         self.mpp = mpp if mpp and all(v > 0 for v in mpp) else None
-        self.mpp_source = f"OpenSlide ({props.get(openslide.PROPERTY_NAME_VENDOR, 'unknown')})" if self.mpp else "none"
+        self.mpp_source = (
+            f"OpenSlide ({props.get(openslide.PROPERTY_NAME_VENDOR, 'unknown')})"
+            if self.mpp
+            else "none"
+        )
         self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
 
     def read(self, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
@@ -298,13 +313,21 @@ class ImageReader:
         try:
             with Image.open(path) as image:
                 info = image.info
-                self._pixels = _to_rgb(np.asarray(image.convert("RGBA") if image.mode in ("P", "LA", "PA") else image.convert("RGB") if image.mode not in ("RGB", "RGBA", "L", "I;16") else image))
+                self._pixels = _to_rgb(
+                    np.asarray(
+                        image.convert("RGBA")
+                        if image.mode in ("P", "LA", "PA")
+                        else image.convert("RGB")
+                        if image.mode not in ("RGB", "RGBA", "L", "I;16")
+                        else image
+                    )
+                )
         except OSError as exc:
             raise InputError(f"cannot read '{path}' as an image: {exc}") from None
         finally:
             Image.MAX_IMAGE_PIXELS = previous
         h, w = self._pixels.shape[:2]
-        self.levels = (Level(w, h, 1.0),)
+        self.levels: tuple[Level, ...] = (Level(w, h, 1.0),)
         self.mpp = None
         self.mpp_source = "none"
         dpi = info.get("dpi")
@@ -314,7 +337,8 @@ class ImageReader:
 
     def read(self, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         _check_window(self.levels[level], rows, cols)
-        return self._pixels[rows[0] : rows[1], cols[0] : cols[1]].copy()
+        window: np.ndarray = self._pixels[rows[0] : rows[1], cols[0] : cols[1]].copy()
+        return window
 
     def close(self) -> None:
         del self._pixels
@@ -403,5 +427,7 @@ def read_thumbnail(reader: SlideReader, level: int, max_side: int) -> tuple[np.n
         padded = np.full((hh * step, ww * step, 3), np.nan, dtype=np.float32)
         padded[: y1 - y0, : src.width] = strip
         blocks = padded.reshape(hh, step, ww, step, 3)
-        out[y0 // step : y0 // step + hh] = np.rint(np.nanmean(blocks, axis=(1, 3))).astype(np.uint8)
+        out[y0 // step : y0 // step + hh] = np.rint(np.nanmean(blocks, axis=(1, 3))).astype(
+            np.uint8
+        )
     return out, step * rel

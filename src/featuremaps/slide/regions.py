@@ -119,7 +119,7 @@ def cell_weights(
     centre, or the covered fraction of each ``2·half`` box (``area``)."""
     import shapely
 
-    inside = shapely.contains_xy(region.geometry, xs, ys).astype(np.float64)
+    inside: np.ndarray = np.asarray(shapely.contains_xy(region.geometry, xs, ys), dtype=np.float64)
     if mode == "centre":
         return inside
     if mode != "area":

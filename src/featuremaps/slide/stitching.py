@@ -76,11 +76,12 @@ class SlideMaps:
         sy, sx = maps.place.stride
         ty = np.minimum(np.arange(*rows) // (self.plan.y.core // sy), self.plan.y.count - 1)
         tx = np.minimum(np.arange(*cols) // (self.plan.x.core // sx), self.plan.x.count - 1)
-        return self.done[np.ix_(ty, tx)]
+        valid: np.ndarray = self.done[np.ix_(ty, tx)]
+        return valid
 
-    def read(self, maps: LayerMaps, kind: str, rows: tuple[int, int], cols: tuple[int, int]) -> (
-        np.ndarray
-    ):
+    def read(
+        self, maps: LayerMaps, kind: str, rows: tuple[int, int], cols: tuple[int, int]
+    ) -> np.ndarray:
         """A block ``(h, w, k)`` of stored channels (``values``) or PCA (``pca``); NaN where no
         cell was computed (background, failed tiles)."""
         block = (maps.values if kind == "values" else maps.pca).read(rows, cols)
@@ -90,9 +91,7 @@ class SlideMaps:
 
 def _stats_state(prefix: str, stats: RunningStats) -> dict[str, np.ndarray]:
     return {
-        f"{prefix}{f.name}": np.asarray(getattr(stats, f.name))
-        for f in fields(stats)
-        if not f.init
+        f"{prefix}{f.name}": np.asarray(getattr(stats, f.name)) for f in fields(stats) if not f.init
     }
 
 
@@ -108,7 +107,7 @@ def _read_window(reader: SlideReader, level: int, tile: Tile, retries: int) -> n
     for attempt in range(retries + 1):
         try:
             return reader.read(level, tile.window[0], tile.window[1])
-        except Exception:  # noqa: BLE001 - decoders raise their own classes; see below
+        except Exception:
             # Codec libraries (libjpeg via imagecodecs, OpenSlide) report a damaged tile with
             # their own exception types; any of them means "this window cannot be read". The
             # caller names the tile and goes on, so the finished tiles are never lost.
@@ -136,7 +135,7 @@ def _fit_basis(
     for tile in sample:
         try:
             window = _read_window(reader, level, tile, 1)
-        except Exception:  # noqa: BLE001 - as in the main loop: a damaged tile is skipped
+        except Exception:
             continue
         maps = forward(to_input(window, *normalize))
         kept[tile.index] = maps
@@ -174,7 +173,7 @@ def _region_cells(
     plan: TilePlan, tile: Tile, place: LayerPlacement, downsample: float, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
     """Level-0 centres ``(xs, ys)`` (2-D) of a tile's core cells and their bounding box."""
-    sy, sx, r0, c0 = plan.core_cells(tile, place)
+    _, _, r0, c0 = plan.core_cells(tile, place)
     h, w = shape
     rows = np.arange(r0, r0 + h)
     cols = np.arange(c0, c0 + w)
@@ -269,7 +268,9 @@ def compute_maps(
     failed: list[dict[str, Any]] = (
         [
             {"row": int(r), "col": int(c), "error": str(m)}
-            for r, c, m in zip(state["failed_rc"][:, 0], state["failed_rc"][:, 1], state["failed_msg"], strict=True)
+            for r, c, m in zip(
+                state["failed_rc"][:, 0], state["failed_rc"][:, 1], state["failed_msg"], strict=True
+            )
         ]
         if state is not None and len(state["failed_msg"])
         else []
@@ -283,9 +284,9 @@ def compute_maps(
         arrays: dict[str, np.ndarray] = {
             "done": done,
             "fit_tiles": np.asarray(fit_index, dtype=np.int64).reshape(-1, 2),
-            "failed_rc": np.asarray(
-                [(f["row"], f["col"]) for f in failed], dtype=np.int64
-            ).reshape(-1, 2),
+            "failed_rc": np.asarray([(f["row"], f["col"]) for f in failed], dtype=np.int64).reshape(
+                -1, 2
+            ),
             "failed_msg": np.asarray([f["error"] for f in failed], dtype=str),
         }
         for i, maps in enumerate(outputs):
@@ -317,8 +318,8 @@ def compute_maps(
         for tile in remaining:
             early = computed_early.pop(tile.index, None)
             try:
-                window = None if early is not None else _read_window(reader, level, tile, retries)
-            except Exception as exc:  # noqa: BLE001 - see _read_window
+                window = _read_window(reader, level, tile, retries) if early is None else None
+            except Exception as exc:  # any decoder error: see _read_window
                 failed.append(
                     {
                         "row": tile.row,
@@ -332,8 +333,12 @@ def compute_maps(
                     bar.update(1)
                 continue
             result = early if window is None else forward(to_input(window, *normalize))
+            if result is None:  # pragma: no cover - one of the two is always there
+                raise AssertionError("a tile with neither a window nor maps")
             for maps in outputs:
-                _store_tile(plan, tile, maps, result[maps.layer.name], regions, coverage, downsample)
+                _store_tile(
+                    plan, tile, maps, result[maps.layer.name], regions, coverage, downsample
+                )
             for maps in outputs:
                 maps.values.flush()
                 maps.pca.flush()

@@ -29,15 +29,14 @@ def tissue_score(rgb: np.ndarray) -> np.ndarray:
     a = rgb.astype(np.int16)
     grey = a.mean(axis=2)
     saturation = a.max(axis=2) - a.min(axis=2)
-    return np.maximum(255 - grey, saturation).clip(0, 255).astype(np.uint8)
+    score: np.ndarray = np.maximum(255 - grey, saturation).clip(0, 255).astype(np.uint8)
+    return score
 
 
 def otsu_threshold(values: np.ndarray) -> int:
     """Otsu's threshold of uint8 values: the ``t`` maximising the between-class variance of
     ``values <= t`` and ``values > t``."""
-    hist = np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=256).astype(
-        np.float64
-    )
+    hist = np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=256).astype(np.float64)
     total = hist.sum()
     if total == 0:
         return 0

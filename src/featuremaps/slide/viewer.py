@@ -24,7 +24,7 @@ OSD_FILES = ("openseadragon.min.js", "openseadragon-LICENSE.txt", "viewer.js", "
 
 
 def _static(name: str) -> bytes:
-    return resources.files("featuremaps.slide").joinpath("static", name).read_bytes()
+    return resources.files("featuremaps.slide").joinpath("static").joinpath(name).read_bytes()
 
 
 def osd_version() -> str:
@@ -34,16 +34,20 @@ def osd_version() -> str:
     return found.group(1) if found else "unknown"
 
 
-def render_viewer(data: dict[str, Any], *, title: str, footer: str, stamp: str | None) -> (
-    dict[str, bytes]
-):
+def render_viewer(
+    data: dict[str, Any], *, title: str, footer: str, stamp: str | None
+) -> dict[str, bytes]:
     """``index.html`` and its assets for ``data`` (``slide`` and ``overlays`` images)."""
     import jinja2
+    from markupsafe import Markup
 
     from featuremaps.report.render import script_json
 
     template = (
-        resources.files("featuremaps.slide").joinpath("templates", "viewer.html").read_text("utf-8")
+        resources.files("featuremaps.slide")
+        .joinpath("templates")
+        .joinpath("viewer.html")
+        .read_text("utf-8")
     )
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(template).render(
@@ -53,7 +57,7 @@ def render_viewer(data: dict[str, Any], *, title: str, footer: str, stamp: str |
         overlays=data["overlays"],
         opacity=60,
         osd_version=osd_version(),
-        data_json=jinja2.utils.markupsafe.Markup(script_json(data)),
+        data_json=Markup(script_json(data)),
     )
     files = {"index.html": html.encode("utf-8")}
     for name in OSD_FILES:

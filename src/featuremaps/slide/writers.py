@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featuremaps.slide.pyramid import PyramidLevel
+from featuremaps.slide.pyramid import PyramidLevel, halve
 
 __all__ = [
     "TIFF_TILE",
@@ -66,6 +66,14 @@ def _tiles(
             yield tile
 
 
+def _plane(c: int) -> Callable[[np.ndarray], np.ndarray]:
+    def plane(block: np.ndarray) -> np.ndarray:
+        out: np.ndarray = block[:, :, c]
+        return out
+
+    return plane
+
+
 def write_ome_tiff(
     path: Path,
     levels: Sequence[PyramidLevel],
@@ -98,11 +106,7 @@ def write_ome_tiff(
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         for i, level in enumerate(levels):
             lh, lw, _ = level.shape
-            planes = (
-                tile
-                for c in range(k)
-                for tile in _tiles(level, lambda b, c=c: b[:, :, c], np.nan)
-            )
+            planes = (tile for c in range(k) for tile in _tiles(level, _plane(c), np.nan))
             scale = level.scale
             tif.write(
                 planes,
@@ -121,6 +125,14 @@ def write_ome_tiff(
     del h, w
 
 
+def _rgb(colour: Colour) -> Callable[[np.ndarray], np.ndarray]:
+    def rgb(block: np.ndarray) -> np.ndarray:
+        out: np.ndarray = colour(block)[:, :, :3]
+        return out
+
+    return rgb
+
+
 def write_rgb_tiff(
     path: Path,
     levels: Sequence[PyramidLevel],
@@ -135,7 +147,7 @@ def write_rgb_tiff(
         for i, level in enumerate(levels):
             lh, lw, _ = level.shape
             tif.write(
-                _tiles(level, lambda b: colour(b)[:, :, :3], 255),
+                _tiles(level, _rgb(colour), 255),
                 shape=(lh, lw, 3),
                 dtype=np.uint8,
                 tile=(TIFF_TILE, TIFF_TILE),
@@ -170,7 +182,7 @@ def encode_tile(pixels: np.ndarray, fmt: str) -> bytes:
 
 def deep_zoom_levels(width: int, height: int) -> int:
     """Number of Deep Zoom levels for an image (level 0 is 1 x 1, the last is full size)."""
-    return int(math.ceil(math.log2(max(width, height, 1)))) + 1
+    return math.ceil(math.log2(max(width, height, 1))) + 1
 
 
 def deep_zoom_tiles(
@@ -183,14 +195,18 @@ def deep_zoom_tiles(
     for i, level in enumerate(levels):
         yield from _level_tiles(top - i, level, colour)
     small = levels[-1].read((0, levels[-1].shape[0]), (0, levels[-1].shape[1]))
-    from featuremaps.slide.pyramid import halve
-
     for k in range(top - len(levels), -1, -1):
         small = halve(small)
-        data = small
-        yield from _level_tiles(
-            k, PyramidLevel(data.shape, 0, lambda r, c, d=data: d[r[0] : r[1], c[0] : c[1]]), colour
-        )
+        yield from _level_tiles(k, _in_memory(small), colour)
+
+
+def _in_memory(data: np.ndarray) -> PyramidLevel:
+    def read(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        block: np.ndarray = data[rows[0] : rows[1], cols[0] : cols[1]]
+        return block
+
+    h, w, k = data.shape
+    return PyramidLevel((h, w, k), 0, read)
 
 
 def _level_tiles(
