@@ -364,6 +364,30 @@ def test_area_coverage_weights_cells_by_the_covered_fraction(tmp_path: Path) -> 
         assert float(row["std"]) == pytest.approx(math.sqrt(var), rel=1e-5)
 
 
+def test_area_coverage_refuses_large_regions(tmp_path: Path, picture: np.ndarray) -> None:
+    slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)
+    big = [[0, 0], [4000, 0], [4000, 4000], [0, 4000], [0, 0]]
+    regions = tmp_path / "r.geojson"
+    feature = {"type": "Feature", "properties": {"name": "all"},
+               "geometry": {"type": "Polygon", "coordinates": [big]}}  # fmt: skip
+    regions.write_text(json.dumps([feature]))
+    with pytest.raises(fm.OptionError, match=r"region 'all' spans about .* cells, too many"):
+        fm.slide_maps(
+            small_model(), slide, layers="stage2", out=tmp_path / "o", regions=regions,
+            coverage="area",
+        )  # fmt: skip
+
+
+def test_regions_without_area_are_refused(tmp_path: Path, picture: np.ndarray) -> None:
+    slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)
+    regions = tmp_path / "r.geojson"
+    regions.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "dot"},
+         "geometry": {"type": "Point", "coordinates": [5, 5]}}]}))  # fmt: skip
+    with pytest.raises(fm.InputError, match=r"region\(s\) 'dot' .* have no area"):
+        fm.slide_maps(small_model(), slide, layers="stage2", out=tmp_path / "o", regions=regions)
+
+
 def _level1(picture: np.ndarray) -> np.ndarray:
     from slide_data import _halve
 

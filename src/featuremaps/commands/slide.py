@@ -43,7 +43,7 @@ from featuremaps.slide.forward import (
 from featuremaps.slide.plan import TilePlan, make_plan, placement
 from featuremaps.slide.pyramid import PyramidLevel, build_pyramid
 from featuremaps.slide.readers import SlideReader, open_slide, read_thumbnail
-from featuremaps.slide.regions import COVERAGE_MODES, Region, read_regions
+from featuremaps.slide.regions import COVERAGE_MODES, MAX_AREA_CELLS, Region, read_regions
 from featuremaps.slide.stitching import LayerMaps, SlideMaps, compute_maps
 from featuremaps.slide.tissue import TissueMask
 
@@ -148,6 +148,19 @@ def _choose_level(
     k = level or 0
     d = reader.levels[k].downsample
     return k, (base_y * d, base_x * d), f"from the slide ({reader.mpp_source})"
+
+
+def _check_area_regions(regions: Sequence[Region], plan: TilePlan, downsample: float) -> None:
+    """``area`` coverage clips every cell box: refuse regions too large for it."""
+    step = min(min(p.stride) for p in plan.layers) * downsample
+    for region in regions:
+        x0, y0, x1, y1 = region.bounds
+        cells = math.ceil((x1 - x0) / step + 1) * math.ceil((y1 - y0) / step + 1)
+        if cells > MAX_AREA_CELLS:
+            raise OptionError(
+                f"region {region.name!r} spans about {cells} cells, too many for --coverage area "
+                f"(at most {MAX_AREA_CELLS}); use --coverage centre for large regions"
+            )
 
 
 def _fingerprint(
@@ -380,6 +393,7 @@ def _run(
     level, mpp, mpp_note = _choose_level(reader, level_arg, mpp_arg)
     lv = reader.levels[level]
     size = (lv.height, lv.width)
+    region_list: list[Region] = read_regions(regions_arg) if regions_arg is not None else []
     model = loaded.model
     label = loaded.spec
     probe = torch.zeros((1, 3, 256, 256))
@@ -388,6 +402,8 @@ def _run(
     cells = whole_cells(model, forward.layers, size, 3, label)
     placements = [placement(layer.geometry, cells[layer.name]) for layer in slide_layers]
     plan = make_plan(size, placements, [layer.halo for layer in slide_layers], tile)
+    if coverage == "area":
+        _check_area_regions(region_list, plan, reader.levels[level].downsample)
     locality = check_locality(forward, slide_layers, 3, plan.step)
     if not locality.exact:
         warnings.warn(
@@ -405,7 +421,6 @@ def _run(
                 raise OptionError(
                     f"--draw {missing}: only stored channels can be drawn; add them to --channels"
                 )
-    region_list: list[Region] = read_regions(regions_arg) if regions_arg is not None else []
     tissue_text = str(tissue_arg)
     settings = {
         "layers": list(forward.layers),

@@ -31,7 +31,14 @@ import numpy as np
 
 from featuremaps._errors import InputError, OptionError
 
-__all__ = ["COVERAGE_MODES", "Region", "RegionStats", "cell_weights", "read_regions"]
+__all__ = [
+    "COVERAGE_MODES",
+    "MAX_AREA_CELLS",
+    "Region",
+    "RegionStats",
+    "cell_weights",
+    "read_regions",
+]
 
 COVERAGE_MODES = ("centre", "area")
 #: ``area`` coverage clips each cell box: limited to regions whose bounding box holds at most

@@ -135,8 +135,8 @@ def _fit_basis(
     for tile in sample:
         try:
             window = _read_window(reader, level, tile, 1)
-        except Exception:
-            continue
+        except Exception:  # any decoder error: see _read_window
+            continue  # the main pass reads it again and names it in the results
         maps = forward(to_input(window, *normalize))
         kept[tile.index] = maps
         for place in plan.layers:
