@@ -447,3 +447,6 @@ def test_cli_slide_runs_and_reports(
                  "--out", str(tmp_path / "o2")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("featuremaps: error:") and err.count("\n") == 1
+    code = main(["slide", str(slide), "--model", f"{factory}:build", "--layers", "2",
+                 "--size", "224", "--out", str(tmp_path / "o3")])  # fmt: skip
+    assert code == 2 and "does not apply to slides" in capsys.readouterr().err

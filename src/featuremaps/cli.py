@@ -257,10 +257,16 @@ def _cmd_slide(args: argparse.Namespace, out: TextIO) -> int:
             draw = [int(v) for v in args.draw.split(",") if v.strip()]
         except ValueError:
             raise OptionError(f"--draw '{args.draw}' is not a list of channels like 0,5") from None
+    if args.size:
+        raise OptionError(
+            f"--size {args.size} does not apply to slides, which are read as they are; pick the "
+            "resolution with --mpp or --level"
+        )
     loaded = _load_model(args, args.model)
     try:
         result = fm.slide_maps(
             loaded, args.slide, layers=args.layers, out=args.out, level=args.level,
+            preprocessing=_preprocessing(args, loaded) if args.normalize else None,
             mpp=args.mpp, channels=args.channels, draw=draw, tissue=args.tissue,
             regions=args.regions, coverage=args.coverage, tile=args.tile, reader=args.reader,
             viewer=args.viewer, progress=not args.quiet and sys.stderr.isatty(),

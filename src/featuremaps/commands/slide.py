@@ -23,6 +23,7 @@ from torch import nn
 
 from featuremaps._errors import FeaturemapsWarning, InputError, OptionError
 from featuremaps.commands.common import resolve_model
+from featuremaps.inputs import Preprocessing
 from featuremaps.io import OutputFolder, WorkFolder, safe_filename
 from featuremaps.manifest import SLIDE, header
 from featuremaps.models import LoadedModel
@@ -320,6 +321,7 @@ def slide_maps(
     coverage: str = "centre",
     tile: int = 1024,
     reader: str = "auto",
+    preprocessing: Preprocessing | None = None,
     pca_tiles: int = 8,
     viewer: bool = True,
     progress: bool = False,
@@ -344,6 +346,8 @@ def slide_maps(
         regions: a QuPath GeoJSON file (level-0 pixels); ``coverage`` is ``centre`` or ``area``.
         tile: the tile core in read-level pixels (rounded up to the layers' stride).
         reader: ``auto``, ``openslide``, ``tifffile`` or ``pillow``.
+        preprocessing: its normalisation replaces the model's (resizing and cropping do not
+            apply to slides).
         pca_tiles: tissue tiles sampled to fit the global PCA basis.
         viewer: also write the Deep Zoom tiles and the OpenSeadragon page (``viewer/``).
         progress: show a progress bar (tiles done / total, rate and ETA).
@@ -359,7 +363,11 @@ def slide_maps(
     if tile < 1:
         raise OptionError(f"--tile {tile}; expected a positive core size such as 1024")
     loaded = resolve_model(model)
-    pre = loaded.input_preprocessing()
+    pre = preprocessing or loaded.input_preprocessing()
+    if preprocessing is not None and (pre.resize is not None or pre.crop is not None):
+        raise OptionError(
+            "a slide is read as it is: give preprocessing with mean/std only (no resize or crop)"
+        )
     normalization = (pre.mean, pre.std)
     source = open_slide(slide, reader)
     try:
