@@ -388,6 +388,20 @@ def test_regions_without_area_are_refused(tmp_path: Path, picture: np.ndarray) -
         fm.slide_maps(small_model(), slide, layers="stage2", out=tmp_path / "o", regions=regions)
 
 
+def test_golden_slide_legend() -> None:
+    from featuremaps.render.scaling import ValueRange
+    from featuremaps.slide.writers import legend_pixels
+    from goldtest import assert_matches_golden
+
+    pixels = legend_pixels(
+        "layer2 · channel #5 · 5000x5000 cells of 2 µm",
+        "whole slide, exact stitching; first cell centred at (0, 0) px",
+        ValueRange(-1.5, 1.5, True),
+        "RdBu_r",
+    )
+    assert_matches_golden("slide_legend_signed", pixels)
+
+
 def _level1(picture: np.ndarray) -> np.ndarray:
     from slide_data import _halve
 

@@ -232,27 +232,9 @@ def _colour_pca(maps: LayerMaps) -> tuple[Callable[[np.ndarray], np.ndarray], li
 
 def _legend_png(title: str, note: str, value_range: ValueRange, cmap: str) -> bytes:
     from featuremaps.render.encode import encode_png
-    from featuremaps.render.legend import LEGEND_HEIGHT, LegendContent, legend_width, paint_legend
-    from featuremaps.render.palette import BACKGROUND_INDEX, grid_palette, palette_pixels
+    from featuremaps.slide.writers import legend_pixels
 
-    def fmt(v: float) -> str:
-        return f"{v:.4g}"
-
-    content = LegendContent(
-        title=title,
-        stamp=None,
-        selection=note,
-        scale=f"scale: this channel over the whole slide · colormap {cmap}"
-        + (", centred on 0" if value_range.symmetric else ""),
-        bar_low=fmt(value_range.vmin),
-        bar_mid="0" if value_range.symmetric else None,
-        bar_high=fmt(value_range.vmax),
-        bar_note="white: not computed (background)",
-        nonfinite=0,
-    )
-    canvas = np.full((LEGEND_HEIGHT, legend_width(content)), BACKGROUND_INDEX, dtype=np.uint8)
-    paint_legend(canvas, content)
-    return encode_png(palette_pixels(canvas, grid_palette(cmap)))
+    return encode_png(legend_pixels(title, note, value_range, cmap))
 
 
 def _background_levels(

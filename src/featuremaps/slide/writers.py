@@ -29,12 +29,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from featuremaps.render.scaling import ValueRange
 from featuremaps.slide.pyramid import PyramidLevel, halve
 
 __all__ = [
     "TIFF_TILE",
     "deep_zoom_levels",
     "encode_tile",
+    "legend_pixels",
     "ome_xml_extra",
     "write_ome_tiff",
     "write_rgb_tiff",
@@ -230,3 +232,28 @@ def dzi_xml(width: int, height: int, fmt: str) -> str:
         f'  <Size Width="{width}" Height="{height}"/>\n'
         "</Image>\n"
     )
+
+
+def legend_pixels(title: str, note: str, value_range: ValueRange, cmap: str) -> np.ndarray:
+    """The legend drawn beside a channel's RGB pyramid: title, a note, the scale and colour bar
+    with the real range (the grid legend's layout and font). ``µ`` is written ``u``: the bundled
+    font has no glyph for it."""
+    from featuremaps.render.legend import LEGEND_HEIGHT, LegendContent, legend_width, paint_legend
+    from featuremaps.render.palette import BACKGROUND_INDEX, grid_palette, palette_pixels
+
+    content = LegendContent(
+        title=title.replace("µ", "u"),
+        stamp=None,
+        selection=note.replace("µ", "u"),
+        scale=f"scale: this channel over the whole slide · colormap {cmap}"
+        + (", centred on 0" if value_range.symmetric else ""),
+        bar_low=f"{value_range.vmin:.4g}",
+        bar_mid="0" if value_range.symmetric else None,
+        bar_high=f"{value_range.vmax:.4g}",
+        bar_note="white: not computed (background)",
+        nonfinite=0,
+    )
+    canvas = np.full((LEGEND_HEIGHT, legend_width(content)), BACKGROUND_INDEX, dtype=np.uint8)
+    paint_legend(canvas, content)
+    pixels: np.ndarray = palette_pixels(canvas, grid_palette(cmap))
+    return pixels
