@@ -87,6 +87,8 @@ def test_stored_maps_equal_a_whole_image_forward(tmp_path: Path, picture: np.nda
     assert np.abs(stored - full).max() <= 1e-4 * np.abs(full).max()
     assert levels == 1  # 75 x 88 cells: no reduced level needed
     assert 'PhysicalSizeX="2.0"' in xml  # 0.5 µm/px x stride 4
+    # map pixel 0 spans level pixels [O + 0.5 - S/2, ...) = [-1.5, 2.5): its corner at -0.75 µm
+    assert 'PositionX="-0.75"' in xml and 'PositionY="-0.75"' in xml
     stats = (tmp_path / "out" / "stats.csv").read_text().splitlines()
     assert len(stats) == 1 + 5
     first = stats[1].split(",")

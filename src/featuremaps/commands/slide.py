@@ -428,7 +428,6 @@ def _run(
         "pca_tiles": pca_tiles,
         "normalization": [list(v) if v else None for v in normalization],
     }
-    work = WorkFolder(out, _fingerprint(reader, loaded, settings))
     if tissue_text == "none":
         mask = TissueMask.everywhere(size)
     elif tissue_text == "auto":
@@ -437,6 +436,8 @@ def _run(
     else:
         mask = TissueMask.from_file(tissue_arg, size)
     with OutputFolder(out) as folder:
+        # Created once the output folder is known to be writable: a refused --out leaves nothing.
+        work = WorkFolder(out, _fingerprint(reader, loaded, settings))
         maps = compute_maps(
             reader=reader,
             level=level,
@@ -504,7 +505,9 @@ def _write_outputs(
         oy, ox = place.offset
         stem = safe_filename(i, lm.layer.name, "")
         cell_mpp = (mpp[0] * sy, mpp[1] * sx)
-        origin_um = (oy * mpp[0], ox * mpp[1])
+        # The top-left corner of map pixel (0, 0) (level pixel (0, 0) spans [0, 1)): a viewer that
+        # honours the OME plane position puts every cell on its receptive-field centre.
+        origin_um = ((oy + 0.5 - sy / 2) * mpp[0], (ox + 0.5 - sx / 2) * mpp[1])
         rows, cols = place.cells
         base = PyramidLevel((rows, cols, len(lm.selected)), 1, _stored(maps, lm, "values"))
         levels = build_pyramid(base, work, f"layer{i}.values")

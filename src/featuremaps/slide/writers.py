@@ -8,7 +8,8 @@ iterators of tiles, so no level is ever held whole. What opens where was measure
   ``YX`` OME files are rejected by some readers), reduced levels as SubIFDs (the OME pyramid
   convention Bio-Formats/QuPath read; OpenSlide reads only level 0 of it). Pixel size in both the
   TIFF resolution tags (OpenSlide, tiffslide) and OME-XML ``PhysicalSizeX/Y`` (Bio-Formats,
-  QuPath); the position of the first cell's centre in OME-XML ``Plane PositionX/Y``.
+  QuPath); the map's top-left corner, relative to the slide level's, in OME-XML
+  ``Plane PositionX/Y`` (so a viewer that honours it places every cell exactly).
 * **RGB page-pyramid TIFF** (to look at): one colourised map, levels as further pages marked
   reduced (NewSubfileType 1), which OpenSlide, tifffile and tiffslide all read as levels.
 * **Deep Zoom** (DZI) tiles for the OpenSeadragon page: PNG with transparency where nothing was
@@ -85,7 +86,8 @@ def write_ome_tiff(
     description: str,
 ) -> None:
     """A float32 ``CYX`` OME-TIFF with SubIFD levels; ``mpp`` is µm per map cell (y, x) at
-    level 0; ``origin_um`` the position of the first cell's centre (y, x) in µm."""
+    level 0; ``origin_um`` the position (y, x) in µm of the map's top-left corner relative to the
+    slide level's top-left corner."""
     import tifffile
 
     base = levels[0]
