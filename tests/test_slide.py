@@ -201,6 +201,7 @@ def test_mpp_picks_the_level_and_a_missing_level_is_named(
         fm.slide_maps(small_model(), slide, layers="stage2", out=tmp_path / "o2", mpp=0.7)
 
 
+@pytest.mark.slow
 def test_written_files_open_with_the_right_levels_and_mpp(tmp_path: Path) -> None:
     import openslide
     import tifffile
@@ -237,6 +238,7 @@ def test_written_files_open_with_the_right_levels_and_mpp(tmp_path: Path) -> Non
     assert legend.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, picture: np.ndarray) -> None:
     slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)
     kwargs = dict(layers="stage2", tile=64, tissue="none", viewer=False, channels="all")
