@@ -17,6 +17,9 @@ Sections:
   scaling     time vs channels shown and vs input size
   stats       images/s of ``featuremaps stats`` (compute_dataset_stats) vs a plain DataLoader +
               forward loop over the same files with the same reader, and where the difference goes
+  slide       a synthetic 40,000 x 40,000 slide (mostly glass, a few tissue blobs) through
+              resnet18 layer2 with ``featuremaps slide``: peak RSS (child process) and tiles/s vs
+              a plain forward loop over the same windows read by the same reader
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -671,6 +675,177 @@ def report_stats(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- slide ------------------------------------------------------------------------------------
+
+
+def synthetic_slide(path: Path, size: int, blobs: int, seed: int = 0, tile: int = 512) -> Path:
+    """A JPEG-tiled page-pyramid TIFF of ``size`` x ``size`` px at 0.25 µm/px: white glass with
+    ``blobs`` textured tissue discs, written tile by tile (never held whole)."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.15, 0.85, size=(blobs, 2)) * size
+    radii = rng.uniform(0.03, 0.06, size=blobs) * size
+
+    def tiles(level: int) -> Any:
+        d = 2**level
+        n = math.ceil(size / d)
+        for ty in range(0, n, tile):
+            for tx in range(0, n, tile):
+                y = (np.arange(ty, ty + tile) * d)[:, None]
+                x = (np.arange(tx, tx + tile) * d)[None, :]
+                inside = np.zeros((tile, tile), dtype=bool)
+                for (cy, cx), r in zip(centres, radii, strict=True):
+                    if (
+                        abs(cy - (ty + tile / 2) * d) < r + tile * d
+                        and abs(cx - (tx + tile / 2) * d) < r + tile * d
+                    ):
+                        inside |= (y - cy) ** 2 + (x - cx) ** 2 < r**2
+                block = np.full((tile, tile, 3), 244, dtype=np.uint8)
+                if inside.any():
+                    cells = np.random.default_rng([level, ty, tx]).integers(
+                        0, 80, size=(tile // 8, tile // 8, 1)
+                    )
+                    texture = np.repeat(np.repeat(cells, 8, 0), 8, 1)
+                    colour = np.clip(np.array([200, 100, 180]) - texture, 0, 255).astype(np.uint8)
+                    block[inside] = colour[inside]
+                yield block
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        level = 0
+        while True:
+            n = math.ceil(size / 2**level)
+            tif.write(
+                tiles(level),
+                shape=(n, n, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": 85},
+                resolution=(1e4 / (0.25 * 2**level),) * 2,
+                resolutionunit="CENTIMETER",
+                subfiletype=1 if level else 0,
+                metadata=None,
+            )
+            if n <= 2048:
+                break
+            level += 1
+    return path
+
+
+SLIDE_CHILD = """
+import json, sys, time, warnings
+import numpy as np, torch, torchvision
+import featuremaps as fm
+from featuremaps.slide.forward import to_input
+from featuremaps.slide.readers import open_slide
+warnings.simplefilter("ignore", fm.FeaturemapsWarning)
+mode, slide, out = sys.argv[1], sys.argv[2], sys.argv[3]
+loaded = fm.load_model("resnet18", "none", offline=True)
+result = {{}}
+if mode == "slide":
+    start = time.perf_counter()
+    r = fm.slide_maps(loaded, slide, layers="layer2", out=out, tile={tile}, viewer={viewer})
+    result = {{
+        "wall_s": time.perf_counter() - start, "tiles_s": r.seconds, "computed": r.computed,
+        "tiles": r.tiles, "tissue_tiles": r.tissue_tiles, "exact": r.exact,
+        "cells": r.layers[0]["cells"],
+    }}
+else:
+    # The same windows, read by the same reader, fed to the plain model under no_grad.
+    manifest = json.load(open(out + "/slide.json"))
+    plan = manifest["plan"]
+    grid, core = plan["grid"], plan["core"][0]
+    before, after = plan["halo_before"][0], plan["halo_after"][0]
+    reader = open_slide(slide)
+    h, w = manifest["slide"]["level_size"]
+    tissue = json.load(open(out + "/tissue_tiles.json"))
+    pre = loaded.input_preprocessing()
+    model = loaded.model
+    if mode == "plain-layer2":
+        m = model
+        model = torch.nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2).eval()
+    start = time.perf_counter()
+    for r, c in tissue:
+        y0, y1 = max(r * core - before, 0), min((r + 1) * core + after, h)
+        x0, x1 = max(c * core - before, 0), min((c + 1) * core + after, w)
+        x = to_input(reader.read(0, (y0, y1), (x0, x1)), pre.mean, pre.std)
+        with torch.no_grad():
+            model(x)
+    result = {{"tiles_s": time.perf_counter() - start, "computed": len(tissue)}}
+with open("/proc/self/status") as status:
+    hwm = [line for line in status if line.startswith("VmHWM:")][0]
+result["peak_rss_mib"] = int(hwm.split()[1]) / 1024
+print(json.dumps(result))
+"""
+
+
+def bench_slide(size: int, blobs: int, tile: int, viewer: bool) -> dict[str, Any]:
+    """Peak RSS and tiles/s of ``featuremaps slide`` (resnet18 layer2) on a synthetic slide, and
+    tiles/s of plain forward loops over the same tissue windows (each in a fresh child)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        slide = synthetic_slide(Path(tmp) / "slide.tif", size, blobs)
+        write_s = time.perf_counter() - start
+        out = str(Path(tmp) / "out")
+        code = SLIDE_CHILD.format(tile=tile, viewer=viewer)
+
+        def child(mode: str) -> dict[str, Any]:
+            run = subprocess.run(
+                [sys.executable, "-c", code, mode, str(slide), out],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            row: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+            return row
+
+        ours = child("slide")
+        manifest = json.loads((Path(out) / "slide.json").read_text())
+        (Path(out) / "tissue_tiles.json").write_text(json.dumps(manifest["tiles"]["done"]))
+        plain = child("plain")
+        truncated = child("plain-layer2")
+        files = {
+            str(p.relative_to(out)): p.stat().st_size
+            for p in Path(out).rglob("*")
+            if p.is_file() and p.suffix in (".tif", ".json", ".csv", ".html")
+        }
+    rate = ours["computed"] / ours["tiles_s"]
+    return {
+        "slide": {"size": size, "blobs": blobs, "write_s": write_s, "mpp": 0.25},
+        "tile_core": tile,
+        "viewer": viewer,
+        "tiles": ours["tiles"],
+        "tissue_tiles": ours["tissue_tiles"],
+        "exact": ours["exact"],
+        "cells": ours["cells"],
+        "peak_rss_mib": {"slide": ours["peak_rss_mib"], "plain": plain["peak_rss_mib"]},
+        "wall_s": ours["wall_s"],
+        "tiles_per_s": {
+            "slide": rate,
+            "plain": plain["computed"] / plain["tiles_s"],
+            "plain_to_layer2": truncated["computed"] / truncated["tiles_s"],
+        },
+        "files_bytes": files,
+    }
+
+
+def report_slide(s: dict[str, Any]) -> list[str]:
+    rss, tps = s["peak_rss_mib"], s["tiles_per_s"]
+    size = s["slide"]["size"]
+    return [
+        f"7. slide: {size}x{size} px synthetic slide ({s['slide']['blobs']} tissue blobs, JPEG "
+        f"page pyramid, written in {s['slide']['write_s']:.0f} s), resnet18 layer2, tile core "
+        f"{s['tile_core']} px, {s['tissue_tiles']} of {s['tiles']} tiles with tissue, "
+        f"{s['cells'][0]}x{s['cells'][1]} cells, {'exact' if s['exact'] else 'APPROXIMATE'}",
+        f"   peak RSS: slide run {rss['slide']:.0f} MiB (target <= 4096), plain forward loop "
+        f"{rss['plain']:.0f} MiB; whole run {s['wall_s']:.0f} s incl. files"
+        + (" and viewer" if s["viewer"] else ""),
+        f"   tiles/s: slide {tps['slide']:.2f}, plain resnet18 forward {tps['plain']:.2f} "
+        f"({tps['slide'] / tps['plain']:.2f}x), plain forward to layer2 "
+        f"{tps['plain_to_layer2']:.2f} ({tps['slide'] / tps['plain_to_layer2']:.2f}x)",
+    ]
+
+
 REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "render": report_render,
     "capture": report_capture,
@@ -678,6 +853,7 @@ REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "memory": report_memory,
     "scaling": report_scaling,
     "stats": report_stats,
+    "slide": report_slide,
 }
 SECTIONS = tuple(REPORTS)
 
@@ -700,6 +876,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
             "memory": lambda: bench_memory("tiny", 64),
             "scaling": lambda: bench_scaling("tiny", [32, 64], 1),
             "stats": lambda: bench_stats([("shapes_cnn", 1)], 4, 64, 2, [2, 0]),
+            "slide": lambda: bench_slide(3000, 2, 512, True),
         }
     return {
         "render": lambda: bench_render("resnet18", 224, 5),
@@ -710,6 +887,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
         "memory": lambda: bench_memory("resnet50", 1024),
         "scaling": lambda: bench_scaling("resnet18", [224, 512, 1024, 2048], 3),
         "stats": lambda: bench_stats([("resnet18", 3), ("shapes_cnn", 6)], 64, 256, 16, [2, 0]),
+        "slide": lambda: bench_slide(40_000, 4, 1024, True),
     }
 
 

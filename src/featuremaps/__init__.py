@@ -28,6 +28,7 @@ from featuremaps.commands.ablate import ablate
 from featuremaps.commands.layers import LayerInfo, list_layers
 from featuremaps.commands.locate import draw_overlay, locate
 from featuremaps.commands.run import Visualization, visualize
+from featuremaps.commands.slide import SlideResult, slide_maps
 from featuremaps.commands.stats import collect_stats
 from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.geometry import MapGeometry
@@ -72,6 +73,7 @@ __all__ = [
     "RandomWeightsWarning",
     "RecordSummary",
     "SavedStats",
+    "SlideResult",
     "UntrustedCheckpointError",
     "Visualization",
     "__version__",
@@ -88,6 +90,7 @@ __all__ = [
     "read_stats",
     "record_name",
     "sample_image_path",
+    "slide_maps",
     "summarize",
     "visualize",
     "write_report",

@@ -6,6 +6,7 @@
     featuremaps stats DATA ... --model SPEC                      per-channel statistics over data
     featuremaps ablate DATA ... --model SPEC --layers L          zero low-ranked channels, measure
     featuremaps locate [IMAGE] --layer L --cell R,C --pixel Y,X  which input region a cell sees
+    featuremaps slide SLIDE --model SPEC --layers L              maps over a whole-slide image
 
 Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 interrupted.
 """
@@ -214,6 +215,106 @@ def _build_locate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", "-o", default="featuremaps-locate", help="folder for the --overlay picture"
     )
+
+
+def _build_slide(p: argparse.ArgumentParser) -> None:
+    p.add_argument("slide", metavar="SLIDE", help="whole-slide image (SVS, NDPI, MRXS, TIFF, ...)")
+    p.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
+    _add_model_options(p)
+    p.add_argument(
+        "--layers", "-l", action="append", required=True,
+        help="record names to map, e.g. layer2 (repeat or use commas)",
+    )  # fmt: skip
+    p.add_argument("--out", "-o", default="featuremaps-slide", help="output folder")
+    p.add_argument("--level", type=int, help="pyramid level to read (default: 0)")
+    p.add_argument(
+        "--mpp", type=float,
+        help="micrometres per pixel to read at (picks the level); for a slide without a pixel "
+        "size, the pixel size of its full resolution",
+    )  # fmt: skip
+    p.add_argument(
+        "--channels", default="8",
+        help="channels stored in the OME-TIFF and viewer: N (first N), all, or 0,5,7 (default 8)",
+    )  # fmt: skip
+    p.add_argument(
+        "--draw", help="stored channels drawn as RGB pyramids, e.g. 0,5 (default: the first)"
+    )
+    p.add_argument(
+        "--tissue", default="auto",
+        help="auto (Otsu on a thumbnail), none (every tile), or a mask picture (non-zero = tissue)",
+    )  # fmt: skip
+    p.add_argument("--regions", metavar="GEOJSON", help="QuPath GeoJSON annotations (level-0 px)")
+    p.add_argument(
+        "--coverage", choices=("centre", "area"), default="centre",
+        help="a cell is in a region by its centre (default) or by its covered fraction",
+    )  # fmt: skip
+    p.add_argument("--tile", type=int, default=1024, help="tile core in pixels (default 1024)")
+    p.add_argument(
+        "--reader", choices=("auto", "openslide", "tifffile", "pillow"), default="auto",
+        help="slide reader (default: OpenSlide for vendor formats, tifffile for other TIFFs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-viewer", dest="viewer", action="store_false",
+        help="do not write the Deep Zoom tiles and the OpenSeadragon page",
+    )  # fmt: skip
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _cmd_slide(args: argparse.Namespace, out: TextIO) -> int:
+    import featuremaps as fm
+
+    _check_layers(args.layers)
+    draw = None
+    if args.draw:
+        try:
+            draw = [int(v) for v in args.draw.split(",") if v.strip()]
+        except ValueError:
+            raise OptionError(f"--draw '{args.draw}' is not a list of channels like 0,5") from None
+    if args.size:
+        raise OptionError(
+            f"--size {args.size} does not apply to slides, which are read as they are; pick the "
+            "resolution with --mpp or --level"
+        )
+    loaded = _load_model(args, args.model)
+    try:
+        result = fm.slide_maps(
+            loaded, args.slide, layers=args.layers, out=args.out, level=args.level,
+            preprocessing=_preprocessing(args, loaded) if args.normalize else None,
+            mpp=args.mpp, channels=args.channels, draw=draw, tissue=args.tissue,
+            regions=args.regions, coverage=args.coverage, tile=args.tile, reader=args.reader,
+            viewer=args.viewer, progress=not args.quiet and sys.stderr.isatty(),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(
+            f"featuremaps: interrupted; finished tiles are kept, run the same command again to "
+            f"resume ({Path(args.out).name} is written at the end)",
+            file=sys.stderr,
+        )
+        return 130
+    mode = "exact stitching" if result.exact else "APPROXIMATE stitching"
+    print(f"{mode}: {result.locality['reason']}", file=out)
+    print(
+        f"{result.tissue_tiles} of {result.tiles} tiles with tissue; {result.computed} computed "
+        f"({result.tiles_per_second:.2f} tiles/s), {result.resumed} resumed, "
+        f"{len(result.failed)} failed",
+        file=out,
+    )
+    for item in result.failed:
+        print(f"tile ({item['row']}, {item['col']}) not read: {item['error']}", file=out)
+    for layer in result.layers:
+        rows, cols = layer["cells"]
+        halo = layer["halo"]
+        print(
+            f"{layer['name']}: {rows}x{cols} cells of {layer['cell_mpp'][1]:.3g} µm, stride "
+            f"{layer['stride'][1]}, halo {halo['before'][1]}/{halo['after'][1]} px",
+            file=out,
+        )
+    if loaded.random_weights:
+        print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
+    print(f"results: {Path(args.out).resolve()}", file=out)
+    if args.viewer:
+        print(f"viewer: {(Path(args.out) / 'viewer' / 'index.html').resolve()}", file=out)
+    return 0
 
 
 def _build_layers(p: argparse.ArgumentParser) -> None:
@@ -649,6 +750,12 @@ COMMANDS: dict[str, Command] = {
         "which input region a cell of a layer sees, and which cells see an input pixel",
         _build_locate,
         _cmd_locate,
+    ),
+    "slide": Command(
+        "feature maps over a whole-slide image: tiled, exactly stitched, pyramidal files, "
+        "region statistics",
+        _build_slide,
+        _cmd_slide,
     ),
 }
 DESCRIPTION = (

@@ -12,6 +12,7 @@ anything else may be the user's own files and is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,8 +32,10 @@ from featuremaps._errors import OutputError
 from featuremaps.manifest import MANIFEST, OUTPUT_FILES, TOOL
 
 __all__ = [
+    "DiskArray",
     "OutputFolder",
     "SafetensorsStream",
+    "WorkFolder",
     "dump_json",
     "parquet_available",
     "safe_filename",
@@ -405,3 +408,148 @@ class OutputFolder:
         if not self._closed:
             self._closed = True
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class DiskArray:
+    """A fixed-shape array in a raw file, read and written by blocks, never held whole.
+
+    The layout is C order over ``shape`` (for maps ``(rows, columns, channels)``, so one row of
+    a block is one contiguous run of bytes). Blocks go through ``os.pread``/``os.pwrite``, not a
+    memory map: pages of a mapped file count towards the process's resident memory until the
+    kernel evicts them, which would make a whole-slide run look (and, under pressure, behave)
+    as if it held the full canvas. The file starts sparse: parts never written read back as
+    zeros (the caller knows which parts it wrote).
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, create: bool = True) -> None:
+        self.path = path
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self._row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._cell = self._row // max(self.shape[1], 1)
+        size = self.shape[0] * self._row
+        self._fd: int | None = None
+        try:
+            if create or not path.exists():
+                with open(path, "wb") as handle:
+                    handle.truncate(size)  # sparse: costs no disk until written
+            self._fd = os.open(path, os.O_RDWR)
+        except OSError as exc:
+            raise OutputError(f"cannot create the scratch array '{path}': {exc}") from None
+        if os.fstat(self._fd).st_size != size:
+            self.close()
+            raise OutputError(
+                f"the scratch array '{path}' has the wrong size for shape {self.shape}; delete "
+                "it (or its folder) and run again"
+            )
+
+    def _handle(self) -> int:
+        if self._fd is None:
+            raise OutputError(f"the scratch array '{self.path}' is closed")
+        return self._fd
+
+    def write(self, start: tuple[int, int], block: np.ndarray) -> None:
+        """Write ``block`` (shape ``(h, w, *shape[2:])``) with its first element at ``start``."""
+        y, x = start
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        h, w = data.shape[:2]
+        if (
+            data.shape[2:] != self.shape[2:]
+            or min(y, x) < 0
+            or y + h > self.shape[0]
+            or x + w > self.shape[1]
+        ):
+            raise OutputError(
+                f"block of shape {data.shape} at {start} does not fit the array of shape "
+                f"{self.shape}"
+            )
+        fd = self._handle()
+        rows = data.reshape(h, -1)
+        for i in range(h):
+            os.pwrite(fd, rows[i].tobytes(), (y + i) * self._row + x * self._cell)
+
+    def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """The block ``[rows[0]:rows[1], cols[0]:cols[1]]`` (a new array)."""
+        (y0, y1), (x0, x1) = rows, cols
+        fd = self._handle()
+        out = np.empty((y1 - y0, x1 - x0, *self.shape[2:]), dtype=self.dtype)
+        flat = out.reshape(y1 - y0, -1)
+        length = (x1 - x0) * self._cell
+        for i in range(y1 - y0):
+            raw = os.pread(fd, length, (y0 + i) * self._row + x0 * self._cell)
+            flat[i] = np.frombuffer(raw, dtype=self.dtype)
+        return out
+
+    def flush(self) -> None:
+        """Make what was written durable (before the progress that counts on it is saved)."""
+        os.fsync(self._handle())
+
+    def close(self) -> None:
+        """Close the file (it stays on disk)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+class WorkFolder:
+    """A scratch folder that survives an interrupted run, so the next run can resume.
+
+    It sits beside the output folder (``.NAME.work``) and is keyed by a fingerprint of what the
+    run computes: a run with another fingerprint starts it afresh. :meth:`save_state` replaces
+    the progress file in one step (write, fsync, rename), so an interrupt leaves either the old
+    or the new state. :meth:`remove` deletes it once the results are in place.
+    """
+
+    STATE = "state.npz"
+    KEY = "fingerprint.json"
+
+    def __init__(self, target: str | Path, fingerprint: dict[str, Any]) -> None:
+        target = Path(os.path.abspath(target))
+        self.root = target.parent / f".{target.name}.work"
+        text = dump_json(fingerprint)
+        try:
+            previous = (self.root / self.KEY).read_text(encoding="utf-8")
+        except OSError:
+            previous = None
+        self.resumed = previous == text and (self.root / self.STATE).exists()
+        try:
+            if not self.resumed:
+                shutil.rmtree(self.root, ignore_errors=True)
+                self.root.mkdir(parents=True)
+                (self.root / self.KEY).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot create the work folder '{self.root}': {exc}") from None
+
+    def disk_array(self, name: str, shape: tuple[int, ...], dtype: Any) -> DiskArray:
+        """A :class:`DiskArray` in this folder; kept as it was when the run resumes."""
+        return DiskArray(self.root / name, shape, dtype, create=not self.resumed)
+
+    def path(self, name: str) -> Path:
+        """A scratch path in this folder (for files written by a library, e.g. a thumbnail)."""
+        if Path(name).name != name or name in (self.KEY, self.STATE):
+            raise OutputError(f"refusing the scratch name '{name}'")
+        return self.root / name
+
+    def load_state(self) -> dict[str, np.ndarray] | None:
+        """The last saved state, or None for a fresh run."""
+        if not self.resumed:
+            return None
+        with np.load(self.root / self.STATE) as data:
+            return {k: data[k] for k in data.files}
+
+    def save_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replace the saved state with ``arrays`` in one step."""
+        tmp = self.root / f".{self.STATE}.tmp"
+        try:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # names are ours, not flags
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.root / self.STATE)
+        except OSError as exc:
+            raise OutputError(f"cannot save progress in '{self.root}': {exc}") from None
+
+    def remove(self) -> None:
+        """Delete the folder and everything in it."""
+        shutil.rmtree(self.root, ignore_errors=True)

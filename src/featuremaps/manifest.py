@@ -25,6 +25,7 @@ __all__ = [
     "LOCATE",
     "MANIFEST",
     "OUTPUT_FILES",
+    "SLIDE",
     "SUMMARY",
     "TOOL",
     "RecordSummary",
@@ -38,8 +39,9 @@ MANIFEST = "manifest.json"  # what `featuremaps run` writes
 SUMMARY = "summary.json"  # ... `featuremaps stats`
 ABLATION = "ablation.json"  # ... `featuremaps ablate`
 LOCATE = "locate.json"  # ... `featuremaps locate --overlay`
+SLIDE = "slide.json"  # ... `featuremaps slide`
 #: The files that mark a folder as written by featuremaps (each holds ``"tool": "featuremaps"``).
-OUTPUT_FILES = (MANIFEST, SUMMARY, ABLATION, LOCATE)
+OUTPUT_FILES = (MANIFEST, SUMMARY, ABLATION, LOCATE, SLIDE)
 ARRAYS = "arrays.safetensors"
 
 

@@ -1,0 +1,1 @@
+"""Whole-slide feature maps (see featuremaps.commands.slide)."""

@@ -1,0 +1,261 @@
+"""Writers: map pyramids as files that open in every viewer, streamed tile by tile.
+
+The last stage of a slide run (pyramids → **writers** → io). Paths come from
+:class:`featuremaps.io.OutputFolder` (inside its staging folder); tifffile writes the TIFFs from
+iterators of tiles, so no level is ever held whole. What opens where was measured:
+
+* **float32 OME-TIFF** (for analysis): ``CYX`` with at least two channels (single-channel float
+  ``YX`` OME files are rejected by some readers), reduced levels as SubIFDs (the OME pyramid
+  convention Bio-Formats/QuPath read; OpenSlide reads only level 0 of it). Pixel size in both the
+  TIFF resolution tags (OpenSlide, tiffslide) and OME-XML ``PhysicalSizeX/Y`` (Bio-Formats,
+  QuPath); the map's top-left corner, relative to the slide level's, in OME-XML
+  ``Plane PositionX/Y`` (so a viewer that honours it places every cell exactly).
+* **RGB page-pyramid TIFF** (to look at): one colourised map, levels as further pages marked
+  reduced (NewSubfileType 1), which OpenSlide, tifffile and tiffslide all read as levels.
+* **Deep Zoom** (DZI) tiles for the OpenSeadragon page: PNG with transparency where nothing was
+  computed, JPEG for the slide itself.
+
+Cell ``j`` of a map sits at read-level pixel ``j·S + O`` (centre; see
+:mod:`featuremaps.slide.plan`); a viewer that only knows the pixel size puts map pixel ``j`` at
+``j·S + (S − 1)/2``, off by ``(S − 1)/2 − O`` pixels, which every file records.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from featuremaps.render.scaling import ValueRange
+from featuremaps.slide.pyramid import PyramidLevel, halve
+
+__all__ = [
+    "TIFF_TILE",
+    "deep_zoom_levels",
+    "encode_tile",
+    "legend_pixels",
+    "ome_xml_extra",
+    "write_ome_tiff",
+    "write_rgb_tiff",
+]
+
+TIFF_TILE = 256
+DZI_TILE = 256
+
+Colour = Callable[[np.ndarray], np.ndarray]  # (h, w, k) float -> (h, w, 3|4) uint8
+
+
+def _resolution(mpp: tuple[float, float]) -> tuple[float, float]:
+    """Pixels per centimetre for the TIFF resolution tags (x, y)."""
+    return 1e4 / mpp[1], 1e4 / mpp[0]
+
+
+def _tiles(
+    level: PyramidLevel, plane: Callable[[np.ndarray], np.ndarray], fill: float | int
+) -> Iterator[np.ndarray]:
+    """Tiles of one plane of ``level`` in TIFF order, edge tiles padded with ``fill``."""
+    h, w, _ = level.shape
+    for y0 in range(0, h, TIFF_TILE):
+        y1 = min(y0 + TIFF_TILE, h)
+        band = plane(level.read((y0, y1), (0, w)))
+        for x0 in range(0, w, TIFF_TILE):
+            x1 = min(x0 + TIFF_TILE, w)
+            tile = np.full((TIFF_TILE, TIFF_TILE, *band.shape[2:]), fill, dtype=band.dtype)
+            tile[: y1 - y0, : x1 - x0] = band[:, x0:x1]
+            yield tile
+
+
+def _plane(c: int) -> Callable[[np.ndarray], np.ndarray]:
+    def plane(block: np.ndarray) -> np.ndarray:
+        out: np.ndarray = block[:, :, c]
+        return out
+
+    return plane
+
+
+def write_ome_tiff(
+    path: Path,
+    levels: Sequence[PyramidLevel],
+    channel_names: Sequence[str],
+    mpp: tuple[float, float],
+    origin_um: tuple[float, float],
+    description: str,
+) -> None:
+    """A float32 ``CYX`` OME-TIFF with SubIFD levels; ``mpp`` is µm per map cell (y, x) at
+    level 0; ``origin_um`` the position (y, x) in µm of the map's top-left corner relative to the
+    slide level's top-left corner."""
+    import tifffile
+
+    base = levels[0]
+    h, w, k = base.shape
+    metadata = {
+        "axes": "CYX",
+        "Name": description,
+        "PhysicalSizeX": mpp[1],
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": mpp[0],
+        "PhysicalSizeYUnit": "µm",
+        "Channel": {"Name": list(channel_names)},
+        "Plane": {
+            "PositionX": [origin_um[1]] * k,
+            "PositionXUnit": ["µm"] * k,
+            "PositionY": [origin_um[0]] * k,
+            "PositionYUnit": ["µm"] * k,
+        },
+    }
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        for i, level in enumerate(levels):
+            lh, lw, _ = level.shape
+            planes = (tile for c in range(k) for tile in _tiles(level, _plane(c), np.nan))
+            scale = level.scale
+            tif.write(
+                planes,
+                shape=(k, lh, lw),
+                dtype=np.float32,
+                tile=(TIFF_TILE, TIFF_TILE),
+                compression="zlib",
+                predictor=True,
+                photometric="minisblack",
+                resolution=_resolution((mpp[0] * scale, mpp[1] * scale)),
+                resolutionunit="CENTIMETER",
+                subifds=len(levels) - 1 if i == 0 else None,
+                subfiletype=1 if i else 0,
+                metadata=metadata if i == 0 else None,
+            )
+    del h, w
+
+
+def _rgb(colour: Colour) -> Callable[[np.ndarray], np.ndarray]:
+    def rgb(block: np.ndarray) -> np.ndarray:
+        out: np.ndarray = colour(block)[:, :, :3]
+        return out
+
+    return rgb
+
+
+def write_rgb_tiff(
+    path: Path,
+    levels: Sequence[PyramidLevel],
+    colour: Colour,
+    mpp: tuple[float, float],
+    description: str,
+) -> None:
+    """An RGB page-pyramid TIFF of ``colour(level block)``; ``mpp`` per cell at level 0."""
+    import tifffile
+
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        for i, level in enumerate(levels):
+            lh, lw, _ = level.shape
+            tif.write(
+                _tiles(level, _rgb(colour), 255),
+                shape=(lh, lw, 3),
+                dtype=np.uint8,
+                tile=(TIFF_TILE, TIFF_TILE),
+                compression="zlib",
+                photometric="rgb",
+                resolution=_resolution((mpp[0] * level.scale, mpp[1] * level.scale)),
+                resolutionunit="CENTIMETER",
+                subfiletype=1 if i else 0,
+                description=description if i == 0 else None,
+                metadata=None,
+            )
+
+
+def ome_xml_extra(offset_px: tuple[float, float]) -> str:
+    """A sentence on placement for descriptions (the offset of the first cell's centre)."""
+    return (
+        f"cell (0, 0) is centred on read-level pixel (y={offset_px[0]:g}, x={offset_px[1]:g}); "
+        "cell (r, c) on (r*S + y, c*S + x)"
+    )
+
+
+def encode_tile(pixels: np.ndarray, fmt: str) -> bytes:
+    """PNG (RGB or RGBA) or JPEG bytes of one Deep Zoom tile."""
+    buf = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    if fmt == "png":
+        image.save(buf, format="PNG", compress_level=1)
+    else:
+        image.convert("RGB").save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def deep_zoom_levels(width: int, height: int) -> int:
+    """Number of Deep Zoom levels for an image (level 0 is 1 x 1, the last is full size)."""
+    return math.ceil(math.log2(max(width, height, 1))) + 1
+
+
+def deep_zoom_tiles(
+    levels: Sequence[PyramidLevel], colour: Colour
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """``(dzi level, col, row, pixels)`` for every Deep Zoom tile of the pyramid ``levels``
+    (factor-2 levels, full size first), continuing below the smallest level in memory."""
+    h, w, _ = levels[0].shape
+    top = deep_zoom_levels(w, h) - 1
+    for i, level in enumerate(levels):
+        yield from _level_tiles(top - i, level, colour)
+    small = levels[-1].read((0, levels[-1].shape[0]), (0, levels[-1].shape[1]))
+    for k in range(top - len(levels), -1, -1):
+        small = halve(small)
+        yield from _level_tiles(k, _in_memory(small), colour)
+
+
+def _in_memory(data: np.ndarray) -> PyramidLevel:
+    def read(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        block: np.ndarray = data[rows[0] : rows[1], cols[0] : cols[1]]
+        return block
+
+    h, w, k = data.shape
+    return PyramidLevel((h, w, k), 0, read)
+
+
+def _level_tiles(
+    dzi_level: int, level: PyramidLevel, colour: Colour
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    h, w, _ = level.shape
+    for y0 in range(0, h, DZI_TILE):
+        y1 = min(y0 + DZI_TILE, h)
+        band = colour(level.read((y0, y1), (0, w)))
+        for x0 in range(0, w, DZI_TILE):
+            x1 = min(x0 + DZI_TILE, w)
+            yield dzi_level, x0 // DZI_TILE, y0 // DZI_TILE, band[:, x0:x1]
+
+
+def dzi_xml(width: int, height: int, fmt: str) -> str:
+    """The ``.dzi`` descriptor of an image (tiles of :data:`DZI_TILE`, no overlap)."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" '
+        f'Format="{fmt}" Overlap="0" TileSize="{DZI_TILE}">\n'
+        f'  <Size Width="{width}" Height="{height}"/>\n'
+        "</Image>\n"
+    )
+
+
+def legend_pixels(title: str, note: str, value_range: ValueRange, cmap: str) -> np.ndarray:
+    """The legend drawn beside a channel's RGB pyramid: title, a note, the scale and colour bar
+    with the real range (the grid legend's layout and font). ``µ`` is written ``u``: the bundled
+    font has no glyph for it."""
+    from featuremaps.render.legend import LEGEND_HEIGHT, LegendContent, legend_width, paint_legend
+    from featuremaps.render.palette import BACKGROUND_INDEX, grid_palette, palette_pixels
+
+    content = LegendContent(
+        title=title.replace("µ", "u"),
+        stamp=None,
+        selection=note.replace("µ", "u"),
+        scale=f"scale: this channel over the whole slide · colormap {cmap}"
+        + (", centred on 0" if value_range.symmetric else ""),
+        bar_low=f"{value_range.vmin:.4g}",
+        bar_mid="0" if value_range.symmetric else None,
+        bar_high=f"{value_range.vmax:.4g}",
+        bar_note="white: not computed (background)",
+        nonfinite=0,
+    )
+    canvas = np.full((LEGEND_HEIGHT, legend_width(content)), BACKGROUND_INDEX, dtype=np.uint8)
+    paint_legend(canvas, content)
+    pixels: np.ndarray = palette_pixels(canvas, grid_palette(cmap))
+    return pixels
