@@ -461,14 +461,19 @@ def _pixels(page: Any, selector: str) -> np.ndarray:
 
 
 class Fixed(nn.Module):
-    """Returns a fixed tensor (its values chosen by the test)."""
+    """Returns a fixed tensor (its values chosen by the test) at the input's size and batch.
+
+    At the test's own input size the values come out exactly; the layout probes (two samples,
+    another size) see the batch and spatial axes follow the input, as in a real map.
+    """
 
     def __init__(self, values: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("values", values)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.values + 0 * x.sum()
+        sized = torch.nn.functional.interpolate(self.values, size=x.shape[-2:], mode="nearest")
+        return sized + 0 * x[:, :1]
 
 
 class Bounds(nn.Module):
@@ -493,7 +498,7 @@ def test_values_equal_to_a_bound_get_that_bounds_colour(tmp_path: Path, open_rep
     pos[0, 2] = torch.linspace(0.2, 0.4, 20).reshape(4, 5)
     neg = torch.linspace(-0.568, 0.3, 40).reshape(1, 2, 4, 5).clone()
     neg[0, 1] = -0.333  # a constant signed channel
-    [result] = fm.visualize(Bounds(pos, neg).eval(), torch.zeros(1, 1, 2, 2), out=tmp_path / "b")
+    [result] = fm.visualize(Bounds(pos, neg).eval(), torch.zeros(1, 1, 4, 5), out=tmp_path / "b")
     opened = open_report(Path(str(result.report)))
     page = opened.page
     names = [r["name"] for r in result.manifest["records"]]
