@@ -165,20 +165,27 @@ def _layer_data(
     """
     stem = safe_filename(record.index, record.name, suffix="")
     block = maps[: len(shown)] if shown == tuple(range(len(shown))) else maps[list(shown)]
-    half, overflow = float16_copy(block)
+    ends = np.abs(np.concatenate([stats.min[list(shown)], stats.max[list(shown)]]))
+    ends = ends[np.isfinite(ends)]  # NaN: a channel without finite values
+    half, overflow = float16_copy(block, float(ends.max()) if ends.size else 0.0)
     ranges = [(_finite_or_none(stats.min[c]), _finite_or_none(stats.max[c])) for c in shown]
     return f"{DATA_DIR}/{stem}.js", lambda: layer_data_script(stem, half, overflow, ranges)
 
 
 def _input_pictures(
-    folder: OutputFolder, prefix: str, item: ResolvedInput, sample: int
+    folder: OutputFolder, prefix: str, item: ResolvedInput, sample: int, writer: _BackgroundWriter
 ) -> dict[str, Any]:
-    """Write the input as given and as fed (PNG); return the manifest's ``input.pictures``."""
+    """Queue the input as given and as fed (PNG) for writing; return the manifest's
+    ``input.pictures``. They are encoded on the writer's thread, while the model runs."""
     given = None
     if item.display is not None:
-        given = folder.write_bytes(prefix + INPUT_PICTURE, encode_png(item.display))
+        given = prefix + INPUT_PICTURE
+        writer.submit(folder.write_bytes, given, functools.partial(encode_png, item.display))
     fed = fed_picture(item.tensor, item.preprocessing, sample)
-    fed_path = folder.write_bytes(prefix + FED_PICTURE, encode_png(fed[0])) if fed else None
+    fed_path = None
+    if fed is not None:
+        fed_path = prefix + FED_PICTURE
+        writer.submit(folder.write_bytes, fed_path, functools.partial(encode_png, fed[0]))
     return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
 
 
@@ -207,8 +214,6 @@ def _run_one(
 
     tensor, input_info = item.tensor, dict(item.info)
     report = report and folder is not None
-    if folder is not None:
-        input_info["pictures"] = _input_pictures(folder, prefix, item, sample)
     if grid.scale == "global":
         r = _global_range(loaded.model, tensor, cap, sample)
         grid = replace(grid, value_range=(r.vmin, r.vmax))
@@ -283,6 +288,8 @@ def _run_one(
     writer = _BackgroundWriter(timings)
     tracker = _geometry_tracker(loaded.model, tensor) if folder is not None else None
     try:
+        if folder is not None:  # encoded and written on the writer's thread, during the forward
+            input_info["pictures"] = _input_pictures(folder, prefix, item, sample, writer)
         start = time.perf_counter()
         # consume() measures, draws and writes each record before the forward pass goes on,
         # so it sees the exact value without a copy (see capture's ``copy`` argument).
