@@ -30,6 +30,7 @@ from featuremaps._errors import FeaturemapsWarning, NonFiniteWarning, OptionErro
 from featuremaps.capture import Capture, LayerRecord, capture
 from featuremaps.commands.common import ResolvedInput, resolve_input, resolve_model
 from featuremaps.dataset import SavedStats, read_stats
+from featuremaps.devices import Placement, resolve_placement
 from featuremaps.geometry import GeometryTracker
 from featuremaps.inputs import LoadedInput, fed_picture
 from featuremaps.io import OutputFolder, safe_filename
@@ -99,7 +100,7 @@ def _skip_reason(record: LayerRecord) -> str | None:
 
 
 def _global_range(
-    model: nn.Module, tensor: torch.Tensor, cap: dict[str, Any], sample: int
+    model: nn.Module, tensor: torch.Tensor, cap: dict[str, Any], sample: int, placement: Placement
 ) -> ValueRange:
     ranges: list[ValueRange] = []
 
@@ -107,7 +108,8 @@ def _global_range(
         if _skip_reason(record) is None:
             ranges.append(compute_range(record.maps(sample), symmetric=False))
 
-    capture(model, tensor, on_record=measure, copy=False, **cap)
+    with placement.autocast():
+        capture(model, tensor, on_record=measure, copy=False, **cap)
     merged = merge_ranges(ranges) if ranges else ValueRange(0.0, 0.0, False)
     return centred(merged) if is_signed_range(merged.vmin) else merged
 
@@ -209,15 +211,19 @@ def _run_one(
     progress: bool,
     report: bool = False,
     saved: SavedStats | None = None,
+    placement: Placement | None = None,
 ) -> Visualization:
     from tqdm import tqdm
 
-    tensor, input_info = item.tensor, dict(item.info)
+    placement = placement or Placement(torch.device("cpu"))
+    # Only the forward pass runs on the device; what is drawn or written comes to the host.
+    tensor, input_info = placement.inputs(item.tensor), dict(item.info)
     report = report and folder is not None
     if grid.scale == "global":
-        r = _global_range(loaded.model, tensor, cap, sample)
+        r = _global_range(loaded.model, tensor, cap, sample, placement)
         grid = replace(grid, value_range=(r.vmin, r.vmax))
     stamp = "RANDOM WEIGHTS" if loaded.random_weights else None
+    precision = placement.label
     summaries: list[RecordSummary] = []
     grids: dict[str, Grid] = {}
     arrays = folder.arrays(prefix + ARRAYS) if folder is not None and save_arrays else None
@@ -238,7 +244,7 @@ def _run_one(
         if nonfinite:
             notes.append(f"{nonfinite} NaN/Inf values")
         if reason is None:
-            label = GridLabel(record.name, record.module_type, record.shape, stamp)
+            label = GridLabel(record.name, record.module_type, record.shape, stamp, precision)
             maps = record.maps(sample)
             drawn = time.perf_counter()
             options = _ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
@@ -293,7 +299,7 @@ def _run_one(
         start = time.perf_counter()
         # consume() measures, draws and writes each record before the forward pass goes on,
         # so it sees the exact value without a copy (see capture's ``copy`` argument).
-        with tracker or contextlib.nullcontext():
+        with tracker or contextlib.nullcontext(), placement.autocast():
             result: Capture = capture(loaded.model, tensor, on_record=consume, copy=False, **cap)
         timings["capture"] = time.perf_counter() - start - timings.pop("consume")
         writer.wait()
@@ -341,6 +347,7 @@ def _run_one(
     manifest: dict[str, Any] = {
         **header(loaded.describe()),
         "input": input_info,
+        "compute": placement.describe(),
         "render": {
             "scale": grid.scale,
             "value_range": list(grid.value_range) if grid.value_range else None,
@@ -381,6 +388,8 @@ def visualize(
     progress: bool = False,
     report: bool = True,
     channel_stats: SavedStats | str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -400,11 +409,18 @@ def visualize(
             :class:`~featuremaps.dataset.SavedStats`). With a ``grid.order`` other than "index",
             layers found in it show their top channels by that statistic over the data set
             instead of over this input (the legend says which); other layers rank on the input.
+        device: where the model runs: ``"auto"`` (a GPU when there is one), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"`` or ``"mps"``; the model is moved there (in place). ``None``
+            (default) leaves the model where it is and moves the inputs to it.
+        dtype: ``"float32"`` (default), or ``"bfloat16"``/``"float16"`` to run the forward pass
+            under ``torch.autocast``; the manifest's ``compute`` and every legend say so.
 
     Returns:
         One :class:`Visualization` per input.
     """
     loaded = resolve_model(model)
+    placement = resolve_placement(loaded.model, device, dtype)
+    placement.place(loaded.model)
     grid = grid or GridOptions()
     if grid.scale == "global" and grid.value_range is not None:
         raise OptionError(
@@ -436,7 +452,7 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved)
+                         report, saved, placement)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:

@@ -170,6 +170,7 @@ class GridLabel:
     module_type: str
     shape: tuple[int, ...]
     stamp: str | None = None
+    precision: str | None = None  # e.g. "bfloat16 autocast"; None for a float32 run
 
 
 @dataclass(frozen=True, eq=False)
@@ -492,6 +493,8 @@ def _legend_content(
     k = len(chs)
     if label is not None:
         title = f"{label.name} · {label.module_type} · {tuple(label.shape)}"
+        if label.precision:
+            title += f" · {label.precision}"
         stamp = label.stamp
     else:
         title = f"maps of shape {tuple(shape)}"
