@@ -673,6 +673,53 @@ def bench_e2e(
     }
 
 
+def bench_gpu(configs: list[tuple[str, int]], reps: int) -> dict[str, Any]:
+    """On CUDA: a plain forward, the streamed capture of every leaf, and a whole ``visualize``
+    run (pictures, manifest, report) with ``device="cuda"``, float32 and bfloat16 autocast.
+    Without CUDA nothing is measured and the section says so."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device (torch.cuda.is_available() is False)"}
+    rows = []
+    for name, size in configs:
+        model = build(name).cuda()
+        x = torch.randn(1, 3, size, size, device="cuda")
+
+        def synced(fn: Callable[[], object]) -> Callable[[], object]:
+            def run() -> None:
+                fn()
+                torch.cuda.synchronize()
+
+            return run
+
+        def plain(m: nn.Module = model, x: torch.Tensor = x) -> None:
+            with torch.no_grad():
+                m(x)
+
+        def run_dir(dtype: str, m: nn.Module = model, x: torch.Tensor = x) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                fm.visualize(m, x, out=Path(tmp) / "o", device="cuda", dtype=dtype)
+
+        def streamed(m: nn.Module = model, x: torch.Tensor = x) -> None:
+            fm.capture(m, x, on_record=lambda record: None, copy=False)
+
+        sides = {
+            "plain": synced(plain),
+            "streamed": synced(streamed),
+            "visualize": synced(lambda: run_dir("float32")),
+            "visualize_bf16": synced(lambda: run_dir("bfloat16")),
+        }  # fmt: skip
+        t = alternate(sides, reps)
+        rows.append(
+            {
+                "model": name,
+                "input": size,
+                "median_s": t,
+                "ratio": {k: v / t["plain"] for k, v in t.items() if k != "plain"},
+            }
+        )
+    return {"device": torch.cuda.get_device_name(), "rows": rows}
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -818,6 +865,17 @@ def report_e2e(e: dict[str, Any]) -> list[str]:
     return lines
 
 
+def report_gpu(g: dict[str, Any]) -> list[str]:
+    if "skipped" in g:
+        return [f"8. GPU: not measured: {g['skipped']}"]
+    lines = [f"8. GPU ({g['device']}): median time / plain CUDA forward"]
+    for row in g["rows"]:
+        ratios = "  ".join(f"{k} {v:.2f}x" for k, v in row["ratio"].items())
+        plain_ms = 1e3 * row["median_s"]["plain"]
+        lines.append(f"   {row['model']:>9} @ {row['input']:<5} plain {plain_ms:7.1f} ms  {ratios}")
+    return lines
+
+
 REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "render": report_render,
     "capture": report_capture,
@@ -826,6 +884,7 @@ REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "scaling": report_scaling,
     "stats": report_stats,
     "e2e": report_e2e,
+    "gpu": report_gpu,
 }
 SECTIONS = tuple(REPORTS)
 
@@ -849,6 +908,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
             "scaling": lambda: bench_scaling("tiny", [32, 64], 1),
             "stats": lambda: bench_stats([("shapes_cnn", 1)], 4, 64, 2, [2, 0]),
             "e2e": lambda: bench_e2e(["squeezenet1_1"], 1, "squeezenet1_1", warm_up=False),
+            "gpu": lambda: bench_gpu([("tiny", 64)], 1),
         }
     return {
         "render": lambda: bench_render("resnet18", 224, 5),
@@ -860,6 +920,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
         "scaling": lambda: bench_scaling("resnet18", [224, 512, 1024, 2048], 3),
         "stats": lambda: bench_stats([("resnet18", 3), ("shapes_cnn", 6)], 64, 256, 16, [2, 0]),
         "e2e": lambda: bench_e2e(["resnet18", "resnet50"], 7, "resnet18"),
+        "gpu": lambda: bench_gpu([("resnet50", 224), ("resnet50", 1024)], 5),
     }
 
 
