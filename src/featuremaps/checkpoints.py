@@ -28,6 +28,7 @@ __all__ = [
     "RANDOM_SEED",
     "WEIGHT_SUFFIXES",
     "LoadedModel",
+    "OnnxNode",
     "fit_state_dict",
     "is_torchscript",
     "load_weights_file",
@@ -37,6 +38,15 @@ __all__ = [
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 RANDOM_SEED = 0  # random initialisation is seeded so "random weights" pictures are reproducible
+
+
+@dataclass(frozen=True)
+class OnnxNode:
+    """One node of an ONNX model: its name in the file, its operator and its output names."""
+
+    name: str
+    op_type: str
+    outputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class LoadedModel:
             ``weights_enum`` (featuremaps' zoo models, timm's data config, a torchvision
             architecture's preset assumed for a weights file, or a note that random weights
             get none); preferred over ``weights_enum`` when set.
+        onnx_nodes: for an ONNX file, each node's ONNX name, operator and outputs, keyed by the
+            module path it was converted to (the records' ``module``).
     """
 
     model: nn.Module
@@ -66,6 +78,7 @@ class LoadedModel:
     random_weights: bool
     weights_enum: Any = None
     preprocessing: Preprocessing | None = None
+    onnx_nodes: Mapping[str, OnnxNode] | None = None
 
     def input_preprocessing(self) -> Preprocessing:
         """The preprocessing this model's inputs get by default: the zoo model's own, else the
@@ -86,6 +99,16 @@ class LoadedModel:
             "weights": self.weights,
             "weights_status": self.weights_status,
             "random_weights": self.random_weights,
+            **(
+                {
+                    "onnx_nodes": {
+                        module: {"name": n.name, "op_type": n.op_type, "outputs": list(n.outputs)}
+                        for module, n in self.onnx_nodes.items()
+                    }
+                }
+                if self.onnx_nodes is not None
+                else {}
+            ),
         }
 
 
