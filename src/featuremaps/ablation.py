@@ -83,6 +83,13 @@ class AblationResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
+    def __repr__(self) -> str:
+        ks = ",".join(map(str, self.ks))
+        return (
+            f"AblationResult({len(self.channels)} layers, {self.stat}, K {ks}, {self.trials} "
+            f"random trials, {self.images} images, {len(self.points)} points)"
+        )
+
     def rows(self) -> list[dict[str, Any]]:
         """One row per point, for a CSV file."""
         return [

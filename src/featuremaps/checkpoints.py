@@ -80,6 +80,32 @@ class LoadedModel:
     preprocessing: Preprocessing | None = None
     onnx_nodes: Mapping[str, OnnxNode] | None = None
 
+    def __repr__(self) -> str:
+        count = sum(p.numel() for p in self.model.parameters())
+        size = f"{count / 1e6:.1f}M" if count >= 1e5 else f"{count:,}"
+        random = ", RANDOM WEIGHTS" if self.random_weights else ""
+        return (
+            f"LoadedModel({self.spec!r}, {self.source}, {type(self.model).__name__} with {size} "
+            f"parameters, weights {self.weights_status}{random})"
+        )
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = {
+            "spec": self.spec,
+            "source": self.source,
+            "module": type(self.model).__name__,
+            "parameters": f"{sum(p.numel() for p in self.model.parameters()):,}",
+            "weights": self.weights_status,
+        }
+        cells = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows.items()
+        )
+        warn = "<p><b>RANDOM WEIGHTS</b></p>" if self.random_weights else ""
+        return f"{warn}<table>{cells}</table>"
+
     def input_preprocessing(self) -> Preprocessing:
         """The preprocessing this model's inputs get by default: the zoo model's own, else the
         weights' transforms, else plain ToTensor."""

@@ -167,6 +167,12 @@ class DatasetStats:
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    def __repr__(self) -> str:
+        return (
+            f"DatasetStats({len(self.layers)} layers, {self.images} images, "
+            f"{len(self.failed)} not read, {self.images_per_second:.1f} images/s)"
+        )
+
 
 def _channels_first(record: LayerRecord) -> np.ndarray | None:
     """The record as (N, C, ...) float array, or None when its layout has no channel axis."""
@@ -281,6 +287,9 @@ class SavedStats:
 
     path: Path
     layers: dict[str, dict[str, np.ndarray]]
+
+    def __repr__(self) -> str:
+        return f"SavedStats('{self.path}', {len(self.layers)} layers)"
 
     def values(self, layer: str, stat: str) -> np.ndarray | None:
         """The statistic of every channel of ``layer``, or None when the file lacks the layer."""

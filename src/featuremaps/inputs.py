@@ -437,6 +437,14 @@ class LoadedInput:
     preprocessing: Preprocessing
     display: npt.NDArray[np.uint8]
 
+    def __repr__(self) -> str:
+        t = self.tensor
+        dtype = str(t.dtype).removeprefix("torch.")
+        return (
+            f"LoadedInput('{self.path.name}', {self.kind} {self.original}, fed {tuple(t.shape)} "
+            f"{dtype}, {len(self.conversions)} conversions)"
+        )
+
     def describe(self) -> dict[str, object]:
         """A JSON-able summary for reports."""
         return {

@@ -145,6 +145,10 @@ class RecordSummary:
     geometry: dict[str, Any] | None = None
     drawn_as: str | None = None
 
+    def __repr__(self) -> str:
+        what = f"drawn as {self.drawn_as}" if self.drawn_as else f"not drawn: {self.skipped}"
+        return f"RecordSummary({self.name!r}, {self.type}, {self.shape} {self.dtype}, {what})"
+
     def to_json(self) -> dict[str, Any]:
         """The manifest entry (key order as documented in the README)."""
         return {

@@ -50,6 +50,9 @@ class ChannelStats:
     zeros: np.ndarray
     finite: np.ndarray
 
+    def __repr__(self) -> str:
+        return f"ChannelStats({len(self.mean)} channels, finite values {int(self.finite.sum())})"
+
     def to_json(self) -> dict[str, list[Any]]:
         """Plain lists for the manifest (NaN stays NaN here; the writer turns it into null)."""
         return {name: getattr(self, name).tolist() for name in STAT_NAMES}

@@ -77,6 +77,13 @@ class Visualization:
     timings: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
 
+    def __repr__(self) -> str:
+        drawn = sum(1 for r in self.records if r.image or r.name in self.grids)
+        where = f", out_dir='{self.out_dir}'" if self.out_dir else ""
+        memory = f", {len(self.grids)} grids in memory" if self.grids else ""
+        notes = f", {len(self.warnings)} warnings" if self.warnings else ""
+        return f"Visualization({len(self.records)} records, {drawn} drawn{memory}{where}{notes})"
+
     def _repr_html_(self) -> str:
         parts = []
         for name, grid in self.grids.items():

@@ -199,6 +199,15 @@ class Grid:
     # end colours, counted in the legend, whose colour bar is pointed at such an end.
     clipped: tuple[int, int] = (0, 0)
 
+    def __repr__(self) -> str:
+        h, w = self.indices.shape
+        vr = self.value_range
+        rng = f", range {vr.vmin:.4g} … {vr.vmax:.4g}" if vr is not None else ""
+        return (
+            f"Grid({w}x{h} px, {len(self.channels)} of {self.total_channels} channels, "
+            f"scale {self.scale}, {self.cmap}{rng})"
+        )
+
     @functools.cached_property
     def pixels(self) -> np.ndarray:
         """The picture as (H, W, 3) uint8 RGB (read-only; computed once from the palette)."""
