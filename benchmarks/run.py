@@ -20,6 +20,12 @@ Sections:
   slide       a synthetic 40,000 x 40,000 slide (mostly glass, a few tissue blobs) through
               resnet18 layer2 with ``featuremaps slide``: peak RSS (child process) and tiles/s vs
               a plain forward loop over the same windows read by the same reader
+  e2e         whole processes, as a user times them: ``featuremaps run`` (all layers, pictures,
+              manifest, report) and ``featuremaps layers`` vs the floor script ``floor.py``
+              (import torch and torchvision, build the model, read the photo, one forward), in
+              rotated rounds, medians of the per-round ratios; and ``import featuremaps`` alone
+  gpu         the capture and a whole ``visualize`` run on CUDA vs a plain CUDA forward; only
+              when a GPU is present (otherwise the section says so and measures nothing)
 """
 
 from __future__ import annotations
@@ -61,14 +67,14 @@ def median_time(fn: Callable[[], object]) -> float:
 
 
 def alternate_runs(
-    sides: dict[str, Callable[[], object]], reps: int, rotate: bool = False
+    sides: dict[str, Callable[[], object]], reps: int, rotate: bool = False, warm_up: bool = True
 ) -> dict[str, list[float]]:
     """Seconds of every run of each side, the sides run in turn ``reps`` times after one warm-up.
 
     ``rotate`` starts each round one side later, so that no side always follows the same one
     (a run right after one that churned through gigabytes of temporaries is slower).
     """
-    for fn in sides.values():
+    for fn in sides.values() if warm_up else ():
         fn()
     names = list(sides)
     times: dict[str, list[float]] = {name: [] for name in sides}
@@ -559,6 +565,165 @@ def bench_stats(
     }
 
 
+FLOOR = HERE / "floor.py"
+# What the installed ``featuremaps`` console script runs.
+CLI = "import sys; from featuremaps.cli import main; sys.exit(main())"
+FORBIDDEN_AT_IMPORT = ("torchvision", "matplotlib", "pyarrow", "jinja2")
+
+
+def child_env() -> dict[str, str]:
+    """The timed processes' environment: the featuremaps this suite imported comes first on the
+    path, and nothing is downloaded."""
+    src = str(Path(fm.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    env["FEATUREMAPS_OFFLINE"] = "1"
+    return env
+
+
+def process_seconds(argv: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of one whole process, from its start to its exit."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+    return seconds
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def import_times(rounds: int, env: dict[str, str]) -> dict[str, Any]:
+    """``python -X importtime -c "import featuremaps"``: the cumulative import time of
+    featuremaps and of torch within it (microseconds, medians), and the heavy packages that the
+    import pulled in although no command needs them at import time."""
+    totals: list[float] = []
+    torch_part: list[float] = []
+    walls: list[float] = []
+    loaded: set[str] = set()
+    for _ in range(rounds + 1):  # the first one warms the file cache and is dropped
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import featuremaps"],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        walls.append(time.perf_counter() - start)
+        cumulative: dict[str, int] = {}
+        for line in done.stderr.splitlines():
+            if not line.startswith("import time:") or "|" not in line:
+                continue
+            parts = line.split("|")
+            name = parts[2].strip()
+            if parts[1].strip().isdigit():
+                cumulative.setdefault(name, int(parts[1]))
+                loaded.add(name.split(".")[0])
+        totals.append(cumulative["featuremaps"])
+        torch_part.append(cumulative.get("torch", 0))
+    return {
+        "featuremaps_cumulative_us": spread(totals[1:]),
+        "torch_cumulative_us": spread(torch_part[1:]),
+        "process_wall_s": spread(walls[1:]),
+        "heavy_imported": sorted(loaded & set(FORBIDDEN_AT_IMPORT)),
+    }
+
+
+def bench_e2e(
+    models: list[str], rounds: int, layers_model: str | None, warm_up: bool = True
+) -> dict[str, Any]:
+    """Whole processes as a user times them, each model's commands and its floor in rotated
+    rounds; a round's ratio divides a command by the floor run in the same round."""
+    photo = str(fm.sample_image_path())
+    env = child_env()
+    py = sys.executable
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            sides = {
+                "floor": [py, str(FLOOR), photo, name],
+                "run": [py, "-c", CLI, "run", photo, "--model", name, "--weights", "none",
+                        "--offline", "--out", f"{tmp}/{name}"],
+            }  # fmt: skip
+            if name == layers_model:
+                sides["layers"] = [py, "-c", CLI, "layers", name, "--weights", "none", "--offline"]
+            fns: dict[str, Callable[[], object]] = {
+                side: (lambda argv=argv: process_seconds(argv, env)) for side, argv in sides.items()
+            }
+            runs = alternate_runs(fns, rounds, rotate=True, warm_up=warm_up)
+            floor = runs["floor"]
+            rows.append(
+                {
+                    "model": name,
+                    "rounds": rounds,
+                    "commands": {
+                        side: " ".join(["python", *argv[2:]] if argv[1] == "-c" else
+                                       ["python", "benchmarks/floor.py", *argv[2:]])
+                        for side, argv in sides.items()
+                    },
+                    "runs_s": runs,
+                    "s": {side: spread(ts) for side, ts in runs.items()},
+                    "ratio": {
+                        side: spread([t / f for t, f in zip(ts, floor, strict=True)])
+                        for side, ts in runs.items()
+                        if side != "floor"
+                    },
+                }
+            )  # fmt: skip
+    return {
+        "photo": "the bundled sample (grace_hopper.jpg, 600x512, fed at full size)",
+        "rows": rows,
+        "import": import_times(rounds, env),
+    }
+
+
+def bench_gpu(configs: list[tuple[str, int]], reps: int) -> dict[str, Any]:
+    """On CUDA: a plain forward, the streamed capture of every leaf, and a whole ``visualize``
+    run (pictures, manifest, report) with ``device="cuda"``, float32 and bfloat16 autocast.
+    Without CUDA nothing is measured and the section says so."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device (torch.cuda.is_available() is False)"}
+    rows = []
+    for name, size in configs:
+        model = build(name).cuda()
+        x = torch.randn(1, 3, size, size, device="cuda")
+
+        def synced(fn: Callable[[], object]) -> Callable[[], object]:
+            def run() -> None:
+                fn()
+                torch.cuda.synchronize()
+
+            return run
+
+        def plain(m: nn.Module = model, x: torch.Tensor = x) -> None:
+            with torch.no_grad():
+                m(x)
+
+        def run_dir(dtype: str, m: nn.Module = model, x: torch.Tensor = x) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                fm.visualize(m, x, out=Path(tmp) / "o", device="cuda", dtype=dtype)
+
+        def streamed(m: nn.Module = model, x: torch.Tensor = x) -> None:
+            fm.capture(m, x, on_record=lambda record: None, copy=False)
+
+        sides = {
+            "plain": synced(plain),
+            "streamed": synced(streamed),
+            "visualize": synced(lambda: run_dir("float32")),
+            "visualize_bf16": synced(lambda: run_dir("bfloat16")),
+        }  # fmt: skip
+        t = alternate(sides, reps)
+        rows.append(
+            {
+                "model": name,
+                "input": size,
+                "median_s": t,
+                "ratio": {k: v / t["plain"] for k, v in t.items() if k != "plain"},
+            }
+        )
+    return {"device": torch.cuda.get_device_name(), "rows": rows}
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -846,6 +1011,46 @@ def report_slide(s: dict[str, Any]) -> list[str]:
     ]
 
 
+def report_e2e(e: dict[str, Any]) -> list[str]:
+    targets = {"run": "target <= 1.25x", "layers": "target <= 1.10x"}
+    lines = [
+        "7. whole processes vs the floor (benchmarks/floor.py: import torch + torchvision, build "
+        "the model, read the photo, one forward), rotated rounds; median [min, max]",
+    ]
+    for row in e["rows"]:
+        f = row["s"]["floor"]
+        lines.append(
+            f"   {row['model']:>9} floor {f['median']:5.2f} s [{f['min']:.2f}, {f['max']:.2f}] "
+            f"({row['rounds']} rounds)"
+        )
+        for side, r in row["ratio"].items():
+            t = row["s"][side]
+            lines.append(
+                f"   {'':>9} {side:<6}{t['median']:5.2f} s [{t['min']:.2f}, {t['max']:.2f}] -> "
+                f"{r['median']:.2f}x the floor [{r['min']:.2f}, {r['max']:.2f}]   "
+                f"{targets.get(side, '')}"
+            )
+    imp = e["import"]
+    fm_us, torch_us = imp["featuremaps_cumulative_us"], imp["torch_cumulative_us"]
+    heavy = ", ".join(imp["heavy_imported"]) or "none of " + ", ".join(FORBIDDEN_AT_IMPORT)
+    lines.append(
+        f"   import featuremaps: {fm_us['median'] / 1e6:.2f} s cumulative (-X importtime), of "
+        f"which torch {torch_us['median'] / 1e6:.2f} s; heavy packages imported: {heavy}"
+    )
+    return lines
+
+
+def report_gpu(g: dict[str, Any]) -> list[str]:
+    if "skipped" in g:
+        return [f"8. GPU: not measured: {g['skipped']}"]
+    lines = [f"8. GPU ({g['device']}): median time / plain CUDA forward"]
+    for row in g["rows"]:
+        ratios = "  ".join(f"{k} {v:.2f}x" for k, v in row["ratio"].items())
+        plain_ms = 1e3 * row["median_s"]["plain"]
+        lines.append(f"   {row['model']:>9} @ {row['input']:<5} plain {plain_ms:7.1f} ms  {ratios}")
+    return lines
+
+
 REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "render": report_render,
     "capture": report_capture,
@@ -854,6 +1059,8 @@ REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "scaling": report_scaling,
     "stats": report_stats,
     "slide": report_slide,
+    "e2e": report_e2e,
+    "gpu": report_gpu,
 }
 SECTIONS = tuple(REPORTS)
 
@@ -877,6 +1084,8 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
             "scaling": lambda: bench_scaling("tiny", [32, 64], 1),
             "stats": lambda: bench_stats([("shapes_cnn", 1)], 4, 64, 2, [2, 0]),
             "slide": lambda: bench_slide(3000, 2, 512, True),
+            "e2e": lambda: bench_e2e(["squeezenet1_1"], 1, "squeezenet1_1", warm_up=False),
+            "gpu": lambda: bench_gpu([("tiny", 64)], 1),
         }
     return {
         "render": lambda: bench_render("resnet18", 224, 5),
@@ -888,6 +1097,8 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
         "scaling": lambda: bench_scaling("resnet18", [224, 512, 1024, 2048], 3),
         "stats": lambda: bench_stats([("resnet18", 3), ("shapes_cnn", 6)], 64, 256, 16, [2, 0]),
         "slide": lambda: bench_slide(40_000, 4, 1024, True),
+        "e2e": lambda: bench_e2e(["resnet18", "resnet50"], 7, "resnet18"),
+        "gpu": lambda: bench_gpu([("resnet50", 224), ("resnet50", 1024)], 5),
     }
 
 

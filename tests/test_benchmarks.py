@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 
 RUN = Path(__file__).parents[1] / "benchmarks" / "run.py"
 
@@ -51,9 +52,15 @@ def test_benchmark_smoke_mode_writes_every_section(
     assert results["memory"]["peak_rss_mib"]["plain"] > 0
     assert [row["channels"] for row in results["scaling"]["channels_shown"]] == [32, 256, 512]
     check_stats(results["stats"])
+    [e2e] = results["e2e"]["rows"]
+    assert set(e2e["ratio"]) == {"run", "layers"} and e2e["s"]["floor"]["median"] > 0
+    assert results["e2e"]["import"]["heavy_imported"] == []
+    gpu = results["gpu"]
+    assert ("skipped" in gpu) != torch.cuda.is_available()
     assert set(results["measured"]) == set(bench.SECTIONS)
     printed = capsys.readouterr().out
     assert "1. render vs recipe" in printed and "6. dataset stats" in printed
+    assert "7. whole processes vs the floor" in printed
 
 
 @pytest.mark.slow

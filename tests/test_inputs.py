@@ -69,6 +69,9 @@ def test_sample_image_is_grace_hopper_600_high_512_wide() -> None:
     path = sample_image_path()
     assert path.is_file()
     assert path.name == "grace_hopper.jpg"
+    import matplotlib.cbook  # the path is found without importing matplotlib; it is its file
+
+    assert path == Path(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
     loaded = load_input(path)
     assert tuple(loaded.tensor.shape) == (1, 3, 600, 512)
     assert loaded.original.startswith("JPEG RGB 600x512")

@@ -273,3 +273,33 @@ def test_a_channels_last_record_is_drawn_with_its_own_channel_axis(tmp_path: Pat
     assert len(lin["channel_stats"]["max"]) == 10
     entry = build_report(manifest).layers[1]
     assert entry.drawn and entry.channels == 10 and entry.maps_shape == (10, 6, 9)
+
+
+def test_versions_are_the_packages_own_whether_imported_or_not() -> None:
+    import subprocess
+    import sys
+
+    import matplotlib
+    import numpy
+    import PIL
+    import torch
+    import torchvision
+
+    from featuremaps.manifest import versions
+
+    found = versions()
+    assert found["torch"] == torch.__version__ and found["numpy"] == numpy.__version__
+    assert found["torchvision"] == torchvision.__version__
+    assert found["matplotlib"] == matplotlib.__version__ and found["pillow"] == PIL.__version__
+    # In a fresh process that has not imported them, the versions come from the package metadata
+    # (without a local build tag such as "+cu130"), and asking does not import them.
+    code = (
+        "import json, sys; from featuremaps.manifest import versions; v = versions(); "
+        "print(json.dumps([v, 'torchvision' in sys.modules, 'matplotlib' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    fresh, tv_imported, mpl_imported = json.loads(out.stdout)
+    assert not tv_imported and not mpl_imported
+    assert {k: v.split("+")[0] for k, v in fresh.items()} == {
+        k: v.split("+")[0] for k, v in found.items()
+    }

@@ -23,6 +23,19 @@ def test_lut_matches_matplotlib(name: str) -> None:
         assert lut[i].tolist() == expected
 
 
+def test_bundled_tables_equal_matplotlib_for_every_entry() -> None:
+    # The shipped tables spare a run the matplotlib import; a matplotlib that changes one of
+    # these maps fails here (then run scripts/make_colormaps.py again).
+    from featuremaps.render.colormap import _bundled_tables
+
+    names = set(_bundled_tables())
+    assert names >= {"viridis", "RdBu_r", "magma", "cividis", "gray", "coolwarm"}
+    for name in sorted(names):
+        rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
+        expected = np.rint(np.asarray(rgba, dtype=np.float64)[:, :3] * 255.0).astype(np.uint8)
+        np.testing.assert_array_equal(colormap_lut(name), expected, err_msg=name)
+
+
 def test_viridis_ends_are_the_known_colours() -> None:
     lut = colormap_lut("viridis")
     assert lut[0].tolist() == [68, 1, 84]

@@ -437,3 +437,33 @@ def test_layer_data_keep_the_value_returned_even_if_changed_in_place_later(
         _, _, values = read_layer_data(Path(str(result.out_dir)) / rec.data)
         expected = exact[rec.name][0, list(rec.channels_shown or ())].numpy()
         np.testing.assert_array_equal(values, expected.astype(np.float16), err_msg=rec.name)
+
+
+@pytest.mark.parametrize("largest", [None, 1e9])
+def test_float16_copy_rounds_as_numpy_does(largest: float | None) -> None:
+    # The fast (torch) conversion must give numpy's IEEE round-to-nearest-even, bit for bit:
+    # halfway cases, subnormals, the largest float16 and the first values that overflow.
+    from featuremaps.report.render import FLOAT16_MAX, float16_copy
+
+    rng = np.random.default_rng(0)
+    edges = [0.0, -0.0, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 2.0**-24, 2.0**-25, 3 * 2.0**-26]
+    edges += [6.1e-5, FLOAT16_MAX, 65519.0, 65520.0, -65520.0, 1e38, np.inf, -np.inf, np.nan]
+    values = np.concatenate(
+        [np.array(edges), rng.standard_normal(5000) * 10.0 ** rng.integers(-8, 6, 5000)]
+    )
+    maps = values.astype(np.float32).reshape(1, 1, -1)
+    half, overflow = float16_copy(maps, largest)
+    with np.errstate(over="ignore"):
+        expected = maps.astype("<f2")
+    assert half.dtype == np.dtype("<f2")
+    np.testing.assert_array_equal(half.view(np.uint16), expected.view(np.uint16))
+    true_overflow = int(np.count_nonzero(np.isfinite(maps) & ~np.isfinite(expected)))
+    assert true_overflow > 0 and overflow == true_overflow
+
+
+def test_float16_overflow_count_is_skipped_only_when_the_bound_fits() -> None:
+    from featuremaps.report.render import FLOAT16_MAX, float16_copy
+
+    maps = np.array([[[FLOAT16_MAX, -1.0]]], dtype=np.float32)
+    assert float16_copy(maps, FLOAT16_MAX)[1] == 0
+    assert float16_copy(np.array([[[1e5]]], dtype=np.float32), 1e5)[1] == 1

@@ -32,6 +32,7 @@ from torch import nn
 from featuremaps._errors import CaptureError, FeaturemapsError, InputError, OptionError
 from featuremaps.capture import zero_channels
 from featuremaps.dataset import make_loader
+from featuremaps.devices import Placement, model_device
 from featuremaps.inputs import Preprocessing, load_input
 
 __all__ = ["AblationPoint", "AblationResult", "lowest_first", "measure_ablation"]
@@ -82,6 +83,13 @@ class AblationResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
+    def __repr__(self) -> str:
+        ks = ",".join(map(str, self.ks))
+        return (
+            f"AblationResult({len(self.channels)} layers, {self.stat}, K {ks}, {self.trials} "
+            f"random trials, {self.images} images, {len(self.points)} points)"
+        )
+
     def rows(self) -> list[dict[str, Any]]:
         """One row per point, for a CSV file."""
         return [
@@ -116,7 +124,7 @@ class AblationResult:
 
 def _logits(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] >= 2:
-        return output.detach().to(torch.float64)
+        return output.detach().to("cpu", torch.float64)  # small; MPS has no float64
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
     raise OptionError(
         f"ablation compares class scores, shaped (images, classes); this model returns {shape}. "
@@ -125,7 +133,11 @@ def _logits(output: Any) -> torch.Tensor:
 
 
 def check_classifier(
-    model: nn.Module, paths: Sequence[Path], channels: int | None, preprocessing: Preprocessing
+    model: nn.Module,
+    paths: Sequence[Path],
+    channels: int | None,
+    preprocessing: Preprocessing,
+    placement: Placement | None = None,
 ) -> None:
     """Run the model on the first readable input and raise OptionError unless it returns class
     scores; inputs that cannot be read are left for the main pass to count."""
@@ -134,8 +146,9 @@ def check_classifier(
             item = load_input(path, channels=channels, preprocessing=preprocessing)
         except FeaturemapsError:
             continue
-        with _evaluating(model):
-            _logits(_forward(model, item.tensor))
+        placement = placement or Placement(model_device(model))
+        with _evaluating(model), placement.autocast():
+            _logits(_forward(model, placement.inputs(item.tensor)))
         return
 
 
@@ -181,6 +194,7 @@ def measure_ablation(
     batch_size: int = 16,
     workers: int = 2,
     progress: Callable[[int], object] | None = None,
+    placement: Placement | None = None,
 ) -> AblationResult:
     """Zero the K lowest-ranked channels of each layer in ``values`` and measure the output change.
 
@@ -194,6 +208,8 @@ def measure_ablation(
         trials: random-channel controls per K (0 for none), drawn with ``seed``.
         progress: called with 1 after each masked forward pass (a mask that repeats an earlier
             one, such as K=0 for every random draw, is measured once).
+        placement: where the model runs and in which precision (default: where its weights
+            are, float32); the logits are compared on the host in float64.
     """
     ks = check_options(ks, trials)
     if not values:
@@ -210,7 +226,9 @@ def measure_ablation(
         for t, perm in enumerate(shuffled, start=1):
             configs.append(("random", k, t, *_masks(perm, k)))
 
-    loader = make_loader(paths, channels, preprocessing, batch_size, workers)
+    placement = placement or Placement(model_device(model))
+    cuda = placement.device.type == "cuda"
+    loader = make_loader(paths, channels, preprocessing, batch_size, workers, pin_memory=cuda)
     sums = np.zeros((len(configs), len(METRICS)))
     images = 0
     failed: list[tuple[str, str]] = []
@@ -220,14 +238,16 @@ def measure_ablation(
             failed.extend(bad)
             if batch is None:
                 continue
-            base = _logits(_forward(model, batch))
+            batch = placement.inputs(batch)
+            with placement.autocast():
+                base = _logits(_forward(model, batch))
             done: dict[tuple[tuple[str, tuple[int, ...]], ...], np.ndarray] = {}
             for i, (_, _, _, masks, _) in enumerate(configs):
                 key = tuple(sorted((n, tuple(sorted(v))) for n, v in masks.items()))
                 if key in done:  # the same channels again (K=0, or K at a layer's width)
                     sums[i] += done[key]
                     continue
-                with zero_channels(model, masks, widths) as applied:
+                with zero_channels(model, masks, widths) as applied, placement.autocast():
                     masked = _logits(_forward(model, batch))
                 missing = [n for n, count in applied.items() if masks[n] and count == 0]
                 if missing:

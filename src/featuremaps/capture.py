@@ -110,6 +110,13 @@ class LayerRecord:
                 self, "layout", layouts.decide(tuple(self.tensor.shape), self.module_type).name
             )
 
+    def __repr__(self) -> str:
+        t = self.tensor
+        return (
+            f"LayerRecord({self.name!r}, {self.module_type}, {self.shape} {self.dtype} "
+            f"{self.layout}, {t.device})"
+        )
+
     @property
     def layout_info(self) -> layouts.Layout:
         """The registered layout (channel axis, how it is drawn); see :mod:`featuremaps.layouts`."""
@@ -208,6 +215,16 @@ class Capture(Sequence[LayerRecord]):
     outputs: dict[str, str] = field(default_factory=dict)
     probed: bool = False
     no_tensor: tuple[NoTensor, ...] = ()
+
+    def __repr__(self) -> str:
+        names = [r.name for r in self.records]
+        shown = ", ".join(names[:3]) + (f", ... {names[-1]}" if len(names) > 4 else "")
+        if 3 < len(names) <= 4:
+            shown = ", ".join(names)
+        return (
+            f"Capture({self.total} records{': ' + shown if names else ' (streamed)'}; "
+            f"{len(self.not_run)} never ran, {len(self.no_tensor)} without tensors)"
+        )
 
     def __getitem__(self, index: Any) -> Any:
         return self.records[index]

@@ -28,6 +28,7 @@ __all__ = [
     "RANDOM_SEED",
     "WEIGHT_SUFFIXES",
     "LoadedModel",
+    "OnnxNode",
     "fit_state_dict",
     "is_torchscript",
     "load_weights_file",
@@ -37,6 +38,15 @@ __all__ = [
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 RANDOM_SEED = 0  # random initialisation is seeded so "random weights" pictures are reproducible
+
+
+@dataclass(frozen=True)
+class OnnxNode:
+    """One node of an ONNX model: its name in the file, its operator and its output names."""
+
+    name: str
+    op_type: str
+    outputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class LoadedModel:
             ``weights_enum`` (featuremaps' zoo models, timm's data config, a torchvision
             architecture's preset assumed for a weights file, or a note that random weights
             get none); preferred over ``weights_enum`` when set.
+        onnx_nodes: for an ONNX file, each node's ONNX name, operator and outputs, keyed by the
+            module path it was converted to (the records' ``module``).
     """
 
     model: nn.Module
@@ -66,6 +78,33 @@ class LoadedModel:
     random_weights: bool
     weights_enum: Any = None
     preprocessing: Preprocessing | None = None
+    onnx_nodes: Mapping[str, OnnxNode] | None = None
+
+    def __repr__(self) -> str:
+        count = sum(p.numel() for p in self.model.parameters())
+        size = f"{count / 1e6:.1f}M" if count >= 1e5 else f"{count:,}"
+        random = ", RANDOM WEIGHTS" if self.random_weights else ""
+        return (
+            f"LoadedModel({self.spec!r}, {self.source}, {type(self.model).__name__} with {size} "
+            f"parameters, weights {self.weights_status}{random})"
+        )
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = {
+            "spec": self.spec,
+            "source": self.source,
+            "module": type(self.model).__name__,
+            "parameters": f"{sum(p.numel() for p in self.model.parameters()):,}",
+            "weights": self.weights_status,
+        }
+        cells = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows.items()
+        )
+        warn = "<p><b>RANDOM WEIGHTS</b></p>" if self.random_weights else ""
+        return f"{warn}<table>{cells}</table>"
 
     def input_preprocessing(self) -> Preprocessing:
         """The preprocessing this model's inputs get by default: the zoo model's own, else the
@@ -86,6 +125,16 @@ class LoadedModel:
             "weights": self.weights,
             "weights_status": self.weights_status,
             "random_weights": self.random_weights,
+            **(
+                {
+                    "onnx_nodes": {
+                        module: {"name": n.name, "op_type": n.op_type, "outputs": list(n.outputs)}
+                        for module, n in self.onnx_nodes.items()
+                    }
+                }
+                if self.onnx_nodes is not None
+                else {}
+            ),
         }
 
 

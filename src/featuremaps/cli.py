@@ -69,6 +69,22 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (a GPU when there is one, default), cpu, cuda, cuda:N, "
+        "or mps",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="float32 (default), or bfloat16/float16 under autocast (the manifest and every "
+        "legend say so)",
+    )
+
+
 def _add_containers_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--containers", action="store_true", help="also capture modules that have children"
@@ -84,6 +100,7 @@ def _build_run(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
     _add_model_options(p)
+    _add_device_options(p)
     _add_containers_option(p)
     p.add_argument("--out", "-o", default="featuremaps-out", help="output folder")
     p.add_argument(
@@ -133,6 +150,7 @@ def _build_stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
     p.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
     _add_model_options(p)
+    _add_device_options(p)
     p.add_argument("--out", "-o", default="featuremaps-stats", help="output folder")
     p.add_argument("--layers", "-l", action="append", help="as for run")
     p.add_argument("--type", action="append", dest="types", help="as for run")
@@ -167,6 +185,7 @@ def _build_ablate(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
     p.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
     _add_model_options(p)
+    _add_device_options(p)
     p.add_argument("--out", "-o", default="featuremaps-ablation", help="output folder")
     p.add_argument(
         "--layers", "-l", action="append", required=True,
@@ -494,6 +513,8 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         progress=not args.quiet and sys.stderr.isatty(),
         report=args.report,
         channel_stats=args.stats,
+        device=args.device,
+        dtype=args.dtype,
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)
@@ -548,6 +569,8 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
         plots=args.plots,
         parquet=args.parquet,
         progress=not args.quiet and sys.stderr.isatty(),
+        device=args.device,
+        dtype=args.dtype,
     )
     inputs = summary["inputs"]
     for item in inputs["not_read"]:
@@ -598,6 +621,8 @@ def _cmd_ablate(args: argparse.Namespace, out: TextIO) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.quiet and sys.stderr.isatty(),
+        device=args.device,
+        dtype=args.dtype,
     )
     for path, reason in result.failed:
         print(f"not read: {path}: {reason}", file=out)

@@ -23,6 +23,7 @@ from torch import nn
 from featuremaps._errors import FeaturemapsError, InputError
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.datastats import RunningHistogram, RunningStats
+from featuremaps.devices import Placement, model_device
 from featuremaps.inputs import IMAGE_SUFFIXES, Preprocessing, load_input, readable_suffixes
 from featuremaps.io import parquet_available
 from featuremaps.layouts import channels_first
@@ -128,8 +129,12 @@ def make_loader(
     preprocessing: Preprocessing,
     batch_size: int,
     workers: int,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader[Any]:
     """A loader of ``(batch or None, paths read, [(path, why not read)])`` over ``paths``.
+
+    ``pin_memory`` (for a CUDA model) has the batches put in page-locked memory, so that their
+    copy to the GPU does not block the host: the reader and the model then overlap.
 
     Without a fixed-size preprocessing (a crop or an ``HxW`` resize), images of different sizes
     cannot share a batch, so each is its own batch. The same holds when ``.npy`` arrays meet the
@@ -143,6 +148,7 @@ def make_loader(
         batch_size=batch_size if fixed else 1,
         num_workers=workers,
         collate_fn=_collate,
+        pin_memory=pin_memory,
     )
 
 
@@ -160,6 +166,12 @@ class DatasetStats:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"DatasetStats({len(self.layers)} layers, {self.images} images, "
+            f"{len(self.failed)} not read, {self.images_per_second:.1f} images/s)"
+        )
 
 
 def _channels_first(record: LayerRecord) -> np.ndarray | None:
@@ -185,16 +197,21 @@ def compute_dataset_stats(
     bins: int = 128,
     progress: Callable[[int], object] | None = None,
     model_label: str | None = None,
+    placement: Placement | None = None,
 ) -> DatasetStats:
     """Per-channel statistics and a histogram (at most ``bins`` bins) of the selected layers
     over every readable input in ``paths``. ``model_label`` names the model in error messages
     (its spec; default its class name).
 
     Without a fixed-size preprocessing (a crop or an ``HxW`` resize), images of different sizes
-    cannot share a batch, so each is its own batch.
+    cannot share a batch, so each is its own batch. ``placement`` says where the model runs and
+    in which precision (default: where its weights are, float32); batches go there, and each
+    record comes to the host once for the running statistics.
     """
     RunningHistogram(bins)  # refuses a bad bin count now rather than inside the first hook
-    loader = make_loader(paths, channels, preprocessing, batch_size, workers)
+    placement = placement or Placement(model_device(model))
+    cuda = placement.device.type == "cuda"
+    loader = make_loader(paths, channels, preprocessing, batch_size, workers, pin_memory=cuda)
     out = DatasetStats()
 
     def consume(record: LayerRecord) -> None:
@@ -215,10 +232,11 @@ def compute_dataset_stats(
     for batch, batch_paths, failed in loader:
         out.failed.extend(failed)
         if batch is not None:
-            capture(
-                model, batch, layers=layers, types=types, on_record=consume, copy=False,
-                model_label=model_label,
-            )  # fmt: skip
+            with placement.autocast():
+                capture(
+                    model, placement.inputs(batch), layers=layers, types=types,
+                    on_record=consume, copy=False, model_label=model_label,
+                )  # fmt: skip
             out.images += len(batch_paths)
         if progress is not None:
             progress(len(batch_paths) + len(failed))
@@ -269,6 +287,9 @@ class SavedStats:
 
     path: Path
     layers: dict[str, dict[str, np.ndarray]]
+
+    def __repr__(self) -> str:
+        return f"SavedStats('{self.path}', {len(self.layers)} layers)"
 
     def values(self, layer: str, stat: str) -> np.ndarray | None:
         """The statistic of every channel of ``layer``, or None when the file lacks the layer."""

@@ -95,8 +95,17 @@ def sample_image_path() -> Path:
     """The project's default image: matplotlib's bundled photo of Grace Hopper (512 wide, 600 high).
 
     It ships with matplotlib, which featuremaps depends on anyway, so a first run needs no download.
+    The path is found without importing matplotlib (which takes about 0.3 s): it is the file
+    ``matplotlib.cbook.get_sample_data("grace_hopper.jpg")`` opens, in the package's ``mpl-data``.
     """
-    import matplotlib.cbook
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+        if path.is_file():
+            return path
+    import matplotlib.cbook  # another layout of the package: ask matplotlib itself
 
     return Path(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
 
@@ -428,6 +437,14 @@ class LoadedInput:
     preprocessing: Preprocessing
     display: npt.NDArray[np.uint8]
 
+    def __repr__(self) -> str:
+        t = self.tensor
+        dtype = str(t.dtype).removeprefix("torch.")
+        return (
+            f"LoadedInput('{self.path.name}', {self.kind} {self.original}, fed {tuple(t.shape)} "
+            f"{dtype}, {len(self.conversions)} conversions)"
+        )
+
     def describe(self) -> dict[str, object]:
         """A JSON-able summary for reports."""
         return {
@@ -578,6 +595,9 @@ def _preprocess(
             )
         conversions.append(f"applied {name} from {preprocessing.source}")
         return out.to(torch.float32)
+    normalise = preprocessing.mean is not None and preprocessing.std is not None
+    if preprocessing.resize is None and preprocessing.crop is None and not normalise:
+        return chw  # nothing to do: spare the transforms' import (a run that never needs them)
 
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as tvf

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import platform
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,21 +46,30 @@ OUTPUT_FILES = (MANIFEST, SUMMARY, ABLATION, LOCATE, SLIDE)
 ARRAYS = "arrays.safetensors"
 
 
+def _version_of(module: str, distribution: str) -> str:
+    """A package's version without importing it when it is not imported yet (torchvision and
+    matplotlib take seconds to import, and a run that does not use them should not pay that):
+    then it is the installed distribution's version, without a local build tag like ``+cu130``."""
+    loaded = sys.modules.get(module)
+    if loaded is not None and isinstance(getattr(loaded, "__version__", None), str):
+        return str(loaded.__version__)
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def versions() -> dict[str, str]:
     """The versions that made a result (featuremaps, torch, torchvision, numpy, ...)."""
-    import matplotlib
-    import numpy as np
-    import PIL
-    import torch
-    import torchvision
-
     return {
         "featuremaps": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "matplotlib": matplotlib.__version__,
+        "torch": _version_of("torch", "torch"),
+        "torchvision": _version_of("torchvision", "torchvision"),
+        "numpy": _version_of("numpy", "numpy"),
+        "pillow": _version_of("PIL", "pillow"),
+        "matplotlib": _version_of("matplotlib", "matplotlib"),
         "python": platform.python_version(),
     }
 
@@ -140,6 +150,10 @@ class RecordSummary:
     drawn_as: str | None = None
     layout_evidence: str | None = None
     pca: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        what = f"drawn as {self.drawn_as}" if self.drawn_as else f"not drawn: {self.skipped}"
+        return f"RecordSummary({self.name!r}, {self.type}, {self.shape} {self.dtype}, {what})"
 
     def to_json(self) -> dict[str, Any]:
         """The manifest entry (key order as documented in the README)."""

@@ -79,6 +79,10 @@ def load_model(
         loaded = _load_timm(spec, spec[5:], weights, offline, trust_checkpoint)
     elif _is_factory(spec):
         loaded = _load_factory(spec)
+    elif Path(spec).suffix.lower() == ".onnx":
+        from featuremaps.onnx_models import load_onnx  # imported here: an optional extra
+
+        loaded = load_onnx(spec)
     elif Path(spec).suffix in WEIGHT_SUFFIXES or Path(spec).is_file():
         loaded = _load_model_file(spec, trust_checkpoint)
     else:

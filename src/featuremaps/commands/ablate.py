@@ -10,12 +10,14 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from featuremaps._errors import OptionError
 from featuremaps.ablation import AblationResult
 from featuremaps.commands.common import resolve_model
 from featuremaps.dataset import SavedStats, read_stats
+from featuremaps.devices import resolve_placement
 from featuremaps.inputs import Preprocessing, expected_channels
 from featuremaps.io import OutputFolder
 from featuremaps.manifest import ABLATION, header
@@ -44,6 +46,8 @@ def ablate(
     batch_size: int = 16,
     workers: int = 2,
     progress: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
 ) -> AblationResult:
     """Zero the K lowest-ranked channels of ``layers`` and measure the model's output change.
 
@@ -54,7 +58,8 @@ def ablate(
     mean |Δlogit|, KL divergence), and ``trials`` random K-channel masks per layer give the
     control. With ``out``, writes ``ablation.csv`` (one row per point), ``ablation.json`` (the
     curve, the layers, their lowest-ranked channels, the inputs) and ``ablation.png`` (the curve,
-    ranked against the random band). See :mod:`featuremaps.ablation`.
+    ranked against the random band). ``device`` and ``dtype`` are as for
+    :func:`featuremaps.visualize`. See :mod:`featuremaps.ablation`.
     """
     from tqdm import tqdm
 
@@ -68,6 +73,8 @@ def ablate(
         )
     check_options(ks, trials)
     loaded = resolve_model(model)
+    placement = resolve_placement(loaded.model, device, dtype)
+    placement.place(loaded.model)
     patterns = as_patterns(layers)
     if patterns is None:
         raise OptionError("ablation needs --layers: the layers whose channels are zeroed")
@@ -99,11 +106,12 @@ def ablate(
                 )
         else:
             # The output must be class scores: find out on one input, not after a whole pass.
-            check_classifier(loaded.model, paths, first[0] if first else None, pre)
+            check_classifier(loaded.model, paths, first[0] if first else None, pre, placement)
             bar.set_description("ranking")
             ranking = compute_dataset_stats(
                 loaded.model, paths, channels=first[0] if first else None, preprocessing=pre,
                 layers=patterns, batch_size=batch_size, workers=workers, model_label=loaded.spec,
+                placement=placement,
             )  # fmt: skip
             values = {name: s.result()[stat] for name, s in ranking.layers.items()}
             source = "the same inputs (in-sample: computed first on the data measured)"
@@ -111,12 +119,13 @@ def ablate(
         result = measure_ablation(
             loaded.model, paths, values, ks=ks, stat=stat, channels=first[0] if first else None,
             preprocessing=pre, trials=trials, seed=seed, batch_size=batch_size,
-            workers=workers, progress=bar.update,
+            workers=workers, progress=bar.update, placement=placement,
         )  # fmt: skip
         if folder is not None:
             summary = {
                 **header(loaded.describe()),
                 "preprocessing": pre.describe(),
+                "compute": placement.describe(),
                 "inputs": {
                     "found": len(paths),
                     "read": result.images,

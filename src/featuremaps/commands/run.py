@@ -30,6 +30,7 @@ from featuremaps._errors import FeaturemapsWarning, NonFiniteWarning, OptionErro
 from featuremaps.capture import Capture, LayerRecord, capture
 from featuremaps.commands.common import ResolvedInput, resolve_input, resolve_model
 from featuremaps.dataset import SavedStats, read_stats
+from featuremaps.devices import Placement, resolve_placement
 from featuremaps.geometry import GeometryTracker
 from featuremaps.inputs import LoadedInput, fed_picture
 from featuremaps.io import OutputFolder, safe_filename
@@ -79,6 +80,13 @@ class Visualization:
     timings: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
 
+    def __repr__(self) -> str:
+        drawn = sum(1 for r in self.records if r.image or r.name in self.grids)
+        where = f", out_dir='{self.out_dir}'" if self.out_dir else ""
+        memory = f", {len(self.grids)} grids in memory" if self.grids else ""
+        notes = f", {len(self.warnings)} warnings" if self.warnings else ""
+        return f"Visualization({len(self.records)} records, {drawn} drawn{memory}{where}{notes})"
+
     def _repr_html_(self) -> str:
         parts = []
         for name, grid in self.grids.items():
@@ -109,7 +117,7 @@ def _skip_reason(record: LayerRecord, sample: int = 0) -> str | None:
 
 
 def _global_range(
-    model: nn.Module, tensor: torch.Tensor, cap: dict[str, Any], sample: int
+    model: nn.Module, tensor: torch.Tensor, cap: dict[str, Any], sample: int, placement: Placement
 ) -> ValueRange:
     ranges: list[ValueRange] = []
 
@@ -121,7 +129,8 @@ def _global_range(
         ):
             ranges.append(compute_range(record.maps(sample), symmetric=False))
 
-    capture(model, tensor, on_record=measure, copy=False, **cap)
+    with placement.autocast():
+        capture(model, tensor, on_record=measure, copy=False, **cap)
     merged = merge_ranges(ranges) if ranges else ValueRange(0.0, 0.0, False)
     return centred(merged) if is_signed_range(merged.vmin) else merged
 
@@ -179,20 +188,27 @@ def _layer_data(
     """
     stem = safe_filename(record.index, record.name, suffix="")
     block = maps[: len(shown)] if shown == tuple(range(len(shown))) else maps[list(shown)]
-    half, overflow = float16_copy(block)
+    ends = np.abs(np.concatenate([stats.min[list(shown)], stats.max[list(shown)]]))
+    ends = ends[np.isfinite(ends)]  # NaN: a channel without finite values
+    half, overflow = float16_copy(block, float(ends.max()) if ends.size else 0.0)
     ranges = [(_finite_or_none(stats.min[c]), _finite_or_none(stats.max[c])) for c in shown]
     return f"{DATA_DIR}/{stem}.js", lambda: layer_data_script(stem, half, overflow, ranges)
 
 
 def _input_pictures(
-    folder: OutputFolder, prefix: str, item: ResolvedInput, sample: int
+    folder: OutputFolder, prefix: str, item: ResolvedInput, sample: int, writer: _BackgroundWriter
 ) -> dict[str, Any]:
-    """Write the input as given and as fed (PNG); return the manifest's ``input.pictures``."""
+    """Queue the input as given and as fed (PNG) for writing; return the manifest's
+    ``input.pictures``. They are encoded on the writer's thread, while the model runs."""
     given = None
     if item.display is not None:
-        given = folder.write_bytes(prefix + INPUT_PICTURE, encode_png(item.display))
+        given = prefix + INPUT_PICTURE
+        writer.submit(folder.write_bytes, given, functools.partial(encode_png, item.display))
     fed = fed_picture(item.tensor, item.preprocessing, sample)
-    fed_path = folder.write_bytes(prefix + FED_PICTURE, encode_png(fed[0])) if fed else None
+    fed_path = None
+    if fed is not None:
+        fed_path = prefix + FED_PICTURE
+        writer.submit(folder.write_bytes, fed_path, functools.partial(encode_png, fed[0]))
     return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
 
 
@@ -216,22 +232,24 @@ def _run_one(
     progress: bool,
     report: bool = False,
     saved: SavedStats | None = None,
+    placement: Placement | None = None,
 ) -> Visualization:
     from tqdm import tqdm
 
-    tensor, input_info = item.tensor, dict(item.info)
+    placement = placement or Placement(torch.device("cpu"))
+    # Only the forward pass runs on the device; what is drawn or written comes to the host.
+    tensor, input_info = placement.inputs(item.tensor), dict(item.info)
     if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and not 0 <= sample < len(tensor):
         raise OptionError(
             f"sample {sample} asked for, but the input has a batch of {len(tensor)}; choose a "
             f"sample from 0 to {len(tensor) - 1}"
         )
     report = report and folder is not None
-    if folder is not None:
-        input_info["pictures"] = _input_pictures(folder, prefix, item, sample)
     if grid.scale == "global":
-        r = _global_range(loaded.model, tensor, cap, sample)
+        r = _global_range(loaded.model, tensor, cap, sample, placement)
         grid = replace(grid, value_range=(r.vmin, r.vmax))
     stamp = "RANDOM WEIGHTS" if loaded.random_weights else None
+    precision = placement.label
     summaries: list[RecordSummary] = []
     grids: dict[str, Grid] = {}
     arrays = folder.arrays(prefix + ARRAYS) if folder is not None and save_arrays else None
@@ -253,7 +271,7 @@ def _run_one(
             notes.append(f"{nonfinite} NaN/Inf values")
         pca: dict[str, Any] | None = None
         if reason is None:
-            label = GridLabel(record.name, record.module_type, record.shape, stamp)
+            label = GridLabel(record.name, record.module_type, record.shape, stamp, precision)
             drawn = time.perf_counter()
             options = grid
             maps = record.maps(sample) if record.layout_info.drawn_as != layouts.BAR_STRIP else None
@@ -319,10 +337,12 @@ def _run_one(
     writer = _BackgroundWriter(timings)
     tracker = _geometry_tracker(loaded.model, tensor) if folder is not None else None
     try:
+        if folder is not None:  # encoded and written on the writer's thread, during the forward
+            input_info["pictures"] = _input_pictures(folder, prefix, item, sample, writer)
         start = time.perf_counter()
         # consume() measures, draws and writes each record before the forward pass goes on,
         # so it sees the exact value without a copy (see capture's ``copy`` argument).
-        with tracker or contextlib.nullcontext():
+        with tracker or contextlib.nullcontext(), placement.autocast():
             result: Capture = capture(loaded.model, tensor, on_record=consume, copy=False, **cap)
         timings["capture"] = time.perf_counter() - start - timings.pop("consume")
         writer.wait()
@@ -374,6 +394,7 @@ def _run_one(
     manifest: dict[str, Any] = {
         **header(loaded.describe()),
         "input": input_info,
+        "compute": placement.describe(),
         "render": {
             "scale": grid.scale,
             "value_range": list(grid.value_range) if grid.value_range else None,
@@ -416,6 +437,8 @@ def visualize(
     progress: bool = False,
     report: bool = True,
     channel_stats: SavedStats | str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -435,11 +458,18 @@ def visualize(
             :class:`~featuremaps.dataset.SavedStats`). With a ``grid.order`` other than "index",
             layers found in it show their top channels by that statistic over the data set
             instead of over this input (the legend says which); other layers rank on the input.
+        device: where the model runs: ``"auto"`` (a GPU when there is one), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"`` or ``"mps"``; the model is moved there (in place). ``None``
+            (default) leaves the model where it is and moves the inputs to it.
+        dtype: ``"float32"`` (default), or ``"bfloat16"``/``"float16"`` to run the forward pass
+            under ``torch.autocast``; the manifest's ``compute`` and every legend say so.
 
     Returns:
         One :class:`Visualization` per input.
     """
     loaded = resolve_model(model)
+    placement = resolve_placement(loaded.model, device, dtype)
+    placement.place(loaded.model)
     grid = grid or GridOptions()
     if grid.scale == "global" and grid.value_range is not None:
         raise OptionError(
@@ -471,7 +501,7 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved)
+                         report, saved, placement)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:

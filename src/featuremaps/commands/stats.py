@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from featuremaps._errors import OptionError
 from featuremaps.commands.common import resolve_model
 from featuremaps.dataset import DatasetStats
 from featuremaps.datastats import RunningStats
+from featuremaps.devices import resolve_placement
 from featuremaps.inputs import Preprocessing, expected_channels
 from featuremaps.io import OutputFolder, parquet_available, safe_filename
 from featuremaps.manifest import SUMMARY, header
@@ -45,6 +47,8 @@ def collect_stats(
     plots: bool = True,
     parquet: bool | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Per-channel statistics of the selected layers over a data set, written to ``out``.
 
@@ -63,7 +67,9 @@ def collect_stats(
       ``rank_by``, largest first, dead channels in red); ``NNNN_<name>`` is the layer's position
       and its name made safe for any filesystem (:func:`featuremaps.io.safe_filename`).
 
-    Returns the summary.
+    ``device`` and ``dtype`` are as for :func:`featuremaps.visualize` (``None``: where the model
+    is, float32); on CUDA the reader pins its batches so that reading overlaps the model. The
+    summary's ``compute`` says where it ran. Returns the summary.
     """
     from tqdm import tqdm
 
@@ -91,6 +97,8 @@ def collect_stats(
             "expected a number from 0 to 1, e.g. 0.95"
         )
     loaded = resolve_model(model)
+    placement = resolve_placement(loaded.model, device, dtype)
+    placement.place(loaded.model)
     scanned = scan_inputs(data)
     paths = scanned.paths
     if preprocessing is None:
@@ -111,6 +119,7 @@ def collect_stats(
             correlations=duplicates is not None,
             progress=bar.update,
             model_label=loaded.spec,
+            placement=placement,
         )
         rows = stats_rows(result, rank_by)
         folder.write_csv(STATS_CSV, rows)
@@ -140,6 +149,7 @@ def collect_stats(
             loaded, paths, preprocessing, result, near_zero, duplicates, plot_files
         )
         summary["inputs"]["skipped"] = scanned.skipped
+        summary["compute"] = placement.describe()
         summary["files"] = [STATS_CSV, *([STATS_PARQUET] if write_parquet else [])]
         folder.write_json(SUMMARY, summary)
     return summary

@@ -2,7 +2,9 @@
 
 Part of the pure ``render`` stage. matplotlib is used only as a source of lookup tables (no
 figures, no backend): a name becomes a (256, 3) uint8 table once, and colouring is then a single
-integer index lookup over the whole block of maps.
+integer index lookup over the whole block of maps. The tables of the maps a default run and its
+report use ship with the package (``colormaps.json``, checked against matplotlib by the tests),
+so drawing with them does not import matplotlib.
 
 Grids are drawn as palette pictures (see ``featuremaps.render.palette``), so they use
 :func:`colormap_levels`, the table resampled to 240 evenly spaced entries with both ends exact, and
@@ -13,6 +15,8 @@ Grids are drawn as palette pictures (see ``featuremaps.render.palette``), so the
 from __future__ import annotations
 
 import functools
+import json
+from importlib import resources
 
 import numpy as np
 
@@ -71,13 +75,27 @@ def colormap_warning(name: str) -> str | None:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _bundled_tables() -> dict[str, str]:
+    """The lookup tables shipped with the package: colormap name -> 256 RGB triples in hex."""
+    text = resources.files("featuremaps.render").joinpath("colormaps.json").read_text("utf-8")
+    tables: dict[str, str] = json.loads(text)["tables"]
+    return tables
+
+
 @functools.lru_cache(maxsize=64)
 def colormap_lut(name: str) -> np.ndarray:
     """Return the (256, 3) uint8 lookup table of the matplotlib colormap ``name`` (read-only).
 
     Raises :class:`OptionError` with the closest names when ``name`` is not a colormap.
     """
-    # Imported here: matplotlib is slow to import and only this function needs it.
+    bundled = _bundled_tables().get(name)
+    if bundled is not None:
+        table: np.ndarray = np.frombuffer(bytes.fromhex(bundled), dtype=np.uint8)
+        table = table.reshape(256, 3).copy()
+        table.setflags(write=False)
+        return table
+    # Imported here: matplotlib is slow to import, and only other maps need it.
     import matplotlib
 
     registry = matplotlib.colormaps

@@ -18,6 +18,9 @@ from featuremaps._errors import InputError, OptionError
 
 __all__ = ["ENCODERS", "Picture", "encode", "encode_indexed_png", "encode_png"]
 
+Z_RLE = 3  # zlib.Z_RLE, as Pillow's PNG writer takes it (compress_type)
+RLE_FROM_PIXELS = 1 << 20
+
 
 class Picture(Protocol):
     """Anything rendered: ``pixels`` as (H, W, 3) uint8 RGB, optionally also ``indices`` into a
@@ -49,7 +52,11 @@ def encode_indexed_png(indices: np.ndarray, palette: np.ndarray, compress_level:
     # An "L" image given a palette becomes a "P" image with exactly these entries.
     image.putpalette(np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=compress_level)
+    # Large mosaics (full-size maps, where encoding time goes) use zlib's run-length strategy:
+    # about twice as fast as the default at the same size. Small ones, mostly enlarged cells
+    # that repeat row after row, compress far better with the default strategy.
+    strategy = Z_RLE if indices.size >= RLE_FROM_PIXELS else -1
+    image.save(buf, format="PNG", compress_level=compress_level, compress_type=strategy)
     return buf.getvalue()
 
 

@@ -170,6 +170,7 @@ class GridLabel:
     module_type: str
     shape: tuple[int, ...]
     stamp: str | None = None
+    precision: str | None = None  # e.g. "bfloat16 autocast"; None for a float32 run
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,6 +198,15 @@ class Grid:
     # Finite cells of the shown tiles below and above a fixed (or global) range: drawn in the
     # end colours, counted in the legend, whose colour bar is pointed at such an end.
     clipped: tuple[int, int] = (0, 0)
+
+    def __repr__(self) -> str:
+        h, w = self.indices.shape
+        vr = self.value_range
+        rng = f", range {vr.vmin:.4g} … {vr.vmax:.4g}" if vr is not None else ""
+        return (
+            f"Grid({w}x{h} px, {len(self.channels)} of {self.total_channels} channels, "
+            f"scale {self.scale}, {self.cmap}{rng})"
+        )
 
     @functools.cached_property
     def pixels(self) -> np.ndarray:
@@ -492,6 +502,8 @@ def _legend_content(
     k = len(chs)
     if label is not None:
         title = f"{label.name} · {label.module_type} · {tuple(label.shape)}"
+        if label.precision:
+            title += f" · {label.precision}"
         stamp = label.stamp
     else:
         title = f"maps of shape {tuple(shape)}"

@@ -88,6 +88,13 @@ class Overlay:
     nonfinite: int
     warnings: tuple[str, ...] = field(default=())
 
+    def __repr__(self) -> str:
+        h, w = self.pixels.shape[:2]
+        return (
+            f"Overlay({w}x{h} px, {self.cells_shown} of {self.cells_total} cells, {self.cmap}, "
+            f"range {self.value_range.vmin:.4g} … {self.value_range.vmax:.4g})"
+        )
+
     @property
     def caption(self) -> str:
         """One line saying how the picture was made (placement, colours, alpha, threshold)."""

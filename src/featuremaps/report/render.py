@@ -18,6 +18,7 @@ import base64
 import functools
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -97,11 +98,35 @@ def script_json(obj: Any) -> str:
     return text
 
 
-def float16_copy(maps: np.ndarray) -> tuple[np.ndarray, int]:
-    """A little-endian float16 copy of ``maps`` and how many finite values overflowed to ±Inf."""
+FLOAT16_MAX = 65504.0
+_SERIAL_PIECE = 1 << 15  # torch's parallel grain size (at::internal::GRAIN_SIZE)
+
+
+def float16_copy(maps: np.ndarray, largest: float | None = None) -> tuple[np.ndarray, int]:
+    """A little-endian float16 copy of ``maps`` and how many finite values overflowed to ±Inf.
+
+    ``largest``, when the caller knows it, is a bound on the magnitude of the finite values
+    (from statistics it already has): at most ``FLOAT16_MAX`` means nothing can overflow, and
+    the count is skipped. float32 arrays are converted by torch when it is loaded: the same IEEE
+    round-to-nearest-even as numpy's ``astype`` (tested), about ten times faster because it is
+    vectorised.
+    """
     arr = np.asarray(maps)
+    torch = sys.modules.get("torch")
     with np.errstate(over="ignore"):
-        half = arr.astype("<f2")  # always a new array: the caller's buffer may change later
+        if torch is not None and arr.dtype == np.float32 and arr.size:
+            source = torch.from_numpy(np.ascontiguousarray(arr)).reshape(-1)
+            out = torch.empty(source.shape, dtype=torch.float16)  # always a new array
+            # Pieces no larger than torch's parallel grain run on this thread alone: a copy
+            # split across the intra-op pool waits for a core that the writer thread (or the
+            # model) keeps busy, and takes ten times longer than doing it here.
+            for i in range(0, source.numel(), _SERIAL_PIECE):
+                out[i : i + _SERIAL_PIECE].copy_(source[i : i + _SERIAL_PIECE])
+            half = out.numpy().view("<f2").reshape(arr.shape)
+        else:
+            half = arr.astype("<f2")  # always a new array: the caller's buffer may change later
+    if largest is not None and largest <= FLOAT16_MAX:
+        return half, 0
     overflow = int(np.count_nonzero(np.isfinite(arr) & ~np.isfinite(half)))
     return half, overflow
 
@@ -118,7 +143,7 @@ def layer_data_script(
     (float32/float64) min and max of each shown channel, so per-channel colour scales and
     captions do not depend on the float16 rounding.
     """
-    half = np.asarray(half, dtype="<f2")
+    half = np.ascontiguousarray(half, dtype="<f2")
     meta = {
         "shape": list(half.shape),
         "dtype": PRECISION,
@@ -126,9 +151,15 @@ def layer_data_script(
         "overflow": overflow,
         "ranges": [list(r) for r in ranges],
     }
-    payload = base64.b64encode(np.ascontiguousarray(half).tobytes()).decode("ascii")
-    text = f'featuremaps.layerData({script_json(stem)},{script_json(meta)},"{payload}");\n'
-    return text.encode("utf-8")
+    head = f'featuremaps.layerData({script_json(stem)},{script_json(meta)},"'
+    # Bytes all the way: the base64 text is large, and str round trips would copy it twice.
+    return b"".join(
+        (
+            head.encode("utf-8"),
+            base64.b64encode(half.reshape(-1).view(np.uint8).data),
+            b'");\n',
+        )
+    )
 
 
 def stats_script(stem: str, stats: Mapping[str, Any]) -> bytes:

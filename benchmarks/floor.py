@@ -1,0 +1,35 @@
+"""The floor of a whole ``featuremaps`` process: import torch and torchvision, build the model,
+read and preprocess one photo, run one forward pass. Nothing of featuremaps is imported.
+
+    python benchmarks/floor.py PHOTO [MODEL]      MODEL: a torchvision name (default resnet18)
+
+The photo is read the way ``featuremaps run PHOTO --weights none`` reads an RGB JPEG: decoded by
+Pillow with its EXIF orientation applied, values divided by 255 as float32, fed at full size
+(random weights carry no preprocessing of their own). The model is built with ``weights=None``
+after ``torch.manual_seed(0)``, as ``load_model(name, "none")`` builds it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageOps
+
+
+def main(argv: list[str]) -> None:
+    photo, name = argv[0], argv[1] if len(argv) > 1 else "resnet18"
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    with Image.open(photo) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    hwc = np.array(image, dtype=np.float32) / np.float32(255)
+    x = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))).unsqueeze(0)
+    with torch.no_grad():
+        model(x)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
