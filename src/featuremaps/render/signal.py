@@ -75,11 +75,15 @@ class Placement:
 
 @dataclass(frozen=True)
 class SignalPicture:
-    """A signal layer's picture, the channels it shows (in row order) and their exact ranges."""
+    """A signal layer's picture, the channels it shows (in row order), the shared range
+    (``None``: each row its own) and ``columns``: the map cell each pixel column of the heat map
+    shows (-1 where no cell covers it), and the input coordinate of each column's centre."""
 
     picture: Composite
     channels: tuple[int, ...]
     value_range: ValueRange | None
+    columns: np.ndarray
+    coordinates: np.ndarray
 
 
 def _fmt(v: float) -> str:
@@ -171,7 +175,8 @@ def _nice_step(length: float, ticks: int = 6) -> float:
 
 def _axis(width: int, length: int, title: str) -> np.ndarray:
     """Tick marks and sample numbers under a panel of ``width`` columns, then ``title``."""
-    canvas = np.full((2 * LINE + 10, MARGIN + width), BACKGROUND_INDEX, dtype=np.uint8)
+    wide = max(MARGIN + width, MARGIN + text_width(title) + 4)
+    canvas = np.full((2 * LINE + 10, wide), BACKGROUND_INDEX, dtype=np.uint8)
     canvas[0, MARGIN : MARGIN + width] = TEXT_INDEX
     step = _nice_step(float(length))
     value = 0.0
@@ -180,7 +185,7 @@ def _axis(width: int, length: int, title: str) -> np.ndarray:
         x = min(x, MARGIN + width - 1)
         canvas[1:6, x] = TEXT_INDEX
         label = f"{value:g}"
-        left = min(max(x - text_width(label) // 2, 0), canvas.shape[1] - text_width(label))
+        left = min(max(x - text_width(label) // 2, 0), MARGIN + width - text_width(label))
         paint_text(canvas, (left, 6), label, LEGEND_FONT_SIZE)
         value += step
     paint_text(canvas, (MARGIN, 6 + LINE), title, LEGEND_FONT_SIZE)
@@ -320,4 +325,6 @@ def make_signal_picture(
         panels.append(_axis(width, span, f"{unit} (same axis)"))
     rgb = [palette_pixels(p, palette) for p in panels]
     warnings = (f"{nonfinite} NaN/Inf values drawn in magenta",) if nonfinite else ()
-    return SignalPicture(Composite(stacked(rgb, gap=4), warnings), tuple(chs), shared)
+    return SignalPicture(
+        Composite(stacked(rgb, gap=4), warnings), tuple(chs), shared, which, _columns(width, span)
+    )
