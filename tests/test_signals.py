@@ -181,3 +181,21 @@ def test_a_conv1d_model_runs_from_the_cli_on_a_npy_signal(
     }  # fmt: skip
     assert records["3"]["shape"] == [1, 3, 14] and (out / records["3"]["image"]).is_file()
     assert records["6"]["drawn_as"] == layouts.BAR_STRIP
+
+
+def test_eeg_example_draws_every_1d_layer_on_the_input_axis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runpy
+    import sys
+
+    example = Path(__file__).parents[1] / "examples" / "eeg_signal.py"
+    monkeypatch.setattr(sys, "argv", [str(example), str(tmp_path / "eeg" / "out")])
+    runpy.run_path(str(example), run_name="__main__")
+    manifest = json.loads((tmp_path / "eeg" / "out" / "manifest.json").read_text())
+    assert manifest["input"]["fed_shape"] == [1, 4, 800]
+    drawn = [r for r in manifest["records"] if r["drawn_as"] == layouts.SIGNAL_MAP]
+    assert [r["name"] for r in drawn] == ["0", "1", "2", "3", "4", "5"]
+    # Conv1d(9, stride 2, padding 4) -> MaxPool1d(2) -> Conv1d(5, padding 2): stride 4, field 27.
+    assert drawn[3]["geometry"]["receptive_field"] == [27.0]
+    assert drawn[5]["geometry"] is None  # adaptive pooling: stretched, and the picture says so
