@@ -1,4 +1,4 @@
-"""1-D signals (N, C, L): inputs (.npy, .wav), geometry through Conv1d/pooling, the picture, runs."""
+"""1-D signals (N, C, L): .npy and .wav inputs, geometry through Conv1d and pooling, pictures."""
 
 from __future__ import annotations
 

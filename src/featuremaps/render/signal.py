@@ -293,7 +293,8 @@ def make_signal_picture(
     paint_legend(legend, content)
 
     if placement is None:
-        where = f"{cells} cells stretched over {span} {unit}s (geometry unknown)"
+        noun = "cell" if cells == 1 else "cells"
+        where = f"{cells} {noun} stretched over {span} {unit}s (geometry unknown)"
     else:
         where = (
             f"cells at their receptive-field centres: stride {_fmt(placement.stride)}, first "
