@@ -206,9 +206,8 @@ def test_conv1d_outputs_and_the_activations_after_them_are_ncl() -> None:
         first = layouts.channels_first(record.layout_info, record.tensor)
         assert first is not None and first.shape[1] == channels
         assert torch.equal(first, record.tensor)
-        assert not record.layout_info.drawable
-        with pytest.raises(fm.OptionError, match=r"NCL"):
-            record.maps(0)
+        assert record.layout_info.drawn_as == layouts.SIGNAL_MAP
+        np.testing.assert_array_equal(record.maps(0), record.tensor[0].numpy())
 
 
 def test_linear_on_tokens_and_the_gelu_after_it_are_nld() -> None:
@@ -242,7 +241,11 @@ def test_registry_entries_are_consistent() -> None:
         if layout.channel_axis is not None:
             assert 0 <= layout.channel_axis < layout.ndim, layout.name
         if layout.drawable:
-            assert layout.drawn_as in (layouts.CHANNEL_GRID, layouts.BAR_STRIP), layout.name
+            assert layout.drawn_as in (
+                layouts.CHANNEL_GRID,
+                layouts.BAR_STRIP,
+                layouts.SIGNAL_MAP,
+            ), layout.name
             assert layout.reason is None
             assert layout.channel_axis is not None
             assert layouts.skip_reason(layout) is None

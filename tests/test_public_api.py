@@ -46,6 +46,7 @@ EXPECTED = [
     "capture",
     "collect_stats",
     "draw_overlay",
+    "expected_axes",
     "expected_channels",
     "list_layers",
     "load_input",

@@ -10,6 +10,7 @@ import numpy as np
 
 from featuremaps.render import GridLabel, GridOptions, make_grid
 from featuremaps.render.bars import make_bars
+from featuremaps.render.signal import Placement, make_signal_picture
 from featuremaps.render.tokens import make_token_picture
 from goldtest import assert_matches_golden
 
@@ -75,3 +76,22 @@ def test_golden_tokens_with_norm_pca_and_prefix() -> None:
     made = make_token_picture(patches, prefix, GridOptions(), label, ["class", "distillation"])
     assert made.grid.channels == (0, 1, 2, 3)
     assert_matches_golden("tokens_prefix2_grid3x4", made.picture.pixels)
+
+
+def test_golden_signal_on_its_input_axis() -> None:
+    # Input: two integer sawtooth/square waves of 120 samples; maps: 5 channels of 30 cells at
+    # stride 4 (first centre 1.5), signed, with one NaN; integer arithmetic only.
+    t = np.arange(120)
+    signal = np.stack([(t % 20) - 10, np.where((t // 15) % 2 == 0, 3, -3)]).astype(np.float32)
+    j = np.arange(30)
+    maps = np.stack([(j % 6) - 2, j // 3, -(j % 5), (j % 4) * 2 - 3, np.zeros(30)]).astype(
+        np.float32
+    )
+    maps[1, 7] = np.nan
+    label = GridLabel("conv1", "Conv1d", (1, 5, 30), stamp="RANDOM WEIGHTS")
+    made = make_signal_picture(
+        maps, GridOptions(), label, signal=signal, placement=Placement(4.0, 1.5, 7.0)
+    )
+    assert made.channels == (0, 1, 2, 3, 4)
+    assert made.picture.warnings == ("1 NaN/Inf values drawn in magenta",)
+    assert_matches_golden("signal_stride4_nan", made.picture.pixels)

@@ -1057,3 +1057,30 @@ def test_token_and_vector_pictures_show_in_the_report(tmp_path: Path, open_repor
     ACTUAL.mkdir(exist_ok=True)
     page.screenshot(path=str(ACTUAL / "report-tokens.png"), full_page=True)
     assert opened.errors == []
+
+
+def test_signal_pictures_show_in_the_report(tmp_path: Path, open_report: Any) -> None:
+    torch.manual_seed(0)
+    # A 2-D layer after it gives the page a tile layer, which marks the page as drawn.
+    model = nn.Sequential(
+        nn.Conv1d(2, 6, 5, stride=2, padding=2), nn.ReLU(), nn.Unflatten(1, (1, 6)),
+        nn.Conv2d(1, 2, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(3))
+    run = _run(model, x, tmp_path / "signal")
+    record = run.record("0")
+    assert record["layout"] == "NCL" and record["drawn_as"] == "signal heat map"
+    assert record["data"] is None  # not channel tiles: the page shows the picture itself
+    opened = open_report(run.index)
+    page = opened.page
+    key = run.key("0")
+    page.click('#fm-outline a[title="0"]')
+    page.locator(f"#L{key} img.png").scroll_into_view_if_needed()
+    page.wait_for_function(
+        f"document.querySelector('#L{key} img.png').naturalWidth > 0", timeout=5000
+    )
+    assert _image_loaded(page, f"#L{key} img.png")
+    assert page.locator(f"#L{key} img.png").get_attribute("src") == record["image"]
+    assert page.locator(f"#L{key} img.png").get_attribute("alt") == "signal heat map of 0"
+    assert "NCL" in page.locator(f"#L{key} .meta").text_content()
+    assert opened.errors == []

@@ -35,6 +35,7 @@ from featuremaps.geometry import MapGeometry
 from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
+    expected_axes,
     expected_channels,
     load_input,
     sample_image_path,
@@ -81,6 +82,7 @@ __all__ = [
     "capture",
     "collect_stats",
     "draw_overlay",
+    "expected_axes",
     "expected_channels",
     "list_layers",
     "load_input",

@@ -443,6 +443,7 @@ def _load(
     if out is not None:
         _print_preprocessing(pre, out)
     first = fm.expected_channels(loaded.model)
+    axes = fm.expected_axes(loaded.model)
     paths = list(images) or [str(fm.sample_image_path())]
     inputs = [
         fm.load_input(
@@ -450,6 +451,7 @@ def _load(
             channels=first[0] if first else None,
             layer_name=first[1] if first else None,
             preprocessing=pre,
+            axes=axes[0] if axes else None,
         )
         for p in paths
     ]

@@ -1,4 +1,4 @@
-"""Geometry: where each cell of a captured 2-D map sits in the input image.
+"""Geometry: where each cell of a captured 2-D map (or 1-D signal) sits in the input.
 
 A transform stage beside statistics (input → model → capture → **geometry** → render). For a map
 with cumulative stride ``S``, first-cell centre ``O`` and receptive-field size ``R`` (per axis, in
@@ -34,11 +34,13 @@ from featuremaps.capture import run_hooked
 from featuremaps.cells import nearest_cell
 from featuremaps.naming import record_name
 
-__all__ = ["AxisGeometry", "GeometryTracker", "MapGeometry", "compute_geometry"]
+__all__ = ["AxisGeometry", "GeometryTracker", "LineGeometry", "MapGeometry", "compute_geometry"]
 
 # Layers whose output cell j depends on exactly the same input cells as its input cell j.
 _ELEMENTWISE = (
+    nn.BatchNorm1d,
     nn.BatchNorm2d,
+    nn.InstanceNorm1d,
     nn.InstanceNorm2d,
     nn.GroupNorm,
     nn.ReLU,
@@ -53,9 +55,15 @@ _ELEMENTWISE = (
     nn.Hardswish,
     nn.Hardsigmoid,
     nn.Dropout,
+    nn.Dropout1d,
     nn.Dropout2d,
     nn.Identity,
 )
+# Sliding-window layers by their number of spatial axes.
+_WINDOWS: dict[int, tuple[type[nn.Module], ...]] = {
+    1: (nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d),
+    2: (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d),
+}
 
 
 @dataclass(frozen=True)
@@ -140,28 +148,49 @@ class MapGeometry:
         }
 
 
-def _pair(value: Any) -> tuple[int, int]:
+@dataclass(frozen=True)
+class LineGeometry:
+    """Where the cells of one record's (N, C, L) output sit along the (L_in,) input signal."""
+
+    name: str
+    x: AxisGeometry
+    length: int
+    method: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able description (for manifests), one value per axis like :class:`MapGeometry`."""
+        return {
+            "method": self.method,
+            "stride": [self.x.stride],
+            "offset": [self.x.offset],
+            "receptive_field": [self.x.size],
+        }
+
+
+def _axes(value: Any, n: int) -> tuple[int, ...]:
+    """One int per axis of a layer's ``kernel_size``-like argument (an int or a tuple)."""
     if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[-1])
-    return int(value), int(value)
+        return tuple(int(value[min(i, len(value) - 1)]) for i in range(n))
+    return (int(value),) * n
 
 
-def _window(module: nn.Module) -> tuple[tuple[int, int], ...] | None:
-    """(kernel, stride, padding, dilation) per axis of a sliding-window layer, else None."""
-    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+def _window(module: nn.Module, n: int = 2) -> tuple[tuple[int, ...], ...] | None:
+    """(kernel, stride, padding, dilation) per axis of a sliding-window layer with ``n`` spatial
+    axes, else None."""
+    if isinstance(module, _WINDOWS.get(n, ())):
         padding = getattr(module, "padding", 0)
         if isinstance(padding, str):  # "same"/"valid" convolutions
             if padding == "valid":
                 padding = 0
             else:
-                k, d = _pair(module.kernel_size), _pair(getattr(module, "dilation", 1))
+                k, d = _axes(module.kernel_size, n), _axes(getattr(module, "dilation", 1), n)
                 padding = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True))
         stride = module.stride if module.stride is not None else module.kernel_size
         return (
-            _pair(module.kernel_size),
-            _pair(stride),
-            _pair(padding),
-            _pair(getattr(module, "dilation", 1)),
+            _axes(module.kernel_size, n),
+            _axes(stride, n),
+            _axes(padding, n),
+            _axes(getattr(module, "dilation", 1), n),
         )
     return None
 
@@ -177,19 +206,21 @@ class GeometryTracker:
 
     Use as a context manager around a forward pass (featuremaps' own capture, or a plain call):
     it adds a pre-hook and a forward hook to each of ``modules`` and leaves them as it found
-    them. ``found`` then maps record names to a :class:`MapGeometry`, or to ``None`` where the
-    analytic path broke.
+    them. ``found`` then maps record names to a :class:`MapGeometry` (images, ``(N, C, H, W)``)
+    or a :class:`LineGeometry` (signals, ``(N, C, L)``), or to ``None`` where the analytic path
+    broke. Only outputs of the input's own rank are described.
     """
 
     def __init__(self, inputs: torch.Tensor, modules: Mapping[str, nn.Module]) -> None:
         self._modules = modules
-        self._known: dict[tuple[int, tuple[int, ...]], tuple[AxisGeometry, AxisGeometry]] = {
-            _key(inputs): (IDENTITY, IDENTITY)
+        self._rank = inputs.dim()
+        self._known: dict[tuple[int, tuple[int, ...]], tuple[AxisGeometry, ...]] = {
+            _key(inputs): (IDENTITY,) * (inputs.dim() - 2)
         }
-        self._before: dict[int, tuple[AxisGeometry, AxisGeometry] | None] = {}
+        self._before: dict[int, tuple[AxisGeometry, ...] | None] = {}
         self._calls: dict[str, int] = {}
         self._handles: list[Any] = []
-        self.found: dict[str, MapGeometry | None] = {}
+        self.found: dict[str, MapGeometry | LineGeometry | None] = {}
 
     def __enter__(self) -> GeometryTracker:
         for path, module in self._modules.items():
@@ -211,28 +242,28 @@ class GeometryTracker:
     def _make_post(self, path: str) -> Any:
         def post(module: nn.Module, args: Any, output: Any) -> None:
             self._calls[path] = self._calls.get(path, 0) + 1
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
+            if isinstance(output, torch.Tensor) and output.dim() == self._rank:
                 self._observe(record_name(path, self._calls[path]), module, output)
 
         return post
 
     def _observe(self, name: str, module: nn.Module, t: torch.Tensor) -> None:
         before = self._before.get(id(module))
-        window = _window(module)
-        after: tuple[AxisGeometry, AxisGeometry] | None = None
+        window = _window(module, self._rank - 2)
+        after: tuple[AxisGeometry, ...] | None = None
         if before is not None:
             if window is not None:
                 k, s, p, d = window
-                after = (
-                    before[0].compose(k[0], s[0], p[0], d[0]),
-                    before[1].compose(k[1], s[1], p[1], d[1]),
-                )
+                after = tuple(axis.compose(k[i], s[i], p[i], d[i]) for i, axis in enumerate(before))
             elif isinstance(module, _ELEMENTWISE):
                 after = before
         if after is None:
             self.found[name] = None
             return
         self._known[_key(t)] = after
+        if len(after) == 1:
+            self.found[name] = LineGeometry(name, after[0], int(t.shape[2]), "analytic")
+            return
         shape = (int(t.shape[2]), int(t.shape[3]))
         self.found[name] = MapGeometry(name, after[0], after[1], shape, "analytic")
 
@@ -269,7 +300,8 @@ def compute_geometry(
         run_hooked(model, inputs, {}, lambda *args: None)
 
     result: dict[str, MapGeometry] = {}
-    for name, geometry in tracker.found.items():
+    for name, found in tracker.found.items():
+        geometry = found if isinstance(found, MapGeometry) else None
         if geometry is None or method == "empirical":
             if method == "analytic":
                 continue

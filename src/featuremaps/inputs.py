@@ -33,11 +33,14 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "LoadedInput",
     "Preprocessing",
+    "expected_axes",
     "expected_channels",
     "fed_picture",
     "load_array",
     "load_image",
     "load_input",
+    "load_signal",
+    "load_wav",
     "parse_normalize",
     "parse_size",
     "preprocessing_from_timm",
@@ -88,7 +91,7 @@ def readable_suffixes() -> tuple[str, ...]:
         for suffix, kind in Image.registered_extensions().items()
         if kind in Image.OPEN and kind not in _UNDECODED_FORMATS
     }
-    return tuple(sorted(found | {*IMAGE_SUFFIXES, ".npy"}))
+    return tuple(sorted(found | {*IMAGE_SUFFIXES, ".npy", ".wav"}))
 
 
 def sample_image_path() -> Path:
@@ -415,6 +418,19 @@ def expected_channels(model: torch.nn.Module) -> tuple[int, str] | None:
     return None
 
 
+def expected_axes(model: torch.nn.Module) -> tuple[int, str, str] | None:
+    """How many spatial axes the model's first layer takes (1 for ``Conv1d``: signals
+    ``(C, L)``; 2 for ``Conv2d``: images; 3 for ``Conv3d``: volumes and clips), that layer's name
+    and its type; ``None`` when its type does not say (the same "first layer" as
+    :func:`expected_channels`)."""
+    for name, module in model.named_modules():
+        value = getattr(module, "in_channels", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            found = re.search(r"([123])d$", type(module).__name__)
+            return (int(found[1]), name, type(module).__name__) if found else None
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Loaded input
 
@@ -423,10 +439,12 @@ def expected_channels(model: torch.nn.Module) -> tuple[int, str] | None:
 class LoadedInput:
     """One input, ready to feed, with a record of how it got that way.
 
-    ``tensor`` is ``(1, C, H, W)`` float32 and is exactly what the model receives. ``display`` is
-    an ``(H, W, 3)`` uint8 picture of the input as given (after mode conversion, before resizing
-    or normalisation); arrays are shown by their first channel when they do not have 1 or 3, and
-    values outside [0, 1] are stretched from their minimum to their maximum for display only.
+    ``tensor`` is ``(1, C, H, W)`` float32 (``(1, C, L)`` for a signal) and is exactly what the
+    model receives. ``display`` is an ``(H, W, 3)`` uint8 picture of the input as given (after
+    mode conversion, before resizing or normalisation); arrays are shown by their first channel
+    when they do not have 1 or 3, and values outside [0, 1] are stretched from their minimum to
+    their maximum for display only. Signals have none (their pictures draw them beside each
+    layer, on the same time axis).
     """
 
     tensor: torch.Tensor
@@ -435,7 +453,7 @@ class LoadedInput:
     original: str
     conversions: tuple[str, ...]
     preprocessing: Preprocessing
-    display: npt.NDArray[np.uint8]
+    display: npt.NDArray[np.uint8] | None
 
     def __repr__(self) -> str:
         t = self.tensor
@@ -463,13 +481,28 @@ def load_input(
     channels: int | None = None,
     layer_name: str | None = None,
     preprocessing: Preprocessing = Preprocessing(),
+    axes: int | None = None,
 ) -> LoadedInput:
-    """Load an image, or a ``.npy`` array, as the tensor to feed.
+    """Load an image, a ``.npy`` array or a ``.wav`` sound as the tensor to feed.
 
     ``channels`` is what the model's first layer takes (see :func:`expected_channels`) and
-    ``layer_name`` names that layer in messages; ``None`` keeps what the file has.
+    ``layer_name`` names that layer in messages; ``None`` keeps what the file has. ``axes`` is
+    how many spatial axes that layer takes (see :func:`expected_axes`): with 1 (a ``Conv1d``),
+    a ``.npy`` array is a signal ``(C, L)`` or ``(1, C, L)`` and is fed as ``(1, C, L)``.
     """
-    loader = load_array if Path(path).suffix.lower() == ".npy" else load_image
+    suffix = Path(path).suffix.lower()
+    if suffix == ".wav":
+        return load_wav(path, channels=channels, layer_name=layer_name, preprocessing=preprocessing)
+    if axes == 1:
+        if suffix != ".npy":
+            raise InputError(
+                f"input '{path}' is an image, but {_layer_phrase(layer_name)} is 1-D and takes "
+                f"signals (C, L); give a .npy array (C, L) or a .wav file"
+            )
+        return load_signal(
+            path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
+        )
+    loader = load_array if suffix == ".npy" else load_image
     return loader(path, channels=channels, layer_name=layer_name, preprocessing=preprocessing)
 
 
@@ -1051,4 +1084,170 @@ def load_array(
         conversions=conversions,
         preprocessing=preprocessing,
         what=f"array '{where}'",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Signals (N, C, L)
+
+
+def _signal_preprocessing(preprocessing: Preprocessing, conversions: list[str]) -> Preprocessing:
+    """Image steps (resize, crop, per-channel picture normalisation) have no meaning for a
+    signal: the model's own are skipped and said so; steps given by the user are refused."""
+    if preprocessing.as_is:
+        conversions.append("fed as is (asked for)")
+        return preprocessing
+    if not preprocessing.steps():
+        return preprocessing
+    if not preprocessing.from_model:
+        raise OptionError(
+            f"the preprocessing {', '.join(preprocessing.steps())} is for images, but this input "
+            f"is a signal (C, L); drop --size/--crop/--normalize and scale the signal yourself"
+        )
+    conversions.append(
+        f"the model's image preprocessing ({', '.join(preprocessing.steps())}) was not applied "
+        f"to a signal"
+    )
+    return Preprocessing(source=f"not applied (a signal): {preprocessing.source}", as_is=True)
+
+
+def _signal(
+    values: FloatArray,
+    *,
+    path: Path,
+    kind: str,
+    original: str,
+    conversions: list[str],
+    preprocessing: Preprocessing,
+    channels: int | None,
+    layer_name: str | None,
+) -> LoadedInput:
+    count = int(values.shape[0])
+    if channels is not None and count != channels:
+        raise InputError(
+            f"signal '{path}' has {_channel_count(count)} ({original}), but "
+            f"{_layer_phrase(layer_name)} takes {channels}; give a signal with {channels} "
+            f"channels as ({channels}, L)"
+        )
+    preprocessing = _signal_preprocessing(preprocessing, conversions)
+    return LoadedInput(
+        tensor=torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).unsqueeze(0),
+        path=path,
+        kind=kind,
+        original=original,
+        conversions=tuple(conversions),
+        preprocessing=preprocessing,
+        display=None,
+    )
+
+
+def load_signal(
+    path: str | Path,
+    *,
+    channels: int | None = None,
+    layer_name: str | None = None,
+    preprocessing: Preprocessing = Preprocessing(),
+) -> LoadedInput:
+    """Load a ``.npy`` signal ``(C, L)`` or ``(1, C, L)`` (a 1-D array is one channel) as the
+    ``(1, C, L)`` float32 tensor to feed; values are kept (cast to float32, never rescaled).
+
+    An array whose first axis does not match ``channels`` but whose last does is read as
+    ``(L, C)`` and transposed (said so in ``conversions``).
+    """
+    where = _check_file(path, channels)
+    array = _read_npy(where)
+    shape = tuple(int(size) for size in array.shape)
+    original = f".npy {array.dtype} {shape}"
+    if array.dtype.kind not in "biuf":
+        raise InputError(
+            f"array '{where}' has dtype {array.dtype}, expected real numbers (float, int or "
+            f"bool); save it with array.astype('float32')"
+        )
+    if array.ndim not in (1, 2, 3) or (array.ndim == 3 and shape[0] != 1) or array.size == 0:
+        raise InputError(
+            f"signal '{where}' has shape {shape}, expected (C, L), (1, C, L) or (L,) with at "
+            f"least one value; save one sample per file as (C, L)"
+        )
+    conversions: list[str] = []
+    if array.ndim == 3:
+        array = array[0]
+        conversions.append("batch axis of size 1 dropped")
+    elif array.ndim == 1:
+        array = array[None]
+        conversions.append("1-D array (L,) read as 1 channel")
+    if channels is not None and array.shape[0] != channels and array.shape[1] == channels:
+        array = array.T
+        conversions.append("array (L, C) transposed to (C, L)")
+    if array.dtype != np.float32:
+        conversions.append(f"{array.dtype} values cast to float32 (no scaling)")
+    with np.errstate(over="ignore"):
+        values = array.astype(np.float32)
+    not_finite = int(np.count_nonzero(~np.isfinite(values)))
+    if not_finite:
+        conversions.append(f"signal holds {not_finite:,} NaN/Inf values (fed as they are)")
+    return _signal(
+        values,
+        path=where,
+        kind="signal",
+        original=original,
+        conversions=conversions,
+        preprocessing=preprocessing,
+        channels=channels,
+        layer_name=layer_name,
+    )
+
+
+def load_wav(
+    path: str | Path,
+    *,
+    channels: int | None = None,
+    layer_name: str | None = None,
+    preprocessing: Preprocessing = Preprocessing(),
+) -> LoadedInput:
+    """Load a PCM ``.wav`` file (8, 16, 24 or 32 bit, read with the standard library's
+    :mod:`wave`) as a ``(1, channels, samples)`` float32 tensor scaled to [-1, 1]: signed
+    samples are divided by 2**(bits - 1), 8-bit (unsigned) ones centred on 128 first."""
+    import wave
+
+    where = _check_file(path, channels)
+    try:
+        with wave.open(str(where), "rb") as reader:
+            count, width = reader.getnchannels(), reader.getsampwidth()
+            rate, frames = reader.getframerate(), reader.getnframes()
+            raw = reader.readframes(frames)
+    except OSError as error:
+        raise _unreadable(where, error) from None
+    except (wave.Error, EOFError, struct.error) as error:
+        raise InputError(
+            f"'{where}' is not a PCM .wav file the standard library can read "
+            f"({_one_line(error)}); convert it to 16-bit PCM WAV, or save the samples as .npy"
+        ) from None
+    frames = len(raw) // (count * width)
+    if frames == 0:
+        raise InputError(f"'{where}' holds no samples; give a .wav file with at least one frame")
+    data = np.frombuffer(raw[: frames * count * width], dtype=np.uint8).reshape(
+        frames, count, width
+    )
+    if width == 1:
+        values = (data[..., 0].astype(np.float32) - 128.0) / 128.0
+    else:
+        # Little-endian signed integers of 2, 3 or 4 bytes, sign-extended into int32.
+        padded = np.zeros((frames, count, 4), dtype=np.uint8)
+        padded[..., 4 - width :] = data
+        values = (padded.view("<i4")[..., 0] / float(2**31)).astype(np.float32)
+    bits = 8 * width
+    how = "unsigned, centred on 128, divided by 128" if width == 1 else f"divided by 2^{bits - 1}"
+    conversions = [
+        f"{bits}-bit PCM, {count} channel(s) x {frames} samples at {rate} Hz, scaled to "
+        f"[-1, 1] ({how})"
+    ]
+    return _signal(
+        np.ascontiguousarray(values.T),
+        path=where,
+        kind="signal",
+        original=f"WAV {bits}-bit PCM {count}ch {rate} Hz {frames} samples",
+        conversions=conversions,
+        preprocessing=preprocessing,
+        channels=channels,
+        layer_name=layer_name,
     )

@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from featuremaps.inputs import LoadedInput, Preprocessing, expected_channels, load_input
+from featuremaps.inputs import (
+    LoadedInput,
+    Preprocessing,
+    expected_axes,
+    expected_channels,
+    load_input,
+)
 from featuremaps.models import LoadedModel, load_model
 
 __all__ = ["ResolvedInput", "resolve_input", "resolve_model"]
@@ -45,15 +51,21 @@ class ResolvedInput:
 def resolve_input(item: Any, loaded: LoadedModel) -> ResolvedInput:
     """Return the tensor to feed, its manifest description, a folder name and its pictures."""
     if isinstance(item, torch.Tensor):
-        tensor = item if item.dim() != 3 else item.unsqueeze(0)
+        # One sample without its batch axis gets one: (C, H, W) for images, (C, L) for a model
+        # whose first layer is 1-D.
+        axes = expected_axes(loaded.model)
+        single = (axes[0] if axes else 2) + 1
+        tensor = item if item.dim() != single else item.unsqueeze(0)
         return ResolvedInput(tensor, {"kind": "tensor", "fed_shape": list(tensor.shape)}, "input")
     if not isinstance(item, LoadedInput):
         first = expected_channels(loaded.model)
+        axes = expected_axes(loaded.model)
         item = load_input(
             item,
             channels=first[0] if first else None,
             layer_name=first[1] if first else None,
             preprocessing=loaded.input_preprocessing(),
+            axes=axes[0] if axes else None,
         )
     return ResolvedInput(
         item.tensor, item.describe(), item.path.stem, item.display, item.preprocessing

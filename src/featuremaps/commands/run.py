@@ -41,6 +41,7 @@ from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_gr
 from featuremaps.render.bars import make_bars
 from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.scaling import centred, compute_range, is_signed_range, merge_ranges
+from featuremaps.render.signal import Placement, make_signal_picture
 from featuremaps.render.tokens import make_token_picture
 from featuremaps.report import (
     DATA_DIR,
@@ -126,6 +127,7 @@ def _global_range(
         if _skip_reason(record, sample) is None and drawn_as in (
             layouts.CHANNEL_GRID,
             layouts.TOKEN_GRID,
+            layouts.SIGNAL_MAP,
         ):
             ranges.append(compute_range(record.maps(sample), symmetric=False))
 
@@ -215,7 +217,7 @@ def _input_pictures(
 def _geometry_tracker(model: nn.Module, tensor: torch.Tensor) -> GeometryTracker | None:
     """Follow receptive-field geometry through the capture's own forward pass (no extra run);
     it describes every leaf, selected or not, since geometry flows through all of them."""
-    if tensor.dim() != 4 or isinstance(model, torch.jit.ScriptModule):
+    if tensor.dim() not in (3, 4) or isinstance(model, torch.jit.ScriptModule):
         return None
     return GeometryTracker(tensor, select_modules(model, None, None, False, type(model).__name__))
 
@@ -277,7 +279,7 @@ def _run_one(
             maps = record.maps(sample) if record.layout_info.drawn_as != layouts.BAR_STRIP else None
             if maps is not None:
                 options = _ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
-            drawing = _draw(record, sample, maps, options, label)
+            drawing = _draw(record, sample, maps, options, label, _signal_context(record))
             picture = drawing.picture
             timings["render"] += time.perf_counter() - drawn
             shown = drawing.shown
@@ -292,7 +294,8 @@ def _run_one(
             if folder is not None:
                 image = prefix + safe_filename(record.index, record.name)
                 writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
-                if report and maps is not None and shown is not None and stats is not None:
+                if report and drawing.tiles and shown is not None and stats is not None:
+                    assert maps is not None
                     path, encode_data = _layer_data(record, maps, shown, stats)
                     data = prefix + path
                     writer.submit(folder.write_bytes, data, encode_data)
@@ -335,7 +338,19 @@ def _run_one(
         timings["consume"] += time.perf_counter() - start
 
     writer = _BackgroundWriter(timings)
-    tracker = _geometry_tracker(loaded.model, tensor) if folder is not None else None
+    signal = isinstance(tensor, torch.Tensor) and tensor.dim() == 3
+    tracker = _geometry_tracker(loaded.model, tensor) if folder is not None or signal else None
+
+    def _signal_context(record: LayerRecord) -> _SignalContext | None:
+        """The input signal and the record's placement on its time axis (signals only)."""
+        if record.layout_info.drawn_as != layouts.SIGNAL_MAP:
+            return None
+        given = tensor[sample].detach().float().cpu().numpy() if signal else None
+        found = tracker.found.get(record.name) if tracker is not None else None
+        axis = getattr(found, "x", None)
+        placement = Placement(axis.stride, axis.offset, axis.size) if axis is not None else None
+        return _SignalContext(given, placement)
+
     try:
         if folder is not None:  # encoded and written on the writer's thread, during the forward
             input_info["pictures"] = _input_pictures(folder, prefix, item, sample, writer)
@@ -544,6 +559,15 @@ class _Drawing:
     warnings: tuple[str, ...]
     pca: dict[str, Any] | None = None
     pca_array: np.ndarray | None = None
+    tiles: bool = True  # the report can draw its channels as tiles from its data file
+
+
+@dataclass(frozen=True)
+class _SignalContext:
+    """What a signal picture needs besides the record: the input (C, L) and the placement."""
+
+    signal: np.ndarray | None
+    placement: Placement | None
 
 
 def _draw(
@@ -552,9 +576,17 @@ def _draw(
     maps: np.ndarray | None,
     options: GridOptions,
     label: GridLabel,
+    context: _SignalContext | None = None,
 ) -> _Drawing:
     """Draw one record as its layout says (:data:`featuremaps.layouts` ``drawn_as``)."""
     layout = record.layout_info
+    if layout.drawn_as == layouts.SIGNAL_MAP:
+        assert maps is not None
+        context = context or _SignalContext(None, None)
+        drawn = make_signal_picture(
+            maps, options, label, signal=context.signal, placement=context.placement
+        )
+        return _Drawing(drawn.picture, drawn.channels, drawn.picture.warnings, tiles=False)
     if layout.drawn_as == layouts.TOKEN_GRID:
         assert maps is not None
         _, head = layouts.token_parts(layout, record.tensor, sample)
@@ -571,7 +603,7 @@ def _draw(
         vector = layouts.drawable_maps(layout, record.tensor, sample)
         title = f"{label.name} · {label.module_type} · {tuple(label.shape)}"
         bars = make_bars(vector[None], [f"sample {sample}"], title=title, stamp=label.stamp)
-        return _Drawing(bars, None, bars.warnings)
+        return _Drawing(bars, None, bars.warnings, tiles=False)
     assert maps is not None
     picture = make_grid(maps, options, label=label)
     return _Drawing(picture, picture.channels, picture.warnings)
