@@ -41,7 +41,8 @@ from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_gr
 from featuremaps.render.bars import make_bars
 from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.scaling import centred, compute_range, is_signed_range, merge_ranges
-from featuremaps.render.signal import Placement, make_signal_picture
+from featuremaps.render.signal import Placement as AxisPlacement
+from featuremaps.render.signal import make_signal_picture
 from featuremaps.render.tokens import make_token_picture
 from featuremaps.report import (
     DATA_DIR,
@@ -348,8 +349,8 @@ def _run_one(
         given = tensor[sample].detach().float().cpu().numpy() if signal else None
         found = tracker.found.get(record.name) if tracker is not None else None
         axis = getattr(found, "x", None)
-        placement = Placement(axis.stride, axis.offset, axis.size) if axis is not None else None
-        return _SignalContext(given, placement)
+        on_axis = AxisPlacement(axis.stride, axis.offset, axis.size) if axis is not None else None
+        return _SignalContext(given, on_axis)
 
     try:
         if folder is not None:  # encoded and written on the writer's thread, during the forward
@@ -567,7 +568,7 @@ class _SignalContext:
     """What a signal picture needs besides the record: the input (C, L) and the placement."""
 
     signal: np.ndarray | None
-    placement: Placement | None
+    placement: AxisPlacement | None
 
 
 def _draw(
