@@ -52,6 +52,7 @@ from torch import nn
 
 from featuremaps import layouts
 from featuremaps._errors import CaptureError, FeaturemapsError, InputError, LayerError, OptionError
+from featuremaps.attention import recompute_attention
 from featuremaps.naming import record_name, suggest, type_name
 from featuremaps.selection import (
     as_patterns,
@@ -315,6 +316,8 @@ def _describe_inputs(inputs: Any) -> str:
 
 
 OtherSink = Callable[[str, nn.Module, int, str], None]
+#: ``(path, module, call, args, kwargs, output)`` after a call of a module in ``calls_of``.
+CallSink = Callable[[str, nn.Module, int, tuple[Any, ...], dict[str, Any], Any], None]
 
 
 def run_hooked(
@@ -326,6 +329,8 @@ def run_hooked(
     train: bool = False,
     grad: bool = False,
     on_other: OtherSink | None = None,
+    on_call: CallSink | None = None,
+    calls_of: Mapping[str, nn.Module] | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """Run ``model`` once with a forward hook on each of ``modules``; return output and call counts.
 
@@ -333,7 +338,10 @@ def run_hooked(
     tensor, while the value is still exactly what the module returned; ``given`` is the module's
     first tensor argument (or ``None``), so a consumer can follow values from module to module.
     ``on_other(path, module, call, returned)`` is called for a call whose output holds no tensor,
-    with the type it returned (:func:`returned_type`). The model's train/eval flags are restored
+    with the type it returned (:func:`returned_type`). ``on_call(path, module, call, args,
+    kwargs, output)`` is called after each call of the modules in ``calls_of`` (after ``sink``),
+    with the call's own arguments (attention is recomputed from them); ``call`` counts that
+    module's calls. The model's train/eval flags are restored
     module by module afterwards, and every hook is removed even if the forward fails.
 
     Raises:
@@ -361,6 +369,16 @@ def run_hooked(
 
         return hook
 
+    call_counts = dict.fromkeys(calls_of or {}, 0)
+
+    def make_call_hook(path: str) -> Callable[[nn.Module, Any, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            call_counts[path] += 1
+            if on_call is not None:
+                on_call(path, module, call_counts[path], tuple(args), dict(kwargs), output)
+
+        return hook
+
     def make_enter(path: str) -> Callable[[nn.Module, Any], None]:
         def enter(module: nn.Module, args: Any) -> None:
             active.append(path)
@@ -379,6 +397,9 @@ def run_hooked(
     try:
         for path, module in modules.items():
             handles.append(module.register_forward_hook(make_hook(path)))
+        for path, module in (calls_of or {}).items():
+            hook = make_call_hook(path)
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
         for path, module in model.named_modules():
             if path and not isinstance(module, torch.jit.ScriptModule):
                 handles.append(module.register_forward_pre_hook(make_enter(path)))
@@ -596,7 +617,52 @@ def capture(
                 NoTensor(record_name(path, call, None), path, call, type_name(module), returned)
             )
 
-    output, calls = run_hooked(model, inputs, hooked, sink, train=train, grad=grad, on_other=other)
+    def attention(
+        path: str,
+        module: nn.Module,
+        call: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+    ) -> None:
+        if not _kept(path, call):
+            return
+        if _returned_weights(output):
+            return  # the module returned its own per-head weights: already a record
+        assert isinstance(module, nn.MultiheadAttention)
+        weights = _recomputed(module, args, kwargs)
+        query = args[0] if args else kwargs.get("query")
+        given = tracker.layout_of(query) if isinstance(query, torch.Tensor) else None
+        tokens = layouts.get(given, 3) if given else None
+        layout = layouts.attention(tokens, tuple(weights.shape), RECOMPUTED)
+        emit(path, module, call, ATTENTION_KEY, weights, layout, copied=True)
+
+    # Attention is recomputed for the MultiheadAttention modules a pattern names or matches
+    # (they are containers: ``*`` patterns select their leaves), and for all of them when every
+    # layer is selected; never under a type filter that leaves them out.
+    attending = {
+        p: m
+        for p, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+        and (
+            p in selected
+            or (
+                type_filter is None
+                and (patterns is None or any(pattern_matches_module(q, p) for q in patterns))
+            )
+        )
+    }
+    output, calls = run_hooked(
+        model,
+        inputs,
+        hooked,
+        sink,
+        train=train,
+        grad=grad,
+        on_other=other,
+        on_call=attention if attending else None,
+        calls_of=attending,
+    )
     outputs: dict[str, str] = {}
     if "" not in hooked:  # a model that is its own only layer already gave "output"
         name = _OUTPUT if _OUTPUT not in hooked else f"{_OUTPUT} (model)"
@@ -636,6 +702,40 @@ def capture(
 
 
 _OUTPUT = "output"
+
+#: The output key of the attention probabilities recomputed for a ``MultiheadAttention`` call
+#: that did not return them (record ``<module path>.attention``).
+ATTENTION_KEY = "attention"
+RECOMPUTED = (
+    "recomputed: softmax(Q Kᵀ / √d_head) per head from the call's query and key and the "
+    "module's own projections"
+)
+
+
+def _returned_weights(output: Any) -> bool:
+    """Whether a ``MultiheadAttention`` call returned its per-head weights (N, heads, L, S)."""
+    return (
+        isinstance(output, tuple)
+        and len(output) > 1
+        and isinstance(output[1], torch.Tensor)
+        and output[1].dim() == 4
+    )
+
+
+def _recomputed(
+    module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> torch.Tensor:
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+    given = dict(zip(names, args, strict=False)) | kwargs
+    with torch.no_grad():
+        return recompute_attention(
+            module,
+            given["query"],
+            given["key"],
+            given["value"],
+            key_padding_mask=given.get("key_padding_mask"),
+            attn_mask=given.get("attn_mask"),
+        ).detach()
 
 
 def _ignore(*args: Any) -> None:
@@ -764,6 +864,9 @@ class _LayoutTracker:
             attrs=attrs,
             key=key,
         )
+        if layout.name == layouts.ATTENTION.name and key == "1":  # weights the module returned
+            tokens = self.final.get(name[: -len(key)] + "0")
+            layout = layouts.attention(tokens, shape, layout.note)
         if layout.name == "NCHW" and len(shape) == 4:
             resized = probe.resized if probe is not None else None
             other = (resized[2], resized[3]) if resized is not None and len(resized) == 4 else None
@@ -780,6 +883,10 @@ class _LayoutTracker:
             given_layout = self._layout_of(given_step)
             self.decided[i] = self._decide(name, module_type, attrs, key, shape, given_layout).name
         self.pending = False
+
+    def layout_of(self, tensor: torch.Tensor) -> str | None:
+        """The layout decided for ``tensor`` when a recorded module returned it (or the input)."""
+        return self._layout_of(self._step_of(tensor))
 
     def recorded(self, tensor: torch.Tensor) -> str | None:
         """The record that holds exactly ``tensor`` (same object, not changed in place since)."""

@@ -15,7 +15,11 @@ Names (the manifest's ``layout``)::
     LND->tokens(prefix=0, grid=4x6)     the same with the sequence first, (T, N, D)
     NLD, LND->NLD                       a sequence with features last and no patch grid
     states(layers, N, H)                recurrent hidden/cell states
-    attention(N, heads, L, S)           attention probabilities, one map per head
+    attention(N, heads, L, S)           attention probabilities (rows: queries, columns: keys)
+    attention(N, heads, L, S; prefix=1, grid=14x14)
+                                        the same for self-attention over tokens on a known patch
+                                        grid (L = S = prefix + h*w): drawn per head, the first
+                                        prefix token's row and one patch's row on the grid
     undecided                           the evidence does not settle it: never drawn
 
 Decisions come from evidence, never from the rank alone (:func:`decide`):
@@ -44,7 +48,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from featuremaps._errors import OptionError
+
 __all__ = [
+    "ATTENTION_MAP",
     "BAR_STRIP",
     "CHANNEL_GRID",
     "LAYOUTS",
@@ -54,6 +61,9 @@ __all__ = [
     "Facts",
     "Layout",
     "Probe",
+    "attention",
+    "attention_rows",
+    "centre_patch",
     "channels_first",
     "decide",
     "drawable_maps",
@@ -70,6 +80,7 @@ TOKEN_GRID = "token grid"
 BAR_STRIP = "bar strip"
 SIGNAL_MAP = "signal heat map"
 VOLUME_MONTAGE = "volume montage"
+ATTENTION_MAP = "attention map"
 
 Shape = tuple[int, ...]
 
@@ -194,12 +205,40 @@ ATTENTION = Layout(
     4,
     1,
     None,
-    "attention probabilities; drawn per head on the patch grid where the grid is known",
+    "attention probabilities without a known patch grid for both queries and keys; listed, "
+    "not drawn",
 )
+RETURNED = "returned by the model"
 UNDECIDED_REASON = "layout undecided from the evidence; not drawn rather than guessed"
 _BY_NAME = {layout.name: layout for layout in (*LAYOUTS, NHWC, NLD, LND, STATES, ATTENTION)}
 _BY_NAME["NHWC"] = NHWC  # manifests written before the arrow was added
 _TOKENS = re.compile(r"^(LND->)?tokens\(prefix=(\d+), grid=(\d+)x(\d+)\)$")
+_ATTENTION = re.compile(r"^attention\(N, heads, L, S; prefix=(\d+), grid=(\d+)x(\d+)\)$")
+
+
+def _attention_on_grid(prefix: int, grid: tuple[int, int], note: str = "") -> Layout:
+    return Layout(
+        f"attention(N, heads, L, S; prefix={prefix}, grid={grid[0]}x{grid[1]})",
+        4,
+        1,
+        ATTENTION_MAP,
+        None,
+        prefix=prefix,
+        grid=grid,
+        note=note,
+    )
+
+
+def attention(tokens: Layout | None, shape: Shape, note: str) -> Layout:
+    """The layout of attention probabilities of ``shape`` (N, heads, L, S) whose queries are
+    ``tokens`` (the layout of the attention module's output, when known): on the patch grid
+    when it is self-attention over those tokens (``L = S = prefix + h*w``)."""
+    if tokens is not None and tokens.drawn_as == TOKEN_GRID and tokens.grid is not None:
+        count = tokens.prefix + tokens.grid[0] * tokens.grid[1]
+        if len(shape) == 4 and shape[2] == shape[3] == count:
+            return _attention_on_grid(tokens.prefix, tokens.grid, note)
+        return replace(ATTENTION, note=f"{note}; {tuple(shape)} is not {count} x {count} tokens")
+    return replace(ATTENTION, note=f"{note}; its tokens have no known patch grid")
 
 
 def _undecided(ndim: int, note: str) -> Layout:
@@ -234,6 +273,9 @@ def get(name: str, ndim: int) -> Layout:
     if match and ndim == 3:
         grid = (int(match[3]), int(match[4]))
         return _tokens(int(match[2]), grid, bool(match[1]))
+    match = _ATTENTION.match(name)
+    if match and ndim == 4:
+        return _attention_on_grid(int(match[1]), (int(match[2]), int(match[3])))
     if name == "undecided":
         return _undecided(ndim, "")
     return _other(ndim)
@@ -396,7 +438,7 @@ def decide(
     if module_type == "MultiheadAttention":
         if key == "1":
             return (
-                replace(ATTENTION, note="returned by the module")
+                replace(ATTENTION, note=RETURNED)
                 if ndim == 4
                 else _undecided(ndim, "averaged attention weights (N, L, S)")
             )
@@ -533,15 +575,50 @@ def token_parts(layout: Layout, tensor: torch.Tensor, sample: int) -> tuple[np.n
     return _as_float(patches), _as_float(tokens[: layout.prefix])
 
 
+def centre_patch(layout: Layout) -> tuple[int, int]:
+    """The patch at the centre of a token or attention layout's grid, (row, column)."""
+    assert layout.grid is not None
+    return layout.grid[0] // 2, layout.grid[1] // 2
+
+
+def attention_rows(
+    layout: Layout, tensor: torch.Tensor, sample: int, query: int | tuple[int, int]
+) -> np.ndarray:
+    """One query's attention over the patch keys, per head, as ``(heads, h, w)`` maps.
+
+    ``query``: a prefix token's index, or a patch's (row, column) on the grid. The prefix keys'
+    columns are left out (so a map's values sum to 1 minus the prefix keys' share).
+    """
+    assert layout.grid is not None
+    h, w = layout.grid
+    weights = _sample(layout, tensor, sample)  # (heads, L, S)
+    if isinstance(query, tuple):
+        row, column = query
+        if not (0 <= row < h and 0 <= column < w):
+            raise OptionError(
+                f"patch ({row}, {column}) asked for, but the patch grid is {h}x{w}; choose a row "
+                f"from 0 to {h - 1} and a column from 0 to {w - 1}"
+            )
+        index = layout.prefix + row * w + column
+    else:
+        index = query
+    rows = weights[:, index, layout.prefix :]
+    return _as_float(rows.reshape(rows.shape[0], h, w))
+
+
 def drawable_maps(layout: Layout, tensor: torch.Tensor, sample: int) -> np.ndarray:
     """One sample of a drawable output as a float array (float32 or float64) with channels
-    first: ``(C, H, W)`` maps, ``(D, h, w)`` patch-token maps, ``(C, L)`` signals,
+    first: ``(C, H, W)`` maps, ``(D, h, w)`` patch-token maps, ``(heads, h, w)`` attention of
+    the first prefix token (or, without one, the centre patch) over the patches, ``(C, L)`` signals,
     ``(C, D, H, W)`` volumes, ``(F,)`` vectors.
 
     The array may share memory with ``tensor`` (no copy for float32 NCHW on the CPU).
     """
     if layout.drawn_as == TOKEN_GRID:
         return token_parts(layout, tensor, sample)[0]
+    if layout.drawn_as == ATTENTION_MAP:
+        query = 0 if layout.prefix else centre_patch(layout)
+        return attention_rows(layout, tensor, sample, query)
     maps = _sample(layout, tensor, sample)
     if layout.to_maps is not None:
         maps = maps.permute(*layout.to_maps)
@@ -552,6 +629,8 @@ def maps_shape(layout: Layout, shape: Shape) -> Shape:
     """The shape of one drawn sample of an output of ``shape`` (see :func:`drawable_maps`)."""
     if layout.drawn_as == TOKEN_GRID and layout.grid is not None:
         return (shape[2], *layout.grid)
+    if layout.drawn_as == ATTENTION_MAP and layout.grid is not None:
+        return (shape[1], *layout.grid)
     axis = layout.batch_axis if layout.batch_axis is not None else 0
     sample = tuple(n for i, n in enumerate(shape) if i != axis)
     if layout.to_maps is None:

@@ -38,6 +38,7 @@ from featuremaps.manifest import ARRAYS, MANIFEST, RecordSummary, header, runs_m
 from featuremaps.models import LoadedModel
 from featuremaps.predictions import categories, prediction
 from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
+from featuremaps.render.attention import make_attention_picture
 from featuremaps.render.bars import make_bars
 from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.scaling import centred, compute_range, is_signed_range, merge_ranges
@@ -600,6 +601,16 @@ def _draw(
             {"explained_variance": list(pca.explained), "components": len(pca.explained)},
             np.concatenate([pca.mean[None], pca.basis]).astype(np.float32),
         )
+    if layout.drawn_as == layouts.ATTENTION_MAP:
+        assert maps is not None
+        where = layouts.centre_patch(layout)
+        patch = layouts.attention_rows(layout, record.tensor, sample, where)
+        source = "returned by the model" if record.output_key == "1" else "recomputed"
+        attention = make_attention_picture(
+            maps if layout.prefix else None, patch, where, options, label, source
+        )
+        shown = (attention.first or attention.patch).channels
+        return _Drawing(attention.picture, shown, attention.picture.warnings)
     if layout.drawn_as == layouts.BAR_STRIP:
         vector = layouts.drawable_maps(layout, record.tensor, sample)
         title = f"{label.name} · {label.module_type} · {tuple(label.shape)}"

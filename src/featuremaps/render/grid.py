@@ -112,7 +112,8 @@ class GridOptions:
     (default "explicit list"). ``value_range`` is required for scale "fixed" (checked here),
     and for "global" where the caller passes the range across all layers (see ``merge_ranges``;
     checked by :func:`make_grid`, so options can be built before that range is known). ``cmap`` None
-    picks viridis for unsigned data and RdBu_r centred on zero for signed data.
+    picks viridis for unsigned data and RdBu_r centred on zero for signed data. ``unit`` is what
+    the legend calls a map ("channel"; "head" for attention).
     """
 
     max_channels: int = 32
@@ -125,6 +126,7 @@ class GridOptions:
     cmap: str | None = None
     min_tile: int = 48
     legend: bool = True
+    unit: str = "channel"
 
     def __post_init__(self) -> None:
         _positive_int("max_channels", self.max_channels)
@@ -516,10 +518,10 @@ def _legend_content(
         how = f"first {k} by index"
     else:
         how = f"top {k} by {opts.order}"
-    selection = f"{k} of {total} channels shown ({how})"
+    selection = f"{k} of {total} {opts.unit}s shown ({how})"
     scale = f"scale: {_SCALE_TEXT[opts.scale]}"
     if opts.scale == "layer" and k < total:
-        scale += f" (range over all {total} channels)"
+        scale += f" (range over all {total} {opts.unit}s)"
     colour = f"colormap {cmap}"
     if value_range.symmetric if value_range is not None else signed:
         colour += ", centred on 0"
