@@ -634,6 +634,8 @@ def capture(
         query = args[0] if args else kwargs.get("query")
         given = tracker.layout_of(query) if isinstance(query, torch.Tensor) else None
         tokens = layouts.get(given, 3) if given else None
+        if tokens is None or tokens.grid is None:  # e.g. a query transposed on the way in
+            tokens = tracker.final.get(record_name(path, call, "0"))
         layout = layouts.attention(tokens, tuple(weights.shape), RECOMPUTED)
         emit(path, module, call, ATTENTION_KEY, weights, layout, copied=True)
 
