@@ -139,3 +139,15 @@ def test_run_draws_attention_per_head() -> None:
     assert summary.skipped is None and summary.drawn_as == layouts.ATTENTION_MAP
     assert summary.channels_shown == (0, 1)  # both heads
     assert f"{MHA}.attention" in result.grids
+
+
+def test_run_draws_the_chosen_patchs_attention() -> None:
+    model, x = _model_and_input()
+    (result,) = fm.visualize(model, x[:1], layers=MHA, attention_patch=(0, 2))
+    record = fm.capture(model, x[:1], layers=MHA).get(f"{MHA}.attention")
+    layout = record.layout_info
+    first = layouts.attention_rows(layout, record.tensor, 0, 0)
+    patch = layouts.attention_rows(layout, record.tensor, 0, (0, 2))
+    label = GridLabel(record.name, record.module_type, record.shape)
+    expected = make_attention_picture(first, patch, (0, 2), GridOptions(), label, "recomputed")
+    np.testing.assert_array_equal(result.grids[record.name].pixels, expected.picture.pixels)

@@ -636,6 +636,7 @@ def test_detection_transform_is_listed_with_the_type_it_returned(
         (["--scale", "channel", "--range", "0,1"], "but the scale is 'channel'"),
         (["--scale", "fixed"], "--scale fixed needs --range LO,HI, for example --range -1,1"),
         (["--columns", "0"], "--columns 0 is not valid; expected 1 or more"),
+        (["--attention-patch", "7"], "--attention-patch '7' is not ROW,COL (two whole numbers"),
     ],
 )  # fmt: skip
 def test_scale_and_range_misuse_is_an_error_in_command_line_words(

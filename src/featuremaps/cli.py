@@ -135,6 +135,11 @@ def _build_run(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sample", type=int, default=0, help="batch sample to draw (default: 0)")
     p.add_argument(
+        "--attention-patch",
+        help="ROW,COL: the patch whose attention per head is drawn beside the class token's "
+        "(default: the centre patch)",
+    )
+    p.add_argument(
         "--save-arrays", action="store_true", help="also write arrays.safetensors (float32)"
     )
     p.add_argument(
@@ -371,6 +376,18 @@ def _parse_channels(text: str) -> dict[str, object]:
     )
 
 
+def _parse_patch(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        row, column = (int(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(
+            f"--attention-patch '{text}' is not ROW,COL (two whole numbers, e.g. 7,7)"
+        ) from None
+    return row, column
+
+
 def _parse_range(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None
@@ -517,6 +534,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         channel_stats=args.stats,
         device=args.device,
         dtype=args.dtype,
+        attention_patch=_parse_patch(args.attention_patch),
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)

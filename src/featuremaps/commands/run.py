@@ -237,6 +237,7 @@ def _run_one(
     report: bool = False,
     saved: SavedStats | None = None,
     placement: Placement | None = None,
+    attention_patch: tuple[int, int] | None = None,
 ) -> Visualization:
     from tqdm import tqdm
 
@@ -281,7 +282,8 @@ def _run_one(
             maps = record.maps(sample) if record.layout_info.drawn_as != layouts.BAR_STRIP else None
             if maps is not None:
                 options = _ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
-            drawing = _draw(record, sample, maps, options, label, _signal_context(record))
+            context = _signal_context(record)
+            drawing = _draw(record, sample, maps, options, label, context, attention_patch)
             picture = drawing.picture
             timings["render"] += time.perf_counter() - drawn
             shown = drawing.shown
@@ -456,6 +458,7 @@ def visualize(
     channel_stats: SavedStats | str | Path | None = None,
     device: str | torch.device | None = None,
     dtype: str | None = None,
+    attention_patch: tuple[int, int] | None = None,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -480,6 +483,8 @@ def visualize(
             (default) leaves the model where it is and moves the inputs to it.
         dtype: ``"float32"`` (default), or ``"bfloat16"``/``"float16"`` to run the forward pass
             under ``torch.autocast``; the manifest's ``compute`` and every legend say so.
+        attention_patch: the patch (row, column) whose attention over the patch grid is drawn
+            per head for attention records, beside the class token's (default: the centre).
 
     Returns:
         One :class:`Visualization` per input.
@@ -518,7 +523,7 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement)
+                         report, saved, placement, attention_patch)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -579,6 +584,7 @@ def _draw(
     options: GridOptions,
     label: GridLabel,
     context: _SignalContext | None = None,
+    attention_patch: tuple[int, int] | None = None,
 ) -> _Drawing:
     """Draw one record as its layout says (:data:`featuremaps.layouts` ``drawn_as``)."""
     layout = record.layout_info
@@ -603,7 +609,7 @@ def _draw(
         )
     if layout.drawn_as == layouts.ATTENTION_MAP:
         assert maps is not None
-        where = layouts.centre_patch(layout)
+        where = attention_patch or layouts.centre_patch(layout)
         patch = layouts.attention_rows(layout, record.tensor, sample, where)
         source = "returned by the model" if record.output_key == "1" else "recomputed"
         attention = make_attention_picture(
