@@ -43,7 +43,7 @@ def _colour(value: float, r: ValueRange, cmap: str) -> np.ndarray:
 def test_slice_k_with_value_k_lands_in_its_tile_with_its_colour() -> None:
     # slice k of channel c holds k + 100 c everywhere: each tile must be one flat colour.
     depth, h, w = 20, 3, 4
-    maps = (np.arange(depth)[None, :, None, None] + 100.0 * np.arange(2)[:, None, None, None])
+    maps = np.arange(depth)[None, :, None, None] + 100.0 * np.arange(2)[:, None, None, None]
     maps = np.broadcast_to(maps, (2, depth, h, w)).astype(np.float32)
     made = make_volume_picture(maps, GridOptions(min_tile=12), LABEL)
     step = -(-depth // 8)  # at most 8 tiles per channel

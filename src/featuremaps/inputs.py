@@ -34,14 +34,14 @@ __all__ = [
     "LoadedInput",
     "Preprocessing",
     "expected_axes",
-    "load_clip",
-    "load_volume",
     "expected_channels",
     "fed_picture",
     "load_array",
+    "load_clip",
     "load_image",
     "load_input",
     "load_signal",
+    "load_volume",
     "load_wav",
     "parse_normalize",
     "parse_size",
@@ -511,7 +511,9 @@ def load_input(
             return load_volume(
                 path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
             )
-        return load_clip(path, channels=channels, layer_name=layer_name, preprocessing=preprocessing)
+        return load_clip(
+            path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
+        )
     loader = load_array if suffix == ".npy" else load_image
     return loader(path, channels=channels, layer_name=layer_name, preprocessing=preprocessing)
 

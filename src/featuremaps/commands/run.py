@@ -43,8 +43,8 @@ from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.scaling import centred, compute_range, is_signed_range, merge_ranges
 from featuremaps.render.signal import Placement as AxisPlacement
 from featuremaps.render.signal import make_signal_picture
-from featuremaps.render.volume import make_volume_picture
 from featuremaps.render.tokens import make_token_picture
+from featuremaps.render.volume import make_volume_picture
 from featuremaps.report import (
     DATA_DIR,
     INDEX,

@@ -50,7 +50,6 @@ from featuremaps.render.scaling import (
     fixed_range,
     is_signed_range,
     normalize,
-    normalize_channels,
 )
 
 __all__ = [
@@ -114,7 +113,8 @@ def projection(volume: np.ndarray, signed: bool) -> np.ndarray:
     """
     v = np.asarray(volume, dtype=np.float64)
     if not signed:
-        return v.max(axis=-3)
+        top: np.ndarray = v.max(axis=-3)
+        return top
     pick = np.argmax(np.abs(v), axis=-3)
     out = np.take_along_axis(v, pick[..., None, :, :], axis=-3)[..., 0, :, :]
     ray_nan = np.isnan(v).any(axis=-3)
@@ -181,7 +181,7 @@ def _curve(values: np.ndarray, width: int, height: int) -> np.ndarray:
             previous = None
             continue
         t = (float(v) - lo) / (hi - lo) if hi > lo else 0.5
-        y = int(round((1.0 - t) * (height - 3))) + 1
+        y = round((1.0 - t) * (height - 3)) + 1
         top, bottom = (y, y) if previous is None else (min(y, previous), max(y, previous))
         canvas[top : bottom + 1, x0] = TEXT_INDEX
         canvas[y, x0:x1] = TEXT_INDEX
@@ -250,14 +250,15 @@ def make_volume_picture(
         paint_text(mosaic, (mip_x, top - CAPTION + 1), "MIP", LEGEND_FONT_SIZE)
         row.append((top, mip_x))
         origins.append(tuple(row))
-        mosaic[top : top + th, curve_x : curve_x + CURVE_WIDTH] = _curve(
-            means[i], CURVE_WIDTH, th
-        )
+        mosaic[top : top + th, curve_x : curve_x + CURVE_WIDTH] = _curve(means[i], CURVE_WIDTH, th)
         paint_text(mosaic, (curve_x, top - CAPTION + 1), "mean/slice", LEGEND_FONT_SIZE)
         finite = means[i][np.isfinite(means[i])]
         if finite.size:
             paint_text(
-                mosaic, (curve_x + CURVE_WIDTH + 4, top), _fmt(float(finite.max())), LEGEND_FONT_SIZE
+                mosaic,
+                (curve_x + CURVE_WIDTH + 4, top),
+                _fmt(float(finite.max())),
+                LEGEND_FONT_SIZE,
             )
             paint_text(
                 mosaic,
