@@ -195,3 +195,24 @@ def test_r3d_18_draws_its_volume_layers(tmp_path: Path) -> None:
     stem = next(r for r in volumes if r["name"] == "stem.0")
     assert stem["shape"] == [1, 64, 16, 56, 56]
     assert elapsed < 120
+
+
+def test_a_gif_clip_runs_from_the_cli_on_a_3d_rgb_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nets = tmp_path / "rgb3d.py"
+    nets.write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv3d(3, 2, 3), "
+        "nn.ReLU())\n"
+    )
+    frames = [Image.fromarray(np.full((9, 11, 3), 50 * t, dtype=np.uint8)) for t in range(5)]
+    frames[0].save(tmp_path / "c.gif", save_all=True, append_images=frames[1:], duration=40)
+    out = tmp_path / "out"
+    code = main([str(tmp_path / "c.gif"), "--model", f"{nets}:build", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["kind"] == "clip"
+    assert manifest["input"]["fed_shape"] == [1, 3, 5, 9, 11]
+    records = {r["name"]: r for r in manifest["records"]}
+    assert records["0"]["shape"] == [1, 2, 3, 7, 9]
+    assert records["1"]["drawn_as"] == layouts.VOLUME_MONTAGE
