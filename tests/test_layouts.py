@@ -245,6 +245,7 @@ def test_registry_entries_are_consistent() -> None:
                 layouts.CHANNEL_GRID,
                 layouts.BAR_STRIP,
                 layouts.SIGNAL_MAP,
+                layouts.VOLUME_MONTAGE,
             ), layout.name
             assert layout.reason is None
             assert layout.channel_axis is not None

@@ -12,6 +12,7 @@ from featuremaps.render import GridLabel, GridOptions, make_grid
 from featuremaps.render.bars import make_bars
 from featuremaps.render.signal import Placement, make_signal_picture
 from featuremaps.render.tokens import make_token_picture
+from featuremaps.render.volume import make_volume_picture
 from goldtest import assert_matches_golden
 
 
@@ -95,3 +96,15 @@ def test_golden_signal_on_its_input_axis() -> None:
     assert made.channels == (0, 1, 2, 3, 4)
     assert made.picture.warnings == ("1 NaN/Inf values drawn in magenta",)
     assert_matches_golden("signal_stride4_nan", made.picture.pixels)
+
+
+def test_golden_volume_montage() -> None:
+    # (2, 10, 5, 6) signed volume from integer arithmetic: every 2nd slice, MIP, slice means.
+    ramp = ((np.arange(2 * 10 * 5 * 6) * 7) % 19 - 9).reshape(2, 10, 5, 6).astype(np.float32)
+    depth = np.arange(10, dtype=np.float32)[None, :, None, None]
+    maps = ramp / 4 + depth / 2 * np.array([1.0, -1.0], dtype=np.float32)[:, None, None, None]
+    maps[1, 3, 2, 2] = np.nan
+    label = GridLabel("layer1.0.conv1", "Conv3d", (1, 2, 10, 5, 6), stamp="RANDOM WEIGHTS")
+    made = make_volume_picture(maps, GridOptions(), label=label)
+    assert made.slices == (0, 2, 4, 6, 8) and made.projection_kind == "max |x|, sign kept"
+    assert_matches_golden("volume_montage", made.picture.pixels)

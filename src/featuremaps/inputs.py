@@ -37,9 +37,11 @@ __all__ = [
     "expected_channels",
     "fed_picture",
     "load_array",
+    "load_clip",
     "load_image",
     "load_input",
     "load_signal",
+    "load_volume",
     "load_wav",
     "parse_normalize",
     "parse_size",
@@ -488,7 +490,9 @@ def load_input(
     ``channels`` is what the model's first layer takes (see :func:`expected_channels`) and
     ``layer_name`` names that layer in messages; ``None`` keeps what the file has. ``axes`` is
     how many spatial axes that layer takes (see :func:`expected_axes`): with 1 (a ``Conv1d``),
-    a ``.npy`` array is a signal ``(C, L)`` or ``(1, C, L)`` and is fed as ``(1, C, L)``.
+    a ``.npy`` array is a signal ``(C, L)`` or ``(1, C, L)`` and is fed as ``(1, C, L)``; with 3
+    (a ``Conv3d``) a ``.npy`` array is a volume (see :func:`load_volume`) and a folder of frames
+    or an animated GIF is a clip (see :func:`load_clip`).
     """
     suffix = Path(path).suffix.lower()
     if suffix == ".wav":
@@ -500,6 +504,14 @@ def load_input(
                 f"signals (C, L); give a .npy array (C, L) or a .wav file"
             )
         return load_signal(
+            path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
+        )
+    if axes == 3:
+        if suffix == ".npy":
+            return load_volume(
+                path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
+            )
+        return load_clip(
             path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
         )
     loader = load_array if suffix == ".npy" else load_image
@@ -1194,6 +1206,182 @@ def load_signal(
         preprocessing=preprocessing,
         channels=channels,
         layer_name=layer_name,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Volumes and clips (N, C, D, H, W)
+
+
+def _volume_display(cdhw: FloatArray) -> npt.NDArray[np.uint8]:
+    """The middle slice along D of a (C, D, H, W) volume, shown as the images' inputs are."""
+    middle = cdhw[:, cdhw.shape[1] // 2]
+    return _for_display(np.ascontiguousarray(middle.transpose(1, 2, 0)))
+
+
+def load_volume(
+    path: str | Path,
+    *,
+    channels: int | None = None,
+    layer_name: str | None = None,
+    preprocessing: Preprocessing = Preprocessing(),
+) -> LoadedInput:
+    """Load a ``.npy`` volume ``(C, D, H, W)`` or ``(1, C, D, H, W)`` as the ``(1, C, D, H, W)``
+    float32 tensor to feed (for a model whose first layer is 3-D).
+
+    Values follow :func:`load_array`'s dtype rules (``uint8``/``uint16`` divided by their full
+    scale unless fed as is, ``bool`` to 0/1, others cast to float32 without scaling). Image
+    preprocessing (resize, crop, normalisation) is not applied to volumes: the model's own is
+    skipped and said so, and steps given by the user are refused. ``display`` is the middle
+    slice along D.
+    """
+    where = _check_file(path, channels)
+    array = _read_npy(where)
+    shape = tuple(int(size) for size in array.shape)
+    original = f".npy {array.dtype} {shape}"
+    if array.dtype.kind not in "biuf":
+        raise InputError(
+            f"array '{where}' has dtype {array.dtype}, expected real numbers (float, int or "
+            f"bool); save it with array.astype('float32')"
+        )
+    if array.ndim not in (4, 5) or (array.ndim == 5 and shape[0] != 1) or array.size == 0:
+        raise InputError(
+            f"volume '{where}' has shape {shape}, expected (C, D, H, W) or (1, C, D, H, W) with "
+            f"at least one value; save one sample per file as (C, D, H, W)"
+        )
+    conversions: list[str] = []
+    if array.ndim == 5:
+        array = array[0]
+        conversions.append("batch axis of size 1 dropped")
+    count = int(array.shape[0])
+    if channels is not None and count != channels:
+        raise InputError(
+            f"volume '{where}' has {_channel_count(count)} ({original}), but "
+            f"{_layer_phrase(layer_name)} takes {channels}; save it as ({channels}, D, H, W)"
+        )
+    full_scale = None if preprocessing.as_is else _PICTURE_DTYPES.get(array.dtype.str[1:])
+    with np.errstate(over="ignore"):
+        values = array.astype(np.float32)
+    if array.dtype == np.bool_:
+        conversions.append("bool values cast to float32 (False -> 0, True -> 1)")
+    elif full_scale is not None:
+        values /= np.float32(full_scale)
+        conversions.append(
+            f"{array.dtype} values divided by {full_scale} (read as a {array.dtype.itemsize * 8}"
+            f"-bit picture, like an image file; --as-is keeps 0..{full_scale})"
+        )
+    elif array.dtype != np.float32:
+        conversions.append(f"{array.dtype} values cast to float32 (no scaling)")
+    not_finite = int(np.count_nonzero(~np.isfinite(values)))
+    if not_finite:
+        conversions.append(f"volume holds {not_finite:,} NaN/Inf values (fed as they are)")
+    if preprocessing.as_is:
+        conversions.append("fed as is (asked for)")
+    elif preprocessing.steps():
+        if not preprocessing.from_model:
+            raise OptionError(
+                f"the preprocessing {', '.join(preprocessing.steps())} is for images, but this "
+                f"input is a volume (C, D, H, W); drop --size/--crop/--normalize and scale the "
+                f"volume yourself"
+            )
+        conversions.append(
+            f"the model's image preprocessing ({', '.join(preprocessing.steps())}) was not "
+            f"applied to a volume"
+        )
+        preprocessing = Preprocessing(
+            source=f"not applied (a volume): {preprocessing.source}", as_is=True
+        )
+    return LoadedInput(
+        tensor=torch.from_numpy(np.ascontiguousarray(values)).unsqueeze(0),
+        path=where,
+        kind="volume",
+        original=original,
+        conversions=tuple(conversions),
+        preprocessing=preprocessing,
+        display=_volume_display(values),
+    )
+
+
+def _clip_frames(where: Path) -> tuple[list[Image.Image], str]:
+    """The frames of a folder of images (in name order) or of an animated GIF, as RGB."""
+    if where.is_dir():
+        files = sorted(
+            p for p in where.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            raise InputError(
+                f"clip folder '{where}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); put "
+                f"one image per frame in it, named in frame order"
+            )
+        frames = []
+        for file in files:
+            image, _, _ = _decode(file)
+            frames.append(image.convert("RGB"))
+        return frames, f"folder of {len(frames)} frames"
+    try:
+        opened = Image.open(where)
+    except (UnidentifiedImageError, OSError):
+        raise _not_an_image(where) from None
+    with opened:
+        count = int(getattr(opened, "n_frames", 1))
+        frames = []
+        for index in range(count):
+            opened.seek(index)
+            frames.append(opened.convert("RGB"))
+        return frames, f"{opened.format or where.suffix.lstrip('.').upper()} of {count} frames"
+
+
+def load_clip(
+    path: str | Path,
+    *,
+    channels: int | None = None,
+    layer_name: str | None = None,
+    preprocessing: Preprocessing = Preprocessing(),
+) -> LoadedInput:
+    """Load a clip, a folder of frames (image files in name order) or an animated GIF, as the
+    ``(1, 3, T, H, W)`` float32 tensor to feed (for a model whose first layer is 3-D).
+
+    Each frame is converted to RGB and divided by 255, then given the preprocessing (resize,
+    crop, normalisation) frame by frame, as an image would be; the frames must all come out the
+    same size. ``display`` is the first frame as given.
+    """
+    where = Path(path)
+    if not where.exists():
+        raise InputError(
+            f"input '{where}' does not exist; check the path (relative paths start from "
+            f"'{Path.cwd()}')"
+        )
+    frames, original = _clip_frames(where)
+    if channels is not None and channels != 3:
+        raise InputError(
+            f"clip '{where}' has 3 channels (RGB frames), but {_layer_phrase(layer_name)} takes "
+            f"{channels}; give a .npy volume ({channels}, D, H, W) instead"
+        )
+    conversions = [f"{len(frames)} frames converted to RGB and divided by 255"]
+    fed = []
+    for i, frame in enumerate(frames):
+        hwc = np.asarray(frame, dtype=np.float32) / np.float32(255)
+        steps: list[str] = []
+        chw = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
+        fed.append(_preprocess(chw, preprocessing, f"frame {i} of clip '{where}'", steps))
+        if i == 0:
+            conversions.extend(f"each frame {step}" for step in steps)
+    sizes = {tuple(f.shape[-2:]) for f in fed}
+    if len(sizes) != 1:
+        raise InputError(
+            f"clip '{where}' has frames of different sizes {sorted(sizes)}, expected one size; "
+            f"resize the frames alike or give --size"
+        )
+    tensor = torch.stack(fed, dim=1).unsqueeze(0).to(torch.float32).contiguous()
+    first = np.asarray(frames[0], dtype=np.float32) / np.float32(255)
+    return LoadedInput(
+        tensor=tensor,
+        path=where,
+        kind="clip",
+        original=original,
+        conversions=tuple(conversions),
+        preprocessing=preprocessing,
+        display=_for_display(first),
     )
 
 

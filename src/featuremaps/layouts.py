@@ -184,7 +184,7 @@ _SEQUENCE = (
 LAYOUTS: tuple[Layout, ...] = (
     Layout("NCHW", 4, 1, CHANNEL_GRID, None, _typed(4, 2)),
     Layout("NCL", 3, 1, SIGNAL_MAP, None, _typed(3, 1)),
-    Layout("NCDHW", 5, 1, None, "volumes (N, C, D, H, W) are not drawn yet", _typed(5, 3)),
+    Layout("NCDHW", 5, 1, VOLUME_MONTAGE, None, _typed(5, 3)),
     Layout("NC", 2, 1, BAR_STRIP, None, _rank(2)),
     Layout("N", 1, None, None, _TOO_FEW.format(1), _rank(1)),
     Layout("scalar", 0, None, None, _TOO_FEW.format(0), _rank(0)),

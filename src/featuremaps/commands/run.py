@@ -45,6 +45,7 @@ from featuremaps.render.scaling import centred, compute_range, is_signed_range, 
 from featuremaps.render.signal import Placement as AxisPlacement
 from featuremaps.render.signal import make_signal_picture
 from featuremaps.render.tokens import make_token_picture
+from featuremaps.render.volume import make_volume_picture
 from featuremaps.report import (
     DATA_DIR,
     INDEX,
@@ -130,6 +131,7 @@ def _global_range(
             layouts.CHANNEL_GRID,
             layouts.TOKEN_GRID,
             layouts.SIGNAL_MAP,
+            layouts.VOLUME_MONTAGE,
         ):
             ranges.append(compute_range(record.maps(sample), symmetric=False))
 
@@ -595,6 +597,10 @@ def _draw(
             maps, options, label, signal=context.signal, placement=context.placement
         )
         return _Drawing(drawn.picture, drawn.channels, drawn.picture.warnings, tiles=False)
+    if layout.drawn_as == layouts.VOLUME_MONTAGE:
+        assert maps is not None
+        volume = make_volume_picture(maps, options, label)
+        return _Drawing(volume.picture, volume.channels, volume.picture.warnings, tiles=False)
     if layout.drawn_as == layouts.TOKEN_GRID:
         assert maps is not None
         _, head = layouts.token_parts(layout, record.tensor, sample)
