@@ -694,13 +694,21 @@ def test_keys_step_between_layers_and_channels(small: Run, open_report: Any) -> 
     def layer_in_address() -> str:
         return page.url.split("#layer=")[1].split("&")[0].replace("%23", "#")
 
+    def address_names(layer: str) -> None:
+        # The address is rewritten after the key's own event: poll it, then compare.
+        for _ in range(100):
+            if "#layer=" in page.url and layer_in_address() == layer:
+                break
+            page.wait_for_timeout(50)
+        assert layer_in_address() == layer
+
     page.keyboard.press("j")
-    assert layer_in_address() == names[0]
+    address_names(names[0])
     page.keyboard.press("j")
     page.keyboard.press("j")
-    assert layer_in_address() == names[2]
+    address_names(names[2])
     page.keyboard.press("k")
-    assert layer_in_address() == names[1]
+    address_names(names[1])
     name = "act#2"
     key = small.key(name)
     shown = small.record(name)["channels_shown"]
@@ -1041,18 +1049,14 @@ def test_token_and_vector_pictures_show_in_the_report(tmp_path: Path, open_repor
     page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]", timeout=5000)
     assert page.locator(f"#L{key} figure.tile").count() == 6
     page.locator(f"#L{key} img.summary").scroll_into_view_if_needed()
-    page.wait_for_function(
-        f"document.querySelector('#L{key} img.summary').naturalWidth > 0", timeout=5000
-    )
+    _wait_until(page, f"document.querySelector('#L{key} img.summary').naturalWidth > 0", 5.0)
     assert _image_loaded(page, f"#L{key} img.summary")
     assert "tokens(prefix=1, grid=3x4)" in page.locator(f"#L{key} .meta").text_content()
     # A vector: its bar strip PNG.
     key = run.key("head")
     page.click('#fm-outline a[title="head"]')
     page.locator(f"#L{key} img.png").scroll_into_view_if_needed()
-    page.wait_for_function(
-        f"document.querySelector('#L{key} img.png').naturalWidth > 0", timeout=5000
-    )
+    _wait_until(page, f"document.querySelector('#L{key} img.png').naturalWidth > 0", 5.0)
     assert page.locator(f"#L{key} img.png").get_attribute("src") == run.record("head")["image"]
     ACTUAL.mkdir(exist_ok=True)
     page.screenshot(path=str(ACTUAL / "report-tokens.png"), full_page=True)
@@ -1075,9 +1079,7 @@ def test_volume_pictures_show_in_the_report(tmp_path: Path, open_report: Any) ->
     key = run.key("0")
     page.click('#fm-outline a[title="0"]')
     page.locator(f"#L{key} img.png").scroll_into_view_if_needed()
-    page.wait_for_function(
-        f"document.querySelector('#L{key} img.png').naturalWidth > 0", timeout=5000
-    )
+    _wait_until(page, f"document.querySelector('#L{key} img.png').naturalWidth > 0", 5.0)
     assert _image_loaded(page, f"#L{key} img.png")
     assert page.locator(f"#L{key} img.png").get_attribute("src") == record["image"]
     assert page.locator(f"#L{key} img.png").get_attribute("alt") == "volume montage of 0"
@@ -1102,11 +1104,30 @@ def test_signal_pictures_show_in_the_report(tmp_path: Path, open_report: Any) ->
     key = run.key("0")
     page.click('#fm-outline a[title="0"]')
     page.locator(f"#L{key} img.png").scroll_into_view_if_needed()
-    page.wait_for_function(
-        f"document.querySelector('#L{key} img.png').naturalWidth > 0", timeout=5000
-    )
+    _wait_until(page, f"document.querySelector('#L{key} img.png').naturalWidth > 0", 5.0)
     assert _image_loaded(page, f"#L{key} img.png")
     assert page.locator(f"#L{key} img.png").get_attribute("src") == record["image"]
     assert page.locator(f"#L{key} img.png").get_attribute("alt") == "signal heat map of 0"
     assert "NCL" in page.locator(f"#L{key} .meta").text_content()
+    assert opened.errors == []
+
+
+def test_attention_pictures_show_in_the_report(tmp_path: Path, open_report: Any) -> None:
+    from test_attention_capture import TinyViT
+
+    torch.manual_seed(0)
+    model = TinyViT().eval()  # a class token, 4x3 patches, one attention layer of 2 heads
+    run = _run(model, torch.randn(1, 3, 16, 12), tmp_path / "attention")
+    name = "self_attention.attention"
+    record = run.record(name)
+    assert record["layout"] == "attention(N, heads, L, S; prefix=1, grid=4x3)"
+    assert record["drawn_as"] == "attention map" and record["image"] is not None
+    assert record["layout_evidence"].startswith("recomputed")
+    opened = open_report(run.index)
+    page = opened.page
+    key = run.key(name)
+    page.locator(f"#L{key}").scroll_into_view_if_needed()
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]", timeout=5000)
+    assert page.locator(f"#L{key} figure.tile").count() == 2  # one tile per head
+    assert "attention(N, heads, L, S" in page.locator(f"#L{key} .meta").text_content()
     assert opened.errors == []

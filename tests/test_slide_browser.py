@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,16 @@ def _shot(page: Any) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
 
 
+def _wait_until(page: Any, expression: str, seconds: float = 10.0) -> None:
+    """Poll ``expression`` from the test side. Playwright's own ``wait_for_function`` polls with
+    ``eval`` inside the page, which the viewer's CSP (no 'unsafe-eval') refuses."""
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {seconds} s: {expression}")
+        page.wait_for_timeout(50)
+
+
 def test_viewer_opens_offline_and_shows_the_overlay(browser: Any, tmp_path: Path) -> None:
     picture = tissue_picture(600, 704)
     slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5)
@@ -72,17 +83,17 @@ def test_viewer_opens_offline_and_shows_the_overlay(browser: Any, tmp_path: Path
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(index.as_uri())
-    page.wait_for_function("Number(document.body.dataset.tilesLoaded || 0) >= 4", timeout=20000)
+    _wait_until(page, "Number(document.body.dataset.tilesLoaded || 0) >= 4", 20.0)
     page.wait_for_timeout(500)
     assert page.locator("header .stamp").inner_text() == "RANDOM WEIGHTS"
     assert "exact" in page.locator("footer").inner_text()
 
     page.locator("#opacity").fill("0")
-    page.wait_for_function("document.body.dataset.opacity === '0'")
+    _wait_until(page, "document.body.dataset.opacity === '0'")
     page.wait_for_timeout(400)
     bare = _shot(page)
     page.locator("#opacity").fill("100")
-    page.wait_for_function("document.body.dataset.opacity === '1'")
+    _wait_until(page, "document.body.dataset.opacity === '1'")
     page.wait_for_timeout(400)
     full = _shot(page)
     ACTUAL.mkdir(exist_ok=True)
