@@ -26,10 +26,6 @@ from featuremaps.render.colormap import DEFAULT_CMAP, DEFAULT_DIVERGING_CMAP, le
 from featuremaps.render.grid import GridLabel, GridOptions, select_channels
 from featuremaps.render.legend import (
     LEGEND_FONT_SIZE,
-    LEGEND_HEIGHT,
-    LegendContent,
-    legend_width,
-    paint_legend,
     paint_text,
     text_width,
 )
@@ -42,13 +38,9 @@ from featuremaps.render.palette import (
     palette_pixels,
 )
 from featuremaps.render.panels import LINE, Composite, stacked
+from featuremaps.render.rows import row_scale, rows_legend
 from featuremaps.render.scaling import (
     ValueRange,
-    centred,
-    channel_ranges,
-    compute_range,
-    fixed_range,
-    is_signed_range,
     normalize,
     normalize_channels,
 )
@@ -192,33 +184,6 @@ def _axis(width: int, length: int, title: str) -> np.ndarray:
     return canvas
 
 
-def _scale(
-    arr: np.ndarray, block: np.ndarray, options: GridOptions
-) -> tuple[ValueRange | None, tuple[ValueRange, ...], bool, str]:
-    """The shared range (``None`` for per-channel scales), each row's range, signedness and the
-    legend's scale text; the same decisions as the channel grids."""
-    layer = compute_range(arr, symmetric=False)
-    signed = is_signed_range(layer.vmin)
-    if options.scale in ("fixed", "global") and options.value_range is not None:
-        lo, hi = options.value_range
-        if options.scale == "fixed":
-            shared = fixed_range(lo, hi)
-            signed = shared.symmetric
-        else:
-            signed = signed or is_signed_range(lo)
-            given = ValueRange(lo, hi, False)
-            shared = centred(given) if signed else given
-        shared_by = "all layers" if options.scale == "global" else "given"
-        text = f"scale: {options.scale} range ({shared_by})"
-    elif options.scale == "channel":
-        rows = channel_ranges(block, symmetric=signed)
-        return None, rows, signed, "scale: each row its own range (printed at its right)"
-    else:
-        shared = centred(layer) if signed else layer
-        text = f"scale: one range for the layer (all {arr.shape[0]} channels)"
-    return shared, (shared,) * len(block), signed, text
-
-
 def make_signal_picture(
     maps: np.ndarray,
     options: GridOptions,
@@ -243,7 +208,11 @@ def make_signal_picture(
     width = min(MAX_WIDTH, max(MIN_WIDTH, span))
     chs = select_channels(arr[:, None, :], options)  # the grids' rule, on (C, 1, L)
     block = arr[np.asarray(chs, dtype=np.intp)].astype(np.float64)
-    shared, rows, signed, scale_text = _scale(arr, block, options)
+    shared, rows, signed, scale_text = row_scale(
+        arr, block, options,
+        per_row="scale: each row its own range (printed at its right)",
+        one_range=f"scale: one range for the layer (all {arr.shape[0]} channels)",
+    )  # fmt: skip
     cmap = options.cmap or (DEFAULT_DIVERGING_CMAP if signed else DEFAULT_CMAP)
     palette = grid_palette(cmap)
 
@@ -271,26 +240,9 @@ def make_signal_picture(
             )  # fmt: skip
 
     nonfinite = int(np.count_nonzero(~np.isfinite(block)))
-    how = (
-        options.channels_note or "explicit list"
-        if options.channels is not None
-        else f"first {len(chs)} by index"
-        if options.order == "index"
-        else f"top {len(chs)} by {options.order}"
+    legend = rows_legend(
+        label, options, chs, total, (shared, signed, scale_text), cmap, nonfinite, "; time on x"
     )
-    content = LegendContent(
-        title=f"{label.name} · {label.module_type} · {tuple(label.shape)}",
-        stamp=label.stamp,
-        selection=f"{len(chs)} of {total} channels shown as rows ({how}); time on x",
-        scale=f"{scale_text} · colormap {cmap}" + (", centred on 0" if signed else ""),
-        bar_low=_fmt(shared.vmin) if shared is not None else ("-max|x|" if signed else "min"),
-        bar_mid="0" if signed else None,
-        bar_high=_fmt(shared.vmax) if shared is not None else ("+max|x|" if signed else "max"),
-        bar_note=None if shared is not None else "each row: its own range",
-        nonfinite=nonfinite,
-    )
-    legend = np.full((LEGEND_HEIGHT, legend_width(content)), BACKGROUND_INDEX, dtype=np.uint8)
-    paint_legend(legend, content)
 
     if placement is None:
         noun = "cell" if cells == 1 else "cells"

@@ -27,10 +27,6 @@ from featuremaps.render.colormap import DEFAULT_CMAP, DEFAULT_DIVERGING_CMAP, le
 from featuremaps.render.grid import GridLabel, GridOptions, select_channels
 from featuremaps.render.legend import (
     LEGEND_FONT_SIZE,
-    LEGEND_HEIGHT,
-    LegendContent,
-    legend_width,
-    paint_legend,
     paint_text,
 )
 from featuremaps.render.palette import (
@@ -42,13 +38,9 @@ from featuremaps.render.palette import (
     palette_pixels,
 )
 from featuremaps.render.panels import LINE, Composite, stacked, text_block
+from featuremaps.render.rows import row_scale, rows_legend
 from featuremaps.render.scaling import (
     ValueRange,
-    centred,
-    channel_ranges,
-    compute_range,
-    fixed_range,
-    is_signed_range,
     normalize,
 )
 
@@ -135,32 +127,6 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _scale(
-    arr: np.ndarray, block: np.ndarray, options: GridOptions
-) -> tuple[ValueRange | None, tuple[ValueRange, ...], bool, str]:
-    """The shared range (``None`` per row), each row's range, signedness and the scale text."""
-    layer = compute_range(arr, symmetric=False)
-    signed = is_signed_range(layer.vmin)
-    if options.scale in ("fixed", "global") and options.value_range is not None:
-        lo, hi = options.value_range
-        if options.scale == "fixed":
-            shared = fixed_range(lo, hi)
-            signed = shared.symmetric
-        else:
-            signed = signed or is_signed_range(lo)
-            given = ValueRange(lo, hi, False)
-            shared = centred(given) if signed else given
-        shared_by = "all layers" if options.scale == "global" else "given"
-        text = f"scale: {options.scale} range ({shared_by})"
-    elif options.scale == "channel":
-        rows = channel_ranges(block, symmetric=signed)
-        return None, rows, signed, "scale: each row (channel, all its slices) its own range"
-    else:
-        shared = centred(layer) if signed else layer
-        text = f"scale: one range for every slice of all {arr.shape[0]} channels"
-    return shared, (shared,) * len(block), signed, text
-
-
 def _curve(values: np.ndarray, width: int, height: int) -> np.ndarray:
     """A line plot of ``values`` (n,) as an index canvas: point ``i`` at column centre
     ``(i + 0.5) * width / n``, consecutive points joined by vertical runs."""
@@ -216,7 +182,11 @@ def make_volume_picture(
     rows_opts = options if options.max_channels <= MAX_ROWS else _fewer(options)
     chs = select_channels(arr.reshape(total, depth * h, w), rows_opts)
     block = vol[np.asarray(chs, dtype=np.intp)].astype(np.float64)  # (k, S, h, w)
-    shared, row_ranges, signed, scale_text = _scale(arr, block, options)
+    shared, row_ranges, signed, scale_text = row_scale(
+        arr, block, options,
+        per_row="scale: each row (channel, all its slices) its own range",
+        one_range=f"scale: one range for every slice of all {arr.shape[0]} channels",
+    )  # fmt: skip
     cmap = options.cmap or (DEFAULT_DIVERGING_CMAP if signed else DEFAULT_CMAP)
     palette = grid_palette(cmap)
     step = slice_step(depth, max_slices)
@@ -272,26 +242,9 @@ def make_volume_picture(
             paint_text(mosaic, (4, top + th // 2 + 7), text, LEGEND_FONT_SIZE)
 
     nonfinite = int(np.count_nonzero(~np.isfinite(block)))
-    how = (
-        options.channels_note or "explicit list"
-        if options.channels is not None
-        else f"first {len(chs)} by index"
-        if rows_opts.order == "index"
-        else f"top {len(chs)} by {rows_opts.order}"
+    legend = rows_legend(
+        label, rows_opts, chs, total, (shared, signed, scale_text), cmap, nonfinite
     )
-    content = LegendContent(
-        title=f"{label.name} · {label.module_type} · {tuple(label.shape)}",
-        stamp=label.stamp,
-        selection=f"{len(chs)} of {total} channels shown as rows ({how})",
-        scale=f"{scale_text} · colormap {cmap}" + (", centred on 0" if signed else ""),
-        bar_low=_fmt(shared.vmin) if shared is not None else ("-max|x|" if signed else "min"),
-        bar_mid="0" if signed else None,
-        bar_high=_fmt(shared.vmax) if shared is not None else ("+max|x|" if signed else "max"),
-        bar_note=None if shared is not None else "each row: its own range",
-        nonfinite=nonfinite,
-    )
-    legend = np.full((LEGEND_HEIGHT, legend_width(content)), BACKGROUND_INDEX, dtype=np.uint8)
-    paint_legend(legend, content)
     every = "every slice" if step == 1 else f"every {_ordinal(step)} slice"
     note = text_block(
         [
