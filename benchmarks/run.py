@@ -566,8 +566,11 @@ def bench_stats(
 
 
 FLOOR = HERE / "floor.py"
+# The floor as the issue defines it, and the same script ended as the featuremaps program ends
+# (without the interpreter's teardown): the second shows what featuremaps itself adds.
+FLOORS = ("floor", "floor_no_teardown")
 # What the installed ``featuremaps`` console script runs.
-CLI = "import sys; from featuremaps.cli import main; sys.exit(main())"
+CLI = "from featuremaps.cli import console_main; console_main()"
 FORBIDDEN_AT_IMPORT = ("torchvision", "matplotlib", "pyarrow", "jinja2")
 
 
@@ -642,6 +645,7 @@ def bench_e2e(
         for name in models:
             sides = {
                 "floor": [py, str(FLOOR), photo, name],
+                "floor_no_teardown": [py, str(FLOOR), photo, name, "--no-teardown"],
                 "run": [py, "-c", CLI, "run", photo, "--model", name, "--weights", "none",
                         "--offline", "--out", f"{tmp}/{name}"],
             }  # fmt: skip
@@ -651,7 +655,7 @@ def bench_e2e(
                 side: (lambda argv=argv: process_seconds(argv, env)) for side, argv in sides.items()
             }
             runs = alternate_runs(fns, rounds, rotate=True, warm_up=warm_up)
-            floor = runs["floor"]
+            floors = {side: runs[side] for side in FLOORS}
             rows.append(
                 {
                     "model": name,
@@ -664,9 +668,15 @@ def bench_e2e(
                     "runs_s": runs,
                     "s": {side: spread(ts) for side, ts in runs.items()},
                     "ratio": {
-                        side: spread([t / f for t, f in zip(ts, floor, strict=True)])
+                        side: spread([t / f for t, f in zip(ts, runs["floor"], strict=True)])
                         for side, ts in runs.items()
-                        if side != "floor"
+                        if side not in FLOORS
+                    },
+                    "ratio_no_teardown": {
+                        side: spread([t / f for t, f in zip(ts, floors["floor_no_teardown"],
+                                                            strict=True)])
+                        for side, ts in runs.items()
+                        if side not in FLOORS
                     },
                 }
             )  # fmt: skip
@@ -1023,6 +1033,12 @@ def report_e2e(e: dict[str, Any]) -> list[str]:
             f"   {row['model']:>9} floor {f['median']:5.2f} s [{f['min']:.2f}, {f['max']:.2f}] "
             f"({row['rounds']} rounds)"
         )
+        if "floor_no_teardown" in row["s"]:
+            g = row["s"]["floor_no_teardown"]
+            lines.append(
+                f"   {'':>9} floor ended without teardown {g['median']:5.2f} s "
+                f"[{g['min']:.2f}, {g['max']:.2f}]"
+            )
         for side, r in row["ratio"].items():
             t = row["s"][side]
             lines.append(
@@ -1030,6 +1046,12 @@ def report_e2e(e: dict[str, Any]) -> list[str]:
                 f"{r['median']:.2f}x the floor [{r['min']:.2f}, {r['max']:.2f}]   "
                 f"{targets.get(side, '')}"
             )
+            if side in row.get("ratio_no_teardown", {}):
+                q = row["ratio_no_teardown"][side]
+                lines.append(
+                    f"   {'':>9} {'':<6}{'':>5}   {'':>14}    {q['median']:.2f}x the floor "
+                    f"ended without teardown [{q['min']:.2f}, {q['max']:.2f}]"
+                )
     imp = e["import"]
     fm_us, torch_us = imp["featuremaps_cumulative_us"], imp["torch_cumulative_us"]
     heavy = ", ".join(imp["heavy_imported"]) or "none of " + ", ".join(FORBIDDEN_AT_IMPORT)
