@@ -610,3 +610,62 @@ def test_any_real_array_renders_truthfully(maps: np.ndarray, scale: str, legend:
         magenta = np.all(tile(grid.pixels, i, geo) == NAN_COLOR, axis=-1)
         bad = ~np.isfinite(shown[i].astype(np.float64))
         np.testing.assert_array_equal(magenta, bad.repeat(geo["s"], 0).repeat(geo["s"], 1))
+
+
+def _awkward_layers() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    signed = rng.standard_normal((6, 5, 7)).astype(np.float32)
+    holes = signed.copy()
+    holes[1, 2, 3] = np.nan
+    holes[4] = np.inf  # a channel without one finite value
+    holes[2, 0, 0] = -np.inf
+    constant = np.ones((3, 4, 4), dtype=np.float32)
+    constant[1] = 0.0
+    return {
+        "signed": signed,
+        "relu": np.maximum(signed, 0),
+        "holes": holes,
+        "no finite value": np.full((2, 3, 3), np.nan, dtype=np.float32),
+        "constant": constant,
+        "integers": rng.integers(-5, 9, (4, 3, 5)).astype(np.int16),
+        "float64": rng.standard_normal((3, 4, 4)) * 1e6,
+    }
+
+
+@pytest.mark.parametrize("name", list(_awkward_layers()))
+@pytest.mark.parametrize(
+    "options",
+    [
+        GridOptions(),
+        GridOptions(scale="layer"),
+        GridOptions(scale="global", value_range=(-0.5, 2.0)),
+        GridOptions(scale="fixed", value_range=(-1.0, 1.0)),
+        GridOptions(max_channels=3, order="max"),
+        GridOptions(channels=(1, 0)),
+    ],
+    ids=["channel", "layer", "global", "fixed", "top-max", "explicit"],
+)
+def test_statistics_given_draw_the_same_picture(name: str, options: GridOptions) -> None:
+    # The oracle is make_grid measuring the maps itself.
+    from featuremaps.stats import channel_stats
+
+    maps = _awkward_layers()[name]
+    alone = make_grid(maps, options)
+    given_stats = make_grid(maps, options, stats=channel_stats(maps))
+    assert np.array_equal(given_stats.indices, alone.indices)
+    assert given_stats.tile_ranges == alone.tile_ranges
+    assert given_stats.value_range == alone.value_range
+    assert given_stats.warnings == alone.warnings
+    assert (given_stats.nonfinite, given_stats.constant_channels, given_stats.clipped) == (
+        alone.nonfinite,
+        alone.constant_channels,
+        alone.clipped,
+    )
+
+
+def test_statistics_of_other_maps_are_refused() -> None:
+    from featuremaps.stats import channel_stats
+
+    maps = np.zeros((4, 3, 3), dtype=np.float32)
+    with pytest.raises(InputError, match="statistics of 2 channels for maps of 4"):
+        make_grid(maps, stats=channel_stats(maps[:2]))

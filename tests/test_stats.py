@@ -133,3 +133,28 @@ def test_summarize_matches_numpy_over_finite_values(holes: int) -> None:
     assert (lo, hi) == (finite.min(), finite.max())
     assert mean == pytest.approx(finite.mean(), rel=1e-12)
     assert fm.summarize(torch.full((1, 2, 2, 2), float("nan"))) == (None, None, None, 8)
+
+
+@pytest.mark.parametrize("holes", [0, 1, 7, 42])
+def test_summary_of_channels_equals_summarize_of_the_same_values(holes: int) -> None:
+    import torch
+
+    from featuremaps.stats import channel_stats, summarize, summary_of_channels
+
+    rng = np.random.default_rng(holes)
+    values = (rng.standard_normal((5, 6, 7)) * 100 + 1e4).astype(np.float32)
+    flat = values.reshape(-1)
+    flat[:holes] = np.array([np.nan, np.inf, -np.inf] * 14, dtype=np.float32)[:holes]
+    if holes == 42:  # the first channel (6 x 7 values) has no finite value at all
+        assert not np.isfinite(values[0]).any()
+    expected = summarize(torch.from_numpy(values))
+    lo, hi, mean, nonfinite = summary_of_channels(channel_stats(values), values.size)
+    assert (lo, hi, nonfinite) == (expected[0], expected[1], expected[3])
+    assert mean == pytest.approx(expected[2], rel=1e-12)
+
+
+def test_summary_of_channels_without_finite_values() -> None:
+    from featuremaps.stats import channel_stats, summary_of_channels
+
+    values = np.full((2, 3, 3), np.nan, dtype=np.float32)
+    assert summary_of_channels(channel_stats(values), values.size) == (None, None, None, 18)

@@ -23,7 +23,15 @@ from featuremaps._errors import InputError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["RANKABLE", "STAT_NAMES", "TOP_K_ORDERS", "ChannelStats", "channel_stats", "summarize"]
+__all__ = [
+    "RANKABLE",
+    "STAT_NAMES",
+    "TOP_K_ORDERS",
+    "ChannelStats",
+    "channel_stats",
+    "summarize",
+    "summary_of_channels",
+]
 
 # The statistic vocabulary, in one place.
 #: Per-channel statistics of one sample, as stored in a run's manifest (``channel_stats``).
@@ -167,6 +175,22 @@ def summarize(tensor: torch.Tensor) -> tuple[float | None, float | None, float |
         return None, None, None, nonfinite
     mean = float(np.sum(finite, dtype=np.float64)) / finite.size
     return float(finite.min()), float(finite.max()), mean, nonfinite
+
+
+def summary_of_channels(
+    stats: ChannelStats, size: int
+) -> tuple[float | None, float | None, float | None, int]:
+    """:func:`summarize` of the ``size`` values that ``stats`` describe, without reading them
+    again: the smallest channel minimum, the largest maximum, the mean of the finite values
+    (each channel's float64 mean weighted by its count, which can differ from a single sum in
+    the last digit) and the values that were not finite."""
+    have = stats.finite > 0
+    count = int(stats.finite.sum())
+    if not have.any():
+        return None, None, None, size - count
+    mean = float(np.sum(stats.mean[have] * stats.finite[have])) / count
+    low, high = float(np.min(stats.min[have])), float(np.max(stats.max[have]))
+    return low, high, mean, size - count
 
 
 def _summarize_on_device(t: torch.Tensor) -> tuple[float | None, float | None, float | None, int]:

@@ -55,7 +55,7 @@ from featuremaps.report import (
     runs_report_files,
 )
 from featuremaps.selection import select_modules
-from featuremaps.stats import ChannelStats, channel_stats, summarize
+from featuremaps.stats import ChannelStats, channel_stats, summarize, summary_of_channels
 
 __all__ = ["TIMING_KEYS", "Visualization", "visualize"]
 
@@ -266,12 +266,19 @@ def _run_one(
 
     def consume(record: LayerRecord) -> None:
         start = time.perf_counter()
-        lo, hi, mean, nonfinite = summarize(record.tensor)
         reason = _skip_reason(record, sample)
+        maps: np.ndarray | None = None
+        stats: ChannelStats | None = None
+        if reason is None and record.layout_info.drawn_as != layouts.BAR_STRIP:
+            maps = record.maps(sample)
+            stats = channel_stats(maps)  # every channel of the drawn sample, not only shown
+        if stats is not None and maps is not None and _covers(maps, record.tensor):
+            lo, hi, mean, nonfinite = summary_of_channels(stats, maps.size)
+        else:
+            lo, hi, mean, nonfinite = summarize(record.tensor)
         timings["stats"] += time.perf_counter() - start
         image = None
         data = None
-        stats: ChannelStats | None = None
         shown: tuple[int, ...] | None = None
         notes: list[str] = []
         if nonfinite:
@@ -281,22 +288,19 @@ def _run_one(
             label = GridLabel(record.name, record.module_type, record.shape, stamp, precision)
             drawn = time.perf_counter()
             options = grid
-            maps = record.maps(sample) if record.layout_info.drawn_as != layouts.BAR_STRIP else None
             if maps is not None:
                 options = _ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
             context = _signal_context(record)
-            drawing = _draw(record, sample, maps, options, label, context, attention_patch)
+            drawing = _draw(record, sample, maps, options, label, context, attention_patch, stats)
             picture = drawing.picture
             timings["render"] += time.perf_counter() - drawn
             shown = drawing.shown
             notes.extend(w for w in drawing.warnings if w not in notes)
-            measured = time.perf_counter()
-            if maps is not None:
-                stats = channel_stats(maps)  # every channel of the drawn sample, not only shown
-            else:  # a vector: each feature is a channel of one value
+            if stats is None:  # a vector: each feature is a channel of one value
+                measured = time.perf_counter()
                 vector = layouts.drawable_maps(record.layout_info, record.tensor, sample)
                 stats = channel_stats(vector.reshape(-1, 1, 1))
-            timings["stats"] += time.perf_counter() - measured
+                timings["stats"] += time.perf_counter() - measured
             if folder is not None:
                 image = prefix + safe_filename(record.index, record.name)
                 writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
@@ -587,8 +591,11 @@ def _draw(
     label: GridLabel,
     context: _SignalContext | None = None,
     attention_patch: tuple[int, int] | None = None,
+    stats: ChannelStats | None = None,
 ) -> _Drawing:
-    """Draw one record as its layout says (:data:`featuremaps.layouts` ``drawn_as``)."""
+    """Draw one record as its layout says (:data:`featuremaps.layouts` ``drawn_as``);
+    ``stats``, the channel statistics of ``maps`` when the caller has them, spare the channel
+    mosaic a pass over the maps."""
     layout = record.layout_info
     if layout.drawn_as == layouts.SIGNAL_MAP:
         assert maps is not None
@@ -629,8 +636,14 @@ def _draw(
         bars = make_bars(vector[None], [f"sample {sample}"], title=title, stamp=label.stamp)
         return _Drawing(bars, None, bars.warnings, tiles=False)
     assert maps is not None
-    picture = make_grid(maps, options, label=label)
+    picture = make_grid(maps, options, label=label, stats=stats)
     return _Drawing(picture, picture.channels, picture.warnings)
+
+
+def _covers(maps: np.ndarray, tensor: torch.Tensor) -> bool:
+    """Whether the drawn ``maps`` hold every value of ``tensor`` (one sample, nothing left out,
+    converted exactly), so that statistics of the maps are statistics of the whole output."""
+    return bool(maps.size == tensor.numel() and tensor.is_floating_point())
 
 
 def _npy(array: np.ndarray | None) -> bytes:

@@ -20,6 +20,7 @@ __all__ = [
     "ScaleMode",
     "ValueRange",
     "centred",
+    "channel_extremes",
     "channel_ranges",
     "compute_range",
     "fixed_range",
@@ -28,6 +29,8 @@ __all__ = [
     "merge_ranges",
     "normalize",
     "normalize_channels",
+    "range_from_extremes",
+    "ranges_from_extremes",
 ]
 
 ScaleMode = Literal["channel", "layer", "global", "fixed"]
@@ -123,9 +126,15 @@ def compute_range(x: np.ndarray, *, symmetric: bool) -> ValueRange:
 
 def channel_ranges(x: np.ndarray, *, symmetric: bool) -> tuple[ValueRange, ...]:
     """One :func:`compute_range` per entry of the first axis, computed in one vectorised pass."""
+    return ranges_from_extremes(*channel_extremes(x), symmetric=symmetric)
+
+
+def channel_extremes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The finite minimum and maximum of each entry of the first axis, as float64 (``inf`` and
+    ``-inf`` for an entry without finite values)."""
     a = np.asarray(x)
     if a.shape[0] == 0:
-        return ()
+        return np.zeros(0), np.zeros(0)
     if a.dtype.kind != "f":
         # Integer and bool data: the ±inf fill values below need a float array.
         a = a.astype(np.float64)
@@ -140,13 +149,31 @@ def channel_ranges(x: np.ndarray, *, symmetric: bool) -> tuple[ValueRange, ...]:
         src_hi = np.where(finite, flat, -np.inf)
     lo = np.min(src_lo, axis=1, initial=np.inf).astype(np.float64)
     hi = np.max(src_hi, axis=1, initial=-np.inf).astype(np.float64)
+    return lo, hi
+
+
+def ranges_from_extremes(
+    lo: np.ndarray, hi: np.ndarray, *, symmetric: bool
+) -> tuple[ValueRange, ...]:
+    """The ranges :func:`channel_ranges` gives, from each channel's finite minimum and maximum
+    measured already (NaN, or a minimum above the maximum, for a channel without finite values:
+    it gets ``(0, 0)``)."""
     out = []
-    for a_lo, a_hi in zip(lo.tolist(), hi.tolist(), strict=True):
-        if a_lo > a_hi:  # no finite values in this channel
+    for a_lo, a_hi in zip(np.asarray(lo).tolist(), np.asarray(hi).tolist(), strict=True):
+        if not a_lo <= a_hi:  # no finite values in this channel
             out.append(ValueRange(0.0, 0.0, symmetric))
         else:
             out.append(_make_range(a_lo, a_hi, symmetric))
     return tuple(out)
+
+
+def range_from_extremes(lo: np.ndarray, hi: np.ndarray) -> ValueRange:
+    """The range :func:`compute_range` gives for a whole layer, from its channels' finite minima
+    and maxima (NaN for a channel without finite values): ``(0, 0)`` when no channel has one."""
+    have = np.asarray(lo) <= np.asarray(hi)
+    if not have.any():
+        return ValueRange(0.0, 0.0, False)
+    return ValueRange(float(np.min(lo[have])), float(np.max(hi[have])), False)
 
 
 def merge_ranges(ranges: Iterable[ValueRange]) -> ValueRange:
