@@ -562,17 +562,36 @@ def _layer_phrase(layer_name: str | None) -> str:
 
 def _for_display(hwc: FloatArray) -> npt.NDArray[np.uint8]:
     """An (H, W, 3) uint8 picture of float values; [0, 1] is shown as is, else min-max stretched."""
+    source = hwc[:, :, :1] if hwc.shape[2] not in (1, 3) else hwc
+    if source.dtype == np.float32 and source.size:
+        low, high = float(source.min()), float(source.max())  # NaN would show here
+        if low >= 0.0 and high <= 1.0:
+            # The common case, a picture read from 8- or 16-bit values (k/255, k/65535): float32
+            # gives the float64 pixels (k/255 * 255 is within 1e-4 of k; k/65535 * 255 = k/257
+            # never comes within 0.001 of a half), in a third of the time and memory.
+            scaled = np.multiply(source, np.float32(255.0), dtype=np.float32)
+            pixels = np.rint(scaled, out=scaled).astype(np.uint8)
+            return np.ascontiguousarray(
+                np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+            )
     # float64 so that stretching float32 extremes cannot overflow.
-    picture = (hwc[:, :, :1] if hwc.shape[2] not in (1, 3) else hwc).astype(np.float64)
-    finite = np.isfinite(picture)
-    values = picture[finite]
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    picture = source.astype(np.float64)
+    finite: np.ndarray | None = None
+    low, high = (float(picture.min()), float(picture.max())) if picture.size else (0.0, 1.0)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        # NaN and ±Inf show in the ends: only then is a mask over the picture needed.
+        finite = np.isfinite(picture)
+        values = picture[finite]
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     if low < 0.0 or high > 1.0:
         # Display only: the fed tensor keeps the true values.
         span = high - low
         picture = (picture - low) / span if span > 0 else np.zeros_like(picture)
-    scaled = np.where(finite, np.clip(picture, 0.0, 1.0) * 255.0, 0.0)
-    pixels = np.rint(scaled).astype(np.uint8)
+    scaled = np.clip(picture, 0.0, 1.0)
+    scaled *= 255.0
+    if finite is not None:
+        scaled[~finite] = 0.0
+    pixels = np.rint(scaled, out=scaled).astype(np.uint8)
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     return np.ascontiguousarray(pixels)
