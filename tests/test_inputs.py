@@ -1046,3 +1046,47 @@ def test_display_of_8_and_16_bit_values_equals_float64(bits: int, channels: int)
         assert np.array_equal(pixels[0, :, c], expected)
     if bits == 8:
         assert np.array_equal(expected, np.arange(256))  # the oracle itself: k/255 shows as k
+
+
+def _fed_reference(chw: np.ndarray, mean: object, std: object) -> np.ndarray:
+    """The fed picture's formula written plainly in numpy float64 (the oracle)."""
+    channels = chw.shape[0]
+    if mean is not None and std is not None and len(mean) == channels:  # type: ignore[arg-type]
+        values = chw * np.asarray(std)[:, None, None] + np.asarray(mean)[:, None, None]
+    elif np.all(np.isfinite(chw) & (chw >= 0.0) & (chw <= 1.0)):
+        values = chw
+    else:
+        values = chw.copy()
+        for c in range(channels):
+            finite = np.isfinite(values[c])
+            if finite.any():
+                low, high = values[c][finite].min(), values[c][finite].max()
+                values[c] = (values[c] - low) / (high - low) if high > low else 0.0
+    hwc = np.moveaxis(values[:1] if channels not in (1, 3) else values, 0, -1)
+    pixels = np.rint(np.where(np.isfinite(hwc), np.clip(hwc, 0.0, 1.0) * 255.0, 0.0))
+    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("kind", ["unit", "normalised", "wide", "holes"])
+def test_fed_picture_equals_the_numpy_formula(channels: int, kind: str) -> None:
+    from featuremaps.inputs import Preprocessing, fed_picture
+
+    rng = np.random.default_rng(channels)
+    values = rng.random((2, channels, 9, 11)).astype(np.float32)
+    values[0, :, 0, :3] = [0.0, 1.0, 0.5 / 255]  # ends, and a value on a rounding half
+    pre = None
+    if kind == "normalised":
+        values = (values - 0.45) / 0.225
+        pre = Preprocessing(mean=(0.45,) * channels, std=(0.225,) * channels)
+    elif kind == "wide":
+        values = values * 40 - 7
+    elif kind == "holes":
+        values[0, 0, 1, 1], values[0, -1, 2, 2], values[0, 0, 3, 3] = np.nan, np.inf, -np.inf
+    made = fed_picture(torch.from_numpy(values), pre, sample=0)
+    assert made is not None
+    pixels, note = made
+    mean, std = (pre.mean, pre.std) if pre is not None else (None, None)
+    expected = _fed_reference(values[0].astype(np.float64), mean, std)
+    assert pixels.dtype == np.uint8 and np.array_equal(pixels, expected.astype(np.uint8))
+    assert note.startswith(f"channel 0 of {channels}; ") == (channels not in (1, 3))

@@ -610,33 +610,61 @@ def fed_picture(
     """
     if tensor.dim() != 4 or tensor.is_complex() or not 0 <= sample < tensor.shape[0]:
         return None
-    chw = tensor[sample].detach().to("cpu", torch.float64).numpy()
-    channels = chw.shape[0]
+    # float64 arithmetic as numpy would do it, in torch: on both cores and without numpy's
+    # temporaries (a 12-megapixel input took 2.9 s in numpy).
+    t = tensor[sample].detach().to("cpu", torch.float64)
+    channels = t.shape[0]
     mean, std = (preprocessing.mean, preprocessing.std) if preprocessing else (None, None)
     if mean is not None and std is not None and len(mean) == channels:
-        values = chw * np.asarray(std)[:, None, None] + np.asarray(mean)[:, None, None]
+        view = (channels, 1, 1)
+        t = t * torch.tensor(std, dtype=torch.float64).view(view)
+        t += torch.tensor(mean, dtype=torch.float64).view(view)
         note = "de-normalised with the preprocessing mean and std, then clipped to [0, 1]"
-    elif np.all(np.isfinite(chw) & (chw >= 0.0) & (chw <= 1.0)):
-        values = chw
+    elif _within_unit(t):
         note = "values shown as they are (already in [0, 1])"
     else:
-        values = chw.copy()
-        for c in range(channels):  # each channel on its own: a colour cast is not hidden by another
-            finite = np.isfinite(values[c])
-            if finite.any():
-                low, high = float(values[c][finite].min()), float(values[c][finite].max())
-                span = high - low
-                values[c] = (values[c] - low) / span if span > 0 else 0.0
+        t = torch.from_numpy(_stretched(t.numpy()))
         note = "each channel stretched from its minimum (black) to its maximum (white)"
     if channels not in (1, 3):
-        values = values[:1]
+        t = t[:1]
         note = f"channel 0 of {channels}; " + note
-    hwc = np.moveaxis(values, 0, -1)
-    scaled = np.where(np.isfinite(hwc), np.clip(hwc, 0.0, 1.0) * 255.0, 0.0)
-    pixels = np.rint(scaled).astype(np.uint8)
+    scaled = t.clamp(0.0, 1.0).mul_(255.0)
+    if not _all_finite(t):  # NaN and ±Inf are drawn black
+        scaled = torch.where(torch.isfinite(t), scaled, 0.0)
+    pixels = scaled.round_().to(torch.uint8).permute(1, 2, 0).numpy()
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     return np.ascontiguousarray(pixels), note
+
+
+def _within_unit(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite and in [0, 1] (NaN fails both comparisons)."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(low >= 0.0) and bool(high <= 1.0)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite: NaN and ±Inf show in the minimum or maximum,
+    one pass instead of a mask (which costs six times as long in float64)."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
+
+
+def _stretched(chw: np.ndarray) -> np.ndarray:
+    """Each channel of ``chw`` (float64) mapped from its finite minimum to its maximum onto
+    [0, 1], on its own: a colour cast is not hidden by another channel. A new array."""
+    values = chw.copy()
+    for c in range(values.shape[0]):
+        finite = np.isfinite(values[c])
+        if finite.any():
+            low, high = float(values[c][finite].min()), float(values[c][finite].max())
+            span = high - low
+            values[c] = (values[c] - low) / span if span > 0 else 0.0
+    return values
 
 
 def _preprocess(
