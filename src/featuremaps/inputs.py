@@ -657,7 +657,7 @@ def _all_finite(t: torch.Tensor) -> bool:
 def _stretched(chw: np.ndarray) -> np.ndarray:
     """Each channel of ``chw`` (float64) mapped from its finite minimum to its maximum onto
     [0, 1], on its own: a colour cast is not hidden by another channel. A new array."""
-    values = chw.copy()
+    values: np.ndarray = chw.copy()
     for c in range(values.shape[0]):
         finite = np.isfinite(values[c])
         if finite.any():
