@@ -207,14 +207,22 @@ def _input_pictures(
     """Queue the input as given and as fed (PNG) for writing; return the manifest's
     ``input.pictures``. They are encoded on the writer's thread, while the model runs."""
     given = None
-    if item.display is not None:
+    display = item.display
+    encode_given: Callable[[], bytes] | None = None
+    if display is not None:
         given = prefix + INPUT_PICTURE
-        writer.submit(folder.write_bytes, given, functools.partial(encode_png, item.display))
+        # Cached: fed as read, the fed picture is the same one, and the writer (one thread, jobs
+        # in order) then writes these bytes again instead of encoding it twice.
+        encode_given = functools.lru_cache(maxsize=1)(functools.partial(encode_png, display))
+        writer.submit(folder.write_bytes, given, encode_given)
     fed = fed_picture(item.tensor, item.preprocessing, sample)
     fed_path = None
     if fed is not None:
         fed_path = prefix + FED_PICTURE
-        writer.submit(folder.write_bytes, fed_path, functools.partial(encode_png, fed[0]))
+        encode_fed: Callable[[], bytes] = functools.partial(encode_png, fed[0])
+        if encode_given is not None and display is not None and np.array_equal(display, fed[0]):
+            encode_fed = encode_given
+        writer.submit(folder.write_bytes, fed_path, encode_fed)
     return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
 
 
