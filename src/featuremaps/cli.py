@@ -8,7 +8,8 @@
     featuremaps locate [IMAGE] --layer L --cell R,C --pixel Y,X  which input region a cell sees
     featuremaps slide SLIDE --model SPEC --layers L              maps over a whole-slide image
 
-Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 interrupted.
+Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 interrupted, 141
+the reader of the output went away (`featuremaps layers resnet50 | head`).
 """
 
 from __future__ import annotations
