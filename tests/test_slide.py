@@ -468,3 +468,128 @@ def test_cli_slide_runs_and_reports(
     code = main(["slide", str(slide), "--model", f"{factory}:build", "--layers", "2",
                  "--size", "224", "--out", str(tmp_path / "o3")])  # fmt: skip
     assert code == 2 and "does not apply to slides" in capsys.readouterr().err
+
+
+# -- device and precision ----------------------------------------------------------------------
+
+FLOAT32_ON_CPU = {"device": "cpu", "requested": "cpu", "dtype": "float32", "autocast": False}
+
+
+def _stored_maps(out: Path, result: fm.SlideResult) -> np.ndarray:
+    stored, _, _ = read_ome(out / result.layers[0]["files"]["ome_tiff"])
+    return stored
+
+
+def test_slide_on_the_cpu_stores_the_same_maps_and_says_where(
+    tmp_path: Path, picture: np.ndarray
+) -> None:
+    slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)
+    kwargs = dict(layers="stage2", tile=96, tissue="none", channels="all", viewer=False)
+    default = fm.slide_maps(small_model(), slide, out=tmp_path / "a", **kwargs)
+    on_cpu = fm.slide_maps(small_model(), slide, out=tmp_path / "b", device="cpu", **kwargs)
+    a, b = _stored_maps(tmp_path / "a", default), _stored_maps(tmp_path / "b", on_cpu)
+    assert np.array_equal(a, b)
+    for name, requested in (("a", "the model's own"), ("b", "cpu")):
+        manifest = json.loads((tmp_path / name / "slide.json").read_text())
+        assert manifest["compute"] == {**FLOAT32_ON_CPU, "requested": requested}
+
+
+def test_bfloat16_slide_is_close_to_a_float32_forward_and_says_so(
+    tmp_path: Path, picture: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featuremaps.commands.slide as slide_command
+    from featuremaps.render.scaling import ValueRange
+
+    titles: list[str] = []
+    legend = slide_command._legend_png
+
+    def spy(title: str, note: str, value_range: ValueRange, cmap: str) -> bytes:
+        titles.append(title)
+        return legend(title, note, value_range, cmap)
+
+    monkeypatch.setattr(slide_command, "_legend_png", spy)
+    slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)
+    loaded = small_model()
+    full = full_map(loaded.model, picture, "stage2")  # the oracle: float32, whole image
+    result = fm.slide_maps(
+        loaded, slide, layers="stage2", out=tmp_path / "out", tile=96, tissue="none",
+        channels="all", viewer=False, device="cpu", dtype="bfloat16",
+    )  # fmt: skip
+    manifest = json.loads((tmp_path / "out" / "slide.json").read_text())
+    assert manifest["compute"] == {**FLOAT32_ON_CPU, "dtype": "bfloat16", "autocast": True}
+    # Locality is measured in float32 before the run: a rounding does not make it approximate.
+    assert result.exact and manifest["stitching"]["mode"] == "exact"
+    stored = _stored_maps(tmp_path / "out", result)
+    assert stored.dtype == np.float32 and stored.shape == full.shape
+    error = np.abs(stored - full).max() / np.abs(full).max()
+    # bfloat16 rounding (8 bits of mantissa), well above float32's (stitched float32 maps agree
+    # to 1e-4 of the maximum, in fact about 2e-7 here): autocast did run.
+    assert 1e-4 < error <= 5e-2
+    assert titles and all(t.endswith(" · bfloat16 autocast") for t in titles)
+
+
+@pytest.mark.slow
+def test_a_float32_work_folder_is_not_resumed_in_bfloat16(
+    tmp_path: Path, picture: np.ndarray
+) -> None:
+    slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)
+    kwargs = dict(layers="stage2", tile=64, tissue="none", viewer=False, channels="all")
+
+    def stop(done: int, total: int) -> None:
+        if done == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fm.slide_maps(small_model(), slide, out=tmp_path / "out", on_tile=stop, **kwargs)
+    assert (tmp_path / ".out.work").is_dir()
+    low = fm.slide_maps(small_model(), slide, out=tmp_path / "out", dtype="bfloat16", **kwargs)
+    assert low.resumed == 0 and low.computed == low.tiles
+    manifest = json.loads((tmp_path / "out" / "slide.json").read_text())
+    assert manifest["tiles"]["resumed"] == 0 and manifest["compute"]["dtype"] == "bfloat16"
+
+
+def test_cli_slide_device_and_dtype(
+    tmp_path: Path,
+    picture: np.ndarray,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    factory = tmp_path / "net.py"
+    factory.write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),\n"
+        "                         nn.Conv2d(4, 4, 3, stride=2, padding=1))\n"
+    )
+    slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5)
+    command = ["slide", str(slide), "--model", f"{factory}:build", "--layers", "2", "--tile",
+               "128", "--channels", "all", "--no-viewer"]  # fmt: skip
+    assert main([*command, "--out", str(tmp_path / "out"), "--device", "cpu", "--dtype",
+                 "bfloat16"]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "out" / "slide.json").read_text())
+    assert manifest["compute"] == {**FLOAT32_ON_CPU, "dtype": "bfloat16", "autocast": True}
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*command, "--out", str(tmp_path / "o2"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("featuremaps: error: --device cuda asked for")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / ".o2.work").exists()
+
+
+@pytest.mark.gpu
+def test_gpu_slide_matches_the_cpu_slide(
+    tmp_path: Path, picture: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TF32 convolutions (on by default on Ampere and later) round their inputs to 10 bits of
+    # mantissa; off, a CUDA float32 run must agree with the CPU's to float32 rounding.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)
+    kwargs = dict(layers="stage2", tile=96, tissue="none", channels="all", viewer=False)
+    cpu = fm.slide_maps(small_model(), slide, out=tmp_path / "c", device="cpu", **kwargs)
+    loaded = small_model()
+    gpu = fm.slide_maps(loaded, slide, out=tmp_path / "g", device="cuda", **kwargs)
+    assert next(loaded.model.parameters()).is_cuda  # moved, as asked
+    manifest = json.loads((tmp_path / "g" / "slide.json").read_text())
+    assert manifest["compute"]["device"].startswith("cuda") and gpu.exact
+    a, b = _stored_maps(tmp_path / "c", cpu), _stored_maps(tmp_path / "g", gpu)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4 * np.abs(a).max()

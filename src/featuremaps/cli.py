@@ -281,6 +281,7 @@ def _build_slide(p: argparse.ArgumentParser) -> None:
         "--reader", choices=("auto", "openslide", "tifffile", "pillow"), default="auto",
         help="slide reader (default: OpenSlide for vendor formats, tifffile for other TIFFs)",
     )  # fmt: skip
+    _add_device_options(p)
     p.add_argument(
         "--no-viewer", dest="viewer", action="store_false",
         help="do not write the Deep Zoom tiles and the OpenSeadragon page",
@@ -311,6 +312,7 @@ def _cmd_slide(args: argparse.Namespace, out: TextIO) -> int:
             mpp=args.mpp, channels=args.channels, draw=draw, tissue=args.tissue,
             regions=args.regions, coverage=args.coverage, tile=args.tile, reader=args.reader,
             viewer=args.viewer, progress=not args.quiet and sys.stderr.isatty(),
+            device=args.device, dtype=args.dtype,
         )  # fmt: skip
     except KeyboardInterrupt:
         print(

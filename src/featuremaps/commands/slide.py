@@ -23,6 +23,7 @@ from torch import nn
 
 from featuremaps._errors import FeaturemapsWarning, InputError, OptionError
 from featuremaps.commands.common import resolve_model
+from featuremaps.devices import Placement, model_device, resolve_placement
 from featuremaps.inputs import Preprocessing
 from featuremaps.io import OutputFolder, WorkFolder, safe_filename
 from featuremaps.manifest import SLIDE, header
@@ -177,7 +178,7 @@ def _fingerprint(
         flat = tensor.detach().reshape(-1)
         digest.update(str(tuple(tensor.shape)).encode())
         if flat.numel():
-            digest.update(flat[:: max(1, flat.numel() // 64)].float().numpy().tobytes())
+            digest.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
     return {
         "slide": str(reader.path.resolve()),
         "size": stat.st_size,
@@ -308,6 +309,8 @@ def slide_maps(
     viewer: bool = True,
     progress: bool = False,
     on_tile: Callable[[int, int], None] | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
 ) -> SlideResult:
     """Feature maps of ``layers`` over a whole slide, stitched exactly from tiles.
 
@@ -334,6 +337,9 @@ def slide_maps(
         viewer: also write the Deep Zoom tiles and the OpenSeadragon page (``viewer/``).
         progress: show a progress bar (tiles done / total, rate and ETA).
         on_tile: called with ``(tiles done, tissue tiles)`` after each tile.
+        device, dtype: where the tiles run and in which precision, as for
+            :func:`featuremaps.visualize` (``None`` keeps the model where it is). The stored
+            maps are float32 either way; the manifest's ``compute`` says what ran.
     """
     from featuremaps.selection import as_patterns
 
@@ -345,6 +351,7 @@ def slide_maps(
     if tile < 1:
         raise OptionError(f"--tile {tile}; expected a positive core size such as 1024")
     loaded = resolve_model(model)
+    compute = resolve_placement(loaded.model, device, dtype)
     pre = preprocessing or loaded.input_preprocessing()
     if preprocessing is not None and (pre.resize is not None or pre.crop is not None):
         raise OptionError(
@@ -355,7 +362,7 @@ def slide_maps(
     try:
         return _run(
             loaded, source, names, out, level, mpp, channels, draw, tissue, regions, coverage,
-            tile, pca_tiles, viewer, progress, on_tile, normalization,
+            tile, pca_tiles, viewer, progress, on_tile, normalization, compute,
         )  # fmt: skip
     finally:
         source.close()
@@ -379,6 +386,7 @@ def _run(
     progress: bool,
     on_tile: Callable[[int, int], None] | None,
     normalization: tuple[Any, Any],
+    compute: Placement,
 ) -> SlideResult:
     level, mpp, mpp_note = _choose_level(reader, level_arg, mpp_arg)
     lv = reader.levels[level]
@@ -386,21 +394,31 @@ def _run(
     region_list: list[Region] = read_regions(regions_arg) if regions_arg is not None else []
     model = loaded.model
     label = loaded.spec
-    probe = torch.zeros((1, 3, 256, 256))
+    # The model is measured (layers, geometry, locality probes) in float32 where it is (the
+    # CPU for a model the program loaded), before it is placed. Geometry and locality are
+    # properties of the architecture, not of the arithmetic: the empirical geometry reads which
+    # input gradients are exactly non-zero, which a lower precision can flush to zero, and the
+    # far-corner probe asks for cells that do not move *at all*, which autocast or another
+    # device's kernels (Winograd, TF32) can break by a rounding and so label a local model
+    # approximate. The tiles then run on ``compute``; each cell still sees the same pixels.
+    here = Placement(model_device(model))
+    probe = torch.zeros((1, 3, 256, 256), device=here.device)
     slide_layers = resolve_layers(model, names, label, probe)
-    forward = TileForward(model, [layer.name for layer in slide_layers], label)
-    cells = whole_cells(model, forward.layers, size, 3, label)
+    measure = TileForward(model, [layer.name for layer in slide_layers], label, here)
+    cells = whole_cells(model, measure.layers, size, 3, label)
     placements = [placement(layer.geometry, cells[layer.name]) for layer in slide_layers]
     plan = make_plan(size, placements, [layer.halo for layer in slide_layers], tile)
     if coverage == "area":
         _check_area_regions(region_list, plan, reader.levels[level].downsample)
-    locality = check_locality(forward, slide_layers, 3, plan.step)
+    locality = check_locality(measure, slide_layers, 3, plan.step)
     if not locality.exact:
         warnings.warn(
             f"{label}: {locality.reason}; the maps are written and labelled approximate",
             FeaturemapsWarning,
             stacklevel=3,
         )
+    compute.place(model)
+    forward = TileForward(model, measure.layers, label, compute)
     selected = {
         layer.name: _parse_channels(channels, layer.channels, layer.name) for layer in slide_layers
     }
@@ -427,6 +445,8 @@ def _run(
         "coverage": coverage,
         "pca_tiles": pca_tiles,
         "normalization": [list(v) if v else None for v in normalization],
+        # Tiles computed in another precision or on another kind of device are not mixed in.
+        "compute": {"device": compute.device.type, "dtype": compute.dtype},
     }
     if tissue_text == "none":
         mask = TissueMask.everywhere(size)
@@ -456,7 +476,7 @@ def _run(
         )
         result = _write_outputs(
             folder, loaded, reader, maps, plan, level, mpp, mpp_note, locality, mask,
-            region_list, coverage, draw, viewer, work,
+            region_list, coverage, draw, viewer, work, compute,
         )  # fmt: skip
         for maps_layer in maps.layers:
             maps_layer.values.close()
@@ -490,12 +510,14 @@ def _write_outputs(
     draw: Sequence[int] | None,
     viewer: bool,
     work: WorkFolder,
+    compute: Placement,
 ) -> SlideResult:
     from featuremaps.slide.writers import ome_xml_extra, write_ome_tiff, write_rgb_tiff
 
     downsample = maps.downsample
     stamp = "RANDOM WEIGHTS" if loaded.random_weights else None
     mode = "exact" if locality.exact else "APPROXIMATE"
+    precision = f" · {compute.label}" if compute.label else ""
     layer_entries = []
     overlays = []
     stats_rows: list[dict[str, Any]] = []
@@ -561,7 +583,7 @@ def _write_outputs(
                 legend,
                 _legend_png(
                     f"{lm.layer.name} · channel #{channel} · {rows}x{cols} cells of "
-                    f"{cell_mpp[1]:.3g} µm",
+                    f"{cell_mpp[1]:.3g} µm{precision}",
                     f"whole slide, {mode} stitching; first cell centred at ({oy:g}, {ox:g}) px",
                     value_range,
                     cmap,
@@ -647,6 +669,7 @@ def _write_outputs(
             footer=(
                 f"{mode} stitching ({locality.reason}); slide level {level}, {mpp[1]:.3g} µm/px; "
                 f"slide picture at 1/{factor} of that level"
+                + (f"; computed in {compute.label}" if compute.label else "")
             ),
             stamp=stamp,
         ).items():
@@ -665,6 +688,7 @@ def _write_outputs(
             "mpp": list(mpp),
             "mpp_source": mpp_note,
         },
+        "compute": compute.describe(),
         "stitching": {"mode": mode.lower(), **locality.to_json()},
         "plan": plan.to_json(),
         "tissue": {

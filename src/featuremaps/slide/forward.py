@@ -32,6 +32,7 @@ from torch import nn
 
 from featuremaps._errors import CaptureError, LayerError
 from featuremaps.capture import LayerRecord, capture
+from featuremaps.devices import Placement
 from featuremaps.geometry import MapGeometry, compute_geometry
 from featuremaps.selection import select_modules
 from featuremaps.slide.plan import Halo, axis_halo, make_plan, placement
@@ -66,12 +67,24 @@ class _Enough(CaptureError):
 
 class TileForward:
     """Runs the model on one window and returns the wanted layers' maps as ``(C, h, w)``
-    float32 tensors, stopping the forward pass after the last of them."""
+    float32 tensors on the CPU, stopping the forward pass after the last of them.
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], label: str) -> None:
+    With a ``placement`` the window goes to its device and the pass runs under its autocast;
+    without one the window is used as given (the model's own device and precision). A pass on
+    the ``meta`` device (shapes only) keeps its maps there.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        label: str,
+        placement: Placement | None = None,
+    ) -> None:
         self.model = model
         self.layers = tuple(layers)
         self.label = label
+        self.placement = placement
         self._modules = sorted({name.partition("#")[0] for name in self.layers})
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,11 +92,19 @@ class TileForward:
 
         def keep(record: LayerRecord) -> None:
             if record.name in self.layers:
-                got[record.name] = record.tensor[0].detach().to(torch.float32, copy=True)
+                value = record.tensor[0].detach()
+                host = value.device if value.is_meta else torch.device("cpu")
+                got[record.name] = value.to(host, torch.float32, copy=True)
                 if len(got) == len(self.layers):
                     raise _Enough("done")
 
-        with contextlib.suppress(_Enough):
+        place = self.placement
+        if place is not None:
+            x = place.inputs(x)
+        with (
+            contextlib.suppress(_Enough),
+            place.autocast() if place is not None else contextlib.nullcontext(),
+        ):
             capture(
                 self.model,
                 x,
