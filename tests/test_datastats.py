@@ -259,3 +259,81 @@ def test_histogram_stays_exact_when_a_float64_batch_left_a_far_window() -> None:
     result = h.result()
     expected, _ = np.histogram(np.concatenate([first, second.astype(np.float64)]), result.edges)
     np.testing.assert_array_equal(result.counts, expected)
+
+
+def _layer(kind: str, seed: int, shape: tuple[int, ...] = (5, 6, 4, 9)) -> np.ndarray:
+    """A batch like a layer's output: signed (BN-like), non-negative (ReLU-like, many exact
+    zeros), or a large mean with a small spread."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * rng.uniform(0.1, 3, shape[1])[None, :, None, None]
+    if kind == "relu":
+        x = np.maximum(x, 0)
+    elif kind == "large_mean":
+        x = 1e4 + x / 3
+    x = x.astype(np.float32)
+    x.reshape(-1)[::17] = 0.0
+    x.reshape(-1)[5::23] = -0.0
+    x.reshape(-1)[3::29] = np.float32(0.25) if kind != "large_mean" else x.reshape(-1)[3::29]
+    x.reshape(-1)[7::31] = -np.float32(0.25) if kind == "signed" else x.reshape(-1)[7::31]
+    return x
+
+
+@pytest.mark.parametrize("block", [7, 50, 1000, 1 << 16])
+@pytest.mark.parametrize("kind", ["signed", "relu", "large_mean"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_path_with_histogram_equals_numpy_however_blocked(
+    block: int, kind: str, dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featuremaps.datastats as datastats
+
+    def general(self: RunningStats, batch: np.ndarray) -> None:
+        raise AssertionError("finite batches must not take the general path")
+
+    monkeypatch.setattr(RunningStats, "_update_general", general)
+    monkeypatch.setattr(datastats, "_BLOCK", block)  # blocks of samples, channels, rows
+    batches = [_layer(kind, seed).astype(dtype) for seed in range(3)]
+    batches[1] = batches[1] * 4  # the histogram's range grows
+    stats, hist = RunningStats(6, near_zero=0.25), RunningHistogram(64)
+    for b in batches:
+        stats.update(b, histogram=hist)
+    x = np.concatenate(batches)
+    got, want = stats.result(), _oracle(x, 0.25)
+    for key, expected in want.items():
+        rtol = 1e-9 if kind == "large_mean" and key == "std" else 1e-12
+        np.testing.assert_allclose(got[key], expected, rtol=rtol, atol=1e-12, err_msg=key)
+    result = hist.result()
+    np.testing.assert_array_equal(result.counts, _oracle_counts(batches, result.edges))
+    assert result.total == x.size and result.nonfinite == 0
+    alone = RunningHistogram(64)
+    for b in batches:
+        alone.update(b)
+    np.testing.assert_array_equal(alone.result().edges, result.edges)
+    np.testing.assert_array_equal(alone.result().counts, result.counts)
+
+
+def test_fused_histogram_takes_the_general_path_too() -> None:
+    x = _data(5)  # NaN and ±Inf: the general path, and the histogram counts them apart
+    stats, hist = RunningStats(4), RunningHistogram(32)
+    stats.update(x, histogram=hist)
+    result = hist.result()
+    np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+    assert result.nonfinite == 3
+
+
+def test_constant_channels_get_exactly_zero_spread() -> None:
+    x = np.full((4, 3, 300), 0.1, dtype=np.float32)
+    x[:, 1] = 7e3
+    x[:, 2] = 0.0
+    stats = RunningStats(3)
+    stats.update(x[:1])
+    stats.update(x[1:])
+    assert stats.result()["std"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_fast_path_histogram_puts_underflowing_negatives_below_zero() -> None:
+    x = np.array([[-1e-45, -0.0, 0.0, 300.0, 1e-45, -7.0]], dtype=np.float32)[:, :, None]
+    x = np.repeat(x, 3, axis=0).reshape(1, 18, 1).transpose(0, 2, 1)  # (1, 1, 18)
+    stats, hist = RunningStats(1), RunningHistogram(4)
+    stats.update(x, histogram=hist)
+    result = hist.result()
+    np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))

@@ -225,8 +225,8 @@ def compute_dataset_stats(
             )
             out.types[record.name] = record.module_type
             out.histograms[record.name] = RunningHistogram(bins)
-        stats.update(values)  # reads the live output before the forward pass goes on
-        out.histograms[record.name].update(values)
+        # Reads the live output before the forward pass goes on; one sweep for both.
+        stats.update(values, histogram=out.histograms[record.name])
 
     start = time.perf_counter()
     for batch, batch_paths, failed in loader:

@@ -21,6 +21,7 @@ bins whose range follows the data, exactly: see its docstring for why no count i
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 
 from featuremaps._errors import InputError
 
-__all__ = ["Histogram", "RunningHistogram", "RunningStats"]
+__all__ = ["Binning", "Histogram", "RunningHistogram", "RunningStats"]
 
 
 @dataclass
@@ -71,11 +72,16 @@ class RunningStats:
         self.joint_mean = np.zeros(c)
         self.comoment = np.zeros((c, c) if self.correlations else (0, 0))
 
-    def update(self, batch: np.ndarray | torch.Tensor) -> None:
+    def update(
+        self, batch: np.ndarray | torch.Tensor, histogram: RunningHistogram | None = None
+    ) -> None:
         """Add a batch: ``(N, C, ...)`` activations (channels on axis 1). It is not modified.
 
-        A float tensor (or array) whose values are all finite takes a fast path in torch; any
-        other batch goes through the general numpy path, which masks NaN and ±Inf.
+        With ``histogram``, the batch's values are also counted into it (the same counts as
+        ``histogram.update(batch)``), in the same sweep over the values.
+
+        A float32/float64 batch whose values are all finite takes a fast path; any other batch
+        goes through the general numpy path, which masks NaN and ±Inf.
         """
         shape = tuple(batch.shape)
         if len(shape) < 2 or shape[1] != self.channels:
@@ -83,57 +89,50 @@ class RunningStats:
                 f"batch of shape {shape}; expected (N, {self.channels}, ...) with the "
                 "channels on axis 1"
             )
-        if self.correlations or not self._update_finite(batch):
-            self._update_general(batch.numpy() if isinstance(batch, torch.Tensor) else batch)
+        if self.correlations or not self._update_finite(batch, histogram):
+            values = batch.numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
+            self._update_general(values)
+            if histogram is not None:
+                histogram.update(values)
 
-    def _update_finite(self, batch: np.ndarray | torch.Tensor) -> bool:
+    def _update_finite(
+        self, batch: np.ndarray | torch.Tensor, histogram: RunningHistogram | None
+    ) -> bool:
         """The fast path for an all-finite float batch; returns False (and changes nothing) when
         the batch holds a non-finite value or is not a float32/float64 batch.
 
-        The moments are the same two passes in float64 as the general path, done in place on
-        one float64 copy with torch (the sum is finite exactly when every value is: NaN and ±Inf
-        propagate, and float32 values cannot overflow a float64 sum); the counts use numpy's
-        fast boolean reductions on the batch itself. Nothing else is allocated per value.
+        One pass finds each channel's min and max (NaN and ±Inf show up there). The values are
+        then swept block by block (:func:`_sweep`), small enough to stay in the CPU cache while a
+        block goes through its few passes, on several threads. Each block's moments are its two
+        passes in float64 (:func:`_block`), and blocks are merged with the pairwise formulas.
         """
-        t = torch.as_tensor(batch).detach().cpu()
-        if t.dtype not in (torch.float32, torch.float64) or t.numel() == 0:
+        values = _as_array(batch)
+        if values is None or values.size == 0:
             return False
-        t = t.contiguous()
-        dims = [0, *range(2, t.dim())]
-        d = t.to(torch.float64, copy=True)
-        total = d.sum(dims)
-        if not bool(torch.isfinite(total).all()):
+        x = values.reshape(values.shape[0], self.channels, -1)
+        minimum = np.minimum.reduce(x, axis=(0, 2))
+        maximum = np.maximum.reduce(x, axis=(0, 2))
+        if not (np.isfinite(minimum).all() and np.isfinite(maximum).all()):
             return False
-        n = t.numel() // self.channels
-        mean = total / n
-        minimum = t.amin(dims).double().numpy()
-        maximum = t.amax(dims).double().numpy()
-        nonnegative = bool((minimum >= 0).all())
-        abs_sum = total if nonnegative else torch.linalg.vector_norm(d, ord=1, dim=dims)
-        d -= mean.view((1, self.channels) + (1,) * (t.dim() - 2))
-        shifted = d.sum(dims)  # ~0; removes what rounding left of the mean
-        m2 = d.square_().sum(dims) - shifted * shifted / n
-        del d
-        values = t.numpy().reshape(t.shape[0], self.channels, -1)
-        zeros = np.count_nonzero(values == 0, axis=(0, 2))
+        binning = None
+        if histogram is not None:
+            binning = histogram.prepare(float(minimum.min()), float(maximum.max()), x.dtype)
         # The largest value of the batch's dtype that is <= near_zero: comparing with it in that
         # dtype counts exactly the values a float64 comparison with near_zero would.
-        limit = values.dtype.type(self.near_zero)
+        limit = x.dtype.type(self.near_zero)
         if float(limit) > self.near_zero:  # float(): compared in float64, not in the dtype
-            limit = np.nextafter(limit, values.dtype.type(-np.inf))
-        if nonnegative:
-            near = np.count_nonzero(values <= limit, axis=(0, 2))
-        else:
-            small = values <= limit
-            small &= values >= -limit
-            near = np.count_nonzero(small, axis=(0, 2))
-        counts = np.full(self.channels, n, dtype=np.int64)
-        self._merge_moments(counts, mean.numpy(), m2.clamp_min(0).numpy())
-        self.minimum = np.minimum(self.minimum, minimum)
-        self.maximum = np.maximum(self.maximum, maximum)
-        self.abs_sum += abs_sum.numpy()
-        self.zeros += zeros
-        self.near_zeros += near
+            limit = np.nextafter(limit, x.dtype.type(-np.inf))
+        sums = _sweep(x, minimum >= 0, limit, binning, histogram.bins if histogram else 0)
+        constant = minimum == maximum  # exactly no spread, whatever the rounding
+        sums.mean[constant], sums.m2[constant] = minimum[constant], 0.0
+        self._merge_moments(sums.count, sums.mean, sums.m2)
+        self.minimum = np.minimum(self.minimum, minimum.astype(np.float64))
+        self.maximum = np.maximum(self.maximum, maximum.astype(np.float64))
+        self.abs_sum += sums.abs_sum
+        self.zeros += sums.zeros
+        self.near_zeros += sums.near
+        if histogram is not None and sums.histogram is not None:
+            histogram.counts += sums.histogram
         return True
 
     def _update_general(self, batch: np.ndarray) -> None:
@@ -226,6 +225,184 @@ class RunningStats:
         return corr
 
 
+def _as_array(batch: np.ndarray | torch.Tensor) -> np.ndarray | None:
+    """The batch as a C-contiguous float32/float64 array (a view when it already is one), or
+    None for any other dtype."""
+    if isinstance(batch, torch.Tensor):
+        t = batch.detach().cpu()
+        if t.dtype not in (torch.float32, torch.float64):
+            return None
+        return t.contiguous().numpy()
+    arr = np.asarray(batch)
+    if arr.dtype not in (np.float32, np.float64):
+        return None
+    return np.ascontiguousarray(arr)
+
+
+# Values per block of the sweep: a block and its scratch buffers (float64 deviations, float
+# scratch, a mask) stay in a core's L2 cache while it goes through its passes.
+_BLOCK = 1 << 16
+
+
+@dataclass
+class _Sums:
+    """One batch's per-channel numbers, as the sweep gathers them."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    abs_sum: np.ndarray
+    zeros: np.ndarray
+    near: np.ndarray
+    histogram: np.ndarray | None
+
+
+def _blocks(n: int, c: int, length: int) -> list[tuple[int, int, int, int, int, int, int]]:
+    """``(row, n0, n1, c0, c1, l0, l1)`` blocks of about :data:`_BLOCK` values tiling an ``(n, c,
+    length)`` array. Every channel lies in one block of each row ``0..rows-1``."""
+    if c * length <= _BLOCK:
+        step = _BLOCK // (c * length)
+        return [(r, i, min(i + step, n), 0, c, 0, length) for r, i in enumerate(range(0, n, step))]
+    if length <= _BLOCK:
+        width = _BLOCK // length
+        return [
+            (i, i, i + 1, j, min(j + width, c), 0, length)
+            for i in range(n)
+            for j in range(0, c, width)
+        ]
+    pieces = range(0, length, _BLOCK)
+    return [
+        (i * len(pieces) + p, i, i + 1, j, j + 1, k, min(k + _BLOCK, length))
+        for i in range(n)
+        for j in range(c)
+        for p, k in enumerate(pieces)
+    ]
+
+
+def _count(mask: np.ndarray) -> np.ndarray:
+    """Per-channel counts of True in an ``(n, c, length)`` mask."""
+    if mask.shape[0] == 1 and mask.shape[2] >= 1024:  # whole-row counts are much faster
+        return np.array([np.count_nonzero(row) for row in mask[0]], dtype=np.int64)
+    counts: np.ndarray = np.count_nonzero(mask, axis=(0, 2)).astype(np.int64)
+    return counts
+
+
+def _block(
+    x: np.ndarray,
+    nonnegative: bool,
+    limit: np.floating,
+    binning: Binning | None,
+    bins: int,
+    scratch: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per-channel mean, M2, abs-sum, zero and near-zero counts of an ``(n, c, length)`` block
+    of finite values, and its histogram counts (None without a binning).
+
+    The moments are two passes in float64: the deviations from the block's mean are summed
+    (what rounding left of the mean) and their squares summed. The mean is first estimated in
+    the values' own dtype; any value near the true mean serves, since the float64 sum of the
+    deviations corrects it (and a mean that overflowed the dtype is replaced by the midpoint).
+    """
+    wide, same, flags = (b[: x.size].reshape(x.shape) for b in scratch)
+    axes = (0, 2)
+    n = x.shape[0] * x.shape[2]
+    guess = np.add.reduce(x, axis=axes).astype(np.float64) / n
+    if not np.isfinite(guess).all():
+        mid = (x.min(axis=axes).astype(np.float64) + x.max(axis=axes)) / 2
+        guess = np.where(np.isfinite(guess), guess, mid)
+    np.subtract(x, guess[None, :, None], out=wide)
+    shift = np.add.reduce(wide, axis=axes)
+    np.multiply(wide, wide, out=wide)
+    m2 = np.add.reduce(wide, axis=axes) - shift * shift / n
+    mean = guess + shift / n
+    if nonnegative:
+        abs_sum = mean * n
+        np.less_equal(x, limit, out=flags)
+    else:
+        np.abs(x, out=same)
+        abs_sum = np.add.reduce(same, axis=axes, dtype=np.float64)
+        np.less_equal(same, limit, out=flags)
+    near = _count(flags)
+    np.equal(x, 0, out=flags)
+    zeros = _count(flags)
+    hist = (
+        None if binning is None else _bin_counts(x, binning, bins, same if binning.single else wide)
+    )
+    return mean, np.maximum(m2, 0), abs_sum, zeros, near, hist
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="datastats")
+    return pool
+
+
+def _sweep(
+    x: np.ndarray,
+    nonnegative: np.ndarray,
+    limit: np.floating,
+    binning: Binning | None,
+    bins: int = 0,
+) -> _Sums:
+    """Per-channel numbers of the finite ``(N, C, L)`` values ``x``, block by block on as many
+    threads as torch uses (numpy lets go of the GIL), blocks merged with the pairwise formulas.
+    ``nonnegative``: per channel, whether its minimum is >= 0."""
+    n, c, length = x.shape
+    blocks = _blocks(n, c, length)
+    rows = blocks[-1][0] + 1
+    count = np.zeros((rows, c), dtype=np.int64)
+    mean, m2, abs_sum = np.zeros((rows, c)), np.zeros((rows, c)), np.zeros((rows, c))
+    zeros, near = np.zeros((rows, c), dtype=np.int64), np.zeros((rows, c), dtype=np.int64)
+
+    def run(chosen: list[int]) -> np.ndarray | None:
+        size = max((b[2] - b[1]) * (b[4] - b[3]) * (b[6] - b[5]) for b in blocks)
+        scratch = (np.empty(size), np.empty(size, dtype=x.dtype), np.empty(size, dtype=bool))
+        total = None
+        for i in chosen:
+            r, n0, n1, c0, c1, l0, l1 = blocks[i]
+            part = _block(
+                x[n0:n1, c0:c1, l0:l1],
+                bool(nonnegative[c0:c1].all()),
+                limit,
+                binning,
+                bins,
+                scratch,
+            )
+            count[r, c0:c1] = (n1 - n0) * (l1 - l0)
+            mean[r, c0:c1], m2[r, c0:c1], abs_sum[r, c0:c1] = part[0], part[1], part[2]
+            zeros[r, c0:c1], near[r, c0:c1] = part[3], part[4]
+            if part[5] is not None:
+                total = part[5] if total is None else total + part[5]
+        return total
+
+    workers = min(max(1, torch.get_num_threads()), len(blocks))
+    if workers == 1:
+        parts = [run(list(range(len(blocks))))]
+    else:
+        jobs = [list(range(len(blocks)))[w::workers] for w in range(workers)]
+        parts = list(_pool(workers).map(run, jobs))
+    total_n = count.sum(axis=0)
+    batch_mean = (count * mean).sum(axis=0) / total_n
+    spread = mean - batch_mean
+    batch_m2 = m2.sum(axis=0) + (count * spread * spread).sum(axis=0)
+    hist = None
+    if binning is not None:
+        hist = sum((p for p in parts if p is not None), np.zeros(bins, dtype=np.int64))
+    return _Sums(
+        total_n,
+        batch_mean,
+        batch_m2,
+        abs_sum.sum(axis=0),
+        zeros.sum(axis=0),
+        near.sum(axis=0),
+        hist,
+    )
+
+
 # Bin widths are powers of two between these exponents: above the lower one the reciprocal
 # 2**-e is finite, so scaling a value by it is exact; at the upper one 4 bins hold every float64.
 _MIN_EXPONENT = -1022
@@ -295,6 +472,12 @@ class RunningHistogram:
                 return
             x = x[finite]
             lo, hi = float(x.min()), float(x.max())
+        binning = self.prepare(lo, hi, x.dtype)  # may replace self.counts: first
+        self.counts += _bin_counts(x, binning, self.bins)
+
+    def prepare(self, lo: float, hi: float, dtype: np.dtype) -> Binning:
+        """Make room for finite values ``lo``..``hi`` of ``dtype`` (growing the width, moving the
+        window) and say how to bin them; the caller then adds their :func:`_bin_counts`."""
         if self.exponent is None:
             self.exponent = _initial_exponent(lo, hi, self.bins)
             self.start = self.first = _index(lo, self.exponent)
@@ -303,22 +486,14 @@ class RunningHistogram:
         # Scaling by 2**-exponent is exact (float32 and float16 convert exactly to float64). In
         # float32 too, as long as the scale is a normal float32 and every scaled value is below
         # 2**24, where float32 still holds every integer: then the cheaper float32 path is used.
+        # k - start is then exact as well: both are integers below 2**24 (2**53 in float64).
         scale = math.ldexp(1.0, -self.exponent)
         top = max(abs(lo), abs(hi)) * scale
         window = abs(self.start) + self.bins  # k - start must stay exact too
-        if x.dtype == np.float32 and -126 <= -self.exponent <= 127 and max(top, window) < 2**24:
-            k = np.multiply(x, np.float32(scale), dtype=np.float32)
-        else:
-            k = np.multiply(x, scale, dtype=np.float64)
-        np.floor(k, out=k)
-        if lo < 0:
-            # A negative value so small that the scaled value underflows to -0.0 belongs in bin
-            # -1 (-0.0 itself is zero and stays in bin 0).
-            below = k == 0
-            below &= x < 0
-            k[below] = -1
-        k -= self.start
-        self.counts += np.bincount(k.astype(np.intp), minlength=self.bins)
+        single = dtype == np.float32 and -126 <= -self.exponent <= 127 and max(top, window) < 2**24
+        # A value scaled by 1 or more cannot underflow; by less, a negative value so small that
+        # it underflows to -0.0 must still go to bin -1.
+        return Binning(scale, self.start, single, lo < 0 and scale < 1)
 
     def _fit(self, lo: float, hi: float) -> None:
         """Grow the width and move the window until ``lo``..``hi`` and all counted values fit."""
@@ -400,6 +575,41 @@ class RunningHistogram:
         with np.errstate(over="ignore"):  # only a last edge past the float64 maximum: inf
             edges = np.ldexp(k, self.exponent)
         return Histogram(edges, self.counts[i:j].copy(), self.nonfinite)
+
+
+@dataclass(frozen=True)
+class Binning:
+    """How :func:`_bin_counts` puts values in bins: bin ``floor(x * scale) - start``, computed in
+    float32 when ``single`` (exact there, see :meth:`RunningHistogram.prepare`), else in float64;
+    ``underflow``: negative values may scale to -0.0 and need the check."""
+
+    scale: float
+    start: int
+    single: bool
+    underflow: bool
+
+
+def _bin_counts(
+    x: np.ndarray, binning: Binning, bins: int, scratch: np.ndarray | None = None
+) -> np.ndarray:
+    """The counts of the finite values ``x`` (any shape) in the ``bins`` bins that ``binning``
+    describes; ``scratch``: a float buffer of ``x.size`` values or more of the binning's dtype,
+    to use instead of allocating one."""
+    dtype = np.float32 if binning.single else np.float64
+    k = np.empty(x.shape, dtype=dtype) if scratch is None else scratch[: x.size].reshape(x.shape)
+    np.multiply(x, dtype(binning.scale), out=k, dtype=dtype)
+    np.floor(k, out=k)
+    if binning.underflow:
+        # A negative value so small that the scaled value underflows to -0.0 belongs in bin
+        # -1 (-0.0 itself is zero and stays in bin 0).
+        below = k == 0
+        below &= x < 0
+        k[below] = -1
+    np.subtract(k, dtype(binning.start), out=k)  # exact: integers that the dtype holds
+    # Every index is in 0..bins-1: the smallest integer type that holds them counts fastest.
+    index = k.astype(np.uint8 if bins <= 256 else np.int32).ravel()
+    counts: np.ndarray = torch.bincount(torch.from_numpy(index), minlength=bins).numpy()
+    return counts
 
 
 def _index(value: float, exponent: int) -> int:
