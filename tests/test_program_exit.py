@@ -108,3 +108,29 @@ def test_a_reader_that_went_away_ends_the_program_quietly() -> None:
     assert status == 128 + 13
     assert "Traceback" not in errors
     assert "Exception ignored" not in errors
+
+
+def test_idle_statistics_threads_do_not_hold_the_exit() -> None:
+    import threading
+
+    import torch
+
+    from featuremaps.cli import _running
+    from featuremaps.datastats import SWEEP_THREADS, RunningStats
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the sweep uses as many threads as torch: two, to start them
+    try:
+        RunningStats(8).update(torch.randn(4, 8, 64, 64))
+    finally:
+        torch.set_num_threads(previous)
+    sweepers = [t for t in threading.enumerate() if t.name.startswith(SWEEP_THREADS)]
+    assert sweepers and not any(_running(t) for t in sweepers)
+    release = threading.Event()
+    busy = threading.Thread(target=release.wait)
+    busy.start()
+    try:
+        assert _running(busy)
+    finally:
+        release.set()
+        busy.join()

@@ -935,8 +935,7 @@ def console_main() -> NoReturn:
 
 
 def _exit_without_teardown(code: int) -> NoReturn:
-    main_thread = threading.main_thread()
-    if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
+    if any(_running(t) for t in threading.enumerate()):
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
@@ -947,6 +946,15 @@ def _exit_without_teardown(code: int) -> NoReturn:
         except (OSError, ValueError):  # a stream closed or failing: as Python's own exit
             code = code or 120
     os._exit(code)
+
+
+def _running(thread: threading.Thread) -> bool:
+    """Whether ``thread`` may still have work that the ordinary exit would wait for. The
+    statistics' sweep threads only ever work inside a call that has returned: they are idle."""
+    if thread is threading.main_thread() or thread.daemon or not thread.is_alive():
+        return False
+    stats = sys.modules.get("featuremaps.datastats")  # not imported: none of its threads exist
+    return stats is None or not thread.name.startswith(stats.SWEEP_THREADS)
 
 
 if __name__ == "__main__":
