@@ -443,16 +443,22 @@ def test_tissue_mask_finds_the_blobs(tmp_path: Path) -> None:
     assert 0.1 < mask.fraction() < 0.5
 
 
-def test_cli_slide_runs_and_reports(
-    tmp_path: Path, picture: np.ndarray, capsys: pytest.CaptureFixture[str]
-) -> None:
-    factory = tmp_path / "net.py"
+def _two_conv_factory(folder: Path) -> Path:
+    """A ``path/file.py`` model factory: two stride-2 convolutions (layer ``2`` has stride 4)."""
+    factory = folder / "net.py"
     factory.write_text(
         "from torch import nn\n"
         "def build():\n"
         "    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),\n"
         "                         nn.Conv2d(4, 4, 3, stride=2, padding=1))\n"
     )
+    return factory
+
+
+def test_cli_slide_runs_and_reports(
+    tmp_path: Path, picture: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    factory = _two_conv_factory(tmp_path)
     slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5)
     code = main(["slide", str(slide), "--model", f"{factory}:build", "--layers", "2",
                  "--tile", "128", "--out", str(tmp_path / "out"), "--channels", "all",
@@ -554,13 +560,7 @@ def test_cli_slide_device_and_dtype(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    factory = tmp_path / "net.py"
-    factory.write_text(
-        "from torch import nn\n"
-        "def build():\n"
-        "    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),\n"
-        "                         nn.Conv2d(4, 4, 3, stride=2, padding=1))\n"
-    )
+    factory = _two_conv_factory(tmp_path)
     slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5)
     command = ["slide", str(slide), "--model", f"{factory}:build", "--layers", "2", "--tile",
                "128", "--channels", "all", "--no-viewer"]  # fmt: skip
