@@ -462,7 +462,8 @@ def stats_breakdown(
     def to_numpy(record: fm.LayerRecord) -> Any:
         current["type"] = record.module_type
         values = channels_first(record)
-        current["values"] += 0 if values is None else values.size
+        # A host array, or a tensor left on a CUDA device for the statistics.
+        current["values"] += 0 if values is None else int(np.prod(values.shape))
         return values
 
     updates = [

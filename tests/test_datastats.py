@@ -337,3 +337,59 @@ def test_fast_path_histogram_puts_underflowing_negatives_below_zero() -> None:
     stats.update(x, histogram=hist)
     result = hist.result()
     np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+
+
+@pytest.mark.parametrize("kind", ["signed", "relu", "large_mean"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_device_path_equals_numpy(kind: str, dtype: str) -> None:
+    # The torch path that CUDA batches take, run here on CPU tensors (the code is the same).
+    import torch
+
+    batches = [torch.from_numpy(_layer(kind, seed)).to(getattr(torch, dtype)) for seed in range(3)]
+    batches[1] = batches[1] * 4  # the histogram's range grows
+    stats, hist = RunningStats(6, near_zero=0.25), RunningHistogram(64)
+    for b in batches:
+        assert stats._update_on_device(b, hist)
+    values = [b.double().numpy() for b in batches]  # bfloat16 widens exactly
+    got, want = stats.result(), _oracle(np.concatenate(values), 0.25)
+    for key, expected in want.items():
+        rtol = 1e-9 if kind == "large_mean" and key == "std" else 1e-12
+        np.testing.assert_allclose(got[key], expected, rtol=rtol, atol=1e-12, err_msg=key)
+    result = hist.result()
+    np.testing.assert_array_equal(result.counts, _oracle_counts(values, result.edges))
+    assert result.total == sum(v.size for v in values)
+
+
+def test_device_path_leaves_non_finite_batches_to_the_general_path() -> None:
+    import torch
+
+    stats, hist = RunningStats(4), RunningHistogram(32)
+    assert not stats._update_on_device(torch.from_numpy(_data(5)), hist)
+    assert stats.count.sum() == 0 and hist.counts.sum() == 0  # nothing changed
+    assert stats._update_on_device(torch.ones(2, 4, 3), hist)  # and a finite one is taken
+
+
+def test_device_path_puts_underflowing_negatives_below_zero() -> None:
+    import torch
+
+    x = np.array([-1e-45, -0.0, 0.0, 300.0, 1e-45, -7.0] * 3, dtype=np.float32).reshape(1, 1, 18)
+    stats, hist = RunningStats(1), RunningHistogram(4)
+    assert stats._update_on_device(torch.from_numpy(x), hist)
+    result = hist.result()
+    np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+
+
+@pytest.mark.gpu
+def test_cuda_batches_are_reduced_on_the_device_and_agree_with_the_host() -> None:
+    import torch
+
+    batches = [torch.from_numpy(_layer(kind, seed)) for seed, kind in enumerate(("signed", "relu"))]
+    on_host, host_hist = RunningStats(6, near_zero=0.25), RunningHistogram(64)
+    on_gpu, gpu_hist = RunningStats(6, near_zero=0.25), RunningHistogram(64)
+    for b in batches:
+        on_host.update(b.numpy(), histogram=host_hist)
+        on_gpu.update(b.cuda(), histogram=gpu_hist)
+    for key, expected in on_host.result().items():
+        np.testing.assert_allclose(on_gpu.result()[key], expected, rtol=1e-12, err_msg=key)
+    np.testing.assert_array_equal(gpu_hist.result().counts, host_hist.result().counts)
+    np.testing.assert_array_equal(gpu_hist.result().edges, host_hist.result().edges)

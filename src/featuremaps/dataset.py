@@ -174,12 +174,17 @@ class DatasetStats:
         )
 
 
-def _channels_first(record: LayerRecord) -> np.ndarray | None:
-    """The record as (N, C, ...) float array, or None when its layout has no channel axis."""
+def _channels_first(record: LayerRecord) -> np.ndarray | torch.Tensor | None:
+    """The record as (N, C, ...) float values, or None when its layout has no channel axis: a
+    tensor left on a CUDA device (the statistics are reduced there), else a host array."""
     if record.tensor.is_complex():
         return None
     t = channels_first(record.layout_info, record.tensor)
-    return None if t is None else t.detach().float().cpu().numpy()
+    if t is None:
+        return None
+    if t.device.type == "cuda":
+        return t.detach()
+    return t.detach().float().cpu().numpy()
 
 
 def compute_dataset_stats(

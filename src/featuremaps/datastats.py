@@ -81,7 +81,9 @@ class RunningStats:
         ``histogram.update(batch)``), in the same sweep over the values.
 
         A float32/float64 batch whose values are all finite takes a fast path; any other batch
-        goes through the general numpy path, which masks NaN and ±Inf.
+        goes through the general numpy path, which masks NaN and ±Inf. A batch on a CUDA device
+        is reduced there (:meth:`_update_on_device`): only per-channel numbers and the
+        histogram's counts come to the host.
         """
         shape = tuple(batch.shape)
         if len(shape) < 2 or shape[1] != self.channels:
@@ -89,6 +91,11 @@ class RunningStats:
                 f"batch of shape {shape}; expected (N, {self.channels}, ...) with the "
                 "channels on axis 1"
             )
+        if isinstance(batch, torch.Tensor) and batch.device.type != "cpu":
+            on_cuda = batch.device.type == "cuda" and not self.correlations
+            if on_cuda and self._update_on_device(batch, histogram):
+                return
+            batch = batch.detach().float().cpu()  # MPS (no float64), NaN/Inf, correlations
         if self.correlations or not self._update_finite(batch, histogram):
             values = batch.numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
             self._update_general(values)
@@ -133,6 +140,59 @@ class RunningStats:
         self.near_zeros += sums.near
         if histogram is not None and sums.histogram is not None:
             histogram.counts += sums.histogram
+        return True
+
+    def _update_on_device(self, batch: torch.Tensor, histogram: RunningHistogram | None) -> bool:
+        """The fast path in torch, where ``batch`` lives; returns False (and changes nothing)
+        when the batch holds a non-finite value or is not a float batch.
+
+        The same numbers as :meth:`_update_finite`: per-channel min and max first (NaN and ±Inf
+        show up there), the moments as two passes in float64 (one float64 copy of the batch on
+        the device), exact zero and near-zero counts, and the histogram's bins counted with
+        ``bincount`` under the binning :meth:`RunningHistogram.prepare` gives. float16 and
+        bfloat16 values (autocast) are widened to float32, which holds each of them exactly.
+        """
+        t = batch.detach()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        if t.dtype not in (torch.float32, torch.float64) or t.numel() == 0:
+            return False
+        x = t.reshape(t.shape[0], self.channels, -1)
+        dims = (0, 2)
+        minimum = x.amin(dim=dims).double().cpu().numpy()
+        maximum = x.amax(dim=dims).double().cpu().numpy()
+        if not (np.isfinite(minimum).all() and np.isfinite(maximum).all()):
+            return False
+        n = x.shape[0] * x.shape[2]
+        total = x.sum(dim=dims, dtype=torch.float64)
+        d = x.to(torch.float64) - (total / n).view(1, -1, 1)
+        shift = d.sum(dim=dims)  # ~0: what rounding left of the mean
+        m2 = d.square_().sum(dim=dims) - shift * shift / n
+        del d
+        mean = total / n + shift / n
+        signed = bool((minimum < 0).any())
+        abs_sum = x.abs().sum(dim=dims, dtype=torch.float64) if signed else total
+        dtype = np.dtype(np.float32 if x.dtype == torch.float32 else np.float64)
+        limit = dtype.type(self.near_zero)
+        if float(limit) > self.near_zero:  # as in _update_finite: the dtype's value <= near_zero
+            limit = np.nextafter(limit, dtype.type(-np.inf))
+        zeros = (x == 0).sum(dim=dims)
+        near = (x.abs() <= float(limit)).sum(dim=dims)
+        counts = None
+        if histogram is not None:
+            binning = histogram.prepare(float(minimum.min()), float(maximum.max()), dtype)
+            counts = _bin_counts_torch(x, binning, histogram.bins)
+        mean_np, m2_np = mean.cpu().numpy(), m2.clamp_min(0).cpu().numpy()
+        constant = minimum == maximum  # exactly no spread, whatever the rounding
+        mean_np[constant], m2_np[constant] = minimum[constant], 0.0
+        self._merge_moments(np.full(self.channels, n, dtype=np.int64), mean_np, m2_np)
+        self.minimum = np.minimum(self.minimum, minimum)
+        self.maximum = np.maximum(self.maximum, maximum)
+        self.abs_sum += abs_sum.cpu().numpy()
+        self.zeros += zeros.cpu().numpy()
+        self.near_zeros += near.cpu().numpy()
+        if histogram is not None and counts is not None:
+            histogram.counts += counts
         return True
 
     def _update_general(self, batch: np.ndarray) -> None:
@@ -612,6 +672,18 @@ def _bin_counts(
     # Every index is in 0..bins-1: the smallest integer type that holds them counts fastest.
     index = k.astype(np.uint8 if bins <= 256 else np.int32).ravel()
     counts: np.ndarray = torch.bincount(torch.from_numpy(index), minlength=bins).numpy()
+    return counts
+
+
+def _bin_counts_torch(x: torch.Tensor, binning: Binning, bins: int) -> np.ndarray:
+    """:func:`_bin_counts` in torch, on the device of ``x`` (finite values); the counts come
+    to the host."""
+    wide = torch.float32 if binning.single else torch.float64
+    k = torch.floor(x.to(wide) * binning.scale)  # a power of two: exact, as in _bin_counts
+    if binning.underflow:
+        k[(k == 0) & (x < 0)] = -1  # a negative value that underflowed to -0.0: bin -1
+    k -= binning.start
+    counts: np.ndarray = torch.bincount(k.flatten().long(), minlength=bins).cpu().numpy()
     return counts
 
 
