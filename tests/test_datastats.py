@@ -393,3 +393,18 @@ def test_cuda_batches_are_reduced_on_the_device_and_agree_with_the_host() -> Non
         np.testing.assert_allclose(on_gpu.result()[key], expected, rtol=1e-12, err_msg=key)
     np.testing.assert_array_equal(gpu_hist.result().counts, host_hist.result().counts)
     np.testing.assert_array_equal(gpu_hist.result().edges, host_hist.result().edges)
+
+
+def test_bfloat16_and_integer_tensors_are_counted_on_the_host() -> None:
+    import torch
+
+    values = torch.tensor([[[0.5, -1.0, 0.0, 2.0]], [[1.5, 0.25, -0.0, 3.0]]])  # (2, 1, 4)
+    for batch in (values.to(torch.bfloat16), (values * 4).to(torch.int16)):
+        stats, hist = RunningStats(1), RunningHistogram(16)
+        stats.update(batch, histogram=hist)
+        wide = batch.double().numpy()
+        got, want = stats.result(), _oracle(wide, 1e-6)
+        for key, expected in want.items():
+            np.testing.assert_allclose(got[key], expected, rtol=1e-12, err_msg=key)
+        result = hist.result()
+        np.testing.assert_array_equal(result.counts, _oracle_counts([wide], result.edges))

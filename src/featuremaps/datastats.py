@@ -97,7 +97,7 @@ class RunningStats:
                 return
             batch = batch.detach().float().cpu()  # MPS (no float64), NaN/Inf, correlations
         if self.correlations or not self._update_finite(batch, histogram):
-            values = batch.numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
+            values = _host_values(batch)
             self._update_general(values)
             if histogram is not None:
                 histogram.update(values)
@@ -283,6 +283,15 @@ class RunningStats:
         with np.errstate(invalid="ignore", divide="ignore"):
             corr: np.ndarray = self.comoment / np.sqrt(np.outer(var, var))
         return corr
+
+
+def _host_values(batch: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The batch as a host array for the general path; bfloat16 (which numpy lacks) widened to
+    float32, exactly."""
+    if not isinstance(batch, torch.Tensor):
+        return np.asarray(batch)
+    t = batch.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def _as_array(batch: np.ndarray | torch.Tensor) -> np.ndarray | None:
