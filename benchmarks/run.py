@@ -567,8 +567,8 @@ def bench_stats(
 
 
 FLOOR = HERE / "floor.py"
-# The floor as the issue defines it, and the same script ended as the featuremaps program ends
-# (without the interpreter's teardown): the second shows what featuremaps itself adds.
+# The floor (import, build, read, one forward), and the same script ended as the featuremaps
+# program ends (without the interpreter's teardown): the second shows what featuremaps adds.
 FLOORS = ("floor", "floor_no_teardown")
 # What the installed ``featuremaps`` console script runs.
 CLI = "from featuremaps.cli import console_main; console_main()"
