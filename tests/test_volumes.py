@@ -216,3 +216,12 @@ def test_a_gif_clip_runs_from_the_cli_on_a_3d_rgb_model(
     records = {r["name"]: r for r in manifest["records"]}
     assert records["0"]["shape"] == [1, 2, 3, 7, 9]
     assert records["1"]["drawn_as"] == layouts.VOLUME_MONTAGE
+
+
+def test_volume_values_too_large_for_float32_are_counted(tmp_path: Path) -> None:
+    vol = np.zeros((1, 2, 3, 4))
+    vol[0, 0, 0, :3] = [1e300, -1e300, 2.0]  # two beyond float32's range
+    np.save(tmp_path / "big.npy", vol)
+    loaded = load_volume(tmp_path / "big.npy")
+    assert "2 values too large for float32 became Inf" in loaded.conversions
+    assert np.isinf(loaded.tensor[0, 0, 0, 0, :2].numpy()).all()

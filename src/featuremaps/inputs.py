@@ -756,6 +756,35 @@ def _finish(
     )
 
 
+def _picture_values(
+    array: np.ndarray, preprocessing: Preprocessing, conversions: list[str]
+) -> FloatArray:
+    """``array`` as float32 by the rule for pictures saved as arrays: integers of a picture
+    dtype are divided by their full scale (as an image file's would be; not with ``--as-is``),
+    bools become 0 and 1, anything else is cast. ``conversions`` gets what was done, and how
+    many float64 values were too large for float32 (they become Inf)."""
+    wide = array.dtype.kind == "f" and array.dtype.itemsize > 4
+    was_finite = np.isfinite(array) if wide else None
+    with np.errstate(over="ignore"):
+        values = array.astype(np.float32)
+    full_scale = None if preprocessing.as_is else _PICTURE_DTYPES.get(array.dtype.str[1:])
+    if array.dtype == np.bool_:
+        conversions.append("bool values cast to float32 (False -> 0, True -> 1)")
+    elif full_scale is not None:
+        values /= np.float32(full_scale)
+        conversions.append(
+            f"{array.dtype} values divided by {full_scale} (read as a {array.dtype.itemsize * 8}"
+            f"-bit picture, like an image file; --as-is keeps 0..{full_scale})"
+        )
+    elif array.dtype != np.float32:
+        conversions.append(f"{array.dtype} values cast to float32 (no scaling)")
+    if was_finite is not None:
+        overflowed = int(np.count_nonzero(was_finite & ~np.isfinite(values)))
+        if overflowed:
+            conversions.append(f"{overflowed:,} values too large for float32 became Inf")
+    return values
+
+
 # --------------------------------------------------------------------------------------------------
 # Images
 
@@ -1113,24 +1142,7 @@ def load_array(
             f"({channels}, H, W)"
         )
 
-    was_finite = np.isfinite(chw) if array.dtype.kind == "f" else np.ones(chw.shape, bool)
-    with np.errstate(over="ignore"):
-        # float64 values beyond float32's range become Inf; counted and reported below.
-        values = chw.astype(np.float32)
-    full_scale = None if preprocessing.as_is else _PICTURE_DTYPES.get(array.dtype.str[1:])
-    if array.dtype == np.bool_:
-        conversions.append("bool values cast to float32 (False -> 0, True -> 1)")
-    elif full_scale is not None:
-        values /= np.float32(full_scale)
-        conversions.append(
-            f"{array.dtype} values divided by {full_scale} (read as a {array.dtype.itemsize * 8}"
-            f"-bit picture, like an image file; --as-is keeps 0..{full_scale})"
-        )
-    elif array.dtype != np.float32:
-        conversions.append(f"{array.dtype} values cast to float32 (no scaling)")
-    overflowed = int(np.count_nonzero(was_finite & ~np.isfinite(values)))
-    if overflowed:
-        conversions.append(f"{overflowed:,} values too large for float32 became Inf")
+    values = _picture_values(chw, preprocessing, conversions)
     not_finite = int(np.count_nonzero(~np.isfinite(values)))
     if not_finite:
         conversions.append(f"array holds {not_finite:,} NaN/Inf values (fed as they are)")
@@ -1306,19 +1318,7 @@ def load_volume(
             f"volume '{where}' has {_channel_count(count)} ({original}), but "
             f"{_layer_phrase(layer_name)} takes {channels}; save it as ({channels}, D, H, W)"
         )
-    full_scale = None if preprocessing.as_is else _PICTURE_DTYPES.get(array.dtype.str[1:])
-    with np.errstate(over="ignore"):
-        values = array.astype(np.float32)
-    if array.dtype == np.bool_:
-        conversions.append("bool values cast to float32 (False -> 0, True -> 1)")
-    elif full_scale is not None:
-        values /= np.float32(full_scale)
-        conversions.append(
-            f"{array.dtype} values divided by {full_scale} (read as a {array.dtype.itemsize * 8}"
-            f"-bit picture, like an image file; --as-is keeps 0..{full_scale})"
-        )
-    elif array.dtype != np.float32:
-        conversions.append(f"{array.dtype} values cast to float32 (no scaling)")
+    values = _picture_values(array, preprocessing, conversions)
     not_finite = int(np.count_nonzero(~np.isfinite(values)))
     if not_finite:
         conversions.append(f"volume holds {not_finite:,} NaN/Inf values (fed as they are)")
