@@ -85,6 +85,7 @@ __all__ = [
     "GridOptions",
     "make_grid",
     "select_channels",
+    "shared_scale",
 ]
 
 ChannelOrder = Literal["index", "mean", "max", "std", "absmean"]
@@ -298,6 +299,35 @@ def select_channels(maps: np.ndarray, options: GridOptions) -> tuple[int, ...]:
     return tuple(int(i) for i in ranked[:k])
 
 
+def shared_scale(opts: GridOptions, layer_range: ValueRange) -> tuple[ValueRange | None, bool]:
+    """The range every tile of a layer shares (``None`` for the "channel" scale) and whether its
+    colours are signed: the centring rule applied to the layer's own range (``layer_range``), to
+    the range over all layers ("global"), or the given range used exactly ("fixed").
+
+    Signedness is judged on the whole layer (and for "global" on the shared range too), so the
+    colormap does not change with the channels chosen.
+    """
+    signed = is_signed_range(layer_range.vmin)
+    if opts.scale in ("fixed", "global"):
+        if opts.value_range is None:
+            # Options for "global" may be built before the range is known (it needs every
+            # layer), so this is checked here rather than in GridOptions.
+            raise OptionError(
+                f"scale {opts.scale!r} needs value_range; got none. The caller must pass the range "
+                "across all layers: merge_ranges() of each layer's compute_range()."
+            )
+        lo, hi = opts.value_range
+        if opts.scale == "fixed":
+            given = fixed_range(lo, hi)
+            return given, given.symmetric
+        signed = signed or is_signed_range(lo)
+        merged = ValueRange(lo, hi, False)
+        return (centred(merged) if signed else merged), signed
+    if opts.scale == "layer":
+        return (centred(layer_range) if signed else layer_range), signed
+    return None, signed
+
+
 def _any_finite(arr: np.ndarray, stats: ChannelStats | None) -> bool:
     return bool((stats.finite > 0).any()) if stats is not None else bool(np.isfinite(arr).any())
 
@@ -369,28 +399,7 @@ def make_grid(
         layer_range = compute_range(arr, symmetric=False)
     else:
         layer_range = range_from_extremes(stats.min, stats.max)
-    signed = is_signed_range(layer_range.vmin)
-    value_range: ValueRange | None
-    if opts.scale in ("fixed", "global"):
-        if opts.value_range is None:
-            # Options for "global" may be built before the range is known (it needs every
-            # layer), so this is checked here rather than in GridOptions.
-            raise OptionError(
-                f"scale {opts.scale!r} needs value_range; got none. The caller must pass the range "
-                "across all layers: merge_ranges() of each layer's compute_range()."
-            )
-        lo, hi = opts.value_range
-        if opts.scale == "fixed":
-            value_range = fixed_range(lo, hi)
-            signed = value_range.symmetric
-        else:
-            signed = signed or is_signed_range(lo)
-            given = ValueRange(lo, hi, False)
-            value_range = centred(given) if signed else given
-    elif opts.scale == "layer":
-        value_range = centred(layer_range) if signed else layer_range
-    else:
-        value_range = None
+    value_range, signed = shared_scale(opts, layer_range)
     if opts.cmap is not None:
         cmap = opts.cmap
     else:

@@ -7,19 +7,14 @@ and paints that legend, so the two pictures cannot drift apart.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from featuremaps.render.grid import GridLabel, GridOptions
+from featuremaps.render.grid import GridLabel, GridOptions, shared_scale
 from featuremaps.render.legend import LEGEND_HEIGHT, LegendContent, legend_width, paint_legend
 from featuremaps.render.palette import BACKGROUND_INDEX
-from featuremaps.render.scaling import (
-    ValueRange,
-    centred,
-    channel_ranges,
-    compute_range,
-    fixed_range,
-    is_signed_range,
-)
+from featuremaps.render.scaling import ValueRange, channel_ranges, compute_range
 
 __all__ = ["row_scale", "rows_legend"]
 
@@ -35,24 +30,15 @@ def row_scale(
     signedness and the legend's scale text (``per_row`` / ``one_range`` name the two modes for
     this kind of picture); the same decisions as the channel grids over the whole layer ``arr``.
     """
-    layer = compute_range(arr, symmetric=False)
-    signed = is_signed_range(layer.vmin)
-    if options.scale in ("fixed", "global") and options.value_range is not None:
-        lo, hi = options.value_range
-        if options.scale == "fixed":
-            shared = fixed_range(lo, hi)
-            signed = shared.symmetric
-        else:
-            signed = signed or is_signed_range(lo)
-            given = ValueRange(lo, hi, False)
-            shared = centred(given) if signed else given
+    if options.scale in ("fixed", "global") and options.value_range is None:
+        options = replace(options, scale="layer")  # no range given: the layer's own
+    shared, signed = shared_scale(options, compute_range(arr, symmetric=False))
+    if shared is None:
+        return None, channel_ranges(block, symmetric=signed), signed, per_row
+    text = one_range
+    if options.scale in ("fixed", "global"):
         shared_by = "all layers" if options.scale == "global" else "given"
         text = f"scale: {options.scale} range ({shared_by})"
-    elif options.scale == "channel":
-        return None, channel_ranges(block, symmetric=signed), signed, per_row
-    else:
-        shared = centred(layer) if signed else layer
-        text = one_range
     return shared, (shared,) * len(block), signed, text
 
 
