@@ -555,14 +555,13 @@ def _write_outputs(
             f"at ({oy:g}, {ox:g}) px, {mode}"
         )
         files: dict[str, Any] = {"ome_tiff": ome, "pca_tiff": pca_file, "channel_tiffs": {}}
+        placed = {"x": x0, "y": y0, "world_width": cols * sx * downsample}
         if viewer:
             image = _write_deep_zoom(folder, f"{stem}.pca", pca_levels, pca_colour, "png")
             overlays.append(
                 {
                     **image,
-                    "x": x0,
-                    "y": y0,
-                    "world_width": cols * sx * downsample,
+                    **placed,
                     "label": f"{lm.layer.name} PCA-3",
                     "caption": f"{caption_base}; PCA-3 on one global basis as R, G, B",
                 }
@@ -595,9 +594,7 @@ def _write_outputs(
                 overlays.append(
                     {
                         **image,
-                        "x": x0,
-                        "y": y0,
-                        "world_width": cols * sx * downsample,
+                        **placed,
                         "label": f"{lm.layer.name} #{channel}",
                         "caption": f"{caption_base}; channel {channel}, {cmap} "
                         f"[{value_range.vmin:.4g}, {value_range.vmax:.4g}]",
