@@ -1063,41 +1063,35 @@ def test_token_and_vector_pictures_show_in_the_report(tmp_path: Path, open_repor
     assert opened.errors == []
 
 
-def test_volume_pictures_show_in_the_report(tmp_path: Path, open_report: Any) -> None:
-    torch.manual_seed(0)
-    # A 2-D layer after it gives the page a tile layer, which marks the page as drawn.
+def _volume_model() -> tuple[nn.Module, torch.Tensor]:
     model = nn.Sequential(
         nn.Conv3d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(1, 2), nn.Conv2d(12, 2, 3),
     ).eval()  # fmt: skip
-    x = torch.randn(1, 1, 4, 10, 10, generator=torch.Generator().manual_seed(3))
-    run = _run(model, x, tmp_path / "volume")
-    record = run.record("0")
-    assert record["layout"] == "NCDHW" and record["drawn_as"] == "volume montage"
-    assert record["data"] is None  # not channel tiles: the page shows the picture itself
-    opened = open_report(run.index)
-    page = opened.page
-    key = run.key("0")
-    page.click('#fm-outline a[title="0"]')
-    page.locator(f"#L{key} img.png").scroll_into_view_if_needed()
-    _wait_until(page, f"document.querySelector('#L{key} img.png').naturalWidth > 0", 5.0)
-    assert _image_loaded(page, f"#L{key} img.png")
-    assert page.locator(f"#L{key} img.png").get_attribute("src") == record["image"]
-    assert page.locator(f"#L{key} img.png").get_attribute("alt") == "volume montage of 0"
-    assert "NCDHW" in page.locator(f"#L{key} .meta").text_content()
-    assert opened.errors == []
+    return model, torch.randn(1, 1, 4, 10, 10, generator=torch.Generator().manual_seed(3))
 
 
-def test_signal_pictures_show_in_the_report(tmp_path: Path, open_report: Any) -> None:
-    torch.manual_seed(0)
-    # A 2-D layer after it gives the page a tile layer, which marks the page as drawn.
+def _signal_model() -> tuple[nn.Module, torch.Tensor]:
     model = nn.Sequential(
         nn.Conv1d(2, 6, 5, stride=2, padding=2), nn.ReLU(), nn.Unflatten(1, (1, 6)),
         nn.Conv2d(1, 2, 3),
     ).eval()  # fmt: skip
-    x = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(3))
-    run = _run(model, x, tmp_path / "signal")
+    return model, torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize(
+    ("build", "layout", "drawn_as"),
+    [(_volume_model, "NCDHW", "volume montage"), (_signal_model, "NCL", "signal heat map")],
+    ids=["volume", "signal"],
+)
+def test_row_pictures_show_in_the_report(
+    tmp_path: Path, open_report: Any, build: Any, layout: str, drawn_as: str
+) -> None:
+    torch.manual_seed(0)
+    # A 2-D layer after it gives the page a tile layer, which marks the page as drawn.
+    model, x = build()
+    run = _run(model, x, tmp_path / "run")
     record = run.record("0")
-    assert record["layout"] == "NCL" and record["drawn_as"] == "signal heat map"
+    assert record["layout"] == layout and record["drawn_as"] == drawn_as
     assert record["data"] is None  # not channel tiles: the page shows the picture itself
     opened = open_report(run.index)
     page = opened.page
@@ -1107,8 +1101,8 @@ def test_signal_pictures_show_in_the_report(tmp_path: Path, open_report: Any) ->
     _wait_until(page, f"document.querySelector('#L{key} img.png').naturalWidth > 0", 5.0)
     assert _image_loaded(page, f"#L{key} img.png")
     assert page.locator(f"#L{key} img.png").get_attribute("src") == record["image"]
-    assert page.locator(f"#L{key} img.png").get_attribute("alt") == "signal heat map of 0"
-    assert "NCL" in page.locator(f"#L{key} .meta").text_content()
+    assert page.locator(f"#L{key} img.png").get_attribute("alt") == f"{drawn_as} of 0"
+    assert layout in page.locator(f"#L{key} .meta").text_content()
     assert opened.errors == []
 
 
