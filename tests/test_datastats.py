@@ -8,8 +8,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import featuremaps.datastats as datastats
 from featuremaps._errors import InputError
 from featuremaps.datastats import RunningHistogram, RunningStats
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def sweep(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on each implementation of the fast path: the compiled sweep (checked to be
+    the one that runs) and the numpy sweep, which is used where numba cannot be imported."""
+    if request.param == "numpy":
+        monkeypatch.setattr(datastats, "_compiled", lambda: None)
+    else:
+        assert datastats._compiled() is not None, "numba is a dependency: it must import"
+
+        def numpy_sweep(*args: object) -> None:
+            raise AssertionError("the compiled sweep was expected to run")
+
+        monkeypatch.setattr(datastats, "_sweep_numpy", numpy_sweep)
+    return str(request.param)
 
 
 def _data(seed: int) -> np.ndarray:
@@ -215,7 +232,7 @@ def test_too_few_bins_are_refused() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_torch_batches_take_the_fast_path_and_agree_with_numpy(
-    dtype: type, monkeypatch: pytest.MonkeyPatch
+    dtype: type, monkeypatch: pytest.MonkeyPatch, sweep: str
 ) -> None:
     import torch
 
@@ -238,7 +255,9 @@ def test_torch_batches_take_the_fast_path_and_agree_with_numpy(
         np.testing.assert_allclose(got[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)
 
 
-def test_near_zero_counts_the_same_on_both_paths_when_float32_rounds_the_threshold_up() -> None:
+def test_near_zero_counts_the_same_on_both_paths_when_float32_rounds_the_threshold_up(
+    sweep: str,
+) -> None:
     # float32(0.1) = 0.10000000149 > 0.1: a value equal to it is not within 0.1 of zero.
     x = np.full((2, 1, 3, 3), np.float32(0.1))
     fast, general = RunningStats(1, near_zero=0.1), RunningStats(1, near_zero=0.1)
@@ -282,10 +301,8 @@ def _layer(kind: str, seed: int, shape: tuple[int, ...] = (5, 6, 4, 9)) -> np.nd
 @pytest.mark.parametrize("kind", ["signed", "relu", "large_mean"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fast_path_with_histogram_equals_numpy_however_blocked(
-    block: int, kind: str, dtype: type, monkeypatch: pytest.MonkeyPatch
+    block: int, kind: str, dtype: type, monkeypatch: pytest.MonkeyPatch, sweep: str
 ) -> None:
-    import featuremaps.datastats as datastats
-
     def general(self: RunningStats, batch: np.ndarray) -> None:
         raise AssertionError("finite batches must not take the general path")
 
@@ -320,7 +337,7 @@ def test_fused_histogram_takes_the_general_path_too() -> None:
     assert result.nonfinite == 3
 
 
-def test_constant_channels_get_exactly_zero_spread() -> None:
+def test_constant_channels_get_exactly_zero_spread(sweep: str) -> None:
     x = np.full((4, 3, 300), 0.1, dtype=np.float32)
     x[:, 1] = 7e3
     x[:, 2] = 0.0
@@ -330,13 +347,111 @@ def test_constant_channels_get_exactly_zero_spread() -> None:
     assert stats.result()["std"].tolist() == [0.0, 0.0, 0.0]
 
 
-def test_fast_path_histogram_puts_underflowing_negatives_below_zero() -> None:
+def test_fast_path_histogram_puts_underflowing_negatives_below_zero(sweep: str) -> None:
     x = np.array([[-1e-45, -0.0, 0.0, 300.0, 1e-45, -7.0]], dtype=np.float32)[:, :, None]
     x = np.repeat(x, 3, axis=0).reshape(1, 18, 1).transpose(0, 2, 1)  # (1, 1, 18)
     stats, hist = RunningStats(1), RunningHistogram(4)
     stats.update(x, histogram=hist)
     result = hist.result()
     np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+
+
+@pytest.mark.parametrize("block", [40, 1 << 16])
+def test_fast_path_histogram_joins_blocks_of_far_apart_ranges(
+    block: int, monkeypatch: pytest.MonkeyPatch, sweep: str
+) -> None:
+    # Blocks of one channel each (block 40): a tiny range, a wide signed one, two constants and
+    # a range far from zero; the compiled sweep bins each block on its own lattice first.
+    monkeypatch.setattr(datastats, "_BLOCK", block)
+    rng = np.random.default_rng(8)
+    x = np.empty((3, 5, 40), dtype=np.float32)
+    x[:, 0] = rng.uniform(0, 1e-3, (3, 40))
+    x[:, 1] = rng.uniform(-100, 100, (3, 40))
+    x[:, 2] = 5.0
+    x[:, 3] = 0.0
+    x[:, 4] = rng.uniform(3e4, 3e4 + 1, (3, 40))
+    batches = [x[:, :2], x]  # the first batch sets a fine lattice; the second widens it
+    for first in (batches[0], x[:, 2:4]):  # ... or a lattice chosen for constants only
+        stats, hist, alone = (
+            RunningStats(first.shape[1]),
+            RunningHistogram(64),
+            RunningHistogram(64),
+        )
+        stats.update(first, histogram=hist)
+        alone.update(first)
+        wide = RunningStats(5)
+        wide.update(x, histogram=hist)
+        alone.update(x)
+        result = hist.result()
+        np.testing.assert_array_equal(result.counts, _oracle_counts([first, x], result.edges))
+        np.testing.assert_array_equal(result.edges, alone.result().edges)
+        np.testing.assert_array_equal(result.counts, alone.result().counts)
+        got, want = wide.result(), _oracle(x, 1e-6)
+        for key, expected in want.items():
+            np.testing.assert_allclose(got[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("where", [(0, 0, 0), (2, 4, 39)])
+def test_a_non_finite_value_in_any_block_leaves_the_fast_path_without_a_trace(
+    where: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch, sweep: str
+) -> None:
+    monkeypatch.setattr(datastats, "_BLOCK", 40)  # many blocks, on both threads
+    x = _layer("signed", 9, (3, 5, 40, 1)).reshape(3, 5, 40)
+    x[where] = np.nan
+    stats, hist = RunningStats(5), RunningHistogram(32)
+    stats.update(x, histogram=hist)
+    result = hist.result()
+    assert result.nonfinite == 1 and result.total == x.size - 1
+    np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+    got, want = stats.result(), _oracle(x, 1e-6)
+    for key, expected in want.items():
+        np.testing.assert_allclose(got[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_float64_values_whose_sum_overflows_keep_their_mean(sweep: str) -> None:
+    top = np.finfo(np.float64).max
+    x = np.full((2, 2, 8), top / 2)  # sums of 16 such values overflow float64
+    x[:, 1] = -top / 4
+    x[0, 1, 0] = np.nextafter(-top / 4, 0)
+    stats = RunningStats(2)
+    stats.update(x)
+    got = stats.result()
+    assert got["mean"][0] == top / 2 and got["std"][0] == 0.0
+    assert got["mean"][1] == pytest.approx(-top / 4, rel=1e-15)
+    assert got["std"][1] == np.inf  # squared spreads there overflow float64, on both paths
+    assert got["min"][1] == -top / 4 and got["max"][1] == np.nextafter(-top / 4, 0)
+
+
+@given(
+    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=120),
+    st.integers(min_value=1, max_value=4),
+    st.integers(min_value=4, max_value=70),
+    st.sampled_from([3, 16, 1 << 16]),
+)
+def test_fast_path_histogram_property(
+    values: list[float], channels: int, bins: int, block: int
+) -> None:
+    # Any finite float32 values (subnormals, -0.0, both extremes), any blocking: the fast path's
+    # histogram equals RunningHistogram.update's, which equals np.histogram on its edges.
+    n = len(values) // channels
+    if n == 0:
+        return
+    x = np.array(values[: n * channels], dtype=np.float32).reshape(n, channels, 1)
+    previous, datastats._BLOCK = datastats._BLOCK, block
+    try:
+        stats, hist, alone = RunningStats(channels), RunningHistogram(bins), RunningHistogram(bins)
+        stats.update(x, histogram=hist)
+    finally:
+        datastats._BLOCK = previous
+    alone.update(x)
+    result = hist.result()
+    np.testing.assert_array_equal(result.edges, alone.result().edges)
+    np.testing.assert_array_equal(result.counts, alone.result().counts)
+    np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+    assert result.total == x.size
+    got = stats.result()
+    np.testing.assert_array_equal(got["min"], x.min(axis=(0, 2)).astype(np.float64))
+    np.testing.assert_array_equal(got["max"], x.max(axis=(0, 2)).astype(np.float64))
 
 
 @pytest.mark.parametrize("kind", ["signed", "relu", "large_mean"])

@@ -23,6 +23,9 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,24 +120,22 @@ class RunningStats:
         if values is None or values.size == 0:
             return False
         x = values.reshape(values.shape[0], self.channels, -1)
-        minimum = np.minimum.reduce(x, axis=(0, 2))
-        maximum = np.maximum.reduce(x, axis=(0, 2))
-        if not (np.isfinite(minimum).all() and np.isfinite(maximum).all()):
-            return False
-        binning = None
-        if histogram is not None:
-            binning = histogram.prepare(float(minimum.min()), float(maximum.max()), x.dtype)
         # The largest value of the batch's dtype that is <= near_zero: comparing with it in that
         # dtype counts exactly the values a float64 comparison with near_zero would.
         limit = x.dtype.type(self.near_zero)
         if float(limit) > self.near_zero:  # float(): compared in float64, not in the dtype
             limit = np.nextafter(limit, x.dtype.type(-np.inf))
-        sums = _sweep(x, minimum >= 0, limit, binning, histogram.bins if histogram else 0)
-        constant = minimum == maximum  # exactly no spread, whatever the rounding
-        sums.mean[constant], sums.m2[constant] = minimum[constant], 0.0
+        compiled = _compiled()
+        if compiled is not None:
+            found = _sweep_compiled(compiled, x, limit, histogram)
+        else:
+            found = _sweep_numpy(x, limit, histogram)
+        if found is None:
+            return False
+        sums, minimum, maximum = found
         self._merge_moments(sums.count, sums.mean, sums.m2)
-        self.minimum = np.minimum(self.minimum, minimum.astype(np.float64))
-        self.maximum = np.maximum(self.maximum, maximum.astype(np.float64))
+        self.minimum = np.minimum(self.minimum, minimum)
+        self.maximum = np.maximum(self.maximum, maximum)
         self.abs_sum += sums.abs_sum
         self.zeros += sums.zeros
         self.near_zeros += sums.near
@@ -224,11 +225,13 @@ class RunningStats:
     def _merge_moments(self, n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         n_a = self.count
         n = n_a + n_b
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             d = mean_b - self.mean
             share = np.where(n > 0, n_b / np.maximum(n, 1), 0.0)
             self.mean = self.mean + d * share
-            self.m2 = self.m2 + m2_b + d * d * n_a * share
+            # Nothing to correct when one side is empty (d may be huge there: d * d overflows).
+            both = (n_a > 0) & (n_b > 0)
+            self.m2 = self.m2 + m2_b + np.where(both, d * d * n_a * share, 0.0)
         self.count = n
 
     def _merge_comoments(self, k: int, mean_b: np.ndarray, c_b: np.ndarray) -> None:
@@ -376,13 +379,15 @@ def _block(
     axes = (0, 2)
     n = x.shape[0] * x.shape[2]
     guess = np.add.reduce(x, axis=axes).astype(np.float64) / n
-    if not np.isfinite(guess).all():
-        mid = (x.min(axis=axes).astype(np.float64) + x.max(axis=axes)) / 2
+    if not np.isfinite(guess).all():  # float64 values near the maximum: the midpoint instead
+        mid = x.min(axis=axes).astype(np.float64) / 2 + x.max(axis=axes) / 2
         guess = np.where(np.isfinite(guess), guess, mid)
     np.subtract(x, guess[None, :, None], out=wide)
     shift = np.add.reduce(wide, axis=axes)
     np.multiply(wide, wide, out=wide)
-    m2 = np.add.reduce(wide, axis=axes) - shift * shift / n
+    squares = np.add.reduce(wide, axis=axes)
+    with np.errstate(invalid="ignore"):  # squares that overflowed: M2 is +inf
+        m2 = np.where(np.isinf(squares), np.inf, squares - shift * shift / n)
     mean = guess + shift / n
     if nonnegative:
         abs_sum = mean * n
@@ -398,6 +403,19 @@ def _block(
         None if binning is None else _bin_counts(x, binning, bins, same if binning.single else wide)
     )
     return mean, np.maximum(m2, 0), abs_sum, zeros, near, hist
+
+
+def _join_rows(
+    count: np.ndarray, mean: np.ndarray, m2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel count, mean and M2 of the ``(rows, C)`` parts of a batch (every channel in
+    one block of each row), joined with the pairwise formulas. The mean is weighted by shares
+    of the count, which cannot overflow where ``count * mean`` could."""
+    total = count.sum(axis=0)
+    share = count / total
+    joined = (share * mean).sum(axis=0)
+    spread = mean - joined
+    return total, joined, m2.sum(axis=0) + (count * spread * spread).sum(axis=0)
 
 
 #: The name prefix of the sweep's worker threads. They are kept between batches (starting a pool
@@ -436,14 +454,16 @@ def _sweep(
         total = None
         for i in chosen:
             r, n0, n1, c0, c1, l0, l1 = blocks[i]
-            part = _block(
-                x[n0:n1, c0:c1, l0:l1],
-                bool(nonnegative[c0:c1].all()),
-                limit,
-                binning,
-                bins,
-                scratch,
-            )
+            # Float64 values near the maximum overflow sums (errstate is per thread).
+            with np.errstate(over="ignore"):
+                part = _block(
+                    x[n0:n1, c0:c1, l0:l1],
+                    bool(nonnegative[c0:c1].all()),
+                    limit,
+                    binning,
+                    bins,
+                    scratch,
+                )
             count[r, c0:c1] = (n1 - n0) * (l1 - l0)
             mean[r, c0:c1], m2[r, c0:c1], abs_sum[r, c0:c1] = part[0], part[1], part[2]
             zeros[r, c0:c1], near[r, c0:c1] = part[3], part[4]
@@ -457,10 +477,7 @@ def _sweep(
     else:
         jobs = [list(range(len(blocks)))[w::workers] for w in range(workers)]
         parts = list(_pool(workers).map(run, jobs))
-    total_n = count.sum(axis=0)
-    batch_mean = (count * mean).sum(axis=0) / total_n
-    spread = mean - batch_mean
-    batch_m2 = m2.sum(axis=0) + (count * spread * spread).sum(axis=0)
+    total_n, batch_mean, batch_m2 = _join_rows(count, mean, m2)
     hist = None
     if binning is not None:
         hist = sum((p for p in parts if p is not None), np.zeros(bins, dtype=np.int64))
@@ -473,6 +490,122 @@ def _sweep(
         near.sum(axis=0),
         hist,
     )
+
+
+@cache
+def _compiled() -> ModuleType | None:
+    """The compiled sweep (:mod:`featuremaps._sweepjit`), or None where numba cannot be
+    imported: the numpy sweep then gives the same numbers, more slowly."""
+    try:
+        from featuremaps import _sweepjit
+    # ImportError: numba missing or not matching numpy; RuntimeError: numba found no writable
+    # place for its cache of compiled code.
+    except (ImportError, RuntimeError):  # pragma: no cover - numba is a dependency
+        return None
+    return _sweepjit
+
+
+Found = tuple[_Sums, np.ndarray, np.ndarray]  # the sums, per-channel min and max (float64)
+
+
+def _sweep_numpy(
+    x: np.ndarray, limit: np.floating, histogram: RunningHistogram | None
+) -> Found | None:
+    """Per-channel numbers (and histogram counts) of the ``(N, C, L)`` values ``x`` with numpy:
+    min and max first, over all values (None when one is not finite), then :func:`_sweep`."""
+    minimum = np.minimum.reduce(x, axis=(0, 2))
+    maximum = np.maximum.reduce(x, axis=(0, 2))
+    if not (np.isfinite(minimum).all() and np.isfinite(maximum).all()):
+        return None
+    binning = None
+    if histogram is not None:
+        binning = histogram.prepare(float(minimum.min()), float(maximum.max()), x.dtype)
+    sums = _sweep(x, minimum >= 0, limit, binning, histogram.bins if histogram else 0)
+    constant = minimum == maximum  # exactly no spread, whatever the rounding
+    sums.mean[constant], sums.m2[constant] = minimum[constant], 0.0
+    return sums, minimum.astype(np.float64), maximum.astype(np.float64)
+
+
+def _sweep_compiled(
+    compiled: Any, x: np.ndarray, limit: np.floating, histogram: RunningHistogram | None
+) -> Found | None:
+    """:func:`_sweep_numpy`'s numbers from the compiled sweep (:mod:`featuremaps._sweepjit`):
+    each block is read from memory once, on as many threads as torch uses, and histogrammed on
+    its own lattice; the blocks' counts join the histogram's once the batch's range is known."""
+    n, c, length = x.shape
+    blocks = np.array(_blocks(n, c, length), dtype=np.int64)
+    rows = int(blocks[-1, 0]) + 1
+    bins = histogram.bins if histogram is not None else 4
+    out = np.zeros((5, rows, c))
+    ints = np.zeros((2, rows, c), dtype=np.int64)
+    lattice = np.zeros((len(blocks), 3), dtype=np.int64)
+    hist = np.zeros((len(blocks), bins), dtype=np.int64)
+    flat = x.reshape(-1)
+    single = x.dtype == np.float32
+    integer = np.int32 if single else np.int64
+    bits, mask, sign = (
+        flat.view(integer),
+        np.iinfo(integer).max,
+        integer(8 * integer().itemsize - 1),
+    )
+    shape = np.array(x.shape, dtype=np.int64)
+
+    def run(chosen: np.ndarray) -> bool:
+        return bool(
+            compiled.block_sweep(
+                flat,
+                bits,
+                integer(mask),
+                sign,
+                shape,
+                blocks,
+                chosen,
+                limit,
+                bins,
+                out,
+                ints,
+                lattice,
+                hist,
+            )
+        )
+
+    order = np.arange(len(blocks), dtype=np.int64)
+    workers = min(max(1, torch.get_num_threads()), len(blocks))
+    if workers == 1:
+        finite = run(order)
+    else:
+        jobs = [np.ascontiguousarray(order[w::workers]) for w in range(workers)]
+        finite = all(_pool(workers).map(run, jobs))
+    if not finite:
+        return None
+    count = np.zeros((rows, c), dtype=np.int64)
+    for r, n0, n1, c0, c1, l0, l1 in blocks:
+        count[r, c0:c1] = (n1 - n0) * (l1 - l0)
+    total_n, batch_mean, batch_m2 = _join_rows(count, out[0], out[1])
+    minimum, maximum = out[3].min(axis=0), out[4].max(axis=0)
+    constant = minimum == maximum
+    batch_mean[constant], batch_m2[constant] = minimum[constant], 0.0
+    counts = None
+    if histogram is not None:
+        histogram.prepare(float(minimum.min()), float(maximum.max()), x.dtype)
+        assert histogram.exponent is not None
+        counts = np.zeros(bins, dtype=np.int64)
+        values = out[3][blocks[:, 0], blocks[:, 3]]  # a constant block's value: its min
+        sizes = (blocks[:, 2] - blocks[:, 1]) * (blocks[:, 4] - blocks[:, 3])
+        sizes *= blocks[:, 6] - blocks[:, 5]
+        compiled.merge_histograms(
+            lattice, hist, values, sizes, histogram.exponent, histogram.start, counts
+        )
+    sums = _Sums(
+        total_n,
+        batch_mean,
+        batch_m2,
+        out[2].sum(axis=0),
+        ints[0].sum(axis=0),
+        ints[1].sum(axis=0),
+        counts,
+    )
+    return sums, minimum, maximum
 
 
 # Bin widths are powers of two between these exponents: above the lower one the reciprocal

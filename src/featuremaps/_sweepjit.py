@@ -1,0 +1,233 @@
+"""The statistics sweep compiled to machine code (numba), for :mod:`featuremaps.datastats`.
+
+One block of values is read from memory once and, while it stays in the CPU cache, gives every
+number a data-set statistic needs: each channel's min, max and float64 sum, then its moments,
+absolute sum, zero and near-zero counts, then a histogram of the block on its own power-of-two
+lattice. The numpy sweep makes about ten passes (and as many temporary arrays) per block.
+
+Imported on first use: numba takes about half a second to import, and compiles each kernel once
+per dtype (a few seconds), then keeps the machine code in its on-disk cache.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+
+__all__ = ["block_sweep", "merge_histograms"]
+
+_jit = numba.njit(nogil=True, cache=True)
+# reassoc: a sum may be split into several running sums (which vectorises); the order of the
+# float64 additions changes only within rounding. Nothing is assumed about NaN or infinity.
+_fast = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+
+# Each helper below takes one contiguous run of values: a slice, whose loop the compiler knows
+# to start at index 0, so that it vectorises.
+
+
+@_fast
+def _extremes(run: Any, bits: Any, mask: Any, sign: Any) -> tuple[Any, Any, float]:
+    """The min and max keys of ``run`` and its float64 sum. ``bits``: the same values as
+    integers; a key is ``bits ^ ((bits >> sign) & mask)``, an integer that sorts as the float
+    does (NaN past ±inf): an integer min/max vectorises where a float one does not."""
+    a, b = mask, ~mask
+    s = 0.0
+    for j in range(run.size):
+        i = bits[j]
+        k = i ^ ((i >> sign) & mask)
+        a = min(a, k)
+        b = max(b, k)
+        s += np.float64(run[j])
+    return a, b, s
+
+
+@_jit
+def _value(key: Any, mask: Any, sign: Any, cell: Any, view: Any) -> float:
+    """The float whose key is ``key``; ``cell``: one integer, ``view``: the same as a float."""
+    cell[0] = key ^ ((key >> sign) & mask)
+    return float(view[0])
+
+
+@_fast
+def _moments(run: Any, guess: float, limit: Any) -> tuple[float, float, float, int, int]:
+    """Sums of the deviations from ``guess`` and of their squares (float64), the absolute sum,
+    and the counts of zeros and of values within ``limit`` of zero."""
+    s1 = 0.0
+    s2 = 0.0
+    sa = 0.0
+    zeros = 0
+    near = 0
+    for j in range(run.size):
+        v = run[j]
+        d = np.float64(v) - guess
+        s1 += d
+        s2 += d * d
+        a = abs(v)
+        sa += np.float64(a)
+        zeros += v == 0
+        near += a <= limit
+    return s1, s2, sa, zeros, near
+
+
+@_jit
+def _lattice_index(value: float, scale: float) -> int:
+    """The index of the lattice bin of width ``1 / scale`` holding ``value``."""
+    k = math.floor(value * scale)
+    if k == 0 and value < 0:  # a negative value whose scaled value underflowed to -0.0
+        return -1
+    return int(k)
+
+
+@_jit
+def _block_lattice(lo: float, hi: float, bins: int) -> tuple[int, int]:
+    """The narrowest width ``2**e`` at which ``lo..hi`` span fewer than ``bins`` lattice bins
+    (starting from the bound below which nothing fits), and the index of ``lo``'s bin."""
+    e = math.frexp(hi / bins - lo / bins)[1] - 1
+    e = max(e, math.frexp(max(abs(lo), abs(hi)))[1] - 53, -1022)  # indices below 2**53
+    e = min(e, 1023)
+    while True:
+        scale = math.ldexp(1.0, -e)
+        a = _lattice_index(lo, scale)
+        if _lattice_index(hi, scale) - a < bins:
+            return e, a
+        e += 1
+
+
+@_jit
+def _bin_run(run: Any, scale: float, start: int, underflow: bool, index: Any, counts: Any) -> None:
+    """Count ``run`` into ``counts`` (4 x bins; bin ``k`` at lattice index ``start + k``).
+
+    The indices first (a loop that vectorises), then the counting. Four sub-histograms take
+    turns, so that runs of equal values (a ReLU's zeros) do not wait on one counter."""
+    m = run.size
+    for j in range(m):
+        index[j] = math.floor(np.float64(run[j]) * scale) - start
+    if underflow:
+        for j in range(m):
+            if index[j] == -start and run[j] < 0:
+                index[j] = -1 - start
+    m4 = m - m % 4
+    for j in range(0, m4, 4):
+        counts[0, index[j]] += 1
+        counts[1, index[j + 1]] += 1
+        counts[2, index[j + 2]] += 1
+        counts[3, index[j + 3]] += 1
+    for j in range(m4, m):
+        counts[0, index[j]] += 1
+
+
+@_jit
+def block_sweep(
+    flat: Any,
+    bits: Any,
+    mask: Any,
+    sign: Any,
+    shape: Any,
+    blocks: Any,
+    chosen: Any,
+    limit: Any,
+    bins: int,
+    out: Any,
+    ints: Any,
+    lattice: Any,
+    hist: Any,
+) -> bool:
+    """Sweep the blocks ``chosen`` (rows of ``blocks``: row, n0, n1, c0, c1, l0, l1) of the
+    ``shape`` = (N, C, L) values ``flat``; ``bits``: the same memory as integers of the same
+    size, ``mask`` their largest value and ``sign`` the sign bit's position.
+
+    Per block row ``r`` and channel ``c``: ``out[:, r, c]`` = mean, M2, absolute sum, min,
+    max; ``ints[:, r, c]`` = zeros, values within ``limit`` of zero. Per block ``b``:
+    ``lattice[b]`` = (exponent, start, constant) and ``hist[b]`` its counts on that lattice (a
+    constant block's value is its min). Returns False at the first channel holding a
+    non-finite value: the caller then takes the general path.
+
+    A channel's moments are two passes over the block's values of it in float64: the sum (for
+    a first mean), then the deviations from that mean and their squares, whose sum corrects it.
+    """
+    channels, length = shape[1], shape[2]
+    cell = np.empty(1, dtype=bits.dtype)
+    view = cell.view(flat.dtype)
+    width = 1
+    for b in chosen:
+        width = max(width, (blocks[b, 4] - blocks[b, 3]) * length)
+    index = np.empty(width, dtype=np.int64)
+    counts = np.zeros((4, bins), dtype=np.int64)
+    for b in chosen:
+        r, n0, n1, c0, c1, l0, l1 = blocks[b]
+        n = (n1 - n0) * (l1 - l0)
+        lo, hi = math.inf, -math.inf
+        for c in range(c0, c1):
+            start = (n0 * channels + c) * length
+            a, z, s = _extremes(
+                flat[start + l0 : start + l1], bits[start + l0 : start + l1], mask, sign
+            )
+            for i in range(n0 + 1, n1):
+                start = (i * channels + c) * length
+                ka, kz, ks = _extremes(
+                    flat[start + l0 : start + l1], bits[start + l0 : start + l1], mask, sign
+                )
+                a, z, s = min(a, ka), max(z, kz), s + ks
+            vmin, vmax = _value(a, mask, sign, cell, view), _value(z, mask, sign, cell, view)
+            if not (math.isfinite(vmin) and math.isfinite(vmax)):
+                return False
+            lo, hi = min(lo, vmin), max(hi, vmax)
+            guess = s / n
+            if not math.isfinite(guess):  # float64 values whose sum overflowed
+                guess = vmin / 2 + vmax / 2
+            s1 = s2 = sa = 0.0
+            zeros = near = 0
+            for i in range(n0, n1):
+                start = (i * channels + c) * length
+                p = _moments(flat[start + l0 : start + l1], guess, limit)
+                s1 += p[0]
+                s2 += p[1]
+                sa += p[2]
+                zeros += p[3]
+                near += p[4]
+            if vmin == vmax:  # exactly no spread, whatever the rounding
+                out[0, r, c], out[1, r, c] = vmin, 0.0
+            else:
+                out[0, r, c] = guess + s1 / n
+                out[1, r, c] = s2 if math.isinf(s2) else max(s2 - s1 * s1 / n, 0.0)
+            out[2, r, c], out[3, r, c], out[4, r, c] = sa, vmin, vmax
+            ints[0, r, c], ints[1, r, c] = zeros, near
+        if lo == hi:  # one value: counted once the batch's lattice is known
+            lattice[b, 0], lattice[b, 1], lattice[b, 2] = 0, 0, 1
+            continue
+        e, first = _block_lattice(lo, hi, bins)
+        lattice[b, 0], lattice[b, 1], lattice[b, 2] = e, first, 0
+        counts[:] = 0
+        scale = math.ldexp(1.0, -e)
+        underflow = lo < 0 and scale < 1.0
+        for i in range(n0, n1):
+            # A block's values of one sample are contiguous: whole rows of channels c0..c1, or
+            # a piece of one channel's row.
+            start = (i * channels + c0) * length
+            run = flat[start + l0 : start + (c1 - c0 - 1) * length + l1]
+            _bin_run(run, scale, first, underflow, index, counts)
+        for k in range(bins):
+            hist[b, k] = counts[0, k] + counts[1, k] + counts[2, k] + counts[3, k]
+    return True
+
+
+@_jit
+def merge_histograms(
+    lattice: Any, hist: Any, values: Any, sizes: Any, exponent: int, start: int, counts: Any
+) -> None:
+    """Add each block's counts to ``counts`` (bin ``k`` at lattice index ``start + k`` of width
+    ``2**exponent``). A block's lattice is finer or the same: its bin ``j`` lies whole in the
+    bin ``(its start + j) >> (exponent - its exponent)``. A constant block adds its
+    ``sizes[b]`` values of ``values[b]`` to the bin of that value."""
+    scale = math.ldexp(1.0, -exponent)
+    for b in range(lattice.shape[0]):
+        if lattice[b, 2]:
+            counts[_lattice_index(values[b], scale) - start] += sizes[b]
+            continue
+        shift = exponent - lattice[b, 0]
+        for j in range(hist.shape[1]):
+            if hist[b, j]:
+                counts[((lattice[b, 1] + j) >> shift) - start] += hist[b, j]
