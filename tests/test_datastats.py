@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import featuremaps.datastats as datastats
@@ -428,6 +428,9 @@ def test_float64_values_whose_sum_overflows_keep_their_mean(sweep: str) -> None:
     st.integers(min_value=4, max_value=70),
     st.sampled_from([3, 16, 1 << 16]),
 )
+# Blocks whose lattices are 64 or more doublings finer than the batch's.
+@example([-0.0, 1.2214555e36, -3.8183741e16, 4.0161625e16, -0.0, -3.8183741e16], 1, 4, 3)
+@settings(deadline=None)  # the first example may compile the sweep
 def test_fast_path_histogram_property(
     values: list[float], channels: int, bins: int, block: int
 ) -> None:

@@ -227,7 +227,9 @@ def merge_histograms(
         if lattice[b, 2]:
             counts[_lattice_index(values[b], scale) - start] += sizes[b]
             continue
-        shift = exponent - lattice[b, 0]
+        # Shifting an int64 by 63 already gives floor(k / 2**shift) for any larger shift (0 or
+        # -1), and a larger shift is not defined on the machine.
+        shift = min(exponent - lattice[b, 0], 63)
         for j in range(hist.shape[1]):
             if hist[b, j]:
                 counts[((lattice[b, 1] + j) >> shift) - start] += hist[b, j]
