@@ -356,6 +356,19 @@ def test_fast_path_histogram_puts_underflowing_negatives_below_zero(sweep: str) 
     np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
 
 
+@pytest.mark.parametrize("bins", [4, 255, 256])
+def test_fast_path_bins_float64_negatives_that_underflow_when_scaled(bins: int, sweep: str) -> None:
+    # Width 2 (scale 0.5): the smallest subnormal scales to -0.0 but lies in the bin below zero,
+    # here the window's last bin: index -start = bins - 1 before the mend, bins with 255 bins.
+    tiny = -np.nextafter(0.0, 1.0)
+    x = np.array([[[-2.0 * bins, tiny, tiny, -3.0, -2.0 * bins + 1.0, tiny]]])  # (1, 1, 6)
+    stats, hist = RunningStats(1), RunningHistogram(bins)
+    stats.update(x, histogram=hist)
+    result = hist.result()
+    np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+    assert result.edges[-1] == 0.0 and result.counts[-1] == 3
+
+
 @pytest.mark.parametrize("block", [40, 1 << 16])
 def test_fast_path_histogram_joins_blocks_of_far_apart_ranges(
     block: int, monkeypatch: pytest.MonkeyPatch, sweep: str
@@ -425,7 +438,7 @@ def test_float64_values_whose_sum_overflows_keep_their_mean(sweep: str) -> None:
 @given(
     st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=120),
     st.integers(min_value=1, max_value=4),
-    st.integers(min_value=4, max_value=70),
+    st.sampled_from([4, 5, 64, 255, 256, 300]),  # bin indices held in 8 bits or in 32
     st.sampled_from([3, 16, 1 << 16]),
 )
 # Blocks whose lattices are 64 or more doublings finer than the batch's.

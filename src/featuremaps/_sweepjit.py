@@ -72,6 +72,24 @@ def _moments(run: Any, guess: float, limit: Any) -> tuple[float, float, float, i
     return s1, s2, sa, zeros, near
 
 
+@_fast
+def _moments_nonnegative(run: Any, guess: float, limit: Any) -> tuple[float, float, int, int]:
+    """:func:`_moments` of values >= 0 (a ReLU's): no absolute values, no absolute sum (it is
+    the sum)."""
+    s1 = 0.0
+    s2 = 0.0
+    zeros = 0
+    near = 0
+    for j in range(run.size):
+        v = run[j]
+        d = np.float64(v) - guess
+        s1 += d
+        s2 += d * d
+        zeros += v == 0
+        near += v <= limit
+    return s1, s2, zeros, near
+
+
 @_jit
 def _lattice_index(value: float, scale: float) -> int:
     """The index of the lattice bin of width ``1 / scale`` holding ``value``."""
@@ -134,6 +152,7 @@ def block_sweep(
     ints: Any,
     lattice: Any,
     hist: Any,
+    index: Any,
 ) -> bool:
     """Sweep the blocks ``chosen`` (rows of ``blocks``: row, n0, n1, c0, c1, l0, l1) of the
     ``shape`` = (N, C, L) values ``flat``; ``bits``: the same memory as integers of the same
@@ -142,8 +161,10 @@ def block_sweep(
     Per block row ``r`` and channel ``c``: ``out[:, r, c]`` = mean, M2, absolute sum, min,
     max; ``ints[:, r, c]`` = zeros, values within ``limit`` of zero. Per block ``b``:
     ``lattice[b]`` = (exponent, start, constant) and ``hist[b]`` its counts on that lattice (a
-    constant block's value is its min). Returns False at the first channel holding a
-    non-finite value: the caller then takes the general path.
+    constant block's value is its min). ``index``: room for the bin indices of a block's
+    values of one sample, in an integer type that holds ``bins`` (the smallest counts fastest).
+    Returns False at the first channel holding a non-finite value: the caller then takes the
+    general path.
 
     A channel's moments are two passes over the block's values of it in float64: the sum (for
     a first mean), then the deviations from that mean and their squares, whose sum corrects it.
@@ -151,10 +172,6 @@ def block_sweep(
     channels, length = shape[1], shape[2]
     cell = np.empty(1, dtype=bits.dtype)
     view = cell.view(flat.dtype)
-    width = 1
-    for b in chosen:
-        width = max(width, (blocks[b, 4] - blocks[b, 3]) * length)
-    index = np.empty(width, dtype=np.int64)
     counts = np.zeros((4, bins), dtype=np.int64)
     for b in chosen:
         r, n0, n1, c0, c1, l0, l1 = blocks[b]
@@ -182,12 +199,15 @@ def block_sweep(
             zeros = near = 0
             for i in range(n0, n1):
                 start = (i * channels + c) * length
-                p = _moments(flat[start + l0 : start + l1], guess, limit)
-                s1 += p[0]
-                s2 += p[1]
-                sa += p[2]
-                zeros += p[3]
-                near += p[4]
+                if vmin >= 0:
+                    q = _moments_nonnegative(flat[start + l0 : start + l1], guess, limit)
+                    s1, s2, zeros, near = s1 + q[0], s2 + q[1], zeros + q[2], near + q[3]
+                else:
+                    p = _moments(flat[start + l0 : start + l1], guess, limit)
+                    s1, s2, sa = s1 + p[0], s2 + p[1], sa + p[2]
+                    zeros, near = zeros + p[3], near + p[4]
+            if vmin >= 0:
+                sa = s
             if vmin == vmax:  # exactly no spread, whatever the rounding
                 out[0, r, c], out[1, r, c] = vmin, 0.0
             else:

@@ -541,32 +541,24 @@ def _sweep_compiled(
     lattice = np.zeros((len(blocks), 3), dtype=np.int64)
     hist = np.zeros((len(blocks), bins), dtype=np.int64)
     flat = x.reshape(-1)
-    single = x.dtype == np.float32
-    integer = np.int32 if single else np.int64
+    integer = np.int32 if x.dtype == np.float32 else np.int64
     bits, mask, sign = (
         flat.view(integer),
-        np.iinfo(integer).max,
-        integer(8 * integer().itemsize - 1),
+        integer(np.iinfo(integer).max),
+        integer(8 * x.itemsize - 1),
     )
     shape = np.array(x.shape, dtype=np.int64)
+    # Room for the bin indices of a block's values of one sample (at most ``bins`` while the
+    # underflow of tiny negatives is mended), as the smallest integers that hold them.
+    width = int(((blocks[:, 4] - blocks[:, 3] - 1) * length + blocks[:, 6] - blocks[:, 5]).max())
+    index = np.uint8 if bins < 256 else np.int32
+    arrays = (out, ints, lattice, hist)
 
     def run(chosen: np.ndarray) -> bool:
+        scratch = np.empty(width, dtype=index)
+        sweep = compiled.block_sweep
         return bool(
-            compiled.block_sweep(
-                flat,
-                bits,
-                integer(mask),
-                sign,
-                shape,
-                blocks,
-                chosen,
-                limit,
-                bins,
-                out,
-                ints,
-                lattice,
-                hist,
-            )
+            sweep(flat, bits, mask, sign, shape, blocks, chosen, limit, bins, *arrays, scratch)
         )
 
     order = np.arange(len(blocks), dtype=np.int64)
