@@ -572,7 +572,7 @@ FLOOR = HERE / "floor.py"
 FLOORS = ("floor", "floor_no_teardown")
 # What the installed ``featuremaps`` console script runs.
 CLI = "from featuremaps.cli import console_main; console_main()"
-FORBIDDEN_AT_IMPORT = ("torchvision", "matplotlib", "pyarrow", "jinja2")
+FORBIDDEN_AT_IMPORT = ("torchvision", "matplotlib", "pyarrow", "jinja2", "numba")
 
 
 def child_env() -> dict[str, str]:
