@@ -159,10 +159,11 @@ def block_sweep(
     size, ``mask`` their largest value and ``sign`` the sign bit's position.
 
     Per block row ``r`` and channel ``c``: ``out[:, r, c]`` = mean, M2, absolute sum, min,
-    max; ``ints[:, r, c]`` = zeros, values within ``limit`` of zero. Per block ``b``:
-    ``lattice[b]`` = (exponent, start, constant) and ``hist[b]`` its counts on that lattice (a
-    constant block's value is its min). ``index``: room for the bin indices of a block's
-    values of one sample, in an integer type that holds ``bins`` (the smallest counts fastest).
+    max; ``ints[:, r, c]`` = zeros, values within ``limit`` of zero, values. Per block ``b``
+    (unless ``bins`` is 0: no histogram): ``lattice[b]`` = (exponent, start, constant) and
+    ``hist[b]`` its counts on that lattice (a constant block's value is its min). ``index``:
+    room for the bin indices of a block's values of one sample, in an integer type that holds
+    ``bins`` (the smallest counts fastest).
     Returns False at the first channel holding a non-finite value: the caller then takes the
     general path.
 
@@ -172,7 +173,7 @@ def block_sweep(
     channels, length = shape[1], shape[2]
     cell = np.empty(1, dtype=bits.dtype)
     view = cell.view(flat.dtype)
-    counts = np.zeros((4, bins), dtype=np.int64)
+    counts = np.zeros((4, max(bins, 1)), dtype=np.int64)
     for b in chosen:
         r, n0, n1, c0, c1, l0, l1 = blocks[b]
         n = (n1 - n0) * (l1 - l0)
@@ -214,7 +215,9 @@ def block_sweep(
                 out[0, r, c] = guess + s1 / n
                 out[1, r, c] = s2 if math.isinf(s2) else max(s2 - s1 * s1 / n, 0.0)
             out[2, r, c], out[3, r, c], out[4, r, c] = sa, vmin, vmax
-            ints[0, r, c], ints[1, r, c] = zeros, near
+            ints[0, r, c], ints[1, r, c], ints[2, r, c] = zeros, near, n
+        if bins == 0:  # no histogram
+            continue
         if lo == hi:  # one value: counted once the batch's lattice is known
             lattice[b, 0], lattice[b, 1], lattice[b, 2] = 0, 0, 1
             continue

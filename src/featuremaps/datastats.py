@@ -111,10 +111,11 @@ class RunningStats:
         """The fast path for an all-finite float batch; returns False (and changes nothing) when
         the batch holds a non-finite value or is not a float32/float64 batch.
 
-        One pass finds each channel's min and max (NaN and ±Inf show up there). The values are
-        then swept block by block (:func:`_sweep`), small enough to stay in the CPU cache while a
-        block goes through its few passes, on several threads. Each block's moments are its two
-        passes in float64 (:func:`_block`), and blocks are merged with the pairwise formulas.
+        The values are swept block by block, small enough to stay in the CPU cache while a
+        block goes through its few passes, on several threads: by the compiled sweep
+        (:func:`_sweep_compiled`), or by numpy (:func:`_sweep_numpy`) where numba cannot be
+        imported. Each block's moments are two passes in float64, and blocks are merged with the
+        pairwise formulas. NaN and ±Inf show up in the channels' min and max.
         """
         values = _as_array(batch)
         if values is None or values.size == 0:
@@ -505,12 +506,12 @@ def _compiled() -> ModuleType | None:
     return _sweepjit
 
 
-Found = tuple[_Sums, np.ndarray, np.ndarray]  # the sums, per-channel min and max (float64)
+_Found = tuple[_Sums, np.ndarray, np.ndarray]  # the sums, per-channel min and max (float64)
 
 
 def _sweep_numpy(
     x: np.ndarray, limit: np.floating, histogram: RunningHistogram | None
-) -> Found | None:
+) -> _Found | None:
     """Per-channel numbers (and histogram counts) of the ``(N, C, L)`` values ``x`` with numpy:
     min and max first, over all values (None when one is not finite), then :func:`_sweep`."""
     minimum = np.minimum.reduce(x, axis=(0, 2))
@@ -528,16 +529,16 @@ def _sweep_numpy(
 
 def _sweep_compiled(
     compiled: Any, x: np.ndarray, limit: np.floating, histogram: RunningHistogram | None
-) -> Found | None:
+) -> _Found | None:
     """:func:`_sweep_numpy`'s numbers from the compiled sweep (:mod:`featuremaps._sweepjit`):
     each block is read from memory once, on as many threads as torch uses, and histogrammed on
     its own lattice; the blocks' counts join the histogram's once the batch's range is known."""
     n, c, length = x.shape
     blocks = np.array(_blocks(n, c, length), dtype=np.int64)
     rows = int(blocks[-1, 0]) + 1
-    bins = histogram.bins if histogram is not None else 4
+    bins = histogram.bins if histogram is not None else 0  # 0: no histogram
     out = np.zeros((5, rows, c))
-    ints = np.zeros((2, rows, c), dtype=np.int64)
+    ints = np.zeros((3, rows, c), dtype=np.int64)
     lattice = np.zeros((len(blocks), 3), dtype=np.int64)
     hist = np.zeros((len(blocks), bins), dtype=np.int64)
     flat = x.reshape(-1)
@@ -570,10 +571,7 @@ def _sweep_compiled(
         finite = all(_pool(workers).map(run, jobs))
     if not finite:
         return None
-    count = np.zeros((rows, c), dtype=np.int64)
-    for r, n0, n1, c0, c1, l0, l1 in blocks:
-        count[r, c0:c1] = (n1 - n0) * (l1 - l0)
-    total_n, batch_mean, batch_m2 = _join_rows(count, out[0], out[1])
+    total_n, batch_mean, batch_m2 = _join_rows(ints[2], out[0], out[1])
     minimum, maximum = out[3].min(axis=0), out[4].max(axis=0)
     constant = minimum == maximum
     batch_mean[constant], batch_m2[constant] = minimum[constant], 0.0
