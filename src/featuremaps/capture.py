@@ -74,7 +74,29 @@ __all__ = [
 ]
 
 RecordCallback = Callable[["LayerRecord"], None]
-Sink = Callable[[str, nn.Module, int, "str | None", torch.Tensor, "torch.Tensor | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class HookedOutput:
+    """One output tensor of one module call, as :func:`run_hooked`'s hook sees it: ``tensor`` is
+    still exactly what the module returned; ``given`` is the call's first tensor argument (or
+    None); ``call`` counts the module's calls from 1; ``key`` says where in a tuple or dict
+    output the tensor sits (None for a lone tensor)."""
+
+    path: str
+    module: nn.Module
+    call: int
+    key: str | None
+    tensor: torch.Tensor
+    given: torch.Tensor | None
+
+    @property
+    def name(self) -> str:
+        """The record name of this output (:func:`featuremaps.naming.record_name`)."""
+        return record_name(self.path, self.call, self.key)
+
+
+Sink = Callable[[HookedOutput], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -334,9 +356,9 @@ def run_hooked(
 ) -> tuple[Any, dict[str, int]]:
     """Run ``model`` once with a forward hook on each of ``modules``; return output and call counts.
 
-    ``sink(path, module, call, key, tensor, given)`` is called inside the hook for every output
-    tensor, while the value is still exactly what the module returned; ``given`` is the module's
-    first tensor argument (or ``None``), so a consumer can follow values from module to module.
+    ``sink`` is called inside the hook with each output tensor (:class:`HookedOutput`), while
+    the value is still exactly what the module returned, with the call's first tensor argument,
+    so a consumer can follow values from module to module.
     ``on_other(path, module, call, returned)`` is called for a call whose output holds no tensor,
     with the type it returned (:func:`returned_type`). ``on_call(path, module, call, args,
     kwargs, output)`` is called after each call of the modules in ``calls_of`` (after ``sink``),
@@ -363,7 +385,7 @@ def run_hooked(
             found = False
             for key, tensor in _walk(output, None):
                 found = True
-                sink(path, module, calls[path], key, tensor, given)
+                sink(HookedOutput(path, module, calls[path], key, tensor, given))
             if not found and on_other is not None:
                 on_other(path, module, calls[path], returned_type(output))
 
@@ -591,18 +613,10 @@ def capture(
         held.append((count, path, module, call, key, t.detach().clone()))
         count += 1
 
-    def sink(
-        path: str,
-        module: nn.Module,
-        call: int,
-        key: str | None,
-        t: torch.Tensor,
-        given: torch.Tensor | None,
-    ) -> None:
-        name = record_name(path, call, key)
-        layout = tracker.decide(name, module, key, t, given)
-        if path in wanted and _kept(path, call):
-            take(path, module, call, key, t, layout)
+    def sink(out: HookedOutput) -> None:
+        layout = tracker.decide(out.name, out.module, out.key, out.tensor, out.given)
+        if out.path in wanted and _kept(out.path, out.call):
+            take(out.path, out.module, out.call, out.key, out.tensor, layout)
 
     def _kept(path: str, call: int) -> bool:
         if patterns is None:
@@ -740,7 +754,7 @@ def _recomputed(
         ).detach()
 
 
-def _ignore(*args: Any) -> None:
+def _ignore(out: HookedOutput) -> None:
     return None
 
 
@@ -963,16 +977,8 @@ def _probe_shapes(
             continue
         shapes: dict[str, tuple[int, ...]] = {}
 
-        def sink(
-            path: str,
-            module: nn.Module,
-            call: int,
-            key: str | None,
-            t: torch.Tensor,
-            given: torch.Tensor | None,
-            into: dict[str, tuple[int, ...]] = shapes,
-        ) -> None:
-            into[record_name(path, call, key)] = tuple(int(n) for n in t.shape)
+        def sink(out: HookedOutput, into: dict[str, tuple[int, ...]] = shapes) -> None:
+            into[out.name] = tuple(int(n) for n in out.tensor.shape)
 
         try:
             output, _ = run_hooked(model, probe_input, modules, sink, train=train)

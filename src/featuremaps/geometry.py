@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from featuremaps._errors import OptionError
-from featuremaps.capture import run_hooked
+from featuremaps.capture import HookedOutput, run_hooked
 from featuremaps.cells import nearest_cell
 from featuremaps.naming import record_name
 
@@ -297,7 +297,7 @@ def compute_geometry(
 
         layers = select_modules(model, None, None, False, type(model).__name__)
     with GeometryTracker(inputs, layers) as tracker:
-        run_hooked(model, inputs, {}, lambda *args: None)
+        run_hooked(model, inputs, {}, lambda out: None)
 
     result: dict[str, MapGeometry] = {}
     for name, found in tracker.found.items():
@@ -317,16 +317,9 @@ def _empirical(
     """Measure one layer's geometry from input gradients of two neighbouring output cells."""
     grabbed: list[torch.Tensor] = []
 
-    def sink(
-        path: str,
-        module: nn.Module,
-        call: int,
-        key: str | None,
-        t: torch.Tensor,
-        given: torch.Tensor | None,
-    ) -> None:
-        if record_name(path, call, key) == name:
-            grabbed.append(t.clone())  # a clone keeps later in-place ops out of the graph
+    def sink(out: HookedOutput) -> None:
+        if out.name == name:
+            grabbed.append(out.tensor.clone())  # a clone keeps later in-place ops out of the graph
 
     x = inputs.detach().clone().requires_grad_(True)
     run_hooked(model, x, layers, sink, grad=True)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from featuremaps.capture import run_hooked
+from featuremaps.capture import HookedOutput, run_hooked
 from featuremaps.naming import record_name, type_name
 from featuremaps.selection import select_modules
 
@@ -65,23 +65,16 @@ def list_layers(
 
     found: list[LayerInfo] = []
 
-    def sink(
-        path: str,
-        module: nn.Module,
-        call: int,
-        key: str | None,
-        t: torch.Tensor,
-        given: torch.Tensor | None,
-    ) -> None:
+    def sink(out: HookedOutput) -> None:
         found.append(
             LayerInfo(
-                record_name(path, call, key),
-                path,
-                call,
-                type_name(module),
-                tuple(t.shape),
+                out.name,
+                out.path,
+                out.call,
+                type_name(out.module),
+                tuple(out.tensor.shape),
                 True,
-                path not in leaves,
+                out.path not in leaves,
             )
         )
 
