@@ -539,3 +539,38 @@ def test_bfloat16_and_integer_tensors_are_counted_on_the_host() -> None:
             np.testing.assert_allclose(got[key], expected, rtol=1e-12, err_msg=key)
         result = hist.result()
         np.testing.assert_array_equal(result.counts, _oracle_counts([wide], result.edges))
+
+
+@pytest.mark.slow
+def test_compiled_sweep_runs_where_numba_cannot_cache_it() -> None:
+    # numba refuses cache=True where no cache folder is writable: the sweep is then compiled
+    # in the process instead (a fresh process, since the module is imported once).
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json, numba, numpy as np
+real = numba.njit
+def njit(*args, **options):
+    if options.get("cache"):
+        raise RuntimeError("cannot cache function: no locator available")
+    return real(*args, **options)
+numba.njit = njit
+from featuremaps import datastats
+assert datastats._compiled() is not None
+def numpy_sweep(*args):
+    raise AssertionError("the compiled sweep was expected to run")
+datastats._sweep_numpy = numpy_sweep
+x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 5
+stats, hist = datastats.RunningStats(3), datastats.RunningHistogram(8)
+stats.update(x, histogram=hist)
+print(json.dumps([stats.result()["mean"].tolist(), hist.result().counts.tolist()]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    means, counts = json.loads(out.stdout)
+    x = np.arange(24, dtype=np.float64).reshape(2, 3, 4) - 5
+    alone = RunningHistogram(8)
+    alone.update(x.astype(np.float32))
+    np.testing.assert_allclose(means, x.mean(axis=(0, 2)), rtol=1e-15)
+    assert counts == alone.result().counts.tolist()

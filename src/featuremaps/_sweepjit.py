@@ -12,17 +12,35 @@ per dtype (a few seconds), then keeps the machine code in its on-disk cache.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numba
 import numpy as np
 
 __all__ = ["block_sweep", "merge_histograms"]
 
-_jit = numba.njit(nogil=True, cache=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _njit(**options: Any) -> Callable[[F], F]:
+    """numba's ``njit`` without the GIL, its machine code cached on disk: next to this file, or
+    in the user's cache folder. Where neither can be written, it compiles in every process."""
+
+    def compile_(function: F) -> F:
+        try:
+            compiled: F = numba.njit(nogil=True, cache=True, **options)(function)
+        except RuntimeError:  # numba found no writable place for its cache
+            compiled = numba.njit(nogil=True, **options)(function)
+        return compiled
+
+    return compile_
+
+
+_jit = _njit()
 # reassoc: a sum may be split into several running sums (which vectorises); the order of the
 # float64 additions changes only within rounding. Nothing is assumed about NaN or infinity.
-_fast = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+_fast = _njit(fastmath={"reassoc", "contract", "nsz"})
 
 # Each helper below takes one contiguous run of values: a slice, whose loop the compiler knows
 # to start at index 0, so that it vectorises.

@@ -499,9 +499,7 @@ def _compiled() -> ModuleType | None:
     imported: the numpy sweep then gives the same numbers, more slowly."""
     try:
         from featuremaps import _sweepjit
-    # ImportError: numba missing or not matching numpy; RuntimeError: numba found no writable
-    # place for its cache of compiled code.
-    except (ImportError, RuntimeError):  # pragma: no cover - numba is a dependency
+    except ImportError:  # pragma: no cover - numba is a dependency; missing, or not for numpy
         return None
     return _sweepjit
 
