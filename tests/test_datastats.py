@@ -29,6 +29,9 @@ def sweep(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     return str(request.param)
 
 
+_TOP = float(np.finfo(np.float64).max)
+
+
 def _data(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((9, 4, 5, 6)).astype(np.float32) * np.array([1, 3, 0.1, 1])[
@@ -419,6 +422,90 @@ def test_a_non_finite_value_in_any_block_leaves_the_fast_path_without_a_trace(
     got, want = stats.result(), _oracle(x, 1e-6)
     for key, expected in want.items():
         np.testing.assert_allclose(got[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    ("lo", "bins", "block"),
+    [
+        (np.ldexp(1.5632816408204102, 30), 100, 1 << 16),  # lo / 100 == hi / 100
+        (1.5632816408204102, 100, 64),
+        (2.0**-1022, 4, 1 << 16),  # lo / 4 and hi / 4 round to the same subnormal
+    ],
+)
+def test_fast_path_histogram_of_neighbouring_float64_values(
+    lo: float, bins: int, block: int, monkeypatch: pytest.MonkeyPatch, sweep: str
+) -> None:
+    # A block of two neighbouring floats: the estimate of its spread per bin rounds to 0, and
+    # its lattice must still be as fine as the batch's (else counts were lost, or written
+    # outside the histogram), without leaving the fast path.
+    def general(self: RunningStats, batch: np.ndarray) -> None:
+        raise AssertionError("finite batches must not take the general path")
+
+    monkeypatch.setattr(RunningStats, "_update_general", general)
+    monkeypatch.setattr(datastats, "_BLOCK", block)
+    hi = np.nextafter(lo, np.inf)
+    x = np.empty((2, 1, 1 << 16))
+    x[0, 0] = lo
+    x[0, 0, ::2] = hi
+    x[1, 0] = np.linspace(lo, lo * 3.5 if lo < 1e-300 else lo + 1e-3, 1 << 16)
+    stats, hist, alone = RunningStats(1), RunningHistogram(bins), RunningHistogram(bins)
+    stats.update(x, histogram=hist)
+    alone.update(x)
+    result = hist.result()
+    assert result.total == x.size
+    np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+    np.testing.assert_array_equal(result.edges, alone.result().edges)
+    one = RunningHistogram(bins)
+    one.update(np.array([lo, hi]))  # two neighbouring values: the narrowest width holds them
+    assert one.result().edges[1] - one.result().edges[0] <= max(np.spacing(lo) * 2, 2.0**-1022)
+
+
+def test_merging_block_histograms_refuses_what_it_cannot_place() -> None:
+    # A block lattice coarser than the batch's, or a bin outside the window: nothing is counted
+    # (and nothing written out of bounds); the caller then counts the batch on the general path.
+    kernels = datastats._compiled()
+    assert kernels is not None
+    hist = np.zeros((1, 4), dtype=np.int64)
+    hist[0, 1] = 5
+    sizes, values = np.array([5]), np.array([0.0])
+    for lattice, exponent, start in (([[3, 0, 0]], 2, 0), ([[0, 40, 0]], 0, 0)):
+        counts = np.zeros(4, dtype=np.int64)
+        placed = kernels.merge_histograms(
+            np.array(lattice, dtype=np.int64), hist, values, sizes, exponent, start, counts
+        )
+        assert not placed and not counts.any()
+    counts = np.zeros(4, dtype=np.int64)
+    assert kernels.merge_histograms(np.array([[0, 0, 0]]), hist, values, sizes, 1, 0, counts)
+    assert counts.tolist() == [5, 0, 0, 0]  # bin 1 of width 1 lies in bin 0 of width 2
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [_TOP, _TOP, -_TOP],  # true mean _TOP / 3
+        [-_TOP, -(2.0**970), 0.0, 0.0, 0.0],  # true mean about -3.6e307
+        [_TOP / 2] * 8 + [-_TOP] * 3,
+    ],
+)
+@pytest.mark.parametrize("block", [2, 1 << 16])
+def test_means_of_values_near_the_float64_maximum(
+    values: list[float], block: int, monkeypatch: pytest.MonkeyPatch, sweep: str
+) -> None:
+    # Sums and deviations overflow float64 here; the mean must not (nor turn NaN or change
+    # sign), on the fast paths, the general path and when batches merge.
+    monkeypatch.setattr(datastats, "_BLOCK", block)
+    x = np.array(values)[None, None, :]
+    want = float(np.sum(np.array(values) / len(values)))
+    fast, general, merged = RunningStats(1), RunningStats(1), RunningStats(1)
+    fast.update(x)
+    general._update_general(x)
+    half = len(values) // 2
+    merged.update(x[:, :, :half])
+    merged.update(x[:, :, half:])
+    for stats in (fast, general, merged):
+        got = stats.result()
+        assert got["mean"][0] == pytest.approx(want, rel=1e-12)
+        assert not np.isnan(got["std"][0])
 
 
 def test_float64_values_whose_sum_overflows_keep_their_mean(sweep: str) -> None:

@@ -70,6 +70,15 @@ def _value(key: Any, mask: Any, sign: Any, cell: Any, view: Any) -> float:
 
 
 @_fast
+def _scaled_total(run: Any, factor: float) -> float:
+    """The float64 sum of ``run * factor``."""
+    s = 0.0
+    for j in range(run.size):
+        s += np.float64(run[j]) * factor
+    return s
+
+
+@_fast
 def _moments(run: Any, guess: float, limit: Any) -> tuple[float, float, float, int, int]:
     """Sums of the deviations from ``guess`` and of their squares (float64), the absolute sum,
     and the counts of zeros and of values within ``limit`` of zero."""
@@ -119,9 +128,13 @@ def _lattice_index(value: float, scale: float) -> int:
 
 @_jit
 def _block_lattice(lo: float, hi: float, bins: int) -> tuple[int, int]:
-    """The narrowest width ``2**e`` at which ``lo..hi`` span fewer than ``bins`` lattice bins
-    (starting from the bound below which nothing fits), and the index of ``lo``'s bin."""
-    e = math.frexp(hi / bins - lo / bins)[1] - 1
+    """The narrowest width ``2**e`` at which ``lo..hi`` span fewer than ``bins`` lattice bins,
+    and the index of ``lo``'s bin. The search starts below every width that fits (the merge
+    relies on it: a block's width is never above the batch's): one step under the spread's
+    estimate, which rounding can raise by a step, and at the smallest width where the spread's
+    estimate rounds to 0 (two neighbouring floats)."""
+    spread = hi / bins - lo / bins  # cannot overflow where hi - lo could
+    e = math.frexp(spread)[1] - 2 if spread > 0 else -1022
     e = max(e, math.frexp(max(abs(lo), abs(hi)))[1] - 53, -1022)  # indices below 2**53
     e = min(e, 1023)
     while True:
@@ -212,8 +225,11 @@ def block_sweep(
                 return False
             lo, hi = min(lo, vmin), max(hi, vmax)
             guess = s / n
-            if not math.isfinite(guess):  # float64 values whose sum overflowed
-                guess = vmin / 2 + vmax / 2
+            if not math.isfinite(guess):  # float64 values whose sum overflowed: sum v / n
+                guess = 0.0
+                for i in range(n0, n1):
+                    start = (i * channels + c) * length
+                    guess += _scaled_total(flat[start + l0 : start + l1], 1.0 / n)
             s1 = s2 = sa = 0.0
             zeros = near = 0
             for i in range(n0, n1):
@@ -230,7 +246,8 @@ def block_sweep(
             if vmin == vmax:  # exactly no spread, whatever the rounding
                 out[0, r, c], out[1, r, c] = vmin, 0.0
             else:
-                out[0, r, c] = guess + s1 / n
+                # Deviations of values near the float64 maximum may overflow: no correction.
+                out[0, r, c] = guess + s1 / n if math.isfinite(s1) else guess
                 out[1, r, c] = s2 if math.isinf(s2) else max(s2 - s1 * s1 / n, 0.0)
             out[2, r, c], out[3, r, c], out[4, r, c] = sa, vmin, vmax
             ints[0, r, c], ints[1, r, c], ints[2, r, c] = zeros, near, n
@@ -258,19 +275,35 @@ def block_sweep(
 @_jit
 def merge_histograms(
     lattice: Any, hist: Any, values: Any, sizes: Any, exponent: int, start: int, counts: Any
-) -> None:
+) -> bool:
     """Add each block's counts to ``counts`` (bin ``k`` at lattice index ``start + k`` of width
     ``2**exponent``). A block's lattice is finer or the same: its bin ``j`` lies whole in the
     bin ``(its start + j) >> (exponent - its exponent)``. A constant block adds its
-    ``sizes[b]`` values of ``values[b]`` to the bin of that value."""
+    ``sizes[b]`` values of ``values[b]`` to the bin of that value.
+
+    Returns False, having counted nothing, if a block's lattice is coarser or an index falls
+    outside ``counts`` (neither should happen; nothing is written out of bounds then)."""
     scale = math.ldexp(1.0, -exponent)
+    bins = counts.shape[0]
+    for b in range(lattice.shape[0]):
+        if not lattice[b, 2] and lattice[b, 0] > exponent:
+            return False
     for b in range(lattice.shape[0]):
         if lattice[b, 2]:
-            counts[_lattice_index(values[b], scale) - start] += sizes[b]
+            k = _lattice_index(values[b], scale) - start
+            if not 0 <= k < bins:
+                counts[:] = 0
+                return False
+            counts[k] += sizes[b]
             continue
         # Shifting an int64 by 63 already gives floor(k / 2**shift) for any larger shift (0 or
         # -1), and a larger shift is not defined on the machine.
         shift = min(exponent - lattice[b, 0], 63)
         for j in range(hist.shape[1]):
             if hist[b, j]:
-                counts[((lattice[b, 1] + j) >> shift) - start] += hist[b, j]
+                k = ((lattice[b, 1] + j) >> shift) - start
+                if not 0 <= k < bins:
+                    counts[:] = 0
+                    return False
+                counts[k] += hist[b, j]
+    return True

@@ -87,7 +87,14 @@ class RunningStats:
         goes through the general numpy path, which masks NaN and ±Inf. A batch on a CUDA device
         is reduced there (:meth:`_update_on_device`): only per-channel numbers and the
         histogram's counts come to the host.
+
+        Values near the float64 maximum overflow the sums kept (absolute sum, M2): those
+        statistics become +inf, while the mean stays right.
         """
+        with np.errstate(over="ignore"):
+            self._update(batch, histogram)
+
+    def _update(self, batch: np.ndarray | torch.Tensor, histogram: RunningHistogram | None) -> None:
         shape = tuple(batch.shape)
         if len(shape) < 2 or shape[1] != self.channels:
             raise InputError(
@@ -202,15 +209,18 @@ class RunningStats:
         rows = np.moveaxis(arr, 1, 0).reshape(self.channels, -1)  # (C, values)
         finite = np.isfinite(rows)
         n = finite.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             clean = np.where(finite, rows, 0.0).astype(np.float64)
             mean = clean.sum(axis=1) / np.maximum(n, 1)
+            if not np.isfinite(mean).all():  # a sum overflowed (values near the maximum)
+                scaled = (clean / np.maximum(n, 1)[:, None]).sum(axis=1)
+                mean = np.where(np.isfinite(mean), mean, scaled)
             dev = np.where(finite, clean - mean[:, None], 0.0)
             m2 = np.einsum("ij,ij->i", dev, dev)
+            self.abs_sum += np.abs(clean).sum(axis=1)
         self._merge_moments(n, mean, m2)
         self.minimum = np.minimum(self.minimum, np.where(finite, rows, np.inf).min(axis=1))
         self.maximum = np.maximum(self.maximum, np.where(finite, rows, -np.inf).max(axis=1))
-        self.abs_sum += np.abs(clean).sum(axis=1)
         self.zeros += np.count_nonzero(finite & (rows == 0), axis=1)
         self.near_zeros += np.count_nonzero(finite & (np.abs(clean) <= self.near_zero), axis=1)
         self.nonfinite += rows.shape[1] - n
@@ -229,7 +239,9 @@ class RunningStats:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             d = mean_b - self.mean
             share = np.where(n > 0, n_b / np.maximum(n, 1), 0.0)
-            self.mean = self.mean + d * share
+            # Means far apart near the float64 maximum: d overflows, the weighted sum does not.
+            weighted = self.mean * (1 - share) + mean_b * share
+            self.mean = np.where(np.isfinite(d), self.mean + d * share, weighted)
             # Nothing to correct when one side is empty (d may be huge there: d * d overflows).
             both = (n_a > 0) & (n_b > 0)
             self.m2 = self.m2 + m2_b + np.where(both, d * d * n_a * share, 0.0)
@@ -380,16 +392,17 @@ def _block(
     axes = (0, 2)
     n = x.shape[0] * x.shape[2]
     guess = np.add.reduce(x, axis=axes).astype(np.float64) / n
-    if not np.isfinite(guess).all():  # float64 values near the maximum: the midpoint instead
-        mid = x.min(axis=axes).astype(np.float64) / 2 + x.max(axis=axes) / 2
-        guess = np.where(np.isfinite(guess), guess, mid)
+    if not np.isfinite(guess).all():  # a sum overflowed (values near the maximum): sum x / n
+        scaled = np.add.reduce(x.astype(np.float64) / n, axis=axes)
+        guess = np.where(np.isfinite(guess), guess, scaled)
     np.subtract(x, guess[None, :, None], out=wide)
     shift = np.add.reduce(wide, axis=axes)
     np.multiply(wide, wide, out=wide)
     squares = np.add.reduce(wide, axis=axes)
     with np.errstate(invalid="ignore"):  # squares that overflowed: M2 is +inf
         m2 = np.where(np.isinf(squares), np.inf, squares - shift * shift / n)
-    mean = guess + shift / n
+    # Deviations of values near the float64 maximum may overflow: no correction then.
+    mean = np.where(np.isfinite(shift), guess + shift / n, guess)
     if nonnegative:
         abs_sum = mean * n
         np.less_equal(x, limit, out=flags)
@@ -415,7 +428,7 @@ def _join_rows(
     total = count.sum(axis=0)
     share = count / total
     joined = (share * mean).sum(axis=0)
-    spread = mean - joined
+    spread = mean - joined  # parts near the float64 maximum may overflow: M2 is then +inf
     return total, joined, m2.sum(axis=0) + (count * spread * spread).sum(axis=0)
 
 
@@ -455,8 +468,9 @@ def _sweep(
         total = None
         for i in chosen:
             r, n0, n1, c0, c1, l0, l1 = blocks[i]
-            # Float64 values near the maximum overflow sums (errstate is per thread).
-            with np.errstate(over="ignore"):
+            # Float64 values near the maximum overflow sums and deviations, which _block
+            # handles (errstate is per thread).
+            with np.errstate(over="ignore", invalid="ignore"):
                 part = _block(
                     x[n0:n1, c0:c1, l0:l1],
                     bool(nonnegative[c0:c1].all()),
@@ -581,9 +595,10 @@ def _sweep_compiled(
         values = out[3][blocks[:, 0], blocks[:, 3]]  # a constant block's value: its min
         sizes = (blocks[:, 2] - blocks[:, 1]) * (blocks[:, 4] - blocks[:, 3])
         sizes *= blocks[:, 6] - blocks[:, 5]
-        compiled.merge_histograms(
+        if not compiled.merge_histograms(
             lattice, hist, values, sizes, histogram.exponent, histogram.start, counts
-        )
+        ):
+            return None  # the general path counts this batch (prepare() only made room)
     sums = _Sums(
         total_n,
         batch_mean,
@@ -827,8 +842,10 @@ def _initial_exponent(lo: float, hi: float, bins: int) -> int:
     """The smallest width exponent worth trying for values ``lo``..``hi`` (:meth:`_fit` grows
     it until they fit); a constant gets bins 1/128 to 1/64 of its size."""
     if hi > lo:
-        # lo / bins and hi / bins cannot overflow where hi - lo could.
-        exponent = math.frexp(hi / bins - lo / bins)[1] - 1
+        # lo / bins and hi / bins cannot overflow where hi - lo could. One step below the
+        # estimate, which rounding can raise by one; neighbouring floats can make it 0.
+        spread = hi / bins - lo / bins
+        exponent = math.frexp(spread)[1] - 2 if spread > 0 else _MIN_EXPONENT
     else:
         exponent = math.frexp(abs(lo))[1] - 7 if lo else -7
     floor = math.frexp(max(abs(lo), abs(hi)))[1] - 53  # as in RunningHistogram._fit
