@@ -460,6 +460,21 @@ def test_fast_path_histogram_of_neighbouring_float64_values(
     assert one.result().edges[1] - one.result().edges[0] <= max(np.spacing(lo) * 2, 2.0**-1022)
 
 
+def test_histograms_of_very_many_bins_are_counted_by_the_numpy_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def compiled(*args: object) -> None:
+        raise AssertionError("the compiled sweep keeps blocks x bins counts: not for 5000 bins")
+
+    monkeypatch.setattr(datastats, "_sweep_compiled", compiled)
+    x = _layer("signed", 11)
+    stats, hist = RunningStats(6), RunningHistogram(5000)
+    stats.update(x, histogram=hist)
+    result = hist.result()
+    assert result.total == x.size
+    np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+
+
 def test_merging_block_histograms_refuses_what_it_cannot_place() -> None:
     # A block lattice coarser than the batch's, or a bin outside the window: nothing is counted
     # (and nothing written out of bounds); the caller then counts the batch on the general path.

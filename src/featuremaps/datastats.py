@@ -133,7 +133,9 @@ class RunningStats:
         limit = x.dtype.type(self.near_zero)
         if float(limit) > self.near_zero:  # float(): compared in float64, not in the dtype
             limit = np.nextafter(limit, x.dtype.type(-np.inf))
-        compiled = _compiled()
+        # The compiled sweep keeps one histogram per block: with very many bins, numpy's sweep.
+        many = histogram is not None and histogram.bins > _COMPILED_BINS
+        compiled = None if many else _compiled()
         if compiled is not None:
             found = _sweep_compiled(compiled, x, limit, histogram)
         else:
@@ -517,6 +519,9 @@ def _compiled() -> ModuleType | None:
         return None
     return _sweepjit
 
+
+# The most histogram bins for the compiled sweep (its per-block counts: blocks x bins).
+_COMPILED_BINS = 4096
 
 _Found = tuple[_Sums, np.ndarray, np.ndarray]  # the sums, per-channel min and max (float64)
 
