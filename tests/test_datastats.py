@@ -507,7 +507,9 @@ def test_means_of_values_near_the_float64_maximum(
     values: list[float], block: int, monkeypatch: pytest.MonkeyPatch, sweep: str
 ) -> None:
     # Sums and deviations overflow float64 here; the mean must not (nor turn NaN or change
-    # sign), on the fast paths, the general path and when batches merge.
+    # sign), on the fast paths, the general path, the device path and when batches merge.
+    import torch
+
     monkeypatch.setattr(datastats, "_BLOCK", block)
     x = np.array(values)[None, None, :]
     want = float(np.sum(np.array(values) / len(values)))
@@ -517,7 +519,9 @@ def test_means_of_values_near_the_float64_maximum(
     half = len(values) // 2
     merged.update(x[:, :, :half])
     merged.update(x[:, :, half:])
-    for stats in (fast, general, merged):
+    device = RunningStats(1)  # the torch path of CUDA batches, on a CPU tensor
+    assert device._update_on_device(torch.from_numpy(x), None)
+    for stats in (fast, general, merged, device):
         got = stats.result()
         assert got["mean"][0] == pytest.approx(want, rel=1e-12)
         assert not np.isnan(got["std"][0])

@@ -176,11 +176,17 @@ class RunningStats:
             return False
         n = x.shape[0] * x.shape[2]
         total = x.sum(dim=dims, dtype=torch.float64)
-        d = x.to(torch.float64) - (total / n).view(1, -1, 1)
+        guess = total / n
+        if not bool(torch.isfinite(guess).all()):  # a sum overflowed (values near the maximum)
+            scaled = (x.to(torch.float64) / n).sum(dim=dims)
+            guess = torch.where(torch.isfinite(guess), guess, scaled)
+        d = x.to(torch.float64) - guess.view(1, -1, 1)
         shift = d.sum(dim=dims)  # ~0: what rounding left of the mean
-        m2 = d.square_().sum(dim=dims) - shift * shift / n
+        squares = d.square_().sum(dim=dims)
         del d
-        mean = total / n + shift / n
+        m2 = torch.where(torch.isinf(squares), squares, squares - shift * shift / n)
+        # Deviations of values near the float64 maximum may overflow: no correction then.
+        mean = torch.where(torch.isfinite(shift), guess + shift / n, guess)
         signed = bool((minimum < 0).any())
         abs_sum = x.abs().sum(dim=dims, dtype=torch.float64) if signed else total
         dtype = np.dtype(np.float32 if x.dtype == torch.float32 else np.float64)
