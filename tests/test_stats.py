@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from featuremaps import InputError
-from featuremaps.stats import STAT_NAMES, channel_stats
+from featuremaps.stats import STAT_NAMES, channel_stats, summarize
 
 
 def _oracle(maps: np.ndarray) -> dict[str, list[float]]:
@@ -158,3 +159,27 @@ def test_summary_of_channels_without_finite_values() -> None:
 
     values = np.full((2, 3, 3), np.nan, dtype=np.float32)
     assert summary_of_channels(channel_stats(values), values.size) == (None, None, None, 18)
+
+
+def test_means_of_float64_values_near_the_maximum() -> None:
+    # Their float64 sums overflow; the means must not (nor warn), in every summary of a record.
+    import warnings
+
+    from featuremaps.stats import _summarize_on_device, summary_of_channels
+
+    top = float(np.finfo(np.float64).max)
+    v = np.array([[top, top, -top], [-top, -(2.0**970), 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = channel_stats(v)
+        np.testing.assert_allclose(stats.mean, [top / 3, -top / 3 - 2.0**970 / 3], rtol=1e-15)
+        assert not np.isnan(stats.std).any()
+        want = float(np.sum(v.ravel() / v.size))
+        rounding = 4 * np.spacing(top / 2)  # the means of such magnitudes, rounded
+        for low, high, mean, nonfinite in (
+            summarize(torch.from_numpy(v)),
+            summary_of_channels(stats, v.size),
+            _summarize_on_device(torch.from_numpy(v)),  # the CUDA/MPS code, on a CPU tensor
+        ):
+            assert (low, high, nonfinite) == (-top, top, 0)
+            assert mean is not None and abs(mean - want) <= rounding

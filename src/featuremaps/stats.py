@@ -88,11 +88,16 @@ def _row_stats(flat: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, ...]:
     where: np.ndarray | bool = True if every else finite
     rows = flat.shape[0]
     n = np.full(rows, flat.shape[1], dtype=np.int64) if every else finite.sum(1, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if total is None or not every:
             total = np.asarray(np.sum(flat, axis=1, dtype=np.float64, where=where))
         mean = np.asarray(total) / n
+        if flat.dtype == np.float64 and not np.isfinite(mean[n > 0]).all():
+            # A float64 sum overflowed (values near the maximum): sum the values / n instead.
+            scaled = np.sum(flat / np.maximum(n, 1)[:, None], axis=1, where=where)
+            mean = np.where(np.isfinite(mean), mean, scaled)
         dev = scratch[: flat.size].reshape(flat.shape)
+        # Values near the float64 maximum: deviations may overflow, and std be +inf.
         np.subtract(flat, mean[:, None], out=dev, dtype=np.float64)  # one pass, no float64 copy
         if not every:
             dev[~finite] = 0.0
@@ -173,7 +178,10 @@ def summarize(tensor: torch.Tensor) -> tuple[float | None, float | None, float |
     nonfinite = int(values.size - finite.size)
     if finite.size == 0:
         return None, None, None, nonfinite
-    mean = float(np.sum(finite, dtype=np.float64)) / finite.size
+    with np.errstate(over="ignore"):
+        mean = float(np.sum(finite, dtype=np.float64)) / finite.size
+    if not math.isfinite(mean):  # float64 values near the maximum: sum the values / count
+        mean = float(np.sum(finite / finite.size, dtype=np.float64))
     return float(finite.min()), float(finite.max()), mean, nonfinite
 
 
@@ -188,7 +196,8 @@ def summary_of_channels(
     count = int(stats.finite.sum())
     if not have.any():
         return None, None, None, size - count
-    mean = float(np.sum(stats.mean[have] * stats.finite[have])) / count
+    # Weighted by shares of the count, which cannot overflow where mean * count could.
+    mean = float(np.sum(stats.mean[have] * (stats.finite[have] / count)))
     low, high = float(np.min(stats.min[have])), float(np.max(stats.max[have]))
     return low, high, mean, size - count
 
@@ -207,5 +216,7 @@ def _summarize_on_device(t: torch.Tensor) -> tuple[float | None, float | None, f
     if nonfinite:
         t = t[finite]
     low, high = torch.aminmax(t)
-    total = float(t.sum(dtype=wide))
-    return float(low), float(high), total / count, nonfinite
+    mean = float(t.sum(dtype=wide)) / count
+    if not math.isfinite(mean):  # values near the maximum: sum the values / count
+        mean = float((t.to(wide) / count).sum())
+    return float(low), float(high), mean, nonfinite
