@@ -3,6 +3,8 @@ running histograms equal np.histogram on their final edges however the data is s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -300,18 +302,48 @@ def _layer(kind: str, seed: int, shape: tuple[int, ...] = (5, 6, 4, 9)) -> np.nd
     return x
 
 
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    """``x`` (N, C, ...) with the same values, its memory holding the channels last."""
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+
+
+@pytest.fixture(params=["channels first", "channels last"])
+def layout(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Batches laid out in memory channel by channel, or channels last (tokens, channels-last
+    maps); with the compiled sweep, checks that the kernel for that layout is the one that
+    runs."""
+    kernels = datastats._compiled()  # None when the `sweep` fixture chose numpy's
+    other = "rows_sweep" if request.param == "channels first" else "block_sweep"
+
+    def refuse(*args: object) -> bool:
+        raise AssertionError(f"{other} was not expected for {request.param} batches")
+
+    if kernels is not None:
+        monkeypatch.setattr(kernels, other, refuse)
+    if request.param == "channels first":
+        return np.ascontiguousarray
+    return _channels_last
+
+
 @pytest.mark.parametrize("block", [7, 50, 1000, 1 << 16])
 @pytest.mark.parametrize("kind", ["signed", "relu", "large_mean"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fast_path_with_histogram_equals_numpy_however_blocked(
-    block: int, kind: str, dtype: type, monkeypatch: pytest.MonkeyPatch, sweep: str
+    block: int,
+    kind: str,
+    dtype: type,
+    monkeypatch: pytest.MonkeyPatch,
+    sweep: str,
+    layout: Callable[[np.ndarray], np.ndarray],
 ) -> None:
     def general(self: RunningStats, batch: np.ndarray) -> None:
         raise AssertionError("finite batches must not take the general path")
 
     monkeypatch.setattr(RunningStats, "_update_general", general)
     monkeypatch.setattr(datastats, "_BLOCK", block)  # blocks of samples, channels, rows
-    batches = [_layer(kind, seed).astype(dtype) for seed in range(3)]
+    batches = [layout(_layer(kind, seed).astype(dtype)) for seed in range(3)]
     batches[1] = batches[1] * 4  # the histogram's range grows
     stats, hist = RunningStats(6, near_zero=0.25), RunningHistogram(64)
     for b in batches:
@@ -338,6 +370,55 @@ def test_fused_histogram_takes_the_general_path_too() -> None:
     result = hist.result()
     np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
     assert result.nonfinite == 3
+
+
+@pytest.mark.parametrize("shape", [(16, 1000), (3, 5, 1, 1), (1, 7)])
+def test_one_value_per_channel_per_sample_is_swept_by_rows(
+    shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Linear layer's (N, C): each channel has one value per sample, so the sweep goes along
+    # the rows of channels (rows_sweep), not along each channel's one-value runs.
+    kernels = datastats._compiled()
+    assert kernels is not None
+
+    def refuse(*args: object) -> bool:
+        raise AssertionError("one value per channel: rows_sweep was expected")
+
+    monkeypatch.setattr(kernels, "block_sweep", refuse)
+    rng = np.random.default_rng(12)
+    scale = rng.uniform(0.1, 4, shape[1]).reshape((1, -1) + (1,) * (len(shape) - 2))
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    x.reshape(-1)[::7] = 0.0
+    stats, hist = RunningStats(shape[1], near_zero=0.3), RunningHistogram(32)
+    stats.update(x, histogram=hist)
+    got, want = stats.result(), _oracle(x.reshape(shape[0], shape[1], -1), 0.3)
+    for key, expected in want.items():
+        np.testing.assert_allclose(got[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)
+    result = hist.result()
+    np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
+
+
+def test_channels_last_torch_maps_are_swept_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    t = torch.randn(2, 6, 5, 7).contiguous(memory_format=torch.channels_last)
+    copies = []
+    real = np.ascontiguousarray
+
+    def counted(a: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+        copies.append(a.shape)
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(datastats.np, "ascontiguousarray", counted)
+    stats, hist = RunningStats(6), RunningHistogram(16)
+    stats.update(t, histogram=hist)
+    monkeypatch.setattr(datastats.np, "ascontiguousarray", real)
+    assert not [shape for shape in copies if len(shape) == 4], "the maps were copied"
+    x = t.numpy()
+    got, want = stats.result(), _oracle(x, 1e-6)
+    for key, expected in want.items():
+        np.testing.assert_allclose(got[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)
+    np.testing.assert_array_equal(hist.result().counts, _oracle_counts([x], hist.result().edges))
 
 
 def test_constant_channels_get_exactly_zero_spread(sweep: str) -> None:

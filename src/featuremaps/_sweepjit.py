@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numba
 import numpy as np
 
-__all__ = ["block_sweep", "merge_histograms"]
+__all__ = ["block_sweep", "merge_histograms", "rows_sweep"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -307,3 +307,134 @@ def merge_histograms(
                     return False
                 counts[k] += hist[b, j]
     return True
+
+
+@_jit
+def rows_sweep(
+    flat: Any,
+    bits: Any,
+    mask: Any,
+    sign: Any,
+    channels: int,
+    blocks: Any,
+    chosen: Any,
+    limit: Any,
+    bins: int,
+    out: Any,
+    ints: Any,
+    lattice: Any,
+    hist: Any,
+    index: Any,
+) -> bool:
+    """:func:`block_sweep` for values laid out channels last: ``flat`` holds rows of
+    ``channels`` values (tokens, a Linear layer's outputs, channels-last maps), and block ``b``
+    (``blocks[b]`` = first row, end row) is a run of whole rows, the ``b``-th part of the
+    result (``out[:, b, c]``, ``ints[:, b, c]``). Each pass goes along the rows and keeps one
+    running number per channel, so that its loop runs over neighbouring channels (and
+    vectorises) however short the rows are."""
+    key_lo = np.empty(channels, dtype=bits.dtype)
+    key_hi = np.empty(channels, dtype=bits.dtype)
+    total = np.empty(channels)
+    s1 = np.empty(channels)
+    s2 = np.empty(channels)
+    sa = np.empty(channels)
+    zeros = np.empty(channels, dtype=np.int64)
+    near = np.empty(channels, dtype=np.int64)
+    guess = np.empty(channels)
+    cell = np.empty(1, dtype=bits.dtype)
+    view = cell.view(flat.dtype)
+    counts = np.zeros((4, max(bins, 1)), dtype=np.int64)
+    for b in chosen:
+        r0, r1 = blocks[b, 0], blocks[b, 1]
+        n = r1 - r0
+        key_lo[:] = mask
+        key_hi[:] = ~mask
+        total[:] = 0.0
+        for r in range(r0, r1):
+            _row_extremes(
+                flat[r * channels : (r + 1) * channels],
+                bits[r * channels : (r + 1) * channels],
+                mask,
+                sign,
+                key_lo,
+                key_hi,
+                total,
+            )
+        lo, hi = math.inf, -math.inf
+        for c in range(channels):
+            vmin = _value(key_lo[c], mask, sign, cell, view)
+            vmax = _value(key_hi[c], mask, sign, cell, view)
+            if not (math.isfinite(vmin) and math.isfinite(vmax)):
+                return False
+            lo, hi = min(lo, vmin), max(hi, vmax)
+            out[3, b, c], out[4, b, c] = vmin, vmax
+            guess[c] = total[c] / n
+        if not np.isfinite(guess).all():  # float64 values whose sum overflowed: sum v / n
+            for c in range(channels):
+                if not math.isfinite(guess[c]):
+                    g = 0.0
+                    for r in range(r0, r1):
+                        g += np.float64(flat[r * channels + c]) / n
+                    guess[c] = g
+        s1[:] = 0.0
+        s2[:] = 0.0
+        sa[:] = 0.0
+        zeros[:] = 0
+        near[:] = 0
+        for r in range(r0, r1):
+            _row_moments(
+                flat[r * channels : (r + 1) * channels], guess, limit, s1, s2, sa, zeros, near
+            )
+        for c in range(channels):
+            if out[3, b, c] == out[4, b, c]:  # exactly no spread, whatever the rounding
+                out[0, b, c], out[1, b, c] = out[3, b, c], 0.0
+            else:
+                out[0, b, c] = guess[c] + s1[c] / n if math.isfinite(s1[c]) else guess[c]
+                out[1, b, c] = s2[c] if math.isinf(s2[c]) else max(s2[c] - s1[c] * s1[c] / n, 0.0)
+            out[2, b, c] = sa[c]
+            ints[0, b, c], ints[1, b, c], ints[2, b, c] = zeros[c], near[c], n
+        if bins == 0:  # no histogram
+            continue
+        if lo == hi:  # one value: counted once the batch's lattice is known
+            lattice[b, 0], lattice[b, 1], lattice[b, 2] = 0, 0, 1
+            continue
+        e, first = _block_lattice(lo, hi, bins)
+        lattice[b, 0], lattice[b, 1], lattice[b, 2] = e, first, 0
+        counts[:] = 0
+        scale = math.ldexp(1.0, -e)
+        _bin_run(
+            flat[r0 * channels : r1 * channels], scale, first, lo < 0 and scale < 1.0, index, counts
+        )
+        for k in range(bins):
+            hist[b, k] = counts[0, k] + counts[1, k] + counts[2, k] + counts[3, k]
+    return True
+
+
+@_fast
+def _row_extremes(
+    row: Any, bits: Any, mask: Any, sign: Any, key_lo: Any, key_hi: Any, total: Any
+) -> None:
+    """Fold one row (one value per channel) into the channels' min and max keys (see
+    :func:`_extremes`) and float64 sums."""
+    for c in range(row.size):
+        i = bits[c]
+        k = i ^ ((i >> sign) & mask)
+        key_lo[c] = min(key_lo[c], k)
+        key_hi[c] = max(key_hi[c], k)
+        total[c] += np.float64(row[c])
+
+
+@_fast
+def _row_moments(
+    row: Any, guess: Any, limit: Any, s1: Any, s2: Any, sa: Any, zeros: Any, near: Any
+) -> None:
+    """Fold one row into the channels' sums of :func:`_moments`."""
+    for c in range(row.size):
+        v = row[c]
+        d = np.float64(v) - guess[c]
+        s1[c] += d
+        s2[c] += d * d
+        a = abs(v)
+        sa[c] += np.float64(a)
+        zeros[c] += v == 0
+        near[c] += a <= limit

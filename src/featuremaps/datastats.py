@@ -127,18 +127,18 @@ class RunningStats:
         values = _as_array(batch)
         if values is None or values.size == 0:
             return False
-        x = values.reshape(values.shape[0], self.channels, -1)
         # The largest value of the batch's dtype that is <= near_zero: comparing with it in that
         # dtype counts exactly the values a float64 comparison with near_zero would.
-        limit = x.dtype.type(self.near_zero)
+        limit = values.dtype.type(self.near_zero)
         if float(limit) > self.near_zero:  # float(): compared in float64, not in the dtype
-            limit = np.nextafter(limit, x.dtype.type(-np.inf))
+            limit = np.nextafter(limit, values.dtype.type(-np.inf))
         # The compiled sweep keeps one histogram per block: with very many bins, numpy's sweep.
         many = histogram is not None and histogram.bins > _COMPILED_BINS
         compiled = None if many else _compiled()
         if compiled is not None:
-            found = _sweep_compiled(compiled, x, limit, histogram)
+            found = _sweep_compiled(compiled, values, self.channels, limit, histogram)
         else:
+            x = np.ascontiguousarray(values).reshape(values.shape[0], self.channels, -1)
             found = _sweep_numpy(x, limit, histogram)
         if found is None:
             return False
@@ -319,17 +319,17 @@ def _host_values(batch: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _as_array(batch: np.ndarray | torch.Tensor) -> np.ndarray | None:
-    """The batch as a C-contiguous float32/float64 array (a view when it already is one), or
-    None for any other dtype."""
+    """The batch as a float32/float64 array, a view of its memory (any strides), or None for
+    any other dtype."""
     if isinstance(batch, torch.Tensor):
         t = batch.detach().cpu()
         if t.dtype not in (torch.float32, torch.float64):
             return None
-        return t.contiguous().numpy()
+        return t.numpy()
     arr = np.asarray(batch)
     if arr.dtype not in (np.float32, np.float64):
         return None
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 # Values per block of the sweep: a block and its scratch buffers (float64 deviations, float
@@ -550,40 +550,78 @@ def _sweep_numpy(
     return sums, minimum.astype(np.float64), maximum.astype(np.float64)
 
 
+def _channel_rows(values: np.ndarray, channels: int) -> np.ndarray | None:
+    """The ``(N, C, ...)`` values as ``(rows, C)`` without a copy when their memory holds the
+    channels last (tokens moved to channels first, channels-last maps, or one value per channel:
+    a Linear layer's ``(N, C)``), else None."""
+    last = np.moveaxis(values, 1, -1)
+    return last.reshape(-1, channels) if last.flags.c_contiguous else None
+
+
 def _sweep_compiled(
-    compiled: Any, x: np.ndarray, limit: np.floating, histogram: RunningHistogram | None
+    compiled: Any,
+    values: np.ndarray,
+    channels: int,
+    limit: np.floating,
+    histogram: RunningHistogram | None,
 ) -> _Found | None:
     """:func:`_sweep_numpy`'s numbers from the compiled sweep (:mod:`featuremaps._sweepjit`):
     each block is read from memory once, on as many threads as torch uses, and histogrammed on
-    its own lattice; the blocks' counts join the histogram's once the batch's range is known."""
-    n, c, length = x.shape
-    blocks = np.array(_blocks(n, c, length), dtype=np.int64)
-    rows = int(blocks[-1, 0]) + 1
+    its own lattice; the blocks' counts join the histogram's once the batch's range is known.
+
+    ``values`` (N, C, ...) of any strides: swept in place when their memory holds each
+    channel's values together (``block_sweep``) or the channels last (``rows_sweep``), which
+    is also the layout where each sample has one value per channel; copied otherwise."""
+    n = values.shape[0]
+    length = values.size // max(n * channels, 1)
+    first = values.reshape(n, channels, -1) if values.flags.c_contiguous else None
+    rows = None if first is not None and length > 1 else _channel_rows(values, channels)
+    if rows is None and first is None:
+        first = np.ascontiguousarray(values).reshape(n, channels, -1)
     bins = histogram.bins if histogram is not None else 0  # 0: no histogram
-    out = np.zeros((5, rows, c))
-    ints = np.zeros((3, rows, c), dtype=np.int64)
+    if rows is not None:
+        step = max(1, _BLOCK // channels)
+        starts = np.arange(0, rows.shape[0], step, dtype=np.int64)
+        blocks = np.stack([starts, np.minimum(starts + step, rows.shape[0])], axis=1)
+        parts, flat, width = len(blocks), rows.reshape(-1), step * channels
+        part_of = np.arange(len(blocks))  # block b is part b, all channels
+        first_channel = np.zeros(len(blocks), dtype=np.int64)
+        sizes = (blocks[:, 1] - blocks[:, 0]) * channels
+    else:
+        assert first is not None
+        blocks = np.array(_blocks(n, channels, length), dtype=np.int64)
+        parts, flat = int(blocks[-1, 0]) + 1, first.reshape(-1)
+        # A block's values of one sample, at most.
+        width = int(
+            ((blocks[:, 4] - blocks[:, 3] - 1) * length + blocks[:, 6] - blocks[:, 5]).max()
+        )
+        part_of, first_channel = blocks[:, 0], blocks[:, 3]
+        sizes = (blocks[:, 2] - blocks[:, 1]) * (blocks[:, 4] - blocks[:, 3])
+        sizes *= blocks[:, 6] - blocks[:, 5]
+    out = np.zeros((5, parts, channels))
+    ints = np.zeros((3, parts, channels), dtype=np.int64)
     lattice = np.zeros((len(blocks), 3), dtype=np.int64)
     hist = np.zeros((len(blocks), bins), dtype=np.int64)
-    flat = x.reshape(-1)
-    integer = np.int32 if x.dtype == np.float32 else np.int64
-    bits, mask, sign = (
-        flat.view(integer),
-        integer(np.iinfo(integer).max),
-        integer(8 * x.itemsize - 1),
-    )
-    shape = np.array(x.shape, dtype=np.int64)
-    # Room for the bin indices of a block's values of one sample (at most ``bins`` while the
-    # underflow of tiny negatives is mended), as the smallest integers that hold them.
-    width = int(((blocks[:, 4] - blocks[:, 3] - 1) * length + blocks[:, 6] - blocks[:, 5]).max())
+    integer = np.int32 if flat.dtype == np.float32 else np.int64
+    bits, mask = flat.view(integer), integer(np.iinfo(integer).max)
+    sign = integer(8 * flat.itemsize - 1)
+    # Bin indices (up to ``bins`` while the underflow of tiny negatives is mended) as the
+    # smallest integers that hold them.
     index = np.uint8 if bins < 256 else np.int32
-    arrays = (out, ints, lattice, hist)
+    arrays = (limit, bins, out, ints, lattice, hist)
 
     def run(chosen: np.ndarray) -> bool:
         scratch = np.empty(width, dtype=index)
-        sweep = compiled.block_sweep
-        return bool(
-            sweep(flat, bits, mask, sign, shape, blocks, chosen, limit, bins, *arrays, scratch)
-        )
+        if rows is not None:
+            found = compiled.rows_sweep(
+                flat, bits, mask, sign, channels, blocks, chosen, *arrays, scratch
+            )
+        else:
+            shape = np.array((n, channels, length), dtype=np.int64)
+            found = compiled.block_sweep(
+                flat, bits, mask, sign, shape, blocks, chosen, *arrays, scratch
+            )
+        return bool(found)
 
     order = np.arange(len(blocks), dtype=np.int64)
     workers = min(max(1, torch.get_num_threads()), len(blocks))
@@ -600,14 +638,12 @@ def _sweep_compiled(
     batch_mean[constant], batch_m2[constant] = minimum[constant], 0.0
     counts = None
     if histogram is not None:
-        histogram.prepare(float(minimum.min()), float(maximum.max()), x.dtype)
+        histogram.prepare(float(minimum.min()), float(maximum.max()), flat.dtype)
         assert histogram.exponent is not None
         counts = np.zeros(bins, dtype=np.int64)
-        values = out[3][blocks[:, 0], blocks[:, 3]]  # a constant block's value: its min
-        sizes = (blocks[:, 2] - blocks[:, 1]) * (blocks[:, 4] - blocks[:, 3])
-        sizes *= blocks[:, 6] - blocks[:, 5]
+        constants = out[3][part_of, first_channel]  # a constant block's value: its min
         if not compiled.merge_histograms(
-            lattice, hist, values, sizes, histogram.exponent, histogram.start, counts
+            lattice, hist, constants, sizes, histogram.exponent, histogram.start, counts
         ):
             return None  # the general path counts this batch (prepare() only made room)
     sums = _Sums(
