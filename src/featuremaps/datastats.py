@@ -580,7 +580,8 @@ def _sweep_compiled(
         first = np.ascontiguousarray(values).reshape(n, channels, -1)
     bins = histogram.bins if histogram is not None else 0  # 0: no histogram
     if rows is not None:
-        step = max(1, _BLOCK // channels)
+        # Whole rows; at least 64 of them, over which a block's work per channel is shared.
+        step = max(1, _BLOCK // channels, min(64, _BLOCK))
         starts = np.arange(0, rows.shape[0], step, dtype=np.int64)
         blocks = np.stack([starts, np.minimum(starts + step, rows.shape[0])], axis=1)
         parts, flat, width = len(blocks), rows.reshape(-1), step * channels
