@@ -169,6 +169,55 @@ def _bin_run(run: Any, scale: float, start: int, underflow: bool, index: Any, co
 
 
 @_jit
+def _finish(
+    out: Any,
+    ints: Any,
+    part: int,
+    c: int,
+    vmin: float,
+    vmax: float,
+    guess: float,
+    sums: tuple[float, float, float, int, int],
+    n: int,
+) -> None:
+    """Write channel ``c``'s numbers of one part: ``sums`` = deviations from ``guess``, their
+    squares, the absolute sum, zeros and near-zeros of its ``n`` values."""
+    s1, s2, sa, zeros, near = sums
+    if vmin == vmax:  # exactly no spread, whatever the rounding
+        out[0, part, c], out[1, part, c] = vmin, 0.0
+    else:
+        # Deviations of values near the float64 maximum may overflow: no correction then, and
+        # squares that overflowed make M2 +inf.
+        out[0, part, c] = guess + s1 / n if math.isfinite(s1) else guess
+        out[1, part, c] = s2 if math.isinf(s2) else max(s2 - s1 * s1 / n, 0.0)
+    out[2, part, c], out[3, part, c], out[4, part, c] = sa, vmin, vmax
+    ints[0, part, c], ints[1, part, c], ints[2, part, c] = zeros, near, n
+
+
+@_jit
+def _block_binning(
+    lattice: Any, b: int, lo: float, hi: float, bins: int
+) -> tuple[bool, float, int]:
+    """Choose block ``b``'s lattice (``lattice[b]``) for its values ``lo..hi``; returns whether
+    its values are to be counted now, the scale and the first bin's lattice index. A constant
+    block is counted once the batch's lattice is known."""
+    if lo == hi:
+        lattice[b, 0], lattice[b, 1], lattice[b, 2] = 0, 0, 1
+        return False, 1.0, 0
+    e, first = _block_lattice(lo, hi, bins)
+    lattice[b, 0], lattice[b, 1], lattice[b, 2] = e, first, 0
+    return True, math.ldexp(1.0, -e), first
+
+
+@_jit
+def _keep_counts(hist: Any, b: int, counts: Any) -> None:
+    """Block ``b``'s counts: the four sub-histograms added (and cleared for the next block)."""
+    for k in range(hist.shape[1]):
+        hist[b, k] = counts[0, k] + counts[1, k] + counts[2, k] + counts[3, k]
+    counts[:] = 0
+
+
+@_jit
 def block_sweep(
     flat: Any,
     bits: Any,
@@ -243,32 +292,19 @@ def block_sweep(
                     zeros, near = zeros + p[3], near + p[4]
             if vmin >= 0:
                 sa = s
-            if vmin == vmax:  # exactly no spread, whatever the rounding
-                out[0, r, c], out[1, r, c] = vmin, 0.0
-            else:
-                # Deviations of values near the float64 maximum may overflow: no correction.
-                out[0, r, c] = guess + s1 / n if math.isfinite(s1) else guess
-                out[1, r, c] = s2 if math.isinf(s2) else max(s2 - s1 * s1 / n, 0.0)
-            out[2, r, c], out[3, r, c], out[4, r, c] = sa, vmin, vmax
-            ints[0, r, c], ints[1, r, c], ints[2, r, c] = zeros, near, n
+            _finish(out, ints, r, c, vmin, vmax, guess, (s1, s2, sa, zeros, near), n)
         if bins == 0:  # no histogram
             continue
-        if lo == hi:  # one value: counted once the batch's lattice is known
-            lattice[b, 0], lattice[b, 1], lattice[b, 2] = 0, 0, 1
+        now, scale, first = _block_binning(lattice, b, lo, hi, bins)
+        if not now:
             continue
-        e, first = _block_lattice(lo, hi, bins)
-        lattice[b, 0], lattice[b, 1], lattice[b, 2] = e, first, 0
-        counts[:] = 0
-        scale = math.ldexp(1.0, -e)
-        underflow = lo < 0 and scale < 1.0
         for i in range(n0, n1):
             # A block's values of one sample are contiguous: whole rows of channels c0..c1, or
             # a piece of one channel's row.
             start = (i * channels + c0) * length
             run = flat[start + l0 : start + (c1 - c0 - 1) * length + l1]
-            _bin_run(run, scale, first, underflow, index, counts)
-        for k in range(bins):
-            hist[b, k] = counts[0, k] + counts[1, k] + counts[2, k] + counts[3, k]
+            _bin_run(run, scale, first, lo < 0 and scale < 1.0, index, counts)
+        _keep_counts(hist, b, counts)
     return True
 
 
@@ -403,27 +439,15 @@ def rows_sweep(
                     near[c0:c1],
                 )
         for c in range(channels):
-            if out[3, b, c] == out[4, b, c]:  # exactly no spread, whatever the rounding
-                out[0, b, c], out[1, b, c] = out[3, b, c], 0.0
-            else:
-                out[0, b, c] = guess[c] + s1[c] / n if math.isfinite(s1[c]) else guess[c]
-                out[1, b, c] = s2[c] if math.isinf(s2[c]) else max(s2[c] - s1[c] * s1[c] / n, 0.0)
-            out[2, b, c] = sa[c]
-            ints[0, b, c], ints[1, b, c], ints[2, b, c] = zeros[c], near[c], n
+            sums = (s1[c], s2[c], sa[c], zeros[c], near[c])
+            _finish(out, ints, b, c, out[3, b, c], out[4, b, c], guess[c], sums, n)
         if bins == 0:  # no histogram
             continue
-        if lo == hi:  # one value: counted once the batch's lattice is known
-            lattice[b, 0], lattice[b, 1], lattice[b, 2] = 0, 0, 1
-            continue
-        e, first = _block_lattice(lo, hi, bins)
-        lattice[b, 0], lattice[b, 1], lattice[b, 2] = e, first, 0
-        counts[:] = 0
-        scale = math.ldexp(1.0, -e)
-        _bin_run(
-            flat[r0 * channels : r1 * channels], scale, first, lo < 0 and scale < 1.0, index, counts
-        )
-        for k in range(bins):
-            hist[b, k] = counts[0, k] + counts[1, k] + counts[2, k] + counts[3, k]
+        now, scale, first = _block_binning(lattice, b, lo, hi, bins)
+        if now:
+            run = flat[r0 * channels : r1 * channels]
+            _bin_run(run, scale, first, lo < 0 and scale < 1.0, index, counts)
+            _keep_counts(hist, b, counts)
     return True
 
 
