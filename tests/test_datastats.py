@@ -322,6 +322,7 @@ def layout(
 
     if kernels is not None:
         monkeypatch.setattr(kernels, other, refuse)
+    monkeypatch.setattr(datastats, "_FEW_CHANNELS", 1)  # rows of 6 channels are swept as rows
     if request.param == "channels first":
         return np.ascontiguousarray
     return _channels_last
@@ -372,19 +373,22 @@ def test_fused_histogram_takes_the_general_path_too() -> None:
     assert result.nonfinite == 3
 
 
-@pytest.mark.parametrize("shape", [(16, 1000), (3, 5, 1, 1), (1, 7)])
+@pytest.mark.parametrize("shape", [(16, 1000), (40, 64), (3, 5, 1, 1), (1, 7), (2000, 1)])
 def test_one_value_per_channel_per_sample_is_swept_by_rows(
     shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A Linear layer's (N, C): each channel has one value per sample, so the sweep goes along
-    # the rows of channels (rows_sweep), not along each channel's one-value runs.
+    # the rows of channels (rows_sweep), not along each channel's one-value runs; rows of a
+    # few channels are gathered channel by channel instead (block_sweep over long runs).
     kernels = datastats._compiled()
     assert kernels is not None
+    expected = "rows_sweep" if shape[1] >= datastats._FEW_CHANNELS else "block_sweep"
+    other = {"rows_sweep": "block_sweep", "block_sweep": "rows_sweep"}[expected]
 
     def refuse(*args: object) -> bool:
-        raise AssertionError("one value per channel: rows_sweep was expected")
+        raise AssertionError(f"{shape}: {expected} was expected")
 
-    monkeypatch.setattr(kernels, "block_sweep", refuse)
+    monkeypatch.setattr(kernels, other, refuse)
     rng = np.random.default_rng(12)
     scale = rng.uniform(0.1, 4, shape[1]).reshape((1, -1) + (1,) * (len(shape) - 2))
     x = (rng.standard_normal(shape) * scale).astype(np.float32)
@@ -398,10 +402,27 @@ def test_one_value_per_channel_per_sample_is_swept_by_rows(
     np.testing.assert_array_equal(result.counts, _oracle_counts([x], result.edges))
 
 
+def test_negated_views_and_empty_batches() -> None:
+    import torch
+
+    z = torch.randn(40, 6, dtype=torch.complex64)
+    imag = z.conj().imag  # a view with torch's negative bit: no numpy view of it as it is
+    for batch in (imag, imag.reshape(4, 10, 6).movedim(-1, 1)):
+        stats = RunningStats(6)
+        stats.update(batch)
+        x = batch.resolve_neg().numpy()
+        want = _oracle(x.reshape(x.shape[0], 6, -1), 1e-6)
+        np.testing.assert_allclose(stats.result()["mean"], want["mean"], rtol=1e-12)
+    stats, hist = RunningStats(6), RunningHistogram(8)
+    for empty in (np.zeros((0, 6)), np.zeros((3, 6, 0)), torch.zeros(0, 6, 2)):
+        stats.update(empty, histogram=hist)  # nothing to count, and no error
+    assert stats.result()["count"].tolist() == [0] * 6 and hist.result().total == 0
+
+
 def test_channels_last_torch_maps_are_swept_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    t = torch.randn(2, 6, 5, 7).contiguous(memory_format=torch.channels_last)
+    t = torch.randn(2, 40, 5, 7).contiguous(memory_format=torch.channels_last)
     copies = []
     real = np.ascontiguousarray
 
@@ -410,7 +431,7 @@ def test_channels_last_torch_maps_are_swept_in_place(monkeypatch: pytest.MonkeyP
         return real(a, *args, **kwargs)
 
     monkeypatch.setattr(datastats.np, "ascontiguousarray", counted)
-    stats, hist = RunningStats(6), RunningHistogram(16)
+    stats, hist = RunningStats(40), RunningHistogram(16)
     stats.update(t, histogram=hist)
     monkeypatch.setattr(datastats.np, "ascontiguousarray", real)
     assert not [shape for shape in copies if len(shape) == 4], "the maps were copied"

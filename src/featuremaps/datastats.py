@@ -101,6 +101,8 @@ class RunningStats:
                 f"batch of shape {shape}; expected (N, {self.channels}, ...) with the "
                 "channels on axis 1"
             )
+        if 0 in shape:  # no values: nothing to count
+            return
         if isinstance(batch, torch.Tensor) and batch.device.type != "cpu":
             on_cuda = batch.device.type == "cuda" and not self.correlations
             if on_cuda and self._update_on_device(batch, histogram):
@@ -314,7 +316,7 @@ def _host_values(batch: np.ndarray | torch.Tensor) -> np.ndarray:
     float32, exactly."""
     if not isinstance(batch, torch.Tensor):
         return np.asarray(batch)
-    t = batch.detach().cpu()
+    t = batch.detach().cpu().resolve_neg()
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
@@ -325,7 +327,7 @@ def _as_array(batch: np.ndarray | torch.Tensor) -> np.ndarray | None:
         t = batch.detach().cpu()
         if t.dtype not in (torch.float32, torch.float64):
             return None
-        return t.numpy()
+        return t.resolve_neg().numpy()  # a negated view (conj().imag) has no numpy view
     arr = np.asarray(batch)
     if arr.dtype not in (np.float32, np.float64):
         return None
@@ -526,6 +528,9 @@ def _compiled() -> ModuleType | None:
     return _sweepjit
 
 
+# Fewer channels than this: values laid out channels last are gathered channel by channel.
+_FEW_CHANNELS = 32
+
 # The most histogram bins for the compiled sweep (its per-block counts: blocks x bins).
 _COMPILED_BINS = 4096
 
@@ -576,6 +581,11 @@ def _sweep_compiled(
     length = values.size // max(n * channels, 1)
     first = values.reshape(n, channels, -1) if values.flags.c_contiguous else None
     rows = None if first is not None and length > 1 else _channel_rows(values, channels)
+    if rows is not None and channels < _FEW_CHANNELS:
+        # Rows of a few values: each channel's values are gathered into one run instead (a
+        # copy, none for one channel); the statistics are over all of them either way.
+        first, rows = np.ascontiguousarray(rows.T).reshape(1, channels, -1), None
+        n, length = 1, first.shape[2]
     if rows is None and first is None:
         first = np.ascontiguousarray(values).reshape(n, channels, -1)
     bins = histogram.bins if histogram is not None else 0  # 0: no histogram
@@ -584,7 +594,8 @@ def _sweep_compiled(
         step = max(1, _BLOCK // channels, min(64, _BLOCK))
         starts = np.arange(0, rows.shape[0], step, dtype=np.int64)
         blocks = np.stack([starts, np.minimum(starts + step, rows.shape[0])], axis=1)
-        parts, flat, width = len(blocks), rows.reshape(-1), step * channels
+        parts, flat = len(blocks), rows.reshape(-1)
+        width = int((blocks[:, 1] - blocks[:, 0]).max()) * channels
         part_of = np.arange(len(blocks))  # block b is part b, all channels
         first_channel = np.zeros(len(blocks), dtype=np.int64)
         sizes = (blocks[:, 1] - blocks[:, 0]) * channels
