@@ -641,7 +641,8 @@ def _sweep_compiled(
         finite = run(order)
     else:
         jobs = [np.ascontiguousarray(order[w::workers]) for w in range(workers)]
-        finite = all(_pool(workers).map(run, jobs))
+        # Every job is waited for: none may still read the batch when this returns.
+        finite = all(list(_pool(workers).map(run, jobs)))
     if not finite:
         return None
     total_n, batch_mean, batch_m2 = _join_rows(ints[2], out[0], out[1])
