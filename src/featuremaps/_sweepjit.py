@@ -259,11 +259,8 @@ def block_sweep(
         n = (n1 - n0) * (l1 - l0)
         lo, hi = math.inf, -math.inf
         for c in range(c0, c1):
-            start = (n0 * channels + c) * length
-            a, z, s = _extremes(
-                flat[start + l0 : start + l1], bits[start + l0 : start + l1], mask, sign
-            )
-            for i in range(n0 + 1, n1):
+            a, z, s = mask, ~mask, 0.0  # the keys' identities: the largest and smallest
+            for i in range(n0, n1):
                 start = (i * channels + c) * length
                 ka, kz, ks = _extremes(
                     flat[start + l0 : start + l1], bits[start + l0 : start + l1], mask, sign
