@@ -171,7 +171,8 @@ def test_the_report_reads_a_malformed_record_without_raising() -> None:
                      "layout": "NCHW", "drawn_as": CHANNEL_GRID, "min": math.nan}],
     }  # fmt: skip
     [entry] = build_report(manifest).layers
-    assert (entry.name, entry.call, entry.shape, entry.minimum) == ("x", 0, None, None)
+    r = entry.record
+    assert (r.name, r.call, r.shape, r.min) == ("x", 0, None, None)
     assert not entry.drawn  # no shape: nothing to say what was drawn
 
 
@@ -233,24 +234,24 @@ def test_a_run_writes_drawn_as_and_the_report_reads_it(
     assert _png_pixels((result.out_dir / fc["image"]).read_bytes()).shape[2] == 3
 
     report = build_report(manifest)
-    assert {e.name for e in report.layers if e.drawn} == drawn
-    assert {e.name: e.maps_shape for e in report.layers if e.drawn}["pool"] == (8, 1, 1)
+    assert {e.record.name for e in report.layers if e.drawn} == drawn
+    assert {e.record.name: e.maps_shape for e in report.layers if e.drawn}["pool"] == (8, 1, 1)
 
     # The report reads the field, not the shape: a record with an image and a drawable shape
     # that says it was not drawn is not drawn.
     edited = copy.deepcopy(manifest)
     edited["records"][0]["drawn_as"] = None
     entries = build_report(edited).layers
-    assert entries[0].image is not None and entries[0].shape == (1, 8, 16, 16)
+    assert entries[0].record.image is not None and entries[0].record.shape == (1, 8, 16, 16)
     assert not entries[0].drawn and entries[0].maps_shape is None
-    assert {e.name for e in entries if e.drawn} == drawn - {"conv1"}
+    assert {e.record.name for e in entries if e.drawn} == drawn - {"conv1"}
 
     # A manifest written before records said how (no key at all) is read as before: an NCHW
     # record with an image was a channel grid (and nothing else was drawn then).
     legacy = copy.deepcopy(manifest)
     for r in legacy["records"]:
         del r["drawn_as"]
-    assert {e.name for e in build_report(legacy).layers if e.drawn} == drawn - {"fc"}
+    assert {e.record.name for e in build_report(legacy).layers if e.drawn} == drawn - {"fc"}
 
 
 def test_a_channels_last_record_is_drawn_with_its_own_channel_axis(tmp_path: Path) -> None:

@@ -122,14 +122,15 @@ def test_outline_keeps_every_call_of_a_reused_module(tiny_run: fm.Visualization)
     data = build_report(tiny_run.manifest)
     by_key = {e.key: e for e in data.layers}
     act = next(n for n in data.outline.children if n.segment == "act")
-    assert [by_key[k].name for k in act.entries] == ["act", "act#2"]
+    assert [by_key[k].record.name for k in act.entries] == ["act", "act#2"]
     assert [by_key[k].label for k in act.entries] == ["act", "act#2"]
     segments = [n.segment for n in data.outline.children]
     assert segments == ["conv1", "bn1", "act", "conv2", "pool", "fc"]
     html = (Path(str(tiny_run.out_dir)) / "index.html").read_text()
     for e in data.layers:
         # Links name the record (the address survives a change of the layer selection).
-        assert f'href="#layer={quote(e.name, safe="/")}"' in html and f'id="{e.anchor}"' in html
+        link = quote(e.record.name, safe="/")
+        assert f'href="#layer={link}"' in html and f'id="{e.anchor}"' in html
 
 
 def test_outline_is_a_tree_of_module_paths() -> None:
@@ -162,7 +163,7 @@ def _outline_order(node: Any, by_key: dict[int, Any]) -> list[str]:
     names: list[str] = []
     for item in node.items:
         if isinstance(item, int):
-            names.append(by_key[item].name)
+            names.append(by_key[item].record.name)
         else:
             names.append(f"{item.path}/")
             names.extend(_outline_order(item, by_key))
@@ -188,7 +189,7 @@ def test_outline_lists_calls_in_execution_order_within_each_container() -> None:
     # The tree is still there: the reused relu is one module, its calls are its records.
     [block, last] = data.outline.children
     relu = next(c for c in block.children if c.segment == "relu")
-    assert [by_key[k].name for k in relu.entries] == ["0.relu", "0.relu#2", "0.relu#3"]
+    assert [by_key[k].record.name for k in relu.entries] == ["0.relu", "0.relu#2", "0.relu#3"]
     assert last.path == "1" and block.first == 0
 
 

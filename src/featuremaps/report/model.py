@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -47,35 +47,20 @@ class Field:
 class LayerEntry:
     """One manifest record as the report shows it.
 
-    ``key`` is the record's position in the manifest (the page anchor is ``L<key>``). ``stem`` is
-    the safe file stem shared by the record's picture and its data files (``0012_layer1.0.conv1``).
-    ``low``/``high`` are the range of the drawn sample over all channels (from the channel
-    statistics), which is what the per-layer scale uses.
+    ``record`` is the manifest's entry read back with :meth:`RecordSummary.from_json`, with its
+    ``image`` and ``data`` paths made relative to the report (``base`` stripped) and, for a
+    manifest written before records said how they were drawn, ``drawn_as`` filled in. The other
+    fields are the report's own: ``key`` is the record's position in the manifest (the page anchor
+    is ``L<key>``), ``stem`` the safe file stem shared by the record's picture and its data files
+    (``0012_layer1.0.conv1``), and ``low``/``high`` the range of the drawn sample over all channels
+    (from the channel statistics), which is what the per-layer scale uses.
     """
 
     key: int
-    name: str
-    module: str
-    call: int
-    type: str
-    shape: tuple[int, ...] | None
-    dtype: str | None
-    layout: str | None
-    image: str | None
-    data: str | None
+    record: RecordSummary
     stem: str | None
-    skipped: str | None
-    minimum: float | None
-    maximum: float | None
-    mean: float | None
-    nonfinite: int
-    shown: tuple[int, ...]
-    channel_stats: Mapping[str, Sequence[float | None]] | None
     low: float | None
     high: float | None
-    warnings: tuple[str, ...] = ()
-    geometry: Mapping[str, Any] | None = None
-    drawn_as: str | None = None
 
     @property
     def anchor(self) -> str:
@@ -83,41 +68,51 @@ class LayerEntry:
 
     @property
     def shape_text(self) -> str:
-        return "×".join(str(n) for n in self.shape) if self.shape else "never ran"
+        shape = self.record.shape
+        return "×".join(str(n) for n in shape) if shape else "never ran"
+
+    @property
+    def shown(self) -> tuple[int, ...]:
+        """The channels drawn, in order (empty when none were)."""
+        return self.record.channels_shown or ()
 
     @property
     def channels(self) -> int | None:
         """The channel count, on the channel axis of the record's layout."""
-        if not self.shape or self.layout is None:
+        shape, layout = self.record.shape, self.record.layout
+        if not shape or layout is None:
             return None
-        axis = layouts.get(self.layout, len(self.shape)).channel_axis
-        return self.shape[axis] if axis is not None else None
+        axis = layouts.get(layout, len(shape)).channel_axis
+        return shape[axis] if axis is not None else None
 
     @property
     def maps_shape(self) -> tuple[int, ...] | None:
         """``(C, H, W)`` of the drawn sample (the layout may have moved the channel axis)."""
-        if not self.drawn or self.shape is None or self.layout is None:
+        shape, layout = self.record.shape, self.record.layout
+        if not self.drawn or shape is None or layout is None:
             return None
-        return layouts.maps_shape(layouts.get(self.layout, len(self.shape)), self.shape)
+        return layouts.maps_shape(layouts.get(layout, len(shape)), shape)
 
     @property
     def stats_file(self) -> str | None:
         """Where the report writes this record's statistics script (None without statistics)."""
-        if self.channel_stats is None or self.stem is None:
+        if self.record.channel_stats is None or self.stem is None:
             return None
         return f"{DATA_DIR}/{self.stem}.stats.js"
 
     @property
     def label(self) -> str:
         """The name shown in the outline: the last path segment plus any call/key suffix."""
-        if not self.module:
-            return self.name
-        return self.module.rsplit(".", 1)[-1] + self.name[len(self.module) :]
+        name, module = self.record.name, self.record.module
+        if not module:
+            return name
+        return module.rsplit(".", 1)[-1] + name[len(module) :]
 
     @property
     def drawn(self) -> bool:
         """Whether the run drew this record (the manifest's ``drawn_as``)."""
-        return self.image is not None and self.shape is not None and self.drawn_as is not None
+        r = self.record
+        return r.image is not None and r.shape is not None and r.drawn_as is not None
 
 
 @dataclass(frozen=True)
@@ -226,35 +221,17 @@ def _sample_range(stats: Mapping[str, Sequence[Any]] | None) -> tuple[float | No
 def _entry(key: int, rec: Mapping[str, Any], base: str) -> LayerEntry:
     summary = RecordSummary.from_json(rec)
     image = _relative(summary.image, base)
-    stats = summary.channel_stats
-    low, high = _sample_range(stats)
+    low, high = _sample_range(summary.channel_stats)
     drawn_as = summary.drawn_as
     if "drawn_as" not in rec and image is not None and summary.layout == "NCHW":
         drawn_as = layouts.CHANNEL_GRID  # a manifest written before records said how
+    record = replace(summary, image=image, data=_relative(summary.data, base), drawn_as=drawn_as)
     return LayerEntry(
         key=key,
-        name=summary.name,
-        module=summary.module,
-        call=summary.call,
-        type=summary.type,
-        shape=summary.shape,
-        dtype=summary.dtype,
-        layout=summary.layout,
-        image=image,
-        data=_relative(summary.data, base),
+        record=record,
         stem=PurePosixPath(image).stem if image else None,
-        skipped=summary.skipped,
-        minimum=summary.min,
-        maximum=summary.max,
-        mean=summary.mean,
-        nonfinite=summary.nonfinite,
-        shown=summary.channels_shown or (),
-        channel_stats=stats,
         low=low,
         high=high,
-        warnings=summary.warnings,
-        geometry=summary.geometry,
-        drawn_as=drawn_as,
     )
 
 
@@ -264,7 +241,8 @@ def _outline(layers: Sequence[LayerEntry]) -> OutlineNode:
     tree: dict[str, Any] = {"entries": [], "children": {}}
     for entry in layers:
         node = tree
-        for part in entry.module.split(".") if entry.module else ():
+        module = entry.record.module
+        for part in module.split(".") if module else ():
             node = node["children"].setdefault(part, {"entries": [], "children": {}})
         node["entries"].append(entry.key)
 

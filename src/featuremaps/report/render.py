@@ -192,7 +192,7 @@ def _all_channels_factor(data: ReportData) -> float | None:
     shown = every = 0
     for e in data.layers:
         maps = e.maps_shape
-        if e.data and maps:
+        if e.record.data and maps:
             cells = math.prod(maps[1:])
             shown += len(e.shown) * cells
             every += maps[0] * cells
@@ -205,18 +205,18 @@ def client_config(data: ReportData) -> dict[str, Any]:
     layers = [
         {
             "key": e.key,
-            "name": e.name,
+            "name": e.record.name,
             "shape": list(e.maps_shape) if e.maps_shape else None,
             "signed": is_signed_range(e.low),
             "shown": list(e.shown),
             "low": e.low,
             "high": e.high,
-            "data": e.data,
+            "data": e.record.data,
             "stem": e.stem,
             "stats": e.stats_file,
-            "image": e.image,
-            "geometry": dict(e.geometry) if e.geometry else None,
-            "layout": e.layout,
+            "image": e.record.image,
+            "geometry": dict(e.record.geometry) if e.record.geometry else None,
+            "layout": e.record.layout,
         }
         for e in data.layers
         if e.drawn
@@ -291,8 +291,9 @@ def render_files(data: ReportData) -> dict[str, bytes]:
         f"{ASSETS_DIR}/report.css": _asset("report.css"),
     }
     for entry in data.layers:
-        if entry.stats_file and entry.stem and entry.channel_stats is not None:
-            files[entry.stats_file] = stats_script(entry.stem, entry.channel_stats)
+        stats = entry.record.channel_stats
+        if entry.stats_file and entry.stem and stats is not None:
+            files[entry.stats_file] = stats_script(entry.stem, stats)
     return files
 
 
