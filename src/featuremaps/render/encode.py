@@ -1,8 +1,9 @@
-"""Encoding: the one place a rendered picture becomes bytes (PNG today).
+"""Encoding: the one place a rendered picture becomes bytes (PNG; JPEG for slide tiles).
 
 End of the pure render stage (… → render → **encode** → io). Pictures are arrays; this module
 turns them into file bytes in memory, and :mod:`featuremaps.io` writes them. A new format (TIFF,
-SVG legends) is one more function here and one more entry in :data:`ENCODERS`.
+SVG legends) is one more function here and one more entry in :data:`ENCODERS`. The Deep Zoom
+tiles of a slide run are encoded here too (:func:`encode_tile`), one tile at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from PIL import Image
 
 from featuremaps._errors import InputError, OptionError
 
-__all__ = ["ENCODERS", "Picture", "encode", "encode_indexed_png", "encode_png"]
+__all__ = ["ENCODERS", "Picture", "encode", "encode_indexed_png", "encode_png", "encode_tile"]
 
 Z_RLE = 3  # zlib.Z_RLE, as Pillow's PNG writer takes it (compress_type)
 RLE_FROM_PIXELS = 1 << 20
@@ -57,6 +58,17 @@ def encode_indexed_png(indices: np.ndarray, palette: np.ndarray, compress_level:
     # that repeat row after row, compress far better with the default strategy.
     strategy = Z_RLE if indices.size >= RLE_FROM_PIXELS else -1
     image.save(buf, format="PNG", compress_level=compress_level, compress_type=strategy)
+    return buf.getvalue()
+
+
+def encode_tile(pixels: np.ndarray, fmt: str) -> bytes:
+    """PNG (RGB or RGBA) or JPEG bytes of one Deep Zoom tile."""
+    buf = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    if fmt == "png":
+        image.save(buf, format="PNG", compress_level=1)
+    else:
+        image.convert("RGB").save(buf, format="JPEG", quality=85)
     return buf.getvalue()
 
 

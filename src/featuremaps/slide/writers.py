@@ -13,7 +13,7 @@ iterators of tiles, so no level is ever held whole. What opens where was measure
 * **RGB page-pyramid TIFF** (to look at): one colourised map, levels as further pages marked
   reduced (NewSubfileType 1), which OpenSlide, tifffile and tiffslide all read as levels.
 * **Deep Zoom** (DZI) tiles for the OpenSeadragon page: PNG with transparency where nothing was
-  computed, JPEG for the slide itself.
+  computed, JPEG for the slide itself (encoded by :func:`featuremaps.render.encode.encode_tile`).
 
 Cell ``j`` of a map sits at read-level pixel ``j·S + O`` (centre; see
 :mod:`featuremaps.slide.plan`); a viewer that only knows the pixel size puts map pixel ``j`` at
@@ -22,14 +22,14 @@ Cell ``j`` of a map sits at read-level pixel ``j·S + O`` (centre; see
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+# encode_tile is re-exported: callers that write Deep Zoom tiles take it from here.
+from featuremaps.render.encode import encode_tile
 from featuremaps.render.scaling import ValueRange
 from featuremaps.slide.pyramid import PyramidLevel, halve
 
@@ -54,19 +54,28 @@ def _resolution(mpp: tuple[float, float]) -> tuple[float, float]:
     return 1e4 / mpp[1], 1e4 / mpp[0]
 
 
+def _blocks(
+    level: PyramidLevel, size: int, convert: Callable[[np.ndarray], np.ndarray]
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(y0, x0, block)`` for the ``size``-square blocks of ``convert(level)`` in row order
+    (edge blocks are smaller); each band of ``size`` rows is read and converted once."""
+    h, w, _ = level.shape
+    for y0 in range(0, h, size):
+        y1 = min(y0 + size, h)
+        band = convert(level.read((y0, y1), (0, w)))
+        for x0 in range(0, w, size):
+            x1 = min(x0 + size, w)
+            yield y0, x0, band[:, x0:x1]
+
+
 def _tiles(
     level: PyramidLevel, plane: Callable[[np.ndarray], np.ndarray], fill: float | int
 ) -> Iterator[np.ndarray]:
     """Tiles of one plane of ``level`` in TIFF order, edge tiles padded with ``fill``."""
-    h, w, _ = level.shape
-    for y0 in range(0, h, TIFF_TILE):
-        y1 = min(y0 + TIFF_TILE, h)
-        band = plane(level.read((y0, y1), (0, w)))
-        for x0 in range(0, w, TIFF_TILE):
-            x1 = min(x0 + TIFF_TILE, w)
-            tile = np.full((TIFF_TILE, TIFF_TILE, *band.shape[2:]), fill, dtype=band.dtype)
-            tile[: y1 - y0, : x1 - x0] = band[:, x0:x1]
-            yield tile
+    for _, _, block in _blocks(level, TIFF_TILE, plane):
+        tile = np.full((TIFF_TILE, TIFF_TILE, *block.shape[2:]), fill, dtype=block.dtype)
+        tile[: block.shape[0], : block.shape[1]] = block
+        yield tile
 
 
 def _plane(c: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -173,17 +182,6 @@ def ome_xml_extra(offset_px: tuple[float, float]) -> str:
     )
 
 
-def encode_tile(pixels: np.ndarray, fmt: str) -> bytes:
-    """PNG (RGB or RGBA) or JPEG bytes of one Deep Zoom tile."""
-    buf = io.BytesIO()
-    image = Image.fromarray(np.ascontiguousarray(pixels))
-    if fmt == "png":
-        image.save(buf, format="PNG", compress_level=1)
-    else:
-        image.convert("RGB").save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-
 def deep_zoom_levels(width: int, height: int) -> int:
     """Number of Deep Zoom levels for an image (level 0 is 1 x 1, the last is full size)."""
     return math.ceil(math.log2(max(width, height, 1))) + 1
@@ -216,13 +214,8 @@ def _in_memory(data: np.ndarray) -> PyramidLevel:
 def _level_tiles(
     dzi_level: int, level: PyramidLevel, colour: Colour
 ) -> Iterator[tuple[int, int, int, np.ndarray]]:
-    h, w, _ = level.shape
-    for y0 in range(0, h, DZI_TILE):
-        y1 = min(y0 + DZI_TILE, h)
-        band = colour(level.read((y0, y1), (0, w)))
-        for x0 in range(0, w, DZI_TILE):
-            x1 = min(x0 + DZI_TILE, w)
-            yield dzi_level, x0 // DZI_TILE, y0 // DZI_TILE, band[:, x0:x1]
+    for y0, x0, block in _blocks(level, DZI_TILE, colour):
+        yield dzi_level, x0 // DZI_TILE, y0 // DZI_TILE, block
 
 
 def dzi_xml(width: int, height: int, fmt: str) -> str:
