@@ -18,6 +18,10 @@ package is imported (so the test is fast and does not need torch). Rules:
   the package) are failures in any module other than ``featuremaps.x`` itself. Dunders such as
   ``__version__`` are not private, and importing *from* a private module (``featuremaps._errors``)
   or importing a private *submodule* is fine: only private names inside a module are guarded.
+- Length: no module over ``MAX_MODULE_LINES`` lines, and the CLI under ``MAX_CLI_LINES`` (it only
+  parses arguments and calls the public API). Only ``.py`` files count: the report's and the slide
+  viewer's JavaScript, CSS and HTML, and vendored scripts such as ``openseadragon.min.js``, are
+  assets, not modules.
 
 The helpers take a root directory and a package name, so the self-tests at the bottom can run
 them on small synthetic packages and show that the checker can fail.
@@ -38,6 +42,8 @@ PACKAGE = PACKAGE_DIR.name
 
 # Cycles listed per strongly connected component; a tangle bigger than this is reported truncated.
 MAX_CYCLES_PER_COMPONENT = 50
+MAX_MODULE_LINES = 800  # at most
+MAX_CLI_LINES = 300  # fewer than
 
 Graph = Mapping[str, Mapping[str, int]]  # module -> {imported module: first line of the import}
 
@@ -310,6 +316,45 @@ def format_private_uses(uses: list[PrivateUse]) -> str:
     return "\n".join(lines)
 
 
+# --- check 3: module length --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LongModule:
+    module: str
+    path: str  # relative to the source root, for the message
+    lines: int
+    limit: int  # the most lines allowed
+
+    def __str__(self) -> str:
+        return f"{self.module} ({self.path}): {self.lines} lines, at most {self.limit} allowed"
+
+
+def line_limits(package: str) -> dict[str, int]:
+    """The modules with a limit of their own (the most lines allowed): the CLI."""
+    return {f"{package}.cli": MAX_CLI_LINES - 1}
+
+
+def find_long_modules(
+    root: Path, package: str, limits: Mapping[str, int], default: int = MAX_MODULE_LINES
+) -> list[LongModule]:
+    """Every module of ``root/package`` with more lines than its limit (``limits`` by dotted
+    name, else ``default``), longest first. Only ``.py`` files are modules."""
+    long: list[LongModule] = []
+    for module, path in find_modules(root, package).items():
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        limit = limits.get(module, default)
+        if lines > limit:
+            long.append(LongModule(module, path.relative_to(root).as_posix(), lines, limit))
+    return sorted(long, key=lambda m: (-m.lines, m.module))
+
+
+def format_long_modules(long: list[LongModule]) -> str:
+    lines = [f"{len(long)} module(s) too long (split each by its role in the flow):"]
+    lines.extend(f"  {m}" for m in long)
+    return "\n".join(lines)
+
+
 # --- the real package --------------------------------------------------------------------------
 
 
@@ -329,6 +374,11 @@ def test_no_import_cycles() -> None:
 def test_no_private_names_of_other_modules() -> None:
     uses = find_private_uses(SRC, PACKAGE)
     assert not uses, format_private_uses(uses)
+
+
+def test_no_module_is_too_long() -> None:
+    long = find_long_modules(SRC, PACKAGE, line_limits(PACKAGE))
+    assert not long, format_long_modules(long)
 
 
 # --- self-tests of the checker on synthetic packages -------------------------------------------
@@ -451,3 +501,31 @@ def test_checker_allows_dunders_private_modules_and_own_privates(tmp_path: Path)
         },
     )
     assert find_private_uses(root, "pkg") == []
+
+
+def test_checker_flags_long_modules_and_a_long_cli(tmp_path: Path) -> None:
+    def lines(n: int) -> str:
+        return "".join(f"x{i} = {i}\n" for i in range(n))
+
+    root = _package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/ok.py": lines(MAX_MODULE_LINES),
+            "pkg/sub/big.py": lines(MAX_MODULE_LINES + 1),
+            "pkg/cli.py": lines(MAX_CLI_LINES),
+            # Assets and vendored scripts are not modules, however long.
+            "pkg/static/viewer.min.js": "var a;\n" * (10 * MAX_MODULE_LINES),
+            "pkg/templates/page.html": "<p>\n" * (10 * MAX_MODULE_LINES),
+        },
+    )
+    long = find_long_modules(root, "pkg", line_limits("pkg"))
+    assert [(m.module, m.lines, m.limit) for m in long] == [
+        ("pkg.sub.big", MAX_MODULE_LINES + 1, MAX_MODULE_LINES),
+        ("pkg.cli", MAX_CLI_LINES, MAX_CLI_LINES - 1),
+    ]
+    message = format_long_modules(long)
+    assert "2 module(s) too long" in message
+    assert "pkg.sub.big (pkg/sub/big.py): 801 lines, at most 800 allowed" in message
+    assert "pkg.cli (pkg/cli.py): 300 lines, at most 299 allowed" in message
+    assert find_long_modules(root, "pkg", {}, default=10 * MAX_MODULE_LINES) == []
