@@ -334,10 +334,12 @@ def test_forward_failing_before_any_layer_is_one_line(
 def test_out_of_memory_is_one_line(
     nets: str, photo: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from featuremaps.commands import cli_common  # loads the inputs the command line names
+
     def huge(*args: object, **kwargs: object) -> None:
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] can't allocate memory: 1e11 bytes")
 
-    monkeypatch.setattr(fm, "load_input", huge)
+    monkeypatch.setattr(cli_common, "load_input", huge)
     code, _, err = run([photo, "-m", f"{nets}:build"], capsys)
     assert code == 2 and "out of memory" in _one_error_line(err)
 

@@ -503,17 +503,17 @@ def test_slide_on_the_cpu_stores_the_same_maps_and_says_where(
 def test_bfloat16_slide_is_close_to_a_float32_forward_and_says_so(
     tmp_path: Path, picture: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import featuremaps.commands.slide as slide_command
+    import featuremaps.commands.slide_outputs as slide_outputs
     from featuremaps.render.scaling import ValueRange
 
     titles: list[str] = []
-    legend = slide_command._legend_png
+    legend = slide_outputs._legend_png
 
     def spy(title: str, note: str, value_range: ValueRange, cmap: str) -> bytes:
         titles.append(title)
         return legend(title, note, value_range, cmap)
 
-    monkeypatch.setattr(slide_command, "_legend_png", spy)
+    monkeypatch.setattr(slide_outputs, "_legend_png", spy)
     slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)
     loaded = small_model()
     full = full_map(loaded.model, picture, "stage2")  # the oracle: float32, whole image

@@ -6,18 +6,30 @@ Wires the ablation stage together (inputs → model → ranking statistics → m
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from torch import nn
 
 from featuremaps._errors import OptionError
 from featuremaps.ablation import AblationResult
-from featuremaps.commands.common import resolve_model
+from featuremaps.commands.cli_common import (
+    Command,
+    add_device_options,
+    add_loader_options,
+    add_model_options,
+    add_out_option,
+    add_quiet_option,
+    check_data_options,
+    load_model_with_preprocessing,
+    show_progress,
+)
+from featuremaps.commands.common import place_model
 from featuremaps.dataset import SavedStats, read_stats
-from featuremaps.devices import resolve_placement
 from featuremaps.inputs import Preprocessing, expected_channels
 from featuremaps.io import OutputFolder
 from featuremaps.manifest import ABLATION, header
@@ -25,7 +37,7 @@ from featuremaps.models import LoadedModel
 from featuremaps.selection import as_patterns, keep_record, select_modules
 from featuremaps.stats import RANKABLE
 
-__all__ = ["ABLATION_CSV", "ABLATION_PNG", "ablate"]
+__all__ = ["ABLATION_CSV", "ABLATION_PNG", "COMMAND", "ablate"]
 
 ABLATION_CSV = "ablation.csv"
 ABLATION_PNG = "ablation.png"
@@ -72,9 +84,7 @@ def ablate(
             f"--stat '{stat}' is not a statistic; expected one of {', '.join(RANKABLE)}"
         )
     check_options(ks, trials)
-    loaded = resolve_model(model)
-    placement = resolve_placement(loaded.model, device, dtype)
-    placement.place(loaded.model)
+    loaded, placement = place_model(model, device, dtype)
     patterns = as_patterns(layers)
     if patterns is None:
         raise OptionError("ablation needs --layers: the layers whose channels are zeroed")
@@ -150,3 +160,99 @@ def ablate(
             )  # fmt: skip
             folder.write_bytes(ABLATION_PNG, picture)
     return result
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
+    add_model_options(p)
+    add_device_options(p)
+    add_out_option(p, "featuremaps-ablation")
+    p.add_argument(
+        "--layers", "-l", action="append", required=True,
+        help="layers whose channels are zeroed (as for run; each gets K zeroed)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stat", default="absmean", choices=RANKABLE,
+        help="ranking statistic; the lowest channels are zeroed first (default: absmean)",
+    )  # fmt: skip
+    p.add_argument("--k", default="0,8,16,32", help="channel counts K (default: 0,8,16,32)")
+    p.add_argument(
+        "--random", type=int, default=3, metavar="N", help="random-channel draws per K (3)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws (0)")
+    p.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="rank by this stats.csv/.parquet (default: statistics of DATA itself, in-sample)",
+    )
+    add_loader_options(p)
+    add_quiet_option(p)
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 0:
+        raise OptionError(f"--k '{text}' is not understood; expected counts like 0,8,16,32")
+    return ks
+
+
+def _execute(args: argparse.Namespace, out: TextIO) -> int:
+    check_data_options(args)
+    ks = _parse_ks(args.k)
+    loaded, pre = load_model_with_preprocessing(args, args.model, out)
+    result = ablate(
+        loaded,
+        args.data,
+        layers=args.layers,
+        out=args.out,
+        stat=args.stat,
+        ks=ks,
+        trials=args.random,
+        seed=args.seed,
+        channel_stats=args.stats,
+        preprocessing=pre,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=show_progress(args),
+        device=args.device,
+        dtype=args.dtype,
+    )
+    for path, reason in result.failed:
+        print(f"not read: {path}: {reason}", file=out)
+    print(
+        f"{result.images} inputs, {len(result.channels)} layer(s); K lowest by {args.stat} "
+        f"zeroed per layer vs {args.random} random draws (mean [min, max])",
+        file=out,
+    )
+    print(f"{'K':>5} {'zeroed':>6}  {'agree':>6} {'random':>21}  {'KL':>8} {'random':>8}", file=out)
+    for row in result.curve():
+        rand = (
+            f"{row['random_agreement_mean']:.3f} [{row['random_agreement_min']:.2f}, "
+            f"{row['random_agreement_max']:.2f}]"
+            if args.random
+            else "-"
+        )
+        rand_kl = f"{row['random_kl_mean']:8.4f}" if args.random else "-"
+        print(
+            f"{row['k']:>5} {row['zeroed']:>6}  {row['ranked_agreement']:>6.3f} {rand:>21}  "
+            f"{row['ranked_kl']:>8.4f} {rand_kl:>8}",
+            file=out,
+        )
+    if loaded.random_weights:
+        print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
+    print(f"results: {(Path(args.out) / 'ablation.csv').resolve()}", file=out)
+    return 0
+
+
+COMMAND = Command(
+    "zero the K lowest-ranked channels of layers and measure how the output changes, "
+    "against K random channels",
+    _add_options,
+    _execute,
+)

@@ -2,7 +2,8 @@
 
 Shared by the command modules (run, stats, ablate, locate, layers); a caller may pass a model
 object, a :class:`~featuremaps.models.LoadedModel` or a spec string, and an input as a tensor, a
-path or a :class:`~featuremaps.inputs.LoadedInput`.
+path or a :class:`~featuremaps.inputs.LoadedInput`; :func:`place_model` also moves the model to
+the device it runs on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featuremaps.devices import Placement, resolve_placement
 from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
@@ -23,7 +25,7 @@ from featuremaps.inputs import (
 )
 from featuremaps.models import LoadedModel, load_model
 
-__all__ = ["ResolvedInput", "resolve_input", "resolve_model"]
+__all__ = ["ResolvedInput", "place_model", "resolve_input", "resolve_model"]
 
 
 def resolve_model(model: nn.Module | LoadedModel | str) -> LoadedModel:
@@ -35,6 +37,17 @@ def resolve_model(model: nn.Module | LoadedModel | str) -> LoadedModel:
         return load_model(model)
     name = type(model).__name__
     return LoadedModel(model, name, "python object", "as given", "as given by the caller", False)
+
+
+def place_model(
+    model: nn.Module | LoadedModel | str, device: str | torch.device | None, dtype: str | None
+) -> tuple[LoadedModel, Placement]:
+    """Resolve ``model`` (as :func:`resolve_model`) and move it where it runs, in place; return
+    it with its :class:`~featuremaps.devices.Placement` (the device and precision of the run)."""
+    loaded = resolve_model(model)
+    placement = resolve_placement(loaded.model, device, dtype)
+    placement.place(loaded.model)
+    return loaded, placement
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,26 @@ of the selection point back here (``featuremaps layers MODEL``).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import nn
 
 from featuremaps.capture import HookedOutput, run_hooked
+from featuremaps.commands.cli_common import (
+    Command,
+    add_containers_option,
+    add_model_options,
+    load_model_and_inputs,
+    print_preprocessing,
+)
 from featuremaps.naming import record_name, type_name
 from featuremaps.selection import select_modules
 
-__all__ = ["LayerInfo", "list_layers"]
+__all__ = ["COMMAND", "LayerInfo", "list_layers"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +111,47 @@ def list_layers(
 
 def _hookable(modules: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
     return {p: m for p, m in modules.items() if not isinstance(m, torch.jit.ScriptModule)}
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="resnet18", help="model spec")
+    p.add_argument("--input", help="image for the dry run (default: the bundled sample)")
+    add_model_options(p, spec=False)
+    add_containers_option(p)
+
+
+def _execute(args: argparse.Namespace, out: TextIO) -> int:
+    loaded, inputs = load_model_and_inputs(
+        args, args.model, [args.input] if args.input else [], None
+    )
+    infos = list_layers(
+        loaded.model,
+        inputs[0].tensor,
+        containers=args.containers,
+    )
+    rows = [("name", "call", "type", "output shape")]
+    for info in infos:
+        if info.returned is not None:
+            shape = f"returned {info.returned} (no tensor)"
+        else:
+            shape = "x".join(map(str, info.shape)) if info.shape else "never ran"
+        rows.append((info.name, str(info.call), info.module_type, shape))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}", file=out)
+    ran = sum(1 for i in infos if i.shape)
+    others = sum(1 for i in infos if i.returned is not None)
+    print(
+        f"{ran} records from {len({i.module for i in infos})} modules of {args.model} "
+        f"on input {tuple(inputs[0].tensor.shape)}"
+        + (f"; {others} calls returned no tensor" if others else ""),
+        file=out,
+    )
+    print_preprocessing(inputs[0].preprocessing, out)  # as applied to this input
+    return 0
+
+
+COMMAND = Command("list a model's layers with their output shapes", _add_options, _execute)

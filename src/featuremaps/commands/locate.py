@@ -7,13 +7,21 @@ encode → manifest → io); the arithmetic is :mod:`featuremaps.geometry`, the 
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from torch import nn
 
 from featuremaps._errors import LayerError, OptionError
 from featuremaps.capture import capture
+from featuremaps.commands.cli_common import (
+    Command,
+    add_model_options,
+    add_out_option,
+    load_model_and_inputs,
+    parse_pair,
+)
 from featuremaps.commands.common import resolve_input, resolve_model
 from featuremaps.geometry import MapGeometry
 from featuremaps.inputs import fed_picture
@@ -24,7 +32,7 @@ from featuremaps.render.encode import encode
 from featuremaps.render.overlay import Overlay
 from featuremaps.selection import select_modules
 
-__all__ = ["OVERLAY_PNG", "draw_overlay", "locate"]
+__all__ = ["COMMAND", "OVERLAY_PNG", "draw_overlay", "locate"]
 
 OVERLAY_PNG = "overlay.png"
 
@@ -120,3 +128,91 @@ def draw_overlay(
                 },
             )
     return picture
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="?", help="image (default: the bundled sample photo)")
+    add_model_options(p)
+    p.add_argument("--layer", "-l", required=True, help="one record name, e.g. layer3.1.conv2")
+    p.add_argument(
+        "--cell", action="append", default=[], metavar="R,C", help="a cell of the map (repeatable)"
+    )
+    p.add_argument(
+        "--pixel", action="append", default=[], metavar="Y,X",
+        help="a pixel of the input as fed (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--overlay", type=int, metavar="CH",
+        help="also draw channel CH over the input, each cell at its receptive-field centre",
+    )  # fmt: skip
+    p.add_argument("--alpha", type=float, default=0.6, help="overlay opacity (0.6)")
+    p.add_argument(
+        "--threshold", type=float,
+        help="hide cells below this fraction of the colour range (0..1; default: show all)",
+    )  # fmt: skip
+    add_out_option(p, "featuremaps-locate", "folder for the --overlay picture")
+
+
+def _span(values: range) -> str:
+    if not values:
+        return "none"
+    return f"{values[0]}..{values[-1]}" if len(values) > 1 else str(values[0])
+
+
+def _execute(args: argparse.Namespace, out: TextIO) -> int:
+    loaded, [item] = load_model_and_inputs(
+        args, args.model, [args.image] if args.image else [], out
+    )
+    geo = locate(loaded, item, args.layer)
+    height, width = item.tensor.shape[-2:]
+    h, w = geo.shape
+    print(
+        f"{args.layer}: {h}x{w} cells over the input as fed ({height}x{width}, "
+        f"{item.path.name}); stride {geo.y.stride:g}x{geo.x.stride:g}, first cell centred at "
+        f"({geo.y.offset:g}, {geo.x.offset:g}), receptive field {geo.y.size:g}x{geo.x.size:g} "
+        f"({geo.method})",
+        file=out,
+    )
+    for text in args.cell:
+        r, c = parse_pair(text, "--cell", "R,C")
+        if not (r.is_integer() and c.is_integer() and 0 <= r < h and 0 <= c < w):
+            raise OptionError(f"--cell {text} is not a cell of the {h}x{w} map of {args.layer}")
+        y0, x0, y1, x1 = geo.cell_region(int(r), int(c))
+        cy, cx = geo.cell_center(int(r), int(c))
+        inside = geo.clipped_region(int(r), int(c), height, width)
+        print(
+            f"cell ({int(r)}, {int(c)}) is centred on input ({cy:g}, {cx:g}) and sees rows "
+            f"{y0:g}..{y1:g}, columns {x0:g}..{x1:g} (inside the image: rows {inside[0]:g}.."
+            f"{inside[2]:g}, columns {inside[1]:g}..{inside[3]:g})",
+            file=out,
+        )
+    for text in args.pixel:
+        y, x = parse_pair(text, "--pixel", "Y,X")
+        if not (0 <= y < height and 0 <= x < width):
+            raise OptionError(f"--pixel {text} is outside the {height}x{width} input as fed")
+        rows, cols = geo.cells_seeing(y, x)
+        near = geo.nearest_cell(y, x)
+        print(
+            f"pixel ({y:g}, {x:g}) lies in the receptive field of cells in rows {_span(rows)}, "
+            f"columns {_span(cols)} ({len(rows) * len(cols)} cells); the nearest centre is cell "
+            f"{near}",
+            file=out,
+        )
+    if args.overlay is not None:
+        picture = draw_overlay(
+            loaded, item, args.layer, args.overlay, alpha=args.alpha, threshold=args.threshold,
+            geometry=geo, out=args.out,
+        )  # fmt: skip
+        print(f"overlay: {picture.caption}", file=out)
+        print(f"results: {Path(args.out).resolve()}", file=out)
+    return 0
+
+
+COMMAND = Command(
+    "which input region a cell of a layer sees, and which cells see an input pixel",
+    _add_options,
+    _execute,
+)

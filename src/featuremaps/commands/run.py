@@ -5,11 +5,13 @@ render → encode → manifest → io/report). Records are streamed: each one is
 encoded and written as soon as its module returns, then dropped, so an all-layers run of a large
 model on a large image never holds every activation at once. Only the "global" scale needs the
 range over all layers before it can draw anything; it runs the model twice (a cheap pass that
-only measures, then the drawing pass) instead of keeping every activation.
+only measures, then the drawing pass) instead of keeping every activation. Each record is drawn
+by :mod:`featuremaps.commands.run_drawing`; the command line's ``featuremaps run`` is at the end.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import functools
@@ -19,7 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -28,24 +30,41 @@ from torch import nn
 from featuremaps import layouts
 from featuremaps._errors import FeaturemapsWarning, NonFiniteWarning, OptionError, OutputError
 from featuremaps.capture import Capture, LayerRecord, capture
-from featuremaps.commands.common import ResolvedInput, resolve_input, resolve_model
+from featuremaps.commands.cli_common import (
+    Command,
+    add_containers_option,
+    add_device_options,
+    add_layer_options,
+    add_model_options,
+    add_out_option,
+    add_quiet_option,
+    check_layers,
+    load_model_and_inputs,
+    parse_channels,
+    parse_patch,
+    parse_range,
+    show_progress,
+)
+from featuremaps.commands.common import ResolvedInput, place_model, resolve_input
+from featuremaps.commands.run_drawing import (
+    SignalContext,
+    covers_whole_output,
+    draw_record,
+    global_range,
+    ranked_by_file,
+    skip_reason,
+)
 from featuremaps.dataset import SavedStats, read_stats
-from featuremaps.devices import Placement, resolve_placement
+from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
-from featuremaps.inputs import LoadedInput, fed_picture
+from featuremaps.inputs import LoadedInput, fed_picture, sample_image_path
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.manifest import ARRAYS, MANIFEST, RecordSummary, header, runs_manifest
 from featuremaps.models import LoadedModel
-from featuremaps.predictions import categories, prediction
-from featuremaps.render import Grid, GridLabel, GridOptions, ValueRange, make_grid
-from featuremaps.render.attention import make_attention_picture
-from featuremaps.render.bars import make_bars
+from featuremaps.predictions import categories, prediction, prediction_lines
+from featuremaps.render import Grid, GridLabel, GridOptions
 from featuremaps.render.encode import encode, encode_png
-from featuremaps.render.scaling import centred, compute_range, is_signed_range, merge_ranges
 from featuremaps.render.signal import Placement as AxisPlacement
-from featuremaps.render.signal import make_signal_picture
-from featuremaps.render.tokens import make_token_picture
-from featuremaps.render.volume import make_volume_picture
 from featuremaps.report import (
     DATA_DIR,
     INDEX,
@@ -55,9 +74,15 @@ from featuremaps.report import (
     runs_report_files,
 )
 from featuremaps.selection import select_modules
-from featuremaps.stats import ChannelStats, channel_stats, summarize, summary_of_channels
+from featuremaps.stats import (
+    TOP_K_ORDERS,
+    ChannelStats,
+    channel_stats,
+    summarize,
+    summary_of_channels,
+)
 
-__all__ = ["TIMING_KEYS", "Visualization", "visualize"]
+__all__ = ["COMMAND", "TIMING_KEYS", "Visualization", "visualize"]
 
 INPUT_PICTURE = "input.png"
 FED_PICTURE = "input-fed.png"
@@ -107,38 +132,6 @@ class Visualization:
             parts.append(f"<details><summary>{len(skipped)} not drawn</summary><ul>{items}</ul>")
         where = f"<p>written to {html.escape(str(self.out_dir))}</p>" if self.out_dir else ""
         return where + "".join(parts)
-
-
-def _skip_reason(record: LayerRecord, sample: int = 0) -> str | None:
-    layout = record.layout_info
-    reason = layouts.skip_reason(layout, record.tensor.is_complex())
-    if reason is None and record.tensor.numel() == 0:
-        return f"empty output (shape {record.shape}); nothing to draw"
-    axis = layout.batch_axis
-    if reason is None and axis is not None and not 0 <= sample < record.shape[axis]:
-        return f"no sample {sample} in a batch of {record.shape[axis]}"
-    return reason
-
-
-def _global_range(
-    model: nn.Module, tensor: torch.Tensor, cap: dict[str, Any], sample: int, placement: Placement
-) -> ValueRange:
-    ranges: list[ValueRange] = []
-
-    def measure(record: LayerRecord) -> None:
-        drawn_as = record.layout_info.drawn_as
-        if _skip_reason(record, sample) is None and drawn_as in (
-            layouts.CHANNEL_GRID,
-            layouts.TOKEN_GRID,
-            layouts.SIGNAL_MAP,
-            layouts.VOLUME_MONTAGE,
-        ):
-            ranges.append(compute_range(record.maps(sample), symmetric=False))
-
-    with placement.autocast():
-        capture(model, tensor, on_record=measure, copy=False, **cap)
-    merged = merge_ranges(ranges) if ranges else ValueRange(0.0, 0.0, False)
-    return centred(merged) if is_signed_range(merged.vmin) else merged
 
 
 class _BackgroundWriter:
@@ -261,7 +254,7 @@ def _run_one(
         )
     report = report and folder is not None
     if grid.scale == "global":
-        r = _global_range(loaded.model, tensor, cap, sample, placement)
+        r = global_range(loaded.model, tensor, cap, sample, placement)
         grid = replace(grid, value_range=(r.vmin, r.vmax))
     stamp = "RANDOM WEIGHTS" if loaded.random_weights else None
     precision = placement.label
@@ -274,13 +267,13 @@ def _run_one(
 
     def consume(record: LayerRecord) -> None:
         start = time.perf_counter()
-        reason = _skip_reason(record, sample)
+        reason = skip_reason(record, sample)
         maps: np.ndarray | None = None
         stats: ChannelStats | None = None
         if reason is None and record.layout_info.drawn_as != layouts.BAR_STRIP:
             maps = record.maps(sample)
             stats = channel_stats(maps)  # every channel of the drawn sample, not only shown
-        if stats is not None and maps is not None and _covers(maps, record.tensor):
+        if stats is not None and maps is not None and covers_whole_output(maps, record.tensor):
             lo, hi, mean, nonfinite = summary_of_channels(stats, maps.size)
         else:
             lo, hi, mean, nonfinite = summarize(record.tensor)
@@ -297,9 +290,11 @@ def _run_one(
             drawn = time.perf_counter()
             options = grid
             if maps is not None:
-                options = _ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
+                options = ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
             context = _signal_context(record)
-            drawing = _draw(record, sample, maps, options, label, context, attention_patch, stats)
+            drawing = draw_record(
+                record, sample, maps, options, label, context, attention_patch, stats
+            )
             picture = drawing.picture
             timings["render"] += time.perf_counter() - drawn
             shown = drawing.shown
@@ -359,7 +354,7 @@ def _run_one(
     signal = isinstance(tensor, torch.Tensor) and tensor.dim() == 3
     tracker = _geometry_tracker(loaded.model, tensor) if folder is not None or signal else None
 
-    def _signal_context(record: LayerRecord) -> _SignalContext | None:
+    def _signal_context(record: LayerRecord) -> SignalContext | None:
         """The input signal and the record's placement on its time axis (signals only)."""
         if record.layout_info.drawn_as != layouts.SIGNAL_MAP:
             return None
@@ -367,7 +362,7 @@ def _run_one(
         found = tracker.found.get(record.name) if tracker is not None else None
         axis = getattr(found, "x", None)
         on_axis = AxisPlacement(axis.stride, axis.offset, axis.size) if axis is not None else None
-        return _SignalContext(given, on_axis)
+        return SignalContext(given, on_axis)
 
     try:
         if folder is not None:  # encoded and written on the writer's thread, during the forward
@@ -503,9 +498,7 @@ def visualize(
     Returns:
         One :class:`Visualization` per input.
     """
-    loaded = resolve_model(model)
-    placement = resolve_placement(loaded.model, device, dtype)
-    placement.place(loaded.model)
+    loaded, placement = place_model(model, device, dtype)
     grid = grid or GridOptions()
     if grid.scale == "global" and grid.value_range is not None:
         raise OptionError(
@@ -571,89 +564,6 @@ def visualize(
     return results
 
 
-@dataclass
-class _Drawing:
-    """One record's picture and what the manifest says about it."""
-
-    picture: Any
-    shown: tuple[int, ...] | None
-    warnings: tuple[str, ...]
-    pca: dict[str, Any] | None = None
-    pca_array: np.ndarray | None = None
-    tiles: bool = True  # the report can draw its channels as tiles from its data file
-
-
-@dataclass(frozen=True)
-class _SignalContext:
-    """What a signal picture needs besides the record: the input (C, L) and the placement."""
-
-    signal: np.ndarray | None
-    placement: AxisPlacement | None
-
-
-def _draw(
-    record: LayerRecord,
-    sample: int,
-    maps: np.ndarray | None,
-    options: GridOptions,
-    label: GridLabel,
-    context: _SignalContext | None = None,
-    attention_patch: tuple[int, int] | None = None,
-    stats: ChannelStats | None = None,
-) -> _Drawing:
-    """Draw one record as its layout says (:data:`featuremaps.layouts` ``drawn_as``);
-    ``stats``, the channel statistics of ``maps`` when the caller has them, spare the channel
-    mosaic a pass over the maps."""
-    layout = record.layout_info
-    if layout.drawn_as == layouts.SIGNAL_MAP:
-        assert maps is not None
-        context = context or _SignalContext(None, None)
-        drawn = make_signal_picture(
-            maps, options, label, signal=context.signal, placement=context.placement
-        )
-        return _Drawing(drawn.picture, drawn.channels, drawn.picture.warnings, tiles=False)
-    if layout.drawn_as == layouts.VOLUME_MONTAGE:
-        assert maps is not None
-        volume = make_volume_picture(maps, options, label)
-        return _Drawing(volume.picture, volume.channels, volume.picture.warnings, tiles=False)
-    if layout.drawn_as == layouts.TOKEN_GRID:
-        assert maps is not None
-        _, head = layouts.token_parts(layout, record.tensor, sample)
-        tokens = make_token_picture(maps, head, options, label)
-        pca = tokens.pca
-        return _Drawing(
-            tokens.picture,
-            tokens.grid.channels,
-            tokens.picture.warnings,
-            {"explained_variance": list(pca.explained), "components": len(pca.explained)},
-            np.concatenate([pca.mean[None], pca.basis]).astype(np.float32),
-        )
-    if layout.drawn_as == layouts.ATTENTION_MAP:
-        assert maps is not None
-        where = attention_patch or layouts.centre_patch(layout)
-        patch = layouts.attention_rows(layout, record.tensor, sample, where)
-        source = "returned by the model" if record.output_key == "1" else "recomputed"
-        attention = make_attention_picture(
-            maps if layout.prefix else None, patch, where, options, label, source
-        )
-        shown = (attention.first or attention.patch).channels
-        return _Drawing(attention.picture, shown, attention.picture.warnings)
-    if layout.drawn_as == layouts.BAR_STRIP:
-        vector = layouts.drawable_maps(layout, record.tensor, sample)
-        title = f"{label.name} · {label.module_type} · {tuple(label.shape)}"
-        bars = make_bars(vector[None], [f"sample {sample}"], title=title, stamp=label.stamp)
-        return _Drawing(bars, None, bars.warnings, tiles=False)
-    assert maps is not None
-    picture = make_grid(maps, options, label=label, stats=stats)
-    return _Drawing(picture, picture.channels, picture.warnings)
-
-
-def _covers(maps: np.ndarray, tensor: torch.Tensor) -> bool:
-    """Whether the drawn ``maps`` hold every value of ``tensor`` (one sample, nothing left out,
-    converted exactly), so that statistics of the maps are statistics of the whole output."""
-    return bool(maps.size == tensor.numel() and tensor.is_floating_point())
-
-
 def _npy(array: np.ndarray | None) -> bytes:
     assert array is not None
     import io
@@ -661,27 +571,6 @@ def _npy(array: np.ndarray | None) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
-
-
-def _ranked_by_file(
-    grid: GridOptions, saved: SavedStats | None, name: str, channels: int, notes: list[str]
-) -> GridOptions:
-    """The grid options for one layer: its top channels by the saved data-set statistic."""
-    if saved is None:
-        return grid
-    values = saved.values(name, grid.order)
-    if values is None:
-        notes.append(f"not in {saved.path.name}: top channels ranked on this input")
-        return grid
-    if len(values) != channels:
-        raise OptionError(
-            f"'{name}' has {channels} channels but the statistics file '{saved.path}' lists "
-            f"{len(values)}; use a file made with the same model (featuremaps stats)"
-        )
-    key = np.nan_to_num(values, nan=-np.inf)
-    top = np.argsort(-key, kind="stable")[: grid.max_channels]
-    note = f"top {len(top)} by {grid.order} over the data set in {saved.path.name}"
-    return replace(grid, channels=tuple(int(c) for c in top), channels_note=note)
 
 
 def _refuse_inputs_inside(items: list[Any], out: Path) -> None:
@@ -713,3 +602,143 @@ def _unique(stems: list[str]) -> list[str]:
         used.add(name.lower())
         out.append(name)
     return out
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "images",
+        nargs="*",
+        metavar="IMAGE",
+        help="image files or .npy arrays (default: the bundled sample photo)",
+    )
+    add_model_options(p)
+    add_device_options(p)
+    add_containers_option(p)
+    add_out_option(p, "featuremaps-out")
+    add_layer_options(
+        p,
+        "name, glob, re:REGEX, or NAME#k; repeat or use commas (default: all leaves)",
+        "module class, e.g. Conv2d",
+    )
+    p.add_argument(
+        "--channels",
+        default="32",
+        help="N (first N), all, a list like 0,5,7, or top:K:STAT with STAT in "
+        f"{', '.join(TOP_K_ORDERS)} (default: 32)",
+    )
+    p.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="stats.csv/stats.parquet from 'featuremaps stats': --channels top:K:STAT then ranks "
+        "channels over that data set instead of this image",
+    )
+    p.add_argument("--columns", type=int, default=8, help="tiles per row (default: 8)")
+    p.add_argument(
+        "--scale",
+        choices=("layer", "channel", "global", "fixed"),
+        default="layer",
+        help="colour scale shared per layer (default), per channel, across all layers, or fixed",
+    )
+    p.add_argument("--range", dest="value_range", help="LO,HI for --scale fixed")
+    p.add_argument(
+        "--cmap", help="matplotlib colormap (default: viridis; RdBu_r centred on 0 if signed)"
+    )
+    p.add_argument("--sample", type=int, default=0, help="batch sample to draw (default: 0)")
+    p.add_argument(
+        "--attention-patch",
+        help="ROW,COL: the patch whose attention per head is drawn beside the class token's "
+        "(default: the centre patch)",
+    )
+    p.add_argument(
+        "--save-arrays", action="store_true", help="also write arrays.safetensors (float32)"
+    )
+    p.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="do not write the HTML report (index.html and its float16 layer data in data/)",
+    )
+    add_quiet_option(p)
+
+
+def _check_scale(args: argparse.Namespace) -> None:
+    """--range belongs to --scale fixed: given with another scale it would be ignored."""
+    if args.value_range is not None and args.scale != "fixed":
+        raise OptionError(
+            f"--range {args.value_range} is used only with --scale fixed, but the scale is "
+            f"'{args.scale}'; add --scale fixed, or drop --range"
+        )
+    if args.scale == "fixed" and args.value_range is None:
+        raise OptionError("--scale fixed needs --range LO,HI, for example --range -1,1")
+    if args.columns < 1:
+        raise OptionError(f"--columns {args.columns} is not valid; expected 1 or more, e.g. 8")
+
+
+def _execute(args: argparse.Namespace, out: TextIO) -> int:
+    check_layers(args.layers)
+    _check_scale(args)
+    grid = GridOptions(
+        columns=args.columns,
+        scale=args.scale,
+        value_range=parse_range(args.value_range),
+        cmap=args.cmap,
+        **parse_channels(args.channels),  # type: ignore[arg-type]
+    )
+    if not args.images:
+        print(f"no image given; using the bundled sample {sample_image_path()}", file=out)
+    loaded, inputs = load_model_and_inputs(args, args.model, args.images, out)
+    for item in inputs:
+        for line in item.conversions:
+            print(f"{item.path.name}: {line}", file=out)
+    if args.stats and "order" not in parse_channels(args.channels):
+        raise OptionError(
+            f"--stats ranks channels for --channels top:K:STAT; got --channels {args.channels}"
+        )
+    results = visualize(
+        loaded,
+        inputs,
+        out=args.out,
+        layers=args.layers,
+        types=args.types,
+        containers=args.containers,
+        grid=grid,
+        save_arrays=args.save_arrays,
+        sample=args.sample,
+        progress=show_progress(args),
+        report=args.report,
+        channel_stats=args.stats,
+        device=args.device,
+        dtype=args.dtype,
+        attention_patch=parse_patch(args.attention_patch),
+    )
+    for result in results:
+        drawn = sum(1 for r in result.records if r.image)
+        skipped = len(result.records) - drawn
+        print(
+            f"{result.out_dir}: {drawn} pictures, {skipped} records not drawn (reasons in "
+            f"{MANIFEST})",
+            file=out,
+        )
+    for result in results:
+        found = result.manifest.get("prediction")
+        if found:
+            for line in prediction_lines(found):
+                print(line, file=out)
+    if loaded.random_weights:
+        print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
+    print(f"results: {Path(args.out).resolve()}", file=out)
+    if args.report:
+        # The last line: the page to open (for several inputs, the one that links them all).
+        print(f"report: {(Path(args.out) / 'index.html').resolve()}", file=out)
+    return 0
+
+
+COMMAND = Command(
+    "draw the selected layers of a model for images (default)",
+    _add_options,
+    _execute,
+    signed_values=("--range",),  # LO may be negative: --range -1,1
+)

@@ -7,25 +7,38 @@ charts → manifest → io): :mod:`featuremaps.dataset` computes, this module wr
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 from torch import nn
 
 from featuremaps._errors import OptionError
-from featuremaps.commands.common import resolve_model
+from featuremaps.commands.cli_common import (
+    Command,
+    add_device_options,
+    add_layer_options,
+    add_loader_options,
+    add_model_options,
+    add_out_option,
+    add_quiet_option,
+    check_data_options,
+    load_model_with_preprocessing,
+    show_progress,
+)
+from featuremaps.commands.common import place_model
 from featuremaps.dataset import DatasetStats
 from featuremaps.datastats import RunningStats
-from featuremaps.devices import resolve_placement
 from featuremaps.inputs import Preprocessing, expected_channels
 from featuremaps.io import OutputFolder, parquet_available, safe_filename
 from featuremaps.manifest import SUMMARY, header
 from featuremaps.models import LoadedModel
+from featuremaps.stats import RANKABLE
 
-__all__ = ["STATS_CSV", "STATS_PARQUET", "collect_stats"]
+__all__ = ["COMMAND", "STATS_CSV", "STATS_PARQUET", "collect_stats"]
 
 STATS_CSV = "stats.csv"
 STATS_PARQUET = "stats.parquet"
@@ -96,9 +109,7 @@ def collect_stats(
             f"duplicate threshold {duplicates:g} can never be reached by a correlation's size; "
             "expected a number from 0 to 1, e.g. 0.95"
         )
-    loaded = resolve_model(model)
-    placement = resolve_placement(loaded.model, device, dtype)
-    placement.place(loaded.model)
+    loaded, placement = place_model(model, device, dtype)
     scanned = scan_inputs(data)
     paths = scanned.paths
     if preprocessing is None:
@@ -204,3 +215,82 @@ def _stats_summary(
             for name, stats in result.layers.items()
         ],
     }
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
+    add_model_options(p)
+    add_device_options(p)
+    add_out_option(p, "featuremaps-stats")
+    add_layer_options(p)
+    add_loader_options(p)
+    p.add_argument(
+        "--near-zero", type=float, default=1e-6, help="|x| at most this counts as near zero"
+    )
+    p.add_argument(
+        "--duplicates",
+        type=float,
+        metavar="R",
+        help="also list channel pairs correlated at least R within a layer (costs C^2 per value)",
+    )
+    p.add_argument(
+        "--rank-by", choices=RANKABLE, default="absmean",
+        help="statistic that ranks channels within a layer (default: absmean)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-plots", dest="plots", action="store_false",
+        help="skip the per-layer histogram and ranked-channel charts (plots/)",
+    )  # fmt: skip
+    p.add_argument(
+        "--parquet", action="store_true", default=None,
+        help="require stats.parquet (needs the 'parquet' extra; by default it is written when "
+        "pyarrow is installed)",
+    )  # fmt: skip
+    add_quiet_option(p)
+
+
+def _execute(args: argparse.Namespace, out: TextIO) -> int:
+    check_data_options(args)
+    loaded, pre = load_model_with_preprocessing(args, args.model, out)
+    summary = collect_stats(
+        loaded,
+        args.data,
+        out=args.out,
+        layers=args.layers,
+        types=args.types,
+        preprocessing=pre,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        near_zero=args.near_zero,
+        duplicates=args.duplicates,
+        rank_by=args.rank_by,
+        plots=args.plots,
+        parquet=args.parquet,
+        progress=show_progress(args),
+        device=args.device,
+        dtype=args.dtype,
+    )
+    inputs = summary["inputs"]
+    for item in inputs["not_read"]:
+        print(f"not read: {item['path']}: {item['reason']}", file=out)
+    for reason, count in inputs["skipped"].items():
+        print(f"skipped: {count} file{'s' if count != 1 else ''}: {reason}", file=out)
+    dead = sum(len(layer["dead"]) for layer in summary["layers"])
+    print(
+        f"{inputs['read']} of {inputs['found']} inputs read at "
+        f"{summary['images_per_second']:.1f} images/s; {len(summary['layers'])} layers, "
+        f"{dead} dead channels",
+        file=out,
+    )
+    print(f"results: {(Path(args.out) / 'stats.csv').resolve()}", file=out)
+    return 0
+
+
+COMMAND = Command(
+    "per-channel statistics of every layer over a folder or list of images",
+    _add_options,
+    _execute,
+)

@@ -1,0 +1,331 @@
+"""What the command line of every command shares: its shape, option groups, option parsers, and
+loading the model and inputs that the options name.
+
+The command line's side of the flow's first steps (input -> model): each command module
+(:mod:`featuremaps.commands.run`, ``stats``, ...) declares its :class:`Command` with the option
+groups defined here, and its call turns the parsed options into a model, a preprocessing and
+inputs with the helpers below before it calls its public function. :mod:`featuremaps.cli` lists
+the commands and turns their errors into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TextIO
+
+from featuremaps._errors import OptionError
+from featuremaps.inputs import (
+    LoadedInput,
+    Preprocessing,
+    expected_axes,
+    expected_channels,
+    load_input,
+    parse_normalize,
+    parse_size,
+    sample_image_path,
+)
+from featuremaps.models import LoadedModel, load_model
+from featuremaps.stats import TOP_K_ORDERS
+
+__all__ = [
+    "Command",
+    "add_containers_option",
+    "add_device_options",
+    "add_layer_options",
+    "add_loader_options",
+    "add_model_options",
+    "add_out_option",
+    "add_quiet_option",
+    "check_data_options",
+    "check_layers",
+    "load_model_and_inputs",
+    "load_model_from_args",
+    "load_model_with_preprocessing",
+    "parse_channels",
+    "parse_pair",
+    "parse_patch",
+    "parse_range",
+    "preprocessing_from_args",
+    "print_preprocessing",
+    "show_progress",
+]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of the command line: its help, its options and the call that runs it.
+
+    ``signed_values`` names its options whose value may start with "-" (a negative number):
+    the command line joins "--range -1,1" into "--range=-1,1" for them.
+    """
+
+    help: str
+    build: Callable[[argparse.ArgumentParser], None]
+    call: Callable[[argparse.Namespace, TextIO], int]
+    signed_values: tuple[str, ...] = ()
+
+
+# -- option groups, in the order each command lists them --------------------------------------
+
+
+def add_model_options(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
+    """--model (unless the command takes the spec as an argument), the weights and how inputs
+    are prepared for the model."""
+    if spec:
+        p.add_argument("--model", "-m", default="resnet18", help="model spec (default: resnet18)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="DEFAULT (zoo default), an enum name like IMAGENET1K_V1, none, or a weights file "
+        "(.pth/.pt/.safetensors)",
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow checkpoints that need full unpickling (can run code: only for trusted files). "
+        "Note: a model spec 'pkg.mod:factory' or 'path/file.py:factory' always runs that code, "
+        "with or without this flag",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="never try to download weights (use the torch hub cache or random weights)",
+    )
+    p.add_argument(
+        "--size",
+        help="resize: N (shorter side) or HxW; replaces the model's resize and crop, keeps its "
+        "normalisation",
+    )
+    p.add_argument(
+        "--normalize",
+        help="imagenet, none, or MEAN,.../STD,...; replaces the model's normalisation, keeps its "
+        "resize and crop",
+    )
+    p.add_argument(
+        "--as-is",
+        action="store_true",
+        help="feed inputs exactly as read: arrays keep their values, images are scaled to [0, 1]; "
+        "no resize, crop or normalisation",
+    )
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    """--device and --dtype: where the model runs and in which precision."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (a GPU when there is one, default), cpu, cuda, cuda:N, "
+        "or mps",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="float32 (default), or bfloat16/float16 under autocast (the manifest and every "
+        "legend say so)",
+    )
+
+
+def add_containers_option(p: argparse.ArgumentParser) -> None:
+    """--containers: modules with children are captured too."""
+    p.add_argument(
+        "--containers", action="store_true", help="also capture modules that have children"
+    )
+
+
+def add_out_option(p: argparse.ArgumentParser, default: str, help: str = "output folder") -> None:
+    """--out: the command's output folder, named ``default`` unless given."""
+    p.add_argument("--out", "-o", default=default, help=help)
+
+
+def add_layer_options(
+    p: argparse.ArgumentParser, layers_help: str = "as for run", types_help: str = "as for run"
+) -> None:
+    """--layers and --type: which layers are captured (by name or pattern, and by class)."""
+    p.add_argument("--layers", "-l", action="append", help=layers_help)
+    p.add_argument("--type", action="append", dest="types", help=types_help)
+
+
+def add_loader_options(p: argparse.ArgumentParser) -> None:
+    """--batch-size and --workers: how a data set is read."""
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
+    p.add_argument("--workers", type=int, default=2, help="reader processes (2)")
+
+
+def add_quiet_option(p: argparse.ArgumentParser) -> None:
+    """--quiet: no progress bar."""
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+# -- option values -----------------------------------------------------------------------------
+
+
+def parse_channels(text: str) -> dict[str, object]:
+    """--channels of ``run`` as :class:`~featuremaps.render.GridOptions` fields."""
+    text = text.strip().lower()
+    if text == "all":
+        return {"max_channels": 1 << 30}
+    if text.isdigit() and int(text) > 0:
+        return {"max_channels": int(text)}
+    if text.startswith("top:"):
+        parts = text.split(":")
+        if (
+            len(parts) == 3
+            and parts[1].isdigit()
+            and int(parts[1]) > 0
+            and parts[2] in TOP_K_ORDERS
+        ):
+            return {"max_channels": int(parts[1]), "order": parts[2]}
+    elif "," in text:
+        try:
+            return {"channels": tuple(int(c) for c in text.split(",") if c.strip())}
+        except ValueError:
+            pass
+    if text == "0":
+        raise OptionError("--channels 0 would show nothing; for channel #0 alone write 0,")
+    raise OptionError(
+        f"--channels '{text}' is not understood; expected N, all, a list like 0,5,7, or "
+        f"top:K:STAT with STAT one of {', '.join(TOP_K_ORDERS)}"
+    )
+
+
+def parse_patch(text: str | None) -> tuple[int, int] | None:
+    """--attention-patch ROW,COL, or None when not given."""
+    if text is None:
+        return None
+    try:
+        row, column = (int(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(
+            f"--attention-patch '{text}' is not ROW,COL (two whole numbers, e.g. 7,7)"
+        ) from None
+    return row, column
+
+
+def parse_range(text: str | None) -> tuple[float, float] | None:
+    """--range LO,HI with LO < HI, or None when not given."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(f"--range '{text}' is not LO,HI (two numbers, e.g. -1,1)") from None
+    if not lo < hi:
+        raise OptionError(f"--range '{text}' needs LO < HI")
+    return lo, hi
+
+
+def parse_pair(text: str, option: str, what: str) -> tuple[float, float]:
+    """Two numbers ``a,b`` given to ``option``; ``what`` names them in the error (``R,C``)."""
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(f"{option} '{text}' is not {what} (two numbers, e.g. 3,5)") from None
+    return a, b
+
+
+def check_layers(patterns: list[str] | None) -> None:
+    """Refuse --layers given but empty (leaving it out means every layer)."""
+    if patterns is not None and not any(p.strip(" ,") for p in patterns):
+        raise OptionError(
+            "--layers was given but empty; name layers (see 'featuremaps layers MODEL') or "
+            "leave the option out to capture every layer"
+        )
+
+
+def check_data_options(args: argparse.Namespace) -> None:
+    """The options of a command that reads a data set: --layers, --batch-size and --workers."""
+    check_layers(args.layers)
+    if args.batch_size < 1 or args.workers < 0:
+        raise OptionError(
+            f"--batch-size {args.batch_size} / --workers {args.workers}: expected a batch of at "
+            "least 1 and 0 or more workers"
+        )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """A progress bar unless --quiet, and only on a terminal."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+# -- the model, its preprocessing and the inputs the options name -----------------------------
+
+
+def preprocessing_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Preprocessing:
+    """The model's preprocessing, with the steps given on the command line replacing its own."""
+    base = loaded.input_preprocessing()
+    if args.as_is:
+        if args.size or args.normalize:
+            raise OptionError(
+                "--as-is feeds inputs exactly as read, so it cannot go with --size or "
+                "--normalize; use one or the other"
+            )
+        return Preprocessing.unchanged()
+    if args.size is None and args.normalize is None:
+        return base
+    given = []
+    if base._transform is not None:
+        # A recipe object (detection presets) cannot be taken apart; the options replace it.
+        base = Preprocessing()
+    if args.size is not None:
+        base = replace(base, resize=parse_size(args.size), crop=None)
+        given.append(f"--size {args.size}")
+    if args.normalize is not None:
+        norm = parse_normalize(args.normalize)
+        base = replace(base, mean=norm[0] if norm else None, std=norm[1] if norm else None)
+        given.append(f"--normalize {args.normalize}")
+    kept = "" if base.source.startswith("ToTensor") else f", the rest from {base.source}"
+    return replace(base, source=f"{' and '.join(given)}{kept}", from_model=False)
+
+
+def print_preprocessing(pre: Preprocessing, out: TextIO) -> None:
+    """Say which preprocessing the inputs get and how to change it (every command that reads)."""
+    if pre.as_is:
+        hint = "leave out --as-is to use the model's preprocessing"
+    elif pre.steps():
+        hint = "change it with --size, --normalize, or --as-is to feed inputs as read"
+    else:
+        hint = "set it with --size N and --normalize imagenet (or MEAN,.../STD,...)"
+    print(f"preprocessing: {pre.summary()}; {hint}", file=out)
+
+
+def load_model_from_args(args: argparse.Namespace, spec: str) -> LoadedModel:
+    """The model ``spec`` with the weights and trust the options give."""
+    offline = args.offline or None
+    return load_model(spec, args.weights, trust_checkpoint=args.trust_checkpoint, offline=offline)
+
+
+def load_model_with_preprocessing(
+    args: argparse.Namespace, spec: str, out: TextIO | None
+) -> tuple[LoadedModel, Preprocessing]:
+    """Load the model and its preprocessing as the options change it; with ``out``, say which
+    preprocessing the inputs get."""
+    loaded = load_model_from_args(args, spec)
+    pre = preprocessing_from_args(args, loaded)
+    if out is not None:
+        print_preprocessing(pre, out)
+    return loaded, pre
+
+
+def load_model_and_inputs(
+    args: argparse.Namespace, spec: str, images: Sequence[str], out: TextIO | None
+) -> tuple[LoadedModel, list[LoadedInput]]:
+    """Load the model and the inputs; with ``out``, say which preprocessing they got."""
+    loaded, pre = load_model_with_preprocessing(args, spec, out)
+    first = expected_channels(loaded.model)
+    axes = expected_axes(loaded.model)
+    paths = list(images) or [str(sample_image_path())]
+    inputs = [
+        load_input(
+            p,
+            channels=first[0] if first else None,
+            layer_name=first[1] if first else None,
+            preprocessing=pre,
+            axes=axes[0] if axes else None,
+        )
+        for p in paths
+    ]
+    return loaded, inputs
