@@ -155,7 +155,8 @@ def _write_deep_zoom(
     colour: Callable[[np.ndarray], np.ndarray],
     fmt: str,
 ) -> dict[str, Any]:
-    from featuremaps.slide.writers import DZI_TILE, deep_zoom_tiles, dzi_xml, encode_tile
+    from featuremaps.render.encode import encode_tile
+    from featuremaps.slide.writers import DZI_TILE, deep_zoom_tiles, dzi_xml
 
     h, w, _ = levels[0].shape
     ext = "png" if fmt == "png" else "jpeg"

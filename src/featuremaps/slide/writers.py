@@ -28,15 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-# encode_tile is re-exported: callers that write Deep Zoom tiles take it from here.
-from featuremaps.render.encode import encode_tile
 from featuremaps.render.scaling import ValueRange
 from featuremaps.slide.pyramid import PyramidLevel, halve
 
 __all__ = [
     "TIFF_TILE",
     "deep_zoom_levels",
-    "encode_tile",
     "legend_pixels",
     "ome_xml_extra",
     "write_ome_tiff",
