@@ -1034,13 +1034,13 @@ def test_as_is_cannot_have_steps() -> None:
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("channels", [1, 2, 3])
 def test_display_of_8_and_16_bit_values_equals_float64(bits: int, channels: int) -> None:
-    from featuremaps.inputs import _for_display
+    from featuremaps.inputs.display import for_display
 
     top = 2**bits - 1
     levels = (np.arange(top + 1, dtype=np.float64) / top).astype(np.float32)  # as read
     hwc = np.repeat(levels.reshape(1, -1, 1), channels, axis=2)
     expected = np.rint(levels.astype(np.float64) * 255.0).astype(np.uint8)
-    pixels = _for_display(hwc)
+    pixels = for_display(hwc)
     assert pixels.shape == (1, top + 1, 3) and pixels.dtype == np.uint8
     for c in range(3):
         assert np.array_equal(pixels[0, :, c], expected)

@@ -1,0 +1,71 @@
+"""Read one image or array from disk and turn it into the exact tensor the model will see.
+
+This is the first stage of the flow **input → model → capture → render → io**. Everything the
+later stages know about the input comes from the :class:`LoadedInput` built here: the fed tensor,
+a picture of the input as given (for reports and overlays), and a list, in words, of every
+conversion applied on the way (mode changes, channel changes, scaling, resizing, normalisation).
+Nothing is converted silently: if a value changed, ``conversions`` says how and why.
+
+Images are read with Pillow (decompression-bomb protection stays on), ``.npy`` arrays with numpy
+(never unpickled). Preprocessing is a small frozen description (:class:`Preprocessing`) that can
+come from command-line options (:func:`parse_size`, :func:`parse_normalize`) or from a torchvision
+weights entry (:func:`preprocessing_from_weights`).
+
+Submodules, in the order an input goes through them:
+
+- ``loading``: :func:`load_input` picks the loader from the suffix and the model's first layer
+  (:func:`expected_channels`, :func:`expected_axes`).
+- ``checks``: the path checks and message pieces every loader shares.
+- ``images``: image files, decoded with Pillow (EXIF orientation, pixel modes).
+- ``arrays``: ``.npy`` files read without unpickling; arrays that hold pictures.
+- ``signals``: ``.npy`` signals ``(C, L)`` and PCM ``.wav`` files.
+- ``volumes``: ``.npy`` volumes ``(C, D, H, W)`` and clips of frames.
+- ``values``: the one rule by which read numbers become float32 (full scales, dtypes).
+- ``preprocessing``: :class:`Preprocessing`, its recipes and parsers, and applying it.
+- ``loaded``: :class:`LoadedInput`, and finishing a picture into one.
+- ``display``: pictures of the input as given and as fed, for reports.
+"""
+
+from __future__ import annotations
+
+from featuremaps.inputs.arrays import load_array
+from featuremaps.inputs.display import fed_picture
+from featuremaps.inputs.images import (
+    IMAGE_SUFFIXES,
+    load_image,
+    readable_suffixes,
+    sample_image_path,
+)
+from featuremaps.inputs.loaded import LoadedInput
+from featuremaps.inputs.loading import expected_axes, expected_channels, load_input
+from featuremaps.inputs.preprocessing import (
+    Preprocessing,
+    parse_normalize,
+    parse_size,
+    preprocessing_from_timm,
+    preprocessing_from_weights,
+)
+from featuremaps.inputs.signals import load_signal, load_wav
+from featuremaps.inputs.volumes import load_clip, load_volume
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LoadedInput",
+    "Preprocessing",
+    "expected_axes",
+    "expected_channels",
+    "fed_picture",
+    "load_array",
+    "load_clip",
+    "load_image",
+    "load_input",
+    "load_signal",
+    "load_volume",
+    "load_wav",
+    "parse_normalize",
+    "parse_size",
+    "preprocessing_from_timm",
+    "preprocessing_from_weights",
+    "readable_suffixes",
+    "sample_image_path",
+]

@@ -1,0 +1,90 @@
+"""Which loader reads an input (stage: input): what the model's first layer takes, and the
+dispatch from a path to the image, array, signal, volume or clip loader.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from featuremaps._errors import InputError
+from featuremaps.inputs.arrays import load_array
+from featuremaps.inputs.checks import layer_phrase
+from featuremaps.inputs.images import load_image
+from featuremaps.inputs.loaded import LoadedInput
+from featuremaps.inputs.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
+from featuremaps.inputs.signals import load_signal, load_wav
+from featuremaps.inputs.volumes import load_clip, load_volume
+
+__all__ = ["expected_axes", "expected_channels", "load_input"]
+
+
+def expected_channels(model: torch.nn.Module) -> tuple[int, str] | None:
+    """The channel count the model's first layer takes, and that layer's name; ``None`` if unknown.
+
+    "First" is registration order (``named_modules``), which is the forward order in torchvision's
+    models and nearly every hand-written one; a model that registers its head before its stem
+    would fool it. A lazy layer has not learnt its channel count yet, so it gives ``None``. The
+    model itself counts as a layer, named ``""``.
+    """
+    for name, module in model.named_modules():
+        value = getattr(module, "in_channels", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value, name) if value > 0 else None
+    return None
+
+
+def expected_axes(model: torch.nn.Module) -> tuple[int, str, str] | None:
+    """How many spatial axes the model's first layer takes (1 for ``Conv1d``: signals
+    ``(C, L)``; 2 for ``Conv2d``: images; 3 for ``Conv3d``: volumes and clips), that layer's name
+    and its type; ``None`` when its type does not say (the same "first layer" as
+    :func:`expected_channels`)."""
+    for name, module in model.named_modules():
+        value = getattr(module, "in_channels", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            found = re.search(r"([123])d$", type(module).__name__)
+            return (int(found[1]), name, type(module).__name__) if found else None
+    return None
+
+
+def load_input(
+    path: str | Path,
+    *,
+    channels: int | None = None,
+    layer_name: str | None = None,
+    preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
+    axes: int | None = None,
+) -> LoadedInput:
+    """Load an image, a ``.npy`` array or a ``.wav`` sound as the tensor to feed.
+
+    ``channels`` is what the model's first layer takes (see :func:`expected_channels`) and
+    ``layer_name`` names that layer in messages; ``None`` keeps what the file has. ``axes`` is
+    how many spatial axes that layer takes (see :func:`expected_axes`): with 1 (a ``Conv1d``),
+    a ``.npy`` array is a signal ``(C, L)`` or ``(1, C, L)`` and is fed as ``(1, C, L)``; with 3
+    (a ``Conv3d``) a ``.npy`` array is a volume (see :func:`load_volume`) and a folder of frames
+    or an animated GIF is a clip (see :func:`load_clip`).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".wav":
+        return load_wav(path, channels=channels, layer_name=layer_name, preprocessing=preprocessing)
+    if axes == 1:
+        if suffix != ".npy":
+            raise InputError(
+                f"input '{path}' is an image, but {layer_phrase(layer_name)} is 1-D and takes "
+                f"signals (C, L); give a .npy array (C, L) or a .wav file"
+            )
+        return load_signal(
+            path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
+        )
+    if axes == 3:
+        if suffix == ".npy":
+            return load_volume(
+                path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
+            )
+        return load_clip(
+            path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
+        )
+    loader = load_array if suffix == ".npy" else load_image
+    return loader(path, channels=channels, layer_name=layer_name, preprocessing=preprocessing)
