@@ -267,7 +267,7 @@ def preprocessing_from_args(args: argparse.Namespace, loaded: LoadedModel) -> Pr
     if args.size is None and args.normalize is None:
         return base
     given = []
-    if base._transform is not None:
+    if base.transform is not None:
         # A recipe object (detection presets) cannot be taken apart; the options replace it.
         base = Preprocessing()
     if args.size is not None:

@@ -148,7 +148,7 @@ def _array_preprocessing(
         )
     size = preprocessing.final_size()
     shape = (int(chw.shape[1]), int(chw.shape[2]))  # (H, W) of the (C, H, W) values
-    if size is not None and shape == size and preprocessing._transform is None:
+    if size is not None and shape == size and preprocessing.transform is None:
         conversions.append(
             f"array is already {size[0]}x{size[1]}, the model's input size: not resized or "
             f"cropped again"

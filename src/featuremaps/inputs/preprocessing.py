@@ -135,6 +135,13 @@ class Preprocessing:
         scaled to [0, 1]; no resize, crop or normalisation."""
         return cls(source="as is (asked for): inputs fed exactly as read", as_is=True)
 
+    @property
+    def transform(self) -> Transform | None:
+        """The recipe object called instead of the fields (set only by
+        :func:`preprocessing_from_weights`, for recipes whose steps cannot be read off), or
+        ``None`` when the fields say every step. Read-only."""
+        return self._transform
+
     def steps(self) -> list[str]:
         """The steps in words, in the order they run; empty when nothing is done."""
         out: list[str] = []
