@@ -23,6 +23,7 @@ from featuremaps._errors import InputError, OptionError
 from featuremaps.inputs import (
     IMAGE_SUFFIXES,
     LoadedInput,
+    ModelInput,
     Preprocessing,
     expected_channels,
     load_array,
@@ -127,7 +128,8 @@ def test_gray_l_keeps_one_channel_without_a_model(tmp_path: Path) -> None:
 def test_gray_l_is_repeated_for_a_three_channel_model(tmp_path: Path) -> None:
     gray = random_gray(seed=4)
     loaded = load_image(
-        save(Image.fromarray(gray), tmp_path / "gray.png"), channels=3, layer_name="conv1"
+        save(Image.fromarray(gray), tmp_path / "gray.png"),
+        ModelInput(channels=3, layer_name="conv1"),
     )
     expected = np.repeat(gray[:, :, None], 3, axis=2) / np.float32(255)
     np.testing.assert_array_equal(fed(loaded), expected)
@@ -138,7 +140,7 @@ def test_gray_l_is_repeated_for_a_three_channel_model(tmp_path: Path) -> None:
 
 def test_rgb_becomes_luma_for_a_one_channel_model(tmp_path: Path) -> None:
     pixels = random_rgb(seed=5)
-    loaded = load_image(save(Image.fromarray(pixels), tmp_path / "rgb.png"), channels=1)
+    loaded = load_image(save(Image.fromarray(pixels), tmp_path / "rgb.png"), ModelInput(channels=1))
     assert tuple(loaded.tensor.shape) == (1, 1, 6, 8)
     luma = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255
     np.testing.assert_allclose(fed(loaded)[:, :, 0], luma, rtol=0, atol=1e-6)
@@ -162,7 +164,7 @@ def test_rgba_drops_alpha(tmp_path: Path) -> None:
     pixels = random_rgb(seed=8)
     alpha = random_gray(seed=9)
     image = Image.fromarray(np.dstack([pixels, alpha]), mode="RGBA")
-    loaded = load_image(save(image, tmp_path / "rgba.png"), channels=3)
+    loaded = load_image(save(image, tmp_path / "rgba.png"), ModelInput(channels=3))
     np.testing.assert_array_equal(fed(loaded), pixels / np.float32(255))
     assert loaded.conversions == ("RGBA -> RGB (alpha dropped)",)
     assert loaded.original == "PNG RGBA 6x8 (HxW)"
@@ -218,7 +220,7 @@ def test_sixteen_bit_png_is_divided_by_65535_exactly(tmp_path: Path) -> None:
 def test_big_endian_sixteen_bit_tiff_repeated_for_rgb_model(tmp_path: Path) -> None:
     values = np.random.default_rng(14).integers(0, 65536, (6, 8)).astype(">u2")
     path = save(Image.fromarray(values), tmp_path / "deep.tif")
-    loaded = load_image(path, channels=3, layer_name="stem.0")
+    loaded = load_image(path, ModelInput(channels=3, layer_name="stem.0"))
     expected = values.astype(np.float64) / 65535
     np.testing.assert_allclose(fed(loaded), np.repeat(expected[:, :, None], 3, 2), rtol=1e-7)
     assert loaded.conversions == (
@@ -305,7 +307,8 @@ def test_default_preprocessing_does_nothing_and_says_so() -> None:
 def test_resize_shorter_side_matches_torch_interpolate(tmp_path: Path) -> None:
     pixels = random_rgb(20, 30, seed=22)
     loaded = load_image(
-        save(Image.fromarray(pixels), tmp_path / "wide.png"), preprocessing=Preprocessing(resize=10)
+        save(Image.fromarray(pixels), tmp_path / "wide.png"),
+        ModelInput(preprocessing=Preprocessing(resize=10)),
     )
     assert tuple(loaded.tensor.shape) == (1, 3, 10, 15)
     source = torch.from_numpy(pixels / np.float32(255)).permute(2, 0, 1)[None]
@@ -320,7 +323,7 @@ def test_resize_shorter_side_matches_torch_interpolate(tmp_path: Path) -> None:
 
 def test_resize_to_exact_size(tmp_path: Path) -> None:
     path = save(Image.fromarray(random_rgb(20, 30, seed=23)), tmp_path / "x.png")
-    loaded = load_image(path, preprocessing=Preprocessing(resize=(7, 9)))
+    loaded = load_image(path, ModelInput(preprocessing=Preprocessing(resize=(7, 9))))
     assert tuple(loaded.tensor.shape) == (1, 3, 7, 9)
     assert loaded.conversions == ("resized to 7x9 (HxW) (bilinear, antialiased)",)
 
@@ -328,7 +331,7 @@ def test_resize_to_exact_size(tmp_path: Path) -> None:
 def test_centre_crop_matches_slicing(tmp_path: Path) -> None:
     pixels = random_rgb(10, 16, seed=24)
     path = save(Image.fromarray(pixels), tmp_path / "x.png")
-    loaded = load_image(path, preprocessing=Preprocessing(crop=(4, 6)))
+    loaded = load_image(path, ModelInput(preprocessing=Preprocessing(crop=(4, 6))))
     np.testing.assert_array_equal(fed(loaded), pixels[3:7, 5:11] / np.float32(255))
     assert loaded.conversions == ("centre-cropped to 4x6 (HxW)",)
 
@@ -336,7 +339,7 @@ def test_centre_crop_matches_slicing(tmp_path: Path) -> None:
 def test_centre_crop_larger_than_the_picture_pads_and_says_so(tmp_path: Path) -> None:
     pixels = random_rgb(4, 4, seed=25)
     path = save(Image.fromarray(pixels), tmp_path / "x.png")
-    loaded = load_image(path, preprocessing=Preprocessing(crop=6))
+    loaded = load_image(path, ModelInput(preprocessing=Preprocessing(crop=6)))
     got = fed(loaded)
     np.testing.assert_array_equal(got[1:5, 1:5], pixels / np.float32(255))
     assert got[0].sum() == 0 and got[-1].sum() == 0
@@ -349,7 +352,7 @@ def test_normalisation_matches_numpy(tmp_path: Path) -> None:
     pixels = random_rgb(seed=26)
     mean, std = IMAGENET
     path = save(Image.fromarray(pixels), tmp_path / "x.png")
-    loaded = load_image(path, preprocessing=Preprocessing(mean=mean, std=std))
+    loaded = load_image(path, ModelInput(preprocessing=Preprocessing(mean=mean, std=std)))
     expected = (pixels / 255.0 - np.array(mean)) / np.array(std)
     np.testing.assert_allclose(fed(loaded), expected, rtol=0, atol=1e-5)
     assert loaded.conversions == (
@@ -397,7 +400,7 @@ def test_bicubic_recipe_is_kept(tmp_path: Path) -> None:
     assert preprocessing.interpolation == "bicubic"
     pixels = random_rgb(40, 50, seed=27)
     path = save(Image.fromarray(pixels), tmp_path / "x.png")
-    loaded = load_image(path, preprocessing=preprocessing)
+    loaded = load_image(path, ModelInput(preprocessing=preprocessing))
     expected = weights.transforms()(torch.from_numpy(pixels / np.float32(255)).permute(2, 0, 1))
     torch.testing.assert_close(loaded.tensor[0], expected, rtol=0, atol=1e-5)
 
@@ -434,7 +437,7 @@ def test_other_recipe_objects_are_called(tmp_path: Path) -> None:
     assert preprocessing.describe()["transform"] == "HalveTransform"
     pixels = random_rgb(seed=28)
     path = save(Image.fromarray(pixels), tmp_path / "x.png")
-    loaded = load_image(path, preprocessing=preprocessing)
+    loaded = load_image(path, ModelInput(preprocessing=preprocessing))
     np.testing.assert_allclose(fed(loaded), pixels / 255.0 / 2, rtol=1e-6)
     assert loaded.conversions == ("applied HalveTransform from transforms of Fake_Weights.V1",)
 
@@ -591,7 +594,7 @@ def test_array_chw_is_used_as_is(tmp_path: Path) -> None:
 
 def test_array_hwc_is_transposed_for_the_model(tmp_path: Path) -> None:
     array = np.random.default_rng(31).random((5, 7, 3))
-    loaded = load_array(save_array(tmp_path / "x.npy", array), channels=3)
+    loaded = load_array(save_array(tmp_path / "x.npy", array), ModelInput(channels=3))
     np.testing.assert_array_equal(
         loaded.tensor[0].numpy(), array.transpose(2, 0, 1).astype(np.float32)
     )
@@ -640,7 +643,7 @@ def test_two_d_array_is_one_channel(tmp_path: Path) -> None:
 
 def test_four_d_array_with_one_sample(tmp_path: Path) -> None:
     array = np.random.default_rng(34).random((1, 4, 5, 7)).astype(np.float32)
-    loaded = load_array(save_array(tmp_path / "x.npy", array), channels=4)
+    loaded = load_array(save_array(tmp_path / "x.npy", array), ModelInput(channels=4))
     np.testing.assert_array_equal(loaded.tensor.numpy(), array)
     assert loaded.conversions == ("batch axis of size 1 dropped",)
 
@@ -652,7 +655,7 @@ def test_bool_and_big_endian_arrays(tmp_path: Path) -> None:
     assert loaded.conversions[-1] == "bool values cast to float32 (False -> 0, True -> 1)"
 
     swapped = np.random.default_rng(36).random((3, 5, 7)).astype(">f4")
-    loaded = load_array(save_array(tmp_path / "big.npy", swapped), channels=3)
+    loaded = load_array(save_array(tmp_path / "big.npy", swapped), ModelInput(channels=3))
     np.testing.assert_array_equal(loaded.tensor[0].numpy(), swapped.astype(np.float32))
 
 
@@ -672,7 +675,9 @@ def test_non_finite_values_are_kept_and_reported(tmp_path: Path) -> None:
 def test_array_normalisation_with_one_value_for_all_channels(tmp_path: Path) -> None:
     array = np.random.default_rng(37).random((5, 6, 6)).astype(np.float32)
     path = save_array(tmp_path / "x.npy", array)
-    loaded = load_array(path, channels=5, preprocessing=Preprocessing(mean=(0.5,), std=(0.25,)))
+    loaded = load_array(
+        path, ModelInput(channels=5, preprocessing=Preprocessing(mean=(0.5,), std=(0.25,)))
+    )
     np.testing.assert_allclose(loaded.tensor[0].numpy(), (array - 0.5) / 0.25, rtol=1e-6)
 
 
@@ -690,7 +695,7 @@ def test_arrays_round_trip_and_files_stay_untouched(
     with tempfile.TemporaryDirectory() as folder:
         path = save_array(Path(folder) / "x.npy", array)
         before = digest(path)
-        loaded = load_array(path, channels=channels)
+        loaded = load_array(path, ModelInput(channels=channels))
         assert digest(path) == before
     np.testing.assert_array_equal(loaded.tensor[0].numpy(), array)
 

@@ -15,7 +15,7 @@ import featuremaps as fm
 from featuremaps import layouts
 from featuremaps.cli import main
 from featuremaps.geometry import GeometryTracker, LineGeometry
-from featuremaps.inputs import load_signal, load_wav
+from featuremaps.inputs import ModelInput, load_signal, load_wav
 from featuremaps.render import GridLabel, GridOptions
 from featuremaps.render.signal import Placement, make_signal_picture
 
@@ -57,7 +57,7 @@ def test_pcm_wav_is_channels_by_samples_scaled_to_minus_one_one(
     frames[0] = (low, high - 1)  # both extremes
     path = tmp_path / "sound.wav"
     _write_wav(path, frames, width)
-    loaded = load_wav(path, channels=2)
+    loaded = load_wav(path, ModelInput(channels=2))
     expected = ((frames - zero) / scale).T[None].astype(np.float32)
     np.testing.assert_array_equal(loaded.tensor.numpy(), expected)
     assert loaded.tensor.shape == (1, 2, 37) and loaded.display is None
@@ -69,7 +69,7 @@ def test_a_wav_with_other_channels_than_the_first_layer_is_refused(tmp_path: Pat
     path = tmp_path / "mono.wav"
     _write_wav(path, np.zeros((10, 1), dtype=np.int64), 2)
     with pytest.raises(fm.InputError, match=r"has 1 channel .* takes 2; give a signal with 2"):
-        load_wav(path, channels=2, layer_name="conv")
+        load_wav(path, ModelInput(channels=2, layer_name="conv"))
 
 
 def test_a_file_that_is_not_wav_is_refused(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import featuremaps as fm
 from featuremaps import layouts
 from featuremaps._errors import InputError, OptionError
 from featuremaps.cli import main
-from featuremaps.inputs import Preprocessing, load_clip, load_input, load_volume
+from featuremaps.inputs import ModelInput, Preprocessing, load_clip, load_input, load_volume
 from featuremaps.render import GridLabel, GridOptions
 from featuremaps.render.colormap import colormap_levels, level_indices
 from featuremaps.render.palette import LEVELS, NAN_INDEX
@@ -130,9 +130,9 @@ def test_volume_npy_is_fed_as_it_is(tmp_path: Path) -> None:
         np.save(tmp_path / "flat.npy", vol[0])
         load_volume(tmp_path / "flat.npy")
     with pytest.raises(InputError, match="save it as \\(1, D, H, W\\)"):
-        load_volume(tmp_path / "v.npy", channels=1)
+        load_volume(tmp_path / "v.npy", ModelInput(channels=1))
     with pytest.raises(OptionError, match="input is a volume \\(C, D, H, W\\)"):
-        load_volume(tmp_path / "v.npy", preprocessing=Preprocessing(resize=8))
+        load_volume(tmp_path / "v.npy", ModelInput(preprocessing=Preprocessing(resize=8)))
 
 
 def test_a_clip_from_a_gif_and_from_a_folder_of_frames(tmp_path: Path) -> None:
@@ -149,14 +149,14 @@ def test_a_clip_from_a_gif_and_from_a_folder_of_frames(tmp_path: Path) -> None:
         np.testing.assert_allclose(
             clip.tensor[0, 0, :, 0, 0].numpy(), [40 * t / 255 for t in range(4)], atol=1e-6
         )
-    resized = load_clip(folder, preprocessing=Preprocessing(resize=(3, 4)))
+    resized = load_clip(folder, ModelInput(preprocessing=Preprocessing(resize=(3, 4))))
     assert tuple(resized.tensor.shape) == (1, 3, 4, 3, 4)
     assert any("resized to 3x4" in c for c in resized.conversions)
     with pytest.raises(InputError, match="holds no image files"):
         (tmp_path / "empty").mkdir()
         load_clip(tmp_path / "empty")
     with pytest.raises(InputError, match="give a .npy volume \\(1, D, H, W\\) instead"):
-        load_clip(folder, channels=1)
+        load_clip(folder, ModelInput(channels=1))
 
 
 def test_a_conv3d_model_runs_from_the_cli_on_a_npy_volume(

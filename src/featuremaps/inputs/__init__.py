@@ -15,6 +15,7 @@ Submodules, in the order an input goes through them:
 
 - ``loading``: :func:`load_input` picks the loader from the suffix and the model's first layer
   (:func:`expected_channels`, :func:`expected_axes`).
+- ``model_input``: :class:`ModelInput`, what the model takes, which every loader is given.
 - ``checks``: the path checks and message pieces every loader shares.
 - ``images``: image files, decoded with Pillow (EXIF orientation, pixel modes).
 - ``arrays``: ``.npy`` files read without unpickling; arrays that hold pictures.
@@ -38,6 +39,7 @@ from featuremaps.inputs.images import (
 )
 from featuremaps.inputs.loaded import LoadedInput
 from featuremaps.inputs.loading import expected_axes, expected_channels, load_input
+from featuremaps.inputs.model_input import ModelInput
 from featuremaps.inputs.preprocessing import (
     Preprocessing,
     parse_normalize,
@@ -51,6 +53,7 @@ from featuremaps.inputs.volumes import load_clip, load_volume
 __all__ = [
     "IMAGE_SUFFIXES",
     "LoadedInput",
+    "ModelInput",
     "Preprocessing",
     "expected_axes",
     "expected_channels",

@@ -24,7 +24,8 @@ from featuremaps.inputs.checks import (
     unreadable,
 )
 from featuremaps.inputs.loaded import LoadedInput, finish
-from featuremaps.inputs.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
+from featuremaps.inputs.model_input import ANY_MODEL, ModelInput
+from featuremaps.inputs.preprocessing import Preprocessing
 from featuremaps.inputs.values import FloatArray, float32_values
 
 __all__ = ["load_array", "one_sample", "read_array"]
@@ -162,28 +163,23 @@ def _array_preprocessing(
     return preprocessing
 
 
-def load_array(
-    path: str | Path,
-    *,
-    channels: int | None = None,
-    layer_name: str | None = None,
-    preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
-) -> LoadedInput:
+def load_array(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     """Load a ``.npy`` array as the tensor to feed, deciding from its dtype and values what it is.
 
     ``uint8`` and ``uint16`` arrays are pictures: divided by 255 or 65535, as image files are.
     Other dtypes keep their values (cast to float32). The model's own preprocessing
-    (``preprocessing.from_model``) is then applied only to arrays in [0, 1]; an array with
+    (``spec.preprocessing.from_model``) is then applied only to arrays in [0, 1]; an array with
     values outside [0, 1] is taken as already preprocessed and fed as it is, and one that
     already has the recipe's final size is not resized or cropped again. A preprocessing given
     by the user is applied as given; :meth:`Preprocessing.unchanged` feeds the values as they
     are. Every decision is listed in ``conversions``.
 
     Accepted shapes: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` and ``(1, C, H, W)``. For 3-D
-    arrays the channel axis is the one whose size equals ``channels`` (first axis preferred); with
-    no ``channels`` (or when neither axis matches) the shorter of the first and last axis is taken
-    as channels, and the guess is reported.
+    arrays the channel axis is the one whose size equals ``spec.channels`` (first axis
+    preferred); with no channel count (or when neither axis matches) the shorter of the first and
+    last axis is taken as channels, and the guess is reported.
     """
+    channels, layer_name, preprocessing = spec.channels, spec.layer_name, spec.preprocessing
     where, array, shape, original = read_array(path, channels)
     conversions: list[str] = []
     if array.ndim not in (2, 3, 4):

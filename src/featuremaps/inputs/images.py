@@ -25,7 +25,7 @@ from featuremaps.inputs.checks import (
     unreadable,
 )
 from featuremaps.inputs.loaded import LoadedInput, finish
-from featuremaps.inputs.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
+from featuremaps.inputs.model_input import ANY_MODEL, ModelInput
 from featuremaps.inputs.values import EIGHT_BIT, SIXTEEN_BIT, FloatArray, unit_scaled
 
 __all__ = [
@@ -216,19 +216,14 @@ def _image_values(image: Image.Image, path: Path, conversions: list[str]) -> tup
     return unit_scaled(np.array(image, dtype=np.float32), EIGHT_BIT), "RGB"
 
 
-def load_image(
-    path: str | Path,
-    *,
-    channels: int | None = None,
-    layer_name: str | None = None,
-    preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
-) -> LoadedInput:
+def load_image(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     """Load an image file (JPEG, PNG, TIFF, BMP, WebP, ...) as the tensor to feed.
 
     8-bit values are divided by 255, 16-bit values by 65535, float images are used as is. Colour
-    images give 3 channels and gray ones 1; ``channels`` of 1 or 3 converts between the two (luma
-    or repetition), any other count is an error because a picture cannot supply it.
+    images give 3 channels and gray ones 1; ``spec.channels`` of 1 or 3 converts between the two
+    (luma or repetition), any other count is an error because a picture cannot supply it.
     """
+    channels, layer_name = spec.channels, spec.layer_name
     where = check_file(path, channels)
     image, original, conversions = decode(where)
     hwc, mode = _image_values(image, where, conversions)
@@ -251,4 +246,4 @@ def load_image(
                 f"{layer_phrase(layer_name)} takes {channels}; give a .npy array with {channels} "
                 f"channels, or a model that takes 1 or 3"
             )
-    return finish(hwc, where, "image", original, conversions, preprocessing)
+    return finish(hwc, where, "image", original, conversions, spec.preprocessing)

@@ -14,6 +14,7 @@ from featuremaps.inputs.arrays import load_array
 from featuremaps.inputs.checks import layer_phrase
 from featuremaps.inputs.images import load_image
 from featuremaps.inputs.loaded import LoadedInput
+from featuremaps.inputs.model_input import ModelInput
 from featuremaps.inputs.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
 from featuremaps.inputs.signals import load_signal, load_wav
 from featuremaps.inputs.volumes import load_clip, load_volume
@@ -66,25 +67,20 @@ def load_input(
     (a ``Conv3d``) a ``.npy`` array is a volume (see :func:`load_volume`) and a folder of frames
     or an animated GIF is a clip (see :func:`load_clip`).
     """
+    spec = ModelInput(channels=channels, layer_name=layer_name, preprocessing=preprocessing)
     suffix = Path(path).suffix.lower()
     if suffix == ".wav":
-        return load_wav(path, channels=channels, layer_name=layer_name, preprocessing=preprocessing)
+        return load_wav(path, spec)
     if axes == 1:
         if suffix != ".npy":
             raise InputError(
                 f"input '{path}' is an image, but {layer_phrase(layer_name)} is 1-D and takes "
                 f"signals (C, L); give a .npy array (C, L) or a .wav file"
             )
-        return load_signal(
-            path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
-        )
+        return load_signal(path, spec)
     if axes == 3:
         if suffix == ".npy":
-            return load_volume(
-                path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
-            )
-        return load_clip(
-            path, channels=channels, layer_name=layer_name, preprocessing=preprocessing
-        )
+            return load_volume(path, spec)
+        return load_clip(path, spec)
     loader = load_array if suffix == ".npy" else load_image
-    return loader(path, channels=channels, layer_name=layer_name, preprocessing=preprocessing)
+    return loader(path, spec)

@@ -23,54 +23,41 @@ from featuremaps.inputs.checks import (
     unreadable,
 )
 from featuremaps.inputs.loaded import LoadedInput
-from featuremaps.inputs.preprocessing import (
-    DEFAULT_PREPROCESSING,
-    Preprocessing,
-    skip_image_preprocessing,
-)
+from featuremaps.inputs.model_input import ANY_MODEL, ModelInput
+from featuremaps.inputs.preprocessing import skip_image_preprocessing
 from featuremaps.inputs.values import FloatArray, float32_values
 
 __all__ = ["load_signal", "load_wav"]
 
 
 def _signal(
-    values: FloatArray,
-    where: Path,
-    original: str,
-    conversions: list[str],
-    preprocessing: Preprocessing,
-    channels: int | None,
-    layer_name: str | None,
+    values: FloatArray, where: Path, original: str, conversions: list[str], spec: ModelInput
 ) -> LoadedInput:
-    """The loaded signal ``(1, C, L)`` for values ``(C, L)``, after checking its channels; image
-    preprocessing is skipped (see :func:`skip_image_preprocessing`)."""
+    """The loaded signal ``(1, C, L)`` for values ``(C, L)``, after checking its channels against
+    ``spec``; image preprocessing is skipped (see :func:`skip_image_preprocessing`)."""
     count = int(values.shape[0])
+    channels = spec.channels
     if channels is not None and count != channels:
         raise InputError(
             f"signal '{where}' has {channel_count(count)} ({original}), but "
-            f"{layer_phrase(layer_name)} takes {channels}; give a signal with {channels} "
+            f"{layer_phrase(spec.layer_name)} takes {channels}; give a signal with {channels} "
             f"channels as ({channels}, L)"
         )
     preprocessing = skip_image_preprocessing(
-        preprocessing, conversions, noun="signal", layout="(C, L)"
+        spec.preprocessing, conversions, noun="signal", layout="(C, L)"
     )
     tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).unsqueeze(0)
     return LoadedInput(tensor, where, "signal", original, tuple(conversions), preprocessing, None)
 
 
-def load_signal(
-    path: str | Path,
-    *,
-    channels: int | None = None,
-    layer_name: str | None = None,
-    preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
-) -> LoadedInput:
+def load_signal(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     """Load a ``.npy`` signal ``(C, L)`` or ``(1, C, L)`` (a 1-D array is one channel) as the
     ``(1, C, L)`` float32 tensor to feed; values are kept (cast to float32, never rescaled).
 
-    An array whose first axis does not match ``channels`` but whose last does is read as
+    An array whose first axis does not match ``spec.channels`` but whose last does is read as
     ``(L, C)`` and transposed (said so in ``conversions``).
     """
+    channels = spec.channels
     where, array, _, original = read_array(path, channels)
     conversions: list[str] = []
     accepted = "(C, L), (1, C, L) or (L,)"
@@ -90,22 +77,16 @@ def load_signal(
         array = array.T
         conversions.append("array (L, C) transposed to (C, L)")
     values = float32_values(array, conversions, noun="signal", picture=False)
-    return _signal(values, where, original, conversions, preprocessing, channels, layer_name)
+    return _signal(values, where, original, conversions, spec)
 
 
-def load_wav(
-    path: str | Path,
-    *,
-    channels: int | None = None,
-    layer_name: str | None = None,
-    preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
-) -> LoadedInput:
+def load_wav(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     """Load a PCM ``.wav`` file (8, 16, 24 or 32 bit, read with the standard library's
     :mod:`wave`) as a ``(1, channels, samples)`` float32 tensor scaled to [-1, 1]: signed
     samples are divided by 2**(bits - 1), 8-bit (unsigned) ones centred on 128 first."""
     import wave
 
-    where = check_file(path, channels)
+    where = check_file(path, spec.channels)
     try:
         with wave.open(str(where), "rb") as reader:
             count, width = reader.getnchannels(), reader.getsampwidth()
@@ -139,4 +120,4 @@ def load_wav(
     ]
     original = f"WAV {bits}-bit PCM {count}ch {rate} Hz {frames} samples"
     values = np.ascontiguousarray(values.T)
-    return _signal(values, where, original, conversions, preprocessing, channels, layer_name)
+    return _signal(values, where, original, conversions, spec)

@@ -21,12 +21,8 @@ from featuremaps.inputs.checks import channel_count, existing_path, layer_phrase
 from featuremaps.inputs.display import for_display
 from featuremaps.inputs.images import IMAGE_SUFFIXES, decode, not_an_image
 from featuremaps.inputs.loaded import LoadedInput
-from featuremaps.inputs.preprocessing import (
-    DEFAULT_PREPROCESSING,
-    Preprocessing,
-    preprocess,
-    skip_image_preprocessing,
-)
+from featuremaps.inputs.model_input import ANY_MODEL, ModelInput
+from featuremaps.inputs.preprocessing import preprocess, skip_image_preprocessing
 from featuremaps.inputs.values import EIGHT_BIT, FloatArray, float32_values, unit_scaled
 
 __all__ = ["load_clip", "load_volume"]
@@ -38,13 +34,7 @@ def _volume_display(cdhw: FloatArray) -> npt.NDArray[np.uint8]:
     return for_display(np.ascontiguousarray(middle.transpose(1, 2, 0)))
 
 
-def load_volume(
-    path: str | Path,
-    *,
-    channels: int | None = None,
-    layer_name: str | None = None,
-    preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
-) -> LoadedInput:
+def load_volume(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     """Load a ``.npy`` volume ``(C, D, H, W)`` or ``(1, C, D, H, W)`` as the ``(1, C, D, H, W)``
     float32 tensor to feed (for a model whose first layer is 3-D).
 
@@ -54,6 +44,7 @@ def load_volume(
     skipped and said so, and steps given by the user are refused. ``display`` is the middle
     slice along D.
     """
+    channels, layer_name, preprocessing = spec.channels, spec.layer_name, spec.preprocessing
     where, array, _, original = read_array(path, channels)
     conversions: list[str] = []
     layout = "(C, D, H, W)"
@@ -109,13 +100,7 @@ def _clip_frames(where: Path) -> tuple[list[Image.Image], str]:
         return frames, f"{opened.format or where.suffix.lstrip('.').upper()} of {count} frames"
 
 
-def load_clip(
-    path: str | Path,
-    *,
-    channels: int | None = None,
-    layer_name: str | None = None,
-    preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
-) -> LoadedInput:
+def load_clip(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     """Load a clip, a folder of frames (image files in name order) or an animated GIF, as the
     ``(1, 3, T, H, W)`` float32 tensor to feed (for a model whose first layer is 3-D).
 
@@ -123,6 +108,7 @@ def load_clip(
     crop, normalisation) frame by frame, as an image would be; the frames must all come out the
     same size. ``display`` is the first frame as given.
     """
+    channels, layer_name, preprocessing = spec.channels, spec.layer_name, spec.preprocessing
     where = existing_path(path)
     frames, original = _clip_frames(where)
     if channels is not None and channels != 3:
