@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import featuremaps.datastats as datastats
+import featuremaps.sweeps as sweeps
 from featuremaps._errors import InputError
 from featuremaps.datastats import RunningHistogram, RunningStats
 
@@ -20,14 +21,14 @@ def sweep(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     """Run a test on each implementation of the fast path: the compiled sweep (checked to be
     the one that runs) and the numpy sweep, which is used where numba cannot be imported."""
     if request.param == "numpy":
-        monkeypatch.setattr(datastats, "_compiled", lambda: None)
+        monkeypatch.setattr(sweeps, "compiled_kernels", lambda: None)
     else:
-        assert datastats._compiled() is not None, "numba is a dependency: it must import"
+        assert sweeps.compiled_kernels() is not None, "numba is a dependency: it must import"
 
         def numpy_sweep(*args: object) -> None:
             raise AssertionError("the compiled sweep was expected to run")
 
-        monkeypatch.setattr(datastats, "_sweep_numpy", numpy_sweep)
+        monkeypatch.setattr(sweeps, "sweep_numpy", numpy_sweep)
     return str(request.param)
 
 
@@ -314,7 +315,7 @@ def layout(
     """Batches laid out in memory channel by channel, or channels last (tokens, channels-last
     maps); with the compiled sweep, checks that the kernel for that layout is the one that
     runs."""
-    kernels = datastats._compiled()  # None when the `sweep` fixture chose numpy's
+    kernels = sweeps.compiled_kernels()  # None when the `sweep` fixture chose numpy's
     other = "rows_sweep" if request.param == "channels first" else "block_sweep"
 
     def refuse(*args: object) -> bool:
@@ -322,7 +323,7 @@ def layout(
 
     if kernels is not None:
         monkeypatch.setattr(kernels, other, refuse)
-    monkeypatch.setattr(datastats, "_FEW_CHANNELS", 1)  # rows of 6 channels are swept as rows
+    monkeypatch.setattr(sweeps, "_FEW_CHANNELS", 1)  # rows of 6 channels are swept as rows
     if request.param == "channels first":
         return np.ascontiguousarray
     return _channels_last
@@ -343,7 +344,7 @@ def test_fast_path_with_histogram_equals_numpy_however_blocked(
         raise AssertionError("finite batches must not take the general path")
 
     monkeypatch.setattr(RunningStats, "_update_general", general)
-    monkeypatch.setattr(datastats, "_BLOCK", block)  # blocks of samples, channels, rows
+    monkeypatch.setattr(sweeps, "_BLOCK", block)  # blocks of samples, channels, rows
     batches = [layout(_layer(kind, seed).astype(dtype)) for seed in range(3)]
     batches[1] = batches[1] * 4  # the histogram's range grows
     stats, hist = RunningStats(6, near_zero=0.25), RunningHistogram(64)
@@ -380,9 +381,9 @@ def test_one_value_per_channel_per_sample_is_swept_by_rows(
     # A Linear layer's (N, C): each channel has one value per sample, so the sweep goes along
     # the rows of channels (rows_sweep), not along each channel's one-value runs; rows of a
     # few channels are gathered channel by channel instead (block_sweep over long runs).
-    kernels = datastats._compiled()
+    kernels = sweeps.compiled_kernels()
     assert kernels is not None
-    expected = "rows_sweep" if shape[1] >= datastats._FEW_CHANNELS else "block_sweep"
+    expected = "rows_sweep" if shape[1] >= sweeps._FEW_CHANNELS else "block_sweep"
     other = {"rows_sweep": "block_sweep", "block_sweep": "rows_sweep"}[expected]
 
     def refuse(*args: object) -> bool:
@@ -480,7 +481,7 @@ def test_fast_path_histogram_joins_blocks_of_far_apart_ranges(
 ) -> None:
     # Blocks of one channel each (block 40): a tiny range, a wide signed one, two constants and
     # a range far from zero; the compiled sweep bins each block on its own lattice first.
-    monkeypatch.setattr(datastats, "_BLOCK", block)
+    monkeypatch.setattr(sweeps, "_BLOCK", block)
     rng = np.random.default_rng(8)
     x = np.empty((3, 5, 40), dtype=np.float32)
     x[:, 0] = rng.uniform(0, 1e-3, (3, 40))
@@ -513,7 +514,7 @@ def test_fast_path_histogram_joins_blocks_of_far_apart_ranges(
 def test_a_non_finite_value_in_any_block_leaves_the_fast_path_without_a_trace(
     where: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch, sweep: str
 ) -> None:
-    monkeypatch.setattr(datastats, "_BLOCK", 40)  # many blocks, on both threads
+    monkeypatch.setattr(sweeps, "_BLOCK", 40)  # many blocks, on both threads
     x = _layer("signed", 9, (3, 5, 40, 1)).reshape(3, 5, 40)
     x[where] = np.nan
     stats, hist = RunningStats(5), RunningHistogram(32)
@@ -544,7 +545,7 @@ def test_fast_path_histogram_of_neighbouring_float64_values(
         raise AssertionError("finite batches must not take the general path")
 
     monkeypatch.setattr(RunningStats, "_update_general", general)
-    monkeypatch.setattr(datastats, "_BLOCK", block)
+    monkeypatch.setattr(sweeps, "_BLOCK", block)
     hi = np.nextafter(lo, np.inf)
     x = np.empty((2, 1, 1 << 16))
     x[0, 0] = lo
@@ -568,7 +569,7 @@ def test_histograms_of_very_many_bins_are_counted_by_the_numpy_sweep(
     def compiled(*args: object) -> None:
         raise AssertionError("the compiled sweep keeps blocks x bins counts: not for 5000 bins")
 
-    monkeypatch.setattr(datastats, "_sweep_compiled", compiled)
+    monkeypatch.setattr(sweeps, "sweep_compiled", compiled)
     x = _layer("signed", 11)
     stats, hist = RunningStats(6), RunningHistogram(5000)
     stats.update(x, histogram=hist)
@@ -580,7 +581,7 @@ def test_histograms_of_very_many_bins_are_counted_by_the_numpy_sweep(
 def test_merging_block_histograms_refuses_what_it_cannot_place() -> None:
     # A block lattice coarser than the batch's, or a bin outside the window: nothing is counted
     # (and nothing written out of bounds); the caller then counts the batch on the general path.
-    kernels = datastats._compiled()
+    kernels = sweeps.compiled_kernels()
     assert kernels is not None
     hist = np.zeros((1, 4), dtype=np.int64)
     hist[0, 1] = 5
@@ -612,7 +613,7 @@ def test_means_of_values_near_the_float64_maximum(
     # sign), on the fast paths, the general path, the device path and when batches merge.
     import torch
 
-    monkeypatch.setattr(datastats, "_BLOCK", block)
+    monkeypatch.setattr(sweeps, "_BLOCK", block)
     x = np.array(values)[None, None, :]
     want = float(np.sum(np.array(values) / len(values)))
     fast, general, merged = RunningStats(1), RunningStats(1), RunningStats(1)
@@ -661,12 +662,12 @@ def test_fast_path_histogram_property(
     if n == 0:
         return
     x = np.array(values[: n * channels], dtype=np.float32).reshape(n, channels, 1)
-    previous, datastats._BLOCK = datastats._BLOCK, block
+    previous, sweeps._BLOCK = sweeps._BLOCK, block
     try:
         stats, hist, alone = RunningStats(channels), RunningHistogram(bins), RunningHistogram(bins)
         stats.update(x, histogram=hist)
     finally:
-        datastats._BLOCK = previous
+        sweeps._BLOCK = previous
     alone.update(x)
     result = hist.result()
     np.testing.assert_array_equal(result.edges, alone.result().edges)
@@ -765,11 +766,11 @@ def njit(*args, **options):
         raise RuntimeError("cannot cache function: no locator available")
     return real(*args, **options)
 numba.njit = njit
-from featuremaps import datastats
-assert datastats._compiled() is not None
+from featuremaps import datastats, sweeps
+assert sweeps.compiled_kernels() is not None
 def numpy_sweep(*args):
     raise AssertionError("the compiled sweep was expected to run")
-datastats._sweep_numpy = numpy_sweep
+sweeps.sweep_numpy = numpy_sweep
 x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 5
 stats, hist = datastats.RunningStats(3), datastats.RunningHistogram(8)
 stats.update(x, histogram=hist)

@@ -1,4 +1,4 @@
-"""The statistics sweep compiled to machine code (numba), for :mod:`featuremaps.datastats`.
+"""The statistics sweep compiled to machine code (numba), for :mod:`featuremaps.sweeps`.
 
 One block of values is read from memory once and, while it stays in the CPU cache, gives every
 number a data-set statistic needs: each channel's min, max and float64 sum, then its moments,

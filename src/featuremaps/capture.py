@@ -1,8 +1,9 @@
-"""Capture: the only code that registers hooks on a model; it returns plain records.
+"""Capture: run a model once with hooks on the selected modules; it returns plain records.
 
 Stage three of the flow (input → model → **capture** → transforms → render → io). Forward hooks are
-registered on the selected modules, the model runs once, and every call of every selected module
-yields one :class:`LayerRecord` per output tensor, in execution order.
+registered on the selected modules (through :func:`featuremaps.hooks.run_hooked`), the model runs
+once, and every call of every selected module yields one :class:`LayerRecord` per output tensor,
+in execution order. :func:`zero_channels` hooks the other way: it replaces outputs.
 
 Why values are copied inside the hook: torchvision CNNs run ``ReLU(inplace=True)`` and
 ``out += identity`` after a layer has returned, so a hook that keeps a reference ends up holding the
@@ -28,20 +29,17 @@ Naming rule (documented, tested literally):
 
 Layouts (:mod:`featuremaps.layouts`) are decided inside the hooks from the module's type and
 attributes and the layout of the tensor it was given (followed by storage and shape from module to
-module). For models with module types that do not say their own layout (LayerNorm, attention,
-Permute, RNNs, custom leaves), three cheap probe passes run first, recording only shapes: one
-sample, two samples (the batch axis is the one that doubles) and one sample at a second input size
-(spatial axes move, channels do not). Plain CNNs run once, as before.
+module, by :class:`featuremaps.layouts.evidence.LayoutTracker`). For models with module types
+that do not say their own layout (LayerNorm, attention, Permute, RNNs, custom leaves), three cheap
+probe passes run first, recording only shapes: one sample, two samples (the batch axis is the one
+that doubles) and one sample at a second input size (spatial axes move, channels do not). Plain
+CNNs run once, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import html
-import os
-import traceback
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -51,8 +49,13 @@ import torch
 from torch import nn
 
 from featuremaps import layouts
-from featuremaps._errors import CaptureError, FeaturemapsError, InputError, LayerError, OptionError
+from featuremaps._errors import CaptureError, InputError, LayerError, OptionError
 from featuremaps.attention import recompute_attention
+from featuremaps.hooks import OUTPUT, returned_type, walk
+from featuremaps.hooks import HookedOutput as HookedOutput  # re-exported
+from featuremaps.hooks import Sink as Sink  # re-exported
+from featuremaps.hooks import run_hooked as run_hooked  # re-exported
+from featuremaps.layouts.evidence import PENDING, LayoutTracker, cached_probes
 from featuremaps.naming import record_name, suggest, type_name
 from featuremaps.selection import (
     as_patterns,
@@ -74,29 +77,6 @@ __all__ = [
 ]
 
 RecordCallback = Callable[["LayerRecord"], None]
-
-
-@dataclass(frozen=True, slots=True)
-class HookedOutput:
-    """One output tensor of one module call, as :func:`run_hooked`'s hook sees it: ``tensor`` is
-    still exactly what the module returned; ``given`` is the call's first tensor argument (or
-    None); ``call`` counts the module's calls from 1; ``key`` says where in a tuple or dict
-    output the tensor sits (None for a lone tensor)."""
-
-    path: str
-    module: nn.Module
-    call: int
-    key: str | None
-    tensor: torch.Tensor
-    given: torch.Tensor | None
-
-    @property
-    def name(self) -> str:
-        """The record name of this output (:func:`featuremaps.naming.record_name`)."""
-        return record_name(self.path, self.call, self.key)
-
-
-Sink = Callable[[HookedOutput], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -293,204 +273,6 @@ NEVER_CALLED = "its forward was never called (the parent may use its weights dir
 SCRIPTED = "TorchScript submodules run without Python hooks; only the model output is captured"
 
 
-def _walk(value: Any, key: str | None) -> Iterator[tuple[str | None, torch.Tensor]]:
-    """Yield ``(key path, tensor)`` for every tensor inside a module's output."""
-    if isinstance(value, torch.Tensor):
-        yield key, value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _walk(v, str(k) if key is None else f"{key}.{k}")
-    elif isinstance(value, (tuple, list)):
-        fields = getattr(value, "_fields", None)  # namedtuples get their field names
-        for i, v in enumerate(value):
-            k = fields[i] if fields else str(i)
-            yield from _walk(v, k if key is None else f"{key}.{k}")
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for item in dataclasses.fields(value):
-            k = item.name
-            yield from _walk(getattr(value, k), k if key is None else f"{key}.{k}")
-
-
-def returned_type(value: Any) -> str:
-    """How a module output without tensors is named in listings: ``NoneType``, ``ImageList``,
-    ``tuple (ImageList, NoneType)``, ``dict (no tensors)``."""
-    kind = type(value).__name__
-    if isinstance(value, (tuple, list)) and value:
-        items = [type(v).__name__ for v in value[:4]] + (["..."] if len(value) > 4 else [])
-        return f"{kind} ({', '.join(items)})"
-    if isinstance(value, (Mapping, tuple, list)) or dataclasses.is_dataclass(value):
-        return f"{kind} (no tensors)"
-    return kind
-
-
-def _call_model(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _describe_inputs(inputs: Any) -> str:
-    if isinstance(inputs, torch.Tensor):
-        return f"input of shape {tuple(inputs.shape)}"
-    return f"inputs of type {type(inputs).__name__}"
-
-
-OtherSink = Callable[[str, nn.Module, int, str], None]
-#: ``(path, module, call, args, kwargs, output)`` after a call of a module in ``calls_of``.
-CallSink = Callable[[str, nn.Module, int, tuple[Any, ...], dict[str, Any], Any], None]
-
-
-def run_hooked(
-    model: nn.Module,
-    inputs: Any,
-    modules: Mapping[str, nn.Module],
-    sink: Sink,
-    *,
-    train: bool = False,
-    grad: bool = False,
-    on_other: OtherSink | None = None,
-    on_call: CallSink | None = None,
-    calls_of: Mapping[str, nn.Module] | None = None,
-) -> tuple[Any, dict[str, int]]:
-    """Run ``model`` once with a forward hook on each of ``modules``; return output and call counts.
-
-    ``sink`` is called inside the hook with each output tensor (:class:`HookedOutput`), while
-    the value is still exactly what the module returned, with the call's first tensor argument,
-    so a consumer can follow values from module to module.
-    ``on_other(path, module, call, returned)`` is called for a call whose output holds no tensor,
-    with the type it returned (:func:`returned_type`). ``on_call(path, module, call, args,
-    kwargs, output)`` is called after each call of the modules in ``calls_of`` (after ``sink``),
-    with the call's own arguments (attention is recomputed from them); ``call`` counts that
-    module's calls. The model's train/eval flags are restored
-    module by module afterwards, and every hook is removed even if the forward fails.
-
-    Raises:
-        CaptureError: the forward pass failed; the message names the module that was running
-            (or says that the model's own code failed, outside any module), the file, line and
-            function where the exception was raised, and the exception's own text.
-    """
-    calls = dict.fromkeys(modules, 0)
-    # The modules running right now, outermost first: a failure belongs to the innermost one,
-    # and to none when the stack is empty (the model's own forward code).
-    active: list[str] = []
-    finished: list[str] = []
-    handles = []
-
-    def make_hook(path: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            calls[path] += 1
-            given = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            found = False
-            for key, tensor in _walk(output, None):
-                found = True
-                sink(HookedOutput(path, module, calls[path], key, tensor, given))
-            if not found and on_other is not None:
-                on_other(path, module, calls[path], returned_type(output))
-
-        return hook
-
-    call_counts = dict.fromkeys(calls_of or {}, 0)
-
-    def make_call_hook(path: str) -> Callable[[nn.Module, Any, Any, Any], None]:
-        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-            call_counts[path] += 1
-            if on_call is not None:
-                on_call(path, module, call_counts[path], tuple(args), dict(kwargs), output)
-
-        return hook
-
-    def make_enter(path: str) -> Callable[[nn.Module, Any], None]:
-        def enter(module: nn.Module, args: Any) -> None:
-            active.append(path)
-
-        return enter
-
-    def make_leave(path: str) -> Callable[[nn.Module, Any, Any], None]:
-        def leave(module: nn.Module, args: Any, output: Any) -> None:
-            if active and active[-1] == path:
-                active.pop()
-            finished[:] = [path]
-
-        return leave
-
-    modes = {m: m.training for m in model.modules()}
-    try:
-        for path, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(path)))
-        for path, module in (calls_of or {}).items():
-            hook = make_call_hook(path)
-            handles.append(module.register_forward_hook(hook, with_kwargs=True))
-        for path, module in model.named_modules():
-            if path and not isinstance(module, torch.jit.ScriptModule):
-                handles.append(module.register_forward_pre_hook(make_enter(path)))
-                handles.append(module.register_forward_hook(make_leave(path)))
-        model.train(train)
-        with torch.set_grad_enabled(grad):
-            try:
-                output = _call_model(model, inputs)
-            except FeaturemapsError:
-                raise  # our own errors from a record consumer already say what is wrong
-            except Exception as exc:  # re-raised with the user's context, chain kept
-                raise _forward_failure(model, inputs, exc, active, finished) from exc
-    finally:
-        for handle in handles:
-            handle.remove()
-        for m, was_training in modes.items():
-            m.training = was_training
-    return output, calls
-
-
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _raised_at(exc: BaseException) -> str:
-    """``file:line (in function)`` of the deepest frame of the traceback in the model's code:
-    not inside torch (whose modules only call into the model) and not inside featuremaps."""
-    frames = [
-        f
-        for f in traceback.extract_tb(exc.__traceback__)
-        if not os.path.abspath(f.filename).startswith((_TORCH_DIR, _OWN_DIR))
-    ]
-    if not frames:
-        return ""
-    frame = frames[-1]
-    return f" at {frame.filename}:{frame.lineno} (in {frame.name})"
-
-
-def _exception_text(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:1000]}" if text else type(exc).__name__
-
-
-def _forward_failure(
-    model: nn.Module, inputs: Any, exc: BaseException, active: list[str], finished: list[str]
-) -> CaptureError:
-    where = _raised_at(exc)
-    what = _exception_text(exc)
-    if active or next(iter(model.children()), None) is None:
-        # A model without submodules is its own only layer: the failure is that layer's.
-        name = f"'{active[-1]}' " if active else "the model "
-        kind = type(model.get_submodule(active[-1]) if active else model).__name__
-        return CaptureError(
-            f"the model's forward pass failed in {name}({kind}){where} on "
-            f"{_describe_inputs(inputs)}: {what}; check the input size and channel count the "
-            "model expects"
-        )
-    if not where:  # no frame of the model's code: calling it failed (e.g. its signature)
-        return CaptureError(
-            f"the model's forward pass failed on {_describe_inputs(inputs)}: {what}; check "
-            "the arguments its forward takes"
-        )
-    when = f"after its module '{finished[0]}' returned" if finished else "before any module ran"
-    return CaptureError(
-        f"the model's forward pass failed in its own forward code, outside any submodule"
-        f"{where}, {when}, on {_describe_inputs(inputs)}: {what}"
-    )
-
-
 def capture(
     model: nn.Module,
     inputs: Any,
@@ -583,7 +365,7 @@ def capture(
 
     if isinstance(model, torch.jit.ScriptModule):
         output, _ = run_hooked(model, inputs, {}, _ignore, train=train, grad=grad)
-        for key, tensor in _walk(output, None):
+        for key, tensor in walk(output, None):
             emit("output", model, 1, key, tensor, layouts.decide(tuple(tensor.shape), ""))
         not_run = tuple(NotRun(p, type_name(m), SCRIPTED) for p, m in selected.items() if p)
         return Capture(tuple(kept), not_run, count, output)
@@ -596,8 +378,8 @@ def capture(
     types_of = [type_name(m) for m in hooked.values()]
     if probe is None:
         probe = layouts.needs_probes(types_of)
-    probes = _cached_probes(model, inputs, hooked, train) if probe else {}
-    tracker = _LayoutTracker(model, inputs, probes, input_layout, closed=not probe)
+    probes = cached_probes(model, inputs, hooked, train) if probe else {}
+    tracker = LayoutTracker(model, inputs, probes, input_layout, closed=not probe)
 
     # Records whose layout needs probes that did not run (a Linear giving tokens in a model
     # of otherwise self-describing modules) are held, copied, until the probes have run.
@@ -607,7 +389,7 @@ def capture(
         path: str, module: nn.Module, call: int, key: str | None, t: torch.Tensor, layout: Any
     ) -> None:
         nonlocal count
-        if layout is not _PENDING:
+        if layout is not PENDING:
             emit(path, module, call, key, t, layout)
             return
         held.append((count, path, module, call, key, t.detach().clone()))
@@ -681,8 +463,8 @@ def capture(
     )
     outputs: dict[str, str] = {}
     if "" not in hooked:  # a model that is its own only layer already gave "output"
-        name = _OUTPUT if _OUTPUT not in hooked else f"{_OUTPUT} (model)"
-        for key, tensor in _walk(output, None):
+        name = OUTPUT if OUTPUT not in hooked else f"{OUTPUT} (model)"
+        for key, tensor in walk(output, None):
             recorded = tracker.recorded(tensor)
             if recorded is not None:
                 outputs[key or ""] = recorded
@@ -693,7 +475,7 @@ def capture(
                 take(name, model, 1, key, tensor, layout)
                 outputs[key or ""] = full
     if tracker.pending:
-        tracker.redecide(_cached_probes(model, inputs, hooked, train))
+        tracker.redecide(cached_probes(model, inputs, hooked, train))
         probe = True
     for index, path, module, call, key, t in held:
         final = tracker.final[record_name(path, call, key)]
@@ -716,8 +498,6 @@ def capture(
         no_tensor=tuple(no_tensor),
     )
 
-
-_OUTPUT = "output"
 
 #: The output key of the attention probabilities recomputed for a ``MultiheadAttention`` call
 #: that did not return them (record ``<module path>.attention``).
@@ -756,249 +536,6 @@ def _recomputed(
 
 def _ignore(out: HookedOutput) -> None:
     return None
-
-
-def _attrs(module: nn.Module) -> dict[str, Any]:
-    """The attributes of a module that say what its output's axes are."""
-    found: dict[str, Any] = {}
-    batch_first = getattr(module, "batch_first", None)
-    if isinstance(batch_first, bool):
-        found["batch_first"] = batch_first
-    dims = getattr(module, "dims", None)
-    if isinstance(dims, (list, tuple)) and all(isinstance(d, int) for d in dims):
-        found["dims"] = tuple(dims)
-    return found
-
-
-_PENDING = layouts.Layout("pending", None, None, None, "waiting for probes")
-_PROBE_HELPS = frozenset({"undecided", "NLD", "LND->NLD"})
-
-
-def _version(t: torch.Tensor) -> int | None:
-    """The tensor's in-place version counter; ``None`` for inference tensors, which keep none."""
-    try:
-        return int(t._version)
-    except RuntimeError:
-        return None
-
-
-class _LayoutTracker:
-    """Decides each output's layout during a pass, following layouts from module to module.
-
-    A tensor is followed by identity (the same object, alive): in-place modules return the very
-    tensor they were given, and a freed tensor's memory reused by a new one is never mistaken
-    for it. Without probes, a decision that probes could change is left pending
-    (:data:`_PENDING`), with everything needed to take it again once they have run
-    (:meth:`redecide`).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        inputs: Any,
-        probes: Mapping[str, layouts.Probe],
-        input_layout: str | None,
-        closed: bool,
-    ) -> None:
-        self.model = model
-        prefix, source = layouts.prefix_tokens(model) if probes else (None, "")
-        self.facts = layouts.Facts(prefix=prefix, prefix_source=source, closed=closed)
-        self.probes = probes
-        self.can_wait = not probes and closed
-        # id -> (the tensor, weakly; its version when recorded; the step that produced it).
-        self.objects: dict[int, tuple[weakref.ref[torch.Tensor], int | None, int]] = {}
-        self.batch_one = isinstance(inputs, torch.Tensor) and inputs.dim() > 0 and len(inputs) == 1
-        # Every decision in order, to take them again: name, type, attrs, key, shape, the step
-        # that produced the module's input (-1: the model input, None: unknown).
-        self.steps: list[tuple[str, str, dict[str, Any], str | None, tuple[int, ...], int | None]]
-        self.steps = []
-        self.decided: list[str] = []
-        self.pending = False
-        self.final: dict[str, layouts.Layout] = {}
-        self.input_layout: str | None = None
-        if isinstance(inputs, torch.Tensor):
-            self.input_layout = input_layout or {4: "NCHW", 5: "NCDHW"}.get(inputs.dim())
-            self.objects[id(inputs)] = (weakref.ref(inputs), _version(inputs), -1)
-
-    def _step_of(self, t: torch.Tensor | None) -> int | None:
-        entry = self.objects.get(id(t)) if t is not None else None
-        if entry is None or entry[0]() is not t:
-            return None
-        return entry[2]
-
-    def _layout_of(self, step: int | None) -> str | None:
-        if step is None:
-            return None
-        return self.input_layout if step < 0 else self.decided[step]
-
-    def decide(
-        self,
-        name: str,
-        module: nn.Module,
-        key: str | None,
-        t: torch.Tensor,
-        given: torch.Tensor | None,
-    ) -> layouts.Layout:
-        given_step = self._step_of(given)
-        given_layout = self._layout_of(given_step)
-        shape = tuple(int(n) for n in t.shape)
-        attrs = _attrs(module)
-        self.steps.append((name, type_name(module), attrs, key, shape, given_step))
-        if given_layout == _PENDING.name:
-            layout = _PENDING
-        else:
-            layout = self._decide(name, type_name(module), attrs, key, shape, given_layout)
-            if self.can_wait and layout.name in _PROBE_HELPS:
-                layout = _PENDING
-        self.decided.append(layout.name)
-        self.objects[id(t)] = (weakref.ref(t), _version(t), len(self.steps) - 1)
-        if layout is _PENDING:
-            # Something here needs probes, so the model is not made of channels-first modules
-            # only: nothing later is channels-first by elimination.
-            self.pending = True
-            self.facts.closed = False
-        return layout
-
-    def _decide(
-        self,
-        name: str,
-        module_type: str,
-        attrs: dict[str, Any],
-        key: str | None,
-        shape: tuple[int, ...],
-        given_layout: str | None,
-    ) -> layouts.Layout:
-        probe = self.probes.get(name)
-        if probe is not None and probe.one is None and self.batch_one:
-            probe = replace(probe, one=shape)  # this pass is the 1-sample probe
-        layout = layouts.decide(
-            shape,
-            module_type,
-            given_layout,
-            probe=probe,
-            facts=self.facts,
-            attrs=attrs,
-            key=key,
-        )
-        if layout.name == layouts.ATTENTION.name and key == "1":  # weights the module returned
-            tokens = self.final.get(name[: -len(key)] + "0")
-            layout = layouts.attention(tokens, shape, layout.note)
-        if layout.name == "NCHW" and len(shape) == 4:
-            resized = probe.resized if probe is not None else None
-            other = (resized[2], resized[3]) if resized is not None and len(resized) == 4 else None
-            self.facts.grids.append((name, (shape[2], shape[3]), other, shape[1]))
-        self.final[name] = layout
-        return layout
-
-    def redecide(self, probes: Mapping[str, layouts.Probe]) -> None:
-        """Take every decision again, in order, with the probes' evidence."""
-        self.probes = probes
-        prefix, source = layouts.prefix_tokens(self.model)
-        self.facts = layouts.Facts(prefix=prefix, prefix_source=source, closed=False)
-        for i, (name, module_type, attrs, key, shape, given_step) in enumerate(self.steps):
-            given_layout = self._layout_of(given_step)
-            self.decided[i] = self._decide(name, module_type, attrs, key, shape, given_layout).name
-        self.pending = False
-
-    def layout_of(self, tensor: torch.Tensor) -> str | None:
-        """The layout decided for ``tensor`` when a recorded module returned it (or the input)."""
-        return self._layout_of(self._step_of(tensor))
-
-    def recorded(self, tensor: torch.Tensor) -> str | None:
-        """The record that holds exactly ``tensor`` (same object, not changed in place since)."""
-        entry = self.objects.get(id(tensor))
-        version = _version(tensor)
-        if entry is None or entry[0]() is not tensor or version is None or entry[1] != version:
-            return None
-        return self.steps[entry[2]][0] if entry[2] >= 0 else None
-
-
-def _probe_inputs(
-    inputs: torch.Tensor,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """One sample, two samples, and one sample at a second size (spatial axes grown by
-    different amounts, so each moves differently; ``None`` for inputs without spatial axes)."""
-    one = inputs[:1]
-    two = torch.cat([one, one])
-    first = None if len(inputs) == 1 else one  # the capture pass itself is the 1-sample probe
-    if inputs.dim() < 3 or not inputs.is_floating_point():
-        return first, two, None
-    spatial = tuple(int(n) for n in one.shape[2:])
-    # Multiples of 32 keep patch embeddings and stride-32 networks aligned; unequal growth tells
-    # the spatial axes apart (64 rows, 32 columns; 8 more frames for clips).
-    grow = {1: (64,), 2: (64, 32), 3: (8, 64, 32)}.get(len(spatial))
-    if grow is None:
-        return one, two, None
-    size = tuple(n + g for n, g in zip(spatial, grow, strict=True))
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
-    resized = torch.nn.functional.interpolate(one, size=size, mode=mode, align_corners=False)
-    return first, two, resized
-
-
-# Probe results per model and input geometry, so a data-set pass (one capture per batch) probes
-# once. Keyed weakly by the model: a model that is freed takes its entries with it.
-_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[Any, dict[str, layouts.Probe]]]
-_PROBES = weakref.WeakKeyDictionary()
-
-
-def _cached_probes(
-    model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module], train: bool
-) -> dict[str, layouts.Probe]:
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1:
-        return _probe_shapes(model, inputs, modules, train)
-    key = (
-        tuple(inputs.shape[1:]),
-        len(inputs) == 1,
-        inputs.dtype,
-        str(inputs.device),
-        tuple(modules),
-        train,
-    )
-    per_model = _PROBES.setdefault(model, {})
-    if key not in per_model:
-        per_model[key] = _probe_shapes(model, inputs, modules, train)
-    return per_model[key]
-
-
-def _probe_shapes(
-    model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module], train: bool
-) -> dict[str, layouts.Probe]:
-    """Each record's output shape for one sample, two samples and a second input size.
-
-    Only shapes are kept (no copies). A probe the model refuses (a fixed input size, a batch
-    norm in training mode with one sample) is left out; its evidence is then missing.
-    """
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[0] < 1:
-        return {}
-    runs: list[dict[str, tuple[int, ...]] | None] = []
-    for probe_input in _probe_inputs(inputs):
-        if probe_input is None:
-            runs.append(None)
-            continue
-        shapes: dict[str, tuple[int, ...]] = {}
-
-        def sink(out: HookedOutput, into: dict[str, tuple[int, ...]] = shapes) -> None:
-            into[out.name] = tuple(int(n) for n in out.tensor.shape)
-
-        try:
-            output, _ = run_hooked(model, probe_input, modules, sink, train=train)
-        except CaptureError:
-            runs.append(None)
-            continue
-        name = _OUTPUT if _OUTPUT not in modules else f"{_OUTPUT} (model)"
-        for key, tensor in _walk(output, None):
-            shapes.setdefault(record_name(name, 1, key), tuple(int(n) for n in tensor.shape))
-        runs.append(shapes)
-    one, two, resized = runs
-    names = set().union(*(r for r in runs if r is not None))
-    return {
-        n: layouts.Probe(
-            one.get(n) if one else None,
-            two.get(n) if two else None,
-            resized.get(n) if resized else None,
-        )
-        for n in names
-    }
 
 
 def _check_patterns_hit(

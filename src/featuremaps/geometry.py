@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from featuremaps._errors import OptionError
-from featuremaps.capture import HookedOutput, run_hooked
 from featuremaps.cells import nearest_cell
+from featuremaps.hooks import HookedOutput, run_hooked
 from featuremaps.naming import record_name
 
 __all__ = ["AxisGeometry", "GeometryTracker", "LineGeometry", "MapGeometry", "compute_geometry"]
