@@ -51,10 +51,7 @@ from torch import nn
 from featuremaps import layouts
 from featuremaps._errors import CaptureError, InputError, LayerError, OptionError
 from featuremaps.attention import recompute_attention
-from featuremaps.hooks import OUTPUT, returned_type, walk
-from featuremaps.hooks import HookedOutput as HookedOutput  # re-exported
-from featuremaps.hooks import Sink as Sink  # re-exported
-from featuremaps.hooks import run_hooked as run_hooked  # re-exported
+from featuremaps.hooks import OUTPUT, HookedOutput, returned_type, run_hooked, walk
 from featuremaps.layouts.evidence import PENDING, LayoutTracker, cached_probes
 from featuremaps.naming import record_name, suggest, type_name
 from featuremaps.selection import (

@@ -15,7 +15,6 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from featuremaps.capture import HookedOutput, run_hooked
 from featuremaps.commands.cli_common import (
     Command,
     add_containers_option,
@@ -23,6 +22,7 @@ from featuremaps.commands.cli_common import (
     load_model_and_inputs,
     print_preprocessing,
 )
+from featuremaps.hooks import HookedOutput, run_hooked
 from featuremaps.naming import record_name, type_name
 from featuremaps.selection import select_modules
 
