@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 OUT ?= out/demo
 
-.PHONY: demo test bench lint typecheck unit chromium clean
+.PHONY: demo test docs bench lint typecheck unit chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy src/featuremaps
 
+# The user guide (docs/, mkdocs.yml) as a site in out/site; --strict fails on a broken link or
+# anchor and on a page missing from the nav. tests/test_docs_examples.py runs its examples.
+docs: $(VENV)/.installed-dev
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not used):
 # installed here when missing, as CI does, so `make test` works alone on a fresh machine.
 chromium:
@@ -43,7 +48,7 @@ chromium:
 unit: $(VENV)/.installed-dev chromium
 	$(VENV)/bin/pytest
 
-test: lint typecheck unit
+test: lint typecheck docs unit
 
 # Side-by-side timings and memory (minutes); not part of `make test`. TorchLens joins the capture
 # table when installed (the `bench` extra).
