@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from featuremaps._errors import ModelError, UntrustedCheckpointError
+from featuremaps.manifest import RANDOM_WEIGHTS, weights_mark
 
 if TYPE_CHECKING:
     from featuremaps.inputs import Preprocessing
@@ -79,6 +80,17 @@ class LoadedModel:
     weights_enum: Any = None
     preprocessing: Preprocessing | None = None
     onnx_nodes: Mapping[str, OnnxNode] | None = None
+
+    @property
+    def stamp(self) -> str | None:
+        """What pictures draw in a red box when the weights are random (None otherwise)."""
+        return RANDOM_WEIGHTS if self.random_weights else None
+
+    @property
+    def mark(self) -> str | None:
+        """The sentence every output carries when the weights are random (None otherwise):
+        picture metadata, TIFF descriptions, OME-XML, arrays, console notes."""
+        return weights_mark(self.weights_status) if self.random_weights else None
 
     def __repr__(self) -> str:
         count = sum(p.numel() for p in self.model.parameters())

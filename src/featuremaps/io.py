@@ -8,6 +8,12 @@ leaves the previous results untouched. File names derived from layer names are m
 
 A folder is only ever replaced when it is empty or holds a ``manifest.json`` written by this tool;
 anything else may be the user's own files and is refused.
+
+An output folder of a model with random weights is given the mark (``OutputFolder(out, mark=...)``)
+and puts it into every picture it writes, whoever encoded it: a PNG gets an ``iTXt`` text chunk
+keyed :data:`~featuremaps.manifest.MARK_KEY`, a JPEG a comment, and ``.safetensors`` arrays get
+it in their metadata. So no picture leaves without it,
+even one a new command adds; the visible stamp is drawn by the render stage.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import shutil
 import struct
 import tempfile
 import uuid
+import zlib
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -29,7 +36,7 @@ import numpy as np
 import torch
 
 from featuremaps._errors import OutputError
-from featuremaps.manifest import MANIFEST, OUTPUT_FILES, TOOL
+from featuremaps.manifest import MANIFEST, MARK_KEY, OUTPUT_FILES, TOOL
 
 __all__ = [
     "DiskArray",
@@ -37,6 +44,7 @@ __all__ = [
     "SafetensorsStream",
     "WorkFolder",
     "dump_json",
+    "marked",
     "parquet_available",
     "safe_filename",
     "update_run_folder",
@@ -137,6 +145,35 @@ def dump_json(obj: Any) -> str:
         return _NON_FINITE.sub("null", numbers)  # only numbers here: NaN/Infinity are values
 
     return re.sub(f'"{re.escape(token)}(\\d+)"', unpack, text)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IHDR_END = len(_PNG_SIGNATURE) + 4 + 4 + 13 + 4  # length, type, data, CRC
+_JPEG_SOI = b"\xff\xd8"
+
+
+def marked(data: bytes, mark: str) -> bytes:
+    """``data`` with ``mark`` in its metadata when it is a picture; other bytes as they are.
+
+    A PNG gets an uncompressed ``iTXt`` chunk (UTF-8) keyed :data:`MARK_KEY` right after its
+    header chunk (Pillow reads it as ``image.text[MARK_KEY]``); a JPEG gets a comment segment
+    after its JFIF header (Pillow: ``image.info["comment"]``). The pixels are not touched.
+    """
+    if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR":
+        # keyword, NUL, compression flag and method (0: plain), empty language and
+        # translated keyword (each NUL-terminated), then the text.
+        body = MARK_KEY.encode("latin-1") + b"\0\0\0\0\0" + mark.encode("utf-8")
+        crc = zlib.crc32(b"iTXt" + body)
+        chunk = struct.pack(">I", len(body)) + b"iTXt" + body + struct.pack(">I", crc)
+        return data[:_PNG_IHDR_END] + chunk + data[_PNG_IHDR_END:]
+    if data.startswith(_JPEG_SOI):
+        at = len(_JPEG_SOI)
+        if data[at : at + 2] == b"\xff\xe0":  # keep the JFIF segment first
+            at += 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
+        text = mark.encode("utf-8")[:65533]
+        segment = b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text
+        return data[:at] + segment + data[at:]
+    return data
 
 
 def update_run_folder(folder: str | Path, files: dict[str, bytes]) -> list[Path]:
@@ -255,10 +292,13 @@ class OutputFolder:
     """Collect a run's files and put them in place atomically.
 
     Use as a context manager: files are written into a hidden staging folder next to ``target``;
-    leaving the block normally replaces ``target`` with it, an exception discards it.
+    leaving the block normally replaces ``target`` with it, an exception discards it. With
+    ``mark`` (the model's random-weights mark), every picture and array written through it
+    carries the mark in its metadata (see :func:`marked`).
     """
 
-    def __init__(self, target: str | Path) -> None:
+    def __init__(self, target: str | Path, mark: str | None = None) -> None:
+        self.mark = mark
         # An absolute path without resolving links: a link is refused below, and "." gets a
         # real name so that it can be recognised.
         self.target = Path(os.path.abspath(target))
@@ -321,6 +361,8 @@ class OutputFolder:
 
     def write_bytes(self, relative: str, data: bytes) -> str:
         """Write ``data`` to ``relative`` inside the folder; return the relative path."""
+        if self.mark:
+            data = marked(data, self.mark)
         try:
             self.path(relative).write_bytes(data)
         except OSError as exc:
@@ -376,6 +418,8 @@ class OutputFolder:
 
     def arrays(self, relative: str, metadata: dict[str, str] | None = None) -> SafetensorsStream:
         """A streaming ``.safetensors`` writer for ``relative`` (close it before committing)."""
+        if self.mark:
+            metadata = {**(metadata or {}), MARK_KEY: self.mark}
         return SafetensorsStream(self.path(relative), metadata)
 
     def commit(self) -> Path:

@@ -25,7 +25,9 @@ __all__ = [
     "ARRAYS",
     "LOCATE",
     "MANIFEST",
+    "MARK_KEY",
     "OUTPUT_FILES",
+    "RANDOM_WEIGHTS",
     "SLIDE",
     "SUMMARY",
     "TOOL",
@@ -33,6 +35,7 @@ __all__ = [
     "header",
     "runs_manifest",
     "versions",
+    "weights_mark",
 ]
 
 TOOL = "featuremaps"
@@ -44,6 +47,19 @@ SLIDE = "slide.json"  # ... `featuremaps slide`
 #: The files that mark a folder as written by featuremaps (each holds ``"tool": "featuremaps"``).
 OUTPUT_FILES = (MANIFEST, SUMMARY, ABLATION, LOCATE, SLIDE)
 ARRAYS = "arrays.safetensors"
+
+#: The stamp drawn on every picture of a model with random weights (a red box in its legend).
+RANDOM_WEIGHTS = "RANDOM WEIGHTS"
+#: The key under which pictures (PNG text, JPEG comment), arrays and OME-XML annotations of a
+#: model with random weights carry :func:`weights_mark`.
+MARK_KEY = "featuremaps:weights"
+
+
+def weights_mark(weights_status: str) -> str:
+    """The one sentence every output of a model with random weights carries, in its metadata
+    and descriptions (``RANDOM WEIGHTS (<how the weights came about>)``); pictures draw
+    :data:`RANDOM_WEIGHTS` itself."""
+    return f"{RANDOM_WEIGHTS} ({weights_status})"
 
 
 def _version_of(module: str, distribution: str) -> str:
@@ -86,12 +102,15 @@ def header(model: Mapping[str, Any] | None = None, *, created: bool = True) -> d
 
 
 def runs_manifest(
-    manifests: Sequence[str], inputs: Sequence[dict[str, Any]] | None = None
+    manifests: Sequence[str],
+    inputs: Sequence[dict[str, Any]] | None = None,
+    model: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The top-level manifest of a run over several inputs: it lists each input's manifest and,
     with ``inputs``, which input each sub-folder holds (``{"folder", "input", "kind",
-    "manifest"}``), so folders whose names were made safe or unique stay traceable."""
-    out = {**header(created=False), "runs": list(manifests)}
+    "manifest"}``), so folders whose names were made safe or unique stay traceable; ``model``
+    (the model's description) is in it as in each input's manifest."""
+    out = {**header(model, created=False), "runs": list(manifests)}
     if inputs is not None:
         out["inputs"] = list(inputs)
     return out

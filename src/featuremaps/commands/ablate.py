@@ -93,7 +93,7 @@ def ablate(
     pre = preprocessing or loaded.input_preprocessing()
     first = expected_channels(loaded.model)
     saved = read_stats(channel_stats) if isinstance(channel_stats, (str, Path)) else channel_stats
-    folder = OutputFolder(out) if out is not None else None
+    folder = OutputFolder(out, loaded.mark) if out is not None else None
     with (
         folder or contextlib.nullcontext(),
         tqdm(desc="ablation", unit=" pass", disable=not progress, leave=False) as bar,
@@ -150,6 +150,7 @@ def ablate(
                 "seed": seed,
                 "seconds": result.seconds,
                 "curve": result.curve(),
+                "files": [ABLATION_CSV, ABLATION_PNG],
             }
             folder.write_csv(ABLATION_CSV, result.rows())
             folder.write_json(ABLATION, summary)
@@ -245,7 +246,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             file=out,
         )
     if loaded.random_weights:
-        print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
+        print(f"note: {loaded.mark}", file=out)
     print(f"results: {(Path(args.out) / 'ablation.csv').resolve()}", file=out)
     return 0
 

@@ -28,7 +28,8 @@ from featuremaps.inputs import fed_picture
 from featuremaps.io import OutputFolder
 from featuremaps.manifest import LOCATE, header
 from featuremaps.models import LoadedModel
-from featuremaps.render.encode import encode
+from featuremaps.render.encode import encode, encode_png
+from featuremaps.render.legend import stamp_band
 from featuremaps.render.overlay import Overlay
 from featuremaps.selection import select_modules
 
@@ -94,6 +95,8 @@ def draw_overlay(
 
     With ``out``, also writes that folder (replacing an earlier one): ``overlay.png`` and
     ``locate.json`` (model, input, layer, channel, geometry and the caption of the picture).
+    A model with random weights gets ``overlay.png`` with a band under the picture holding the
+    ``RANDOM WEIGHTS`` stamp (the returned :class:`Overlay` is the picture itself).
     """
     from featuremaps.render import overlay
 
@@ -112,8 +115,13 @@ def draw_overlay(
         raise OptionError(f"the input of shape {tuple(tensor.shape)} is not a picture to draw on")
     picture = overlay(fed[0], maps[channel], geometry, alpha=alpha, threshold=threshold, cmap=cmap)
     if out is not None:
-        with OutputFolder(out) as folder:
-            folder.write_bytes(OVERLAY_PNG, encode(picture))
+        with OutputFolder(out, loaded.mark) as folder:
+            folder.write_bytes(
+                OVERLAY_PNG,
+                encode_png(stamp_band(picture.pixels, loaded.stamp))
+                if loaded.stamp
+                else encode(picture),
+            )
             folder.write_json(
                 LOCATE,
                 {
@@ -207,6 +215,8 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             geometry=geo, out=args.out,
         )  # fmt: skip
         print(f"overlay: {picture.caption}", file=out)
+        if loaded.random_weights:
+            print(f"note: {loaded.mark}", file=out)
         print(f"results: {Path(args.out).resolve()}", file=out)
     return 0
 

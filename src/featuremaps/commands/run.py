@@ -59,7 +59,14 @@ from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
 from featuremaps.inputs import LoadedInput, fed_picture, sample_image_path
 from featuremaps.io import OutputFolder, safe_filename
-from featuremaps.manifest import ARRAYS, MANIFEST, RecordSummary, header, runs_manifest
+from featuremaps.manifest import (
+    ARRAYS,
+    MANIFEST,
+    RANDOM_WEIGHTS,
+    RecordSummary,
+    header,
+    runs_manifest,
+)
 from featuremaps.models import LoadedModel
 from featuremaps.predictions import categories, prediction, prediction_lines
 from featuremaps.render import Grid, GridLabel, GridOptions
@@ -256,7 +263,7 @@ def _run_one(
     if grid.scale == "global":
         r = global_range(loaded.model, tensor, cap, sample, placement)
         grid = replace(grid, value_range=(r.vmin, r.vmax))
-    stamp = "RANDOM WEIGHTS" if loaded.random_weights else None
+    stamp = loaded.stamp
     precision = placement.label
     summaries: list[RecordSummary] = []
     grids: dict[str, Grid] = {}
@@ -413,7 +420,7 @@ def _run_one(
         )
         warnings.warn(NonFiniteWarning(messages[-1]), stacklevel=3)
     if loaded.random_weights:
-        messages.append(f"RANDOM WEIGHTS: {loaded.weights_status}")
+        messages.append(f"{RANDOM_WEIGHTS}: {loaded.weights_status}")
     named = categories(loaded)
     found = None
     if named is not None:
@@ -523,7 +530,7 @@ def visualize(
         _refuse_inputs_inside(items, Path(out))
     resolved = [resolve_input(item, loaded) for item in items]
     folders = _unique([r.stem for r in resolved]) if len(resolved) > 1 else [""]
-    folder = OutputFolder(out) if out is not None else None
+    folder = OutputFolder(out, loaded.mark) if out is not None else None
     results: list[Visualization] = []
     try:
         for item, sub in zip(resolved, folders, strict=True):
@@ -544,7 +551,10 @@ def visualize(
                     for item, sub in zip(resolved, folders, strict=True)
                 ]
                 folder.write_json(
-                    MANIFEST, runs_manifest([f"{sub}/{MANIFEST}" for sub in folders], listed)
+                    MANIFEST,
+                    runs_manifest(
+                        [f"{sub}/{MANIFEST}" for sub in folders], listed, loaded.describe()
+                    ),
                 )
                 if report:
                     pages = runs_report_files(
@@ -728,7 +738,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             for line in prediction_lines(found):
                 print(line, file=out)
     if loaded.random_weights:
-        print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
+        print(f"note: {loaded.mark}", file=out)
     print(f"results: {Path(args.out).resolve()}", file=out)
     if args.report:
         # The last line: the page to open (for several inputs, the one that links them all).

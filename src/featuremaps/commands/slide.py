@@ -332,7 +332,7 @@ def _run(
         mask = TissueMask.from_thumbnail(thumbnail, factor)
     else:
         mask = TissueMask.from_file(tissue_arg, size)
-    with OutputFolder(out) as folder:
+    with OutputFolder(out, loaded.mark) as folder:
         # Created once the output folder is known to be writable: a refused --out leaves nothing.
         work = WorkFolder(out, _fingerprint(reader, loaded, settings))
         maps = compute_maps(
@@ -457,7 +457,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             file=out,
         )
     if loaded.random_weights:
-        print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
+        print(f"note: {loaded.mark}", file=out)
     print(f"results: {Path(args.out).resolve()}", file=out)
     if args.viewer:
         print(f"viewer: {(Path(args.out) / 'viewer' / 'index.html').resolve()}", file=out)

@@ -107,11 +107,13 @@ def _colour_pca(maps: LayerMaps) -> tuple[Callable[[np.ndarray], np.ndarray], li
     return colour, [[float(a), float(b)] for a, b in zip(lo, hi, strict=True)]
 
 
-def _legend_png(title: str, note: str, value_range: ValueRange, cmap: str) -> bytes:
+def _legend_png(
+    title: str, note: str, value_range: ValueRange, cmap: str, stamp: str | None = None
+) -> bytes:
     from featuremaps.render.encode import encode_png
     from featuremaps.slide.writers import legend_pixels
 
-    return encode_png(legend_pixels(title, note, value_range, cmap))
+    return encode_png(legend_pixels(title, note, value_range, cmap, stamp))
 
 
 def _background_levels(
@@ -154,6 +156,7 @@ def _write_deep_zoom(
     levels: list[PyramidLevel],
     colour: Callable[[np.ndarray], np.ndarray],
     fmt: str,
+    mark: str | None,
 ) -> dict[str, Any]:
     from featuremaps.render.encode import encode_tile
     from featuremaps.slide.writers import DZI_TILE, deep_zoom_tiles, dzi_xml
@@ -162,7 +165,7 @@ def _write_deep_zoom(
     ext = "png" if fmt == "png" else "jpeg"
     for dz, col, row, pixels in deep_zoom_tiles(levels, colour):
         folder.write_bytes(f"viewer/{name}_files/{dz}/{col}_{row}.{ext}", encode_tile(pixels, fmt))
-    folder.write_bytes(f"viewer/{name}.dzi", dzi_xml(w, h, ext).encode())
+    folder.write_bytes(f"viewer/{name}.dzi", dzi_xml(w, h, ext, mark).encode())
     return {"url": f"{name}_files/", "format": ext, "tile": DZI_TILE, "width": w, "height": h}
 
 
@@ -199,7 +202,7 @@ def write_outputs(
     from featuremaps.slide.writers import ome_xml_extra, write_ome_tiff, write_rgb_tiff
 
     downsample = maps.downsample
-    stamp = "RANDOM WEIGHTS" if loaded.random_weights else None
+    stamp, mark = loaded.stamp, loaded.mark
     mode = "exact" if locality.exact else "APPROXIMATE"
     precision = f" · {compute.label}" if compute.label else ""
     layer_entries = []
@@ -222,7 +225,7 @@ def write_outputs(
         ome = f"maps/{stem}.ome.tif"
         write_ome_tiff(
             folder.path(ome), levels, names, cell_mpp, origin_um,
-            f"featuremaps {lm.layer.name} ({mode}); {placement_text}",
+            f"featuremaps {lm.layer.name} ({mode}); {placement_text}", mark,
         )  # fmt: skip
         pca_base = PyramidLevel((rows, cols, 3), 1, _stored(maps, lm, "pca"))
         pca_levels = build_pyramid(pca_base, work, f"layer{i}.pca")
@@ -231,6 +234,7 @@ def write_outputs(
         write_rgb_tiff(
             folder.path(pca_file), pca_levels, pca_colour, cell_mpp,
             f"featuremaps {lm.layer.name} PCA-3 (global basis) as RGB ({mode}); {placement_text}",
+            mark,
         )  # fmt: skip
         x0 = (ox + 0.5 - sx / 2) * downsample
         y0 = (oy + 0.5 - sy / 2) * downsample
@@ -241,7 +245,7 @@ def write_outputs(
         files: dict[str, Any] = {"ome_tiff": ome, "pca_tiff": pca_file, "channel_tiffs": {}}
         placed = {"x": x0, "y": y0, "world_width": cols * sx * downsample}
         if viewer:
-            image = _write_deep_zoom(folder, f"{stem}.pca", pca_levels, pca_colour, "png")
+            image = _write_deep_zoom(folder, f"{stem}.pca", pca_levels, pca_colour, "png", mark)
             overlays.append(
                 {
                     **image,
@@ -260,6 +264,7 @@ def write_outputs(
                 folder.path(name), levels, colour, cell_mpp,
                 f"featuremaps {lm.layer.name} channel {channel}, {cmap} over "
                 f"[{value_range.vmin:.6g}, {value_range.vmax:.6g}] ({mode}); {placement_text}",
+                mark,
             )  # fmt: skip
             legend = f"maps/{stem}.c{channel}.legend.png"
             folder.write_bytes(
@@ -270,11 +275,12 @@ def write_outputs(
                     f"whole slide, {mode} stitching; first cell centred at ({oy:g}, {ox:g}) px",
                     value_range,
                     cmap,
+                    stamp,
                 ),
             )
             files["channel_tiffs"][str(channel)] = {"tiff": name, "legend": legend, "cmap": cmap}
             if viewer:
-                image = _write_deep_zoom(folder, f"{stem}.c{channel}", levels, colour, "png")
+                image = _write_deep_zoom(folder, f"{stem}.c{channel}", levels, colour, "png", mark)
                 overlays.append(
                     {
                         **image,
@@ -327,7 +333,9 @@ def write_outputs(
             }
         )
     folder.write_csv("stats.csv", stats_rows)
-    region_files = _write_regions(folder, maps, regions, coverage) if regions else None
+    region_files = (
+        _write_regions(folder, maps, regions, coverage, loaded.describe()) if regions else None
+    )
     if viewer:
         factor = max(1, min(p.stride[1] for p in plan.layers) // 2)
         lv = reader.levels[level]
@@ -338,7 +346,7 @@ def write_outputs(
             pixels: np.ndarray = np.rint(np.nan_to_num(block, nan=255.0)).clip(0, 255)
             return pixels.astype(np.uint8)
 
-        slide_image = _write_deep_zoom(folder, "slide", bg_levels, bg_colour, "jpeg")
+        slide_image = _write_deep_zoom(folder, "slide", bg_levels, bg_colour, "jpeg", mark)
         slide_image.update(
             {"x": 0.0, "y": 0.0, "world_width": slide_image["width"] * factor * downsample}
         )
@@ -409,8 +417,15 @@ def write_outputs(
 
 
 def _write_regions(
-    folder: OutputFolder, maps: SlideMaps, regions: list[Region], coverage: str
+    folder: OutputFolder,
+    maps: SlideMaps,
+    regions: list[Region],
+    coverage: str,
+    model: dict[str, object],
 ) -> dict[str, str]:
+    """``regions.csv`` and ``regions.geojson`` (the regions with their measurements; the
+    collection's foreign member ``featuremaps`` says which model made them, random weights
+    included, where QuPath ignores it)."""
     import copy
 
     rows: list[dict[str, Any]] = []
@@ -430,5 +445,6 @@ def _write_regions(
         props["measurements"] = measurements
         features.append(feature)
     folder.write_csv("regions.csv", rows)
-    folder.write_json("regions.geojson", {"type": "FeatureCollection", "features": features})
+    collection = {"type": "FeatureCollection", "features": features, "featuremaps": header(model)}
+    folder.write_json("regions.geojson", collection)
     return {"csv": "regions.csv", "geojson": "regions.geojson", "coverage": coverage}

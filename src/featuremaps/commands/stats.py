@@ -115,7 +115,7 @@ def collect_stats(
     if preprocessing is None:
         preprocessing = loaded.input_preprocessing()
     first = expected_channels(loaded.model)
-    folder = OutputFolder(out)  # refuses a bad --out before the long run, not after
+    folder = OutputFolder(out, loaded.mark)  # refuses a bad --out before the long run, not after
     with folder, tqdm(total=len(paths), unit=" img", disable=not progress, leave=False) as bar:
         result = compute_dataset_stats(
             loaded.model,
@@ -140,7 +140,8 @@ def collect_stats(
         if plots:
             from featuremaps.render.plots import Charts
 
-            charts, plot_files = Charts(), {}  # one Charts: its figures are reused per layer
+            # One Charts: its figures are reused per layer.
+            charts, plot_files = Charts(stamp=loaded.stamp), {}
             for index, (name, stats) in enumerate(result.layers.items()):
                 numbers = stats.result()
                 hist = result.histograms[name].result()
@@ -285,6 +286,8 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         f"{dead} dead channels",
         file=out,
     )
+    if loaded.random_weights:
+        print(f"note: {loaded.mark}", file=out)
     print(f"results: {(Path(args.out) / 'stats.csv').resolve()}", file=out)
     return 0
 

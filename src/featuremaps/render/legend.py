@@ -21,6 +21,9 @@ Legend layout (pixels, top to bottom, all constants below)::
     ticks/labels    vmin at the left end, 0 at the centre (symmetric), vmax at the right end
     LEGEND_PAD
 
+A picture without a legend (an overlay on the input) gets its stamp in a band under it
+(:func:`stamp_band`), so its own pixels keep their coordinates.
+
 The colour bar samples the tiles' colour levels evenly, vmin (left) to vmax (right), both ends
 exact.
 """
@@ -42,6 +45,8 @@ from featuremaps.render.palette import (
     TEXT_INDEX,
     TEXT_LEVELS,
     coverage_table,
+    grid_palette,
+    palette_pixels,
 )
 
 __all__ = [
@@ -58,6 +63,7 @@ __all__ = [
     "paint_caption",
     "paint_legend",
     "paint_text",
+    "stamp_band",
     "text_width",
 ]
 
@@ -260,3 +266,27 @@ def paint_caption(canvas: np.ndarray, xy: tuple[int, int], lines: tuple[str, ...
     x, y = xy
     for i, line in enumerate(lines):
         paint_text(canvas, (x, y + i * CAPTION_LINE_HEIGHT), line, CAPTION_FONT_SIZE)
+
+
+def stamp_band(pixels: np.ndarray, stamp: str) -> np.ndarray:
+    """``pixels`` (H, W, 3) uint8 with a band under it holding ``stamp`` in the legend's red box.
+
+    The picture stays where it was (top left), so a pixel keeps its coordinates; the result is
+    widened to the right when the stamp is wider than the picture.
+    """
+    box = text_width(stamp) + 2 * STAMP_PAD
+    band = np.full(
+        (LINE_HEIGHT + 2 * LEGEND_PAD, max(pixels.shape[1], box + 2 * LEGEND_PAD)),
+        BACKGROUND_INDEX,
+        dtype=np.uint8,
+    )
+    y = LEGEND_PAD
+    band[y - 1 : y + LINE_HEIGHT - 1, LEGEND_PAD : LEGEND_PAD + box] = STAMP_FILL_INDEX
+    paint_text(band, (LEGEND_PAD + STAMP_PAD, y), stamp, LEGEND_FONT_SIZE, on_stamp=True)
+    rgb = palette_pixels(band, grid_palette("viridis"))
+    h, w = pixels.shape[:2]
+    out = np.empty((h + band.shape[0], band.shape[1], 3), dtype=np.uint8)
+    out[:h] = rgb[0, 0]  # the background, where a narrow picture leaves room
+    out[:h, :w] = pixels
+    out[h:] = rgb
+    return out

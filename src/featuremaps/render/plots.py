@@ -13,6 +13,9 @@ chart draws is removed before the next one, and every limit and tick is set anew
 makes one ``Charts`` for all its layers; :func:`plot_histogram` and :func:`plot_ranked` make a
 fresh one for a single chart.
 
+A model with random weights gets its stamp (``RANDOM WEIGHTS``) on every chart, white on a red
+box in the top right corner, as on the feature-map legends.
+
 Layer names are text from the model and may hold anything: they are drawn with mathtext off (a
 ``$`` is a dollar sign), with control characters and characters the font lacks shown escaped
 (``\\u…``) instead of as missing-glyph boxes and warnings, and shortened when very long.
@@ -35,6 +38,8 @@ from matplotlib.patches import StepPatch
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from featuremaps.datastats import Histogram
+from featuremaps.manifest import RANDOM_WEIGHTS
+from featuremaps.render.palette import STAMP_FILL, STAMP_TEXT
 
 __all__ = ["DPI", "SIZE", "Charts", "plot_ablation", "plot_histogram", "plot_ranked"]
 
@@ -44,6 +49,17 @@ BAR_COLOR = "#3b6ea5"
 DEAD_COLOR = "#d62728"
 MAX_BARS = 64  # more channels than this are drawn as one filled step outline, not as bars
 _NAME_CHARS = 44  # the longest title then fits 640 pixels
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def _stamp(figure: Figure, stamp: str) -> None:
+    """``stamp`` white on the legends' red box, in the figure's top right corner."""
+    box = {"boxstyle": "square,pad=0.35", "facecolor": _hex(STAMP_FILL), "edgecolor": "none"}
+    figure.text(0.99, 0.985, stamp, ha="right", va="top", fontsize=8, fontweight="bold",
+                color=_hex(STAMP_TEXT), bbox=box, parse_math=False)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,7 +108,7 @@ def _steps(ax: Axes, values: np.ndarray, edges: np.ndarray, baseline: float) -> 
 class _Chart:
     """One reusable figure: fixed axes, a title and a subtitle; drawn artists are tracked."""
 
-    def __init__(self, size: tuple[float, float], dpi: int) -> None:
+    def __init__(self, size: tuple[float, float], dpi: int, stamp: str | None) -> None:
         self.figure = Figure(figsize=size, dpi=dpi)
         self.canvas = FigureCanvasAgg(self.figure)
         # Fixed margins: a layout engine costs time and warns when a figure is too small.
@@ -105,6 +121,8 @@ class _Chart:
                                       parse_math=False)  # fmt: skip
         self.subtitle = self.figure.text(0.5, 0.87, "", ha="center", va="top", fontsize=8,
                                          color="#444444", parse_math=False)  # fmt: skip
+        if stamp:
+            _stamp(self.figure, stamp)
         self.drawn: list[Any] = []
 
     def start(self, title: str, subtitle: str, xlabel: str, ylabel: str) -> Axes:
@@ -134,10 +152,14 @@ class Charts:
     Args:
         size: figure size in inches (width, height).
         dpi: pixels per inch; the PNGs are ``round(size * dpi)`` pixels.
+        stamp: drawn on every chart in a red box (``RANDOM WEIGHTS`` for a model with random
+            weights), or None.
     """
 
-    def __init__(self, size: tuple[float, float] = SIZE, dpi: int = DPI) -> None:
-        self.size, self.dpi = size, dpi
+    def __init__(
+        self, size: tuple[float, float] = SIZE, dpi: int = DPI, stamp: str | None = None
+    ) -> None:
+        self.size, self.dpi, self.stamp = size, dpi, stamp
         self._histogram: _Chart | None = None
         self._ranked: _Chart | None = None
 
@@ -148,7 +170,7 @@ class Charts:
         values, which are not binned.
         """
         if self._histogram is None:
-            self._histogram = _Chart(self.size, self.dpi)
+            self._histogram = _Chart(self.size, self.dpi, self.stamp)
             self._histogram.axes.set_yscale("log")
             self._histogram.axes.yaxis.set_minor_locator(NullLocator())
             self._histogram.axes.yaxis.set_major_formatter(FuncFormatter(_count_label))
@@ -198,7 +220,7 @@ class Charts:
         (one drawing primitive for any number of channels).
         """
         if self._ranked is None:
-            self._ranked = _Chart(self.size, self.dpi)
+            self._ranked = _Chart(self.size, self.dpi, self.stamp)
             self._ranked.axes.xaxis.set_major_locator(MaxNLocator(6, integer=True, min_n_ticks=1))
             self._ranked.axes.yaxis.set_major_locator(MaxNLocator(5))
         chart = self._ranked
@@ -260,9 +282,10 @@ def plot_histogram(
     images: int,
     size: tuple[float, float] = SIZE,
     dpi: int = DPI,
+    stamp: str | None = None,
 ) -> bytes:
     """One histogram chart (see :meth:`Charts.histogram`) as PNG bytes."""
-    return Charts(size, dpi).histogram(hist, layer=layer, images=images)
+    return Charts(size, dpi, stamp).histogram(hist, layer=layer, images=images)
 
 
 def plot_ranked(
@@ -273,9 +296,10 @@ def plot_ranked(
     dead: np.ndarray | None = None,
     size: tuple[float, float] = SIZE,
     dpi: int = DPI,
+    stamp: str | None = None,
 ) -> bytes:
     """One ranked-channel chart (see :meth:`Charts.ranked`) as PNG bytes."""
-    return Charts(size, dpi).ranked(values, layer=layer, statistic=statistic, dead=dead)
+    return Charts(size, dpi, stamp).ranked(values, layer=layer, statistic=statistic, dead=dead)
 
 
 _ABLATION_PANELS = (
@@ -298,7 +322,8 @@ def plot_ablation(
     """The ablation curve (rows of ``AblationResult.curve()``): one panel per metric, K on x.
 
     The red line zeroes the K channels with the lowest ``stat`` in every layer; the grey band
-    spans the ``trials`` random draws (min to max) with their mean dashed.
+    spans the ``trials`` random draws (min to max) with their mean dashed. With
+    ``random_weights`` the chart gets the ``RANDOM WEIGHTS`` stamp, as every chart does.
     """
     fig = Figure(figsize=(11, 3.4), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -323,8 +348,9 @@ def plot_ablation(
     where = ", ".join(_label(n) for n in layers[:3])
     where += f" and {len(layers) - 3} more" if len(layers) > 3 else ""
     title = f"{_label(model)}: channels zeroed in {where}; {images} inputs"
-    title += " · RANDOM WEIGHTS" if random_weights else ""
     fig.suptitle(title, fontsize=11, parse_math=False)
+    if random_weights:
+        _stamp(fig, RANDOM_WEIGHTS)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -25,9 +25,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from featuremaps.manifest import MARK_KEY
 from featuremaps.render.scaling import ValueRange
 from featuremaps.slide.pyramid import PyramidLevel, halve
 
@@ -90,17 +92,20 @@ def write_ome_tiff(
     mpp: tuple[float, float],
     origin_um: tuple[float, float],
     description: str,
+    mark: str | None = None,
 ) -> None:
     """A float32 ``CYX`` OME-TIFF with SubIFD levels; ``mpp`` is µm per map cell (y, x) at
     level 0; ``origin_um`` the position (y, x) in µm of the map's top-left corner relative to the
-    slide level's top-left corner."""
+    slide level's top-left corner. A ``mark`` (random weights) leads the image name, is the
+    OME-XML image description and a map annotation under :data:`MARK_KEY`, so Bio-Formats and
+    QuPath show it."""
     import tifffile
 
     base = levels[0]
     h, w, k = base.shape
-    metadata = {
+    metadata: dict[str, Any] = {
         "axes": "CYX",
-        "Name": description,
+        "Name": _with_mark(description, mark),
         "PhysicalSizeX": mpp[1],
         "PhysicalSizeXUnit": "µm",
         "PhysicalSizeY": mpp[0],
@@ -113,6 +118,9 @@ def write_ome_tiff(
             "PositionYUnit": ["µm"] * k,
         },
     }
+    if mark:
+        metadata["Description"] = mark
+        metadata["MapAnnotation"] = {MARK_KEY: mark}
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         for i, level in enumerate(levels):
             lh, lw, _ = level.shape
@@ -149,8 +157,10 @@ def write_rgb_tiff(
     colour: Colour,
     mpp: tuple[float, float],
     description: str,
+    mark: str | None = None,
 ) -> None:
-    """An RGB page-pyramid TIFF of ``colour(level block)``; ``mpp`` per cell at level 0."""
+    """An RGB page-pyramid TIFF of ``colour(level block)``; ``mpp`` per cell at level 0; a
+    ``mark`` (random weights) leads the first page's description."""
     import tifffile
 
     with tifffile.TiffWriter(path, bigtiff=False) as tif:
@@ -166,9 +176,13 @@ def write_rgb_tiff(
                 resolution=_resolution((mpp[0] * level.scale, mpp[1] * level.scale)),
                 resolutionunit="CENTIMETER",
                 subfiletype=1 if i else 0,
-                description=description if i == 0 else None,
+                description=_with_mark(description, mark) if i == 0 else None,
                 metadata=None,
             )
+
+
+def _with_mark(description: str, mark: str | None) -> str:
+    return f"{mark}: {description}" if mark else description
 
 
 def ome_xml_extra(offset_px: tuple[float, float]) -> str:
@@ -215,27 +229,33 @@ def _level_tiles(
         yield dzi_level, x0 // DZI_TILE, y0 // DZI_TILE, block
 
 
-def dzi_xml(width: int, height: int, fmt: str) -> str:
-    """The ``.dzi`` descriptor of an image (tiles of :data:`DZI_TILE`, no overlap)."""
+def dzi_xml(width: int, height: int, fmt: str, mark: str | None = None) -> str:
+    """The ``.dzi`` descriptor of an image (tiles of :data:`DZI_TILE`, no overlap); a ``mark``
+    (random weights) is an XML comment in it."""
+    # "--" may not occur inside an XML comment.
+    comment = f"<!-- {mark.replace('--', '- -')} -->\n" if mark else ""
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" '
+        + comment
+        + '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" '
         f'Format="{fmt}" Overlap="0" TileSize="{DZI_TILE}">\n'
         f'  <Size Width="{width}" Height="{height}"/>\n'
         "</Image>\n"
     )
 
 
-def legend_pixels(title: str, note: str, value_range: ValueRange, cmap: str) -> np.ndarray:
-    """The legend drawn beside a channel's RGB pyramid: title, a note, the scale and colour bar
-    with the real range (the grid legend's layout and font). ``µ`` is written ``u``: the bundled
-    font has no glyph for it."""
+def legend_pixels(
+    title: str, note: str, value_range: ValueRange, cmap: str, stamp: str | None = None
+) -> np.ndarray:
+    """The legend drawn beside a channel's RGB pyramid: title (and ``stamp`` in a red box, for
+    random weights), a note, the scale and colour bar with the real range (the grid legend's
+    layout and font). ``µ`` is written ``u``: the bundled font has no glyph for it."""
     from featuremaps.render.legend import LEGEND_HEIGHT, LegendContent, legend_width, paint_legend
     from featuremaps.render.palette import BACKGROUND_INDEX, grid_palette, palette_pixels
 
     content = LegendContent(
         title=title.replace("µ", "u"),
-        stamp=None,
+        stamp=stamp,
         selection=note.replace("µ", "u"),
         scale=f"scale: this channel over the whole slide · colormap {cmap}"
         + (", centred on 0" if value_range.symmetric else ""),
