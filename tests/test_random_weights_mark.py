@@ -215,3 +215,28 @@ def test_trained_weights_leave_no_mark(tmp_path: Path, capsys: pytest.CaptureFix
         assert MARK_KEY not in getattr(picture, "text", {})
         assert picture.size == (64, 64)  # the input as fed, no stamp band
     assert json.loads((out / "locate.json").read_text())["model"]["random_weights"] is False
+
+
+def test_the_mark_leaves_pixels_and_other_bytes_alone() -> None:
+    import io
+
+    from featuremaps.io import marked
+    from featuremaps.render.encode import encode_indexed_png, encode_png, encode_tile
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    palette = rng.integers(0, 256, (16, 3), dtype=np.uint8)
+    mark = "RANDOM WEIGHTS (µ: any text, UTF-8)"
+    for data in (
+        encode_png(rgb),
+        encode_indexed_png(rng.integers(0, 16, (9, 7), dtype=np.uint8), palette),
+        encode_tile(rgb, "jpeg"),
+    ):
+        with (
+            Image.open(io.BytesIO(data)) as before,
+            Image.open(io.BytesIO(marked(data, mark))) as after,
+        ):
+            assert np.array_equal(np.asarray(before), np.asarray(after))
+            found = getattr(after, "text", {}).get(MARK_KEY) or after.info["comment"].decode()
+            assert found == mark
+    assert marked(b'{"tool": "featuremaps"}', mark) == b'{"tool": "featuremaps"}'
