@@ -58,7 +58,7 @@ from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
 from featuremaps.inputs import LoadedInput, fed_picture, sample_image_path
-from featuremaps.io import OutputFolder, safe_filename
+from featuremaps.io import OutputFolder, folder_size, safe_filename
 from featuremaps.manifest import ARRAYS, MANIFEST, RecordSummary, header, runs_manifest
 from featuremaps.models import LoadedModel
 from featuremaps.predictions import categories, prediction, prediction_lines
@@ -73,6 +73,14 @@ from featuremaps.report import (
     report_files,
     runs_report_files,
 )
+from featuremaps.report.budget import (
+    DEFAULT_REPORT_BUDGET_MIB,
+    MIB,
+    LayerDataFile,
+    apply_budget,
+    statistics_size,
+)
+from featuremaps.report.render import layer_data_size
 from featuremaps.selection import select_modules
 from featuremaps.stats import (
     TOP_K_ORDERS,
@@ -178,9 +186,10 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def _layer_data(
-    record: LayerRecord, maps: np.ndarray, shown: tuple[int, ...], stats: ChannelStats
-) -> tuple[str, Callable[[], bytes]]:
-    """The report's data file for one record: its path, and a job that encodes it (float16).
+    record: LayerRecord, maps: np.ndarray, shown: tuple[int, ...], stats: ChannelStats, prefix: str
+) -> tuple[str, Callable[[], bytes], LayerDataFile]:
+    """The report's data file for one record: its path, a job that encodes it (float16), and
+    what the report's budget needs to know of it.
 
     The float16 copy is taken here, not in the job: ``maps`` may share memory with the live
     activation, which the network can change in place as soon as this record is consumed.
@@ -191,7 +200,15 @@ def _layer_data(
     ends = ends[np.isfinite(ends)]  # NaN: a channel without finite values
     half, overflow = float16_copy(block, float(ends.max()) if ends.size else 0.0)
     ranges = [(_finite_or_none(stats.min[c]), _finite_or_none(stats.max[c])) for c in shown]
-    return f"{DATA_DIR}/{stem}.js", lambda: layer_data_script(stem, half, overflow, ranges)
+    path = f"{DATA_DIR}/{stem}.js"
+    each = (0,) * len(shown)
+    if overflow:  # rare: which channels overflowed, for a file that keeps only some of them
+        over = np.isfinite(block) & ~np.isfinite(half)
+        each = tuple(int(n) for n in over.reshape(len(shown), -1).sum(axis=1))
+    k, h, w = (int(n) for n in half.shape)
+    size = layer_data_size(stem, (k, h, w), overflow, ranges)
+    file = LayerDataFile(prefix + path, record.name, stem, (k, h, w), tuple(ranges), each, size)
+    return path, lambda: layer_data_script(stem, half, overflow, ranges), file
 
 
 def _input_pictures(
@@ -241,6 +258,7 @@ def _run_one(
     saved: SavedStats | None = None,
     placement: Placement | None = None,
     attention_patch: tuple[int, int] | None = None,
+    report_budget: int | None = None,
 ) -> Visualization:
     from tqdm import tqdm
 
@@ -264,6 +282,7 @@ def _run_one(
     bar = tqdm(desc=f"layers of {loaded.spec}", unit=" layer", disable=not progress, leave=False)
 
     timings: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
+    data_files: list[LayerDataFile] = []
 
     def consume(record: LayerRecord) -> None:
         start = time.perf_counter()
@@ -309,8 +328,9 @@ def _run_one(
                 writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
                 if report and drawing.tiles and shown is not None and stats is not None:
                     assert maps is not None
-                    path, encode_data = _layer_data(record, maps, shown, stats)
+                    path, encode_data, written = _layer_data(record, maps, shown, stats, prefix)
                     data = prefix + path
+                    data_files.append(written)
                     writer.submit(folder.write_bytes, data, encode_data)
                 if drawing.pca is not None:
                     basis = prefix + "pca/" + safe_filename(record.index, record.name, ".npy")
@@ -399,6 +419,12 @@ def _run_one(
         summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
 
     messages = []
+    budget = None
+    if report and folder is not None:
+        budget = apply_budget(folder, data_files, report_budget, statistics_size(summaries))
+        summaries = [budget.record(r) for r in summaries]
+        if budget.message() is not None:
+            messages.append(str(budget.message()))
     if saved is not None and not any(s.name in saved.layers for s in summaries if s.image):
         messages.append(
             f"no drawn layer is in the statistics file '{saved.path}', so every layer ranked its "
@@ -435,6 +461,7 @@ def _run_one(
         },
         "arrays": prefix + ARRAYS if arrays is not None else None,
         "report": prefix + INDEX if report else None,
+        "report_data": budget.describe() if budget is not None else None,
         "warnings": messages,
         "outputs": dict(result.outputs),
         "prediction": found,
@@ -468,6 +495,7 @@ def visualize(
     device: str | torch.device | None = None,
     dtype: str | None = None,
     attention_patch: tuple[int, int] | None = None,
+    report_budget: float | None = DEFAULT_REPORT_BUDGET_MIB,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -494,6 +522,10 @@ def visualize(
             under ``torch.autocast``; the manifest's ``compute`` and every legend say so.
         attention_patch: the patch (row, column) whose attention over the patch grid is drawn
             per head for attention records, beside the class token's (default: the centre).
+        report_budget: the most MiB the report's data (``data/``) may take, for all inputs
+            together (default 200; ``None``: no limit). Past it, the largest layers keep fewer
+            of their drawn channels there, and the manifest, the page and each record's
+            warnings say so; the PNGs and ``save_arrays`` keep everything.
 
     Returns:
         One :class:`Visualization` per input.
@@ -512,6 +544,11 @@ def visualize(
             f"a statistics file ('{saved.path.name}') ranks channels only for a top-K choice; "
             "use --channels top:K:STAT (grid order absmean, mean, std or max)"
         )
+    if report_budget is not None and not 0 <= report_budget < float("inf"):
+        raise OptionError(
+            f"report budget {report_budget:g} MiB is not valid; expected a size of 0 or more in "
+            "MiB, e.g. 200"
+        )
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     cap: dict[str, Any] = {
         "layers": layers,
@@ -524,13 +561,14 @@ def visualize(
     resolved = [resolve_input(item, loaded) for item in items]
     folders = _unique([r.stem for r in resolved]) if len(resolved) > 1 else [""]
     folder = OutputFolder(out) if out is not None else None
+    each = None if report_budget is None else int(report_budget * MIB) // len(resolved)
     results: list[Visualization] = []
     try:
         for item, sub in zip(resolved, folders, strict=True):
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement, attention_patch)
+                         report, saved, placement, attention_patch, each)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -661,6 +699,14 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not write the HTML report (index.html and its float16 layer data in data/)",
     )
+    p.add_argument(
+        "--report-budget",
+        type=float,
+        default=DEFAULT_REPORT_BUDGET_MIB,
+        metavar="MiB",
+        help="the most the report's data (data/) may take, all inputs together; past it the "
+        "largest layers keep fewer channels there, and the run says so (default: 200)",
+    )
     add_quiet_option(p)
 
 
@@ -713,6 +759,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         device=args.device,
         dtype=args.dtype,
         attention_patch=parse_patch(args.attention_patch),
+        report_budget=args.report_budget,
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)
@@ -727,9 +774,14 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         if found:
             for line in prediction_lines(found):
                 print(line, file=out)
+    for result in results:
+        data = result.manifest.get("report_data") or {}
+        if data.get("reduced_records"):
+            print(f"{result.out_dir}: note: {result.warnings[0]}", file=out)
     if loaded.random_weights:
         print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
     print(f"results: {Path(args.out).resolve()}", file=out)
+    print(f"size: {folder_size(args.out) / 1e6:.1f} MB in {Path(args.out).resolve()}", file=out)
     if args.report:
         # The last line: the page to open (for several inputs, the one that links them all).
         print(f"report: {(Path(args.out) / 'index.html').resolve()}", file=out)
