@@ -528,7 +528,7 @@ def test_report_data_over_its_budget_keeps_fewer_channels_and_says_so(
     assert f"the first {cut['0']} of the 16 drawn, within the report's data budget" in page
     lines = stdout.strip().splitlines()
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    assert lines[-2] == f"size: {size / 1e6:.1f} MB in {out.resolve()}"
+    assert lines[-3] == f"size: {size / 1e6:.1f} MB in {out.resolve()}"
     assert lines[-1].startswith("report: ")
 
 

@@ -43,6 +43,7 @@ from featuremaps.commands.cli_common import (
     parse_channels,
     parse_patch,
     parse_range,
+    print_size,
     show_progress,
 )
 from featuremaps.commands.common import ResolvedInput, place_model, resolve_input
@@ -58,7 +59,7 @@ from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
 from featuremaps.inputs import LoadedInput, fed_picture, sample_image_path
-from featuremaps.io import OutputFolder, folder_size, safe_filename
+from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.manifest import ARRAYS, MANIFEST, RecordSummary, header, runs_manifest
 from featuremaps.models import LoadedModel
 from featuremaps.predictions import categories, prediction, prediction_lines
@@ -780,8 +781,8 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{result.out_dir}: note: {result.warnings[0]}", file=out)
     if loaded.random_weights:
         print(f"note: RANDOM WEIGHTS ({loaded.weights_status})", file=out)
+    print_size(args.out, out)
     print(f"results: {Path(args.out).resolve()}", file=out)
-    print(f"size: {folder_size(args.out) / 1e6:.1f} MB in {Path(args.out).resolve()}", file=out)
     if args.report:
         # The last line: the page to open (for several inputs, the one that links them all).
         print(f"report: {(Path(args.out) / 'index.html').resolve()}", file=out)

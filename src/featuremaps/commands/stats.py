@@ -27,6 +27,7 @@ from featuremaps.commands.cli_common import (
     add_quiet_option,
     check_data_options,
     load_model_with_preprocessing,
+    print_size,
     show_progress,
 )
 from featuremaps.commands.common import place_model
@@ -285,6 +286,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         f"{dead} dead channels",
         file=out,
     )
+    print_size(args.out, out)
     print(f"results: {(Path(args.out) / 'stats.csv').resolve()}", file=out)
     return 0
 
