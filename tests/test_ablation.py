@@ -251,6 +251,8 @@ def test_cli_ablate_with_a_saved_ranking_writes_the_curve(
     printed = buf.getvalue()
     assert "24 inputs, 1 layer(s); K lowest by absmean" in printed
     assert printed.splitlines()[-1].endswith("ablation.csv")
+    size = sum(p.stat().st_size for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert printed.splitlines()[-2] == f"size: {size / 1e6:.1f} MB in {(tmp_path / 'a').resolve()}"
     with open(tmp_path / "a" / "ablation.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["selection"], r["k"]) for r in rows] == [

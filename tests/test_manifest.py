@@ -73,8 +73,8 @@ def test_explicit_records_round_trip(record: RecordSummary) -> None:
 def test_entry_keys_are_in_the_documented_order() -> None:
     assert list(FULL.to_json()) == [
         "name", "module", "call", "type", "shape", "dtype", "layout", "layout_evidence",
-        "drawn_as", "pca", "image", "data", "skipped", "min", "max", "mean", "nonfinite",
-        "channels_shown", "channel_stats", "geometry", "warnings",
+        "drawn_as", "pca", "image", "data", "data_channels", "skipped", "min", "max", "mean",
+        "nonfinite", "channels_shown", "channel_stats", "geometry", "warnings",
     ]  # fmt: skip
     assert FULL.to_json()["shape"] == [1, 64, 8, 8]
     assert FULL.to_json()["drawn_as"] == "channel grid"
@@ -109,6 +109,7 @@ def record_summaries(draw: st.DrawFn) -> RecordSummary:
             st.none() | st.dictionaries(_text, st.lists(_floats, max_size=4), max_size=3)
         ),
         data=draw(st.none() | _text),
+        data_channels=draw(st.none() | st.integers(0, 4096)),
         geometry=draw(st.none() | st.dictionaries(_text, _json_value, max_size=4)),
         drawn_as=draw(st.none() | st.just(CHANNEL_GRID)),
     )

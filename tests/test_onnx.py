@@ -135,3 +135,105 @@ def test_without_the_extra_the_error_names_it(
     monkeypatch.setitem(sys.modules, "onnx2torch", None)  # import fails as if not installed
     with pytest.raises(fm.ModelError, match=r"needs the onnx extra: pip install 'featuremaps\["):
         fm.load_model(str(onnx_file))
+
+
+class Twin(nn.Module):
+    """Two convolutions without bias, each before a batch norm of four channels at its initial
+    statistics: the exporter folds the norms into the convolutions, whose biases (all zero) are
+    then equal and stored once, the second reading it through an Identity node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+        self.b = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def _export(model: nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model.eval(), (torch.randn(*shape),), str(path), dynamo=False, opset_version=17,
+            input_names=["image"],
+        )  # fmt: skip
+    return path
+
+
+def test_initializers_shared_through_identity_nodes_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = _export(Twin(), tmp_path / "twin.onnx", (1, 3, 8, 8))
+    proto = onnx.load(str(path))
+    stored = {t.name for t in proto.graph.initializer}
+    shared = [n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in stored]
+    assert shared  # the exporter did share a stored tensor through an Identity node
+    loaded = fm.load_model(str(path))
+    assert "1 Identity nodes on stored tensors folded away" in loaded.weights_status
+    assert loaded.onnx_nodes is not None
+    assert [n.op_type for n in loaded.onnx_nodes.values()] == ["Conv", "Relu", "Conv"]
+    # Every remaining node's output is the one onnxruntime computes from the file as stored.
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    expected = _onnxruntime_outputs(path, x.numpy())
+    records = fm.capture(loaded.model, x)
+    assert len(records) == 3
+    for record in records:
+        node = loaded.onnx_nodes[record.module]
+        np.testing.assert_allclose(
+            record.tensor.numpy(), expected[node.outputs[0]], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_a_conversion_failure_names_the_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    # A convolution whose weights are computed (Neg of a stored tensor): onnx2torch reads
+    # convolution weights only from stored tensors and fails with a KeyError.
+    weight = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Neg", ["w"], ["w_neg"], name="negate"),
+            helper.make_node("Conv", ["x", "w_neg"], ["y"], name="the_conv"),
+        ],
+        "computed_weight",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight],
+    )
+    path = tmp_path / "computed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(fm.ModelError, match=r"cannot convert node 'the_conv' \(Conv\) of '.*"):
+        fm.load_model(str(path))
+    image = tmp_path / "x.npy"
+    np.save(image, np.zeros((1, 5, 5), np.float32))
+    assert main(["run", str(image), "--model", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "node 'the_conv' (Conv)" in err and "KeyError" in err
+
+
+def test_a_declared_input_size_is_fed_and_others_refused(
+    onnx_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # small.onnx declares 1x3x16x16; a 24x20 picture is resized to it, and the line says so.
+    image = tmp_path / "x.npy"
+    np.save(image, np.random.default_rng(0).random((3, 24, 20), dtype=np.float32))
+    assert main(["run", str(image), "--model", str(onnx_file), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "resize to 16x16 (HxW)" in out and "1x3x16x16 declared by small.onnx" in out
+    import json
+
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["input"]["fed_shape"] == [1, 3, 16, 16]
+    # Another size, asked for, is refused, as onnxruntime refuses it.
+    argv = ["run", str(image), "--model", str(onnx_file), "--size", "24x20"]
+    assert main([*argv, "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "declares its input 'image' as 1x3x16x16" in err and "Traceback" not in err
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="(?i)dimension"):
+        session.run(None, {"image": np.zeros((1, 3, 24, 20), np.float32)})
+    loaded = fm.load_model(str(onnx_file))
+    with pytest.raises(fm.CaptureError, match=r"declares its input 'image' as 1x3x16x16"):
+        fm.capture(loaded.model, torch.rand(1, 3, 24, 20))

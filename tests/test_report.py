@@ -423,14 +423,14 @@ def test_layer_data_keep_the_value_returned_even_if_changed_in_place_later(
 ) -> None:
     # Files are encoded on a second thread; make it as late as possible (after the whole forward
     # pass, when `z += y` and the in-place ReLU have changed the buffers) to catch any aliasing.
-    import featuremaps.commands.run as run_command
+    import featuremaps.commands.run_files as run_files
 
     deferred: list[tuple[Any, str, Any]] = []
     monkeypatch.setattr(
-        run_command._BackgroundWriter, "submit", lambda self, *job: deferred.append(job)
+        run_files.BackgroundWriter, "submit", lambda self, *job: deferred.append(job)
     )
     monkeypatch.setattr(
-        run_command._BackgroundWriter, "wait", lambda self: [w(p, e()) for w, p, e in deferred]
+        run_files.BackgroundWriter, "wait", lambda self: [w(p, e()) for w, p, e in deferred]
     )
     [result] = fm.visualize(tiny, image_batch, out=tmp_path / "o")
     exact = {r.name: r.tensor for r in fm.capture(tiny, image_batch)}
@@ -468,3 +468,79 @@ def test_float16_overflow_count_is_skipped_only_when_the_bound_fits() -> None:
     maps = np.array([[[FLOAT16_MAX, -1.0]]], dtype=np.float32)
     assert float16_copy(maps, FLOAT16_MAX)[1] == 0
     assert float16_copy(np.array([[[1e5]]], dtype=np.float32), 1e5)[1] == 1
+
+
+def _data_files_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in (folder / "data").iterdir() if p.is_file())
+
+
+def test_report_data_over_its_budget_keeps_fewer_channels_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.numpy import load_file
+
+    nets = tmp_path / "nets.py"
+    nets.write_text(
+        "import torch, torch.nn as nn\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.Conv2d(16, 16, 3, stride=2))\n"
+    )
+    image = tmp_path / "x.npy"
+    np.save(image, np.random.default_rng(0).random((3, 96, 96), dtype=np.float32))
+    base = [str(image), "-m", f"{nets}:build", "--save-arrays"]
+    # With the default budget nothing is reduced: the data files hold every drawn channel.
+    assert main([*base, "-o", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    needed = _data_files_size(tmp_path / "whole")
+    assert whole["report_data"]["needed_bytes"] == needed == whole["report_data"]["stored_bytes"]
+    assert all(r["data_channels"] is None for r in whole["records"])
+    assert needed > 2**19  # so half a MiB is too little
+    out = tmp_path / "cut"
+    capsys.readouterr()
+    assert main([*base, "--report-budget", "0.5", "-o", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = manifest["report_data"]
+    assert data["budget_bytes"] == 2**19 and data["needed_bytes"] == needed
+    assert data["stored_bytes"] == _data_files_size(out) <= 2**19
+    # The largest layers lose channels, the smallest keeps all of them (one common cap).
+    cut = {r["name"]: r["data_channels"] for r in manifest["records"] if r["image"]}
+    assert 0 < cut["0"] < 16 and 0 < cut["1"] < 16 and cut["2"] is None
+    assert abs(cut["1"] - cut["0"]) <= 1  # equal maps, headers of slightly different sizes
+    assert data["reduced_records"] == 2
+    # The kept channels are the first drawn ones, as float16 copies of the exact values.
+    exact = load_file(str(out / "arrays.safetensors"))
+    for r in manifest["records"]:
+        if r["data_channels"]:
+            _, meta, values = read_layer_data(out / r["data"])
+            assert meta["shape"] == [r["data_channels"], *r["shape"][2:]]
+            first = exact[r["name"]][0, r["channels_shown"][: r["data_channels"]]]
+            np.testing.assert_array_equal(values, first.astype(np.float16))
+            assert "report budget" in " ".join(r["warnings"])
+            assert exact[r["name"]].shape == (1, 16, 96, 96)  # the arrays file keeps all
+    # Said on the terminal, in the manifest's warnings and on the page.
+    assert "over its budget of 0.5 MiB: 2 layers keep fewer" in stdout
+    assert any("over its budget of 0.5 MiB" in w for w in manifest["warnings"])
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "over its budget of 0.5 MiB" in page
+    assert f"the first {cut['0']} of the 16 drawn, within the report's data budget" in page
+    lines = stdout.strip().splitlines()
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert lines[-3] == f"size: {size / 1e6:.1f} MB in {out.resolve()}"
+    assert lines[-1].startswith("report: ")
+
+
+def test_a_budget_too_small_for_any_channel_leaves_the_pictures(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    [result] = fm.visualize(model, x, out=tmp_path / "o", report_budget=0.001)
+    [record] = [r for r in result.records if r.image]
+    assert record.data is None and record.data_channels == 0
+    out = tmp_path / "o"
+    assert not list((out / "data").glob("*[0-9].js")) and _data_files_size(out) <= 1048
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert f'<img class="png" src="{record.image}"' in page
+    with pytest.raises(fm.OptionError, match=r"report budget -1 MiB is not valid"):
+        fm.visualize(model, x, out=tmp_path / "p", report_budget=-1)

@@ -1125,3 +1125,36 @@ def test_attention_pictures_show_in_the_report(tmp_path: Path, open_report: Any)
     assert page.locator(f"#L{key} figure.tile").count() == 2  # one tile per head
     assert "attention(N, heads, L, S" in page.locator(f"#L{key} .meta").text_content()
     assert opened.errors == []
+
+
+def test_a_layer_reduced_by_the_data_budget_shows_the_channels_kept(
+    tmp_path: Path, open_report: Any
+) -> None:
+    torch.manual_seed(0)
+    model = Small().eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    run = _run(model, x, tmp_path / "out", report_budget=0.15)
+    cut = [r for r in run.manifest["records"] if r["data_channels"]]
+    assert cut and all(0 < r["data_channels"] < len(r["channels_shown"]) for r in cut)
+    record = cut[0]
+    key = run.key(record["name"])
+    opened = open_report(run.index)
+    page = opened.page
+    page.locator(f"#L{key}").scroll_into_view_if_needed()
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]")
+    # One tile per channel the data keeps, each the drawn channel of that position.
+    tiles = page.locator(f"#L{key} figure.tile")
+    assert tiles.count() == record["data_channels"]
+    channels = tiles.evaluate_all("ts => ts.map(t => Number(t.dataset.channel))")
+    assert channels == record["channels_shown"][: record["data_channels"]]
+    selection = page.locator(f"#L{key} .legend-selection").text_content()
+    assert f"the first {record['data_channels']} of the" in selection
+    assert "report budget" in page.locator(f"#L{key} .warning").first.text_content()
+    assert "over its budget of 0.15 MiB" in page.locator("ul.warnings").text_content()
+    # A kept channel opens, and its value under the cursor is the float16 of the exact one.
+    last = record["data_channels"] - 1
+    page.click(f'#L{key} figure.tile[data-index="{last}"]')
+    h, w = record["shape"][2:]
+    got = _hover_cell(page, "#fm-view-map", 3, 4, h, w)
+    _check_readout(run, record["name"], record["channels_shown"][last], 3, 4, got)
+    assert opened.errors == []

@@ -44,6 +44,7 @@ __all__ = [
     "SafetensorsStream",
     "WorkFolder",
     "dump_json",
+    "folder_size",
     "marked",
     "parquet_available",
     "safe_filename",
@@ -288,6 +289,16 @@ def _arrow_type(pa: Any, relative: str, name: str, values: list[Any]) -> Any:
     )
 
 
+def folder_size(folder: str | Path) -> int:
+    """The bytes of every file under ``folder`` (links not followed)."""
+    total = 0
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
 class OutputFolder:
     """Collect a run's files and put them in place atomically.
 
@@ -368,6 +379,20 @@ class OutputFolder:
         except OSError as exc:
             raise OutputError(f"cannot write '{relative}' into '{self.target}': {exc}") from None
         return relative
+
+    def read_bytes(self, relative: str) -> bytes:
+        """The bytes written to ``relative`` in this run so far."""
+        try:
+            return self.path(relative).read_bytes()
+        except OSError as exc:
+            raise OutputError(f"cannot read back '{relative}' in '{self.target}': {exc}") from None
+
+    def remove(self, relative: str) -> None:
+        """Remove ``relative``, written in this run (nothing when it is not there)."""
+        try:
+            self.path(relative).unlink(missing_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot remove '{relative}' from '{self.target}': {exc}") from None
 
     def write_json(self, relative: str, obj: Any) -> str:
         """Write strict JSON (NaN/Inf become null) to ``relative``; return the relative path."""

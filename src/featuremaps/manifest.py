@@ -145,7 +145,9 @@ class RecordSummary:
     ``layout`` names the output's axes and ``drawn_as`` how it was drawn (``None``: not drawn,
     ``skipped`` says why); ``layout_evidence`` says what the layout was decided from; see
     :mod:`featuremaps.layouts`. ``pca``: for token pictures, the explained variance of the PCA
-    to RGB and the file holding its basis.
+    to RGB and the file holding its basis. ``data_channels``: when the report's data budget
+    made the record's data file keep fewer channels than were drawn, how many of the first drawn
+    channels it keeps (0: no data file); ``None`` when it holds every drawn channel.
     """
 
     name: str
@@ -169,6 +171,7 @@ class RecordSummary:
     drawn_as: str | None = None
     layout_evidence: str | None = None
     pca: dict[str, Any] | None = None
+    data_channels: int | None = None
 
     def __repr__(self) -> str:
         what = f"drawn as {self.drawn_as}" if self.drawn_as else f"not drawn: {self.skipped}"
@@ -189,6 +192,7 @@ class RecordSummary:
             "pca": self.pca,
             "image": self.image,
             "data": self.data,
+            "data_channels": self.data_channels,
             "skipped": self.skipped,
             "min": self.min,
             "max": self.max,
@@ -234,4 +238,7 @@ class RecordSummary:
             drawn_as=text("drawn_as"),
             layout_evidence=text("layout_evidence"),
             pca=dict(entry["pca"]) if isinstance(entry.get("pca"), Mapping) else None,
+            data_channels=(
+                _int(entry.get("data_channels")) if entry.get("data_channels") is not None else None
+            ),
         )

@@ -26,6 +26,7 @@ from featuremaps.commands.cli_common import (
     add_quiet_option,
     check_data_options,
     load_model_with_preprocessing,
+    print_size,
     show_progress,
 )
 from featuremaps.commands.common import place_model
@@ -247,6 +248,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         )
     if loaded.random_weights:
         print(f"note: {loaded.mark}", file=out)
+    print_size(args.out, out)
     print(f"results: {(Path(args.out) / 'ablation.csv').resolve()}", file=out)
     return 0
 

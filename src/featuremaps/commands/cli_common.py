@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TextIO
 
 from featuremaps._errors import OptionError
@@ -27,6 +28,7 @@ from featuremaps.inputs import (
     parse_size,
     sample_image_path,
 )
+from featuremaps.io import folder_size
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.stats import TOP_K_ORDERS
 
@@ -329,3 +331,9 @@ def load_model_and_inputs(
         for p in paths
     ]
     return loaded, inputs
+
+
+def print_size(folder: str | Path, out: TextIO) -> None:
+    """Say how much the folder a command wrote takes on disk (every command that writes one)."""
+    path = Path(folder).resolve()
+    print(f"size: {folder_size(path) / 1e6:.1f} MB in {path}", file=out)

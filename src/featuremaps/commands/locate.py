@@ -21,6 +21,7 @@ from featuremaps.commands.cli_common import (
     add_out_option,
     load_model_and_inputs,
     parse_pair,
+    print_size,
 )
 from featuremaps.commands.common import resolve_input, resolve_model
 from featuremaps.geometry import MapGeometry
@@ -217,6 +218,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         print(f"overlay: {picture.caption}", file=out)
         if loaded.random_weights:
             print(f"note: {loaded.mark}", file=out)
+        print_size(args.out, out)
         print(f"results: {Path(args.out).resolve()}", file=out)
     return 0
 

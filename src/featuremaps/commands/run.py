@@ -18,7 +18,7 @@ import functools
 import html
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,6 +43,7 @@ from featuremaps.commands.cli_common import (
     parse_channels,
     parse_patch,
     parse_range,
+    print_size,
     show_progress,
 )
 from featuremaps.commands.common import ResolvedInput, place_model, resolve_input
@@ -54,10 +55,16 @@ from featuremaps.commands.run_drawing import (
     ranked_by_file,
     skip_reason,
 )
+from featuremaps.commands.run_files import (
+    BackgroundWriter,
+    input_pictures,
+    layer_data,
+    npy_bytes,
+)
 from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
-from featuremaps.inputs import LoadedInput, fed_picture, sample_image_path
+from featuremaps.inputs import LoadedInput, sample_image_path
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.manifest import (
     ARRAYS,
@@ -70,15 +77,19 @@ from featuremaps.manifest import (
 from featuremaps.models import LoadedModel
 from featuremaps.predictions import categories, prediction, prediction_lines
 from featuremaps.render import Grid, GridLabel, GridOptions
-from featuremaps.render.encode import encode, encode_png
+from featuremaps.render.encode import encode
 from featuremaps.render.signal import Placement as AxisPlacement
 from featuremaps.report import (
-    DATA_DIR,
     INDEX,
-    float16_copy,
-    layer_data_script,
     report_files,
     runs_report_files,
+)
+from featuremaps.report.budget import (
+    DEFAULT_REPORT_BUDGET_MIB,
+    MIB,
+    LayerDataFile,
+    apply_budget,
+    statistics_size,
 )
 from featuremaps.selection import select_modules
 from featuremaps.stats import (
@@ -91,8 +102,6 @@ from featuremaps.stats import (
 
 __all__ = ["COMMAND", "TIMING_KEYS", "Visualization", "visualize"]
 
-INPUT_PICTURE = "input.png"
-FED_PICTURE = "input-fed.png"
 # capture: the forward pass with hooks, without the time spent consuming records; wall: the
 # capture with everything it waits for; manifest+report: writing those after the forward pass.
 TIMING_KEYS = ("capture", "stats", "render", "encode", "write", "consume", "wall")
@@ -141,91 +150,6 @@ class Visualization:
         return where + "".join(parts)
 
 
-class _BackgroundWriter:
-    """Encode and write PNGs on a second thread while the model keeps running.
-
-    PNG compression releases the GIL in Pillow, so it overlaps with the forward pass and the next
-    layer's drawing. At most ``limit`` pictures wait in the queue, which keeps memory bounded.
-    """
-
-    def __init__(self, timings: dict[str, float], limit: int = 4) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuremaps-write")
-        self._pending: list[Future[None]] = []
-        self._limit = limit
-        self._timings = timings  # only this thread touches the "encode" and "write" keys
-
-    def submit(
-        self, write: Callable[[str, bytes], object], path: str, encode: Callable[[], bytes]
-    ) -> None:
-        while len(self._pending) >= self._limit:
-            self._pending.pop(0).result()  # re-raises a failed write here, in the caller
-
-        def job() -> None:
-            start = time.perf_counter()
-            data = encode()
-            middle = time.perf_counter()
-            write(path, data)
-            self._timings["encode"] += middle - start
-            self._timings["write"] += time.perf_counter() - middle
-
-        self._pending.append(self._pool.submit(job))
-
-    def wait(self) -> None:
-        while self._pending:
-            self._pending.pop(0).result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def _layer_data(
-    record: LayerRecord, maps: np.ndarray, shown: tuple[int, ...], stats: ChannelStats
-) -> tuple[str, Callable[[], bytes]]:
-    """The report's data file for one record: its path, and a job that encodes it (float16).
-
-    The float16 copy is taken here, not in the job: ``maps`` may share memory with the live
-    activation, which the network can change in place as soon as this record is consumed.
-    """
-    stem = safe_filename(record.index, record.name, suffix="")
-    block = maps[: len(shown)] if shown == tuple(range(len(shown))) else maps[list(shown)]
-    ends = np.abs(np.concatenate([stats.min[list(shown)], stats.max[list(shown)]]))
-    ends = ends[np.isfinite(ends)]  # NaN: a channel without finite values
-    half, overflow = float16_copy(block, float(ends.max()) if ends.size else 0.0)
-    ranges = [(_finite_or_none(stats.min[c]), _finite_or_none(stats.max[c])) for c in shown]
-    return f"{DATA_DIR}/{stem}.js", lambda: layer_data_script(stem, half, overflow, ranges)
-
-
-def _input_pictures(
-    folder: OutputFolder, prefix: str, item: ResolvedInput, sample: int, writer: _BackgroundWriter
-) -> dict[str, Any]:
-    """Queue the input as given and as fed (PNG) for writing; return the manifest's
-    ``input.pictures``. They are encoded on the writer's thread, while the model runs."""
-    given = None
-    display = item.display
-    encode_given: Callable[[], bytes] | None = None
-    if display is not None:
-        given = prefix + INPUT_PICTURE
-        # Cached: fed as read, the fed picture is the same one, and the writer (one thread, jobs
-        # in order) then writes these bytes again instead of encoding it twice.
-        encode_given = functools.lru_cache(maxsize=1)(functools.partial(encode_png, display))
-        writer.submit(folder.write_bytes, given, encode_given)
-    fed = fed_picture(item.tensor, item.preprocessing, sample)
-    fed_path = None
-    if fed is not None:
-        fed_path = prefix + FED_PICTURE
-        encode_fed: Callable[[], bytes] = functools.partial(encode_png, fed[0])
-        if encode_given is not None and display is not None and np.array_equal(display, fed[0]):
-            encode_fed = encode_given
-        writer.submit(folder.write_bytes, fed_path, encode_fed)
-    return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
-
-
 def _geometry_tracker(model: nn.Module, tensor: torch.Tensor) -> GeometryTracker | None:
     """Follow receptive-field geometry through the capture's own forward pass (no extra run);
     it describes every leaf, selected or not, since geometry flows through all of them."""
@@ -248,6 +172,7 @@ def _run_one(
     saved: SavedStats | None = None,
     placement: Placement | None = None,
     attention_patch: tuple[int, int] | None = None,
+    report_budget: int | None = None,
 ) -> Visualization:
     from tqdm import tqdm
 
@@ -271,6 +196,7 @@ def _run_one(
     bar = tqdm(desc=f"layers of {loaded.spec}", unit=" layer", disable=not progress, leave=False)
 
     timings: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
+    data_files: list[LayerDataFile] = []
 
     def consume(record: LayerRecord) -> None:
         start = time.perf_counter()
@@ -316,13 +242,14 @@ def _run_one(
                 writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
                 if report and drawing.tiles and shown is not None and stats is not None:
                     assert maps is not None
-                    path, encode_data = _layer_data(record, maps, shown, stats)
+                    path, encode_data, written = layer_data(record, maps, shown, stats, prefix)
                     data = prefix + path
+                    data_files.append(written)
                     writer.submit(folder.write_bytes, data, encode_data)
                 if drawing.pca is not None:
                     basis = prefix + "pca/" + safe_filename(record.index, record.name, ".npy")
                     writer.submit(
-                        folder.write_bytes, basis, functools.partial(_npy, drawing.pca_array)
+                        folder.write_bytes, basis, functools.partial(npy_bytes, drawing.pca_array)
                     )
                     pca = {**drawing.pca, "basis": basis}
             else:
@@ -357,7 +284,7 @@ def _run_one(
         bar.update(1)
         timings["consume"] += time.perf_counter() - start
 
-    writer = _BackgroundWriter(timings)
+    writer = BackgroundWriter(timings)
     signal = isinstance(tensor, torch.Tensor) and tensor.dim() == 3
     tracker = _geometry_tracker(loaded.model, tensor) if folder is not None or signal else None
 
@@ -373,7 +300,7 @@ def _run_one(
 
     try:
         if folder is not None:  # encoded and written on the writer's thread, during the forward
-            input_info["pictures"] = _input_pictures(folder, prefix, item, sample, writer)
+            input_info["pictures"] = input_pictures(folder, prefix, item, sample, writer)
         start = time.perf_counter()
         # consume() measures, draws and writes each record before the forward pass goes on,
         # so it sees the exact value without a copy (see capture's ``copy`` argument).
@@ -406,6 +333,12 @@ def _run_one(
         summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
 
     messages = []
+    budget = None
+    if report and folder is not None:
+        budget = apply_budget(folder, data_files, report_budget, statistics_size(summaries))
+        summaries = [budget.record(r) for r in summaries]
+        if budget.message() is not None:
+            messages.append(str(budget.message()))
     if saved is not None and not any(s.name in saved.layers for s in summaries if s.image):
         messages.append(
             f"no drawn layer is in the statistics file '{saved.path}', so every layer ranked its "
@@ -442,6 +375,7 @@ def _run_one(
         },
         "arrays": prefix + ARRAYS if arrays is not None else None,
         "report": prefix + INDEX if report else None,
+        "report_data": budget.describe() if budget is not None else None,
         "warnings": messages,
         "outputs": dict(result.outputs),
         "prediction": found,
@@ -475,6 +409,7 @@ def visualize(
     device: str | torch.device | None = None,
     dtype: str | None = None,
     attention_patch: tuple[int, int] | None = None,
+    report_budget: float | None = DEFAULT_REPORT_BUDGET_MIB,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -501,6 +436,10 @@ def visualize(
             under ``torch.autocast``; the manifest's ``compute`` and every legend say so.
         attention_patch: the patch (row, column) whose attention over the patch grid is drawn
             per head for attention records, beside the class token's (default: the centre).
+        report_budget: the most MiB the report's data (``data/``) may take, for all inputs
+            together (default 200; ``None``: no limit). Past it, the largest layers keep fewer
+            of their drawn channels there, and the manifest, the page and each record's
+            warnings say so; the PNGs and ``save_arrays`` keep everything.
 
     Returns:
         One :class:`Visualization` per input.
@@ -519,6 +458,11 @@ def visualize(
             f"a statistics file ('{saved.path.name}') ranks channels only for a top-K choice; "
             "use --channels top:K:STAT (grid order absmean, mean, std or max)"
         )
+    if report_budget is not None and not 0 <= report_budget < float("inf"):
+        raise OptionError(
+            f"report budget {report_budget:g} MiB is not valid; expected a size of 0 or more in "
+            "MiB, e.g. 200"
+        )
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     cap: dict[str, Any] = {
         "layers": layers,
@@ -531,13 +475,14 @@ def visualize(
     resolved = [resolve_input(item, loaded) for item in items]
     folders = _unique([r.stem for r in resolved]) if len(resolved) > 1 else [""]
     folder = OutputFolder(out, loaded.mark) if out is not None else None
+    each = None if report_budget is None else int(report_budget * MIB) // len(resolved)
     results: list[Visualization] = []
     try:
         for item, sub in zip(resolved, folders, strict=True):
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement, attention_patch)
+                         report, saved, placement, attention_patch, each)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -572,15 +517,6 @@ def visualize(
             folder.discard()
         raise
     return results
-
-
-def _npy(array: np.ndarray | None) -> bytes:
-    assert array is not None
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _refuse_inputs_inside(items: list[Any], out: Path) -> None:
@@ -671,6 +607,14 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not write the HTML report (index.html and its float16 layer data in data/)",
     )
+    p.add_argument(
+        "--report-budget",
+        type=float,
+        default=DEFAULT_REPORT_BUDGET_MIB,
+        metavar="MiB",
+        help="the most the report's data (data/) may take, all inputs together; past it the "
+        "largest layers keep fewer channels there, and the run says so (default: 200)",
+    )
     add_quiet_option(p)
 
 
@@ -723,6 +667,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         device=args.device,
         dtype=args.dtype,
         attention_patch=parse_patch(args.attention_patch),
+        report_budget=args.report_budget,
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)
@@ -737,8 +682,13 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         if found:
             for line in prediction_lines(found):
                 print(line, file=out)
+    for result in results:
+        data = result.manifest.get("report_data") or {}
+        if data.get("reduced_records"):
+            print(f"{result.out_dir}: note: {result.warnings[0]}", file=out)
     if loaded.random_weights:
         print(f"note: {loaded.mark}", file=out)
+    print_size(args.out, out)
     print(f"results: {Path(args.out).resolve()}", file=out)
     if args.report:
         # The last line: the page to open (for several inputs, the one that links them all).

@@ -32,6 +32,7 @@ from featuremaps.commands.cli_common import (
     check_layers,
     load_model_from_args,
     preprocessing_from_args,
+    print_size,
     show_progress,
 )
 from featuremaps.commands.common import resolve_model
@@ -458,6 +459,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         )
     if loaded.random_weights:
         print(f"note: {loaded.mark}", file=out)
+    print_size(args.out, out)
     print(f"results: {Path(args.out).resolve()}", file=out)
     if args.viewer:
         print(f"viewer: {(Path(args.out) / 'viewer' / 'index.html').resolve()}", file=out)

@@ -77,6 +77,13 @@ class LayerEntry:
         return self.record.channels_shown or ()
 
     @property
+    def data_shown(self) -> tuple[int, ...]:
+        """The drawn channels the report's data holds: all of them, or the first ones when its
+        budget made the record's data file keep fewer (the manifest's ``data_channels``)."""
+        kept = self.record.data_channels
+        return self.shown if kept is None else self.shown[:kept]
+
+    @property
     def channels(self) -> int | None:
         """The channel count, on the channel axis of the record's layout."""
         shape, layout = self.record.shape, self.record.layout

@@ -37,6 +37,8 @@ __all__ = [
     "SEQUENTIAL_CMAPS",
     "float16_copy",
     "layer_data_script",
+    "layer_data_size",
+    "layer_data_values",
     "render_files",
     "runs_index_files",
     "script_json",
@@ -144,22 +146,49 @@ def layer_data_script(
     captions do not depend on the float16 rounding.
     """
     half = np.ascontiguousarray(half, dtype="<f2")
+    head = _data_head(stem, half.shape, overflow, ranges)
+    # Bytes all the way: the base64 text is large, and str round trips would copy it twice.
+    return b"".join((head, base64.b64encode(half.reshape(-1).view(np.uint8).data), _DATA_TAIL))
+
+
+_DATA_TAIL = b'");\n'
+
+
+def _data_head(
+    stem: str,
+    shape: Sequence[int],
+    overflow: int,
+    ranges: Sequence[tuple[float | None, float | None]],
+) -> bytes:
     meta = {
-        "shape": list(half.shape),
+        "shape": list(shape),
         "dtype": PRECISION,
         "byteorder": "little",
         "overflow": overflow,
         "ranges": [list(r) for r in ranges],
     }
-    head = f'featuremaps.layerData({script_json(stem)},{script_json(meta)},"'
-    # Bytes all the way: the base64 text is large, and str round trips would copy it twice.
-    return b"".join(
-        (
-            head.encode("utf-8"),
-            base64.b64encode(half.reshape(-1).view(np.uint8).data),
-            b'");\n',
-        )
-    )
+    return f'featuremaps.layerData({script_json(stem)},{script_json(meta)},"'.encode()
+
+
+def layer_data_size(
+    stem: str,
+    shape: Sequence[int],
+    overflow: int,
+    ranges: Sequence[tuple[float | None, float | None]],
+) -> int:
+    """The size in bytes of :func:`layer_data_script` for float16 maps of ``shape``, without the
+    maps (base64 turns every 3 bytes into 4 characters)."""
+    count = 2 * math.prod(shape)
+    return len(_data_head(stem, shape, overflow, ranges)) + 4 * -(-count // 3) + len(_DATA_TAIL)
+
+
+def layer_data_values(script: bytes, shape: Sequence[int]) -> np.ndarray:
+    """The first values of a :func:`layer_data_script`, as float16 maps of ``shape`` (its
+    leading channels): only the base64 text they need is decoded."""
+    start = script.rindex(b'"', 0, len(script) - len(_DATA_TAIL)) + 1
+    count = 2 * math.prod(shape)
+    text = script[start : start + 4 * -(-count // 3)]
+    return np.frombuffer(base64.b64decode(text)[:count], dtype="<f2").reshape(tuple(shape))
 
 
 def stats_script(stem: str, stats: Mapping[str, Any]) -> bytes:
@@ -208,7 +237,7 @@ def client_config(data: ReportData) -> dict[str, Any]:
             "name": e.record.name,
             "shape": list(e.maps_shape) if e.maps_shape else None,
             "signed": is_signed_range(e.low),
-            "shown": list(e.shown),
+            "shown": list(e.data_shown),
             "low": e.low,
             "high": e.high,
             "data": e.record.data,

@@ -1,0 +1,139 @@
+"""The ``run`` command's files: the writer thread, the report's layer data, the input pictures.
+
+Part of :mod:`featuremaps.commands.run` (stage: render → encode → io): what one run hands to its
+output folder besides the channel grids' own pictures, encoded off the model's thread where it can.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from featuremaps.capture import LayerRecord
+from featuremaps.commands.common import ResolvedInput
+from featuremaps.inputs import fed_picture
+from featuremaps.io import OutputFolder, safe_filename
+from featuremaps.render.encode import encode_png
+from featuremaps.report import DATA_DIR, float16_copy, layer_data_script
+from featuremaps.report.budget import LayerDataFile
+from featuremaps.report.render import layer_data_size
+from featuremaps.stats import ChannelStats
+
+__all__ = [
+    "FED_PICTURE",
+    "INPUT_PICTURE",
+    "BackgroundWriter",
+    "input_pictures",
+    "layer_data",
+    "npy_bytes",
+]
+
+INPUT_PICTURE = "input.png"
+FED_PICTURE = "input-fed.png"
+
+
+class BackgroundWriter:
+    """Encode and write PNGs on a second thread while the model keeps running.
+
+    PNG compression releases the GIL in Pillow, so it overlaps with the forward pass and the next
+    layer's drawing. At most ``limit`` pictures wait in the queue, which keeps memory bounded.
+    """
+
+    def __init__(self, timings: dict[str, float], limit: int = 4) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuremaps-write")
+        self._pending: list[Future[None]] = []
+        self._limit = limit
+        self._timings = timings  # only this thread touches the "encode" and "write" keys
+
+    def submit(
+        self, write: Callable[[str, bytes], object], path: str, encode: Callable[[], bytes]
+    ) -> None:
+        while len(self._pending) >= self._limit:
+            self._pending.pop(0).result()  # re-raises a failed write here, in the caller
+
+        def job() -> None:
+            start = time.perf_counter()
+            data = encode()
+            middle = time.perf_counter()
+            write(path, data)
+            self._timings["encode"] += middle - start
+            self._timings["write"] += time.perf_counter() - middle
+
+        self._pending.append(self._pool.submit(job))
+
+    def wait(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def layer_data(
+    record: LayerRecord, maps: np.ndarray, shown: tuple[int, ...], stats: ChannelStats, prefix: str
+) -> tuple[str, Callable[[], bytes], LayerDataFile]:
+    """The report's data file for one record: its path, a job that encodes it (float16), and
+    what the report's budget needs to know of it.
+
+    The float16 copy is taken here, not in the job: ``maps`` may share memory with the live
+    activation, which the network can change in place as soon as this record is consumed.
+    """
+    stem = safe_filename(record.index, record.name, suffix="")
+    block = maps[: len(shown)] if shown == tuple(range(len(shown))) else maps[list(shown)]
+    ends = np.abs(np.concatenate([stats.min[list(shown)], stats.max[list(shown)]]))
+    ends = ends[np.isfinite(ends)]  # NaN: a channel without finite values
+    half, overflow = float16_copy(block, float(ends.max()) if ends.size else 0.0)
+    ranges = [(_finite_or_none(stats.min[c]), _finite_or_none(stats.max[c])) for c in shown]
+    path = f"{DATA_DIR}/{stem}.js"
+    each = (0,) * len(shown)
+    if overflow:  # rare: which channels overflowed, for a file that keeps only some of them
+        over = np.isfinite(block) & ~np.isfinite(half)
+        each = tuple(int(n) for n in over.reshape(len(shown), -1).sum(axis=1))
+    k, h, w = (int(n) for n in half.shape)
+    size = layer_data_size(stem, (k, h, w), overflow, ranges)
+    file = LayerDataFile(prefix + path, record.name, stem, (k, h, w), tuple(ranges), each, size)
+    return path, lambda: layer_data_script(stem, half, overflow, ranges), file
+
+
+def input_pictures(
+    folder: OutputFolder, prefix: str, item: ResolvedInput, sample: int, writer: BackgroundWriter
+) -> dict[str, Any]:
+    """Queue the input as given and as fed (PNG) for writing; return the manifest's
+    ``input.pictures``. They are encoded on the writer's thread, while the model runs."""
+    given = None
+    display = item.display
+    encode_given: Callable[[], bytes] | None = None
+    if display is not None:
+        given = prefix + INPUT_PICTURE
+        # Cached: fed as read, the fed picture is the same one, and the writer (one thread, jobs
+        # in order) then writes these bytes again instead of encoding it twice.
+        encode_given = functools.lru_cache(maxsize=1)(functools.partial(encode_png, display))
+        writer.submit(folder.write_bytes, given, encode_given)
+    fed = fed_picture(item.tensor, item.preprocessing, sample)
+    fed_path = None
+    if fed is not None:
+        fed_path = prefix + FED_PICTURE
+        encode_fed: Callable[[], bytes] = functools.partial(encode_png, fed[0])
+        if encode_given is not None and display is not None and np.array_equal(display, fed[0]):
+            encode_fed = encode_given
+        writer.submit(folder.write_bytes, fed_path, encode_fed)
+    return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
+
+
+def npy_bytes(array: np.ndarray | None) -> bytes:
+    assert array is not None
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
