@@ -509,9 +509,11 @@ def test_bfloat16_slide_is_close_to_a_float32_forward_and_says_so(
     titles: list[str] = []
     legend = slide_outputs._legend_png
 
-    def spy(title: str, note: str, value_range: ValueRange, cmap: str) -> bytes:
+    def spy(
+        title: str, note: str, value_range: ValueRange, cmap: str, *, range_note: str | None
+    ) -> bytes:
         titles.append(title)
-        return legend(title, note, value_range, cmap)
+        return legend(title, note, value_range, cmap, range_note=range_note)
 
     monkeypatch.setattr(slide_outputs, "_legend_png", spy)
     slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)
