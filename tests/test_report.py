@@ -544,3 +544,51 @@ def test_a_budget_too_small_for_any_channel_leaves_the_pictures(tmp_path: Path) 
     assert f'<img class="png" src="{record.image}"' in page
     with pytest.raises(fm.OptionError, match=r"report budget -1 MiB is not valid"):
         fm.visualize(model, x, out=tmp_path / "p", report_budget=-1)
+
+
+class _Fixed(nn.Module):
+    """Returns fixed values at the input's size and batch (exactly at the test's own size)."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("values", values)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sized = torch.nn.functional.interpolate(self.values, size=x.shape[-2:], mode="nearest")
+        return sized + 0 * x[:, :1]
+
+
+class FlatAndEmpty(nn.Module):
+    """A LayerNorm-like layer (token norms, sqrt(C) up to float32 rounding) and an all-NaN one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        x = torch.randn(196, 768, generator=torch.Generator().manual_seed(0)) * 3 + 1
+        centred = x - x.mean(dim=1, keepdim=True)
+        tokens = centred / centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+        norms = tokens.double().pow(2).sum(dim=1).sqrt().float()
+        assert norms.max() > norms.min()  # rounding noise, not an exactly constant map
+        self.flat = _Fixed(norms.reshape(1, 1, 14, 14))
+        self.empty = _Fixed(torch.full((1, 2, 14, 14), float("nan")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.empty(x)
+        return self.flat(x)
+
+
+def flat_and_empty_run(out: Path) -> fm.Visualization:
+    with pytest.warns(fm.NonFiniteWarning):
+        [result] = fm.visualize(FlatAndEmpty().eval(), torch.zeros(1, 1, 14, 14), out=out)
+    return result
+
+
+def test_report_says_n_a_and_constant_as_the_pictures_do(tmp_path: Path) -> None:
+    result = flat_and_empty_run(tmp_path / "o")
+    html = (Path(str(result.out_dir)) / "index.html").read_text()
+    config = json.loads(html.split('id="fm-config">', 1)[1].split("</script>", 1)[0])
+    layers = {layer["name"]: layer for layer in config["layers"]}
+    assert layers["empty"]["low"] is None
+    assert layers["empty"]["rangeNote"] == "no finite values: every cell is NaN/Inf"
+    assert layers["flat"]["rangeNote"] == "constant (spread below float32 resolution)"
+    assert layers["flat"]["constantChannels"] == [0]
+    assert layers["empty"]["constantChannels"] == []

@@ -1157,4 +1157,39 @@ def test_a_layer_reduced_by_the_data_budget_shows_the_channels_kept(
     h, w = record["shape"][2:]
     got = _hover_cell(page, "#fm-view-map", 3, 4, h, w)
     _check_readout(run, record["name"], record["channels_shown"][last], 3, 4, got)
+
+
+def test_legends_say_n_a_and_constant_as_the_pictures_do(tmp_path: Path, open_report: Any) -> None:
+    from featuremaps.render.colormap import colormap_lut
+    from test_report import flat_and_empty_run
+
+    result = flat_and_empty_run(tmp_path / "o")
+    opened = open_report(Path(str(result.report)))
+    page = opened.page
+    names = [r["name"] for r in result.manifest["records"]]
+    flat, empty = f"#L{names.index('flat')}", f"#L{names.index('empty')}"
+    for selector in (flat, empty):
+        page.locator(selector).scroll_into_view_if_needed()
+        page.wait_for_selector(f"{selector} .tiles[data-state=drawn]")
+
+    def legend(selector: str) -> tuple[str, str, str]:
+        return (
+            page.locator(f"{selector} .bar-low").text_content() or "",
+            page.locator(f"{selector} .bar-high").text_content() or "",
+            page.locator(f"{selector} .legend-scale").text_content() or "",
+        )
+
+    low, high, text = legend(empty)
+    assert (low, high) == ("n/a", "n/a")
+    assert "range n/a (no finite values: every cell is NaN/Inf)" in text
+    assert "0 … 0" not in text
+    low, high, text = legend(flat)
+    assert low == high == "27.71"
+    assert text.endswith(" · constant (spread below float32 resolution)")
+    tile = _pixels(page, f"{flat} figure.tile canvas >> nth=0")[..., :3]
+    assert (tile == colormap_lut("viridis")[0]).all()  # the one constant colour
+    page.select_option("#fm-scale", "channel")
+    _wait_until(page, f"document.querySelector('{flat} figure.tile figcaption') !== null")
+    caption = page.locator(f"{flat} figure.tile >> nth=0").text_content() or ""
+    assert "const 27.71" in caption
     assert opened.errors == []

@@ -510,10 +510,16 @@ def test_bfloat16_slide_is_close_to_a_float32_forward_and_says_so(
     legend = slide_outputs._legend_png
 
     def spy(
-        title: str, note: str, value_range: ValueRange, cmap: str, stamp: str | None = None
+        title: str,
+        note: str,
+        value_range: ValueRange,
+        cmap: str,
+        stamp: str | None = None,
+        *,
+        range_note: str | None = None,
     ) -> bytes:
         titles.append(title)
-        return legend(title, note, value_range, cmap, stamp)
+        return legend(title, note, value_range, cmap, stamp, range_note=range_note)
 
     monkeypatch.setattr(slide_outputs, "_legend_png", spy)
     slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5, jpeg=False)

@@ -111,8 +111,11 @@ def draw_record(
 ) -> Drawing:
     """Draw one record as its layout says (:data:`featuremaps.layouts` ``drawn_as``);
     ``stats``, the channel statistics of ``maps`` when the caller has them, spare the channel
-    mosaic a pass over the maps."""
+    mosaic a pass over the maps. A range is judged constant in the dtype the record was computed
+    in (bfloat16 under autocast, though its maps arrive as float32)."""
     layout = record.layout_info
+    if options.dtype is None:
+        options = replace(options, dtype=record.dtype)
     if layout.drawn_as == layouts.SIGNAL_MAP:
         assert maps is not None
         context = context or SignalContext(None, None)
@@ -149,7 +152,9 @@ def draw_record(
     if layout.drawn_as == layouts.BAR_STRIP:
         vector = layouts.drawable_maps(layout, record.tensor, sample)
         title = f"{label.name} · {label.module_type} · {tuple(label.shape)}"
-        bars = make_bars(vector[None], [f"sample {sample}"], title=title, stamp=label.stamp)
+        bars = make_bars(
+            vector[None], [f"sample {sample}"], title=title, stamp=label.stamp, dtype=options.dtype
+        )
         return Drawing(bars, None, bars.warnings, tiles=False)
     assert maps is not None
     picture = make_grid(maps, options, label=label, stats=stats)

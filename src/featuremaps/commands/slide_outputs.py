@@ -26,7 +26,14 @@ from featuremaps.render.colormap import (
     colorize,
     colormap_lut,
 )
-from featuremaps.render.scaling import ValueRange, centred, normalize
+from featuremaps.render.scaling import (
+    NO_FINITE_TEXT,
+    ValueRange,
+    centred,
+    constant_text,
+    is_constant_range,
+    normalize,
+)
 from featuremaps.slide.forward import Locality
 from featuremaps.slide.plan import TilePlan
 from featuremaps.slide.pyramid import PyramidLevel, build_pyramid
@@ -65,24 +72,28 @@ class SlideResult:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
 
-def _channel_range(maps: LayerMaps, channel: int) -> tuple[ValueRange, str]:
+def _channel_range(maps: LayerMaps, channel: int, dtype: str) -> tuple[ValueRange, str, str | None]:
+    """A channel's colour range over the whole slide, its colormap and what the legend says of
+    the range: :data:`NO_FINITE_TEXT` (none), constant for ``dtype`` (one colour), or None."""
     stats = maps.stats.result()
     lo, hi = float(stats["min"][channel]), float(stats["max"][channel])
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return ValueRange(0.0, 1.0, False), DEFAULT_CMAP
+        return ValueRange(0.0, 1.0, False), DEFAULT_CMAP, NO_FINITE_TEXT
+    note = constant_text(dtype) if is_constant_range(lo, hi, dtype) else None
     if lo < 0:
-        return centred(ValueRange(lo, hi, False)), DEFAULT_DIVERGING_CMAP
-    return ValueRange(lo, hi, False), DEFAULT_CMAP
+        return centred(ValueRange(lo, hi, False)), DEFAULT_DIVERGING_CMAP, note
+    return ValueRange(lo, hi, False), DEFAULT_CMAP, note
 
 
 def _colour_channel(
-    index: int, value_range: ValueRange, cmap: str
+    index: int, value_range: ValueRange, cmap: str, dtype: str
 ) -> Callable[[np.ndarray], np.ndarray]:
     lut = colormap_lut(cmap)
 
     def colour(block: np.ndarray) -> np.ndarray:
         values = block[:, :, index]
-        rgb = colorize(normalize(values, value_range), lut, nan_color=(255, 255, 255))
+        t = normalize(values, value_range, dtype=dtype)
+        rgb = colorize(t, lut, nan_color=(255, 255, 255))
         alpha = np.where(np.isnan(values), 0, 255).astype(np.uint8)
         return np.concatenate([rgb, alpha[:, :, None]], axis=2)
 
@@ -108,12 +119,18 @@ def _colour_pca(maps: LayerMaps) -> tuple[Callable[[np.ndarray], np.ndarray], li
 
 
 def _legend_png(
-    title: str, note: str, value_range: ValueRange, cmap: str, stamp: str | None = None
+    title: str,
+    note: str,
+    value_range: ValueRange,
+    cmap: str,
+    stamp: str | None = None,
+    *,
+    range_note: str | None = None,
 ) -> bytes:
     from featuremaps.render.encode import encode_png
     from featuremaps.slide.writers import legend_pixels
 
-    return encode_png(legend_pixels(title, note, value_range, cmap, stamp))
+    return encode_png(legend_pixels(title, note, value_range, cmap, stamp, range_note=range_note))
 
 
 def _background_levels(
@@ -257,8 +274,10 @@ def write_outputs(
         chosen = list(draw) if draw is not None else [lm.selected[0]]
         for channel in chosen:
             index = lm.selected.index(channel)
-            value_range, cmap = _channel_range(lm, channel)
-            colour = _colour_channel(index, value_range, cmap)
+            # Judged in float32, the maps' stored dtype: an autocast layer's coarser values may
+            # be drawn where they are noise, but no real spread is ever called constant.
+            value_range, cmap, range_note = _channel_range(lm, channel, "float32")
+            colour = _colour_channel(index, value_range, cmap, "float32")
             name = f"maps/{stem}.c{channel}.tif"
             write_rgb_tiff(
                 folder.path(name), levels, colour, cell_mpp,
@@ -276,6 +295,7 @@ def write_outputs(
                     value_range,
                     cmap,
                     stamp,
+                    range_note=range_note,
                 ),
             )
             files["channel_tiffs"][str(channel)] = {"tiff": name, "legend": legend, "cmap": cmap}

@@ -5,7 +5,8 @@ vector is one strip of bars, one bar per feature, from a zero line, all strips o
 scale (the largest |value|), coloured like the channel grids (diverging and centred on 0 for
 signed values, viridis otherwise). The legend on top is the grids' legend; under each strip its
 range and its largest values are printed with their indices (every value when there are at most
-16).
+16), or, when a strip's values spread no wider than rounding noise, that they are constant.
+Bars start at 0, so such noise is never stretched; only the printed range could mislead.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from featuremaps.render.palette import (
     palette_pixels,
 )
 from featuremaps.render.panels import Composite, stacked, text_block
+from featuremaps.render.scaling import DTypeLike, constant_text, format_ends, is_constant_range
 
 __all__ = ["STRIP_HEIGHT", "make_bars"]
 
@@ -57,9 +59,13 @@ def make_bars(
     title: str,
     stamp: str | None = None,
     cmap: str | None = None,
+    dtype: DTypeLike | None = None,
 ) -> Composite:
-    """Draw ``vectors`` (K, F) as K bar strips on one shared scale, ``names`` one per strip."""
-    arr = np.asarray(vectors, dtype=np.float64)
+    """Draw ``vectors`` (K, F) as K bar strips on one shared scale, ``names`` one per strip;
+    ``dtype`` is the dtype the values were computed in (default: the vectors' own)."""
+    given = np.asarray(vectors)
+    dtype = given.dtype.name if dtype is None else dtype
+    arr = np.asarray(given, dtype=np.float64)
     k, f = arr.shape
     finite = np.isfinite(arr)
     peak = float(np.abs(arr[finite]).max()) if finite.any() else 0.0
@@ -104,11 +110,14 @@ def make_bars(
         canvas[zero, :] = TEXT_INDEX
         strip = palette_pixels(canvas, palette)
         finite_row = values[np.isfinite(values)]
-        rng = (
-            f"{_fmt(float(finite_row.min()))} … {_fmt(float(finite_row.max()))}"
-            if finite_row.size
-            else "no finite values"
-        )
+        if not finite_row.size:
+            rng = "no finite values"
+        elif finite_row.size > 1 and is_constant_range(
+            float(finite_row.min()), float(finite_row.max()), dtype
+        ):
+            rng = f"{_fmt(float(finite_row.min()))}, {constant_text(dtype)}"
+        else:
+            rng = " … ".join(format_ends(float(finite_row.min()), float(finite_row.max())))
         lines = [f"{names[row]}: {f} values, {rng}", *_values_text(values)]
         panels.append(stacked([strip, text_block(lines)], gap=0))
     warnings = (f"{nonfinite} NaN/Inf values drawn in magenta",) if nonfinite else ()

@@ -60,12 +60,16 @@ from featuremaps.render.palette import (
     palette_pixels,
 )
 from featuremaps.render.scaling import (
+    NO_FINITE_TEXT,
     ScaleMode,
     ValueRange,
     centred,
     channel_extremes,
     compute_range,
+    constant_text,
     fixed_range,
+    format_ends,
+    is_constant_range,
     is_signed_range,
     normalize,
     normalize_channels,
@@ -116,7 +120,10 @@ class GridOptions:
     and for "global" where the caller passes the range across all layers (see ``merge_ranges``;
     checked by :func:`make_grid`, so options can be built before that range is known). ``cmap`` None
     picks viridis for unsigned data and RdBu_r centred on zero for signed data. ``unit`` is what
-    the legend calls a map ("channel"; "head" for attention).
+    the legend calls a map ("channel"; "head" for attention). ``dtype`` is the dtype the values
+    were computed in ("float32"; "bfloat16" or "float16" under autocast): it decides when a
+    range is constant, no wider than rounding noise
+    (:func:`~featuremaps.render.scaling.is_constant_range`); None takes the maps' own dtype.
     """
 
     max_channels: int = 32
@@ -130,6 +137,7 @@ class GridOptions:
     min_tile: int = 48
     legend: bool = True
     unit: str = "channel"
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int("max_channels", self.max_channels)
@@ -347,17 +355,18 @@ def _fmt(v: float) -> str:
 
 
 def _tile_caption(
-    index: int, r: ValueRange | None, data: ValueRange, has_finite: bool
+    index: int, r: ValueRange | None, data: ValueRange, has_finite: bool, constant: bool
 ) -> tuple[str, ...]:
     """Caption lines: the channel index, and in per-channel mode the tile's own range."""
     if r is None:
         return (f"#{index}",)
     if not has_finite:
         return (f"#{index}", "no finite values")
-    if data.vmin == data.vmax:
+    if constant:
         # The value itself says more than a range that only exists to centre a colormap.
         return (f"#{index}", f"const {data.vmin:.3g}")
-    return (f"#{index}", f"{r.vmin:.3g} … {r.vmax:.3g}")
+    low, high = format_ends(r.vmin, r.vmax, 3)
+    return (f"#{index}", f"{low} … {high}")
 
 
 def _plural(n: int, word: str) -> str:
@@ -392,6 +401,7 @@ def make_grid(
     # A prefix is a view; any other selection is a (small) copy. Neither touches ``maps``.
     block = arr[:k] if chs == tuple(range(k)) else arr[np.asarray(chs, dtype=np.intp)]
     per_channel = opts.scale == "channel"
+    dtype = opts.dtype or arr.dtype.name  # what "constant" is judged in
 
     # Decide the range and the colormap. Signedness is judged on the whole layer (and, for
     # "global", on the shared range) so the colormap does not change with the channel choice.
@@ -422,16 +432,16 @@ def make_grid(
     data_ranges = ranges_from_extremes(low, high, symmetric=False)
     if per_channel:
         tile_ranges = ranges_from_extremes(low, high, symmetric=True) if signed else data_ranges
-        t = normalize_channels(block, tile_ranges)
+        t = normalize_channels(block, tile_ranges, dtype=dtype)
     else:
         assert value_range is not None
         tile_ranges = data_ranges
-        t = normalize(block, value_range)
-    constant = tuple(
-        ch
-        for ch, r, n in zip(chs, data_ranges, finite_per_tile.tolist(), strict=True)
-        if n > 0 and r.vmin == r.vmax
-    )
+        t = normalize(block, value_range, dtype=dtype)
+    flat = [
+        n > 0 and is_constant_range(r.vmin, r.vmax, dtype)
+        for r, n in zip(data_ranges, finite_per_tile.tolist(), strict=True)
+    ]
+    constant = tuple(ch for ch, f in zip(chs, flat, strict=True) if f)
 
     # Quantise the whole block to colour levels at once, then enlarge by an integer factor only.
     s = max(1, math.ceil(opts.min_tile / max(h, w, 1)))
@@ -453,8 +463,19 @@ def make_grid(
         above = int(np.count_nonzero(finite & (block > value_range.vmax)))
     # A layer without one finite value has no range: its bar must not read "0 ... 0".
     empty = arr.size > 0 and layer_range.vmax == 0 and not _any_finite(arr, stats)
+    # The layer's values (for "global": every layer's) are one value up to rounding noise: the
+    # tiles have the one constant colour and the legend says so (judged on the values, not on
+    # the range centred on 0 that a signed layer is drawn with).
+    measured: tuple[float, float] | None = None
+    if opts.scale == "layer":
+        measured = (layer_range.vmin, layer_range.vmax)
+    elif opts.scale == "global" and opts.value_range is not None:
+        measured = opts.value_range
+    constant_note = None
+    if measured is not None and arr.size and not empty and is_constant_range(*measured, dtype):
+        constant_note = constant_text(dtype)
     content = _legend_content(
-        opts, label, arr.shape, chs, value_range, signed, cmap, nonfinite, empty
+        opts, label, arr.shape, chs, value_range, signed, cmap, nonfinite, empty, constant_note
     )
     content = replace(content, clipped_low=below, clipped_high=above)
     top = LEGEND_HEIGHT if opts.legend else 0
@@ -474,7 +495,7 @@ def make_grid(
     for i in range(k):
         row, col = divmod(i, ncols)
         r = tile_ranges[i] if per_channel else None
-        lines = _tile_caption(chs[i], r, data_ranges[i], bool(finite_per_tile[i] > 0))
+        lines = _tile_caption(chs[i], r, data_ranges[i], bool(finite_per_tile[i] > 0), flat[i])
         patch = _caption_patch(lines, cw, cap)
         y = top + GAP + row * (th + cap + GAP) + th
         x = GAP + col * (cw + GAP)
@@ -533,6 +554,7 @@ def _legend_content(
     cmap: str,
     nonfinite: int,
     empty: bool = False,
+    constant_note: str | None = None,
 ) -> LegendContent:
     total = shape[0]
     k = len(chs)
@@ -561,6 +583,7 @@ def _legend_content(
         colour += ", centred on 0"
     scale = f"{scale} · {colour}"
 
+    note: str | None
     if value_range is None:
         if signed:
             low, mid, high = "-max|x|", "0", "+max|x|"
@@ -570,11 +593,14 @@ def _legend_content(
             note = "each tile: its own min to max (see tile captions)"
     elif empty and opts.scale in ("layer", "global"):
         low, mid, high = "n/a", None, "n/a"
-        note = "no finite values: every cell is NaN/Inf"
+        note = NO_FINITE_TEXT
     else:
-        low, high = _fmt(value_range.vmin), _fmt(value_range.vmax)
+        if constant_note is None:
+            low, high = format_ends(value_range.vmin, value_range.vmax)
+        else:  # the ends say the value, the note that it is one
+            low, high = _fmt(value_range.vmin), _fmt(value_range.vmax)
         mid = "0" if value_range.symmetric else None
-        note = None
+        note = constant_note
     return LegendContent(
         title=title,
         stamp=stamp,

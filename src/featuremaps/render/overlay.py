@@ -46,7 +46,10 @@ from featuremaps.render.scaling import (
     ValueRange,
     centred,
     compute_range,
+    constant_text,
     fixed_range,
+    format_ends,
+    is_constant_range,
     is_signed_range,
     normalize,
 )
@@ -102,7 +105,7 @@ class Overlay:
         parts = [
             f"placed by {self.placement}",
             f"colormap {self.cmap}{', centred on 0' if r.symmetric else ''}",
-            f"range {r.vmin:.4g} … {r.vmax:.4g}",
+            "range {} … {}".format(*format_ends(r.vmin, r.vmax)),
             f"alpha {self.alpha:g}",
         ]
         if self.threshold is not None:
@@ -335,6 +338,10 @@ def overlay(
         warnings.append(f"{nonfinite} NaN/Inf {noun} drawn in magenta")
     if extent is None:
         warnings.append("the map's cells cover none of the image")
+    data = compute_range(values, symmetric=False)
+    if nonfinite < values.size and is_constant_range(data.vmin, data.vmax, values.dtype):
+        # Drawn in the one constant colour by normalize, which applies the same rule.
+        warnings.append(f"the map is {constant_text(values.dtype)}: one colour")
     caution = colormap_warning(name)
     if caution is not None:
         warnings.append(caution)

@@ -14,9 +14,18 @@ import numpy as np
 from featuremaps.render.grid import GridLabel, GridOptions, shared_scale
 from featuremaps.render.legend import LEGEND_HEIGHT, LegendContent, legend_width, paint_legend
 from featuremaps.render.palette import BACKGROUND_INDEX
-from featuremaps.render.scaling import ValueRange, channel_ranges, compute_range
+from featuremaps.render.scaling import (
+    NO_FINITE_TEXT,
+    DTypeLike,
+    ValueRange,
+    channel_ranges,
+    compute_range,
+    constant_text,
+    format_ends,
+    is_constant_range,
+)
 
-__all__ = ["row_scale", "rows_legend"]
+__all__ = ["row_label", "row_scale", "rows_legend", "rows_note"]
 
 
 def _fmt(v: float) -> str:
@@ -42,6 +51,34 @@ def row_scale(
     return shared, (shared,) * len(block), signed, text
 
 
+def rows_note(arr: np.ndarray, options: GridOptions, dtype: DTypeLike) -> str | None:
+    """The legend note of a row picture with one colour range, by the grids' rules and words:
+    :data:`NO_FINITE_TEXT` for a layer without finite values (no range: "n/a"), the constant
+    text when its range (the layer's values, or a given range) spreads no wider than rounding
+    noise of ``dtype``; ``None`` otherwise and for per-row scales."""
+    if options.scale == "channel":
+        return None
+    if options.scale != "fixed" and arr.size and not np.isfinite(arr).any():
+        return NO_FINITE_TEXT  # as the grids: a given range is still printed
+    if options.scale in ("fixed", "global") and options.value_range is not None:
+        lo, hi = options.value_range
+    else:
+        measured = compute_range(arr, symmetric=False)
+        lo, hi = measured.vmin, measured.vmax
+    return constant_text(dtype) if is_constant_range(lo, hi, dtype) else None
+
+
+def row_label(r: ValueRange, signed: bool, dtype: DTypeLike) -> str:
+    """The range printed beside a row with its own scale: "±max", "low…high", or "const v"
+    when the row is constant for ``dtype`` (drawn in one colour)."""
+    if signed:
+        return f"±{_fmt(r.vmax)}"
+    if is_constant_range(r.vmin, r.vmax, dtype):
+        return f"const {_fmt(r.vmin)}"
+    low, high = format_ends(r.vmin, r.vmax)
+    return f"{low}…{high}"
+
+
 def rows_legend(
     label: GridLabel,
     options: GridOptions,
@@ -51,10 +88,20 @@ def rows_legend(
     cmap: str,
     nonfinite: int,
     suffix: str = "",
+    note: str | None = None,
 ) -> np.ndarray:
     """The grids' legend strip for a row picture (palette indices); ``scale`` is the shared
-    range, signedness and scale text of :func:`row_scale`; ``suffix`` ends the selection line."""
+    range, signedness and scale text of :func:`row_scale`; ``suffix`` ends the selection line;
+    ``note`` (:func:`rows_note`) is printed beside the bar of a shared range."""
     shared, signed, scale_text = scale
+    if shared is None:
+        ends = ("-max|x|", "+max|x|") if signed else ("min", "max")
+    elif note == NO_FINITE_TEXT:
+        ends = ("n/a", "n/a")
+    elif note is None:
+        ends = format_ends(shared.vmin, shared.vmax)
+    else:
+        ends = (_fmt(shared.vmin), _fmt(shared.vmax))
     how = (
         options.channels_note or "explicit list"
         if options.channels is not None
@@ -67,10 +114,10 @@ def rows_legend(
         stamp=label.stamp,
         selection=f"{len(chs)} of {total} channels shown as rows ({how}){suffix}",
         scale=f"{scale_text} · colormap {cmap}" + (", centred on 0" if signed else ""),
-        bar_low=_fmt(shared.vmin) if shared is not None else ("-max|x|" if signed else "min"),
-        bar_mid="0" if signed else None,
-        bar_high=_fmt(shared.vmax) if shared is not None else ("+max|x|" if signed else "max"),
-        bar_note=None if shared is not None else "each row: its own range",
+        bar_low=ends[0],
+        bar_mid="0" if signed and ends[0] != "n/a" else None,
+        bar_high=ends[1],
+        bar_note=note if shared is not None else "each row: its own range",
         nonfinite=nonfinite,
     )
     legend = np.full((LEGEND_HEIGHT, legend_width(content)), BACKGROUND_INDEX, dtype=np.uint8)

@@ -3,6 +3,11 @@
 Part of the pure ``render`` stage (arrays in, pixels out). Everything here works on finite values
 only: NaN and ±Inf never widen a range, and they come out of :func:`normalize` as NaN so the
 colouring step can paint them in a colour no colormap uses. Inputs are never modified.
+
+One rule decides when a range is *constant*: :func:`is_constant_range`, a spread no wider than
+rounding noise of the data type the values were computed in (exactly constant maps are its
+special case). Every picture that builds a colour scale asks it, so rounding noise is never
+stretched over a whole colormap, and every legend words it with :func:`constant_text`.
 """
 
 from __future__ import annotations
@@ -10,20 +15,28 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from featuremaps._errors import OptionError
 
 __all__ = [
+    "NO_FINITE_TEXT",
+    "RESOLUTION_ULPS",
+    "DTypeLike",
     "ScaleMode",
     "ValueRange",
     "centred",
     "channel_extremes",
     "channel_ranges",
     "compute_range",
+    "constant_mask",
+    "constant_text",
+    "dtype_name",
     "fixed_range",
+    "format_ends",
+    "is_constant_range",
     "is_signed",
     "is_signed_range",
     "merge_ranges",
@@ -31,9 +44,84 @@ __all__ = [
     "normalize_channels",
     "range_from_extremes",
     "ranges_from_extremes",
+    "resolution",
 ]
 
 ScaleMode = Literal["channel", "layer", "global", "fixed"]
+
+# A range is constant when its spread is at most this many units of the data type's resolution
+# (machine epsilon times the larger |end|). One rounding costs half a unit; a LayerNorm output
+# has been through several (mean, variance, reciprocal square root, scale and shift) and a
+# statistic of it (a token's L2 norm over D dims) adds its own: the norms of float32 LayerNorm
+# outputs of centred tokens (D from 64 to 4096, no LayerNorm epsilon) spread over 2.3 to 2.5
+# units. Real structure starts not far above: LayerNorm's epsilon shrinks low-variance tokens,
+# which spreads vit_b_16's layer-0 token norms over 6 to 30 units, the same in a float64
+# recomputation. 4 holds the first and draws the second. Rounding amplified by cancellation
+# (tokens whose mean is many times their spread) can exceed it and is then drawn: this rule
+# only judges the values' own resolution, not how they were computed.
+RESOLUTION_ULPS = 4
+
+# Machine epsilon of the dtypes values are computed in; bfloat16 is not a numpy dtype.
+_EPS = {
+    "float64": float(np.finfo(np.float64).eps),
+    "float32": float(np.finfo(np.float32).eps),
+    "float16": float(np.finfo(np.float16).eps),
+    "bfloat16": 2.0**-7,
+}
+
+# A dtype as numpy has it, or its name ("bfloat16" has no numpy dtype).
+DTypeLike = str | np.dtype[Any]
+
+
+def dtype_name(dtype: DTypeLike) -> str:
+    """The name of ``dtype`` as legends print it (``"float32"``, ``"bfloat16"``, ``"int64"``)."""
+    return str(dtype).removeprefix("torch.") if isinstance(dtype, str) else np.dtype(dtype).name
+
+
+def resolution(dtype: DTypeLike) -> float:
+    """The relative resolution of ``dtype``: machine epsilon for a float dtype, 0 for exact
+    types (integers, bools), of which only an exactly constant range is constant."""
+    return _EPS.get(dtype_name(dtype), 0.0)
+
+
+def is_constant_range(lo: float, hi: float, dtype: DTypeLike) -> bool:
+    """Whether the range ``lo .. hi`` of values computed in ``dtype`` is constant: its spread
+    is at most :data:`RESOLUTION_ULPS` units of ``dtype``'s resolution at ``max(|lo|, |hi|)``,
+    i.e. rounding noise, not structure. ``lo == hi`` is the exact case; a range without finite
+    ends (a map without finite values) is not constant, it has no range."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        return False
+    return hi - lo <= RESOLUTION_ULPS * resolution(dtype) * max(abs(lo), abs(hi))
+
+
+def constant_mask(lo: np.ndarray, hi: np.ndarray, dtype: DTypeLike) -> np.ndarray:
+    """:func:`is_constant_range` for arrays of ends (broadcast), in float64."""
+    lo64, hi64 = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        scale = RESOLUTION_ULPS * resolution(dtype) * np.maximum(np.abs(lo64), np.abs(hi64))
+        return np.asarray(
+            np.isfinite(lo64) & np.isfinite(hi64) & (lo64 <= hi64) & (hi64 - lo64 <= scale)
+        )
+
+
+def constant_text(dtype: DTypeLike) -> str:
+    """How every picture and the report word a constant range of values computed in ``dtype``."""
+    return f"constant (spread below {dtype_name(dtype)} resolution)"
+
+
+# How every picture words a map without one finite value: it has no range ("n/a" at both ends).
+NO_FINITE_TEXT = "no finite values: every cell is NaN/Inf"
+
+
+def format_ends(lo: float, hi: float, digits: int = 4) -> tuple[str, str]:
+    """The two ends of a range as legends print them: ``digits`` significant digits, more where
+    those would print two different ends alike (a narrow but real range, drawn over the whole
+    colormap, must not read "27.71 … 27.71")."""
+    low, high = f"{lo:.{digits}g}", f"{hi:.{digits}g}"
+    while low == high and lo != hi and digits < 17:
+        digits += 1
+        low, high = f"{lo:.{digits}g}", f"{hi:.{digits}g}"
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -189,7 +277,11 @@ def merge_ranges(ranges: Iterable[ValueRange]) -> ValueRange:
 
 
 def _normalize_bounds(
-    x: np.ndarray, lo: np.ndarray, hi: np.ndarray, symmetric: np.ndarray
+    x: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    symmetric: np.ndarray,
+    dtype: DTypeLike | None = None,
 ) -> np.ndarray:
     """Map ``x`` into [0, 1] with broadcastable bounds; NaN where ``x`` is not finite.
 
@@ -198,9 +290,10 @@ def _normalize_bounds(
     float32-exact bounds (the common case: ranges computed from the data) is worked in float32,
     about 30x faster than float64 with the same guarantees; everything else in float64. The
     choice never depends on the values, so one channel normalised alone or in a block gives
-    the same result.
+    the same result. A range that is constant for ``dtype`` (default: ``x``'s own) has no scale.
     """
     a = np.asarray(x)
+    flat = constant_mask(lo, hi, a.dtype if dtype is None else dtype)
     work: type[np.floating] = np.float64
     if a.dtype in (np.float32, np.float16):
         with np.errstate(over="ignore"):
@@ -217,10 +310,10 @@ def _normalize_bounds(
         wide = np.isinf(width)
         if np.any(wide):
             t = np.where(wide, (xc * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5), t)
-        flat = width == 0
         if np.any(flat):
             # A constant range has no scale: values on it get the centre colour (symmetric,
             # i.e. exactly zero) or the low end; values off it are clipped to an end as usual.
+            # Within a range constant up to rounding noise, the noise is not stretched either.
             on_value = np.where(symmetric, 0.5, 0.0)
             const = np.where(xw > hi, 1.0, np.where(xw < lo, 0.0, on_value))
             t = np.where(flat, const, t)
@@ -235,22 +328,28 @@ def _nan_where_nonfinite(t: np.ndarray, x: np.ndarray) -> np.ndarray:
     return t
 
 
-def normalize(x: np.ndarray, r: ValueRange) -> np.ndarray:
+def normalize(x: np.ndarray, r: ValueRange, *, dtype: DTypeLike | None = None) -> np.ndarray:
     """Map ``x`` to float32 in [0, 1] through range ``r``; values outside ``r`` are clipped.
 
-    Non-finite inputs come out as NaN. A constant range never divides by zero: a symmetric
-    ``(0, 0)`` range maps to 0.5 (the centre colour), any other constant range to 0.0.
+    Non-finite inputs come out as NaN. A constant range (:func:`is_constant_range` for
+    ``dtype``, the dtype the values were computed in; default ``x``'s own) never divides by
+    zero and never stretches rounding noise: a symmetric ``(0, 0)`` range maps to 0.5 (the
+    centre colour), any other constant range to 0.0.
     """
     return _normalize_bounds(
         np.asarray(x),
         np.asarray(r.vmin, dtype=np.float64),
         np.asarray(r.vmax, dtype=np.float64),
         np.asarray(r.symmetric, dtype=bool),
+        dtype,
     )
 
 
-def normalize_channels(x: np.ndarray, ranges: Sequence[ValueRange]) -> np.ndarray:
-    """Normalise each entry of the first axis of ``x`` with its own range, in one pass."""
+def normalize_channels(
+    x: np.ndarray, ranges: Sequence[ValueRange], *, dtype: DTypeLike | None = None
+) -> np.ndarray:
+    """Normalise each entry of the first axis of ``x`` with its own range, in one pass (a
+    constant range as in :func:`normalize`)."""
     a = np.asarray(x)
     if len(ranges) != a.shape[0]:
         raise OptionError(
@@ -261,4 +360,4 @@ def normalize_channels(x: np.ndarray, ranges: Sequence[ValueRange]) -> np.ndarra
     lo = np.array([r.vmin for r in ranges], dtype=np.float64).reshape(-1, *extra)
     hi = np.array([r.vmax for r in ranges], dtype=np.float64).reshape(-1, *extra)
     sym = np.array([r.symmetric for r in ranges], dtype=bool).reshape(-1, *extra)
-    return _normalize_bounds(a, lo, hi, sym)
+    return _normalize_bounds(a, lo, hi, sym, dtype)

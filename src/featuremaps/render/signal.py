@@ -38,9 +38,13 @@ from featuremaps.render.palette import (
     palette_pixels,
 )
 from featuremaps.render.panels import LINE, Composite, stacked
-from featuremaps.render.rows import row_scale, rows_legend
+from featuremaps.render.rows import row_label, row_scale, rows_legend, rows_note
 from featuremaps.render.scaling import (
+    DTypeLike,
     ValueRange,
+    constant_text,
+    format_ends,
+    is_constant_range,
     normalize,
     normalize_channels,
 )
@@ -99,13 +103,19 @@ def _cells_of_columns(
 
 
 def _trace(
-    values: np.ndarray, width: int, length: int, height: int, skip: np.ndarray | None = None
+    values: np.ndarray,
+    width: int,
+    length: int,
+    height: int,
+    skip: np.ndarray | None = None,
+    dtype: DTypeLike = "float64",
 ) -> tuple[np.ndarray, str]:
     """One line plot of ``values`` (L,) over ``width`` columns as an index canvas, and its range.
 
     Each column draws the span of the samples it covers joined to the previous column, so no
     peak is lost when there are more samples than columns; a column of only NaN/Inf is magenta,
-    ``skip`` columns (no cell there) stay empty. A dotted line marks 0 when in range.
+    ``skip`` columns (no cell there) stay empty. A dotted line marks 0 when in range. Values
+    constant for ``dtype`` (the dtype they were computed in) are a flat line at mid height.
     """
     canvas = np.full((height, width), BACKGROUND_INDEX, dtype=np.uint8)
     kept = values if skip is None else values[: len(skip)][~skip]
@@ -113,7 +123,8 @@ def _trace(
     if finite.size == 0:
         return canvas, "no finite values"
     lo, hi = float(finite.min()), float(finite.max())
-    span = hi - lo
+    flat = is_constant_range(lo, hi, dtype)
+    span = 0.0 if flat else hi - lo
 
     def row(v: np.ndarray) -> np.ndarray:
         t = (v - lo) / span if span > 0 else np.full(v.shape, 0.5)
@@ -140,7 +151,10 @@ def _trace(
             top, bottom = min(top, previous), max(bottom, previous)
         canvas[int(top) : int(bottom) + 1, x] = TEXT_INDEX
         previous = int(row(chunk[-1:])[0])
-    return canvas, f"{_fmt(lo)} … {_fmt(hi)}"
+    if flat:
+        return canvas, f"{_fmt(lo)}, {constant_text(dtype)}"
+    low, high = format_ends(lo, hi)
+    return canvas, f"{low} … {high}"
 
 
 def _with_margin(panel: np.ndarray, name: str | None) -> np.ndarray:
@@ -203,11 +217,13 @@ def make_signal_picture(
     arr = np.asarray(maps)
     total, cells = arr.shape
     sig = None if signal is None else np.asarray(signal, dtype=np.float64)
+    sig_dtype = "float64" if signal is None else np.asarray(signal).dtype.name
     span = int(length or (sig.shape[-1] if sig is not None else cells))
     unit = "input sample" if (sig is not None or length) else "cell"
     width = min(MAX_WIDTH, max(MIN_WIDTH, span))
     chs = select_channels(arr[:, None, :], options)  # the grids' rule, on (C, 1, L)
     block = arr[np.asarray(chs, dtype=np.intp)].astype(np.float64)
+    dtype = options.dtype or arr.dtype.name  # what "constant" is judged in
     shared, rows, signed, scale_text = row_scale(
         arr, block, options,
         per_row="scale: each row its own range (printed at its right)",
@@ -218,7 +234,10 @@ def make_signal_picture(
 
     which = _cells_of_columns(width, span, cells, placement)
     covered = which >= 0
-    t = normalize(block, shared) if shared is not None else normalize_channels(block, rows)
+    if shared is not None:
+        t = normalize(block, shared, dtype=dtype)
+    else:
+        t = normalize_channels(block, rows, dtype=dtype)
     levels = level_indices(t, LEVELS, NAN_INDEX)  # (k, L)
     row_h = max(4, min(16, 320 // max(len(chs), 1)))
     heat = np.full((len(chs) * (row_h + 1), width), BACKGROUND_INDEX, dtype=np.uint8)
@@ -233,16 +252,14 @@ def make_signal_picture(
         if row_h >= 10 or i % max(1, 12 // row_h) == 0:
             paint_text(heat_panel, (4, max(y, 0)), f"ch {c}", LEGEND_FONT_SIZE)
         if shared is None and (row_h >= 10 or i % max(1, 12 // row_h) == 0):
-            r = rows[i]
-            paint_text(
-                heat_panel, (MARGIN + width + 4, max(y, 0)), f"±{_fmt(r.vmax)}" if signed
-                else f"{_fmt(r.vmin)}…{_fmt(r.vmax)}", LEGEND_FONT_SIZE
-            )  # fmt: skip
+            text = row_label(rows[i], signed, dtype)
+            paint_text(heat_panel, (MARGIN + width + 4, max(y, 0)), text, LEGEND_FONT_SIZE)
 
     nonfinite = int(np.count_nonzero(~np.isfinite(block)))
     legend = rows_legend(
-        label, options, chs, total, (shared, signed, scale_text), cmap, nonfinite, "; time on x"
-    )
+        label, options, chs, total, (shared, signed, scale_text), cmap, nonfinite, "; time on x",
+        rows_note(arr, options, dtype),
+    )  # fmt: skip
 
     if placement is None:
         noun = "cell" if cells == 1 else "cells"
@@ -259,7 +276,7 @@ def make_signal_picture(
         more = f" (first {shown} of {sig.shape[0]})" if shown < sig.shape[0] else ""
         panels.append(_text([f"input signal{more}: each channel on its own scale"], width))
         for c in range(shown):
-            canvas, rng = _trace(sig[c], width, span, TRACE_HEIGHT)
+            canvas, rng = _trace(sig[c], width, span, TRACE_HEIGHT, dtype=sig_dtype)
             panels.append(_text([f"input channel {c}: {rng}"], width))
             panels.append(_with_margin(canvas, f"in {c}"))
     panels.extend([heat_panel, axis])
@@ -272,7 +289,7 @@ def make_signal_picture(
         for i in picks:
             values = np.zeros(width)
             values[covered] = block[i, which[covered]]
-            canvas, rng = _trace(values, width, width, TRACE_HEIGHT, skip=~covered)
+            canvas, rng = _trace(values, width, width, TRACE_HEIGHT, skip=~covered, dtype=dtype)
             panels.append(_text([f"channel {chs[i]}: {rng}"], width))
             panels.append(_with_margin(canvas, f"ch {chs[i]}"))
         panels.append(_axis(width, span, f"{unit} (same axis)"))

@@ -5,8 +5,11 @@ Part of the pure ``render`` stage. Patch tokens ``(D, h, w)`` (see
 maps (one tile per feature dimension, same scales and legend). Under it, two summaries of the
 whole layer: the L2 norm of each token as one map, and a PCA of the D-dimensional tokens to RGB
 (the first three principal components, each stretched from its minimum to its maximum, with the
-variance each explains). Prefix tokens (class, distillation, register tokens) are not patches:
-they are kept and drawn apart, as bar strips (:mod:`featuremaps.render.bars`).
+variance each explains). Both follow the one rule of
+:func:`featuremaps.render.scaling.is_constant_range`: a norm map or a component whose spread is
+rounding noise of the dtype the tokens were computed in is drawn in one colour and said
+constant. Prefix tokens (class, distillation, register tokens) are not patches: they are kept and
+drawn apart, as bar strips (:mod:`featuremaps.render.bars`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from featuremaps.render.bars import make_bars
 from featuremaps.render.grid import Grid, GridLabel, GridOptions, make_grid
 from featuremaps.render.panels import Composite, side_by_side, stacked, text_block
+from featuremaps.render.scaling import RESOLUTION_ULPS, DTypeLike, constant_text, resolution
 
 __all__ = ["PcaSummary", "TokenPicture", "make_token_picture", "token_pca"]
 
@@ -28,17 +32,24 @@ __all__ = ["PcaSummary", "TokenPicture", "make_token_picture", "token_pca"]
 class PcaSummary:
     """The PCA of one layer's patch tokens: ``mean`` (D,), ``basis`` (k, D) rows = components
     (sign fixed so each component's largest loading is positive), ``explained`` (k,) fraction of
-    the total variance per component, ``rgb`` (h, w, 3) in [0, 1]."""
+    the total variance per component, ``rgb`` (h, w, 3) in [0, 1]; ``constant`` (k,) marks the
+    components whose scores spread no wider than rounding noise: drawn 0.5, not stretched."""
 
     mean: np.ndarray
     basis: np.ndarray
     explained: tuple[float, ...]
     rgb: np.ndarray
+    constant: tuple[bool, ...] = ()
 
 
-def token_pca(patches: np.ndarray, k: int = 3) -> PcaSummary:
+def token_pca(patches: np.ndarray, k: int = 3, *, dtype: DTypeLike | None = None) -> PcaSummary:
     """PCA of ``patches`` (D, h, w) over its h*w tokens, in float64, to RGB (non-finite tokens
-    are left out of the fit and drawn black)."""
+    are left out of the fit and drawn black).
+
+    A component is constant when its scores spread no wider than the rounding noise of the
+    tokens, computed in ``dtype`` (default: the patches' own): a token's rounding error is at
+    most a few units of resolution times its norm, and so is its projection on a unit vector.
+    """
     d, h, w = patches.shape
     x = patches.reshape(d, h * w).T.astype(np.float64)
     good = np.isfinite(x).all(axis=1)
@@ -68,12 +79,17 @@ def token_pca(patches: np.ndarray, k: int = 3) -> PcaSummary:
             basis[i] = -basis[i]
     explained = tuple(float(v) / total if total > 0 else 0.0 for v in s[:k] ** 2)
     scores = centred @ basis.T  # (h*w, k)
+    norms = np.sqrt((x[good] ** 2).sum(axis=1))
+    noise = RESOLUTION_ULPS * resolution(patches.dtype if dtype is None else dtype)
+    noise *= float(norms.max()) if norms.size else 0.0
     rgb = np.zeros((h * w, 3))
+    flat = []
     for i in range(k):
         col = scores[good, i]
         lo, hi = (float(col.min()), float(col.max())) if col.size else (0.0, 0.0)
-        rgb[good, i] = (col - lo) / (hi - lo) if hi > lo else 0.5
-    return PcaSummary(mean, basis, explained, rgb.reshape(h, w, 3))
+        flat.append(bool(col.size) and hi - lo <= noise)
+        rgb[good, i] = (col - lo) / (hi - lo) if hi > lo and not flat[i] else 0.5
+    return PcaSummary(mean, basis, explained, rgb.reshape(h, w, 3), tuple(flat))
 
 
 @dataclass(frozen=True)
@@ -100,25 +116,28 @@ def make_token_picture(
     """The mosaic of ``patches`` (D, h, w), the token-norm map, the PCA-to-RGB map and the
     ``prefix`` (k, D) tokens as bar strips, in one picture."""
     d, h, w = patches.shape
+    dtype = options.dtype or patches.dtype.name  # the norms' noise is the tokens' rounding
     grid = make_grid(patches, options, label=label)
     norm = np.sqrt((patches.astype(np.float64) ** 2).sum(axis=0))[None]
     summary_tile = max(2 * options.min_tile, 96)
     norm_grid = make_grid(
         norm,
-        GridOptions(max_channels=1, min_tile=summary_tile),
+        GridOptions(max_channels=1, min_tile=summary_tile, dtype=dtype),
         label=GridLabel(f"token L2 norm over {d} dims", label.module_type, (h, w), label.stamp),
     )
-    pca = token_pca(patches)
+    pca = token_pca(patches, dtype=dtype)
     shares = " · ".join(f"{c} {100 * v:.1f}%" for c, v in zip("RGB", pca.explained, strict=False))
+    lines = [
+        f"PCA of the {h * w} patch tokens ({d} dims) to RGB",
+        f"explained variance: {shares}",
+        "each component stretched from its min to its max",
+    ]
+    flat = [c for c, f in zip("RGB", pca.constant, strict=False) if f]
+    if flat:
+        lines.append(f"{', '.join(flat)}: {constant_text(dtype)}, drawn 0.5")
     pca_panel = stacked(
         [
-            text_block(
-                [
-                    f"PCA of the {h * w} patch tokens ({d} dims) to RGB",
-                    f"explained variance: {shares}",
-                    "each component stretched from its min to its max",
-                ]
-            ),
+            text_block(lines),
             (_enlarge(pca.rgb, summary_tile) * 255 + 0.5).astype(np.uint8),
         ],
         gap=0,
@@ -127,7 +146,8 @@ def make_token_picture(
     if len(prefix):
         names = list(prefix_names or [f"prefix token {i}" for i in range(len(prefix))])
         title = f"{len(prefix)} prefix token(s), not patches · one shared scale"
-        panels.append(make_bars(prefix, names, title=title, stamp=label.stamp).pixels)
+        bars = make_bars(prefix, names, title=title, stamp=label.stamp, dtype=dtype)
+        panels.append(bars.pixels)
     else:
         panels.append(text_block(["no prefix tokens"]))
     return TokenPicture(Composite(stacked(panels, gap=12), grid.warnings), grid, pca)

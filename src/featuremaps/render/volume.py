@@ -38,9 +38,11 @@ from featuremaps.render.palette import (
     palette_pixels,
 )
 from featuremaps.render.panels import LINE, Composite, stacked, text_block
-from featuremaps.render.rows import row_scale, rows_legend
+from featuremaps.render.rows import row_label, row_scale, rows_legend, rows_note
 from featuremaps.render.scaling import (
+    DTypeLike,
     ValueRange,
+    is_constant_range,
     normalize,
 )
 
@@ -127,9 +129,10 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _curve(values: np.ndarray, width: int, height: int) -> np.ndarray:
+def _curve(values: np.ndarray, width: int, height: int, dtype: DTypeLike = "float64") -> np.ndarray:
     """A line plot of ``values`` (n,) as an index canvas: point ``i`` at column centre
-    ``(i + 0.5) * width / n``, consecutive points joined by vertical runs."""
+    ``(i + 0.5) * width / n``, consecutive points joined by vertical runs; values constant for
+    ``dtype`` (the dtype they were computed in) are a flat line at mid height."""
     canvas = np.full((height, width), BACKGROUND_INDEX, dtype=np.uint8)
     canvas[:, 0] = TEXT_INDEX
     canvas[-1, :] = TEXT_INDEX
@@ -137,6 +140,7 @@ def _curve(values: np.ndarray, width: int, height: int) -> np.ndarray:
     if finite.size == 0:
         return canvas
     lo, hi = float(finite.min()), float(finite.max())
+    flat = is_constant_range(lo, hi, dtype)
     n = len(values)
     previous: int | None = None
     for i, v in enumerate(values):
@@ -146,7 +150,7 @@ def _curve(values: np.ndarray, width: int, height: int) -> np.ndarray:
             canvas[:, x0:x1] = NAN_INDEX
             previous = None
             continue
-        t = (float(v) - lo) / (hi - lo) if hi > lo else 0.5
+        t = (float(v) - lo) / (hi - lo) if hi > lo and not flat else 0.5
         y = round((1.0 - t) * (height - 3)) + 1
         top, bottom = (y, y) if previous is None else (min(y, previous), max(y, previous))
         canvas[top : bottom + 1, x0] = TEXT_INDEX
@@ -182,6 +186,7 @@ def make_volume_picture(
     rows_opts = options if options.max_channels <= MAX_ROWS else _fewer(options)
     chs = select_channels(arr.reshape(total, depth * h, w), rows_opts)
     block = vol[np.asarray(chs, dtype=np.intp)].astype(np.float64)  # (k, S, h, w)
+    dtype = options.dtype or arr.dtype.name  # what "constant" is judged in
     shared, row_ranges, signed, scale_text = row_scale(
         arr, block, options,
         per_row="scale: each row (channel, all its slices) its own range",
@@ -207,7 +212,7 @@ def make_volume_picture(
     for i in range(len(chs)):
         r = shared if shared is not None else row_ranges[i]
         shown = np.concatenate([block[i, list(slices)], mip[i][None]])  # (n + 1, h, w)
-        levels = level_indices(normalize(shown, r), LEVELS, NAN_INDEX)
+        levels = level_indices(normalize(shown, r, dtype=dtype), LEVELS, NAN_INDEX)
         big = levels.repeat(factor, axis=1).repeat(factor, axis=2)
         top = i * row_h + CAPTION
         row: list[tuple[int, int]] = []
@@ -220,7 +225,8 @@ def make_volume_picture(
         paint_text(mosaic, (mip_x, top - CAPTION + 1), "MIP", LEGEND_FONT_SIZE)
         row.append((top, mip_x))
         origins.append(tuple(row))
-        mosaic[top : top + th, curve_x : curve_x + CURVE_WIDTH] = _curve(means[i], CURVE_WIDTH, th)
+        curve = _curve(means[i], CURVE_WIDTH, th, dtype)
+        mosaic[top : top + th, curve_x : curve_x + CURVE_WIDTH] = curve
         paint_text(mosaic, (curve_x, top - CAPTION + 1), "mean/slice", LEGEND_FONT_SIZE)
         finite = means[i][np.isfinite(means[i])]
         if finite.size:
@@ -238,13 +244,14 @@ def make_volume_picture(
             )
         paint_text(mosaic, (4, top + th // 2 - 7), f"ch {chs[i]}", LEGEND_FONT_SIZE)
         if shared is None:
-            text = f"±{_fmt(r.vmax)}" if signed else f"{_fmt(r.vmin)}…{_fmt(r.vmax)}"
+            text = row_label(r, signed, dtype)
             paint_text(mosaic, (4, top + th // 2 + 7), text, LEGEND_FONT_SIZE)
 
     nonfinite = int(np.count_nonzero(~np.isfinite(block)))
     legend = rows_legend(
-        label, rows_opts, chs, total, (shared, signed, scale_text), cmap, nonfinite
-    )
+        label, rows_opts, chs, total, (shared, signed, scale_text), cmap, nonfinite,
+        note=rows_note(arr, rows_opts, dtype),
+    )  # fmt: skip
     every = "every slice" if step == 1 else f"every {_ordinal(step)} slice"
     note = text_block(
         [

@@ -18,6 +18,7 @@ from typing import Any
 from featuremaps import layouts
 from featuremaps._errors import InputError
 from featuremaps.manifest import TOOL, RecordSummary
+from featuremaps.render.scaling import NO_FINITE_TEXT, constant_text, is_constant_range
 
 __all__ = [
     "DATA_DIR",
@@ -114,6 +115,34 @@ class LayerEntry:
         if not module:
             return name
         return module.rsplit(".", 1)[-1] + name[len(module) :]
+
+    @property
+    def range_note(self) -> str | None:
+        """What the legends say of the drawn sample's range, by the pictures' rule: the no-finite
+        text (its ends "n/a") when no channel has a finite value, the constant text when the
+        range spreads no wider than rounding noise of the record's dtype, else None (and None
+        without channel statistics)."""
+        if not self.record.channel_stats:
+            return None
+        if self.low is None or self.high is None:
+            return NO_FINITE_TEXT
+        dtype = self.record.dtype or "float32"
+        return constant_text(dtype) if is_constant_range(self.low, self.high, dtype) else None
+
+    @property
+    def constant_channels(self) -> tuple[int, ...]:
+        """The channels whose own range is constant by the same rule (drawn in one colour on a
+        per-channel scale)."""
+        stats = self.record.channel_stats or {}
+        dtype = self.record.dtype or "float32"
+        lows, highs = stats.get("min", ()), stats.get("max", ())
+        return tuple(
+            c
+            for c, (lo, hi) in enumerate(zip(lows, highs, strict=False))
+            if _finite(lo) is not None
+            and _finite(hi) is not None
+            and is_constant_range(float(lo), float(hi), dtype)
+        )
 
     @property
     def drawn(self) -> bool:

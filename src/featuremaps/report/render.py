@@ -26,7 +26,12 @@ from typing import Any
 import numpy as np
 
 from featuremaps.render.colormap import DEFAULT_CMAP, DEFAULT_DIVERGING_CMAP, colormap_lut
-from featuremaps.render.scaling import fixed_range, is_signed_range
+from featuremaps.render.scaling import (
+    constant_text,
+    fixed_range,
+    is_constant_range,
+    is_signed_range,
+)
 from featuremaps.report.model import ReportData
 
 __all__ = [
@@ -240,6 +245,8 @@ def client_config(data: ReportData) -> dict[str, Any]:
             "shown": list(e.data_shown),
             "low": e.low,
             "high": e.high,
+            "rangeNote": e.range_note,
+            "constantChannels": list(e.constant_channels),
             "data": e.record.data,
             "stem": e.stem,
             "stats": e.stats_file,
@@ -257,6 +264,10 @@ def client_config(data: ReportData) -> dict[str, Any]:
         "fixedSigned": data.fixed_range is not None and fixed_range(*data.fixed_range).symmetric,
         "global": list(data.global_range) if data.global_range else None,
         "globalSigned": data.global_range is not None and is_signed_range(data.global_range[0]),
+        # Judged in float32: the layers' ranges were measured on float32 (or coarser) values.
+        "globalNote": constant_text("float32")
+        if data.global_range is not None and is_constant_range(*data.global_range, "float32")
+        else None,
         "columns": data.columns,
         "sample": data.sample,
         "selection": data.selection,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from featuremaps.manifest import MARK_KEY
-from featuremaps.render.scaling import ValueRange
+from featuremaps.render.scaling import NO_FINITE_TEXT, ValueRange, format_ends
 from featuremaps.slide.pyramid import PyramidLevel, halve
 
 __all__ = [
@@ -245,13 +245,29 @@ def dzi_xml(width: int, height: int, fmt: str, mark: str | None = None) -> str:
 
 
 def legend_pixels(
-    title: str, note: str, value_range: ValueRange, cmap: str, stamp: str | None = None
+    title: str,
+    note: str,
+    value_range: ValueRange,
+    cmap: str,
+    stamp: str | None = None,
+    *,
+    range_note: str | None = None,
 ) -> np.ndarray:
     """The legend drawn beside a channel's RGB pyramid: title (and ``stamp`` in a red box, for
     random weights), a note, the scale and colour bar with the real range (the grid legend's
-    layout and font). ``µ`` is written ``u``: the bundled font has no glyph for it."""
+    layout and font). ``µ`` is written ``u``: the bundled font has no glyph for it.
+    ``range_note`` says what the grids say of a range: no finite values
+    (:data:`~featuremaps.render.scaling.NO_FINITE_TEXT`, ends "n/a") or constant."""
     from featuremaps.render.legend import LEGEND_HEIGHT, LegendContent, legend_width, paint_legend
     from featuremaps.render.palette import BACKGROUND_INDEX, grid_palette, palette_pixels
+
+    if range_note == NO_FINITE_TEXT:
+        low, high = "n/a", "n/a"
+    elif range_note is None:
+        low, high = format_ends(value_range.vmin, value_range.vmax)
+    else:
+        low, high = f"{value_range.vmin:.4g}", f"{value_range.vmax:.4g}"
+    background = "white: not computed (background)"
 
     content = LegendContent(
         title=title.replace("µ", "u"),
@@ -259,10 +275,10 @@ def legend_pixels(
         selection=note.replace("µ", "u"),
         scale=f"scale: this channel over the whole slide · colormap {cmap}"
         + (", centred on 0" if value_range.symmetric else ""),
-        bar_low=f"{value_range.vmin:.4g}",
-        bar_mid="0" if value_range.symmetric else None,
-        bar_high=f"{value_range.vmax:.4g}",
-        bar_note="white: not computed (background)",
+        bar_low=low,
+        bar_mid="0" if value_range.symmetric and range_note != NO_FINITE_TEXT else None,
+        bar_high=high,
+        bar_note=background if range_note is None else f"{range_note}; {background}",
         nonfinite=0,
     )
     canvas = np.full((LEGEND_HEIGHT, legend_width(content)), BACKGROUND_INDEX, dtype=np.uint8)

@@ -18,6 +18,7 @@
   const VIEW_SIZE = 480; // the channel view's map box, at most
   const RANDOM = Boolean(cfg.randomWeights);
   const RANDOM_TEXT = "RANDOM WEIGHTS";
+  const NO_FINITE = "no finite values: every cell is NaN/Inf"; // render.scaling.NO_FINITE_TEXT
   const DENSITY = { small: 72, medium: 128, large: 220 }; // target tile widths, CSS px
   const ZOOM_MAX = 64; // CSS px per map cell
 
@@ -106,18 +107,30 @@
   const byName = new Map();
   let firstDrawn = false;
 
-  function fmt(v) {
+  function fmt(v, digits = 4) {
     if (v === null || v === undefined) return "—";
     if (Number.isNaN(v)) return "NaN";
     if (!Number.isFinite(v)) return v > 0 ? "+Inf" : "-Inf";
     if (v === 0) return "0";
     const a = Math.abs(v);
     if (a < 1e-4 || a >= 1e5) {
-      const [m, e] = v.toExponential(3).split("e");
+      const [m, e] = v.toExponential(digits - 1).split("e");
       return `${m.replace(/\.?0+$/, "")}e${e}`;
     }
-    const s = v.toPrecision(4);
+    const s = v.toPrecision(digits);
     return s.includes(".") ? s.replace(/\.?0+$/, "") : s;
+  }
+
+  // The two ends of a range, with more digits where four would print different ends alike
+  // (featuremaps.render.scaling.format_ends): a narrow real range must not read "27.71 … 27.71".
+  function fmtEnds(lo, hi) {
+    let a = fmt(lo);
+    let b = fmt(hi);
+    for (let d = 5; a === b && lo !== hi && d <= 17; d++) {
+      a = fmt(lo, d);
+      b = fmt(hi, d);
+    }
+    return [a, b];
   }
 
   function el(tag, cls, text) {
@@ -143,20 +156,33 @@
 
   function layerScale(L) {
     const signedLayer = L.signed;
+    // note: what the PNG legends say of the range, decided in Python (render.scaling): no
+    // finite values (ends "n/a"), or constant within the dtype's resolution (one colour).
     if (state.scale === "fixed" && cfg.fixed) {
       const [lo, hi] = cfg.fixed;
-      return { mode: "fixed", lo, hi, signed: cfg.fixedSigned };
+      return { mode: "fixed", lo, hi, signed: cfg.fixedSigned, note: null };
     }
     if (state.scale === "global" && cfg.global) {
       const signed = signedLayer || cfg.globalSigned;
       const [lo, hi] = signed ? centred(cfg.global[0], cfg.global[1]) : cfg.global;
-      return { mode: "global", lo, hi, signed };
+      const note = L.rangeNote === NO_FINITE ? NO_FINITE : cfg.globalNote;
+      return { mode: "global", lo, hi, signed, note };
     }
-    if (state.scale === "channel") return { mode: "channel", lo: null, hi: null, signed: signedLayer };
+    if (state.scale === "channel") {
+      return { mode: "channel", lo: null, hi: null, signed: signedLayer, note: null };
+    }
     const lo = L.low === null ? 0 : L.low;
     const hi = L.high === null ? 0 : L.high;
     const [a, b] = signedLayer ? centred(lo, hi) : [lo, hi];
-    return { mode: "layer", lo: a, hi: b, signed: signedLayer };
+    return { mode: "layer", lo: a, hi: b, signed: signedLayer, note: L.rangeNote };
+  }
+
+  // Whether channel c is drawn in one colour: its range (or the layer's, unless per channel)
+  // is constant, and the colour range is that range itself, not one centred on 0.
+  function flatOf(L, sc, c) {
+    if (sc.signed) return false;
+    if (sc.mode === "channel") return L.constantChannels.has(c);
+    return sc.note !== null && sc.note !== NO_FINITE;
   }
 
   // The exact (float32) range of channel c of a layer: from its data file for shown channels,
@@ -176,6 +202,14 @@
     return sc.signed ? centred(lo, hi) : [lo, hi];
   }
 
+  // A channel's own range as its caption says it: "const v" when constant, else its ends.
+  function channelText(L, c, lo, hi) {
+    const r = channelRange(L, c);
+    if (r[0] === null) return "no finite values";
+    if (r[0] === r[1] || L.constantChannels.has(c)) return `const ${fmt(r[0])}`;
+    return fmtEnds(lo, hi).join(" … ");
+  }
+
   function cmapOf(sc) {
     return sc.signed ? state.div : state.seq;
   }
@@ -184,11 +218,11 @@
   // [lo, hi]; a value equal to a bound gets exactly that bound's end (compared after rounding
   // the bound like the data, see toHalf; exact float32 values are compared as they are); a
   // constant range gives its value the centre colour (symmetric) or the low end.
-  function scaleOf(lo, hi, symmetric, exact) {
+  function scaleOf(lo, hi, symmetric, exact, constant = false) {
     const lo2 = exact ? Math.fround(lo) : toHalf(lo);
     const hi2 = exact ? Math.fround(hi) : toHalf(hi);
     const width = hi - lo;
-    return { lo, hi, lo2, hi2, flat: !(lo2 < hi2), width, symmetric };
+    return { lo, hi, lo2, hi2, flat: constant || !(lo2 < hi2), width, symmetric };
   }
 
   // t in [0, 1] for x (finite), by the rule above.
@@ -247,7 +281,9 @@
     if (sc.mode === "layer" && k < total) scale += ` (range over all ${total} channels)`;
     if (sc.mode === "channel") scale += " (each tile its own range; see captions)";
     let text = `${scale} · ${cm}`;
-    if (sc.mode !== "channel") text += ` · range ${fmt(sc.lo)} … ${fmt(sc.hi)}`;
+    if (sc.note === NO_FINITE) text += ` · range n/a (${NO_FINITE})`;
+    else if (sc.note) text += ` · range ${fmt(sc.lo)} … ${fmt(sc.hi)} · ${sc.note}`;
+    else if (sc.mode !== "channel") text += ` · range ${fmtEnds(sc.lo, sc.hi).join(" … ")}`;
     return text;
   }
 
@@ -256,10 +292,13 @@
     if (!legend) return;
     L.legendDrawn = true;
     drawBar(legend.querySelector(".bar-canvas"), cmapOf(sc));
+    const ends = sc.note ? [fmt(sc.lo), fmt(sc.hi)] : fmtEnds(sc.lo, sc.hi);
     const [low, mid, high] =
       sc.mode === "channel"
         ? sc.signed ? ["-max|x|", "0", "+max|x|"] : ["min", "", "max"]
-        : [fmt(sc.lo), sc.signed ? "0" : "", fmt(sc.hi)];
+        : sc.note === NO_FINITE
+          ? ["n/a", "", "n/a"]
+          : [ends[0], sc.signed ? "0" : "", ends[1]];
     legend.querySelector(".bar-low").textContent = low;
     legend.querySelector(".bar-mid").textContent = mid;
     legend.querySelector(".bar-high").textContent = high;
@@ -358,11 +397,10 @@
       const [lo, hi] = rangeOf(L, sc, c);
       const ctx = L.canvases[i].getContext("2d");
       const image = ctx.createImageData(w, h);
-      paint(image, L.values, i * h * w, scaleOf(lo, hi, sc.signed, false), words);
+      const flat = flatOf(L, sc, c);
+      paint(image, L.values, i * h * w, scaleOf(lo, hi, sc.signed, false, flat), words);
       ctx.putImageData(image, 0, 0);
-      const r = L.ranges[i] || [null, null];
-      L.captions[i].textContent =
-        sc.mode !== "channel" ? "" : r[0] === null ? "no finite values" : r[0] === r[1] ? `const ${fmt(r[0])}` : `${fmt(lo)} … ${fmt(hi)}`;
+      L.captions[i].textContent = sc.mode !== "channel" ? "" : channelText(L, c, lo, hi);
     }
     updateLegend(L, sc);
     L.dirty = false;
@@ -621,7 +659,7 @@
   function paintChannel(canvas, L, c, src, threshold) {
     const sc = layerScale(L);
     const [lo, hi] = rangeOf(L, sc, c);
-    const s = scaleOf(lo, hi, sc.signed, src.exact);
+    const s = scaleOf(lo, hi, sc.signed, src.exact, flatOf(L, sc, c));
     canvas.width = src.w;
     canvas.height = src.h;
     const ctx = canvas.getContext("2d");
@@ -729,7 +767,7 @@
     const sc = layerScale(L);
     const [lo, hi] = rangeOf(L, sc, c);
     document.getElementById("fm-view-legend").textContent =
-      `${legendText(L, sc)}${sc.mode === "channel" ? ` · this channel: ${fmt(lo)} … ${fmt(hi)}` : ""}`;
+      `${legendText(L, sc)}${sc.mode === "channel" ? ` · this channel: ${channelText(L, c, lo, hi)}` : ""}`;
     view.src = src;
     dialog.classList.toggle("missing", !src);
     missing.hidden = Boolean(src);
@@ -1189,6 +1227,8 @@
       shownIndex: new Map(spec.shown.map((c, i) => [c, i])),
       low: spec.low,
       high: spec.high,
+      rangeNote: spec.rangeNote,
+      constantChannels: new Set(spec.constantChannels),
       signed: spec.signed,
       data: spec.data,
       image: spec.image,
