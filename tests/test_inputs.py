@@ -170,6 +170,49 @@ def test_rgba_drops_alpha(tmp_path: Path) -> None:
     assert loaded.original == "PNG RGBA 6x8 (HxW)"
 
 
+def test_rgba_is_fed_as_four_channels_to_a_model_that_takes_four(tmp_path: Path) -> None:
+    pixels = random_rgb(seed=8)
+    alpha = random_gray(seed=9)
+    image = Image.fromarray(np.dstack([pixels, alpha]), mode="RGBA")
+    path = save(image, tmp_path / "rgba.png")
+    loaded = load_input(path, channels=4, layer_name="stem")
+    np.testing.assert_array_equal(fed(loaded), np.dstack([pixels, alpha]) / np.float32(255))
+    assert loaded.conversions == (
+        "alpha kept as the 4th channel (RGBA) because the model's first layer 'stem' takes "
+        "4 channels",
+    )
+    assert loaded.display is not None
+    np.testing.assert_array_equal(loaded.display, pixels)  # the colours, alpha not drawn
+
+
+def test_alpha_of_gray_and_palette_images_is_kept_for_four_channels(tmp_path: Path) -> None:
+    gray, alpha = random_gray(seed=6), random_gray(seed=7)
+    la = load_image(
+        save(Image.fromarray(np.stack([gray, alpha], axis=2), mode="LA"), tmp_path / "la.png"),
+        ModelInput(channels=4),
+    )
+    want = np.dstack([gray, gray, gray, alpha]) / np.float32(255)
+    np.testing.assert_array_equal(fed(la), want)
+    assert la.conversions[0] == "LA -> RGBA (gray repeated 3x, alpha kept)"
+    image, palette, indices = palette_image(seed=11)
+    path = save(image, tmp_path / "palette.png", transparency=0)
+    loaded = load_image(path, ModelInput(channels=4))
+    opaque = np.where(indices == 0, 0, 255).astype(np.uint8)
+    want = np.dstack([palette[indices], opaque]) / np.float32(255)
+    np.testing.assert_array_equal(fed(loaded), want)
+    assert loaded.conversions[0] == "palette P -> RGBA"
+
+
+def test_rgb_image_for_four_channels_asks_for_alpha(tmp_path: Path) -> None:
+    path = save(Image.fromarray(random_rgb()), tmp_path / "x.png")
+    with pytest.raises(
+        InputError,
+        match=r"^image '.*x\.png' has 3 channels \(RGB\) and no alpha channel, but the model's "
+        r"first layer 'conv1' takes 4; give an RGBA image \(or a \.npy array with 4 channels\)",
+    ):
+        load_input(path, channels=4, layer_name="conv1")
+
+
 def palette_image(seed: int) -> tuple[Image.Image, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)

@@ -68,11 +68,14 @@ def finish(
     original: str,
     conversions: list[str],
     preprocessing: Preprocessing,
+    *,
+    display: npt.NDArray[np.uint8] | None = None,
 ) -> LoadedInput:
     """The loaded input of ``kind`` ("image", "array") for a picture's ``(H, W, C)`` float values:
-    drawn as given, then preprocessed and fed as ``(1, C, H, W)`` float32. The fields after
-    ``hwc`` are :class:`LoadedInput`'s, in its order."""
-    display = for_display(hwc)
+    drawn as given (or as ``display``, when given), then preprocessed and fed as ``(1, C, H, W)``
+    float32. The fields after ``hwc`` are :class:`LoadedInput`'s, in its order."""
+    if display is None:
+        display = for_display(hwc)
     chw = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
     chw = preprocess(chw, preprocessing, f"{kind} '{path}'", conversions)
     tensor = chw.unsqueeze(0).to(torch.float32).contiguous()
