@@ -383,6 +383,30 @@ def test_inputs_named_like_report_files_get_their_own_folders(
     assert (out / "index.html").is_file() and (out / "index.html-2" / "manifest.json").is_file()
 
 
+def test_sample_of_a_batch_array_is_the_one_drawn(
+    nets: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = np.random.default_rng(3).integers(0, 256, (3, 3, 10, 12), dtype=np.uint8)
+    path = tmp_path / "batch.npy"
+    np.save(path, batch)
+    out = tmp_path / "out"
+    argv = [str(path), "-m", f"{nets}:build", "--sample", "1", "--out", str(out)]
+    code, stdout, err = run([*argv, "--save-arrays"], capsys)
+    assert code == 0, err
+    assert "batch of 3 samples (N, C, H, W) fed whole" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["fed_shape"] == [3, 3, 10, 12]
+    assert manifest["render"]["sample"] == 1
+    given = np.asarray(Image.open(out / manifest["input"]["pictures"]["given"]))
+    np.testing.assert_array_equal(given, batch[1].transpose(1, 2, 0))
+    net = fm.load_model(f"{nets}:build").model
+    with torch.no_grad():
+        expected = net.conv(torch.from_numpy(batch / np.float32(255)))
+    conv = manifest["records"][0]
+    assert conv["max"] == pytest.approx(float(expected[1].max()))
+    assert conv["max"] != pytest.approx(float(expected[0].max()))  # not the first sample's
+
+
 def test_consumer_errors_are_not_called_forward_failures(
     nets: str, photo: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

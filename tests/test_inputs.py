@@ -973,6 +973,32 @@ def test_batch_of_several_samples(tmp_path: Path) -> None:
         load_input(path, channels=3)
 
 
+def test_batch_is_fed_whole_to_a_model_that_takes_images(tmp_path: Path) -> None:
+    batch = np.random.default_rng(5).integers(0, 256, (3, 3, 6, 8), dtype=np.uint8)
+    path = save_array(tmp_path / "x.npy", batch)
+    loaded = load_input(path, channels=3, axes=2)
+    np.testing.assert_array_equal(loaded.tensor.numpy(), batch / np.float32(255))
+    assert loaded.conversions[0] == (
+        "batch of 3 samples (N, C, H, W) fed whole (--sample picks the one drawn)"
+    )
+    for index in range(3):
+        picture = loaded.display_of(index)
+        assert picture is not None
+        np.testing.assert_array_equal(picture, batch[index].transpose(1, 2, 0))
+    assert loaded.display_of(3) is None
+
+
+def test_batch_samples_are_preprocessed_each_as_one_sample_would_be(tmp_path: Path) -> None:
+    batch = np.random.default_rng(6).random((2, 3, 10, 12), dtype=np.float32)
+    recipe = Preprocessing(resize=6, mean=IMAGENET[0], std=IMAGENET[1])
+    loaded = load_input(save_array(tmp_path / "x.npy", batch), preprocessing=recipe, axes=2)
+    assert tuple(loaded.tensor.shape) == (2, 3, 6, 7)
+    for index in range(2):
+        one = save_array(tmp_path / f"one{index}.npy", batch[index : index + 1])
+        alone = load_input(one, preprocessing=recipe, axes=2).tensor
+        torch.testing.assert_close(loaded.tensor[index : index + 1], alone, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("shape", "read_as"),
     [

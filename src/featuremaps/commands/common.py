@@ -59,6 +59,14 @@ class ResolvedInput:
     stem: str
     display: np.ndarray | None = None  # (H, W, 3) uint8, the input as given
     preprocessing: Preprocessing | None = None
+    # Every sample's picture as given, for a batch read from one array (empty for one sample).
+    displays: tuple[np.ndarray, ...] = ()
+
+    def display_of(self, sample: int) -> np.ndarray | None:
+        """The picture of sample ``sample`` as given (``display`` for one sample)."""
+        if self.displays:
+            return self.displays[sample] if 0 <= sample < len(self.displays) else None
+        return self.display
 
 
 def resolve_input(item: Any, loaded: LoadedModel) -> ResolvedInput:
@@ -81,5 +89,10 @@ def resolve_input(item: Any, loaded: LoadedModel) -> ResolvedInput:
             axes=axes[0] if axes else None,
         )
     return ResolvedInput(
-        item.tensor, item.describe(), item.path.stem, item.display, item.preprocessing
+        item.tensor,
+        item.describe(),
+        item.path.stem,
+        item.display,
+        item.preprocessing,
+        item.displays,
     )

@@ -63,11 +63,14 @@ def load_input(
     ``channels`` is what the model's first layer takes (see :func:`expected_channels`) and
     ``layer_name`` names that layer in messages; ``None`` keeps what the file has. ``axes`` is
     how many spatial axes that layer takes (see :func:`expected_axes`): with 1 (a ``Conv1d``),
-    a ``.npy`` array is a signal ``(C, L)`` or ``(1, C, L)`` and is fed as ``(1, C, L)``; with 3
+    a ``.npy`` array is a signal ``(C, L)`` or ``(1, C, L)`` and is fed as ``(1, C, L)``; with 2
+    (a ``Conv2d``) a ``.npy`` batch ``(N, C, H, W)`` is fed whole (see :func:`load_array`); with 3
     (a ``Conv3d``) a ``.npy`` array is a volume (see :func:`load_volume`) and a folder of frames
     or an animated GIF is a clip (see :func:`load_clip`).
     """
-    spec = ModelInput(channels=channels, layer_name=layer_name, preprocessing=preprocessing)
+    spec = ModelInput(
+        channels=channels, layer_name=layer_name, preprocessing=preprocessing, axes=axes
+    )
     suffix = Path(path).suffix.lower()
     if suffix == ".wav":
         return load_wav(path, spec)

@@ -22,13 +22,17 @@ class ModelInput:
     ``channels`` is the channel count of the model's first layer (see
     :func:`~featuremaps.inputs.expected_channels`) and ``layer_name`` names that layer in
     messages; ``None`` keeps what the file has. ``preprocessing`` is what is done to a picture
-    before it is fed. Nothing is checked here: each loader checks what it uses, with its own
-    message (a clip, for one, never reads a channel count from its file).
+    before it is fed. ``axes`` is how many spatial axes that layer takes (see
+    :func:`~featuremaps.inputs.expected_axes`; 2 for images), ``None`` when its type does not
+    say: a ``.npy`` batch ``(N, C, H, W)`` is fed whole only when it is 2. Nothing is checked
+    here: each loader checks what it uses, with its own message (a clip, for one, never reads a
+    channel count from its file).
     """
 
     channels: int | None = None
     layer_name: str | None = None
     preprocessing: Preprocessing = DEFAULT_PREPROCESSING
+    axes: int | None = None
 
 
 # The default of every loader's ``spec``: any model, inputs kept as the file has them, with the
