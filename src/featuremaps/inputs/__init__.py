@@ -15,7 +15,8 @@ Submodules, in the order an input goes through them:
 
 - ``loading``: :func:`load_input` picks the loader from the suffix and the model's first layer
   (:func:`expected_channels`, :func:`expected_axes`).
-- ``model_input``: :class:`ModelInput`, what the model takes, which every loader is given.
+- ``model_input``: :class:`ModelInput`, what the model takes, which every loader is given, and
+  the input size an architecture fixes (:func:`fixed_input_size`).
 - ``checks``: the path checks and message pieces every loader shares.
 - ``images``: image files, decoded with Pillow (EXIF orientation, pixel modes).
 - ``arrays``: ``.npy`` files read without unpickling; arrays that hold pictures.
@@ -39,7 +40,7 @@ from featuremaps.inputs.images import (
 )
 from featuremaps.inputs.loaded import LoadedInput
 from featuremaps.inputs.loading import expected_axes, expected_channels, load_input
-from featuremaps.inputs.model_input import ModelInput
+from featuremaps.inputs.model_input import ModelInput, fixed_input_size, fixed_size_preprocessing
 from featuremaps.inputs.preprocessing import (
     Preprocessing,
     parse_normalize,
@@ -58,6 +59,8 @@ __all__ = [
     "expected_axes",
     "expected_channels",
     "fed_picture",
+    "fixed_input_size",
+    "fixed_size_preprocessing",
     "load_array",
     "load_clip",
     "load_image",
