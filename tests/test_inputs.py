@@ -26,9 +26,11 @@ from featuremaps.inputs import (
     ModelInput,
     Preprocessing,
     expected_channels,
+    expected_tokens,
     load_array,
     load_image,
     load_input,
+    load_input_for,
     parse_normalize,
     parse_size,
     preprocessing_from_weights,
@@ -1164,3 +1166,54 @@ def test_fed_picture_equals_the_numpy_formula(channels: int, kind: str) -> None:
     expected = _fed_reference(values[0].astype(np.float64), mean, std)
     assert pixels.dtype == np.uint8 and np.array_equal(pixels, expected.astype(np.uint8))
     assert note.startswith(f"channel 0 of {channels}; ") == (channels not in (1, 3))
+
+
+class TokenModel(torch.nn.Module):
+    """Token ids -> embedding -> LSTM -> a class score: what a text model starts with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 6)
+        self.lstm = torch.nn.LSTM(6, 4, batch_first=True)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+def test_token_ids_are_fed_as_integers_as_given(tmp_path: Path) -> None:
+    model = TokenModel()
+    assert expected_tokens(model) == (50, "embed")
+    ids = np.random.default_rng(3).integers(0, 50, (1, 20), dtype=np.int64)
+    loaded = load_input_for(save_array(tmp_path / "ids.npy", ids), model)
+    assert loaded.tensor.dtype == torch.int64
+    np.testing.assert_array_equal(loaded.tensor.numpy(), ids)
+    assert loaded.kind == "tokens" and loaded.conversions == () and loaded.display is None
+    with torch.no_grad():
+        model(loaded.tensor)  # the embedding takes them
+
+
+def test_token_ids_of_one_sequence_get_a_batch_axis_and_narrow_ints_widen(tmp_path: Path) -> None:
+    ids = np.arange(7, dtype=np.uint8)
+    loaded = load_input_for(save_array(tmp_path / "ids.npy", ids), TokenModel())
+    assert loaded.tensor.dtype == torch.int64
+    np.testing.assert_array_equal(loaded.tensor.numpy(), ids[None].astype(np.int64))
+    assert loaded.conversions == (
+        "batch axis added: (7,) fed as (1, 7)",
+        "uint8 ids widened to int64 (values unchanged)",
+    )
+
+
+def test_token_ids_outside_the_vocabulary_or_as_floats_are_refused(tmp_path: Path) -> None:
+    model = TokenModel()
+    path = save_array(tmp_path / "ids.npy", np.array([[0, 3, 50]], dtype=np.int64))
+    with pytest.raises(
+        InputError,
+        match=r"span 0 \.\. 50, but the model's first layer 'embed' has 50 embeddings "
+        r"\(ids 0 \.\. 49\)",
+    ):
+        load_input_for(path, model)
+    path = save_array(tmp_path / "floats.npy", np.zeros((1, 5), dtype=np.float32))
+    with pytest.raises(InputError, match=r"holds float32 values, but .* takes integer token ids"):
+        load_input_for(path, model)

@@ -20,8 +20,7 @@ from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
     expected_axes,
-    expected_channels,
-    load_input,
+    load_input_for,
 )
 from featuremaps.models import LoadedModel, load_model
 
@@ -79,15 +78,7 @@ def resolve_input(item: Any, loaded: LoadedModel) -> ResolvedInput:
         tensor = item if item.dim() != single else item.unsqueeze(0)
         return ResolvedInput(tensor, {"kind": "tensor", "fed_shape": list(tensor.shape)}, "input")
     if not isinstance(item, LoadedInput):
-        first = expected_channels(loaded.model)
-        axes = expected_axes(loaded.model)
-        item = load_input(
-            item,
-            channels=first[0] if first else None,
-            layer_name=first[1] if first else None,
-            preprocessing=loaded.input_preprocessing(),
-            axes=axes[0] if axes else None,
-        )
+        item = load_input_for(item, loaded.model, loaded.input_preprocessing())
     return ResolvedInput(
         item.tensor,
         item.describe(),

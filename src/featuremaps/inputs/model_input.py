@@ -37,6 +37,9 @@ class ModelInput:
     layer_name: str | None = None
     preprocessing: Preprocessing = DEFAULT_PREPROCESSING
     axes: int | None = None
+    # The model's first layer is an embedding: its table's size and its name (see
+    # expected_tokens); integer .npy arrays are then token ids.
+    tokens: tuple[int, str] | None = None
 
 
 # The default of every loader's ``spec``: any model, inputs kept as the file has them, with the
