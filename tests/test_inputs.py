@@ -1217,3 +1217,37 @@ def test_token_ids_outside_the_vocabulary_or_as_floats_are_refused(tmp_path: Pat
     path = save_array(tmp_path / "floats.npy", np.zeros((1, 5), dtype=np.float32))
     with pytest.raises(InputError, match=r"holds float32 values, but .* takes integer token ids"):
         load_input_for(path, model)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "planar"),
+    [("float16", (6, 8), False), ("float32", (6, 8, 3), False), ("float32", (3, 6, 8), True)],
+)
+def test_float_tiffs_pillow_cannot_decode_are_read_with_tifffile(
+    tmp_path: Path, dtype: str, shape: tuple[int, ...], planar: bool
+) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    values = (np.random.default_rng(7).random(shape) * 4 - 1).astype(dtype)  # outside [0, 1]
+    path = tmp_path / "x.tif"
+    options: dict[str, Any] = {"photometric": "rgb" if len(shape) == 3 else "minisblack"}
+    if planar:
+        options["planarconfig"] = "separate"
+    tifffile.imwrite(path, values, **options)
+    with pytest.raises(PIL.UnidentifiedImageError):
+        Image.open(path)  # the case: Pillow does not read it
+    loaded = load_image(path)
+    hwc = values.transpose(1, 2, 0) if planar else values.reshape(6, 8, -1)
+    np.testing.assert_array_equal(fed(loaded), hwc.astype(np.float32))
+    assert loaded.conversions[0].startswith(f"read with tifffile: Pillow cannot decode {dtype}")
+    assert loaded.original.startswith(f"TIFF {dtype}")
+
+
+def test_a_tiff_pillow_cannot_decode_without_tifffile_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, np.zeros((4, 5), np.float16))
+    monkeypatch.setitem(__import__("sys").modules, "tifffile", None)  # as if not installed
+    with pytest.raises(InputError, match=r"needs tifffile, .*pip install 'featuremaps\[slide\]'$"):
+        load_image(path)

@@ -19,6 +19,7 @@ Submodules, in the order an input goes through them:
   the input size an architecture fixes (:func:`fixed_input_size`).
 - ``checks``: the path checks and message pieces every loader shares.
 - ``images``: image files, decoded with Pillow (EXIF orientation, pixel modes).
+- ``tiffs``: TIFF files Pillow cannot decode (float16, float colour), read with tifffile.
 - ``arrays``: ``.npy`` files read without unpickling; arrays that hold pictures.
 - ``signals``: ``.npy`` signals ``(C, L)`` and PCM ``.wav`` files.
 - ``volumes``: ``.npy`` volumes ``(C, D, H, W)`` and clips of frames.

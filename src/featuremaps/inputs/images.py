@@ -27,6 +27,7 @@ from featuremaps.inputs.checks import (
 from featuremaps.inputs.display import for_display
 from featuremaps.inputs.loaded import LoadedInput, finish
 from featuremaps.inputs.model_input import ANY_MODEL, ModelInput
+from featuremaps.inputs.tiffs import TIFF_SUFFIXES, read_tiff
 from featuremaps.inputs.values import EIGHT_BIT, SIXTEEN_BIT, FloatArray, unit_scaled
 
 __all__ = [
@@ -241,10 +242,22 @@ def _image_values(
     return unit_scaled(np.array(image, dtype=np.float32), EIGHT_BIT), "RGB"
 
 
+def _pillow_reads(path: Path) -> bool:
+    """Whether Pillow recognises the file (only opened, not decoded: cheap)."""
+    try:
+        with Image.open(path):
+            return True
+    except UnidentifiedImageError:
+        return False
+    except (OSError, *_DECODE_ERRORS, Image.DecompressionBombError):
+        return True  # Pillow knows it; decode() says what is wrong with it
+
+
 def load_image(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     """Load an image file (JPEG, PNG, TIFF, BMP, WebP, ...) as the tensor to feed.
 
-    8-bit values are divided by 255, 16-bit values by 65535, float images are used as is. Colour
+    8-bit values are divided by 255, 16-bit values by 65535, float images are used as is. A TIFF
+    Pillow cannot decode (float16, float colour) is read with tifffile, the ``slide`` extra. Colour
     images give 3 channels and gray ones 1; ``spec.channels`` of 1 or 3 converts between the two
     (luma or repetition). An image with an alpha channel (RGBA, LA, a palette with transparency)
     gives 4 channels, RGBA, when ``spec.channels`` is 4, and drops its alpha otherwise. Any
@@ -252,8 +265,11 @@ def load_image(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     """
     channels, layer_name = spec.channels, spec.layer_name
     where = check_file(path, channels)
-    image, original, conversions = decode(where)
-    hwc, mode = _image_values(image, where, conversions, keep_alpha=channels == 4)
+    if where.suffix.lower() in TIFF_SUFFIXES and not _pillow_reads(where):
+        hwc, mode, original, conversions = read_tiff(where)
+    else:
+        image, original, conversions = decode(where)
+        hwc, mode = _image_values(image, where, conversions, keep_alpha=channels == 4)
     count = hwc.shape[2]
     if mode == "RGBA":
         conversions.append(
