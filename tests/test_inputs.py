@@ -342,6 +342,7 @@ def test_default_preprocessing_does_nothing_and_says_so() -> None:
         "mean": None,
         "std": None,
         "interpolation": "bilinear",
+        "antialias": True,
         "transform": None,
         "source": "ToTensor (values scaled to [0, 1], no normalisation)",
         "from_model": False,
