@@ -339,7 +339,7 @@ def test_out_of_memory_is_one_line(
     def huge(*args: object, **kwargs: object) -> None:
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] can't allocate memory: 1e11 bytes")
 
-    monkeypatch.setattr(cli_common, "load_input", huge)
+    monkeypatch.setattr(cli_common, "load_input_for", huge)
     code, _, err = run([photo, "-m", f"{nets}:build"], capsys)
     assert code == 2 and "out of memory" in _one_error_line(err)
 
@@ -381,6 +381,74 @@ def test_inputs_named_like_report_files_get_their_own_folders(
     code, _, err = run([str(odd), photo, "-m", f"{nets}:build", "--out", str(out)], capsys)
     assert code == 0, err
     assert (out / "index.html").is_file() and (out / "index.html-2" / "manifest.json").is_file()
+
+
+def test_sample_of_a_batch_array_is_the_one_drawn(
+    nets: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = np.random.default_rng(3).integers(0, 256, (3, 3, 10, 12), dtype=np.uint8)
+    path = tmp_path / "batch.npy"
+    np.save(path, batch)
+    out = tmp_path / "out"
+    argv = [str(path), "-m", f"{nets}:build", "--sample", "1", "--out", str(out)]
+    code, stdout, err = run([*argv, "--save-arrays"], capsys)
+    assert code == 0, err
+    assert "batch of 3 samples (N, C, H, W) fed whole" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["fed_shape"] == [3, 3, 10, 12]
+    assert manifest["render"]["sample"] == 1
+    given = np.asarray(Image.open(out / manifest["input"]["pictures"]["given"]))
+    np.testing.assert_array_equal(given, batch[1].transpose(1, 2, 0))
+    net = fm.load_model(f"{nets}:build").model
+    with torch.no_grad():
+        expected = net.conv(torch.from_numpy(batch / np.float32(255)))
+    conv = manifest["records"][0]
+    assert conv["max"] == pytest.approx(float(expected[1].max()))
+    assert conv["max"] != pytest.approx(float(expected[0].max()))  # not the first sample's
+
+
+TOKENS = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(30, 6)
+            self.lstm = nn.LSTM(6, 5, batch_first=True)
+
+        def forward(self, ids):
+            return self.lstm(self.embed(ids))[0]
+
+    def build():
+        return Tokens()
+    """
+)
+
+
+def test_token_ids_run_and_sequences_are_drawn_as_heat_maps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "tokens.py").write_text(TOKENS)
+    ids = np.random.default_rng(4).integers(0, 30, (1, 12), dtype=np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "out"
+    spec = f"{tmp_path / 'tokens.py'}:build"
+    code, _, err = run([str(tmp_path / "ids.npy"), "-m", spec, "--out", str(out)], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["fed_shape"] == [1, 12]
+    records = {r["name"]: r for r in manifest["records"]}
+    for name, width in (("embed", 6), ("lstm.0", 5)):
+        record = records[name]
+        assert record["shape"] == [1, 12, width] and record["layout"] == "NLD"
+        assert record["drawn_as"] == "sequence heat map" and record["skipped"] is None
+        assert (out / record["image"]).is_file()
+    net = fm.load_model(spec).model
+    with torch.no_grad():
+        embedded = net.embed(torch.from_numpy(ids))
+    assert records["embed"]["max"] == pytest.approx(float(embedded.max()))
 
 
 def test_consumer_errors_are_not_called_forward_failures(

@@ -26,9 +26,11 @@ from featuremaps.inputs import (
     ModelInput,
     Preprocessing,
     expected_channels,
+    expected_tokens,
     load_array,
     load_image,
     load_input,
+    load_input_for,
     parse_normalize,
     parse_size,
     preprocessing_from_weights,
@@ -170,6 +172,49 @@ def test_rgba_drops_alpha(tmp_path: Path) -> None:
     assert loaded.original == "PNG RGBA 6x8 (HxW)"
 
 
+def test_rgba_is_fed_as_four_channels_to_a_model_that_takes_four(tmp_path: Path) -> None:
+    pixels = random_rgb(seed=8)
+    alpha = random_gray(seed=9)
+    image = Image.fromarray(np.dstack([pixels, alpha]), mode="RGBA")
+    path = save(image, tmp_path / "rgba.png")
+    loaded = load_input(path, channels=4, layer_name="stem")
+    np.testing.assert_array_equal(fed(loaded), np.dstack([pixels, alpha]) / np.float32(255))
+    assert loaded.conversions == (
+        "alpha kept as the 4th channel (RGBA) because the model's first layer 'stem' takes "
+        "4 channels",
+    )
+    assert loaded.display is not None
+    np.testing.assert_array_equal(loaded.display, pixels)  # the colours, alpha not drawn
+
+
+def test_alpha_of_gray_and_palette_images_is_kept_for_four_channels(tmp_path: Path) -> None:
+    gray, alpha = random_gray(seed=6), random_gray(seed=7)
+    la = load_image(
+        save(Image.fromarray(np.stack([gray, alpha], axis=2), mode="LA"), tmp_path / "la.png"),
+        ModelInput(channels=4),
+    )
+    want = np.dstack([gray, gray, gray, alpha]) / np.float32(255)
+    np.testing.assert_array_equal(fed(la), want)
+    assert la.conversions[0] == "LA -> RGBA (gray repeated 3x, alpha kept)"
+    image, palette, indices = palette_image(seed=11)
+    path = save(image, tmp_path / "palette.png", transparency=0)
+    loaded = load_image(path, ModelInput(channels=4))
+    opaque = np.where(indices == 0, 0, 255).astype(np.uint8)
+    want = np.dstack([palette[indices], opaque]) / np.float32(255)
+    np.testing.assert_array_equal(fed(loaded), want)
+    assert loaded.conversions[0] == "palette P -> RGBA"
+
+
+def test_rgb_image_for_four_channels_asks_for_alpha(tmp_path: Path) -> None:
+    path = save(Image.fromarray(random_rgb()), tmp_path / "x.png")
+    with pytest.raises(
+        InputError,
+        match=r"^image '.*x\.png' has 3 channels \(RGB\) and no alpha channel, but the model's "
+        r"first layer 'conv1' takes 4; give an RGBA image \(or a \.npy array with 4 channels\)",
+    ):
+        load_input(path, channels=4, layer_name="conv1")
+
+
 def palette_image(seed: int) -> tuple[Image.Image, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
@@ -297,6 +342,7 @@ def test_default_preprocessing_does_nothing_and_says_so() -> None:
         "mean": None,
         "std": None,
         "interpolation": "bilinear",
+        "antialias": True,
         "transform": None,
         "source": "ToTensor (values scaled to [0, 1], no normalisation)",
         "from_model": False,
@@ -930,6 +976,32 @@ def test_batch_of_several_samples(tmp_path: Path) -> None:
         load_input(path, channels=3)
 
 
+def test_batch_is_fed_whole_to_a_model_that_takes_images(tmp_path: Path) -> None:
+    batch = np.random.default_rng(5).integers(0, 256, (3, 3, 6, 8), dtype=np.uint8)
+    path = save_array(tmp_path / "x.npy", batch)
+    loaded = load_input(path, channels=3, axes=2)
+    np.testing.assert_array_equal(loaded.tensor.numpy(), batch / np.float32(255))
+    assert loaded.conversions[0] == (
+        "batch of 3 samples (N, C, H, W) fed whole (--sample picks the one drawn)"
+    )
+    for index in range(3):
+        picture = loaded.display_of(index)
+        assert picture is not None
+        np.testing.assert_array_equal(picture, batch[index].transpose(1, 2, 0))
+    assert loaded.display_of(3) is None
+
+
+def test_batch_samples_are_preprocessed_each_as_one_sample_would_be(tmp_path: Path) -> None:
+    batch = np.random.default_rng(6).random((2, 3, 10, 12), dtype=np.float32)
+    recipe = Preprocessing(resize=6, mean=IMAGENET[0], std=IMAGENET[1])
+    loaded = load_input(save_array(tmp_path / "x.npy", batch), preprocessing=recipe, axes=2)
+    assert tuple(loaded.tensor.shape) == (2, 3, 6, 7)
+    for index in range(2):
+        one = save_array(tmp_path / f"one{index}.npy", batch[index : index + 1])
+        alone = load_input(one, preprocessing=recipe, axes=2).tensor
+        torch.testing.assert_close(loaded.tensor[index : index + 1], alone, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("shape", "read_as"),
     [
@@ -1095,3 +1167,88 @@ def test_fed_picture_equals_the_numpy_formula(channels: int, kind: str) -> None:
     expected = _fed_reference(values[0].astype(np.float64), mean, std)
     assert pixels.dtype == np.uint8 and np.array_equal(pixels, expected.astype(np.uint8))
     assert note.startswith(f"channel 0 of {channels}; ") == (channels not in (1, 3))
+
+
+class TokenModel(torch.nn.Module):
+    """Token ids -> embedding -> LSTM -> a class score: what a text model starts with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 6)
+        self.lstm = torch.nn.LSTM(6, 4, batch_first=True)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+def test_token_ids_are_fed_as_integers_as_given(tmp_path: Path) -> None:
+    model = TokenModel()
+    assert expected_tokens(model) == (50, "embed")
+    ids = np.random.default_rng(3).integers(0, 50, (1, 20), dtype=np.int64)
+    loaded = load_input_for(save_array(tmp_path / "ids.npy", ids), model)
+    assert loaded.tensor.dtype == torch.int64
+    np.testing.assert_array_equal(loaded.tensor.numpy(), ids)
+    assert loaded.kind == "tokens" and loaded.conversions == () and loaded.display is None
+    with torch.no_grad():
+        model(loaded.tensor)  # the embedding takes them
+
+
+def test_token_ids_of_one_sequence_get_a_batch_axis_and_narrow_ints_widen(tmp_path: Path) -> None:
+    ids = np.arange(7, dtype=np.uint8)
+    loaded = load_input_for(save_array(tmp_path / "ids.npy", ids), TokenModel())
+    assert loaded.tensor.dtype == torch.int64
+    np.testing.assert_array_equal(loaded.tensor.numpy(), ids[None].astype(np.int64))
+    assert loaded.conversions == (
+        "batch axis added: (7,) fed as (1, 7)",
+        "uint8 ids widened to int64 (values unchanged)",
+    )
+
+
+def test_token_ids_outside_the_vocabulary_or_as_floats_are_refused(tmp_path: Path) -> None:
+    model = TokenModel()
+    path = save_array(tmp_path / "ids.npy", np.array([[0, 3, 50]], dtype=np.int64))
+    with pytest.raises(
+        InputError,
+        match=r"span 0 \.\. 50, but the model's first layer 'embed' has 50 embeddings "
+        r"\(ids 0 \.\. 49\)",
+    ):
+        load_input_for(path, model)
+    path = save_array(tmp_path / "floats.npy", np.zeros((1, 5), dtype=np.float32))
+    with pytest.raises(InputError, match=r"holds float32 values, but .* takes integer token ids"):
+        load_input_for(path, model)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "planar"),
+    [("float16", (6, 8), False), ("float32", (6, 8, 3), False), ("float32", (3, 6, 8), True)],
+)
+def test_float_tiffs_pillow_cannot_decode_are_read_with_tifffile(
+    tmp_path: Path, dtype: str, shape: tuple[int, ...], planar: bool
+) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    values = (np.random.default_rng(7).random(shape) * 4 - 1).astype(dtype)  # outside [0, 1]
+    path = tmp_path / "x.tif"
+    options: dict[str, Any] = {"photometric": "rgb" if len(shape) == 3 else "minisblack"}
+    if planar:
+        options["planarconfig"] = "separate"
+    tifffile.imwrite(path, values, **options)
+    with pytest.raises(PIL.UnidentifiedImageError):
+        Image.open(path)  # the case: Pillow does not read it
+    loaded = load_image(path)
+    hwc = values.transpose(1, 2, 0) if planar else values.reshape(6, 8, -1)
+    np.testing.assert_array_equal(fed(loaded), hwc.astype(np.float32))
+    assert loaded.conversions[0].startswith(f"read with tifffile: Pillow cannot decode {dtype}")
+    assert loaded.original.startswith(f"TIFF {dtype}")
+
+
+def test_a_tiff_pillow_cannot_decode_without_tifffile_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, np.zeros((4, 5), np.float16))
+    monkeypatch.setitem(__import__("sys").modules, "tifffile", None)  # as if not installed
+    with pytest.raises(InputError, match=r"needs tifffile, .*pip install 'featuremaps\[slide\]'$"):
+        load_image(path)

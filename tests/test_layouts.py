@@ -396,11 +396,12 @@ class FixedSize(GridTokens):
         return super().forward(x)
 
 
-def test_prefix_that_nothing_confirms_is_undrawn_never_guessed() -> None:
+def test_prefix_that_nothing_confirms_is_never_guessed_as_a_grid() -> None:
     record = fm.capture(FixedSize(2, attribute=False).eval(), torch.randn(1, 3, 12, 20)).get("mix")
     assert record.layout == "NLD"
-    assert not record.layout_info.drawable
-    assert "no patch grid fits 17 tokens" in str(layouts.skip_reason(record.layout_info))
+    # No patch grid is guessed: the tokens are drawn as a sequence, features x positions.
+    assert record.layout_info.drawn_as == layouts.SEQUENCE_MAP
+    assert "no patch grid fits 17 tokens" in record.layout_info.note
 
 
 class ChannelsLast(nn.Module):
@@ -578,3 +579,13 @@ def test_detector_outputs_are_listed_with_reasons_and_nothing_crashes() -> None:
         "0.boxes": "output.0.boxes",
         "0.scores": "output.0.scores",
     }
+
+
+@pytest.mark.parametrize(("name", "batch_axis"), [("NLD", 0), ("LND->NLD", 1)])
+def test_a_sequence_is_drawn_as_features_by_positions(name: str, batch_axis: int) -> None:
+    t = torch.randn(2, 7, 5) if batch_axis == 0 else torch.randn(7, 2, 5)
+    layout = layouts.get(name, 3)
+    assert layout.drawn_as == layouts.SEQUENCE_MAP
+    one = t[1] if batch_axis == 0 else t[:, 1]  # (L, D)
+    np.testing.assert_array_equal(layouts.drawable_maps(layout, t, 1), one.T.numpy())
+    assert layouts.maps_shape(layout, tuple(t.shape)) == (5, 7)

@@ -36,6 +36,39 @@ def test_weights_none_is_random_and_says_so() -> None:
     assert _same_weights(loaded.model, again.model.state_dict())
 
 
+def tiny_vit() -> nn.Module:
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8
+    )
+
+
+def test_an_architecture_that_fixes_its_input_size_gets_it(tmp_path: Path) -> None:
+    loaded = fm.load_model(f"{__name__}:tiny_vit")
+    pre = loaded.input_preprocessing()
+    assert pre.final_size() == (32, 32) and pre.mean is None
+    assert pre.source == "input size 32x32 fixed by the architecture (VisionTransformer.image_size)"
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((40, 70, 3), np.uint8)).save(path)
+    fed = fm.load_input(path, preprocessing=pre).tensor
+    assert tuple(fed.shape) == (1, 3, 32, 32)
+    with torch.no_grad():
+        loaded.model(fed)  # the model's own size assertion holds
+
+
+@pytest.mark.slow
+def test_weights_none_keeps_the_input_size_vit_fixes(capsys: pytest.CaptureFixture[str]) -> None:
+    from featuremaps.cli import main
+
+    assert main(["layers", "vit_b_16", "--weights", "none"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].endswith("of vit_b_16 on input (1, 3, 224, 224)")
+    assert lines[-1].startswith(
+        "preprocessing: resize shorter side 224 (bilinear), centre crop 224 (input size 224x224 "
+        "fixed by the architecture (VisionTransformer.image_size); no normalisation for random "
+        "weights (pretrained weights would use: resize shorter side 256"
+    )
+
+
 def test_offline_default_falls_back_visibly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

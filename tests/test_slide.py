@@ -392,6 +392,28 @@ def test_regions_without_area_are_refused(tmp_path: Path, picture: np.ndarray) -
         fm.slide_maps(small_model(), slide, layers="stage2", out=tmp_path / "o", regions=regions)
 
 
+def test_points_and_lines_among_polygons_are_skipped_with_a_count(tmp_path: Path) -> None:
+    from featuremaps.slide.regions import read_regions
+
+    square = [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0], [0.0, 0.0]]
+    regions = tmp_path / "r.geojson"
+    regions.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "dot"},
+         "geometry": {"type": "Point", "coordinates": [5, 5]}},
+        {"type": "Feature", "properties": {"name": "tumour"},
+         "geometry": {"type": "Polygon", "coordinates": [square]}},
+        {"type": "Feature", "properties": {"name": "edge"},
+         "geometry": {"type": "LineString", "coordinates": [[0, 0], [3, 4]]}}]}))  # fmt: skip
+    with pytest.warns(
+        fm.FeaturemapsWarning,
+        match=r"^2 of 3 features in '.*r\.geojson' have no area \(points or lines\) and were "
+        r"skipped: 'dot', 'edge'; statistics are for the 1 polygon\(s\)$",
+    ):
+        found = read_regions(regions)
+    assert [r.name for r in found] == ["tumour"]
+    assert found[0].geometry.area == pytest.approx(100.0)
+
+
 def test_golden_slide_legend() -> None:
     from featuremaps.render.scaling import ValueRange
     from featuremaps.slide.writers import legend_pixels

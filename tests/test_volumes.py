@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import featuremaps as fm
 from featuremaps import layouts
@@ -225,3 +226,56 @@ def test_volume_values_too_large_for_float32_are_counted(tmp_path: Path) -> None
     loaded = load_volume(tmp_path / "big.npy")
     assert "2 values too large for float32 became Inf" in loaded.conversions
     assert np.isinf(loaded.tensor[0, 0, 0, 0, :2].numpy()).all()
+
+
+def _frames(tmp_path: Path, count: int = 3) -> tuple[Path, torch.Tensor]:
+    """A folder of RGB frames 40x48 and the same frames as a (T, C, H, W) float tensor."""
+    rng = np.random.default_rng(9)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    pixels = rng.integers(0, 256, (count, 40, 48, 3), dtype=np.uint8)
+    for index, frame in enumerate(pixels):
+        Image.fromarray(frame).save(folder / f"{index:03d}.png")
+    return folder, torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+
+
+def test_a_clip_gets_the_video_weights_preprocessing_as_torchvision_applies_it(
+    tmp_path: Path,
+) -> None:
+    from torchvision.models.video import R3D_18_Weights
+
+    from featuremaps.inputs import preprocessing_from_weights
+
+    weights = R3D_18_Weights.KINETICS400_V1
+    pre = preprocessing_from_weights(weights)
+    assert pre.transform is None  # read into steps, so options can replace one of them
+    assert (pre.resize, pre.crop, pre.antialias) == ((128, 171), (112, 112), False)
+    folder, tchw = _frames(tmp_path)
+    loaded = load_clip(folder, ModelInput(channels=3, preprocessing=pre))
+    expected = weights.transforms()(tchw)  # torchvision's own (C, T, H, W)
+    assert tuple(loaded.tensor.shape) == (1, 3, 3, 112, 112)
+    torch.testing.assert_close(loaded.tensor[0], expected, rtol=0, atol=1e-6)
+    assert "each frame resized to 128x171 (HxW) (bilinear, not antialiased)" in loaded.conversions
+
+
+def test_size_and_normalize_replace_only_their_own_step_for_clips() -> None:
+    import argparse
+
+    from torchvision.models.video import R3D_18_Weights
+
+    from featuremaps.commands.cli_common import preprocessing_from_args
+    from featuremaps.models import LoadedModel
+
+    weights = R3D_18_Weights.KINETICS400_V1
+    loaded = LoadedModel(nn.Conv3d(3, 2, 3), "r3d", "test", "DEFAULT", "test", False, weights)
+    kinetics = weights.transforms()
+
+    def options(size: str | None, normalize: str | None) -> argparse.Namespace:
+        return argparse.Namespace(as_is=False, size=size, normalize=normalize)
+
+    sized = preprocessing_from_args(options("112", None), loaded)
+    assert (sized.resize, sized.crop) == (112, None)
+    assert sized.mean == tuple(kinetics.mean) and sized.std == tuple(kinetics.std)
+    normalised = preprocessing_from_args(options(None, "imagenet"), loaded)
+    assert (normalised.resize, normalised.crop) == ((128, 171), (112, 112))
+    assert normalised.mean == (0.485, 0.456, 0.406)

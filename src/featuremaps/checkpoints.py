@@ -120,13 +120,22 @@ class LoadedModel:
 
     def input_preprocessing(self) -> Preprocessing:
         """The preprocessing this model's inputs get by default: the zoo model's own, else the
-        weights' transforms, else plain ToTensor."""
-        from featuremaps.inputs import Preprocessing, preprocessing_from_weights
+        weights' transforms, else the input size the architecture fixes (see
+        :func:`~featuremaps.inputs.fixed_input_size`), else plain ToTensor."""
+        from featuremaps.inputs import (
+            Preprocessing,
+            fixed_input_size,
+            fixed_size_preprocessing,
+            preprocessing_from_weights,
+        )
 
         if self.preprocessing is not None:
             return self.preprocessing
         if self.weights_enum is not None:
             return preprocessing_from_weights(self.weights_enum)
+        fixed = fixed_input_size(self.model)
+        if fixed is not None:
+            return fixed_size_preprocessing(*fixed)
         return Preprocessing()
 
     def describe(self) -> dict[str, object]:

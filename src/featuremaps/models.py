@@ -43,7 +43,13 @@ from featuremaps.checkpoints import (
     seeded_build,
     torch_load,
 )
-from featuremaps.inputs import Preprocessing, preprocessing_from_timm, preprocessing_from_weights
+from featuremaps.inputs import (
+    Preprocessing,
+    fixed_input_size,
+    fixed_size_preprocessing,
+    preprocessing_from_timm,
+    preprocessing_from_weights,
+)
 from featuremaps.naming import suggest
 
 __all__ = ["LoadedModel", "load_model", "load_weights_file", "no_download_arguments"]
@@ -163,6 +169,30 @@ def _architecture_preprocessing(name: str, path: str | None) -> Preprocessing | 
     )
 
 
+# torchvision architectures that take one input size without saying it in an attribute: the
+# size is the crop of their weights' transforms, and why no other size works.
+_FIXED_SIZE_ARCHITECTURES = {"maxvit_t": "its attention windows fit no other size"}
+
+
+def _random_weights_preprocessing(name: str, model: nn.Module, note: str) -> Preprocessing:
+    """The preprocessing of torchvision model ``name`` with random weights: none, except the
+    input size when the architecture fixes it (an ``image_size`` attribute, or the crop size of
+    its weights' transforms for the architectures that take no other); ``note`` names the
+    preset pretrained weights would use."""
+    import torchvision.models as tvm
+
+    fixed = fixed_input_size(model)
+    if fixed is None and name in _FIXED_SIZE_ARCHITECTURES:
+        enum = tvm.get_model_weights(name).DEFAULT
+        crop = preprocessing_from_weights(enum).final_size()
+        if crop is not None:
+            why = _FIXED_SIZE_ARCHITECTURES[name]
+            fixed = crop, f"the crop size of {enum}'s transforms; {why}"
+    if fixed is None:
+        return Preprocessing(source=f"none for random weights{note}")
+    return fixed_size_preprocessing(*fixed, f"; no normalisation for random weights{note}")
+
+
 def _load_zoo(
     name: str, weights: str | None, offline: bool, trust_checkpoint: bool = False
 ) -> LoadedModel:
@@ -184,7 +214,7 @@ def _load_zoo(
         note = f" (pretrained weights would use: {', '.join(preset.steps())})" if preset else ""
         return LoadedModel(
             model, name, "torchvision", asked, "random (asked for: --weights none)", True,
-            preprocessing=Preprocessing(source=f"none for random weights{note}"),
+            preprocessing=_random_weights_preprocessing(name, model, note),
         )  # fmt: skip
     if Path(asked).suffix in WEIGHT_SUFFIXES or Path(asked).exists():
         model = _build_unweighted(name)

@@ -21,9 +21,7 @@ from featuremaps._errors import OptionError
 from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
-    expected_axes,
-    expected_channels,
-    load_input,
+    load_input_for,
     parse_normalize,
     parse_size,
     sample_image_path,
@@ -317,19 +315,8 @@ def load_model_and_inputs(
 ) -> tuple[LoadedModel, list[LoadedInput]]:
     """Load the model and the inputs; with ``out``, say which preprocessing they got."""
     loaded, pre = load_model_with_preprocessing(args, spec, out)
-    first = expected_channels(loaded.model)
-    axes = expected_axes(loaded.model)
     paths = list(images) or [str(sample_image_path())]
-    inputs = [
-        load_input(
-            p,
-            channels=first[0] if first else None,
-            layer_name=first[1] if first else None,
-            preprocessing=pre,
-            axes=axes[0] if axes else None,
-        )
-        for p in paths
-    ]
+    inputs = [load_input_for(p, loaded.model, pre) for p in paths]
     return loaded, inputs
 
 

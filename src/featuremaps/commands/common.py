@@ -20,8 +20,7 @@ from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
     expected_axes,
-    expected_channels,
-    load_input,
+    load_input_for,
 )
 from featuremaps.models import LoadedModel, load_model
 
@@ -59,6 +58,14 @@ class ResolvedInput:
     stem: str
     display: np.ndarray | None = None  # (H, W, 3) uint8, the input as given
     preprocessing: Preprocessing | None = None
+    # Every sample's picture as given, for a batch read from one array (empty for one sample).
+    displays: tuple[np.ndarray, ...] = ()
+
+    def display_of(self, sample: int) -> np.ndarray | None:
+        """The picture of sample ``sample`` as given (``display`` for one sample)."""
+        if self.displays:
+            return self.displays[sample] if 0 <= sample < len(self.displays) else None
+        return self.display
 
 
 def resolve_input(item: Any, loaded: LoadedModel) -> ResolvedInput:
@@ -71,15 +78,12 @@ def resolve_input(item: Any, loaded: LoadedModel) -> ResolvedInput:
         tensor = item if item.dim() != single else item.unsqueeze(0)
         return ResolvedInput(tensor, {"kind": "tensor", "fed_shape": list(tensor.shape)}, "input")
     if not isinstance(item, LoadedInput):
-        first = expected_channels(loaded.model)
-        axes = expected_axes(loaded.model)
-        item = load_input(
-            item,
-            channels=first[0] if first else None,
-            layer_name=first[1] if first else None,
-            preprocessing=loaded.input_preprocessing(),
-            axes=axes[0] if axes else None,
-        )
+        item = load_input_for(item, loaded.model, loaded.input_preprocessing())
     return ResolvedInput(
-        item.tensor, item.describe(), item.path.stem, item.display, item.preprocessing
+        item.tensor,
+        item.describe(),
+        item.path.stem,
+        item.display,
+        item.preprocessing,
+        item.displays,
     )

@@ -1,10 +1,11 @@
 """The ``run`` command's drawing step: one captured record, drawn as its layout says.
 
 Between capture and render in the flow (capture -> layouts -> render): :func:`draw_record` picks
-the picture for a record's layout (channel grid, tokens, signal, volume, attention, bars) and
-returns it with what the manifest says about it; :func:`skip_reason` says why a record is not
-drawn, :func:`ranked_by_file` picks a layer's channels by a saved data-set statistic and
-:func:`global_range` measures the colour range that scale "global" shares over all layers.
+the picture for a record's layout (channel grid, tokens, signal, sequence, volume, attention,
+bars) and returns it with what the manifest says about it; :func:`skip_reason` says why a
+record is not drawn, :func:`ranked_by_file` picks a layer's channels by a saved data-set
+statistic and :func:`global_range` measures the colour range that scale "global" shares over
+all layers.
 :mod:`featuremaps.commands.run` measures, encodes and writes.
 """
 
@@ -69,6 +70,7 @@ def global_range(
             layouts.CHANNEL_GRID,
             layouts.TOKEN_GRID,
             layouts.SIGNAL_MAP,
+            layouts.SEQUENCE_MAP,
             layouts.VOLUME_MONTAGE,
         ):
             ranges.append(compute_range(record.maps(sample), symmetric=False))
@@ -122,6 +124,10 @@ def draw_record(
         drawn = make_signal_picture(
             maps, options, label, signal=context.signal, placement=context.placement
         )
+        return Drawing(drawn.picture, drawn.channels, drawn.picture.warnings, tiles=False)
+    if layout.drawn_as == layouts.SEQUENCE_MAP:
+        assert maps is not None  # (D, L): features as rows, positions on x
+        drawn = make_signal_picture(maps, options, label, x_axis="position")
         return Drawing(drawn.picture, drawn.channels, drawn.picture.warnings, tiles=False)
     if layout.drawn_as == layouts.VOLUME_MONTAGE:
         assert maps is not None

@@ -111,7 +111,7 @@ def input_pictures(
     """Queue the input as given and as fed (PNG) for writing; return the manifest's
     ``input.pictures``. They are encoded on the writer's thread, while the model runs."""
     given = None
-    display = item.display
+    display = item.display_of(sample)
     encode_given: Callable[[], bytes] | None = None
     if display is not None:
         given = prefix + INPUT_PICTURE

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from featuremaps._errors import InputError
 from featuremaps.inputs.checks import (
@@ -123,7 +124,8 @@ def one_sample(
 def _array_preprocessing(
     chw: FloatArray, preprocessing: Preprocessing, conversions: list[str]
 ) -> Preprocessing:
-    """The part of the model's preprocessing an array still needs, decided from its values.
+    """The part of the model's preprocessing an array still needs, decided from its values
+    (``chw`` is ``(C, H, W)``, or a batch ``(N, C, H, W)`` decided as a whole).
 
     A recipe given by the user is applied as given. The model's own recipe expects a picture in
     [0, 1]: an array with values outside [0, 1] is already preprocessed (normalised, or raw
@@ -148,7 +150,7 @@ def _array_preprocessing(
             source=f"not applied (values outside [0, 1]): {preprocessing.source}", as_is=True
         )
     size = preprocessing.final_size()
-    shape = (int(chw.shape[1]), int(chw.shape[2]))  # (H, W) of the (C, H, W) values
+    shape = (int(chw.shape[-2]), int(chw.shape[-1]))  # (H, W) of the (C, H, W) values
     if size is not None and shape == size and preprocessing.transform is None:
         conversions.append(
             f"array is already {size[0]}x{size[1]}, the model's input size: not resized or "
@@ -174,7 +176,10 @@ def load_array(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     by the user is applied as given; :meth:`Preprocessing.unchanged` feeds the values as they
     are. Every decision is listed in ``conversions``.
 
-    Accepted shapes: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` and ``(1, C, H, W)``. For 3-D
+    Accepted shapes: ``(H, W)``, ``(C, H, W)``, ``(H, W, C)`` and ``(1, C, H, W)``; a batch
+    ``(N, C, H, W)`` of more than one sample when the model's first layer is 2-D
+    (``spec.axes`` 2), fed whole as it is given (each sample preprocessed alike), so that a
+    run's ``sample`` picks the one drawn. For 3-D
     arrays the channel axis is the one whose size equals ``spec.channels`` (first axis
     preferred); with no channel count (or when neither axis matches) the shorter of the first and
     last axis is taken as channels, and the guess is reported.
@@ -194,15 +199,23 @@ def load_array(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
         )
 
     layout = "(C, H, W)"
+    batch: npt.NDArray[np.generic] | None = None
     if array.ndim == 4:
-        if shape[0] != 1:
+        if shape[0] != 1 and spec.axes != 2:
             raise InputError(
                 f"array '{where}' has shape {shape}, a batch of {shape[0]}, expected one sample "
                 f"(1, C, H, W); save one file per sample"
             )
         chw = array[0]
-        layout = "(1, C, H, W)"
-        conversions.append("batch axis of size 1 dropped")
+        if shape[0] == 1:
+            layout = "(1, C, H, W)"
+            conversions.append("batch axis of size 1 dropped")
+        else:
+            batch = array
+            layout = "(N, C, H, W)"
+            conversions.append(
+                f"batch of {shape[0]} samples (N, C, H, W) fed whole (--sample picks the one drawn)"
+            )
     elif array.ndim == 2:
         chw = array[None]
         layout = "(H, W)"
@@ -237,7 +250,28 @@ def load_array(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
             f"({channels}, H, W)"
         )
 
-    values = float32_values(chw, conversions, noun="array", picture=True, as_is=preprocessing.as_is)
+    given = chw if batch is None else batch
+    values = float32_values(
+        given, conversions, noun="array", picture=True, as_is=preprocessing.as_is
+    )
     preprocessing = _array_preprocessing(values, preprocessing, conversions)
-    hwc = np.ascontiguousarray(values.transpose(1, 2, 0))
-    return finish(hwc, where, "array", original, conversions, preprocessing)
+    if batch is None:
+        hwc = np.ascontiguousarray(values.transpose(1, 2, 0))
+        return finish(hwc, where, "array", original, conversions, preprocessing)
+    # Every sample is preprocessed alike; the steps are said once, as the first sample's.
+    samples = [
+        finish(
+            np.ascontiguousarray(sample.transpose(1, 2, 0)),
+            where,
+            "array",
+            original,
+            conversions if index == 0 else [],
+            preprocessing,
+        )
+        for index, sample in enumerate(values)
+    ]
+    tensor = torch.cat([sample.tensor for sample in samples]).contiguous()
+    displays = tuple(sample.display for sample in samples if sample.display is not None)
+    return LoadedInput(
+        tensor, where, "array", original, tuple(conversions), preprocessing, displays[0], displays
+    )

@@ -24,8 +24,10 @@ from featuremaps.inputs.checks import (
     one_line,
     unreadable,
 )
+from featuremaps.inputs.display import for_display
 from featuremaps.inputs.loaded import LoadedInput, finish
 from featuremaps.inputs.model_input import ANY_MODEL, ModelInput
+from featuremaps.inputs.tiffs import TIFF_SUFFIXES, read_tiff
 from featuremaps.inputs.values import EIGHT_BIT, SIXTEEN_BIT, FloatArray, unit_scaled
 
 __all__ = [
@@ -55,6 +57,8 @@ _EXIF_ORIENTATIONS = {
 }
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _INT32_MAX = 2_147_483_647
+# Pixel modes with an alpha channel; a model that takes 4 channels is fed them as RGBA.
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 def readable_suffixes() -> tuple[str, ...]:
@@ -164,9 +168,31 @@ def decode(path: Path) -> tuple[Image.Image, str, list[str]]:
     return image, original, conversions
 
 
-def _image_values(image: Image.Image, path: Path, conversions: list[str]) -> tuple[FloatArray, str]:
-    """The pixels as (H, W, C) float32, C being 1 (gray) or 3 (RGB), and the resulting mode."""
+def _has_alpha(image: Image.Image) -> bool:
+    """Whether the image carries an alpha channel (or a palette entry that is transparent)."""
+    if image.mode in _ALPHA_MODES:
+        return True
+    return image.mode == "P" and "transparency" in image.info
+
+
+def _image_values(
+    image: Image.Image, path: Path, conversions: list[str], *, keep_alpha: bool = False
+) -> tuple[FloatArray, str]:
+    """The pixels as (H, W, C) float32, C being 1 (gray) or 3 (RGB), and the resulting mode.
+
+    With ``keep_alpha`` (a model that takes 4 channels), an image with an alpha channel gives
+    4 channels (RGBA) instead, alpha last, scaled as the colours are."""
     mode = image.mode
+    if keep_alpha and _has_alpha(image):
+        if mode != "RGBA":
+            image = image.convert("RGBA")
+            how = {
+                "LA": "LA -> RGBA (gray repeated 3x, alpha kept)",
+                "La": "La -> RGBA (premultiplied alpha undone, gray repeated 3x, alpha kept)",
+                "RGBa": "RGBa -> RGBA (premultiplied alpha undone)",
+            }
+            conversions.append(how.get(mode, f"palette {mode} -> RGBA"))
+        return unit_scaled(np.array(image, dtype=np.float32), EIGHT_BIT), "RGBA"
     if mode == "1":
         conversions.append("1-bit black/white read as 0 and 1")
         return np.array(image, dtype=np.float32)[:, :, None], "1"
@@ -216,18 +242,44 @@ def _image_values(image: Image.Image, path: Path, conversions: list[str]) -> tup
     return unit_scaled(np.array(image, dtype=np.float32), EIGHT_BIT), "RGB"
 
 
+def _pillow_reads(path: Path) -> bool:
+    """Whether Pillow recognises the file (only opened, not decoded: cheap)."""
+    try:
+        with Image.open(path):
+            return True
+    except UnidentifiedImageError:
+        return False
+    except (OSError, *_DECODE_ERRORS, Image.DecompressionBombError):
+        return True  # Pillow knows it; decode() says what is wrong with it
+
+
 def load_image(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
     """Load an image file (JPEG, PNG, TIFF, BMP, WebP, ...) as the tensor to feed.
 
-    8-bit values are divided by 255, 16-bit values by 65535, float images are used as is. Colour
+    8-bit values are divided by 255, 16-bit values by 65535, float images are used as is. A TIFF
+    Pillow cannot decode (float16, float colour) is read with tifffile, the ``slide`` extra. Colour
     images give 3 channels and gray ones 1; ``spec.channels`` of 1 or 3 converts between the two
-    (luma or repetition), any other count is an error because a picture cannot supply it.
+    (luma or repetition). An image with an alpha channel (RGBA, LA, a palette with transparency)
+    gives 4 channels, RGBA, when ``spec.channels`` is 4, and drops its alpha otherwise. Any
+    other count is an error because a picture cannot supply it.
     """
     channels, layer_name = spec.channels, spec.layer_name
     where = check_file(path, channels)
-    image, original, conversions = decode(where)
-    hwc, mode = _image_values(image, where, conversions)
+    if where.suffix.lower() in TIFF_SUFFIXES and not _pillow_reads(where):
+        hwc, mode, original, conversions = read_tiff(where)
+    else:
+        image, original, conversions = decode(where)
+        hwc, mode = _image_values(image, where, conversions, keep_alpha=channels == 4)
     count = hwc.shape[2]
+    if mode == "RGBA":
+        conversions.append(
+            f"alpha kept as the 4th channel (RGBA) because {layer_phrase(layer_name)} takes "
+            f"{channel_count(4)}"
+        )
+        display = for_display(hwc[:, :, :3])  # the colours; alpha is fed, not drawn
+        return finish(
+            hwc, where, "image", original, conversions, spec.preprocessing, display=display
+        )
     if channels is not None and channels != count:
         because = f"because {layer_name or layer_phrase(None)} takes {channel_count(channels)}"
         if channels == 1:
@@ -240,6 +292,12 @@ def load_image(path: str | Path, spec: ModelInput = ANY_MODEL) -> LoadedInput:
         elif channels == 3:
             hwc = np.repeat(hwc, 3, axis=2)
             conversions.append(f"grayscale {mode} -> RGB (channel repeated 3x) {because}")
+        elif channels == 4:
+            raise InputError(
+                f"image '{where}' has {channel_count(count)} ({mode}) and no alpha channel, but "
+                f"{layer_phrase(layer_name)} takes 4; give an RGBA image (or a .npy array with 4 "
+                f"channels), or a model that takes 1 or 3"
+            )
         else:
             raise InputError(
                 f"image '{where}' has {channel_count(count)} ({mode}) but "

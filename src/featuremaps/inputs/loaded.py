@@ -30,7 +30,9 @@ class LoadedInput:
     mode conversion, before resizing or normalisation); arrays are shown by their first channel
     when they do not have 1 or 3, and values outside [0, 1] are stretched from their minimum to
     their maximum for display only. Signals have none (their pictures draw them beside each
-    layer, on the same time axis).
+    layer, on the same time axis). For a batch ``(N, C, H, W)`` read from one array, ``display``
+    is the first sample's picture and ``displays`` holds every sample's (empty for one sample):
+    see :meth:`display_of`.
     """
 
     tensor: torch.Tensor
@@ -40,6 +42,13 @@ class LoadedInput:
     conversions: tuple[str, ...]
     preprocessing: Preprocessing
     display: npt.NDArray[np.uint8] | None
+    displays: tuple[npt.NDArray[np.uint8], ...] = ()
+
+    def display_of(self, sample: int) -> npt.NDArray[np.uint8] | None:
+        """The picture of sample ``sample`` of the batch as given (``display`` for one sample)."""
+        if self.displays:
+            return self.displays[sample] if 0 <= sample < len(self.displays) else None
+        return self.display
 
     def __repr__(self) -> str:
         t = self.tensor
@@ -68,11 +77,14 @@ def finish(
     original: str,
     conversions: list[str],
     preprocessing: Preprocessing,
+    *,
+    display: npt.NDArray[np.uint8] | None = None,
 ) -> LoadedInput:
     """The loaded input of ``kind`` ("image", "array") for a picture's ``(H, W, C)`` float values:
-    drawn as given, then preprocessed and fed as ``(1, C, H, W)`` float32. The fields after
-    ``hwc`` are :class:`LoadedInput`'s, in its order."""
-    display = for_display(hwc)
+    drawn as given (or as ``display``, when given), then preprocessed and fed as ``(1, C, H, W)``
+    float32. The fields after ``hwc`` are :class:`LoadedInput`'s, in its order."""
+    if display is None:
+        display = for_display(hwc)
     chw = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
     chw = preprocess(chw, preprocessing, f"{kind} '{path}'", conversions)
     tensor = chw.unsqueeze(0).to(torch.float32).contiguous()

@@ -65,6 +65,7 @@ class Preprocessing:
     255 and nothing else. ``resize`` follows torchvision's ``Resize``: an int sets the shorter side
     (keeping the aspect ratio), a ``(height, width)`` pair sets the exact size. ``crop`` takes the
     centre of the resized picture. ``mean``/``std`` are both given or both ``None``.
+    ``antialias`` is off only for recipes that resize without it (torchvision's video presets).
     """
 
     resize: int | tuple[int, int] | None = None
@@ -73,6 +74,7 @@ class Preprocessing:
     std: tuple[float, ...] | None = None
     source: str = _NO_PREPROCESSING_SOURCE
     interpolation: str = "bilinear"
+    antialias: bool = True
     # True for a recipe that belongs to the model (its weights' transforms, timm's data config,
     # a zoo model's own): arrays that are visibly already preprocessed then skip it. A recipe
     # given by the user (options, or built in code) is always applied.
@@ -149,7 +151,8 @@ class Preprocessing:
             out.append(f"{type(self._transform).__name__} (called as is)")
         if self.resize is not None:
             what = "shorter side" if isinstance(self.resize, int) else "to"
-            out.append(f"resize {what} {_size_text(self.resize)} ({self.interpolation})")
+            how = self.interpolation + ("" if self.antialias else ", not antialiased")
+            out.append(f"resize {what} {_size_text(self.resize)} ({how})")
         if self.crop is not None:
             out.append(f"centre crop {_size_text(self.crop)}")
         if self.mean is not None and self.std is not None:
@@ -182,6 +185,7 @@ class Preprocessing:
             "mean": None if self.mean is None else list(self.mean),
             "std": None if self.std is None else list(self.std),
             "interpolation": self.interpolation,
+            "antialias": self.antialias,
             "transform": None if self._transform is None else type(self._transform).__name__,
             "source": self.source,
             "from_model": self.from_model,
@@ -212,12 +216,18 @@ def _size_from_recipe(value: object) -> int | tuple[int, int] | None:
     return None
 
 
+def _is_video(transform: object) -> bool:
+    return type(transform).__name__ == "VideoClassification"
+
+
 def preprocessing_from_weights(weights: object) -> Preprocessing:
     """The preprocessing a torchvision weights entry expects, e.g. ``ResNet18_Weights.DEFAULT``.
 
     ``weights.transforms()`` only builds the recipe object; it never downloads the weights.
-    Classification and segmentation recipes are read into plain fields (so reports can show them);
-    any other recipe object is kept and called on the [0, 1] float tensor as it is.
+    Classification, segmentation and video classification recipes are read into plain fields
+    (so reports can show them, and ``--size``/``--normalize`` replace one step each); a video
+    recipe's steps apply to each frame of a clip. Any other recipe object is kept and called on
+    the [0, 1] float tensor as it is.
     """
     make = getattr(weights, "transforms", None)
     if not callable(make):
@@ -230,7 +240,11 @@ def preprocessing_from_weights(weights: object) -> Preprocessing:
     try:
         from torchvision.transforms import _presets
 
-        readable: tuple[type, ...] = (_presets.ImageClassification, _presets.SemanticSegmentation)
+        readable: tuple[type, ...] = (
+            _presets.ImageClassification,
+            _presets.SemanticSegmentation,
+            _presets.VideoClassification,
+        )
     except (ImportError, AttributeError):
         # A torchvision that moved its presets: fall back to calling the recipe object.
         readable = ()
@@ -243,6 +257,8 @@ def preprocessing_from_weights(weights: object) -> Preprocessing:
             std=tuple(float(value) for value in getattr(transform, "std", ())),
             source=source,
             interpolation=str(getattr(interpolation, "value", "bilinear")),
+            # The video preset resizes without antialiasing (it has no attribute to say so).
+            antialias=bool(getattr(transform, "antialias", not _is_video(transform))),
             from_model=True,
         )
     if not callable(transform):
@@ -372,9 +388,10 @@ def preprocess(
             chw,
             [size] if isinstance(size, int) else list(size),
             interpolation=InterpolationMode(preprocessing.interpolation),
-            antialias=True,
+            antialias=preprocessing.antialias,
         )
-        how = f"{preprocessing.interpolation}, antialiased"
+        smooth = "antialiased" if preprocessing.antialias else "not antialiased"
+        how = f"{preprocessing.interpolation}, {smooth}"
         if isinstance(size, int):
             conversions.append(f"resized shorter side to {size} ({how})")
         else:

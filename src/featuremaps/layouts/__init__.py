@@ -13,7 +13,8 @@ Names (the manifest's ``layout``)::
     NHWC->NCHW                          channels last, drawn as NCHW
     tokens(prefix=1, grid=14x14)        (N, T, D): T = prefix + h*w patch tokens on an h x w grid
     LND->tokens(prefix=0, grid=4x6)     the same with the sequence first, (T, N, D)
-    NLD, LND->NLD                       a sequence with features last and no patch grid
+    NLD, LND->NLD                       a sequence with features last and no patch grid, drawn
+                                        as a feature x position heat map
     states(layers, N, H)                recurrent hidden/cell states
     attention(N, heads, L, S)           attention probabilities (rows: queries, columns: keys)
     attention(N, heads, L, S; prefix=1, grid=14x14)
@@ -64,6 +65,7 @@ from featuremaps.layouts.registry import (
     NHWC,
     NLD,
     RETURNED,
+    SEQUENCE_MAP,
     SIGNAL_MAP,
     STATES,
     TOKEN_GRID,
@@ -85,6 +87,7 @@ __all__ = [
     "NHWC",
     "NLD",
     "RETURNED",
+    "SEQUENCE_MAP",
     "SIGNAL_MAP",
     "STATES",
     "TOKEN_GRID",

@@ -54,8 +54,11 @@ __all__ = [
 
 # Modules that act on the last axis: their outputs have features last, whatever the rank.
 _LAST_AXIS_TYPES = frozenset(
-    {"Linear", "LazyLinear", "Bilinear", "NonDynamicallyQuantizableLinear", "LayerNorm", "RMSNorm"}
-)
+    {
+        "Linear", "LazyLinear", "Bilinear", "NonDynamicallyQuantizableLinear", "LayerNorm",
+        "RMSNorm", "Embedding",
+    }
+)  # fmt: skip
 # Modules that act on every value alone (or on the whole tensor alike): the output has the
 # layout of the input.
 _ELEMENTWISE_TYPES = frozenset(
@@ -513,6 +516,9 @@ def _probe_inputs(
     one = inputs[:1]
     two = torch.cat([one, one])
     first = None if len(inputs) == 1 else one  # the capture pass itself is the 1-sample probe
+    if inputs.dim() == 2 and not inputs.is_floating_point():
+        # Token ids (N, L): the same ids twice over is a second, valid sequence length.
+        return first, two, one.repeat(1, 2)
     if inputs.dim() < 3 or not inputs.is_floating_point():
         return first, two, None
     spatial = tuple(int(n) for n in one.shape[2:])

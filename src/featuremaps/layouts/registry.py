@@ -24,6 +24,7 @@ __all__ = [
     "NHWC",
     "NLD",
     "RETURNED",
+    "SEQUENCE_MAP",
     "SIGNAL_MAP",
     "STATES",
     "TOKEN_GRID",
@@ -43,6 +44,7 @@ CHANNEL_GRID = "channel grid"
 TOKEN_GRID = "token grid"
 BAR_STRIP = "bar strip"
 SIGNAL_MAP = "signal heat map"
+SEQUENCE_MAP = "sequence heat map"
 VOLUME_MONTAGE = "volume montage"
 ATTENTION_MAP = "attention map"
 
@@ -105,9 +107,6 @@ def _rank(n: int) -> Callable[[Shape, str, str | None], bool]:
 
 
 _TOO_FEW = "output has {} dimension(s); nothing to draw"
-_SEQUENCE = (
-    "a sequence with features last and no patch grid found for its tokens; listed, not drawn"
-)
 
 #: The fixed layouts, tried in order on a module's type alone (:func:`~featuremaps.layouts.decide`).
 LAYOUTS: tuple[Layout, ...] = (
@@ -119,8 +118,10 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("scalar", 0, None, None, _TOO_FEW.format(0), _rank(0)),
 )
 NHWC = Layout("NHWC->NCHW", 4, 3, CHANNEL_GRID, None, to_maps=(2, 0, 1))
-NLD = Layout("NLD", 3, 2, None, _SEQUENCE)
-LND = Layout("LND->NLD", 3, 2, None, _SEQUENCE, batch_axis=1)
+# A sequence with features last and no patch grid for its tokens: one sample (L, D) is drawn as
+# a feature x position heat map, (D, L).
+NLD = Layout("NLD", 3, 2, SEQUENCE_MAP, None, to_maps=(1, 0))
+LND = Layout("LND->NLD", 3, 2, SEQUENCE_MAP, None, to_maps=(1, 0), batch_axis=1)
 STATES = Layout(
     "states(layers, N, H)",
     3,

@@ -206,13 +206,16 @@ def make_signal_picture(
     signal: np.ndarray | None = None,
     placement: Placement | None = None,
     length: int | None = None,
+    x_axis: str | None = None,
 ) -> SignalPicture:
     """Draw one sample of a 1-D layer, ``maps`` (C, L), on the time axis of its input.
 
     ``signal`` is the input (C_in, L_in) drawn above the heat map; ``length`` the input's length
     when there is no ``signal`` (default: ``L_in``, else the map's own ``L``, in cells);
     ``placement`` the receptive-field geometry (``None``: stretched). ``options`` picks the
-    channels, scale and colormap as for the channel grids. Nothing passed in is modified.
+    channels, scale and colormap as for the channel grids. ``x_axis`` names the x axis of a map
+    that is not on a time axis (``"position"`` for a sequence's (D, L) features x positions):
+    its ticks are then the map's own indices. Nothing passed in is modified.
     """
     arr = np.asarray(maps)
     total, cells = arr.shape
@@ -229,6 +232,7 @@ def make_signal_picture(
         per_row="scale: each row its own range (printed at its right)",
         one_range=f"scale: one range for the layer (all {arr.shape[0]} channels)",
     )  # fmt: skip
+    x_name = x_axis or "time"
     cmap = options.cmap or (DEFAULT_DIVERGING_CMAP if signed else DEFAULT_CMAP)
     palette = grid_palette(cmap)
 
@@ -257,11 +261,14 @@ def make_signal_picture(
 
     nonfinite = int(np.count_nonzero(~np.isfinite(block)))
     legend = rows_legend(
-        label, options, chs, total, (shared, signed, scale_text), cmap, nonfinite, "; time on x",
-        rows_note(arr, options, dtype),
+        label, options, chs, total, (shared, signed, scale_text), cmap, nonfinite,
+        f"; {x_name} on x", rows_note(arr, options, dtype),
     )  # fmt: skip
 
-    if placement is None:
+    if x_axis is not None:
+        unit = x_axis
+        where = f"{cells} {x_axis}s, 0 to {cells - 1}"
+    elif placement is None:
         noun = "cell" if cells == 1 else "cells"
         where = f"{cells} {noun} stretched over {span} {unit}s (geometry unknown)"
     else:

@@ -22,6 +22,7 @@ the weighted form of Chan et al.'s formulas in float64.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from featuremaps._errors import InputError, OptionError
+from featuremaps._errors import FeaturemapsWarning, InputError, OptionError
 
 __all__ = [
     "COVERAGE_MODES",
@@ -72,7 +73,8 @@ def _name(feature: dict[str, Any], index: int) -> str:
 
 def read_regions(path: str | Path) -> list[Region]:
     """Polygons of a QuPath GeoJSON file: a FeatureCollection, a bare list of features or one
-    feature. Features without an area (points, lines) are refused with their names."""
+    feature. Features without an area (points, lines) are skipped, counted and named in a
+    :class:`~featuremaps.FeaturemapsWarning`; a file with no polygon at all is refused."""
     import shapely
     from shapely.geometry import shape
 
@@ -105,10 +107,20 @@ def read_regions(path: str | Path) -> list[Region]:
             geometry = shapely.make_valid(geometry)
         shapely.prepare(geometry)
         regions.append(Region(_name(feature, i), geometry, feature))
-    if flat:
+    if flat and not regions:
         raise InputError(
             f"region(s) {', '.join(repr(n) for n in flat[:5])} in '{path}' have no area (points "
             "or lines); statistics need polygons. Remove them or export only area annotations"
+        )
+    if flat:
+        more = f" and {len(flat) - 5} more" if len(flat) > 5 else ""
+        warnings.warn(
+            FeaturemapsWarning(
+                f"{len(flat)} of {len(features)} features in '{path}' have no area (points or "
+                f"lines) and were skipped: {', '.join(repr(n) for n in flat[:5])}{more}; "
+                f"statistics are for the {len(regions)} polygon(s)"
+            ),
+            stacklevel=2,
         )
     if not regions:
         raise InputError(f"'{path}' holds no polygon; expected at least one area annotation")
