@@ -106,6 +106,20 @@ def test_image_preprocessing_given_for_a_signal_is_refused(tmp_path: Path) -> No
         fm.load_input(tmp_path / "s.npy", axes=1, preprocessing=pre)
 
 
+def test_image_options_refused_for_a_signal_name_only_real_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nets = tmp_path / "nets.py"
+    nets.write_text(NETS)
+    np.save(tmp_path / "s.npy", np.zeros((2, 16), np.float32))
+    argv = [str(tmp_path / "s.npy"), "--model", f"{nets}:build", "--normalize", "imagenet"]
+    assert main([*argv, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featuremaps: error: the preprocessing normalise") and "\n" not in err
+    assert err.endswith("drop --size and --normalize (in Python: the preprocessing argument) "
+                        "and scale the signal yourself")  # fmt: skip
+
+
 def test_expected_axes_reads_the_first_layer_type() -> None:
     assert fm.expected_axes(nn.Sequential(nn.Conv1d(2, 3, 3))) == (1, "0", "Conv1d")
     assert fm.expected_axes(nn.Sequential(nn.Conv3d(1, 3, 3))) == (3, "0", "Conv3d")
