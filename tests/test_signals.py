@@ -72,6 +72,23 @@ def test_a_wav_with_other_channels_than_the_first_layer_is_refused(tmp_path: Pat
         load_wav(path, ModelInput(channels=2, layer_name="conv"))
 
 
+def test_a_wav_for_an_image_or_volume_model_says_what_the_model_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "x.wav"
+    _write_wav(path, np.zeros((10, 1), dtype=np.int64), 2)
+    nets = tmp_path / "nets.py"
+    nets.write_text("from torch import nn\n\ndef build():\n    return nn.Conv2d(3, 2, 3)\n")
+    assert main(["layers", f"{nets}:build", "--input", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"featuremaps: error: input '{path}' is a sound (a signal (C, L)), but the model's first "
+        "layer is 2-D and takes images; give an image file or a .npy array (C, H, W)"
+    )
+    with pytest.raises(fm.InputError, match=r"is 3-D and takes volumes \(C, D, H, W\) or clips"):
+        fm.load_input(path, axes=3)
+
+
 def test_a_file_that_is_not_wav_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "fake.wav"
     path.write_bytes(b"RIFF0000nope")

@@ -70,6 +70,17 @@ def load_input(
     spec = ModelInput(channels=channels, layer_name=layer_name, preprocessing=preprocessing)
     suffix = Path(path).suffix.lower()
     if suffix == ".wav":
+        if axes in (2, 3):
+            takes = (
+                "images; give an image file or a .npy array (C, H, W)"
+                if axes == 2
+                else "volumes (C, D, H, W) or clips; give a .npy volume, a folder of frames or "
+                "an animated GIF"
+            )
+            raise InputError(
+                f"input '{path}' is a sound (a signal (C, L)), but {layer_phrase(layer_name)} is "
+                f"{axes}-D and takes {takes}"
+            )
         return load_wav(path, spec)
     if axes == 1:
         if suffix != ".npy":
