@@ -116,6 +116,28 @@ def test_no_inputs_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert code == 2 and "no input files found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["stats", "ablate"])
+def test_a_1d_model_gets_the_documented_limit_not_a_conv_error(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/limits.md: stats and ablate read every file as an image or a 2-D array; 1-D and
+    # 3-D models are fed from run only.
+    nets = tmp_path / "nets.py"
+    nets.write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv1d(1, 2, 3))\n"
+    )
+    np.save(tmp_path / "s.npy", np.zeros((1, 16), np.float32))
+    argv = [command, str(tmp_path / "s.npy"), "-m", f"{nets}:build", "-o", str(tmp_path / "o")]
+    code = main([*argv, "--workers", "0"] + (["-l", "0"] if command == "ablate" else []))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err == (
+        f"featuremaps: error: {command} reads every file as an image or a 2-D array, but the "
+        "model's first layer '0' (Conv1d) is 1-D and takes signals (C, L); 1-D and 3-D models "
+        "are fed from 'featuremaps run' (or fm.visualize) only"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_tensor_channels_first_for_tokens() -> None:
     from featuremaps.dataset import _channels_first
 

@@ -76,7 +76,7 @@ def ablate(
     from tqdm import tqdm
 
     from featuremaps.ablation import check_classifier, check_options, measure_ablation
-    from featuremaps.dataset import compute_dataset_stats, find_inputs
+    from featuremaps.dataset import check_image_model, compute_dataset_stats, find_inputs
     from featuremaps.render.plots import plot_ablation
 
     if stat not in RANKABLE:
@@ -85,6 +85,7 @@ def ablate(
         )
     check_options(ks, trials)
     loaded, placement = place_model(model, device, dtype)
+    check_image_model(loaded.model, "ablate")
     patterns = as_patterns(layers)
     if patterns is None:
         raise OptionError("ablation needs --layers: the layers whose channels are zeroed")

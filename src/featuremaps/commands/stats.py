@@ -86,7 +86,12 @@ def collect_stats(
     """
     from tqdm import tqdm
 
-    from featuremaps.dataset import compute_dataset_stats, scan_inputs, stats_rows
+    from featuremaps.dataset import (
+        check_image_model,
+        compute_dataset_stats,
+        scan_inputs,
+        stats_rows,
+    )
 
     write_parquet = parquet_available() if parquet is None else parquet
     if parquet and not parquet_available():
@@ -110,6 +115,7 @@ def collect_stats(
             "expected a number from 0 to 1, e.g. 0.95"
         )
     loaded, placement = place_model(model, device, dtype)
+    check_image_model(loaded.model, "stats")
     scanned = scan_inputs(data)
     paths = scanned.paths
     if preprocessing is None:
