@@ -70,6 +70,11 @@ def test_unknown_type_lists_types_present(resnet18: nn.Module) -> None:
         fm.capture(resnet18, X, types="Conv3d")
 
 
+def test_a_type_in_the_wrong_case_suggests_the_real_name(resnet18: nn.Module) -> None:
+    with pytest.raises(fm.LayerError, match=r"types there: .*ReLU; did you mean 'ReLU'\? Run"):
+        fm.capture(resnet18, X, types="relu")
+
+
 def test_bad_regex_is_a_layer_error(resnet18: nn.Module) -> None:
     with pytest.raises(fm.LayerError, match="not a valid regular expression"):
         fm.capture(resnet18, X, layers="re:conv(")

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from featuremaps._errors import LayerError
-from featuremaps.naming import suggest, type_name, type_names
+from featuremaps.naming import close_names, suggest, type_name, type_names
 
 __all__ = [
     "as_patterns",
@@ -115,9 +115,20 @@ def select_modules(
         if not chosen:
             raise LayerError(
                 f"no selected layer of {label} has type {', '.join(types)}; types there: "
-                f"{', '.join(present)}.{hint}"
+                f"{', '.join(present)}{_suggest_types(types, present) or '.'}{hint}"
             )
     return {p: m for p, m in named if p in chosen}
+
+
+def _suggest_types(types: tuple[str, ...], present: list[str]) -> str:
+    """``"; did you mean 'ReLU'?"`` for type names given in the wrong case or misspelt."""
+    lowered = {name.lower(): name for name in present}
+    found: list[str] = []
+    for wanted in types:
+        same = lowered.get(wanted.lower())
+        close = [same] if same else [lowered[n] for n in close_names(wanted.lower(), list(lowered))]
+        found += [name for name in close if name not in found]
+    return "; did you mean " + ", ".join(f"'{n}'" for n in found[:3]) + "?" if found else ""
 
 
 def keep_record(
