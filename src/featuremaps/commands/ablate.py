@@ -89,7 +89,7 @@ def ablate(
     patterns = as_patterns(layers)
     if patterns is None:
         raise OptionError("ablation needs --layers: the layers whose channels are zeroed")
-    select_modules(loaded.model, patterns, None, False, loaded.spec)  # unknown names fail here
+    select_modules(loaded.model, patterns, None, False, loaded.cli_spec)  # unknown names fail here
     paths = find_inputs(data)
     pre = preprocessing or loaded.input_preprocessing()
     first = expected_channels(loaded.model)
@@ -121,8 +121,8 @@ def ablate(
             bar.set_description("ranking")
             ranking = compute_dataset_stats(
                 loaded.model, paths, channels=first[0] if first else None, preprocessing=pre,
-                layers=patterns, batch_size=batch_size, workers=workers, model_label=loaded.spec,
-                placement=placement,
+                layers=patterns, batch_size=batch_size, workers=workers,
+                model_label=loaded.cli_spec, placement=placement,
             )  # fmt: skip
             values = {name: s.result()[stat] for name, s in ranking.layers.items()}
             source = "the same inputs (in-sample: computed first on the data measured)"

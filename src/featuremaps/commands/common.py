@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featuremaps.checkpoints import PYTHON_OBJECT
 from featuremaps.devices import Placement, resolve_placement
 from featuremaps.inputs import (
     LoadedInput,
@@ -36,7 +37,7 @@ def resolve_model(model: nn.Module | LoadedModel | str) -> LoadedModel:
     if isinstance(model, str):
         return load_model(model)
     name = type(model).__name__
-    return LoadedModel(model, name, "python object", "as given", "as given by the caller", False)
+    return LoadedModel(model, name, PYTHON_OBJECT, "as given", "as given by the caller", False)
 
 
 def place_model(

@@ -517,7 +517,7 @@ def visualize(
         "layers": layers,
         "types": types,
         "containers": containers,
-        "model_label": loaded.spec,
+        "model_label": loaded.cli_spec,
     }
     if out is not None:
         _refuse_inputs_inside(items, Path(out))

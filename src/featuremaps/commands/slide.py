@@ -270,7 +270,7 @@ def _run(
     size = (lv.height, lv.width)
     region_list: list[Region] = read_regions(regions_arg) if regions_arg is not None else []
     model = loaded.model
-    label = loaded.spec
+    label = loaded.cli_spec
     # The model is measured (layers, geometry, locality probes) in float32 where it is (the
     # CPU for a model the program loaded), before it is placed. Geometry and locality are
     # properties of the architecture, not of the arithmetic: the empirical geometry reads which
@@ -290,7 +290,7 @@ def _run(
     locality = check_locality(measure, slide_layers, 3, plan.step)
     if not locality.exact:
         warnings.warn(
-            f"{label}: {locality.reason}; the maps are written and labelled approximate",
+            f"{loaded.spec}: {locality.reason}; the maps are written and labelled approximate",
             FeaturemapsWarning,
             stacklevel=3,
         )

@@ -135,7 +135,7 @@ def collect_stats(
             near_zero=near_zero,
             correlations=duplicates is not None,
             progress=bar.update,
-            model_label=loaded.spec,
+            model_label=loaded.cli_spec,
             placement=placement,
         )
         rows = stats_rows(result, rank_by)
