@@ -267,6 +267,10 @@ class Capture(Sequence[LayerRecord]):
 
 
 NEVER_CALLED = "its forward was never called (the parent may use its weights directly)"
+NEVER_CALLED_NO_WEIGHTS = (
+    "its forward was never called (it has no weights: the parent skipped it on this input, e.g. "
+    "a branch not taken, or a step that is the identity in eval mode)"
+)
 SCRIPTED = "TorchScript submodules run without Python hooks; only the model output is captured"
 
 
@@ -481,7 +485,7 @@ def capture(
         emit(path, module, call, key, t, final, index=index, copied=True)
     kept.sort(key=lambda r: r.index)
     not_run = tuple(
-        NotRun(path, type_name(selected[path]), NEVER_CALLED)
+        NotRun(path, type_name(selected[path]), _never_called(selected[path]))
         for path, n in calls.items()
         if n == 0 and path in wanted
     )
@@ -535,6 +539,13 @@ def _recomputed(
 
 def _ignore(out: HookedOutput) -> None:
     return None
+
+
+def _never_called(module: nn.Module) -> str:
+    """Why a module may never run: a parent can use a module's weights without calling it, but
+    a module without weights is only ever skipped."""
+    has_weights = next(iter(module.parameters()), None) is not None
+    return NEVER_CALLED if has_weights else NEVER_CALLED_NO_WEIGHTS
 
 
 def _check_patterns_hit(
