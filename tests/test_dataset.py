@@ -100,6 +100,36 @@ def test_stats_over_a_folder_match_numpy(
         assert (row["dead"] == "True") == (values.std() == 0)
 
 
+MIRROR = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+
+    def build():
+        conv = nn.Conv2d(3, 2, 1)
+        with torch.no_grad():
+            conv.weight[1] = -conv.weight[0]
+            conv.bias[1] = -conv.bias[0]
+        return nn.Sequential(conv)
+    """
+)
+
+
+def test_duplicates_keep_the_sign_of_r_and_the_summary_says_the_rule(
+    data: Path, tmp_path: Path
+) -> None:
+    net = tmp_path / "mirror.py"
+    net.write_text(MIRROR)
+    out = tmp_path / "stats"
+    argv = ["stats", str(data), "-m", f"{net}:build", "-o", str(out), "--workers", "0"]
+    assert main([*argv, "--duplicates", "0.95", "--no-plots"], out=io.StringIO()) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    [[i, j, r]] = summary["layers"][0]["near_duplicates"]
+    assert (i, j) == (0, 1) and r == pytest.approx(-1.0)  # channel 1 is channel 0 negated
+    assert summary["duplicates"]["threshold"] == 0.95
+    assert "|r| >= threshold; r keeps its sign" in summary["duplicates"]["rule"]
+
+
 def test_nothing_readable_is_one_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -36,6 +36,7 @@ from featuremaps.layouts import channels_first
 from featuremaps.stats import RANKABLE
 
 __all__ = [
+    "DUPLICATES_RULE",
     "DatasetStats",
     "FoundInputs",
     "SavedStats",
@@ -296,8 +297,15 @@ def stats_rows(result: DatasetStats, rank_by: str = "absmean") -> list[dict[str,
     return rows
 
 
+DUPLICATES_RULE = (
+    "pairs [channel, channel, r] whose Pearson correlation r over the data has |r| >= threshold; "
+    "r keeps its sign (near -1: one channel is the other upside down)"
+)
+
+
 def near_duplicates(stats: RunningStats, threshold: float) -> list[tuple[int, int, float]]:
-    """Channel pairs whose correlation over the data is at least ``threshold`` in size."""
+    """Channel pairs ``(i, j, r)`` whose correlation ``r`` over the data has ``|r| >= threshold``;
+    ``r`` keeps its sign (see :data:`DUPLICATES_RULE`)."""
     corr = stats.correlation()
     i, j = np.triu_indices(stats.channels, k=1)
     values = corr[i, j]

@@ -72,7 +72,8 @@ def collect_stats(
       ``parquet`` None writes the Parquet file when pyarrow is installed (the ``parquet``
       extra), True requires it, False skips it; the summary's ``files`` says what was written;
     - ``summary.json``: inputs read and not read, images/s, and per layer its dead channels,
-      with ``duplicates`` the channel pairs correlated at least that much, its histogram of all
+      with ``duplicates`` the channel pairs ``[i, j, r]`` whose correlation has ``|r|`` at
+      least that much (``r`` signed; the rule is in ``duplicates``), its histogram of all
       values (channels pooled; exact ``edges`` and ``counts`` of the finite values and the
       ``nonfinite`` count) and, with ``plots``, the names of its two plot files;
     - with ``plots`` (the default), per layer ``plots/NNNN_<name>.hist.png`` (that histogram,
@@ -181,7 +182,7 @@ def _stats_summary(
     duplicates: float | None,
     plot_files: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    from featuremaps.dataset import near_duplicates
+    from featuremaps.dataset import DUPLICATES_RULE, near_duplicates
 
     def dead(stats: RunningStats) -> list[int]:
         return [int(c) for c in np.flatnonzero(stats.result()["std"] == 0)]
@@ -204,6 +205,9 @@ def _stats_summary(
         },
         "images_per_second": result.images_per_second,
         "near_zero": near_zero,
+        "duplicates": (
+            None if duplicates is None else {"threshold": duplicates, "rule": DUPLICATES_RULE}
+        ),
         "layers": [
             {
                 "name": name,
@@ -240,7 +244,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "--duplicates",
         type=float,
         metavar="R",
-        help="also list channel pairs correlated at least R within a layer (costs C^2 per value)",
+        help="also list the channel pairs of a layer whose correlation r over the data has "
+        "|r| >= R, with r's sign kept (costs C^2 per value)",
     )
     p.add_argument(
         "--rank-by", choices=RANKABLE, default="absmean",
