@@ -18,6 +18,7 @@ from torch import nn
 
 import featuremaps as fm
 from featuremaps.cli import main
+from featuremaps.commands.slide import slide_preprocessing
 from featuremaps.slide.forward import TileForward, to_input
 from featuremaps.slide.readers import open_slide, read_thumbnail
 from featuremaps.slide.tissue import TissueMask, otsu_threshold
@@ -474,6 +475,32 @@ def test_cli_slide_runs_and_reports(
     code = main(["slide", str(slide), "--model", f"{factory}:build", "--layers", "2",
                  "--size", "224", "--out", str(tmp_path / "o3")])  # fmt: skip
     assert code == 2 and "does not apply to slides" in capsys.readouterr().err
+
+
+def test_slide_prints_and_records_the_normalisation_its_tiles_get(
+    tmp_path: Path, picture: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    factory = _two_conv_factory(tmp_path)
+    slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5)
+    code = main(["slide", str(slide), "--model", f"{factory}:build", "--layers", "2",
+                 "--tile", "128", "--out", str(tmp_path / "out"), "--no-viewer",
+                 "--normalize", "0.5,0.5,0.5/0.25,0.25,0.25"])  # fmt: skip
+    assert code == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        "preprocessing: normalise mean (0.5, 0.5, 0.5) std (0.25, 0.25, 0.25) (--normalize "
+        "0.5,0.5,0.5/0.25,0.25,0.25); change the normalisation with --normalize"
+    )
+    recorded = json.loads((tmp_path / "out" / "slide.json").read_text())["preprocessing"]
+    assert recorded["mean"] == [0.5] * 3 and recorded["std"] == [0.25] * 3
+    assert recorded["resize"] is None and recorded["crop"] is None
+    # A model's resize and crop are left out, and the record says so.
+    own = fm.Preprocessing(resize=256, crop=224, source="its own")
+    model = fm.LoadedModel(nn.Conv2d(3, 2, 3), "m", "factory", "-", "-", False, preprocessing=own)
+    applied = slide_preprocessing(model)
+    assert applied.steps() == [] and applied.source == (
+        "its own; its resize and crop not applied: a slide is read as it is"
+    )
 
 
 # -- device and precision ----------------------------------------------------------------------
