@@ -130,6 +130,41 @@ def test_duplicates_keep_the_sign_of_r_and_the_summary_says_the_rule(
     assert "|r| >= threshold; r keeps its sign" in summary["duplicates"]["rule"]
 
 
+MOSTLY_NAN = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+
+    class MostlyNaN(nn.Module):
+        def forward(self, x):
+            y = x.clone()
+            y[..., 1:, :] = float("nan")  # all rows but the first: 11 of 12 values
+            return y
+
+    def build():
+        return nn.Sequential(MostlyNaN())
+    """
+)
+
+
+def test_stats_warns_about_nan_layers_by_the_same_rule_as_run(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = tmp_path / "nan.py"
+    net.write_text(MOSTLY_NAN)
+    model = ["-m", f"{net}:build", "--size", "12x10"]
+    stats = ["stats", str(data), *model, "-o", str(tmp_path / "s"), "--workers", "0"]
+    assert main([*stats, "--no-plots"], out=io.StringIO()) == 0
+    stats_warning = capsys.readouterr().err
+    image = str(next(data.glob("img*.png")))
+    assert main([image, *model, "-o", str(tmp_path / "r")], out=io.StringIO()) == 0
+    run_warning = capsys.readouterr().err
+    same = "featuremaps: warning: 1 layer(s) hold NaN/Inf values (first: '0'); "
+    assert same in run_warning and same in stats_warning
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["warnings"] == [stats_warning.split("featuremaps: warning: ")[1].strip()]
+
+
 def test_nothing_readable_is_one_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,6 +8,7 @@ the device it runs on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from featuremaps.inputs import (
 )
 from featuremaps.models import LoadedModel, load_model
 
-__all__ = ["ResolvedInput", "place_model", "resolve_input", "resolve_model"]
+__all__ = ["ResolvedInput", "nonfinite_message", "place_model", "resolve_input", "resolve_model"]
 
 
 def resolve_model(model: nn.Module | LoadedModel | str) -> LoadedModel:
@@ -84,3 +85,12 @@ def resolve_input(item: Any, loaded: LoadedModel) -> ResolvedInput:
     return ResolvedInput(
         item.tensor, item.describe(), item.path.stem, item.display, item.preprocessing
     )
+
+
+def nonfinite_message(layers: Sequence[str], counted: str) -> str | None:
+    """The warning of every command about NaN/Inf values, by one rule: any layer that holds one
+    (``layers``, in order) is counted and the first named; ``counted`` says where the values are
+    counted. None when no layer holds one."""
+    if not layers:
+        return None
+    return f"{len(layers)} layer(s) hold NaN/Inf values (first: '{layers[0]}'); {counted}"

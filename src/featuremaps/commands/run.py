@@ -45,7 +45,12 @@ from featuremaps.commands.cli_common import (
     parse_range,
     show_progress,
 )
-from featuremaps.commands.common import ResolvedInput, place_model, resolve_input
+from featuremaps.commands.common import (
+    ResolvedInput,
+    nonfinite_message,
+    place_model,
+    resolve_input,
+)
 from featuremaps.commands.run_drawing import (
     SignalContext,
     covers_whole_output,
@@ -405,13 +410,13 @@ def _run_one(
             "channels on this input; was the file made with another model or other layers?"
         )
         warnings.warn(FeaturemapsWarning(messages[-1]), stacklevel=3)
-    bad = [s.name for s in summaries if s.nonfinite]
-    if bad:
-        messages.append(
-            f"{len(bad)} layer(s) hold NaN/Inf values (first: '{bad[0]}'); they are drawn in "
-            "magenta and counted in the manifest's 'nonfinite'"
-        )
-        warnings.warn(NonFiniteWarning(messages[-1]), stacklevel=3)
+    bad = nonfinite_message(
+        [s.name for s in summaries if s.nonfinite],
+        "they are drawn in magenta and counted in the manifest's 'nonfinite'",
+    )
+    if bad is not None:
+        messages.append(bad)
+        warnings.warn(NonFiniteWarning(bad), stacklevel=3)
     if loaded.random_weights:
         messages.append(f"RANDOM WEIGHTS: {loaded.weights_status}")
     named = categories(loaded)

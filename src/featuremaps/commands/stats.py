@@ -8,6 +8,7 @@ charts → manifest → io): :mod:`featuremaps.dataset` computes, this module wr
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featuremaps._errors import OptionError
+from featuremaps._errors import NonFiniteWarning, OptionError
 from featuremaps.commands.cli_common import (
     Command,
     add_device_options,
@@ -29,7 +30,7 @@ from featuremaps.commands.cli_common import (
     load_model_with_preprocessing,
     show_progress,
 )
-from featuremaps.commands.common import place_model
+from featuremaps.commands.common import nonfinite_message, place_model
 from featuremaps.dataset import DatasetStats
 from featuremaps.datastats import RunningStats
 from featuremaps.inputs import Preprocessing, expected_channels
@@ -169,7 +170,15 @@ def collect_stats(
         summary["inputs"]["skipped"] = scanned.skipped
         summary["compute"] = placement.describe()
         summary["files"] = [STATS_CSV, *([STATS_PARQUET] if write_parquet else [])]
+        bad = nonfinite_message(
+            [name for name, stats in result.layers.items() if stats.nonfinite.any()],
+            "they are counted per channel in stats.csv's 'nonfinite' (a fraction of all values) "
+            "and left out of the other statistics",
+        )
+        summary["warnings"] = [] if bad is None else [bad]
         folder.write_json(SUMMARY, summary)
+    if bad is not None:
+        warnings.warn(NonFiniteWarning(bad), stacklevel=2)
     return summary
 
 
