@@ -132,6 +132,7 @@ def ablate(
             preprocessing=pre, trials=trials, seed=seed, batch_size=batch_size,
             workers=workers, progress=bar.update, placement=placement,
         )  # fmt: skip
+        result.ranking = source
         if folder is not None:
             summary = {
                 **header(loaded.describe()),
@@ -157,7 +158,7 @@ def ablate(
             picture = plot_ablation(
                 result.curve(), model=loaded.spec, layers=list(result.channels),
                 images=result.images, stat=stat, trials=trials,
-                random_weights=loaded.random_weights,
+                random_weights=loaded.random_weights, ranking=source,
             )  # fmt: skip
             folder.write_bytes(ABLATION_PNG, picture)
     return result
@@ -231,6 +232,8 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         f"zeroed per layer vs {args.random} random draws (mean [min, max])",
         file=out,
     )
+    in_sample = "" if args.stats else "; give --stats FILE made on other inputs for a fair test"
+    print(f"ranking by {args.stat} from {result.ranking}{in_sample}", file=out)
     print(f"{'K':>5} {'zeroed':>6}  {'agree':>6} {'random':>21}  {'KL':>8} {'random':>8}", file=out)
     for row in result.curve():
         rand = (
