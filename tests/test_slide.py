@@ -335,6 +335,25 @@ def test_region_statistics_equal_numpy_on_the_full_map(tmp_path: Path) -> None:
     assert result.layers[0]["first_cell_centre_level0"] == [1.0, 1.0]
 
 
+def test_region_fractions_stay_in_0_1_and_are_written_with_few_digits(tmp_path: Path) -> None:
+    from featuremaps.io import OutputFolder
+    from featuremaps.slide.regions import RegionStats
+
+    # Covered fractions of cells, in four batches, all positive: the sums of the weights round
+    # differently in the fraction's numerator and denominator (1.0000000000000002 unclipped).
+    batches = [[0.5, 1.0, 0.7, 0.5, 0.5, 0.5, 0.7, 0.2], [0.5, 0.7, 0.9],
+               [0.2, 0.4, 0.3, 0.1, 0.6, 0.6], [0.6, 0.4, 0.9, 0.5, 0.3]]  # fmt: skip
+    stats = RegionStats(1)
+    for weights in batches:
+        stats.update(np.ones((1, len(weights))), np.array(weights))
+    [row] = stats.rows("r", "l", [0])
+    assert row["fraction_positive"] == 1.0 and row["weight"] == 11.6
+    with OutputFolder(tmp_path / "out") as folder:
+        folder.write_csv("regions.csv", [row])
+    written = (tmp_path / "out" / "regions.csv").read_text().splitlines()[1].split(",")
+    assert written[4] == "11.6" and written[-1] == "1.0"  # weight, fraction_positive
+
+
 @pytest.mark.slow
 def test_area_coverage_weights_cells_by_the_covered_fraction(tmp_path: Path) -> None:
     picture = tissue_picture(128, 128)
