@@ -253,6 +253,7 @@ def test_cli_ablate_with_a_saved_ranking_writes_the_curve(
     assert printed.splitlines()[-1].endswith("ablation.csv")
     size = sum(p.stat().st_size for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert printed.splitlines()[-2] == f"size: {size / 1e6:.1f} MB in {(tmp_path / 'a').resolve()}"
+    assert f"ranking by absmean from statistics file {tmp_path / 's' / 'stats.csv'}\n" in printed
     with open(tmp_path / "a" / "ablation.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["selection"], r["k"]) for r in rows] == [
@@ -271,9 +272,15 @@ def test_cli_ablate_with_a_saved_ranking_writes_the_curve(
     again = ["ablate", data, *common, "-l", "act", "--k", "4", "--random", "0",
              "-o", str(tmp_path / "b")]  # fmt: skip
     assert main(again) == 0
-    assert main(again) == 0  # a second run replaces the folder the first one wrote
+    buf = io.StringIO()
+    assert main(again, out=buf) == 0  # a second run replaces the folder the first one wrote
     summary = json.loads((tmp_path / "b" / "ablation.json").read_text())
     assert "in-sample" in summary["ranking"]["source"]
+    # The terminal says it too, not only ablation.json.
+    assert (
+        f"ranking by absmean from {summary['ranking']['source']}; give --stats FILE made on "
+        "other inputs for a fair test\n"
+    ) in buf.getvalue()
     assert summary["curve"][0]["random_agreement_mean"] is None
 
 
@@ -352,6 +359,19 @@ def test_ablation_plot_draws_hostile_layer_names_as_text() -> None:
     with PILImage.open(io.BytesIO(png)) as picture:
         assert picture.size == (1100, 340)
         assert len(picture.convert("RGB").getcolors(1 << 20) or []) > 20
+
+
+def test_ablation_picture_says_where_the_ranking_came_from() -> None:
+    from featuremaps.render.plots import ablation_ranked_label, ablation_ranking_caption
+
+    in_sample = "the same inputs (in-sample: computed first on the data measured)"
+    assert ablation_ranked_label("std", in_sample) == "lowest std first, ranked in-sample"
+    assert ablation_ranking_caption("std", in_sample) == (
+        "ranking by std: in-sample, computed on the same inputs it is measured on"
+    )
+    saved = "statistics file /data/other/stats.csv"
+    assert ablation_ranked_label("std", saved) == "lowest std first"
+    assert ablation_ranking_caption("std", saved) == "ranking by std from stats.csv"
 
 
 def test_ablate_refuses_a_ranking_from_another_model_or_without_a_named_layer(

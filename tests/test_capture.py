@@ -181,6 +181,24 @@ def test_multihead_attention_out_proj_is_listed_as_never_run() -> None:
     assert c.get("linear1").layout == "NLD"
 
 
+class _SkipsAndBorrows(nn.Module):
+    """Uses ``proj``'s weights without calling it, and skips the parameter-free ``drop``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.proj.weight, self.proj.bias)
+
+
+def test_why_a_module_never_ran_depends_on_whether_it_has_weights() -> None:
+    reasons = {n.module: n.reason for n in fm.capture(_SkipsAndBorrows(), torch.ones(1, 4)).not_run}
+    assert "may use its weights directly" in reasons["proj"]
+    assert "weights directly" not in reasons["drop"] and "it has no weights" in reasons["drop"]
+
+
 def test_torchscript_gives_the_output_and_says_why_nothing_else(
     tiny: nn.Module, image_batch: torch.Tensor
 ) -> None:

@@ -100,6 +100,71 @@ def test_stats_over_a_folder_match_numpy(
         assert (row["dead"] == "True") == (values.std() == 0)
 
 
+MIRROR = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+
+    def build():
+        conv = nn.Conv2d(3, 2, 1)
+        with torch.no_grad():
+            conv.weight[1] = -conv.weight[0]
+            conv.bias[1] = -conv.bias[0]
+        return nn.Sequential(conv)
+    """
+)
+
+
+def test_duplicates_keep_the_sign_of_r_and_the_summary_says_the_rule(
+    data: Path, tmp_path: Path
+) -> None:
+    net = tmp_path / "mirror.py"
+    net.write_text(MIRROR)
+    out = tmp_path / "stats"
+    argv = ["stats", str(data), "-m", f"{net}:build", "-o", str(out), "--workers", "0"]
+    assert main([*argv, "--duplicates", "0.95", "--no-plots"], out=io.StringIO()) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    [[i, j, r]] = summary["layers"][0]["near_duplicates"]
+    assert (i, j) == (0, 1) and r == pytest.approx(-1.0)  # channel 1 is channel 0 negated
+    assert summary["duplicates"]["threshold"] == 0.95
+    assert "|r| >= threshold; r keeps its sign" in summary["duplicates"]["rule"]
+
+
+MOSTLY_NAN = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+
+    class MostlyNaN(nn.Module):
+        def forward(self, x):
+            y = x.clone()
+            y[..., 1:, :] = float("nan")  # all rows but the first: 11 of 12 values
+            return y
+
+    def build():
+        return nn.Sequential(MostlyNaN())
+    """
+)
+
+
+def test_stats_warns_about_nan_layers_by_the_same_rule_as_run(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = tmp_path / "nan.py"
+    net.write_text(MOSTLY_NAN)
+    model = ["-m", f"{net}:build", "--size", "12x10"]
+    stats = ["stats", str(data), *model, "-o", str(tmp_path / "s"), "--workers", "0"]
+    assert main([*stats, "--no-plots"], out=io.StringIO()) == 0
+    stats_warning = capsys.readouterr().err
+    image = str(next(data.glob("img*.png")))
+    assert main([image, *model, "-o", str(tmp_path / "r")], out=io.StringIO()) == 0
+    run_warning = capsys.readouterr().err
+    same = "featuremaps: warning: 1 layer(s) hold NaN/Inf values (first: '0'); "
+    assert same in run_warning and same in stats_warning
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["warnings"] == [stats_warning.split("featuremaps: warning: ")[1].strip()]
+
+
 def test_nothing_readable_is_one_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -114,6 +179,28 @@ def test_nothing_readable_is_one_clear_error(
 def test_no_inputs_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["stats", str(tmp_path / "*.png"), "-m", "resnet18", "--weights", "none"])
     assert code == 2 and "no input files found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["stats", "ablate"])
+def test_a_1d_model_gets_the_documented_limit_not_a_conv_error(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/limits.md: stats and ablate read every file as an image or a 2-D array; 1-D and
+    # 3-D models are fed from run only.
+    nets = tmp_path / "nets.py"
+    nets.write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv1d(1, 2, 3))\n"
+    )
+    np.save(tmp_path / "s.npy", np.zeros((1, 16), np.float32))
+    argv = [command, str(tmp_path / "s.npy"), "-m", f"{nets}:build", "-o", str(tmp_path / "o")]
+    code = main([*argv, "--workers", "0"] + (["-l", "0"] if command == "ablate" else []))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err == (
+        f"featuremaps: error: {command} reads every file as an image or a 2-D array, but the "
+        "model's first layer '0' (Conv1d) is 1-D and takes signals (C, L); 1-D and 3-D models "
+        "are fed from 'featuremaps run' (or fm.visualize) only"
+    )
+    assert not (tmp_path / "o").exists()
 
 
 def test_tensor_channels_first_for_tokens() -> None:

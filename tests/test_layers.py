@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -65,9 +67,25 @@ def test_unknown_layer_suggests_close_names(resnet18: nn.Module) -> None:
         fm.capture(resnet18, X, layers="layer5", model_label="resnet")
 
 
+def test_a_model_object_is_pointed_to_list_layers_not_to_a_command(
+    resnet18: nn.Module, tmp_path: Path
+) -> None:
+    # 'featuremaps layers ResNet' cannot run: a model object's layers are listed in Python.
+    hint = r"Run fm\.list_layers\(model\) to list"
+    with pytest.raises(fm.LayerError, match=rf"not found in ResNet; did you mean .*{hint}"):
+        fm.visualize(resnet18, X, layers="layer5", out=tmp_path / "out")
+    with pytest.raises(fm.LayerError, match=rf"ran 1 time .*{hint} every call\.$"):
+        fm.capture(resnet18, X, layers="layer1#2")
+
+
 def test_unknown_type_lists_types_present(resnet18: nn.Module) -> None:
     with pytest.raises(fm.LayerError, match=r"has type Conv3d; types there: .*Conv2d"):
         fm.capture(resnet18, X, types="Conv3d")
+
+
+def test_a_type_in_the_wrong_case_suggests_the_real_name(resnet18: nn.Module) -> None:
+    with pytest.raises(fm.LayerError, match=r"types there: .*ReLU; did you mean 'ReLU'\? Run"):
+        fm.capture(resnet18, X, types="relu")
 
 
 def test_bad_regex_is_a_layer_error(resnet18: nn.Module) -> None:

@@ -255,6 +255,19 @@ def test_factories_from_module_and_file(tmp_path: Path, monkeypatch: pytest.Monk
     sys.modules.pop("mynets", None)
 
 
+def test_missing_factory_suggests_only_what_the_file_defines(tmp_path: Path) -> None:
+    # The file imports torch; 'torch' is no factory of the file and must not be offered.
+    (tmp_path / "models.py").write_text("import torch\n" + FACTORY)
+    spec = f"{tmp_path / 'models.py'}:nosuch"
+    with pytest.raises(
+        fm.ModelError,
+        match=r"no callable 'nosuch'; callables defined there: 'broken', 'build', 'not_a_model'$",
+    ):
+        fm.load_model(spec)
+    with pytest.raises(fm.ModelError, match=r"has no callable 'buidl'; did you mean 'build'\?$"):
+        fm.load_model(f"{tmp_path / 'models.py'}:buidl")
+
+
 def test_timm_missing_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` fail
     with pytest.raises(fm.ModelError, match=r"needs timm, which is not installed"):

@@ -26,8 +26,10 @@ from conftest import NamedChain
 from featuremaps.cli import main
 from featuremaps.inputs import Preprocessing, fed_picture
 from featuremaps.io import update_run_folder
+from featuremaps.render import GridOptions
 from featuremaps.report import build_report, report_files
 from featuremaps.report.render import CSP, script_json
+from test_attention_capture import TinyViT
 
 DATA_CALL = re.compile(r'^featuremaps\.layerData\(("[^"]*"),(\{.*\}),"([A-Za-z0-9+/=]*)"\);\n$')
 STATS_CALL = re.compile(r"^featuremaps\.layerStats\((\"[^\"]*\"),(\{.*\})\);\n$")
@@ -116,6 +118,22 @@ def test_float16_overflow_is_counted() -> None:
     assert overflow == 1 and half.dtype == np.dtype("<f2") and not np.shares_memory(half, maps)
     text = layer_data_script("0000_x", half, overflow, [(1.0, 1e5)])
     assert '"overflow":1' in text.decode()
+
+
+def test_legend_selection_names_heads_and_says_first_k_only_when_some_are_left_out(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    model, x = TinyViT().eval(), torch.randn(1, 3, 16, 12)
+    lines = {}
+    for name, grid in {"all": GridOptions(), "four": GridOptions(max_channels=4)}.items():
+        [run] = fm.visualize(model, x, layers="self_attention", out=tmp_path / name, grid=grid)
+        assert run.report is not None
+        page = run.report.read_text(encoding="utf-8")
+        lines[name] = re.findall(r'<p class="legend-selection">([^<]*)</p>', page)
+    # self_attention.0: the (1, 13, 8) output, 8 channels; .attention: 2 heads, all drawn.
+    assert lines["all"] == ["all 8 channels shown", "all 2 heads shown"]
+    assert lines["four"] == ["4 of 8 channels shown (first 4 by index)", "all 2 heads shown"]
 
 
 def test_outline_keeps_every_call_of_a_reused_module(tiny_run: fm.Visualization) -> None:

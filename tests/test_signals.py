@@ -72,6 +72,23 @@ def test_a_wav_with_other_channels_than_the_first_layer_is_refused(tmp_path: Pat
         load_wav(path, ModelInput(channels=2, layer_name="conv"))
 
 
+def test_a_wav_for_an_image_or_volume_model_says_what_the_model_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "x.wav"
+    _write_wav(path, np.zeros((10, 1), dtype=np.int64), 2)
+    nets = tmp_path / "nets.py"
+    nets.write_text("from torch import nn\n\ndef build():\n    return nn.Conv2d(3, 2, 3)\n")
+    assert main(["layers", f"{nets}:build", "--input", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"featuremaps: error: input '{path}' is a sound (a signal (C, L)), but the model's first "
+        "layer is 2-D and takes images; give an image file or a .npy array (C, H, W)"
+    )
+    with pytest.raises(fm.InputError, match=r"is 3-D and takes volumes \(C, D, H, W\) or clips"):
+        fm.load_input(path, axes=3)
+
+
 def test_a_file_that_is_not_wav_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "fake.wav"
     path.write_bytes(b"RIFF0000nope")
@@ -104,6 +121,20 @@ def test_image_preprocessing_given_for_a_signal_is_refused(tmp_path: Path) -> No
     pre = fm.Preprocessing(mean=(0.5,), std=(0.2,))
     with pytest.raises(fm.OptionError, match=r"is for images, but this input is a signal"):
         fm.load_input(tmp_path / "s.npy", axes=1, preprocessing=pre)
+
+
+def test_image_options_refused_for_a_signal_name_only_real_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nets = tmp_path / "nets.py"
+    nets.write_text(NETS)
+    np.save(tmp_path / "s.npy", np.zeros((2, 16), np.float32))
+    argv = [str(tmp_path / "s.npy"), "--model", f"{nets}:build", "--normalize", "imagenet"]
+    assert main([*argv, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featuremaps: error: the preprocessing normalise") and "\n" not in err
+    assert err.endswith("drop --size and --normalize (in Python: the preprocessing argument) "
+                        "and scale the signal yourself")  # fmt: skip
 
 
 def test_expected_axes_reads_the_first_layer_type() -> None:

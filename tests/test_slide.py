@@ -18,6 +18,7 @@ from torch import nn
 
 import featuremaps as fm
 from featuremaps.cli import main
+from featuremaps.commands.slide import slide_preprocessing
 from featuremaps.slide.forward import TileForward, to_input
 from featuremaps.slide.readers import open_slide, read_thumbnail
 from featuremaps.slide.tissue import TissueMask, otsu_threshold
@@ -334,6 +335,25 @@ def test_region_statistics_equal_numpy_on_the_full_map(tmp_path: Path) -> None:
     assert result.layers[0]["first_cell_centre_level0"] == [1.0, 1.0]
 
 
+def test_region_fractions_stay_in_0_1_and_are_written_with_few_digits(tmp_path: Path) -> None:
+    from featuremaps.io import OutputFolder
+    from featuremaps.slide.regions import RegionStats
+
+    # Covered fractions of cells, in four batches, all positive: the sums of the weights round
+    # differently in the fraction's numerator and denominator (1.0000000000000002 unclipped).
+    batches = [[0.5, 1.0, 0.7, 0.5, 0.5, 0.5, 0.7, 0.2], [0.5, 0.7, 0.9],
+               [0.2, 0.4, 0.3, 0.1, 0.6, 0.6], [0.6, 0.4, 0.9, 0.5, 0.3]]  # fmt: skip
+    stats = RegionStats(1)
+    for weights in batches:
+        stats.update(np.ones((1, len(weights))), np.array(weights))
+    [row] = stats.rows("r", "l", [0])
+    assert row["fraction_positive"] == 1.0 and row["weight"] == 11.6
+    with OutputFolder(tmp_path / "out") as folder:
+        folder.write_csv("regions.csv", [row])
+    written = (tmp_path / "out" / "regions.csv").read_text().splitlines()[1].split(",")
+    assert written[4] == "11.6" and written[-1] == "1.0"  # weight, fraction_positive
+
+
 @pytest.mark.slow
 def test_area_coverage_weights_cells_by_the_covered_fraction(tmp_path: Path) -> None:
     picture = tissue_picture(128, 128)
@@ -496,6 +516,32 @@ def test_cli_slide_runs_and_reports(
     code = main(["slide", str(slide), "--model", f"{factory}:build", "--layers", "2",
                  "--size", "224", "--out", str(tmp_path / "o3")])  # fmt: skip
     assert code == 2 and "does not apply to slides" in capsys.readouterr().err
+
+
+def test_slide_prints_and_records_the_normalisation_its_tiles_get(
+    tmp_path: Path, picture: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    factory = _two_conv_factory(tmp_path)
+    slide = write_page_pyramid(tmp_path / "s.tif", picture, mpp=0.5)
+    code = main(["slide", str(slide), "--model", f"{factory}:build", "--layers", "2",
+                 "--tile", "128", "--out", str(tmp_path / "out"), "--no-viewer",
+                 "--normalize", "0.5,0.5,0.5/0.25,0.25,0.25"])  # fmt: skip
+    assert code == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        "preprocessing: normalise mean (0.5, 0.5, 0.5) std (0.25, 0.25, 0.25) (--normalize "
+        "0.5,0.5,0.5/0.25,0.25,0.25); change the normalisation with --normalize"
+    )
+    recorded = json.loads((tmp_path / "out" / "slide.json").read_text())["preprocessing"]
+    assert recorded["mean"] == [0.5] * 3 and recorded["std"] == [0.25] * 3
+    assert recorded["resize"] is None and recorded["crop"] is None
+    # A model's resize and crop are left out, and the record says so.
+    own = fm.Preprocessing(resize=256, crop=224, source="its own")
+    model = fm.LoadedModel(nn.Conv2d(3, 2, 3), "m", "factory", "-", "-", False, preprocessing=own)
+    applied = slide_preprocessing(model)
+    assert applied.steps() == [] and applied.source == (
+        "its own; its resize and crop not applied: a slide is read as it is"
+    )
 
 
 # -- device and precision ----------------------------------------------------------------------

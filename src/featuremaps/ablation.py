@@ -82,6 +82,9 @@ class AblationResult:
     images: int
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    # Where the ranking came from: a statistics file, or the measured inputs themselves
+    # (in-sample); set by :func:`featuremaps.ablate`, empty when the caller gave the values.
+    ranking: str = ""
 
     def __repr__(self) -> str:
         ks = ",".join(map(str, self.ks))

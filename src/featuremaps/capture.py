@@ -53,7 +53,7 @@ from featuremaps._errors import CaptureError, InputError, LayerError, OptionErro
 from featuremaps.attention import recompute_attention
 from featuremaps.hooks import OUTPUT, HookedOutput, returned_type, run_hooked, walk
 from featuremaps.layouts.evidence import PENDING, LayoutTracker, cached_probes
-from featuremaps.naming import record_name, suggest, type_name
+from featuremaps.naming import layers_hint, record_name, suggest, type_name
 from featuremaps.selection import (
     as_patterns,
     matching_patterns,
@@ -267,6 +267,10 @@ class Capture(Sequence[LayerRecord]):
 
 
 NEVER_CALLED = "its forward was never called (the parent may use its weights directly)"
+NEVER_CALLED_NO_WEIGHTS = (
+    "its forward was never called (it has no weights: the parent skipped it on this input, e.g. "
+    "a branch not taken, or a step that is the identity in eval mode)"
+)
 SCRIPTED = "TorchScript submodules run without Python hooks; only the model output is captured"
 
 
@@ -303,7 +307,9 @@ def capture(
             callback runs (the forward pass waits for it), but later in-place operations of the
             model will change it, so the callback must consume it (draw, measure, write) or
             clone it before returning, and must not modify it.
-        model_label: how error messages name the model (default: its class name).
+        model_label: how error messages name the model: the spec the commands load it from
+            (their hints say ``featuremaps layers SPEC``); default its class name, with hints
+            that say ``fm.list_layers(model)``.
         probe: run the shape probes that decide layouts (see the module docstring); ``None``
             (default) runs them only when the model has module types that need them.
         input_layout: the layout of a tensor ``inputs`` (default: ``NCHW`` for 4-D, ``NCDHW``
@@ -324,7 +330,7 @@ def capture(
     label = model_label or type_name(model)
     patterns = as_patterns(layers)
     type_filter = as_patterns(types)
-    selected = select_modules(model, patterns, type_filter, containers, label)
+    selected = select_modules(model, patterns, type_filter, containers, model_label)
     kept: list[LayerRecord] = []
     no_tensor: list[NoTensor] = []
     hit: set[str] = set()  # the patterns that kept at least one call
@@ -369,7 +375,7 @@ def capture(
 
     # Every leaf is hooked so that layouts can be followed from module to module; records are
     # made only for the selected modules.
-    leaves = select_modules(model, None, None, False, label)
+    leaves = select_modules(model, None, None, False, model_label)
     hooked = {**leaves, **selected}
     wanted = set(selected)
     types_of = [type_name(m) for m in hooked.values()]
@@ -479,12 +485,12 @@ def capture(
         emit(path, module, call, key, t, final, index=index, copied=True)
     kept.sort(key=lambda r: r.index)
     not_run = tuple(
-        NotRun(path, type_name(selected[path]), NEVER_CALLED)
+        NotRun(path, type_name(selected[path]), _never_called(selected[path]))
         for path, n in calls.items()
         if n == 0 and path in wanted
     )
     if patterns is not None:
-        _check_patterns_hit(patterns, hit, {p: calls[p] for p in selected}, label)
+        _check_patterns_hit(patterns, hit, {p: calls[p] for p in selected}, label, model_label)
     return Capture(
         tuple(kept),
         not_run,
@@ -535,8 +541,19 @@ def _ignore(out: HookedOutput) -> None:
     return None
 
 
+def _never_called(module: nn.Module) -> str:
+    """Why a module may never run: a parent can use a module's weights without calling it, but
+    a module without weights is only ever skipped."""
+    has_weights = next(iter(module.parameters()), None) is not None
+    return NEVER_CALLED if has_weights else NEVER_CALLED_NO_WEIGHTS
+
+
 def _check_patterns_hit(
-    patterns: tuple[str, ...], hit: set[str], calls: Mapping[str, int], label: str
+    patterns: tuple[str, ...],
+    hit: set[str],
+    calls: Mapping[str, int],
+    label: str,
+    spec: str | None,
 ) -> None:
     """A pattern that kept no call of a module that ran selects nothing: an error, whatever its
     form (``name#k`` beyond the calls made, a glob whose modules ran fewer times)."""
@@ -552,7 +569,7 @@ def _check_patterns_hit(
         raise LayerError(
             f"layer '{pattern}' matches no call in {label}: '{path}' ran {n} "
             f"time{'s' if n != 1 else ''} ({shown}); did you mean '{names[-1]}'? Run "
-            f"'featuremaps layers {label}' to list every call."
+            f"{layers_hint(spec)} to list every call."
         )
 
 

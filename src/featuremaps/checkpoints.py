@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from featuremaps.inputs import Preprocessing
 
 __all__ = [
+    "PYTHON_OBJECT",
     "RANDOM_SEED",
     "WEIGHT_SUFFIXES",
     "LoadedModel",
@@ -37,6 +38,8 @@ __all__ = [
     "torch_load",
 ]
 
+# The source of a model given to the Python API as an object (not loaded from a spec).
+PYTHON_OBJECT = "python object"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 RANDOM_SEED = 0  # random initialisation is seeded so "random weights" pictures are reproducible
 
@@ -57,7 +60,8 @@ class LoadedModel:
     Attributes:
         model: the module, on the CPU, in eval mode.
         spec: the spec as given.
-        source: ``"torchvision"``, ``"timm"``, ``"torchscript"``, ``"factory"`` or ``"pickle"``.
+        source: ``"torchvision"``, ``"timm"``, ``"torchscript"``, ``"factory"``, ``"pickle"``,
+            or :data:`PYTHON_OBJECT` for a module given as is.
         weights: the weights as asked for (``"DEFAULT"``, ``"none"``, a path, ...).
         weights_status: one sentence, e.g. ``"pretrained: ResNet18_Weights.IMAGENET1K_V1"``.
         random_weights: True when the model runs with randomly initialised weights.
@@ -100,6 +104,12 @@ class LoadedModel:
             f"LoadedModel({self.spec!r}, {self.source}, {type(self.model).__name__} with {size} "
             f"parameters, weights {self.weights_status}{random})"
         )
+
+    @property
+    def cli_spec(self) -> str | None:
+        """The spec the ``featuremaps`` commands can load this model from (named in their
+        hints), or None for a model object given in Python."""
+        return None if self.source == PYTHON_OBJECT else self.spec
 
     def _repr_html_(self) -> str:
         import html

@@ -24,15 +24,23 @@ from featuremaps._errors import FeaturemapsError, InputError
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.datastats import RunningHistogram, RunningStats
 from featuremaps.devices import Placement, model_device
-from featuremaps.inputs import IMAGE_SUFFIXES, Preprocessing, load_input, readable_suffixes
+from featuremaps.inputs import (
+    IMAGE_SUFFIXES,
+    Preprocessing,
+    expected_axes,
+    load_input,
+    readable_suffixes,
+)
 from featuremaps.io import parquet_available
 from featuremaps.layouts import channels_first
 from featuremaps.stats import RANKABLE
 
 __all__ = [
+    "DUPLICATES_RULE",
     "DatasetStats",
     "FoundInputs",
     "SavedStats",
+    "check_image_model",
     "compute_dataset_stats",
     "find_inputs",
     "read_stats",
@@ -94,6 +102,22 @@ def scan_inputs(data: Sequence[str]) -> FoundInputs:
 def find_inputs(data: Sequence[str]) -> list[Path]:
     """The paths of :func:`scan_inputs`."""
     return scan_inputs(data).paths
+
+
+def check_image_model(model: nn.Module, command: str) -> None:
+    """Refuse a model whose first layer is 1-D or 3-D: ``command`` (``stats``, ``ablate``)
+    reads every file as an image or a 2-D array, so such a model is fed from ``run`` only."""
+    axes = expected_axes(model)
+    if axes is None or axes[0] == 2:
+        return
+    count, name, kind = axes
+    layer = f"first layer '{name}'" if name else "first layer"
+    takes = "signals (C, L)" if count == 1 else "volumes (C, D, H, W) or clips"
+    raise InputError(
+        f"{command} reads every file as an image or a 2-D array, but the model's {layer} "
+        f"({kind}) is {count}-D and takes {takes}; 1-D and 3-D models are fed from "
+        f"'featuremaps run' (or fm.visualize) only"
+    )
 
 
 class _Files(torch.utils.data.Dataset[tuple[torch.Tensor | None, str, str | None]]):
@@ -273,8 +297,15 @@ def stats_rows(result: DatasetStats, rank_by: str = "absmean") -> list[dict[str,
     return rows
 
 
+DUPLICATES_RULE = (
+    "pairs [channel, channel, r] whose Pearson correlation r over the data has |r| >= threshold; "
+    "r keeps its sign (near -1: one channel is the other upside down)"
+)
+
+
 def near_duplicates(stats: RunningStats, threshold: float) -> list[tuple[int, int, float]]:
-    """Channel pairs whose correlation over the data is at least ``threshold`` in size."""
+    """Channel pairs ``(i, j, r)`` whose correlation ``r`` over the data has ``|r| >= threshold``;
+    ``r`` keeps its sign (see :data:`DUPLICATES_RULE`)."""
     corr = stats.correlation()
     i, j = np.triu_indices(stats.channels, k=1)
     values = corr[i, j]

@@ -24,6 +24,7 @@ import importlib.util
 import os
 import re
 import sys
+import types
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -380,8 +381,12 @@ def _load_factory(spec: str) -> LoadedModel:
             ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise ModelError(f"'{target}' has no callable '{attr}'{suggest(attr, names)}")
+        names = _defined_callables(module)
+        hint = suggest(attr, names)
+        if not hint:
+            listed = ", ".join(f"'{n}'" for n in names[:10])
+            hint = f"; callables defined there: {listed}" if names else "; it defines no callables"
+        raise ModelError(f"'{target}' has no callable '{attr}'{hint}")
     try:
         model = seeded_build(factory)
     except ModelError:
@@ -394,6 +399,17 @@ def _load_factory(spec: str) -> LoadedModel:
             "model with no arguments"
         ) from exc
     return LoadedModel(model, spec, "factory", "as built", "as built by the factory", False)
+
+
+def _defined_callables(module: types.ModuleType) -> list[str]:
+    """The public functions and classes ``module`` defines itself (not those it imports)."""
+    return sorted(
+        name
+        for name, obj in vars(module).items()
+        if not name.startswith("_")
+        and callable(obj)
+        and getattr(obj, "__module__", None) == module.__name__
+    )
 
 
 def _exited(what: str, exc: SystemExit) -> ModelError:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: render code uses these helpers without torch
     from torch import nn
 
-__all__ = ["close_names", "record_name", "suggest", "type_name", "type_names"]
+__all__ = ["close_names", "layers_hint", "record_name", "suggest", "type_name", "type_names"]
 
 
 def record_name(module: str, call: int, key: str | None = None) -> str:
@@ -54,3 +54,9 @@ def suggest(value: str, names: Sequence[str], n: int = 3, cutoff: float = 0.5) -
     if not close:
         return ""
     return "; did you mean " + ", ".join(f"'{c}'" for c in close) + "?"
+
+
+def layers_hint(spec: str | None) -> str:
+    """How to list a model's layers: ``'featuremaps layers SPEC'`` for a model the commands
+    can load from ``spec``, ``fm.list_layers(model)`` for a model object (``spec`` None)."""
+    return f"'featuremaps layers {spec}'" if spec else "fm.list_layers(model)"

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from featuremaps._errors import LayerError
-from featuremaps.naming import suggest, type_name, type_names
+from featuremaps.naming import close_names, layers_hint, suggest, type_name, type_names
 
 __all__ = [
     "as_patterns",
@@ -81,9 +81,12 @@ def select_modules(
     patterns: tuple[str, ...] | None,
     types: tuple[str, ...] | None,
     containers: bool,
-    label: str,
+    spec: str | None,
 ) -> dict[str, nn.Module]:
     """Return ``{path: module}`` of the modules to hook, in registration order.
+
+    ``spec`` names the model in messages, as the commands load it; None for a model object
+    (named by its class, its layers listed by ``fm.list_layers(model)``).
 
     Raises:
         LayerError: a pattern matches no module, or no selected module has one of ``types``.
@@ -93,7 +96,8 @@ def select_modules(
         named = [("", model)]
     leaves = {p for p, m in named if next(iter(m.children()), None) is None}
     names = [p for p, _ in named]
-    hint = f" Run 'featuremaps layers {label}' to list the names."
+    label = spec or type_name(model)
+    hint = f" Run {layers_hint(spec)} to list the names."
 
     chosen: set[str] = set()
     if patterns is None:
@@ -115,9 +119,20 @@ def select_modules(
         if not chosen:
             raise LayerError(
                 f"no selected layer of {label} has type {', '.join(types)}; types there: "
-                f"{', '.join(present)}.{hint}"
+                f"{', '.join(present)}{_suggest_types(types, present) or '.'}{hint}"
             )
     return {p: m for p, m in named if p in chosen}
+
+
+def _suggest_types(types: tuple[str, ...], present: list[str]) -> str:
+    """``"; did you mean 'ReLU'?"`` for type names given in the wrong case or misspelt."""
+    lowered = {name.lower(): name for name in present}
+    found: list[str] = []
+    for wanted in types:
+        same = lowered.get(wanted.lower())
+        close = [same] if same else [lowered[n] for n in close_names(wanted.lower(), list(lowered))]
+        found += [name for name in close if name not in found]
+    return "; did you mean " + ", ".join(f"'{n}'" for n in found[:3]) + "?" if found else ""
 
 
 def keep_record(

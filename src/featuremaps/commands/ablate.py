@@ -77,7 +77,7 @@ def ablate(
     from tqdm import tqdm
 
     from featuremaps.ablation import check_classifier, check_options, measure_ablation
-    from featuremaps.dataset import compute_dataset_stats, find_inputs
+    from featuremaps.dataset import check_image_model, compute_dataset_stats, find_inputs
     from featuremaps.render.plots import plot_ablation
 
     if stat not in RANKABLE:
@@ -86,10 +86,11 @@ def ablate(
         )
     check_options(ks, trials)
     loaded, placement = place_model(model, device, dtype)
+    check_image_model(loaded.model, "ablate")
     patterns = as_patterns(layers)
     if patterns is None:
         raise OptionError("ablation needs --layers: the layers whose channels are zeroed")
-    select_modules(loaded.model, patterns, None, False, loaded.spec)  # unknown names fail here
+    select_modules(loaded.model, patterns, None, False, loaded.cli_spec)  # unknown names fail here
     paths = find_inputs(data)
     pre = preprocessing or loaded.input_preprocessing()
     first = expected_channels(loaded.model)
@@ -121,8 +122,8 @@ def ablate(
             bar.set_description("ranking")
             ranking = compute_dataset_stats(
                 loaded.model, paths, channels=first[0] if first else None, preprocessing=pre,
-                layers=patterns, batch_size=batch_size, workers=workers, model_label=loaded.spec,
-                placement=placement,
+                layers=patterns, batch_size=batch_size, workers=workers,
+                model_label=loaded.cli_spec, placement=placement,
             )  # fmt: skip
             values = {name: s.result()[stat] for name, s in ranking.layers.items()}
             source = "the same inputs (in-sample: computed first on the data measured)"
@@ -132,6 +133,7 @@ def ablate(
             preprocessing=pre, trials=trials, seed=seed, batch_size=batch_size,
             workers=workers, progress=bar.update, placement=placement,
         )  # fmt: skip
+        result.ranking = source
         if folder is not None:
             summary = {
                 **header(loaded.describe()),
@@ -158,7 +160,7 @@ def ablate(
             picture = plot_ablation(
                 result.curve(), model=loaded.spec, layers=list(result.channels),
                 images=result.images, stat=stat, trials=trials,
-                random_weights=loaded.random_weights,
+                random_weights=loaded.random_weights, ranking=source,
             )  # fmt: skip
             folder.write_bytes(ABLATION_PNG, picture)
     return result
@@ -232,6 +234,8 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         f"zeroed per layer vs {args.random} random draws (mean [min, max])",
         file=out,
     )
+    in_sample = "" if args.stats else "; give --stats FILE made on other inputs for a fair test"
+    print(f"ranking by {args.stat} from {result.ranking}{in_sample}", file=out)
     print(f"{'K':>5} {'zeroed':>6}  {'agree':>6} {'random':>21}  {'KL':>8} {'random':>8}", file=out)
     for row in result.curve():
         rand = (

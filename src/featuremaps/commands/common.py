@@ -8,6 +8,7 @@ the device it runs on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featuremaps.checkpoints import PYTHON_OBJECT
 from featuremaps.devices import Placement, resolve_placement
 from featuremaps.inputs import (
     LoadedInput,
@@ -24,7 +26,7 @@ from featuremaps.inputs import (
 )
 from featuremaps.models import LoadedModel, load_model
 
-__all__ = ["ResolvedInput", "place_model", "resolve_input", "resolve_model"]
+__all__ = ["ResolvedInput", "nonfinite_message", "place_model", "resolve_input", "resolve_model"]
 
 
 def resolve_model(model: nn.Module | LoadedModel | str) -> LoadedModel:
@@ -35,7 +37,7 @@ def resolve_model(model: nn.Module | LoadedModel | str) -> LoadedModel:
     if isinstance(model, str):
         return load_model(model)
     name = type(model).__name__
-    return LoadedModel(model, name, "python object", "as given", "as given by the caller", False)
+    return LoadedModel(model, name, PYTHON_OBJECT, "as given", "as given by the caller", False)
 
 
 def place_model(
@@ -87,3 +89,12 @@ def resolve_input(item: Any, loaded: LoadedModel) -> ResolvedInput:
         item.preprocessing,
         item.displays,
     )
+
+
+def nonfinite_message(layers: Sequence[str], counted: str) -> str | None:
+    """The warning of every command about NaN/Inf values, by one rule: any layer that holds one
+    (``layers``, in order) is counted and the first named; ``counted`` says where the values are
+    counted. None when no layer holds one."""
+    if not layers:
+        return None
+    return f"{len(layers)} layer(s) hold NaN/Inf values (first: '{layers[0]}'); {counted}"

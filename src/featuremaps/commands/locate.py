@@ -29,6 +29,7 @@ from featuremaps.inputs import fed_picture
 from featuremaps.io import OutputFolder
 from featuremaps.manifest import LOCATE, header
 from featuremaps.models import LoadedModel
+from featuremaps.naming import layers_hint
 from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.legend import stamp_band
 from featuremaps.render.overlay import Overlay
@@ -62,7 +63,7 @@ def locate(
     loaded = resolve_model(model)
     tensor = resolve_input(inputs, loaded).tensor[:1]
     module = layer.rpartition("#")[0] if "#" in layer else layer
-    selected = select_modules(loaded.model, (module,), None, True, loaded.spec)
+    selected = select_modules(loaded.model, (module,), None, True, loaded.cli_spec)
     found: dict[str, MapGeometry] = {}
     if method != "empirical":  # the analytic chain needs every layer on the way, not just this
         found = compute_geometry(loaded.model, tensor, method="analytic")
@@ -72,8 +73,8 @@ def locate(
         maps = ", ".join(list(found)[:5]) or "none"
         raise LayerError(
             f"'{layer}' has no 2-D map whose cells can be placed on the input (maps selected by "
-            f"that name: {maps}); pick a convolution or pooling layer from 'featuremaps layers "
-            f"{loaded.spec}'"
+            f"that name: {maps}); pick a convolution or pooling layer from "
+            f"{layers_hint(loaded.cli_spec)}"
         )
     return found[layer]
 
@@ -105,7 +106,9 @@ def draw_overlay(
     item = resolve_input(inputs, loaded)
     tensor = item.tensor[:1]
     geometry = geometry or locate(loaded, tensor, layer)
-    record = capture(loaded.model, tensor, layers=layer.partition("#")[0], model_label=loaded.spec)
+    record = capture(
+        loaded.model, tensor, layers=layer.partition("#")[0], model_label=loaded.cli_spec
+    )
     maps = record.get(layer).maps(0)
     if not 0 <= channel < maps.shape[0]:
         raise OptionError(

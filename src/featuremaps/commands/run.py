@@ -46,7 +46,12 @@ from featuremaps.commands.cli_common import (
     print_size,
     show_progress,
 )
-from featuremaps.commands.common import ResolvedInput, place_model, resolve_input
+from featuremaps.commands.common import (
+    ResolvedInput,
+    nonfinite_message,
+    place_model,
+    resolve_input,
+)
 from featuremaps.commands.run_drawing import (
     SignalContext,
     covers_whole_output,
@@ -345,13 +350,13 @@ def _run_one(
             "channels on this input; was the file made with another model or other layers?"
         )
         warnings.warn(FeaturemapsWarning(messages[-1]), stacklevel=3)
-    bad = [s.name for s in summaries if s.nonfinite]
-    if bad:
-        messages.append(
-            f"{len(bad)} layer(s) hold NaN/Inf values (first: '{bad[0]}'); they are drawn in "
-            "magenta and counted in the manifest's 'nonfinite'"
-        )
-        warnings.warn(NonFiniteWarning(messages[-1]), stacklevel=3)
+    bad = nonfinite_message(
+        [s.name for s in summaries if s.nonfinite],
+        "they are drawn in magenta and counted in the manifest's 'nonfinite'",
+    )
+    if bad is not None:
+        messages.append(bad)
+        warnings.warn(NonFiniteWarning(bad), stacklevel=3)
     if loaded.random_weights:
         messages.append(f"{RANDOM_WEIGHTS}: {loaded.weights_status}")
     named = categories(loaded)
@@ -468,7 +473,7 @@ def visualize(
         "layers": layers,
         "types": types,
         "containers": containers,
-        "model_label": loaded.spec,
+        "model_label": loaded.cli_spec,
     }
     if out is not None:
         _refuse_inputs_inside(items, Path(out))

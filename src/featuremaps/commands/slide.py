@@ -53,7 +53,7 @@ from featuremaps.slide.regions import COVERAGE_MODES, MAX_AREA_CELLS, Region, re
 from featuremaps.slide.stitching import compute_maps
 from featuremaps.slide.tissue import TissueMask
 
-__all__ = ["COMMAND", "SlideResult", "slide_maps"]
+__all__ = ["COMMAND", "SlideResult", "slide_maps", "slide_preprocessing"]
 
 #: Thumbnail size for the tissue mask (long side, pixels).
 THUMBNAIL = 2048
@@ -167,6 +167,32 @@ def _fingerprint(
     }
 
 
+def slide_preprocessing(
+    loaded: LoadedModel, preprocessing: Preprocessing | None = None
+) -> Preprocessing:
+    """What a slide's tiles get: the normalisation of ``preprocessing`` (default: the model's).
+    A slide is read as it is, so the model's resize and crop are left out (and said so in the
+    source); given ones are refused."""
+    pre = preprocessing or loaded.input_preprocessing()
+    if preprocessing is not None and (pre.resize is not None or pre.crop is not None):
+        raise OptionError(
+            "a slide is read as it is: give preprocessing with mean/std only (no resize or crop)"
+        )
+    left_out = [
+        step
+        for step, value in (
+            ("resize", pre.resize),
+            ("crop", pre.crop),
+            ("transform", pre.transform),
+        )
+        if value is not None
+    ]
+    source = pre.source
+    if left_out:
+        source += f"; its {' and '.join(left_out)} not applied: a slide is read as it is"
+    return Preprocessing(mean=pre.mean, std=pre.std, source=source, from_model=pre.from_model)
+
+
 def slide_maps(
     model: nn.Module | LoadedModel | str,
     slide: str | Path,
@@ -230,17 +256,12 @@ def slide_maps(
         raise OptionError(f"--tile {tile}; expected a positive core size such as 1024")
     loaded = resolve_model(model)
     compute = resolve_placement(loaded.model, device, dtype)
-    pre = preprocessing or loaded.input_preprocessing()
-    if preprocessing is not None and (pre.resize is not None or pre.crop is not None):
-        raise OptionError(
-            "a slide is read as it is: give preprocessing with mean/std only (no resize or crop)"
-        )
-    normalization = (pre.mean, pre.std)
+    pre = slide_preprocessing(loaded, preprocessing)
     source = open_slide(slide, reader)
     try:
         return _run(
             loaded, source, names, out, level, mpp, channels, draw, tissue, regions, coverage,
-            tile, pca_tiles, viewer, progress, on_tile, normalization, compute,
+            tile, pca_tiles, viewer, progress, on_tile, pre, compute,
         )  # fmt: skip
     finally:
         source.close()
@@ -263,15 +284,16 @@ def _run(
     viewer: bool,
     progress: bool,
     on_tile: Callable[[int, int], None] | None,
-    normalization: tuple[Any, Any],
+    preprocessing: Preprocessing,
     compute: Placement,
 ) -> SlideResult:
+    normalization = (preprocessing.mean, preprocessing.std)
     level, mpp, mpp_note = _choose_level(reader, level_arg, mpp_arg)
     lv = reader.levels[level]
     size = (lv.height, lv.width)
     region_list: list[Region] = read_regions(regions_arg) if regions_arg is not None else []
     model = loaded.model
-    label = loaded.spec
+    label = loaded.cli_spec
     # The model is measured (layers, geometry, locality probes) in float32 where it is (the
     # CPU for a model the program loaded), before it is placed. Geometry and locality are
     # properties of the architecture, not of the arithmetic: the empirical geometry reads which
@@ -291,7 +313,7 @@ def _run(
     locality = check_locality(measure, slide_layers, 3, plan.step)
     if not locality.exact:
         warnings.warn(
-            f"{label}: {locality.reason}; the maps are written and labelled approximate",
+            f"{loaded.spec}: {locality.reason}; the maps are written and labelled approximate",
             FeaturemapsWarning,
             stacklevel=3,
         )
@@ -354,7 +376,7 @@ def _run(
         )
         result = write_outputs(
             folder, loaded, reader, maps, plan, level, mpp, mpp_note, locality, mask,
-            region_list, coverage, draw, viewer, work, compute,
+            region_list, coverage, draw, viewer, work, compute, preprocessing,
         )  # fmt: skip
         for maps_layer in maps.layers:
             maps_layer.values.close()
@@ -423,10 +445,15 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             "resolution with --mpp or --level"
         )
     loaded = load_model_from_args(args, args.model)
+    given = preprocessing_from_args(args, loaded) if args.normalize else None
+    applied = slide_preprocessing(loaded, given)
+    print(
+        f"preprocessing: {applied.summary()}; change the normalisation with --normalize", file=out
+    )
     try:
         result = slide_maps(
             loaded, args.slide, layers=args.layers, out=args.out, level=args.level,
-            preprocessing=preprocessing_from_args(args, loaded) if args.normalize else None,
+            preprocessing=given,
             mpp=args.mpp, channels=args.channels, draw=draw, tissue=args.tissue,
             regions=args.regions, coverage=args.coverage, tile=args.tile, reader=args.reader,
             viewer=args.viewer, progress=show_progress(args),

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from featuremaps.devices import Placement
+from featuremaps.inputs import Preprocessing
 from featuremaps.io import OutputFolder, WorkFolder, safe_filename
 from featuremaps.manifest import SLIDE, header
 from featuremaps.models import LoadedModel
@@ -212,6 +213,7 @@ def write_outputs(
     viewer: bool,
     work: WorkFolder,
     compute: Placement,
+    preprocessing: Preprocessing,
 ) -> SlideResult:
     """Write the maps of every layer (OME-TIFF, PCA and channel RGB TIFFs with legends, and
     with ``viewer`` their Deep Zoom tiles), ``stats.csv``, the regions' statistics, the viewer
@@ -398,6 +400,7 @@ def write_outputs(
             "mpp_source": mpp_note,
         },
         "compute": compute.describe(),
+        "preprocessing": preprocessing.describe(),
         "stitching": {"mode": mode.lower(), **locality.to_json()},
         "plan": plan.to_json(),
         "tissue": {

@@ -8,6 +8,7 @@ charts → manifest → io): :mod:`featuremaps.dataset` computes, this module wr
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featuremaps._errors import OptionError
+from featuremaps._errors import NonFiniteWarning, OptionError
 from featuremaps.commands.cli_common import (
     Command,
     add_device_options,
@@ -30,7 +31,7 @@ from featuremaps.commands.cli_common import (
     print_size,
     show_progress,
 )
-from featuremaps.commands.common import place_model
+from featuremaps.commands.common import nonfinite_message, place_model
 from featuremaps.dataset import DatasetStats
 from featuremaps.datastats import RunningStats
 from featuremaps.inputs import Preprocessing, expected_channels
@@ -73,7 +74,8 @@ def collect_stats(
       ``parquet`` None writes the Parquet file when pyarrow is installed (the ``parquet``
       extra), True requires it, False skips it; the summary's ``files`` says what was written;
     - ``summary.json``: inputs read and not read, images/s, and per layer its dead channels,
-      with ``duplicates`` the channel pairs correlated at least that much, its histogram of all
+      with ``duplicates`` the channel pairs ``[i, j, r]`` whose correlation has ``|r|`` at
+      least that much (``r`` signed; the rule is in ``duplicates``), its histogram of all
       values (channels pooled; exact ``edges`` and ``counts`` of the finite values and the
       ``nonfinite`` count) and, with ``plots``, the names of its two plot files;
     - with ``plots`` (the default), per layer ``plots/NNNN_<name>.hist.png`` (that histogram,
@@ -87,7 +89,12 @@ def collect_stats(
     """
     from tqdm import tqdm
 
-    from featuremaps.dataset import compute_dataset_stats, scan_inputs, stats_rows
+    from featuremaps.dataset import (
+        check_image_model,
+        compute_dataset_stats,
+        scan_inputs,
+        stats_rows,
+    )
 
     write_parquet = parquet_available() if parquet is None else parquet
     if parquet and not parquet_available():
@@ -111,6 +118,7 @@ def collect_stats(
             "expected a number from 0 to 1, e.g. 0.95"
         )
     loaded, placement = place_model(model, device, dtype)
+    check_image_model(loaded.model, "stats")
     scanned = scan_inputs(data)
     paths = scanned.paths
     if preprocessing is None:
@@ -130,7 +138,7 @@ def collect_stats(
             near_zero=near_zero,
             correlations=duplicates is not None,
             progress=bar.update,
-            model_label=loaded.spec,
+            model_label=loaded.cli_spec,
             placement=placement,
         )
         rows = stats_rows(result, rank_by)
@@ -164,7 +172,15 @@ def collect_stats(
         summary["inputs"]["skipped"] = scanned.skipped
         summary["compute"] = placement.describe()
         summary["files"] = [STATS_CSV, *([STATS_PARQUET] if write_parquet else [])]
+        bad = nonfinite_message(
+            [name for name, stats in result.layers.items() if stats.nonfinite.any()],
+            "they are counted per channel in stats.csv's 'nonfinite' (a fraction of all values) "
+            "and left out of the other statistics",
+        )
+        summary["warnings"] = [] if bad is None else [bad]
         folder.write_json(SUMMARY, summary)
+    if bad is not None:
+        warnings.warn(NonFiniteWarning(bad), stacklevel=2)
     return summary
 
 
@@ -177,7 +193,7 @@ def _stats_summary(
     duplicates: float | None,
     plot_files: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    from featuremaps.dataset import near_duplicates
+    from featuremaps.dataset import DUPLICATES_RULE, near_duplicates
 
     def dead(stats: RunningStats) -> list[int]:
         return [int(c) for c in np.flatnonzero(stats.result()["std"] == 0)]
@@ -200,6 +216,9 @@ def _stats_summary(
         },
         "images_per_second": result.images_per_second,
         "near_zero": near_zero,
+        "duplicates": (
+            None if duplicates is None else {"threshold": duplicates, "rule": DUPLICATES_RULE}
+        ),
         "layers": [
             {
                 "name": name,
@@ -236,7 +255,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "--duplicates",
         type=float,
         metavar="R",
-        help="also list channel pairs correlated at least R within a layer (costs C^2 per value)",
+        help="also list the channel pairs of a layer whose correlation r over the data has "
+        "|r| >= R, with r's sign kept (costs C^2 per value)",
     )
     p.add_argument(
         "--rank-by", choices=RANKABLE, default="absmean",

@@ -128,6 +128,17 @@ def load_input(
     if tokens is not None and suffix == ".npy" and (channels is None or _holds_integers(path)):
         return load_tokens(path, spec)
     if suffix == ".wav":
+        if axes in (2, 3):
+            takes = (
+                "images; give an image file or a .npy array (C, H, W)"
+                if axes == 2
+                else "volumes (C, D, H, W) or clips; give a .npy volume, a folder of frames or "
+                "an animated GIF"
+            )
+            raise InputError(
+                f"input '{path}' is a sound (a signal (C, L)), but {layer_phrase(layer_name)} is "
+                f"{axes}-D and takes {takes}"
+            )
         return load_wav(path, spec)
     if axes == 1:
         if suffix != ".npy":

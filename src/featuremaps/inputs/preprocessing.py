@@ -436,7 +436,8 @@ def skip_image_preprocessing(
     if not preprocessing.from_model:
         raise OptionError(
             f"the preprocessing {', '.join(preprocessing.steps())} is for images, but this input "
-            f"is a {noun} {layout}; drop --size/--crop/--normalize and scale the {noun} yourself"
+            f"is a {noun} {layout}; drop --size and --normalize (in Python: the preprocessing "
+            f"argument) and scale the {noun} yourself"
         )
     conversions.append(
         f"the model's image preprocessing ({', '.join(preprocessing.steps())}) was not applied "

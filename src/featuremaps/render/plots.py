@@ -27,6 +27,7 @@ import functools
 import io
 import math
 from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,16 @@ from featuremaps.datastats import Histogram
 from featuremaps.manifest import RANDOM_WEIGHTS
 from featuremaps.render.palette import STAMP_FILL, STAMP_TEXT
 
-__all__ = ["DPI", "SIZE", "Charts", "plot_ablation", "plot_histogram", "plot_ranked"]
+__all__ = [
+    "DPI",
+    "SIZE",
+    "Charts",
+    "ablation_ranked_label",
+    "ablation_ranking_caption",
+    "plot_ablation",
+    "plot_histogram",
+    "plot_ranked",
+]
 
 SIZE = (6.4, 3.2)  # inches: 640 x 320 pixels at DPI
 DPI = 100
@@ -309,6 +319,20 @@ _ABLATION_PANELS = (
 )
 
 
+def ablation_ranked_label(stat: str, ranking: str) -> str:
+    """The legend entry of the ranked curve: the statistic, and "in-sample" when the ranking was
+    computed on the inputs it is measured on (``ranking``: ``AblationResult.ranking``)."""
+    return f"lowest {stat} first" + (", ranked in-sample" if "in-sample" in ranking else "")
+
+
+def ablation_ranking_caption(stat: str, ranking: str) -> str:
+    """The line under the ablation picture's title: where the ranking came from."""
+    if "in-sample" in ranking:
+        return f"ranking by {stat}: in-sample, computed on the same inputs it is measured on"
+    file = ranking.removeprefix("statistics file ")
+    return f"ranking by {stat} from {_label(PurePath(file).name if file != ranking else file)}"
+
+
 def plot_ablation(
     curve: Sequence[dict[str, Any]],
     *,
@@ -318,12 +342,15 @@ def plot_ablation(
     stat: str,
     trials: int,
     random_weights: bool = False,
+    ranking: str = "",
 ) -> bytes:
     """The ablation curve (rows of ``AblationResult.curve()``): one panel per metric, K on x.
 
     The red line zeroes the K channels with the lowest ``stat`` in every layer; the grey band
-    spans the ``trials`` random draws (min to max) with their mean dashed. With
-    ``random_weights`` the chart gets the ``RANDOM WEIGHTS`` stamp, as every chart does.
+    spans the ``trials`` random draws (min to max) with their mean dashed. ``ranking`` says
+    where the ranking came from (``AblationResult.ranking``); an in-sample one is said in the
+    red line's legend entry and under the title. With ``random_weights`` the chart gets the
+    ``RANDOM WEIGHTS`` stamp, as every chart does.
     """
     fig = Figure(figsize=(11, 3.4), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -336,7 +363,7 @@ def plot_ablation(
             ax.plot(ks, [row[f"random_{metric}_mean"] for row in curve], color="0.45",
                     linestyle="--", marker=".")  # fmt: skip
         ax.plot(ks, [row[f"ranked_{metric}"] for row in curve], color="C3", marker="o",
-                label=f"lowest {stat} first")  # fmt: skip
+                label=ablation_ranked_label(stat, ranking))  # fmt: skip
         if yscale == "symlog":
             ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xlabel("K channels zeroed per layer")
@@ -348,6 +375,7 @@ def plot_ablation(
     where = ", ".join(_label(n) for n in layers[:3])
     where += f" and {len(layers) - 3} more" if len(layers) > 3 else ""
     title = f"{_label(model)}: channels zeroed in {where}; {images} inputs"
+    title += f"\n{ablation_ranking_caption(stat, ranking)}" if ranking else ""
     fig.suptitle(title, fontsize=11, parse_math=False)
     if random_weights:
         _stamp(fig, RANDOM_WEIGHTS)

@@ -93,6 +93,25 @@ class LayerEntry:
         axis = layouts.get(layout, len(shape)).channel_axis
         return shape[axis] if axis is not None else None
 
+    def selection_line(self, order: str) -> str:
+        """The legend's selection line: how many channels (heads, for attention) are drawn and,
+        unless all are, how they were picked (``order``: the run's, see :class:`ReportData`);
+        and, when the report's data budget kept fewer, how many of them the page holds."""
+        unit = "head" if self.record.drawn_as == layouts.ATTENTION_MAP else "channel"
+        k, total = len(self.shown), self.channels
+        kept = self.record.data_channels
+        if kept is None and order != "explicit" and k == total:
+            return f"all {k} {unit}s shown" + ("" if order == "index" else f" (ordered by {order})")
+        if order == "explicit":
+            how = "explicit list"
+        elif k == total:
+            how = "all" if order == "index" else f"all, ordered by {order}"
+        else:
+            how = f"first {k} by index" if order == "index" else f"top {k} by {order}"
+        if kept is not None:
+            how += f"; the first {kept} of the {k} drawn, within the report's data budget"
+        return f"{k if kept is None else kept} of {total} {unit}s shown ({how})"
+
     @property
     def maps_shape(self) -> tuple[int, ...] | None:
         """``(C, H, W)`` of the drawn sample (the layout may have moved the channel axis)."""
@@ -232,6 +251,7 @@ class ReportData:
     selection: str
     prediction: Prediction | None = None
     arrays: str | None = None
+    order: str = "index"  # how the run picked channels: index, a statistic, or "explicit"
 
 
 def _relative(path: object, base: str) -> str | None:
@@ -412,6 +432,7 @@ def build_report(manifest: Mapping[str, Any], base: str = "") -> ReportData:
         sample=int(render.get("sample") or 0),
         global_range=(min(lows), max(highs)) if lows and highs else None,
         selection=_selection_text(render),
+        order="explicit" if render.get("channels") else str(render.get("order", "index")),
         prediction=_prediction(manifest.get("prediction")),
         arrays=_relative(manifest.get("arrays"), base),
     )

@@ -34,6 +34,7 @@ from featuremaps._errors import CaptureError, LayerError
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.devices import Placement
 from featuremaps.geometry import MapGeometry, compute_geometry
+from featuremaps.naming import layers_hint
 from featuremaps.selection import select_modules
 from featuremaps.slide.plan import Halo, axis_halo, make_plan, placement
 
@@ -78,7 +79,7 @@ class TileForward:
         self,
         model: nn.Module,
         layers: Sequence[str],
-        label: str,
+        label: str | None,
         placement: Placement | None = None,
     ) -> None:
         self.model = model
@@ -118,7 +119,7 @@ class TileForward:
         if missing:
             raise LayerError(
                 f"layer(s) {', '.join(missing)} gave no 4-D output on an input of shape "
-                f"{tuple(x.shape)}; pick layers from 'featuremaps layers {self.label}'"
+                f"{tuple(x.shape)}; pick layers from {layers_hint(self.label)}"
             )
         return got
 
@@ -135,7 +136,7 @@ def _max_halo(halos: Sequence[tuple[Halo, Halo]]) -> tuple[Halo, Halo]:
 
 
 def resolve_layers(
-    model: nn.Module, names: Sequence[str], label: str, probe: torch.Tensor
+    model: nn.Module, names: Sequence[str], label: str | None, probe: torch.Tensor
 ) -> list[SlideLayer]:
     """The layers named ``names`` (record names such as ``layer2`` or ``layer1.0.relu#2``) with
     their geometry and halos, measured on ``probe`` (a ``(1, C, H, W)`` input).
@@ -162,7 +163,7 @@ def resolve_layers(
             select_modules(model, (name.partition("#")[0],), None, True, label)
             raise LayerError(
                 f"'{name}' gave no output on a {tuple(probe.shape)} input; pick a record name "
-                f"from 'featuremaps layers {label}'"
+                f"from {layers_hint(label)}"
             )
         position = next(i for i, (n, _, _) in enumerate(order) if n == name)
         shape = order[position][2]
@@ -198,7 +199,11 @@ def resolve_layers(
 
 
 def whole_cells(
-    model: nn.Module, layers: Sequence[str], size: tuple[int, int], channels: int, label: str
+    model: nn.Module,
+    layers: Sequence[str],
+    size: tuple[int, int],
+    channels: int,
+    label: str | None,
 ) -> dict[str, tuple[int, int]]:
     """Cell counts ``(rows, cols)`` of each layer for a whole input of ``size`` pixels, from a
     forward pass on the ``meta`` device (shapes only, no memory for values)."""

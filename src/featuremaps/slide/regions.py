@@ -35,6 +35,7 @@ from featuremaps._errors import FeaturemapsWarning, InputError, OptionError
 __all__ = [
     "COVERAGE_MODES",
     "MAX_AREA_CELLS",
+    "WEIGHT_DECIMALS",
     "Region",
     "RegionStats",
     "cell_weights",
@@ -153,6 +154,11 @@ def cell_weights(
     return weights
 
 
+# Decimals of the weights and fractions written per region: far below one cell's weight, far
+# above the rounding of their sums.
+WEIGHT_DECIMALS = 9
+
+
 @dataclass
 class RegionStats:
     """Weighted per-channel statistics of one region over one layer, merged batch by batch."""
@@ -195,9 +201,14 @@ class RegionStats:
         self.positive += (v > 0).astype(np.float64) @ w
 
     def rows(self, region: str, layer: str, channels: Sequence[int]) -> list[dict[str, Any]]:
-        """One CSV row per channel (statistics are NaN for a region with no cell)."""
+        """One CSV row per channel (statistics are NaN for a region with no cell).
+
+        ``weight`` (covered cells) and ``fraction_positive`` are sums of cell weights, whose
+        rounding can leave a fraction a hair outside [0, 1]: the fraction is clipped to [0, 1]
+        and both are written to :data:`WEIGHT_DECIMALS` decimals."""
         out = []
         empty = self.weight == 0
+        fractions = np.clip(self.positive / max(self.weight, 1e-300), 0.0, 1.0)
         for c in channels:
             out.append(
                 {
@@ -205,14 +216,14 @@ class RegionStats:
                     "layer": layer,
                     "channel": c,
                     "cells": self.cells,
-                    "weight": self.weight,
+                    "weight": round(self.weight, WEIGHT_DECIMALS),
                     "mean": float("nan") if empty else float(self.mean[c]),
                     "std": float("nan") if empty else float(np.sqrt(self.m2[c] / self.weight)),
                     "min": float("nan") if empty else float(self.minimum[c]),
                     "max": float("nan") if empty else float(self.maximum[c]),
                     "fraction_positive": float("nan")
                     if empty
-                    else float(self.positive[c] / self.weight),
+                    else round(float(fractions[c]), WEIGHT_DECIMALS),
                 }
             )
         return out
