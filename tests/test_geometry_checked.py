@@ -324,3 +324,20 @@ def test_run_places_the_first_convolution_of_a_probed_model(tmp_path: Path) -> N
         "method": "analytic", "stride": [4.0, 4.0], "offset": [1.5, 1.5],
         "receptive_field": [4.0, 4.0],
     }  # fmt: skip
+
+
+def test_spatial_maps_puts_tokens_and_channels_last_on_their_grid() -> None:
+    from featuremaps.layouts import NHWC
+    from featuremaps.layouts.registry import token_layout
+
+    maps = torch.arange(2 * 5 * 2 * 3, dtype=torch.float32).reshape(2, 5, 2, 3)  # N, C, H, W
+    tokens = torch.cat([torch.full((2, 1, 5), -1.0), maps.flatten(2).transpose(1, 2)], 1)
+    for layout, given in (
+        (token_layout(1, (2, 3), sequence_first=False), tokens),
+        (token_layout(1, (2, 3), sequence_first=True), tokens.transpose(0, 1)),
+        (NHWC, maps.permute(0, 2, 3, 1).contiguous()),
+        (get("NCHW", 4), maps),
+    ):
+        found = spatial_maps(layout, given)
+        assert found is not None and torch.equal(found, maps), layout.name
+    assert spatial_maps(get("NC", 2), torch.zeros(2, 5)) is None

@@ -47,6 +47,7 @@ from featuremaps.naming import record_name
 
 __all__ = [
     "AxisGeometry",
+    "GeometryError",
     "GeometryTracker",
     "LineGeometry",
     "MapGeometry",
