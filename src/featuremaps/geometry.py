@@ -22,7 +22,7 @@ Two methods, and each result says which was used:
   stride and its extent the receptive field; the result is kept only where it can be trusted:
   every neighbour's support moves by the same non-zero step at both ends and keeps its size, and
   none reaches the input border (where the field would be cut off). Otherwise the layer is
-  refused with a :class:`~featuremaps._errors.GeometryError` saying why. The field measured is
+  refused with a :class:`GeometryError` saying why. The field measured is
   the *effective* one: inputs whose gradient is exactly zero (a ReLU that is off, the losing
   inputs of a max-pool) are not counted.
 """
@@ -385,7 +385,7 @@ def compute_geometry(
             if method == "analytic":
                 continue
             try:
-                geometry = measure_geometry(model, inputs, layers, name, decided.get(name))
+                geometry = measure_geometry(model, inputs, layers, name, decided.get(name, ""))
             except GeometryError:
                 continue
         result[name] = geometry
@@ -420,10 +420,11 @@ def measure_geometry(
     """Measure the geometry of record ``name`` from input gradients, or refuse.
 
     ``layers`` holds the module that makes the record; ``layout`` is the record's layout name
-    (default: decided by a capture), which says where its 2-D grid of cells is. Along each
-    axis, a run of up to four neighbouring cells (through the map's centre) is measured: the
-    non-zero input gradient of each must lie strictly inside the input, and move by the same
-    non-zero step at both ends from each cell to the next, keeping its extent on the other axis.
+    (default: decided by a capture; empty: unknown), which says where its 2-D grid of cells
+    is. Along each axis, a run of up to four neighbouring cells (through the map's centre) is
+    measured: the non-zero input gradient of each must lie strictly inside the input, and move
+    by the same non-zero step at both ends from each cell to the next, keeping its extent on the
+    other axis.
 
     Raises:
         GeometryError: what was measured and why it gives no stride, offset and field: no 2-D
