@@ -134,9 +134,11 @@ def _check_against_gradients(model: nn.Module, x: torch.Tensor, names: list[str]
     height, width = int(x.shape[2]), int(x.shape[3])
     cells: dict[str, list[tuple[int, int]]] = {}
     shapes: dict[str, tuple[int, int]] = {}
+    records = fm.capture(model, x, layers=sorted({n.partition("#")[0] for n in names}),
+                         containers=True)  # fmt: skip
     for name in names:
-        layout = fm.capture(model, x, layers=name.partition("#")[0], containers=True).get(name)
-        maps = spatial_maps(get(layout.layout, layout.tensor.dim()), layout.tensor)
+        record = records.get(name)
+        maps = spatial_maps(get(record.layout, record.tensor.dim()), record.tensor)
         assert maps is not None, name
         h, w = int(maps.shape[2]), int(maps.shape[3])
         shapes[name] = (h, w)
@@ -199,12 +201,12 @@ def _check_against_gradients(model: nn.Module, x: torch.Tensor, names: list[str]
     return refused
 
 
+@pytest.mark.slow
 def test_resnet18_geometry_holds_against_input_gradients() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     x = torch.rand(1, 3, 96, 96)
-    names = ["conv1", "maxpool", "layer1.0.conv2", "layer1", "layer2.0.downsample.0", "layer2",
-             "layer3", "layer4", "layer4.1.relu#2"]  # fmt: skip
+    names = ["conv1", "maxpool", "layer1", "layer2.0.downsample.0", "layer3", "layer4.1.relu#2"]
     assert _check_against_gradients(model, x, names) == set()
 
 
@@ -222,9 +224,9 @@ def test_unet_geometry_holds_or_is_refused(factory: str) -> None:
 def test_swin_geometry_holds_or_is_refused() -> None:
     model = torchvision.models.swin_t(weights=None).eval()
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    names = ["features.0.0", "features.0.2", "features.1", "features.2.reduction"]
+    names = ["features.0.0", "features.0.2", "features.1"]
     refused = _check_against_gradients(model, x, names)
-    assert refused == {"features.1", "features.2.reduction"}  # windowed attention
+    assert refused == {"features.1"}  # windowed attention
 
 
 def test_a_container_has_the_geometry_of_the_leaf_call_that_made_its_tensor() -> None:
