@@ -8,6 +8,7 @@ The command line prints ``str(error)`` and exits with status 2; nothing else rea
     ├── ModelError                a model spec, weights file or checkpoint that cannot be used
     │   └── UntrustedCheckpointError  a checkpoint that needs full unpickling (may run code)
     ├── LayerError                a layer pattern or type that matches nothing
+    │   └── GeometryError         a layer whose cells cannot be placed on the input
     ├── CaptureError              the model's forward pass failed on the given input
     ├── OptionError               an option value that is not valid (colormap, scale, channels)
     └── OutputError               an output folder that cannot be written safely
@@ -23,6 +24,7 @@ __all__ = [
     "CaptureError",
     "FeaturemapsError",
     "FeaturemapsWarning",
+    "GeometryError",
     "InputError",
     "LayerError",
     "ModelError",
@@ -52,6 +54,11 @@ class UntrustedCheckpointError(ModelError):
 
 class LayerError(FeaturemapsError):
     """A layer pattern or module type selects nothing in the model."""
+
+
+class GeometryError(LayerError):
+    """A layer's cells cannot be placed on the input: no stride, offset and receptive field
+    describe them (uneven spacing, a field cut off by the input border, no 2-D grid)."""
 
 
 class CaptureError(FeaturemapsError):

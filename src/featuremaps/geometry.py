@@ -12,29 +12,48 @@ Two methods, and each result says which was used:
 * ``analytic``: the model runs once with hooks; every convolution and pooling layer composes its
   kernel, stride, padding and dilation onto the geometry of the tensor it received (tensors are
   followed through in-place operations by their storage). Element-wise layers keep the geometry.
+  A container (a block, a stage) whose output is exactly the tensor a leaf call returned has that
+  call's geometry, and says so (``same_as``). Upsampling and transposed convolutions are not
+  composed: what follows them is left to the measurement, which refuses it.
 * ``empirical``: where the analytic path is broken (an op it does not know, a tensor made by
-  functional code), the gradient of two neighbouring output cells with respect to the input gives
-  the centres (hence stride and offset) and the extent of the non-zero gradient gives the
-  receptive field. This is the *effective* field: cells whose gradient is exactly zero (a ReLU
-  that is off, the losing inputs of a max-pool) are not counted.
+  functional code), the input gradients of a run of neighbouring cells along each axis are
+  measured, on the map's own grid (channels-last and token layouts from
+  :mod:`featuremaps.layouts`). The shift of the non-zero gradient between neighbours gives the
+  stride and its extent the receptive field; the result is kept only where it can be trusted:
+  every neighbour's support moves by the same non-zero step at both ends and keeps its size, and
+  none reaches the input border (where the field would be cut off). Otherwise the layer is
+  refused with a :class:`GeometryError` saying why. The field measured is
+  the *effective* one: inputs whose gradient is exactly zero (a ReLU that is off, the losing
+  inputs of a max-pool) are not counted.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from featuremaps._errors import OptionError
+from featuremaps import layouts
+from featuremaps._errors import GeometryError, OptionError
 from featuremaps.cells import nearest_cell
 from featuremaps.hooks import HookedOutput, run_hooked
 from featuremaps.naming import record_name
 
-__all__ = ["AxisGeometry", "GeometryTracker", "LineGeometry", "MapGeometry", "compute_geometry"]
+__all__ = [
+    "AxisGeometry",
+    "GeometryError",
+    "GeometryTracker",
+    "LineGeometry",
+    "MapGeometry",
+    "compute_geometry",
+    "measure_geometry",
+]
 
 # Layers whose output cell j depends on exactly the same input cells as its input cell j.
 _ELEMENTWISE = (
@@ -100,13 +119,18 @@ IDENTITY = AxisGeometry(1.0, 0.0, 1.0)
 
 @dataclass(frozen=True)
 class MapGeometry:
-    """Where the cells of one record's (N, C, H, W) output sit in the (H_in, W_in) input."""
+    """Where the cells of one record's (N, C, H, W) output sit in the (H_in, W_in) input.
+
+    ``same_as`` names the leaf call whose very tensor a container returned (its geometry is that
+    call's); empty otherwise.
+    """
 
     name: str
     y: AxisGeometry
     x: AxisGeometry
     shape: tuple[int, int]
     method: str
+    same_as: str = ""
 
     def cell_center(self, row: int, col: int) -> tuple[float, float]:
         """Input ``(y, x)`` of the centre of cell ``(row, col)``."""
@@ -140,12 +164,15 @@ class MapGeometry:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able description (for manifests)."""
-        return {
+        described: dict[str, Any] = {
             "method": self.method,
             "stride": [self.y.stride, self.x.stride],
             "offset": [self.y.offset, self.x.offset],
             "receptive_field": [self.y.size, self.x.size],
         }
+        if self.same_as:
+            described["same_as"] = self.same_as
+        return described
 
 
 @dataclass(frozen=True)
@@ -195,10 +222,11 @@ def _window(module: nn.Module, n: int = 2) -> tuple[tuple[int, ...], ...] | None
     return None
 
 
-def _key(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+def _key(t: torch.Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     # In-place ops (ReLU(inplace=True), +=) keep the storage, so storage + shape follows a
     # tensor through them; a new tensor made by functional code gets a new key and is unknown.
-    return t.untyped_storage().data_ptr(), tuple(t.shape)
+    # The strides tell a permuted view (channels last) from the tensor it views.
+    return t.untyped_storage().data_ptr(), tuple(t.shape), tuple(t.stride())
 
 
 class GeometryTracker:
@@ -208,21 +236,41 @@ class GeometryTracker:
     it adds a pre-hook and a forward hook to each of ``modules`` and leaves them as it found
     them. ``found`` then maps record names to a :class:`MapGeometry` (images, ``(N, C, H, W)``)
     or a :class:`LineGeometry` (signals, ``(N, C, L)``), or to ``None`` where the analytic path
-    broke. Only outputs of the input's own rank are described.
+    broke. Only outputs of the input's own rank are described. A container among ``modules``
+    is described only where its output is exactly the tensor a leaf call returned.
+
+    With ``model``, only forward passes of ``model`` on ``inputs`` itself are followed, each
+    counting calls from one: other passes inside the block (a capture's shape probes run on
+    other inputs) neither add records nor shift the call numbers in the names.
     """
 
-    def __init__(self, inputs: torch.Tensor, modules: Mapping[str, nn.Module]) -> None:
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        modules: Mapping[str, nn.Module],
+        model: nn.Module | None = None,
+    ) -> None:
         self._modules = modules
+        self._model = model
+        self._inputs = inputs
+        self._active = model is None
         self._rank = inputs.dim()
-        self._known: dict[tuple[int, tuple[int, ...]], tuple[AxisGeometry, ...]] = {
-            _key(inputs): (IDENTITY,) * (inputs.dim() - 2)
-        }
+        # storage key -> (the tensor registered, weakly; its geometry). An entry counts only
+        # while that tensor lives: once it is freed, a new tensor may get the same memory.
+        self._known: dict[
+            tuple[int, tuple[int, ...], tuple[int, ...]],
+            tuple[weakref.ref[torch.Tensor], tuple[AxisGeometry, ...]],
+        ] = {_key(inputs): (weakref.ref(inputs), (IDENTITY,) * (inputs.dim() - 2))}
         self._before: dict[int, tuple[AxisGeometry, ...] | None] = {}
         self._calls: dict[str, int] = {}
+        # id of a tensor a leaf returned -> (the tensor, weakly; its version; the record name).
+        self._made: dict[int, tuple[weakref.ref[torch.Tensor], int, str]] = {}
         self._handles: list[Any] = []
         self.found: dict[str, MapGeometry | LineGeometry | None] = {}
 
     def __enter__(self) -> GeometryTracker:
+        if self._model is not None:
+            self._handles.append(self._model.register_forward_pre_hook(self._start))
         for path, module in self._modules.items():
             if isinstance(module, torch.jit.ScriptModule):
                 continue  # TorchScript modules run no Python hooks
@@ -235,17 +283,44 @@ class GeometryTracker:
             handle.remove()
         self._handles.clear()
 
+    def _start(self, module: nn.Module, args: Any) -> None:
+        self._active = bool(args) and args[0] is self._inputs
+        if self._active:
+            self._calls = {}
+
     def _pre(self, module: nn.Module, args: Any) -> None:
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        self._before[id(module)] = self._known.get(_key(first)) if first is not None else None
+        known = self._known.get(_key(first)) if first is not None else None
+        alive = known is not None and known[0]() is not None
+        self._before[id(module)] = known[1] if known is not None and alive else None
 
     def _make_post(self, path: str) -> Any:
         def post(module: nn.Module, args: Any, output: Any) -> None:
+            if not self._active:
+                return
             self._calls[path] = self._calls.get(path, 0) + 1
             if isinstance(output, torch.Tensor) and output.dim() == self._rank:
-                self._observe(record_name(path, self._calls[path]), module, output)
+                name = record_name(path, self._calls[path])
+                if path and next(iter(module.children()), None) is not None:
+                    self._resolve(name, output)
+                else:
+                    self._observe(name, module, output)
+                    self._made[id(output)] = (weakref.ref(output), output._version, name)
 
         return post
+
+    def _resolve(self, name: str, t: torch.Tensor) -> None:
+        """A container: the geometry of the leaf call that returned this very tensor (not
+        changed in place since), else unknown."""
+        made = self._made.get(id(t))
+        leaf = made[2] if made is not None and made[0]() is t and made[1] == t._version else None
+        found = self.found.get(leaf) if leaf is not None else None
+        if isinstance(found, MapGeometry):
+            self.found[name] = replace(found, name=name, same_as=found.same_as or str(leaf))
+        elif isinstance(found, LineGeometry):
+            self.found[name] = replace(found, name=name)
+        else:
+            self.found[name] = None
 
     def _observe(self, name: str, module: nn.Module, t: torch.Tensor) -> None:
         before = self._before.get(id(module))
@@ -260,7 +335,7 @@ class GeometryTracker:
         if after is None:
             self.found[name] = None
             return
-        self._known[_key(t)] = after
+        self._known[_key(t)] = (weakref.ref(t), after)
         if len(after) == 1:
             self.found[name] = LineGeometry(name, after[0], int(t.shape[2]), "analytic")
             return
@@ -275,18 +350,20 @@ def compute_geometry(
     layers: Mapping[str, nn.Module] | None = None,
     method: str = "auto",
 ) -> dict[str, MapGeometry]:
-    """Geometry of every 4-D output of the selected leaf modules (default: all leaves).
+    """Geometry of every 4-D output of the selected modules (default: all leaves).
 
     Args:
         model: the model; it runs in eval mode (analytic) and once per unknown layer with
             gradients (empirical); its modes are restored.
         inputs: one ``(1, C, H, W)`` input tensor.
-        layers: ``{path: module}`` to describe (default: every leaf module).
+        layers: ``{path: module}`` to describe (default: every leaf module). A container is
+            described by the leaf call whose tensor it returns, else measured.
         method: ``"auto"`` (analytic where possible, else empirical), ``"analytic"`` or
             ``"empirical"``.
 
     Returns:
-        ``{record name: MapGeometry}`` in execution order.
+        ``{record name: MapGeometry}`` in execution order. A layer the measurement refuses
+        (:func:`measure_geometry` says why) is left out.
     """
     if method not in ("auto", "analytic", "empirical"):
         raise OptionError(f"geometry method '{method}' is unknown; use auto, analytic or empirical")
@@ -296,25 +373,66 @@ def compute_geometry(
         from featuremaps.selection import select_modules
 
         layers = select_modules(model, None, None, False, type(model).__name__)
-    with GeometryTracker(inputs, layers) as tracker:
+    with GeometryTracker(inputs, layers, model) as tracker:
         run_hooked(model, inputs, {}, lambda out: None)
 
+    unknown = [n for n, g in tracker.found.items() if method == "empirical" or g is None]
+    decided = _layouts_of(model, inputs, layers) if unknown and method != "analytic" else {}
     result: dict[str, MapGeometry] = {}
     for name, found in tracker.found.items():
         geometry = found if isinstance(found, MapGeometry) else None
         if geometry is None or method == "empirical":
             if method == "analytic":
                 continue
-            geometry = _empirical(model, inputs, layers, name)
-        if geometry is not None:
-            result[name] = geometry
+            try:
+                geometry = measure_geometry(model, inputs, layers, name, decided.get(name, ""))
+            except GeometryError:
+                continue
+        result[name] = geometry
     return result
 
 
-def _empirical(
-    model: nn.Module, inputs: torch.Tensor, layers: Mapping[str, nn.Module], name: str
-) -> MapGeometry | None:
-    """Measure one layer's geometry from input gradients of two neighbouring output cells."""
+def _layouts_of(
+    model: nn.Module, inputs: torch.Tensor, modules: Mapping[str, nn.Module]
+) -> dict[str, str]:
+    """The layout decided for each record of ``modules`` (by a capture that keeps no values)."""
+    from featuremaps.capture import capture
+
+    decided: dict[str, str] = {}
+    capture(
+        model,
+        inputs,
+        layers=[p for p in modules if p] or None,  # exact paths; none: the model is one layer
+        containers=True,
+        on_record=lambda r: decided.__setitem__(r.name, r.layout),
+        copy=False,
+    )
+    return decided
+
+
+def measure_geometry(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layers: Mapping[str, nn.Module],
+    name: str,
+    layout: str | None = None,
+) -> MapGeometry:
+    """Measure the geometry of record ``name`` from input gradients, or refuse.
+
+    ``layers`` holds the module that makes the record; ``layout`` is the record's layout name
+    (default: decided by a capture; empty: unknown), which says where its 2-D grid of cells
+    is. Along each axis, a run of up to four neighbouring cells (through the map's centre) is
+    measured: the non-zero input gradient of each must lie strictly inside the input, and move
+    by the same non-zero step at both ends from each cell to the next, keeping its extent on the
+    other axis.
+
+    Raises:
+        GeometryError: what was measured and why it gives no stride, offset and field: no 2-D
+            grid, a single row or column, a cell with no gradient, a field that reaches the
+            input border, or cells that are not evenly spaced (upsampling, windowed attention).
+    """
+    if layout is None:
+        layout = _layouts_of(model, inputs, layers).get(name)
     grabbed: list[torch.Tensor] = []
 
     def sink(out: HookedOutput) -> None:
@@ -324,25 +442,85 @@ def _empirical(
     x = inputs.detach().clone().requires_grad_(True)
     run_hooked(model, x, layers, sink, grad=True)
     if not grabbed:
-        return None
+        raise GeometryError(
+            f"'{name}' gave no tensor output on a {tuple(inputs.shape)} input, so its cells "
+            "cannot be measured; pick a record name from 'featuremaps layers'"
+        )
     out = grabbed[0]
-    h, w = out.shape[2], out.shape[3]
-    r0, c0 = h // 2, w // 2
-    cells = [(r0, c0), (min(r0 + 1, h - 1), min(c0 + 1, w - 1))]
-    boxes = []
-    for r, c in cells:
-        (grad,) = torch.autograd.grad(out[0, :, r, c].sum(), x, retain_graph=True)
-        hit = grad[0].abs().sum(0) > 0
-        ys, xs = torch.nonzero(hit, as_tuple=True)
-        if ys.numel() == 0:
-            return None
-        boxes.append((r, c, ys.min().item(), ys.max().item(), xs.min().item(), xs.max().item()))
-    (r0, c0, y0a, y1a, x0a, x1a), (r1, c1, y0b, y1b, x0b, x1b) = boxes
-    cy0, cy1 = (y0a + y1a) / 2, (y0b + y1b) / 2
-    cx0, cx1 = (x0a + x1a) / 2, (x0b + x1b) / 2
-    in_h, in_w = inputs.shape[2], inputs.shape[3]
-    sy = (cy1 - cy0) / (r1 - r0) if r1 != r0 else float(in_h)
-    sx = (cx1 - cx0) / (c1 - c0) if c1 != c0 else float(in_w)
-    y = AxisGeometry(sy, cy0 - r0 * sy, float(y1a - y0a + 1))
-    xg = AxisGeometry(sx, cx0 - c0 * sx, float(x1a - x0a + 1))
+    described = layouts.get(layout, out.dim()) if layout else None
+    maps = layouts.spatial_maps(described, out) if described is not None else None
+    if maps is None or not maps.requires_grad:
+        raise GeometryError(
+            f"'{name}' gives an output of shape {tuple(out.shape)} in layout "
+            f"{layout or 'unknown'}, which has no 2-D grid of cells that depend on the input; "
+            "pick a layer that gives maps or patch tokens"
+        )
+    h, w = int(maps.shape[2]), int(maps.shape[3])
+    if h < 2 or w < 2:
+        raise GeometryError(
+            f"'{name}' has a {h}x{w} map: a stride needs two cells along each axis; give a "
+            "larger input (--size) or pick an earlier layer"
+        )
+    in_h, in_w = int(inputs.shape[2]), int(inputs.shape[3])
+    boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    # Channels mixed with fixed random weights, not summed: a plain sum can be constant by
+    # construction (the channels of a LayerNorm's output sum to its bias), a zero gradient.
+    mix = torch.randn(maps.shape[1], generator=torch.Generator().manual_seed(0)).to(maps)
+
+    def box(r: int, c: int) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) of the input pixels with a non-zero gradient of cell (r, c)."""
+        if (r, c) not in boxes:
+            (grad,) = torch.autograd.grad((maps[0, :, r, c] * mix).sum(), x, retain_graph=True)
+            ys, xs = torch.nonzero(grad[0].abs().sum(0) > 0, as_tuple=True)
+            if ys.numel() == 0:
+                raise GeometryError(
+                    f"cell ({r}, {c}) of '{name}' has a zero gradient with respect to every "
+                    "input pixel (a ReLU that is off?), so its field cannot be measured; try "
+                    "another input or a layer before the activation"
+                )
+            found = (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max()))
+            if found[0] == 0 or found[2] == 0 or found[1] == in_h - 1 or found[3] == in_w - 1:
+                raise GeometryError(
+                    f"the input gradient of cell ({r}, {c}) of '{name}' reaches the border of "
+                    f"the {in_h}x{in_w} input (rows {found[0]}..{found[1]}, columns "
+                    f"{found[2]}..{found[3]}), so its receptive field is cut off there and "
+                    "cannot be measured; give a larger input (--size) or pick a layer whose "
+                    "geometry follows from its convolutions"
+                )
+            boxes[(r, c)] = found
+        return boxes[(r, c)]
+
+    rows, cols = _run_of_cells(h), _run_of_cells(w)
+    r_mid, c_mid = rows[len(rows) // 2], cols[len(cols) // 2]
+    y = _axis_from(name, "rows", rows, [box(r, c_mid) for r in rows], 0)
+    xg = _axis_from(name, "columns", cols, [box(r_mid, c) for c in cols], 2)
     return MapGeometry(name, y, xg, (h, w), "empirical")
+
+
+def _run_of_cells(n: int) -> list[int]:
+    """Up to four neighbouring cell indices through the middle of an axis of ``n`` cells."""
+    start = min(max(n // 2 - 1, 0), max(n - 4, 0))
+    return list(range(start, min(start + 4, n)))
+
+
+def _axis_from(
+    name: str, axis: str, cells: list[int], boxes: list[tuple[int, int, int, int]], at: int
+) -> AxisGeometry:
+    """One axis from the gradient boxes of neighbouring cells along it (``at``: 0 for rows,
+    2 for columns), or GeometryError where they are not one fixed step apart."""
+    starts = [b[at] for b in boxes]
+    ends = [b[at + 1] for b in boxes]
+    across = {b[2 - at : 4 - at] for b in boxes}
+    steps = {b - a for a, b in itertools.pairwise(starts)}
+    steps |= {b - a for a, b in itertools.pairwise(ends)}
+    if len(steps) != 1 or min(steps) <= 0 or len(across) != 1:
+        raise GeometryError(
+            f"the cells of '{name}' are not evenly spaced over the input: along the {axis}, "
+            f"cells {cells[0]}..{cells[-1]} see input {axis} "
+            f"{', '.join(f'{a}..{b}' for a, b in zip(starts, ends, strict=True))}, not one "
+            "fixed step apart with one size (upsampling, a transposed convolution or windowed "
+            "attention on the way?), so no stride describes them; pick a layer before that step"
+        )
+    step = float(steps.pop())
+    centre = (starts[0] + ends[0]) / 2
+    return AxisGeometry(step, centre - cells[0] * step, float(ends[0] - starts[0] + 1))

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from torch import nn
 
-from featuremaps._errors import LayerError, OptionError
+from featuremaps._errors import GeometryError, OptionError
 from featuremaps.capture import capture
 from featuremaps.commands.cli_common import (
     Command,
@@ -29,7 +29,6 @@ from featuremaps.inputs import fed_picture
 from featuremaps.io import OutputFolder
 from featuremaps.manifest import LOCATE, header
 from featuremaps.models import LoadedModel
-from featuremaps.naming import layers_hint
 from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.legend import stamp_band
 from featuremaps.render.overlay import Overlay
@@ -55,10 +54,17 @@ def locate(
     fed (after resizing and cropping). ``method`` is as in
     :func:`featuremaps.geometry.compute_geometry`; the result says which one was used.
 
+    A container whose output is exactly the tensor of a leaf call (``layer4`` of a ResNet, the
+    tensor of ``layer4.1.relu#2``) gets that call's geometry (``same_as``); a layer the analytic
+    chain does not reach is measured from input gradients, and refused where the measurement
+    cannot be trusted.
+
     Raises:
-        LayerError: ``layer`` is unknown, or is not a 2-D map (its geometry is undefined).
+        LayerError: ``layer`` is unknown.
+        GeometryError: its cells cannot be placed on the input (no 2-D grid, uneven spacing
+            after upsampling, a field cut off by the input border); the message says which.
     """
-    from featuremaps.geometry import compute_geometry
+    from featuremaps.geometry import compute_geometry, measure_geometry
 
     loaded = resolve_model(model)
     tensor = resolve_input(inputs, loaded).tensor[:1]
@@ -66,17 +72,17 @@ def locate(
     selected = select_modules(loaded.model, (module,), None, True, loaded.cli_spec)
     found: dict[str, MapGeometry] = {}
     if method != "empirical":  # the analytic chain needs every layer on the way, not just this
-        found = compute_geometry(loaded.model, tensor, method="analytic")
-    if layer not in found and method != "analytic":
-        found = compute_geometry(loaded.model, tensor, layers=selected, method="empirical")
-    if layer not in found:
-        maps = ", ".join(list(found)[:5]) or "none"
-        raise LayerError(
-            f"'{layer}' has no 2-D map whose cells can be placed on the input (maps selected by "
-            f"that name: {maps}); pick a convolution or pooling layer from "
-            f"{layers_hint(loaded.cli_spec)}"
+        leaves = select_modules(loaded.model, None, None, False, loaded.cli_spec)
+        every = {**leaves, **selected}
+        found = compute_geometry(loaded.model, tensor, layers=every, method="analytic")
+    if layer in found:
+        return found[layer]
+    if method == "analytic":
+        raise GeometryError(
+            f"'{layer}' has no analytic geometry (an operation on the way that is not a "
+            "convolution, pooling or element-wise layer); use method='auto' to measure it"
         )
-    return found[layer]
+    return measure_geometry(loaded.model, tensor, selected, layer)
 
 
 def draw_overlay(
@@ -185,7 +191,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         f"{args.layer}: {h}x{w} cells over the input as fed ({height}x{width}, "
         f"{item.path.name}); stride {geo.y.stride:g}x{geo.x.stride:g}, first cell centred at "
         f"({geo.y.offset:g}, {geo.x.offset:g}), receptive field {geo.y.size:g}x{geo.x.size:g} "
-        f"({geo.method})",
+        f"({geo.method}{f', the same tensor as {geo.same_as}' if geo.same_as else ''})",
         file=out,
     )
     for text in args.cell:

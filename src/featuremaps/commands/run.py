@@ -156,11 +156,14 @@ class Visualization:
 
 
 def _geometry_tracker(model: nn.Module, tensor: torch.Tensor) -> GeometryTracker | None:
-    """Follow receptive-field geometry through the capture's own forward pass (no extra run);
-    it describes every leaf, selected or not, since geometry flows through all of them."""
+    """Follow receptive-field geometry through the capture's own forward pass (no extra run,
+    and not the capture's shape probes); it describes every module, selected or not, since
+    geometry flows through all the leaves and a container has the geometry of the leaf call
+    whose tensor it returns."""
     if tensor.dim() not in (3, 4) or isinstance(model, torch.jit.ScriptModule):
         return None
-    return GeometryTracker(tensor, select_modules(model, None, None, False, type(model).__name__))
+    every = select_modules(model, None, None, True, type(model).__name__)
+    return GeometryTracker(tensor, every, model)
 
 
 def _run_one(

@@ -52,6 +52,7 @@ from featuremaps.layouts.arrays import (
     drawable_maps,
     maps_shape,
     skip_reason,
+    spatial_maps,
     token_parts,
 )
 from featuremaps.layouts.evidence import Facts, Probe, decide, needs_probes, prefix_tokens
@@ -108,5 +109,6 @@ __all__ = [
     "needs_probes",
     "prefix_tokens",
     "skip_reason",
+    "spatial_maps",
     "token_parts",
 ]

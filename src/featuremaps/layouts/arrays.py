@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from featuremaps._errors import OptionError
-from featuremaps.layouts.registry import ATTENTION_MAP, TOKEN_GRID, Layout, Shape
+from featuremaps.layouts.registry import ATTENTION_MAP, CHANNEL_GRID, TOKEN_GRID, Layout, Shape
 
 __all__ = [
     "attention_rows",
@@ -128,3 +128,16 @@ def channels_first(layout: Layout, tensor: torch.Tensor) -> torch.Tensor | None:
     if layout.batch_axis > axis:
         axis += 1
     return tensor if axis == 1 else tensor.movedim(axis, 1)
+
+
+def spatial_maps(layout: Layout, tensor: torch.Tensor) -> torch.Tensor | None:
+    """The tensor as ``(N, C, H, W)`` maps on its 2-D grid, by views and reshapes only (so
+    gradients flow through it): channels first as it is, channels last moved, tokens without
+    their prefix on the patch grid. ``None`` for a layout without a 2-D grid of cells."""
+    if layout.drawn_as == TOKEN_GRID and layout.grid is not None and layout.batch_axis is not None:
+        tokens = tensor.movedim(layout.batch_axis, 0)[:, layout.prefix :]
+        h, w = layout.grid
+        return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
+    if layout.drawn_as == CHANNEL_GRID and tensor.dim() == 4:
+        return channels_first(layout, tensor)
+    return None
