@@ -343,3 +343,19 @@ def test_spatial_maps_puts_tokens_and_channels_last_on_their_grid() -> None:
         found = spatial_maps(layout, given)
         assert found is not None and torch.equal(found, maps), layout.name
     assert spatial_maps(get("NC", 2), torch.zeros(2, 5)) is None
+
+
+def test_a_call_that_never_happened_points_to_the_model_s_own_layer_listing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(
+        GeometryError, match=r"'0#2' gave no tensor .* from fm\.list_layers\(model\)"
+    ):
+        fm.locate(model, x, "0#2")
+    (tmp_path / "unet.py").write_text(UNET)
+    spec = f"{tmp_path / 'unet.py'}:nearest"
+    code = main(["locate", "-m", spec, "--size", "64x64", "--layer", "enc2#2"], out=io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2 and f"from 'featuremaps layers {spec}'" in err, err

@@ -43,7 +43,7 @@ from featuremaps import layouts
 from featuremaps._errors import GeometryError, OptionError
 from featuremaps.cells import nearest_cell
 from featuremaps.hooks import HookedOutput, run_hooked
-from featuremaps.naming import record_name
+from featuremaps.naming import layers_hint, record_name
 
 __all__ = [
     "AxisGeometry",
@@ -372,7 +372,7 @@ def compute_geometry(
     if layers is None:
         from featuremaps.selection import select_modules
 
-        layers = select_modules(model, None, None, False, type(model).__name__)
+        layers = select_modules(model, None, None, False, None)
     with GeometryTracker(inputs, layers, model) as tracker:
         run_hooked(model, inputs, {}, lambda out: None)
 
@@ -416,6 +416,7 @@ def measure_geometry(
     layers: Mapping[str, nn.Module],
     name: str,
     layout: str | None = None,
+    spec: str | None = None,
 ) -> MapGeometry:
     """Measure the geometry of record ``name`` from input gradients, or refuse.
 
@@ -424,7 +425,8 @@ def measure_geometry(
     is. Along each axis, a run of up to four neighbouring cells (through the map's centre) is
     measured: the non-zero input gradient of each must lie strictly inside the input, and move
     by the same non-zero step at both ends from each cell to the next, keeping its extent on the
-    other axis.
+    other axis. ``spec`` names the model in messages as the commands load it (None: a model
+    object, whose layers ``fm.list_layers(model)`` lists).
 
     Raises:
         GeometryError: what was measured and why it gives no stride, offset and field: no 2-D
@@ -444,7 +446,7 @@ def measure_geometry(
     if not grabbed:
         raise GeometryError(
             f"'{name}' gave no tensor output on a {tuple(inputs.shape)} input, so its cells "
-            "cannot be measured; pick a record name from 'featuremaps layers'"
+            f"cannot be measured; pick a record name from {layers_hint(spec)}"
         )
     out = grabbed[0]
     described = layouts.get(layout, out.dim()) if layout else None

@@ -61,7 +61,7 @@ def list_layers(
     once in eval mode under ``no_grad`` (nothing is copied) and modules that never ran are
     listed after the ones that did, with ``ran=False``.
     """
-    modules = select_modules(model, None, None, True, type(model).__name__)
+    modules = select_modules(model, None, None, True, None)
     leaves = {p for p, m in modules.items() if next(iter(m.children()), None) is None}
     if not containers:
         modules = {p: m for p, m in modules.items() if p in leaves}

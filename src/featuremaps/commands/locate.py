@@ -82,7 +82,7 @@ def locate(
             f"'{layer}' has no analytic geometry (an operation on the way that is not a "
             "convolution, pooling or element-wise layer); use method='auto' to measure it"
         )
-    return measure_geometry(loaded.model, tensor, selected, layer)
+    return measure_geometry(loaded.model, tensor, selected, layer, spec=loaded.cli_spec)
 
 
 def draw_overlay(

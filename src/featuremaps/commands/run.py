@@ -162,7 +162,7 @@ def _geometry_tracker(model: nn.Module, tensor: torch.Tensor) -> GeometryTracker
     whose tensor it returns."""
     if tensor.dim() not in (3, 4) or isinstance(model, torch.jit.ScriptModule):
         return None
-    every = select_modules(model, None, None, True, type(model).__name__)
+    every = select_modules(model, None, None, True, None)
     return GeometryTracker(tensor, every, model)
 
 
