@@ -7,6 +7,7 @@ in test_report_browser.py.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -541,7 +542,7 @@ def test_report_data_over_its_budget_keeps_fewer_channels_and_says_so(
     # Said on the terminal, in the manifest's warnings and on the page.
     assert "over its budget of 0.5 MiB: 2 layers keep fewer" in stdout
     assert any("over its budget of 0.5 MiB" in w for w in manifest["warnings"])
-    page = (out / "index.html").read_text(encoding="utf-8")
+    page = html.unescape((out / "index.html").read_text(encoding="utf-8"))  # the text as read
     assert "over its budget of 0.5 MiB" in page
     assert f"the first {cut['0']} of the 16 drawn, within the report's data budget" in page
     lines = stdout.strip().splitlines()

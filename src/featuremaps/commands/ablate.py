@@ -26,7 +26,7 @@ from featuremaps.commands.cli_common import (
     add_quiet_option,
     check_data_options,
     load_model_with_preprocessing,
-    print_size,
+    print_closing,
     show_progress,
 )
 from featuremaps.commands.common import place_model
@@ -250,10 +250,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             f"{row['ranked_kl']:>8.4f} {rand_kl:>8}",
             file=out,
         )
-    if loaded.random_weights:
-        print(f"note: {loaded.mark}", file=out)
-    print_size(args.out, out)
-    print(f"results: {(Path(args.out) / 'ablation.csv').resolve()}", file=out)
+    print_closing(loaded, args.out, Path(args.out) / ABLATION_CSV, out)
     return 0
 
 

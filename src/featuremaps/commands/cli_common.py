@@ -320,7 +320,18 @@ def load_model_and_inputs(
     return loaded, inputs
 
 
-def print_size(folder: str | Path, out: TextIO) -> None:
-    """Say how much the folder a command wrote takes on disk (every command that writes one)."""
+def print_weights_note(loaded: LoadedModel, out: TextIO) -> None:
+    """Say that the weights are random, when they are (every command that ran the model)."""
+    if loaded.random_weights:
+        print(f"note: {loaded.mark}", file=out)
+
+
+def print_closing(
+    loaded: LoadedModel, folder: str | Path, results: str | Path, out: TextIO
+) -> None:
+    """The lines a command that wrote a folder ends with: the random-weights note (when they
+    are random), how much the folder takes on disk, and where its results are."""
+    print_weights_note(loaded, out)
     path = Path(folder).resolve()
     print(f"size: {folder_size(path) / 1e6:.1f} MB in {path}", file=out)
+    print(f"results: {Path(results).resolve()}", file=out)

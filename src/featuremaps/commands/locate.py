@@ -21,7 +21,8 @@ from featuremaps.commands.cli_common import (
     add_out_option,
     load_model_and_inputs,
     parse_pair,
-    print_size,
+    print_closing,
+    print_weights_note,
 )
 from featuremaps.commands.common import resolve_input, resolve_model
 from featuremaps.geometry import MapGeometry
@@ -225,10 +226,9 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             geometry=geo, out=args.out,
         )  # fmt: skip
         print(f"overlay: {picture.caption}", file=out)
-        if loaded.random_weights:
-            print(f"note: {loaded.mark}", file=out)
-        print_size(args.out, out)
-        print(f"results: {Path(args.out).resolve()}", file=out)
+        print_closing(loaded, args.out, args.out, out)
+    else:
+        print_weights_note(loaded, out)
     return 0
 
 

@@ -43,7 +43,7 @@ from featuremaps.commands.cli_common import (
     parse_channels,
     parse_patch,
     parse_range,
-    print_size,
+    print_closing,
     show_progress,
 )
 from featuremaps.commands.common import (
@@ -694,10 +694,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         data = result.manifest.get("report_data") or {}
         if data.get("reduced_records"):
             print(f"{result.out_dir}: note: {result.warnings[0]}", file=out)
-    if loaded.random_weights:
-        print(f"note: {loaded.mark}", file=out)
-    print_size(args.out, out)
-    print(f"results: {Path(args.out).resolve()}", file=out)
+    print_closing(loaded, args.out, args.out, out)
     if args.report:
         # The last line: the page to open (for several inputs, the one that links them all).
         print(f"report: {(Path(args.out) / 'index.html').resolve()}", file=out)

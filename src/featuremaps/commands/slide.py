@@ -32,7 +32,7 @@ from featuremaps.commands.cli_common import (
     check_layers,
     load_model_from_args,
     preprocessing_from_args,
-    print_size,
+    print_closing,
     show_progress,
 )
 from featuremaps.commands.common import resolve_model
@@ -484,10 +484,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             f"{layer['stride'][1]}, halo {halo['before'][1]}/{halo['after'][1]} px",
             file=out,
         )
-    if loaded.random_weights:
-        print(f"note: {loaded.mark}", file=out)
-    print_size(args.out, out)
-    print(f"results: {Path(args.out).resolve()}", file=out)
+    print_closing(loaded, args.out, args.out, out)
     if args.viewer:
         print(f"viewer: {(Path(args.out) / 'viewer' / 'index.html').resolve()}", file=out)
     return 0

@@ -28,7 +28,7 @@ from featuremaps.commands.cli_common import (
     add_quiet_option,
     check_data_options,
     load_model_with_preprocessing,
-    print_size,
+    print_closing,
     show_progress,
 )
 from featuremaps.commands.common import nonfinite_message, place_model
@@ -307,10 +307,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         f"{dead} dead channels",
         file=out,
     )
-    if loaded.random_weights:
-        print(f"note: {loaded.mark}", file=out)
-    print_size(args.out, out)
-    print(f"results: {(Path(args.out) / 'stats.csv').resolve()}", file=out)
+    print_closing(loaded, args.out, Path(args.out) / STATS_CSV, out)
     return 0
 
 
