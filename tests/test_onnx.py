@@ -216,12 +216,14 @@ def test_a_conversion_failure_names_the_node(
 def test_a_declared_input_size_is_fed_and_others_refused(
     onnx_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # small.onnx declares 1x3x16x16; a 24x20 picture is resized to it, and the line says so.
+    # small.onnx declares 1x3x16x16; a 24x20 picture is resized and cropped to it (as for an
+    # architecture that fixes its input size), and the line says so.
     image = tmp_path / "x.npy"
     np.save(image, np.random.default_rng(0).random((3, 24, 20), dtype=np.float32))
     assert main(["run", str(image), "--model", str(onnx_file), "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "resize to 16x16 (HxW)" in out and "1x3x16x16 declared by small.onnx" in out
+    assert "resize shorter side 16" in out and "centre crop 16" in out
+    assert "declared by small.onnx as 1x3x16x16" in out
     import json
 
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())

@@ -25,7 +25,7 @@ from torch import nn
 
 from featuremaps._errors import CaptureError, ModelError
 from featuremaps.checkpoints import LoadedModel, OnnxNode
-from featuremaps.inputs import Preprocessing
+from featuremaps.inputs import fixed_size_preprocessing
 from featuremaps.inputs.checks import one_line
 
 __all__ = ["declared_input", "fold_identity_initializers", "load_onnx"]
@@ -85,10 +85,11 @@ def load_onnx(spec: str) -> LoadedModel:
     preprocessing = None
     if len(shape) == 4 and shape[2] is not None and shape[3] is not None:
         size = "x".join("N" if n is None else str(n) for n in shape)
-        preprocessing = Preprocessing(
-            resize=(shape[2], shape[3]),
-            source=f"the input size {size} declared by {path.name}; no normalisation known",
-            from_model=True,
+        # The same rule as an architecture that fixes its input size (a ViT's image_size).
+        preprocessing = fixed_size_preprocessing(
+            (shape[2], shape[3]),
+            f"declared by {path.name} as {size}",
+            "; no normalisation known",
         )
     if any(n is not None for n in shape[1:]):
         graph.register_forward_pre_hook(_DeclaredInput(path.name, name, shape))
