@@ -359,3 +359,17 @@ def test_a_call_that_never_happened_points_to_the_model_s_own_layer_listing(
     code = main(["locate", "-m", spec, "--size", "64x64", "--layer", "enc2#2"], out=io.StringIO())
     err = capsys.readouterr().err
     assert code == 2 and f"from 'featuremaps layers {spec}'" in err, err
+
+
+def test_a_squeeze_excitation_gate_keeps_the_local_geometry_and_says_it_is_only_that() -> None:
+    from torchvision.ops import SqueezeExcitation
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), SqueezeExcitation(8, 4), nn.Conv2d(8, 8, 3)
+    ).eval()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    found = compute_geometry(model, x, method="analytic")
+    assert found["0"].method == "analytic"
+    after = found["2"]
+    assert (after.y.stride, after.y.size) == (2.0, 7.0)  # the convolutions' own chain
+    assert "squeeze-excitation" in after.method and "whole input" in after.method

@@ -55,6 +55,13 @@ __all__ = [
     "measure_geometry",
 ]
 
+# Channel gates: a container whose output is its input scaled per channel by a gate computed from
+# the whole map (squeeze-excitation in torchvision's MobileNetV3/EfficientNet, timm's SE blocks).
+# Cell j keeps the field of its input cell j, plus one global term: the geometry describes that
+# local part and says so in its method, and the chain goes on through it.
+_GATES = frozenset({"SqueezeExcitation", "SqueezeExcite", "SEModule", "EffectiveSEModule"})
+GATE_NOTE = "local part: a squeeze-excitation gate on the way also pools the whole input"
+
 # Layers whose output cell j depends on exactly the same input cells as its input cell j.
 _ELEMENTWISE = (
     nn.BatchNorm1d,
@@ -257,11 +264,12 @@ class GeometryTracker:
         self._rank = inputs.dim()
         # storage key -> (the tensor registered, weakly; its geometry). An entry counts only
         # while that tensor lives: once it is freed, a new tensor may get the same memory.
+        # The note is empty, or GATE_NOTE once a channel gate was on the way.
         self._known: dict[
             tuple[int, tuple[int, ...], tuple[int, ...]],
-            tuple[weakref.ref[torch.Tensor], tuple[AxisGeometry, ...]],
-        ] = {_key(inputs): (weakref.ref(inputs), (IDENTITY,) * (inputs.dim() - 2))}
-        self._before: dict[int, tuple[AxisGeometry, ...] | None] = {}
+            tuple[weakref.ref[torch.Tensor], tuple[AxisGeometry, ...], str],
+        ] = {_key(inputs): (weakref.ref(inputs), (IDENTITY,) * (inputs.dim() - 2), "")}
+        self._before: dict[int, tuple[tuple[AxisGeometry, ...], str] | None] = {}
         self._calls: dict[str, int] = {}
         # id of a tensor a leaf returned -> (the tensor, weakly; its version; the record name).
         self._made: dict[int, tuple[weakref.ref[torch.Tensor], int, str]] = {}
@@ -276,6 +284,13 @@ class GeometryTracker:
                 continue  # TorchScript modules run no Python hooks
             self._handles.append(module.register_forward_pre_hook(self._pre))
             self._handles.append(module.register_forward_hook(self._make_post(path)))
+        # Gates not among ``modules`` are followed too (not described), so the chain goes on.
+        for module in self._model.modules() if self._model is not None else ():
+            if type(module).__name__ in _GATES and all(
+                module is not m for m in self._modules.values()
+            ):
+                self._handles.append(module.register_forward_pre_hook(self._pre))
+                self._handles.append(module.register_forward_hook(self._gate_post(None)))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -292,7 +307,7 @@ class GeometryTracker:
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         known = self._known.get(_key(first)) if first is not None else None
         alive = known is not None and known[0]() is not None
-        self._before[id(module)] = known[1] if known is not None and alive else None
+        self._before[id(module)] = (known[1], known[2]) if known is not None and alive else None
 
     def _make_post(self, path: str) -> Any:
         def post(module: nn.Module, args: Any, output: Any) -> None:
@@ -301,13 +316,34 @@ class GeometryTracker:
             self._calls[path] = self._calls.get(path, 0) + 1
             if isinstance(output, torch.Tensor) and output.dim() == self._rank:
                 name = record_name(path, self._calls[path])
-                if path and next(iter(module.children()), None) is not None:
+                if type(module).__name__ in _GATES:
+                    self._gate(name, module, args, output)
+                elif path and next(iter(module.children()), None) is not None:
                     self._resolve(name, output)
                 else:
                     self._observe(name, module, output)
                     self._made[id(output)] = (weakref.ref(output), output._version, name)
 
         return post
+
+    def _gate_post(self, name: str | None) -> Any:
+        def post(module: nn.Module, args: Any, output: Any) -> None:
+            if self._active and isinstance(output, torch.Tensor):
+                self._gate(name, module, args, output)
+
+        return post
+
+    def _gate(self, name: str | None, module: nn.Module, args: Any, t: torch.Tensor) -> None:
+        """A channel gate: its output keeps its input's geometry, noted as the local part."""
+        before = self._before.get(id(module))
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if before is None or first is None or first.shape != t.shape or t.dim() != self._rank:
+            if name is not None:
+                self.found[name] = None
+            return
+        self._known[_key(t)] = (weakref.ref(t), before[0], GATE_NOTE)
+        if name is not None:
+            self._describe(name, t, before[0], GATE_NOTE)
 
     def _resolve(self, name: str, t: torch.Tensor) -> None:
         """A container: the geometry of the leaf call that returned this very tensor (not
@@ -327,20 +363,27 @@ class GeometryTracker:
         window = _window(module, self._rank - 2)
         after: tuple[AxisGeometry, ...] | None = None
         if before is not None:
+            axes = before[0]
             if window is not None:
                 k, s, p, d = window
-                after = tuple(axis.compose(k[i], s[i], p[i], d[i]) for i, axis in enumerate(before))
+                after = tuple(axis.compose(k[i], s[i], p[i], d[i]) for i, axis in enumerate(axes))
             elif isinstance(module, _ELEMENTWISE):
-                after = before
-        if after is None:
+                after = axes
+        if after is None or before is None:
             self.found[name] = None
             return
-        self._known[_key(t)] = (weakref.ref(t), after)
+        self._known[_key(t)] = (weakref.ref(t), after, before[1])
+        self._describe(name, t, after, before[1])
+
+    def _describe(
+        self, name: str, t: torch.Tensor, after: tuple[AxisGeometry, ...], note: str
+    ) -> None:
+        method = f"analytic, {note}" if note else "analytic"
         if len(after) == 1:
-            self.found[name] = LineGeometry(name, after[0], int(t.shape[2]), "analytic")
+            self.found[name] = LineGeometry(name, after[0], int(t.shape[2]), method)
             return
         shape = (int(t.shape[2]), int(t.shape[3]))
-        self.found[name] = MapGeometry(name, after[0], after[1], shape, "analytic")
+        self.found[name] = MapGeometry(name, after[0], after[1], shape, method)
 
 
 def compute_geometry(
