@@ -565,8 +565,12 @@ def test_a_budget_too_small_for_any_channel_leaves_the_pictures(tmp_path: Path) 
         fm.visualize(model, x, out=tmp_path / "p", report_budget=-1)
 
 
-class _Fixed(nn.Module):
-    """Returns fixed values at the input's size and batch (exactly at the test's own size)."""
+class Fixed(nn.Module):
+    """Returns a fixed tensor (its values chosen by the test) at the input's size and batch.
+
+    At the test's own input size the values come out exactly; the layout probes (two samples,
+    another size) see the batch and spatial axes follow the input, as in a real map.
+    """
 
     def __init__(self, values: torch.Tensor) -> None:
         super().__init__()
@@ -587,8 +591,8 @@ class FlatAndEmpty(nn.Module):
         tokens = centred / centred.pow(2).mean(dim=1, keepdim=True).sqrt()
         norms = tokens.double().pow(2).sum(dim=1).sqrt().float()
         assert norms.max() > norms.min()  # rounding noise, not an exactly constant map
-        self.flat = _Fixed(norms.reshape(1, 1, 14, 14))
-        self.empty = _Fixed(torch.full((1, 2, 14, 14), float("nan")))
+        self.flat = Fixed(norms.reshape(1, 1, 14, 14))
+        self.empty = Fixed(torch.full((1, 2, 14, 14), float("nan")))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.empty(x)

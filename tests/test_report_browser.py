@@ -23,6 +23,7 @@ from torch import nn
 import featuremaps as fm
 from conftest import NamedChain
 from featuremaps.render import overlay
+from test_report import Fixed
 
 pytestmark = pytest.mark.browser
 
@@ -458,22 +459,6 @@ def _pixels(page: Any, selector: str) -> np.ndarray:
         " c.height).data)]"
     )
     return np.array(data, dtype=np.uint8).reshape(h, w, 4)
-
-
-class Fixed(nn.Module):
-    """Returns a fixed tensor (its values chosen by the test) at the input's size and batch.
-
-    At the test's own input size the values come out exactly; the layout probes (two samples,
-    another size) see the batch and spatial axes follow the input, as in a real map.
-    """
-
-    def __init__(self, values: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("values", values)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sized = torch.nn.functional.interpolate(self.values, size=x.shape[-2:], mode="nearest")
-        return sized + 0 * x[:, :1]
 
 
 class Bounds(nn.Module):
