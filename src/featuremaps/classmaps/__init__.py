@@ -361,6 +361,13 @@ def class_maps(
                 random_curves = trusted.get((call.name, "random", n))
                 rho = sane.get((call.name, method, n))
                 notes: list[str] = []
+                failed = None if rho is None else bool(rho >= SANITY_THRESHOLD)
+                if rho is not None and not np.isfinite(rho) and float(array.max()) > 0:
+                    failed = False  # the map of the re-initialised model is constant
+                    notes.append(
+                        "sanity check: the map after re-initialising the layers above is "
+                        "constant (no rank order left), so it changed entirely"
+                    )
                 if method == "eigencam":
                     notes.append(
                         "eigencam: the first principal component of the activations, its sign "
@@ -385,7 +392,7 @@ def class_maps(
                         curves=found_curves,
                         random_curves=random_curves,
                         sanity_rank_correlation=rho,
-                        sanity_failed=None if rho is None else bool(rho >= SANITY_THRESHOLD),
+                        sanity_failed=failed,
                         notes=tuple(notes),
                     )
                 )

@@ -92,9 +92,10 @@ def class_map_lines(cam: ClassMap, placement: str, smooth: bool) -> list[str]:
             f"{cam.insertion_auc:.3g} (random {cam.random_insertion_auc:.3g})"
         )
     if cam.sanity_rank_correlation is not None and not np.isfinite(cam.sanity_rank_correlation):
+        changed = "changed entirely" if cam.sanity_failed is False else "undefined"
         lines.append(
-            "rank correlation undefined with the map after re-initialising the layers above "
-            "(one of the two maps is constant)"
+            "rank correlation undefined: the map after re-initialising the layers above is "
+            f"constant ({changed})"
         )
     elif cam.sanity_rank_correlation is not None:
         verdict = "FAILS THE SANITY CHECK" if cam.sanity_failed else "passes the sanity check"
