@@ -698,6 +698,11 @@ def _cam_options(args: argparse.Namespace) -> CamOptions | None:
                 f"{named} is an option of class maps; add --cam METHODS, e.g. --cam gradcam"
             )
         return None
+    if "," in args.target:
+        raise OptionError(
+            f"--target {args.target}: run takes one target for all its inputs; use "
+            "'featuremaps cam' for one per input"
+        )
     target: int | str = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     return CamOptions(
         methods=args.cam,
