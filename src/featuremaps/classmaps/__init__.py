@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featuremaps._errors import OptionError
+from featuremaps._errors import GeometryError, OptionError
 from featuremaps.classmaps.methods import (
     GRADIENT_METHODS,
     METHODS,
@@ -50,9 +50,10 @@ from featuremaps.classmaps.trust import (
     resettable,
     value_order,
 )
-from featuremaps.geometry import MapGeometry, compute_geometry
+from featuremaps.geometry import MapGeometry, compute_geometry, measure_geometry
 from featuremaps.hooks import run_hooked
 from featuremaps.naming import suggest
+from featuremaps.selection import select_modules
 
 __all__ = [
     "METHODS",
@@ -427,9 +428,20 @@ def _geometries(
     flat = [c for c in calls if c.layout.drawn_as == "channel grid"]
     if not flat:
         return {}
-    wanted = {c.path: modules[c.path] for c in flat}
-    found = compute_geometry(model, inputs[:1], layers=wanted)
-    return {c.name: found[c.name] for c in flat if c.name in found}
+    # The analytic chain needs every leaf on the way; a layer it does not reach is measured.
+    every = {**select_modules(model, None, None, False, None), **modules}
+    found = compute_geometry(model, inputs[:1], layers=every, method="analytic")
+    result = {}
+    for call in flat:
+        if call.name not in found:
+            try:
+                found[call.name] = measure_geometry(
+                    model, inputs[:1], modules, call.name, call.layout.name
+                )
+            except GeometryError:
+                continue
+        result[call.name] = found[call.name]
+    return result
 
 
 def _trust(

@@ -30,8 +30,17 @@ from torch import nn
 from featuremaps import layouts
 from featuremaps._errors import FeaturemapsWarning, NonFiniteWarning, OptionError, OutputError
 from featuremaps.capture import Capture, LayerRecord, capture
+from featuremaps.classmaps import ClassMap
+from featuremaps.commands.cam_files import (
+    CamOptions,
+    cam_entries,
+    compute_cams,
+    region_target,
+    sanity_message,
+)
 from featuremaps.commands.cli_common import (
     Command,
+    add_cam_options,
     add_containers_option,
     add_device_options,
     add_layer_options,
@@ -40,6 +49,7 @@ from featuremaps.commands.cli_common import (
     add_quiet_option,
     check_layers,
     load_model_and_inputs,
+    parse_box,
     parse_channels,
     parse_patch,
     parse_range,
@@ -69,7 +79,7 @@ from featuremaps.commands.run_files import (
 from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
-from featuremaps.inputs import LoadedInput, sample_image_path
+from featuremaps.inputs import LoadedInput, fed_picture, sample_image_path
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.manifest import (
     ARRAYS,
@@ -129,6 +139,7 @@ class Visualization:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
+    cams: list[ClassMap] = field(default_factory=list)
 
     def __repr__(self) -> str:
         drawn = sum(1 for r in self.records if r.image or r.name in self.grids)
@@ -181,6 +192,7 @@ def _run_one(
     placement: Placement | None = None,
     attention_patch: tuple[int, int] | None = None,
     report_budget: int | None = None,
+    cams: CamOptions | None = None,
 ) -> Visualization:
     from tqdm import tqdm
 
@@ -336,6 +348,19 @@ def _run_one(
         )  # fmt: skip
     if arrays is not None:
         arrays.close()
+    found_cams: list[ClassMap] = []
+    cam_list: list[dict[str, Any]] | None = None
+    if cams is not None:
+        start = time.perf_counter()
+        chosen = tensor[sample : sample + 1] if isinstance(tensor, torch.Tensor) else tensor
+        named_classes = categories(loaded)
+        found_cams = compute_cams(
+            loaded.model, chosen, cams, named_classes[0] if named_classes else None, loaded.cli_spec
+        )
+        found_cams = [replace(c, sample=sample) for c in found_cams]
+        fed = fed_picture(chosen, item.preprocessing) if isinstance(chosen, torch.Tensor) else None
+        cam_list = cam_entries(folder, prefix, found_cams, fed[0] if fed else None, cams, stamp)
+        timings["cams"] = time.perf_counter() - start
     if tracker is not None:
         placed = {n: g.to_json() for n, g in tracker.found.items() if g is not None}
         summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
@@ -360,6 +385,9 @@ def _run_one(
     if bad is not None:
         messages.append(bad)
         warnings.warn(NonFiniteWarning(bad), stacklevel=3)
+    failing = sanity_message(found_cams)
+    if failing is not None:
+        messages.append(failing)
     if loaded.random_weights:
         messages.append(f"{RANDOM_WEIGHTS}: {loaded.weights_status}")
     named = categories(loaded)
@@ -389,6 +417,8 @@ def _run_one(
         "prediction": found,
         "records": [s.to_json() for s in summaries],
     }
+    if cam_list is not None:
+        manifest["cams"] = cam_list
     if folder is not None:
         start = time.perf_counter()
         folder.write_json(prefix + MANIFEST, manifest)
@@ -397,7 +427,7 @@ def _run_one(
             for relative, content in report_files(manifest, prefix).items():
                 folder.write_bytes(prefix + relative, content)
         timings["manifest+report"] = time.perf_counter() - start
-    return Visualization(summaries, manifest, None, grids, messages, timings)
+    return Visualization(summaries, manifest, None, grids, messages, timings, cams=found_cams)
 
 
 def visualize(
@@ -418,6 +448,7 @@ def visualize(
     dtype: str | None = None,
     attention_patch: tuple[int, int] | None = None,
     report_budget: float | None = DEFAULT_REPORT_BUDGET_MIB,
+    cams: CamOptions | None = None,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -448,6 +479,10 @@ def visualize(
             together (default 200; ``None``: no limit). Past it, the largest layers keep fewer
             of their drawn channels there, and the manifest, the page and each record's
             warnings say so; the PNGs and ``save_arrays`` keep everything.
+        cams: also compute class activation maps of the drawn sample
+            (:class:`~featuremaps.commands.cam_files.CamOptions`); they are in
+            ``Visualization.cams``, and with ``out`` in the manifest's ``cams`` (arrays and
+            pictures under ``cams/``) and the report.
 
     Returns:
         One :class:`Visualization` per input.
@@ -490,7 +525,7 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement, attention_patch, each)
+                         report, saved, placement, attention_patch, each, cams)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -623,6 +658,19 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="the most the report's data (data/) may take, all inputs together; past it the "
         "largest layers keep fewer channels there, and the run says so (default: 200)",
     )
+    p.add_argument(
+        "--cam",
+        metavar="METHODS",
+        help="also compute class activation maps (gradcam, layercam, ... or all, "
+        "comma-separated) and show them in the report; see 'featuremaps cam --help'",
+    )
+    p.add_argument(
+        "--cam-layers",
+        action="append",
+        metavar="LAYER",
+        help="layer calls the class maps explain (default: the last layer whose output has cells)",
+    )
+    add_cam_options(p)
     add_quiet_option(p)
 
 
@@ -637,6 +685,35 @@ def _check_scale(args: argparse.Namespace) -> None:
         raise OptionError("--scale fixed needs --range LO,HI, for example --range -1,1")
     if args.columns < 1:
         raise OptionError(f"--columns {args.columns} is not valid; expected 1 or more, e.g. 8")
+
+
+def _cam_options(args: argparse.Namespace) -> CamOptions | None:
+    """--cam and its options (the class-map options without --cam are refused)."""
+    if args.cam is None:
+        given = [o for o, v in (("--cam-layers", args.cam_layers), ("--output", args.output),
+                                ("--region", args.region)) if v is not None]  # fmt: skip
+        if given or args.target != "top1" or args.smooth:
+            named = given[0] if given else ("--target" if args.target != "top1" else "--smooth")
+            raise OptionError(
+                f"{named} is an option of class maps; add --cam METHODS, e.g. --cam gradcam"
+            )
+        return None
+    if "," in args.target:
+        raise OptionError(
+            f"--target {args.target}: run takes one target for all its inputs; use "
+            "'featuremaps cam' for one per input"
+        )
+    target: int | str = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    return CamOptions(
+        methods=args.cam,
+        layers=args.cam_layers,
+        target=region_target(target, parse_box(args.region)),
+        output=args.output,
+        trust=args.trust,
+        sanity=args.sanity,
+        steps=args.steps,
+        smooth=args.smooth,
+    )
 
 
 def _execute(args: argparse.Namespace, out: TextIO) -> int:
@@ -676,6 +753,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         dtype=args.dtype,
         attention_patch=parse_patch(args.attention_patch),
         report_budget=args.report_budget,
+        cams=_cam_options(args),
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)
