@@ -66,6 +66,12 @@ from featuremaps.commands.run_files import (
     layer_data,
     npy_bytes,
 )
+from featuremaps.commands.run_filters import (
+    check_filter_selection,
+    draw_filters,
+    join_norms,
+    write_filters,
+)
 from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
@@ -181,6 +187,7 @@ def _run_one(
     placement: Placement | None = None,
     attention_patch: tuple[int, int] | None = None,
     report_budget: int | None = None,
+    filters: bool = False,
 ) -> Visualization:
     from tqdm import tqdm
 
@@ -339,6 +346,11 @@ def _run_one(
     if tracker is not None:
         placed = {n: g.to_json() for n, g in tracker.found.items() if g is not None}
         summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
+    filter_entries = None
+    if filters:  # one sheet per Conv/Linear module; its norms join the channel statistics
+        drawn_filters = draw_filters(loaded, summaries, stamp)
+        summaries = join_norms(summaries, drawn_filters)
+        filter_entries = write_filters(folder, prefix, drawn_filters)
 
     messages = []
     budget = None
@@ -389,6 +401,8 @@ def _run_one(
         "prediction": found,
         "records": [s.to_json() for s in summaries],
     }
+    if filter_entries is not None:
+        manifest["filters"] = filter_entries
     if folder is not None:
         start = time.perf_counter()
         folder.write_json(prefix + MANIFEST, manifest)
@@ -418,6 +432,7 @@ def visualize(
     dtype: str | None = None,
     attention_patch: tuple[int, int] | None = None,
     report_budget: float | None = DEFAULT_REPORT_BUDGET_MIB,
+    filters: bool = False,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -448,6 +463,10 @@ def visualize(
             together (default 200; ``None``: no limit). Past it, the largest layers keep fewer
             of their drawn channels there, and the manifest, the page and each record's
             warnings say so; the PNGs and ``save_arrays`` keep everything.
+        filters: also draw the filters of every selected Conv/Linear layer that ran (see
+            :func:`featuremaps.filters`): with ``out``, one sheet each in ``filters/``, listed in
+            the manifest's ``filters``; each filter's L1/L2 norm joins its output channel's
+            ``channel_stats`` (``filter_l1``, ``filter_l2``; null for other layers).
 
     Returns:
         One :class:`Visualization` per input.
@@ -478,6 +497,8 @@ def visualize(
         "containers": containers,
         "model_label": loaded.cli_spec,
     }
+    if filters:
+        check_filter_selection(loaded, layers, types, containers)
     if out is not None:
         _refuse_inputs_inside(items, Path(out))
     resolved = [resolve_input(item, loaded) for item in items]
@@ -490,7 +511,7 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement, attention_patch, each)
+                         report, saved, placement, attention_patch, each, filters)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -623,6 +644,12 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="the most the report's data (data/) may take, all inputs together; past it the "
         "largest layers keep fewer channels there, and the run says so (default: 200)",
     )
+    p.add_argument(
+        "--filters",
+        action="store_true",
+        help="also draw the filters (weights) of each selected Conv/Linear layer into filters/, "
+        "with each filter's L1/L2 norm beside its channel's statistics",
+    )
     add_quiet_option(p)
 
 
@@ -676,6 +703,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         dtype=args.dtype,
         attention_patch=parse_patch(args.attention_patch),
         report_budget=args.report_budget,
+        filters=args.filters,
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)

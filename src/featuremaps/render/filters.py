@@ -79,8 +79,8 @@ KERNEL_GAP = 2  # pixels between the kernels of one filter
 MIN_CELL_WIDTH = 40  # room for the caption "#511"
 MIN_TILE = 48  # a filter tile is enlarged to at least this many pixels on its longer side
 MIN_KERNEL = 12  # ... and each kernel of a mosaic to at least this many
-MIN_MAP_SIDE = 96  # a heat map is enlarged until its longer side is at least this
-MIN_MAP_WIDTH = 48
+MIN_MAP_SIDE = 96  # a heat map's rows and columns are enlarged to at least this many pixels
+MAX_MAP_FACTOR = 16  # ... by at most this factor
 MAX_SIDE = 1024  # a heat map keeps at most this many rows and columns of values
 NOTE_LINE = 15
 NOTE_PAD = 4
@@ -319,8 +319,10 @@ def make_filter_sheet(
             )
             warnings.append(notes[-1])
         dh, dw = values.shape
-        s = max(1, math.ceil(MIN_MAP_SIDE / max(dh, dw, 1)))
-        sx = max(s, math.ceil(MIN_MAP_WIDTH / max(dw, 1)))
+        # Rows and columns are enlarged separately (cells need not be square), each to at
+        # least MIN_MAP_SIDE pixels and by at most MAX_MAP_FACTOR.
+        s = min(MAX_MAP_FACTOR, max(1, math.ceil(MIN_MAP_SIDE / max(dh, 1))))
+        sx = min(MAX_MAP_FACTOR, max(1, math.ceil(MIN_MAP_SIDE / max(dw, 1))))
         shown = tuple(range(total))
         selection = f"all {total} filters shown as rows (out, top to bottom) x {w} inputs (in)"
         content = _legend(f, title, stamp, selection, r, cmap_name, signed)
