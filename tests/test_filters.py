@@ -317,3 +317,21 @@ def test_report_reads_filter_entries_and_skips_broken_ones() -> None:
     manifest = {"tool": "featuremaps", "records": [], "filters": [good]}
     assert build_report(manifest).filters is not None
     assert build_report({"tool": "featuremaps", "records": []}).filters is None
+
+
+def test_scripted_layers_have_the_same_filters() -> None:
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(4, 6, 3, groups=2), nn.ConvTranspose2d(6, 4, 3), nn.Linear(3, 3)
+    )
+    with pytest.warns(FutureWarning):  # torch's deprecation of scripting
+        scripted = torch.jit.script(model)
+    for layer in ("0", "1", "2"):
+        plain, script = fm.filters(model, layer), fm.filters(scripted, layer)
+        assert (script.kind, script.groups, script.module_type) == (
+            plain.kind,
+            plain.groups,
+            plain.module_type,
+        )
+        np.testing.assert_array_equal(script.values, plain.values)
+        np.testing.assert_array_equal(script.l2, plain.l2)

@@ -120,10 +120,32 @@ class Filters:
         )
 
 
+# TorchScript keeps a module's Python class only as its name (``original_name``).
+_SCRIPTED = {
+    **{cls.__name__: "conv" for cls in _CONV},
+    **{cls.__name__: "transposed" for cls in _TRANSPOSED},
+    "Linear": "linear",
+}
+
+
+def _layer_kind(module: nn.Module) -> str | None:
+    """ "conv", "transposed", "linear" or None, by class (subclasses too) or, for a TorchScript
+    module, by the name of the class it was scripted from."""
+    if isinstance(module, _TRANSPOSED):
+        return "transposed"
+    if isinstance(module, _CONV):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, torch.jit.ScriptModule):
+        return _SCRIPTED.get(type_name(module))
+    return None
+
+
 def has_filters(module: nn.Module) -> bool:
-    """Whether :func:`filters` can read ``module`` (a Conv, transposed Conv or Linear layer
-    with a materialised weight)."""
-    if not isinstance(module, (*_CONV, *_TRANSPOSED, nn.Linear)):
+    """Whether :func:`filters` can read ``module`` (a Conv, transposed Conv or Linear layer,
+    also scripted, with a materialised weight)."""
+    if _layer_kind(module) is None:
         return False
     weight = getattr(module, "weight", None)
     return isinstance(weight, torch.Tensor) and not isinstance(
@@ -138,7 +160,7 @@ def filter_layers(model: nn.Module) -> list[str]:
 
 def _standard_weight(module: nn.Module, weight: np.ndarray) -> np.ndarray:
     """The weight as ``(out, in / groups, *k)``, one row per output channel."""
-    if not isinstance(module, _TRANSPOSED):
+    if _layer_kind(module) != "transposed":
         return weight
     groups = _groups(module)
     in_g, out_g = weight.shape[0] // groups, weight.shape[1]
@@ -158,14 +180,14 @@ def filter_norms(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _kind(module: nn.Module, w: np.ndarray) -> tuple[FilterKind, str]:
     """Which picture the standard weight ``w`` gets, and the words that say what it shows."""
-    if isinstance(module, nn.Linear):
+    if _layer_kind(module) == "linear":
         return "matrix", f"weights as an out x in matrix ({w.shape[0]} x {w.shape[1]})"
     in_g, k = w.shape[1], tuple(w.shape[2:])
     ktext = "x".join(str(n) for n in k)
     if all(n == 1 for n in k):
         return "matrix", f"{ktext} kernels: weights as an out x in matrix ({w.shape[0]} x {in_g})"
     spatial = len(k)
-    if spatial == 2 and in_g == 3 and _groups(module) == 1 and not isinstance(module, _TRANSPOSED):
+    if spatial == 2 and in_g == 3 and _groups(module) == 1 and _layer_kind(module) == "conv":
         return "rgb", (
             f"each filter's {ktext} kernels over input channels 0, 1, 2 as red, green, blue; "
             "one symmetric scale over all filters, 0 = mid-grey"
