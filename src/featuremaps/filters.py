@@ -174,8 +174,16 @@ def filter_norms(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     NaN/Inf weights make their filter's norms NaN/Inf, as they would in any sum.
     """
-    w = np.asarray(weight, dtype=np.float64).reshape(len(weight), -1)
-    return np.abs(w).sum(axis=1), np.sqrt((w * w).sum(axis=1))
+    flat = np.asarray(weight).reshape(len(weight), -1)
+    l1 = np.empty(len(flat), dtype=np.float64)
+    l2 = np.empty(len(flat), dtype=np.float64)
+    # In float64, a band of rows at a time: a 100-million-weight layer needs no float64 copy.
+    step = max(1, (1 << 22) // max(flat.shape[1], 1))
+    for i in range(0, len(flat), step):
+        w = flat[i : i + step].astype(np.float64)
+        l1[i : i + step] = np.abs(w).sum(axis=1)
+        l2[i : i + step] = np.sqrt((w * w).sum(axis=1))
+    return l1, l2
 
 
 def _kind(module: nn.Module, w: np.ndarray) -> tuple[FilterKind, str]:
