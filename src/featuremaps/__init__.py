@@ -25,7 +25,10 @@ from featuremaps._errors import (
 from featuremaps._version import __version__
 from featuremaps.ablation import AblationPoint, AblationResult
 from featuremaps.capture import Capture, LayerRecord, NotRun, capture, record_name, zero_channels
+from featuremaps.classmaps import ClassMap, Region, Target
 from featuremaps.commands.ablate import ablate
+from featuremaps.commands.cam import cam
+from featuremaps.commands.cam_files import CamOptions
 from featuremaps.commands.layers import LayerInfo, list_layers
 from featuremaps.commands.locate import draw_overlay, locate
 from featuremaps.commands.run import Visualization, visualize
@@ -54,8 +57,10 @@ __all__ = [
     "MANIFEST_NAME",
     "AblationPoint",
     "AblationResult",
+    "CamOptions",
     "Capture",
     "CaptureError",
+    "ClassMap",
     "FeaturemapsError",
     "FeaturemapsWarning",
     "FilterSheet",
@@ -78,12 +83,15 @@ __all__ = [
     "Preprocessing",
     "RandomWeightsWarning",
     "RecordSummary",
+    "Region",
     "SavedStats",
     "SlideResult",
+    "Target",
     "UntrustedCheckpointError",
     "Visualization",
     "__version__",
     "ablate",
+    "cam",
     "capture",
     "collect_stats",
     "draw_overlay",

@@ -32,6 +32,7 @@ from featuremaps.stats import TOP_K_ORDERS
 
 __all__ = [
     "Command",
+    "add_cam_options",
     "add_containers_option",
     "add_device_options",
     "add_layer_options",
@@ -44,6 +45,7 @@ __all__ = [
     "load_model_and_inputs",
     "load_model_from_args",
     "load_model_with_preprocessing",
+    "parse_box",
     "parse_channels",
     "parse_pair",
     "parse_patch",
@@ -153,6 +155,65 @@ def add_loader_options(p: argparse.ArgumentParser) -> None:
     """--batch-size and --workers: how a data set is read."""
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
     p.add_argument("--workers", type=int, default=2, help="reader processes (2)")
+
+
+def add_cam_options(p: argparse.ArgumentParser) -> None:
+    """The options of class maps that ``cam`` and ``run --cam`` share: target, output, region,
+    smoothing and the trust numbers."""
+    p.add_argument(
+        "--target",
+        default="top1",
+        help="what the maps explain: top1 (the top class of each input), a class INDEX or "
+        "NAME, or one per input separated by commas (default: top1)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="KEY",
+        help="the part of a dict/tuple output whose scores are explained, e.g. out",
+    )
+    p.add_argument(
+        "--region",
+        metavar="X0,Y0,X1,Y1",
+        help="for dense (segmentation) outputs: sum the target class over this box of output "
+        "cells (default: the cells where it is the top class)",
+    )
+    p.add_argument(
+        "--smooth",
+        action="store_true",
+        help="draw maps interpolated between cell centres (the legend says so; default: each "
+        "cell as a block, the map's own resolution)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=16,
+        help="steps of the deletion/insertion curves (default: 16)",
+    )
+    p.add_argument(
+        "--no-trust",
+        dest="trust",
+        action="store_false",
+        help="skip the deletion/insertion curves",
+    )
+    p.add_argument(
+        "--no-sanity",
+        dest="sanity",
+        action="store_false",
+        help="skip the sanity check (the map after re-initialising the layers above)",
+    )
+
+
+def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
+    """--region ``X0,Y0,X1,Y1`` as four integers."""
+    if text is None:
+        return None
+    try:
+        x0, y0, x1, y1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(
+            f"--region '{text}' is not X0,Y0,X1,Y1 (four whole numbers, e.g. 0,0,16,16)"
+        ) from None
+    return x0, y0, x1, y1
 
 
 def add_quiet_option(p: argparse.ArgumentParser) -> None:

@@ -30,8 +30,17 @@ from torch import nn
 from featuremaps import layouts
 from featuremaps._errors import FeaturemapsWarning, NonFiniteWarning, OptionError, OutputError
 from featuremaps.capture import Capture, LayerRecord, capture
+from featuremaps.classmaps import ClassMap
+from featuremaps.commands.cam_files import (
+    CamOptions,
+    cam_entries,
+    compute_cams,
+    region_target,
+    sanity_message,
+)
 from featuremaps.commands.cli_common import (
     Command,
+    add_cam_options,
     add_containers_option,
     add_device_options,
     add_layer_options,
@@ -40,6 +49,7 @@ from featuremaps.commands.cli_common import (
     add_quiet_option,
     check_layers,
     load_model_and_inputs,
+    parse_box,
     parse_channels,
     parse_patch,
     parse_range,
@@ -66,16 +76,11 @@ from featuremaps.commands.run_files import (
     layer_data,
     npy_bytes,
 )
-from featuremaps.commands.run_filters import (
-    check_filter_selection,
-    draw_filters,
-    join_norms,
-    write_filters,
-)
+from featuremaps.commands.run_filters import add_filters_option, check_filters, run_filters
 from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
-from featuremaps.inputs import LoadedInput, sample_image_path
+from featuremaps.inputs import LoadedInput, fed_picture, sample_image_path
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.manifest import (
     ARRAYS,
@@ -135,6 +140,7 @@ class Visualization:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
+    cams: list[ClassMap] = field(default_factory=list)
 
     def __repr__(self) -> str:
         drawn = sum(1 for r in self.records if r.image or r.name in self.grids)
@@ -187,6 +193,7 @@ def _run_one(
     placement: Placement | None = None,
     attention_patch: tuple[int, int] | None = None,
     report_budget: int | None = None,
+    cams: CamOptions | None = None,
     filters: bool = False,
 ) -> Visualization:
     from tqdm import tqdm
@@ -343,14 +350,24 @@ def _run_one(
         )  # fmt: skip
     if arrays is not None:
         arrays.close()
+    found_cams: list[ClassMap] = []
+    cam_list: list[dict[str, Any]] | None = None
+    if cams is not None:
+        start = time.perf_counter()
+        chosen = tensor[sample : sample + 1] if isinstance(tensor, torch.Tensor) else tensor
+        named_classes = categories(loaded)
+        found_cams = compute_cams(
+            loaded.model, chosen, cams, named_classes[0] if named_classes else None, loaded.cli_spec
+        )
+        found_cams = [replace(c, sample=sample) for c in found_cams]
+        fed = fed_picture(chosen, item.preprocessing) if isinstance(chosen, torch.Tensor) else None
+        cam_list = cam_entries(folder, prefix, found_cams, fed[0] if fed else None, cams, stamp)
+        timings["cams"] = time.perf_counter() - start
     if tracker is not None:
         placed = {n: g.to_json() for n, g in tracker.found.items() if g is not None}
         summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
-    filter_entries = None
-    if filters:  # one sheet per Conv/Linear module; its norms join the channel statistics
-        drawn_filters = draw_filters(loaded, summaries, stamp)
-        summaries = join_norms(summaries, drawn_filters)
-        filter_entries = write_filters(folder, prefix, drawn_filters)
+    # With filters: a sheet per Conv/Linear module; its norms join the channel statistics.
+    summaries, filter_entries = run_filters(loaded, summaries, folder, prefix, stamp, filters)
 
     messages = []
     budget = None
@@ -372,6 +389,9 @@ def _run_one(
     if bad is not None:
         messages.append(bad)
         warnings.warn(NonFiniteWarning(bad), stacklevel=3)
+    failing = sanity_message(found_cams)
+    if failing is not None:
+        messages.append(failing)
     if loaded.random_weights:
         messages.append(f"{RANDOM_WEIGHTS}: {loaded.weights_status}")
     named = categories(loaded)
@@ -401,8 +421,9 @@ def _run_one(
         "prediction": found,
         "records": [s.to_json() for s in summaries],
     }
-    if filter_entries is not None:
-        manifest["filters"] = filter_entries
+    if cam_list is not None:
+        manifest["cams"] = cam_list
+    manifest.update({"filters": filter_entries} if filter_entries is not None else {})
     if folder is not None:
         start = time.perf_counter()
         folder.write_json(prefix + MANIFEST, manifest)
@@ -411,7 +432,7 @@ def _run_one(
             for relative, content in report_files(manifest, prefix).items():
                 folder.write_bytes(prefix + relative, content)
         timings["manifest+report"] = time.perf_counter() - start
-    return Visualization(summaries, manifest, None, grids, messages, timings)
+    return Visualization(summaries, manifest, None, grids, messages, timings, cams=found_cams)
 
 
 def visualize(
@@ -432,6 +453,7 @@ def visualize(
     dtype: str | None = None,
     attention_patch: tuple[int, int] | None = None,
     report_budget: float | None = DEFAULT_REPORT_BUDGET_MIB,
+    cams: CamOptions | None = None,
     filters: bool = False,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
@@ -463,10 +485,12 @@ def visualize(
             together (default 200; ``None``: no limit). Past it, the largest layers keep fewer
             of their drawn channels there, and the manifest, the page and each record's
             warnings say so; the PNGs and ``save_arrays`` keep everything.
-        filters: also draw the filters of every selected Conv/Linear layer that ran (see
-            :func:`featuremaps.filters`): with ``out``, one sheet each in ``filters/``, listed in
-            the manifest's ``filters``; each filter's L1/L2 norm joins its output channel's
-            ``channel_stats`` (``filter_l1``, ``filter_l2``; null for other layers).
+        cams: also compute class activation maps of the drawn sample
+            (:class:`~featuremaps.commands.cam_files.CamOptions`); they are in
+            ``Visualization.cams``, and with ``out`` in the manifest's ``cams`` (arrays and
+            pictures under ``cams/``) and the report.
+        filters: also draw each selected Conv/Linear layer's filters, as ``run --filters``
+            does (see :func:`featuremaps.commands.run_filters.run_filters`).
 
     Returns:
         One :class:`Visualization` per input.
@@ -497,8 +521,7 @@ def visualize(
         "containers": containers,
         "model_label": loaded.cli_spec,
     }
-    if filters:
-        check_filter_selection(loaded, layers, types, containers)
+    check_filters(loaded, layers, types, containers, filters)
     if out is not None:
         _refuse_inputs_inside(items, Path(out))
     resolved = [resolve_input(item, loaded) for item in items]
@@ -511,7 +534,8 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement, attention_patch, each, filters)
+                         report, saved, placement, attention_patch, each, cams,
+                         filters)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -645,11 +669,19 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "largest layers keep fewer channels there, and the run says so (default: 200)",
     )
     p.add_argument(
-        "--filters",
-        action="store_true",
-        help="also draw the filters (weights) of each selected Conv/Linear layer into filters/, "
-        "with each filter's L1/L2 norm beside its channel's statistics",
+        "--cam",
+        metavar="METHODS",
+        help="also compute class activation maps (gradcam, layercam, ... or all, "
+        "comma-separated) and show them in the report; see 'featuremaps cam --help'",
     )
+    p.add_argument(
+        "--cam-layers",
+        action="append",
+        metavar="LAYER",
+        help="layer calls the class maps explain (default: the last layer whose output has cells)",
+    )
+    add_cam_options(p)
+    add_filters_option(p)
     add_quiet_option(p)
 
 
@@ -664,6 +696,35 @@ def _check_scale(args: argparse.Namespace) -> None:
         raise OptionError("--scale fixed needs --range LO,HI, for example --range -1,1")
     if args.columns < 1:
         raise OptionError(f"--columns {args.columns} is not valid; expected 1 or more, e.g. 8")
+
+
+def _cam_options(args: argparse.Namespace) -> CamOptions | None:
+    """--cam and its options (the class-map options without --cam are refused)."""
+    if args.cam is None:
+        given = [o for o, v in (("--cam-layers", args.cam_layers), ("--output", args.output),
+                                ("--region", args.region)) if v is not None]  # fmt: skip
+        if given or args.target != "top1" or args.smooth:
+            named = given[0] if given else ("--target" if args.target != "top1" else "--smooth")
+            raise OptionError(
+                f"{named} is an option of class maps; add --cam METHODS, e.g. --cam gradcam"
+            )
+        return None
+    if "," in args.target:
+        raise OptionError(
+            f"--target {args.target}: run takes one target for all its inputs; use "
+            "'featuremaps cam' for one per input"
+        )
+    target: int | str = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    return CamOptions(
+        methods=args.cam,
+        layers=args.cam_layers,
+        target=region_target(target, parse_box(args.region)),
+        output=args.output,
+        trust=args.trust,
+        sanity=args.sanity,
+        steps=args.steps,
+        smooth=args.smooth,
+    )
 
 
 def _execute(args: argparse.Namespace, out: TextIO) -> int:
@@ -703,6 +764,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         dtype=args.dtype,
         attention_patch=parse_patch(args.attention_patch),
         report_budget=args.report_budget,
+        cams=_cam_options(args),
         filters=args.filters,
     )
     for result in results:

@@ -11,6 +11,7 @@ statistics (``channel_stats``' ``filter_l1`` and ``filter_l2``).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,9 +27,11 @@ __all__ = [
     "FILTERS_DIR",
     "NORM_KEYS",
     "LayerFilters",
-    "check_filter_selection",
+    "add_filters_option",
+    "check_filters",
     "draw_filters",
     "join_norms",
+    "run_filters",
     "write_filters",
 ]
 
@@ -45,16 +48,30 @@ class LayerFilters:
     sheet: FilterSheet
 
 
-def check_filter_selection(
+def add_filters_option(p: argparse.ArgumentParser) -> None:
+    """``run --filters``."""
+    p.add_argument(
+        "--filters",
+        action="store_true",
+        help="also draw the filters (weights) of each selected Conv/Linear layer into filters/, "
+        "with each filter's L1/L2 norm beside its channel's statistics",
+    )
+
+
+def check_filters(
     loaded: LoadedModel,
     layers: str | Sequence[str] | None,
     types: str | Sequence[str] | None,
     containers: bool,
+    wanted: bool = True,
 ) -> None:
-    """Before the forward pass: the selection must hold a layer with filters, or ``--filters``
-    has nothing to draw. Raises the selection's own error for a name that matches nothing, and
-    :func:`featuremaps.filters`' error (what the layer is, what was expected, how to list the
-    names) when no selected layer is a Conv or Linear layer."""
+    """Before the forward pass of a run that draws filters (``wanted``): the selection must
+    hold a layer with filters, or there is nothing to draw. Raises the selection's own error
+    for a name that matches nothing, and :func:`featuremaps.filters`' error (what the layer is,
+    what was expected, how to list the names) when no selected layer is a Conv or Linear layer.
+    """
+    if not wanted:
+        return
     spec = loaded.cli_spec
     chosen = select_modules(loaded.model, as_patterns(layers), as_patterns(types), containers, spec)
     if chosen and not any(has_filters(m) for m in chosen.values()):
@@ -138,3 +155,21 @@ def write_filters(
             }
         )
     return entries
+
+
+def run_filters(
+    loaded: LoadedModel,
+    records: Sequence[RecordSummary],
+    folder: OutputFolder | None,
+    prefix: str,
+    stamp: str | None,
+    wanted: bool = True,
+) -> tuple[list[RecordSummary], list[dict[str, Any]] | None]:
+    """A run's filters (``wanted``; else ``records`` as they are and ``None``): draw a sheet for
+    every module of ``records`` that ran and has filters, write it (with a folder) to
+    ``filters/``, and return the records with the norm columns joined (:func:`join_norms`) and
+    the manifest's ``filters`` entries (:func:`write_filters`)."""
+    if not wanted:
+        return list(records), None
+    drawn = draw_filters(loaded, records, stamp)
+    return join_norms(records, drawn), write_filters(folder, prefix, drawn)
