@@ -76,6 +76,7 @@ from featuremaps.commands.run_files import (
     layer_data,
     npy_bytes,
 )
+from featuremaps.commands.run_filters import add_filters_option, check_filters, run_filters
 from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
@@ -193,6 +194,7 @@ def _run_one(
     attention_patch: tuple[int, int] | None = None,
     report_budget: int | None = None,
     cams: CamOptions | None = None,
+    filters: bool = False,
 ) -> Visualization:
     from tqdm import tqdm
 
@@ -364,6 +366,8 @@ def _run_one(
     if tracker is not None:
         placed = {n: g.to_json() for n, g in tracker.found.items() if g is not None}
         summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
+    # With filters: a sheet per Conv/Linear module; its norms join the channel statistics.
+    summaries, filter_entries = run_filters(loaded, summaries, folder, prefix, stamp, filters)
 
     messages = []
     budget = None
@@ -419,6 +423,7 @@ def _run_one(
     }
     if cam_list is not None:
         manifest["cams"] = cam_list
+    manifest.update({"filters": filter_entries} if filter_entries is not None else {})
     if folder is not None:
         start = time.perf_counter()
         folder.write_json(prefix + MANIFEST, manifest)
@@ -449,6 +454,7 @@ def visualize(
     attention_patch: tuple[int, int] | None = None,
     report_budget: float | None = DEFAULT_REPORT_BUDGET_MIB,
     cams: CamOptions | None = None,
+    filters: bool = False,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -483,6 +489,8 @@ def visualize(
             (:class:`~featuremaps.commands.cam_files.CamOptions`); they are in
             ``Visualization.cams``, and with ``out`` in the manifest's ``cams`` (arrays and
             pictures under ``cams/``) and the report.
+        filters: also draw each selected Conv/Linear layer's filters, as ``run --filters``
+            does (see :func:`featuremaps.commands.run_filters.run_filters`).
 
     Returns:
         One :class:`Visualization` per input.
@@ -513,6 +521,7 @@ def visualize(
         "containers": containers,
         "model_label": loaded.cli_spec,
     }
+    check_filters(loaded, layers, types, containers, filters)
     if out is not None:
         _refuse_inputs_inside(items, Path(out))
     resolved = [resolve_input(item, loaded) for item in items]
@@ -525,7 +534,8 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement, attention_patch, each, cams)
+                         report, saved, placement, attention_patch, each, cams,
+                         filters)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -671,6 +681,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="layer calls the class maps explain (default: the last layer whose output has cells)",
     )
     add_cam_options(p)
+    add_filters_option(p)
     add_quiet_option(p)
 
 
@@ -754,6 +765,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         attention_patch=parse_patch(args.attention_patch),
         report_budget=args.report_budget,
         cams=_cam_options(args),
+        filters=args.filters,
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)
