@@ -35,25 +35,24 @@ from featuremaps.commands.cam_files import (
     CamOptions,
     cam_entries,
     compute_cams,
-    region_target,
     sanity_message,
 )
 from featuremaps.commands.cli_common import (
     Command,
-    add_cam_options,
     add_containers_option,
     add_device_options,
     add_layer_options,
     add_model_options,
     add_out_option,
     add_quiet_option,
+    add_run_cam_options,
     check_layers,
     load_model_and_inputs,
-    parse_box,
     parse_channels,
     parse_patch,
     parse_range,
     print_closing,
+    run_cam_options,
     show_progress,
 )
 from featuremaps.commands.common import (
@@ -668,19 +667,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="the most the report's data (data/) may take, all inputs together; past it the "
         "largest layers keep fewer channels there, and the run says so (default: 200)",
     )
-    p.add_argument(
-        "--cam",
-        metavar="METHODS",
-        help="also compute class activation maps (gradcam, layercam, ... or all, "
-        "comma-separated) and show them in the report; see 'featuremaps cam --help'",
-    )
-    p.add_argument(
-        "--cam-layers",
-        action="append",
-        metavar="LAYER",
-        help="layer calls the class maps explain (default: the last layer whose output has cells)",
-    )
-    add_cam_options(p)
+    add_run_cam_options(p)
     add_filters_option(p)
     add_quiet_option(p)
 
@@ -696,35 +683,6 @@ def _check_scale(args: argparse.Namespace) -> None:
         raise OptionError("--scale fixed needs --range LO,HI, for example --range -1,1")
     if args.columns < 1:
         raise OptionError(f"--columns {args.columns} is not valid; expected 1 or more, e.g. 8")
-
-
-def _cam_options(args: argparse.Namespace) -> CamOptions | None:
-    """--cam and its options (the class-map options without --cam are refused)."""
-    if args.cam is None:
-        given = [o for o, v in (("--cam-layers", args.cam_layers), ("--output", args.output),
-                                ("--region", args.region)) if v is not None]  # fmt: skip
-        if given or args.target != "top1" or args.smooth:
-            named = given[0] if given else ("--target" if args.target != "top1" else "--smooth")
-            raise OptionError(
-                f"{named} is an option of class maps; add --cam METHODS, e.g. --cam gradcam"
-            )
-        return None
-    if "," in args.target:
-        raise OptionError(
-            f"--target {args.target}: run takes one target for all its inputs; use "
-            "'featuremaps cam' for one per input"
-        )
-    target: int | str = int(args.target) if args.target.lstrip("-").isdigit() else args.target
-    return CamOptions(
-        methods=args.cam,
-        layers=args.cam_layers,
-        target=region_target(target, parse_box(args.region)),
-        output=args.output,
-        trust=args.trust,
-        sanity=args.sanity,
-        steps=args.steps,
-        smooth=args.smooth,
-    )
 
 
 def _execute(args: argparse.Namespace, out: TextIO) -> int:
@@ -764,7 +722,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         dtype=args.dtype,
         attention_patch=parse_patch(args.attention_patch),
         report_budget=args.report_budget,
-        cams=_cam_options(args),
+        cams=run_cam_options(args),
         filters=args.filters,
     )
     for result in results:
