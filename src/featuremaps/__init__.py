@@ -31,6 +31,7 @@ from featuremaps.commands.cam import cam
 from featuremaps.commands.cam_files import CamOptions
 from featuremaps.commands.layers import LayerInfo, list_layers
 from featuremaps.commands.locate import draw_overlay, locate
+from featuremaps.commands.prune import prune
 from featuremaps.commands.run import Visualization, visualize
 from featuremaps.commands.slide import SlideResult, slide_maps
 from featuremaps.commands.stats import collect_stats
@@ -48,6 +49,7 @@ from featuremaps.inputs import (
 from featuremaps.manifest import MANIFEST as MANIFEST_NAME
 from featuremaps.manifest import RecordSummary
 from featuremaps.models import LoadedModel, load_model
+from featuremaps.pruning import PrunePoint, PruneResult
 from featuremaps.render import Grid, GridLabel, GridOptions, make_grid
 from featuremaps.render.filters import FilterSheet, make_filter_sheet
 from featuremaps.report import write_report
@@ -81,6 +83,8 @@ __all__ = [
     "OptionError",
     "OutputError",
     "Preprocessing",
+    "PrunePoint",
+    "PruneResult",
     "RandomWeightsWarning",
     "RecordSummary",
     "Region",
@@ -104,6 +108,7 @@ __all__ = [
     "locate",
     "make_filter_sheet",
     "make_grid",
+    "prune",
     "read_stats",
     "record_name",
     "sample_image_path",

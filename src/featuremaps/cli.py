@@ -24,7 +24,7 @@ from typing import NoReturn, TextIO
 
 from featuremaps._errors import FeaturemapsError, FeaturemapsWarning
 from featuremaps._version import __version__
-from featuremaps.commands import ablate, cam, layers, locate, run, slide, stats
+from featuremaps.commands import ablate, cam, layers, locate, prune, run, slide, stats
 from featuremaps.commands.cli_common import Command
 
 __all__ = ["console_main", "main"]
@@ -38,6 +38,7 @@ COMMANDS: dict[str, Command] = {
     "layers": layers.COMMAND,
     "stats": stats.COMMAND,
     "ablate": ablate.COMMAND,
+    "prune": prune.COMMAND,
     "locate": locate.COMMAND,
     "cam": cam.COMMAND,
     "slide": slide.COMMAND,

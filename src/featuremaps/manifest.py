@@ -27,6 +27,7 @@ __all__ = [
     "MANIFEST",
     "MARK_KEY",
     "OUTPUT_FILES",
+    "PRUNE",
     "RANDOM_WEIGHTS",
     "SLIDE",
     "SUMMARY",
@@ -44,8 +45,9 @@ SUMMARY = "summary.json"  # ... `featuremaps stats`
 ABLATION = "ablation.json"  # ... `featuremaps ablate`
 LOCATE = "locate.json"  # ... `featuremaps locate --overlay`
 SLIDE = "slide.json"  # ... `featuremaps slide`
+PRUNE = "prune.json"  # ... `featuremaps prune`
 #: The files that mark a folder as written by featuremaps (each holds ``"tool": "featuremaps"``).
-OUTPUT_FILES = (MANIFEST, SUMMARY, ABLATION, LOCATE, SLIDE)
+OUTPUT_FILES = (MANIFEST, SUMMARY, ABLATION, LOCATE, SLIDE, PRUNE)
 ARRAYS = "arrays.safetensors"
 
 #: The stamp drawn on every picture of a model with random weights (a red box in its legend).

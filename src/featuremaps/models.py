@@ -8,6 +8,8 @@ Second stage of the flow (input → **model** → capture → render → io). A 
   member name (``IMAGENET1K_V1``), ``none`` or a local weights file (``.pth``, ``.safetensors``);
 * ``timm:NAME`` (or a bare timm name) when timm is installed;
 * a TorchScript file (``model.pt`` saved by ``torch.jit.save``);
+* an exported program (``model.pt2`` saved by ``torch.export.save``; loaded without unpickling
+  anything but plain tensors, see :mod:`featuremaps.exported`);
 * user code: ``package.module:factory`` or ``path/to/file.py:factory`` (called with no arguments).
 
 Pretrained weights come through torchvision's own weights API, which downloads them once into the
@@ -90,6 +92,10 @@ def load_model(
         from featuremaps.onnx_models import load_onnx  # imported here: an optional extra
 
         loaded = load_onnx(spec)
+    elif Path(spec).suffix.lower() == ".pt2":
+        from featuremaps.exported import load_exported  # torch.export loads lazily
+
+        loaded = load_exported(spec)
     elif Path(spec).suffix in WEIGHT_SUFFIXES or Path(spec).is_file():
         loaded = _load_model_file(spec, trust_checkpoint)
     else:

@@ -382,3 +382,50 @@ def plot_ablation(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def plot_pruning(
+    rows: Sequence[dict[str, Any]],
+    *,
+    model: str,
+    macs_before: int,
+    metric: str,
+    stat: str,
+    images: int,
+    random_weights: bool = False,
+    ranking: str = "",
+) -> bytes:
+    """Agreement with the original against the pruned model's MACs (rows of
+    ``PruneResult.rows()``): the red line removes the lowest-ranked channels, the grey dashed
+    one as many random channels (the control); the unpruned model is the point at 100 % MACs
+    and agreement 1. With ``random_weights`` the chart gets the ``RANDOM WEIGHTS`` stamp."""
+    fig = Figure(figsize=(6.4, 4.2), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for selection, colour, style, label in (
+        ("random", "0.45", "--", "random channels (control)"),
+        ("ranked", "C3", "-", f"lowest {stat} removed"),
+    ):
+        chosen = sorted((r for r in rows if r["selection"] == selection), key=lambda r: -r["macs"])
+        xs = [100.0] + [100.0 * r["macs"] / max(macs_before, 1) for r in chosen]
+        ys = [1.0] + [r["agreement"] for r in chosen]
+        ax.plot(xs, ys, color=colour, linestyle=style, marker="o", label=label)
+        for r, x, y in zip(chosen, xs[1:], ys[1:], strict=True):
+            if selection == "ranked":
+                step = f"k={r['k']}" if r["ratio"] is None else f"{r['ratio']:g}"
+                ax.annotate(step, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.invert_xaxis()  # smaller models to the right
+    ax.set_xlabel("MACs of the pruned model (% of the original)")
+    what = "top-1 agreement" if metric == "top1_agreement" else "mean cosine of outputs"
+    ax.set_ylabel(f"{what} with the original")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    title = f"{_label(model)}: channels removed per layer group; {images} inputs"
+    title += f"\nranking: {_label(ranking)}" if ranking else ""
+    fig.suptitle(title, fontsize=10, parse_math=False)
+    if random_weights:
+        _stamp(fig, RANDOM_WEIGHTS)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
