@@ -76,7 +76,9 @@ def _check_archive(data: bytes, spec: str) -> None:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelError(f"'{spec}' is not a .pt2 archive ({exc}); save it with torch.export") from None
+        raise ModelError(
+            f"'{spec}' is not a .pt2 archive ({exc}); save it with torch.export"
+        ) from None
 
     def refuse(why: str) -> ModelError:
         return ModelError(
@@ -128,7 +130,9 @@ def load_exported(spec: str) -> LoadedModel:
             program = torch.export.load(io.BytesIO(data), extra_files=extra)
             model = torch.export.unflatten(program)
     except Exception as exc:
-        raise ModelError(f"cannot load exported program '{spec}': {type(exc).__name__}: {exc}") from None
+        raise ModelError(
+            f"cannot load exported program '{spec}': {type(exc).__name__}: {exc}"
+        ) from None
     info = json.loads(extra[EXTRA_FILE] or "{}")
     pre = info.get("preprocessing")
     preprocessing = None

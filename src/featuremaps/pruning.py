@@ -251,7 +251,9 @@ def find_groups(
                 group, why = None, f"its channels are coupled to the output layer '{output}'"
         if group is None:
             if patterns is not None:
-                raise LayerError(f"layer '{root}' cannot be pruned: {why}; leave it out of --layers")
+                raise LayerError(
+                    f"layer '{root}' cannot be pruned: {why}; leave it out of --layers"
+                )
             skipped[root] = why
             continue
         covered.update(n for n in group.outputs)

@@ -9,7 +9,6 @@ the saved model back is :mod:`featuremaps.exported`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -248,9 +247,7 @@ def _write(
             "saved_model": result.saved,
             **_summary(ranked, result),
             "control": _summary(result.point("random"), result),
-            "sweep": [
-                {"selection": p.selection, **_summary(p, result)} for p in result.points
-            ],
+            "sweep": [{"selection": p.selection, **_summary(p, result)} for p in result.points],
             "groups": result.groups,
             "left_whole": result.skipped,
             "files": files,
