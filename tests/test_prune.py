@@ -437,6 +437,7 @@ def test_mobilenet_v2_depthwise_convolution_follows_its_expansion() -> None:
 def test_vit_mlp_hidden_channels() -> None:
     torch.manual_seed(0)
     vit = torchvision.models.vit_b_16(image_size=32, num_classes=10).eval()
+    nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero: every output 0
     x = torch.randn(1, 3, 32, 32)
     groups, _ = find_groups(vit, x, ["encoder.layers.*.mlp.0"])
     assert len(groups) == 12

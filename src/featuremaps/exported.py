@@ -61,7 +61,7 @@ def export_model(
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
         buffer = io.BytesIO()
-        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: extra})  # type: ignore[no-untyped-call]
+        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: extra})
     except Exception as exc:
         raise ModelError(
             f"the pruned model can be neither exported ({type(export_error).__name__}) nor "
@@ -137,8 +137,17 @@ def load_exported(spec: str) -> LoadedModel:
     pre = info.get("preprocessing")
     preprocessing = None
     if isinstance(pre, dict):
-        sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()}
-        preprocessing = Preprocessing(**sizes, from_model=True)
+
+        def size(value: Any) -> Any:  # JSON gives lists where the recipe holds tuples
+            return tuple(value) if isinstance(value, list) else value
+
+        preprocessing = Preprocessing(
+            resize=size(pre.get("resize")), crop=size(pre.get("crop")),
+            mean=size(pre.get("mean")), std=size(pre.get("std")),
+            source=str(pre.get("source", "as saved with the model")),
+            interpolation=str(pre.get("interpolation", "bilinear")),
+            antialias=bool(pre.get("antialias", True)), from_model=True,
+        )  # fmt: skip
     status = str(info.get("weights_status", "as saved in the file"))
     return LoadedModel(
         model, spec, "torch.export", "as saved", status, bool(info.get("random_weights", False)),

@@ -137,7 +137,8 @@ def _out_width(module: nn.Module) -> int:
         return int(module.num_features)
     if isinstance(module, nn.Linear):
         return int(module.out_features)
-    return int(module.out_channels)  # a convolution
+    conv: nn.modules.conv._ConvNd = module  # type: ignore[assignment]
+    return conv.out_channels
 
 
 def _graph(model: nn.Module, example: torch.Tensor) -> Any:
