@@ -26,6 +26,8 @@ Sections:
               rotated rounds, medians of the per-round ratios; and ``import featuremaps`` alone
   gpu         the capture and a whole ``visualize`` run on CUDA vs a plain CUDA forward; only
               when a GPU is present (otherwise the section says so and measures nothing)
+  prune       the trained shapes_cnn pruned at several ratios: top-1 agreement against MACs for
+              channels ranked by std, by absmean and random ones (``benchmarks/prune.py``)
 """
 
 from __future__ import annotations
@@ -1085,6 +1087,17 @@ def report_gpu(g: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _prune_bench() -> Any:
+    """benchmarks/prune.py, loaded from beside this file (it needs the ``prune`` extra)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fm_bench_prune", HERE / "prune.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "render": report_render,
     "capture": report_capture,
@@ -1095,6 +1108,7 @@ REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "slide": report_slide,
     "e2e": report_e2e,
     "gpu": report_gpu,
+    "prune": lambda section: _prune_bench().report_prune(section),
 }
 SECTIONS = tuple(REPORTS)
 
@@ -1120,6 +1134,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
             "slide": lambda: bench_slide(3000, 2, 512, True),
             "e2e": lambda: bench_e2e(["squeezenet1_1"], 1, "squeezenet1_1", warm_up=False),
             "gpu": lambda: bench_gpu([("tiny", 64)], 1),
+            "prune": lambda: _prune_bench().bench_prune(8, 8, (0.25, 0.5), 1),
         }
     return {
         "render": lambda: bench_render("resnet18", 224, 5),
@@ -1133,6 +1148,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
         "slide": lambda: bench_slide(40_000, 4, 1024, True),
         "e2e": lambda: bench_e2e(["resnet18", "resnet50"], 7, "resnet18"),
         "gpu": lambda: bench_gpu([("resnet50", 224), ("resnet50", 1024)], 5),
+        "prune": lambda: _prune_bench().bench_prune(),
     }
 
 
