@@ -261,6 +261,8 @@ def test_prune_command_writes_numbers_that_a_recomputation_confirms(
     assert code == 0
     manifest = json.loads((maps / "manifest.json").read_text())
     assert json.dumps(manifest).count('"conv2"') >= 1
+    with pytest.raises(OptionError, match="has no Conv or Linear layer modules to prune"):
+        fm.prune(str(out / "pruned.pt2"), [str(shapes_folder)], ratio=0.2, workers=0)
 
 
 def test_prune_with_a_stats_file_and_k(shapes_folder: Path, tmp_path: Path) -> None:
@@ -452,3 +454,31 @@ def test_vit_mlp_hidden_channels() -> None:
         lost = len(pruned.removed[f"encoder.layers.encoder_layer_{i}.mlp.0"])
         assert lost == int(3072 * 0.3)
         assert block[0].out_features == block[3].in_features == 3072 - lost
+
+
+class _Branchy(nn.Module):
+    """Control flow on the data: torch.export refuses it, tracing records one branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.sum() > -1e9:
+            return y.mean((2, 3))
+        return y.amax((2, 3))
+
+
+def test_a_model_export_refuses_is_saved_as_torchscript(tmp_path: Path) -> None:
+    from featuremaps.exported import export_model
+
+    model = _Branchy().eval()
+    x = torch.randn(1, 3, 8, 8)
+    data, kind = export_model(model, x, {"preprocessing": None})
+    assert kind == "torchscript"
+    (tmp_path / "pruned.pt").write_bytes(data)
+    loaded = fm.load_model(str(tmp_path / "pruned.pt"))
+    assert loaded.source == "torchscript"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x))

@@ -58,10 +58,10 @@ def export_model(
         export_error = exc
     try:
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # tracer warnings; torch.jit's deprecation notice
             traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: extra})
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: extra})
     except Exception as exc:
         raise ModelError(
             f"the pruned model can be neither exported ({type(export_error).__name__}) nor "

@@ -120,10 +120,17 @@ def prune(
     example = placement.inputs(example)
     patterns = as_patterns(layers)
     groups, skipped = find_groups(loaded.model, example, patterns)
-    if not groups:
+    if not groups and not skipped:
         raise OptionError(
-            f"no layer of {loaded.spec} can be pruned ({len(skipped)} left whole, e.g. "
-            f"{next(iter(skipped.items()), ('-', '-'))[0]}: {next(iter(skipped.values()), '-')})"
+            f"{loaded.spec} has no Conv or Linear layer modules to prune (a TorchScript or "
+            "exported model keeps none); prune the model as Python code (a zoo name or "
+            "'package.module:factory')"
+        )
+    if not groups:
+        root, why = next(iter(skipped.items()))
+        raise OptionError(
+            f"no layer of {loaded.spec} can be pruned: all {len(skipped)} are left whole "
+            f"('{root}': {why}); see 'featuremaps prune --help'"
         )
     members = sorted({n for g in groups for n in g.outputs})
     saved = read_stats(channel_stats) if isinstance(channel_stats, (str, Path)) else channel_stats

@@ -422,6 +422,10 @@ def plot_pruning(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     title = f"{_label(model)}: channels removed per layer group; {images} inputs"
+    if ranking.startswith("statistics file "):  # the file's name is enough on a chart
+        ranking = f"statistics file {PurePath(ranking[16:]).name}"
+    elif "in-sample" in ranking:
+        ranking = "in-sample (statistics of the inputs measured)"
     title += f"\nranking: {_label(ranking)}" if ranking else ""
     fig.suptitle(title, fontsize=10, parse_math=False)
     if random_weights:
