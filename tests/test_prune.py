@@ -482,3 +482,25 @@ def test_a_model_export_refuses_is_saved_as_torchscript(tmp_path: Path) -> None:
     assert loaded.source == "torchscript"
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), model(x))
+
+
+def test_prune_chart_golden() -> None:
+    """Ranked (red) and random (grey, dashed) agreement against MACs left, the original at 100 %,
+    each ranked point labelled with its ratio, the stats file named by its file name."""
+    from goldtest import assert_matches_golden
+
+    from featuremaps.render.plots import plot_pruning
+
+    rows = [
+        {"selection": s, "ratio": r, "k": None, "macs": int(1000 * (1 - r) ** 2), "agreement": a}
+        for s, points in (
+            ("ranked", ((0.2, 0.9), (0.4, 0.5), (0.6, 0.2))),
+            ("random", ((0.2, 0.95), (0.4, 0.7), (0.6, 0.25))),
+        )
+        for r, a in points
+    ]
+    png = plot_pruning(rows, model="shapes_cnn", macs_before=1000, metric="top1_agreement",
+                       stat="std", images=12, random_weights=True,
+                       ranking="statistics file /somewhere/far/away/stats.csv")  # fmt: skip
+    with Image.open(io.BytesIO(png)) as picture:
+        assert_matches_golden("prune_chart", np.asarray(picture.convert("RGB")))

@@ -421,7 +421,7 @@ def plot_pruning(
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    title = f"{_label(model)}: channels removed per layer group; {images} inputs"
+    title = f"{_label(model)} pruned, {images} inputs"
     if ranking.startswith("statistics file "):  # the file's name is enough on a chart
         ranking = f"statistics file {PurePath(ranking[16:]).name}"
     elif "in-sample" in ranking:
