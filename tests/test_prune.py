@@ -487,9 +487,8 @@ def test_a_model_export_refuses_is_saved_as_torchscript(tmp_path: Path) -> None:
 def test_prune_chart_golden() -> None:
     """Ranked (red) and random (grey, dashed) agreement against MACs left, the original at 100 %,
     each ranked point labelled with its ratio, the stats file named by its file name."""
-    from goldtest import assert_matches_golden
-
     from featuremaps.render.plots import plot_pruning
+    from goldtest import assert_matches_golden
 
     rows = [
         {"selection": s, "ratio": r, "k": None, "macs": int(1000 * (1 - r) ** 2), "agreement": a}
