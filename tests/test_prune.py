@@ -503,3 +503,26 @@ def test_prune_chart_golden() -> None:
                        ranking="statistics file /somewhere/far/away/stats.csv")  # fmt: skip
     with Image.open(io.BytesIO(png)) as picture:
         assert_matches_golden("prune_chart", np.asarray(picture.convert("RGB")))
+
+
+def test_models_without_class_scores_are_compared_by_the_mean_cosine(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    ).eval()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    result = fm.prune(model, [str(tmp_path)], ratio=0.5, preprocessing=PLAIN, workers=0)
+    assert result.metric == "mean_cosine" and result.groups == ["0"]
+    assert result.skipped == {"3": "it is the model's output layer: its channels are the answers"}
+    batch = torch.cat([load_input(p, preprocessing=PLAIN).tensor
+                       for p in sorted(tmp_path.glob("*.png"))])  # fmt: skip
+    assert result.model is not None
+    with torch.no_grad():
+        a = model(batch).flatten(1).double().numpy()
+        b = result.model(batch).flatten(1).double().numpy()
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert result.point("ranked").agreement == pytest.approx(float(cosine.mean()), abs=1e-6)
+    assert result.point("ranked").agreement < 1.0
