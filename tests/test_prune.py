@@ -526,3 +526,44 @@ def test_models_without_class_scores_are_compared_by_the_mean_cosine(tmp_path: P
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert result.point("ranked").agreement == pytest.approx(float(cosine.mean()), abs=1e-6)
     assert result.point("ranked").agreement < 1.0
+
+
+def test_hostile_pt2_code_in_a_size_expression_or_a_node_target_is_refused(
+    tmp_path: Path,
+) -> None:
+    """No pickle needed: torch.export.load hands size expressions to sympy, which evaluates them
+    as Python, and resolves any dotted torch.* name as a node's function."""
+    from featuremaps.exported import export_model
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    data, kind = export_model(model, torch.randn(1, 3, 8, 8), {})
+    assert kind == "pt2"
+    good = tmp_path / "good.pt2"
+    good.write_bytes(data)
+    with zipfile.ZipFile(good) as z:
+        program = z.read(next(n for n in z.namelist() if n.endswith("models/model.json")))
+    text = program.decode()
+    symbol = re.search(r'"expr_str": ("Symbol\([^"]*\)")', text)
+    assert symbol is not None
+    marker = tmp_path / "payload-ran"
+    payload = json.dumps(f"__import__('os').mkdir({str(marker)!r})")
+    changed = text.replace(symbol.group(1), payload).encode()
+    hostile = _rewrite(good, tmp_path / "sym.pt2", {"models/model.json": changed})
+    with pytest.raises(ModelError, match="a size expression is not plain arithmetic"):
+        fm.load_model(str(hostile))
+    assert not marker.exists()
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.suppress(Exception):
+            torch.export.load(str(hostile))
+    finally:
+        logger.setLevel(level)
+    assert marker.exists()  # what the check prevents
+
+    calls = text.replace('"target": "torch.ops.aten.relu.default"', '"target": "torch.os.rmdir"')
+    assert calls != text
+    bad = _rewrite(good, tmp_path / "call.pt2", {"models/model.json": calls.encode()})
+    with pytest.raises(ModelError, match="a graph node calls 'torch.os.rmdir', which is not an op"):
+        fm.load_model(str(bad))

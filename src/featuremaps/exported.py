@@ -2,11 +2,14 @@
 
 Part of the model stage (input → **model** → capture → ...). A ``.pt2`` file holds the graph as
 JSON and the weights as raw tensor bytes, so it needs no source code. ``torch.export.load`` can
-still unpickle parts of a file (a weight marked ``use_pickle``, custom and opaque objects, the
-example inputs — retried with full unpickling when the safe reader refuses them), so a hostile
-file could run code there. :func:`load_exported` therefore reads the file once, refuses every
-entry that would be unpickled other than by torch's weights-only reader, and checks each pickle
-the archive holds with that reader before handing the same bytes to ``torch.export.load``.
+still run code from a hostile file: it unpickles parts of it (a weight marked ``use_pickle``,
+custom and opaque objects, the example inputs — retried with full unpickling when the safe reader
+refuses them), it parses symbolic sizes with ``sympy.sympify`` (which evaluates Python), and it
+resolves a node's function from any dotted ``torch.*`` name. :func:`load_exported` therefore
+reads the file once, refuses every entry that would be unpickled other than by torch's
+weights-only reader (and checks each pickle the archive holds with that reader), every size
+expression that is more than arithmetic on symbols and every node that calls anything but an
+operator, before handing the same bytes to ``torch.export.load``.
 
 The loaded program is unflattened (``torch.export.unflatten``) so that its layers are modules
 again, with their original names: hooks, and so every featuremaps command, work on it.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -70,6 +74,48 @@ def export_model(
     return buffer.getvalue(), "torchscript"
 
 
+# What a graph node may call: torch's operators and Python's arithmetic. ``torch.export.load``
+# resolves any dotted ``torch.*`` name (``torch.os.system`` too) and the graph calls it when run.
+_SAFE_TARGETS = ("torch.ops.", "_operator.", "math.", "torch.sym_", "torch._sym_", "torch._assert")
+# Symbolic sizes are parsed by sympy's sympify, which evaluates Python: only names of symbols
+# (s0, u3), sympy's capitalised classes and functions (Symbol, Max, FloorDiv) and their keywords,
+# numbers, operators and quoted symbol names may appear, never an attribute, a subscript or a
+# private name.
+_EXPR_TOKEN = re.compile(r"'[a-z]+[0-9]+'|[A-Za-z_][A-Za-z0-9_]*|[0-9.]+|[-+*/%(),=<>!&|~^ ]")
+_EXPR_NAMES = re.compile(
+    r"[a-z]+[0-9]+|[A-Z][A-Za-z0-9]*|positive|negative|nonnegative|integer|real|finite|oo|zoo"
+)
+
+
+def _unsafe_expression(text: str) -> bool:
+    tokens = _EXPR_TOKEN.findall(text)
+    if "".join(tokens) != text:
+        return True  # a character outside the grammar (quotes of code, brackets, attributes)
+    if re.search(r"[A-Za-z0-9_)]\.[A-Za-z_]", text):
+        return True  # attribute access
+    names = (t for t in tokens if t[0].isalpha() or t[0] == "_")
+    return any(not _EXPR_NAMES.fullmatch(t) for t in names)
+
+
+def _check_program(program: Any, refuse: Any) -> None:
+    """Walk a program's JSON: refuse a node calling anything but an operator, and a symbolic
+    size expression that is more than arithmetic on symbols."""
+    stack = [program]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            target = item.get("target")
+            node = isinstance(target, str) and "inputs" in item and "outputs" in item
+            if node and not str(target).startswith(_SAFE_TARGETS):
+                raise refuse(f"a graph node calls '{target}', which is not an operator")
+            expr = item.get("expr_str")
+            if isinstance(expr, str) and _unsafe_expression(expr):
+                raise refuse(f"a size expression is not plain arithmetic ({expr[:60]!r})")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def _check_archive(data: bytes, spec: str) -> None:
     """Refuse an archive that would make ``torch.export.load`` unpickle anything unsafe."""
     try:
@@ -82,12 +128,18 @@ def _check_archive(data: bytes, spec: str) -> None:
 
     def refuse(why: str) -> ModelError:
         return ModelError(
-            f"'{spec}' was not loaded: {why}, which loading would unpickle (unpickling can run "
-            "code); re-export the model with torch.export.save from code you trust"
+            f"'{spec}' was not loaded: {why}, and loading it could run code; re-export the model "
+            "with torch.export.save from code you trust"
         )
 
     if not any(n.endswith("models/model.json") for n in names):
         raise refuse("it is an old-format archive or has no program 'model'")
+    for name in names:
+        if "/models/" in name and name.endswith(".json"):
+            try:
+                _check_program(json.loads(archive.read(name)), refuse)
+            except ValueError as exc:
+                raise refuse(f"its program '{name}' is not valid JSON ({exc})") from None
     for name in names:
         if name.endswith(("weights_config.json", "constants_config.json")):
             config = json.loads(archive.read(name)).get("config", {})

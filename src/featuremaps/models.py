@@ -8,8 +8,8 @@ Second stage of the flow (input → **model** → capture → render → io). A 
   member name (``IMAGENET1K_V1``), ``none`` or a local weights file (``.pth``, ``.safetensors``);
 * ``timm:NAME`` (or a bare timm name) when timm is installed;
 * a TorchScript file (``model.pt`` saved by ``torch.jit.save``);
-* an exported program (``model.pt2`` saved by ``torch.export.save``; loaded without unpickling
-  anything but plain tensors, see :mod:`featuremaps.exported`);
+* an exported program (``model.pt2`` saved by ``torch.export.save``; loaded after checks that no
+  part of it can run code, see :mod:`featuremaps.exported`);
 * user code: ``package.module:factory`` or ``path/to/file.py:factory`` (called with no arguments).
 
 Pretrained weights come through torchvision's own weights API, which downloads them once into the
