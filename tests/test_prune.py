@@ -567,3 +567,11 @@ def test_hostile_pt2_code_in_a_size_expression_or_a_node_target_is_refused(
     bad = _rewrite(good, tmp_path / "call.pt2", {"models/model.json": calls.encode()})
     with pytest.raises(ModelError, match="a graph node calls 'torch.os.rmdir', which is not an op"):
         fm.load_model(str(bad))
+
+
+def test_layer_patterns_keep_the_conv_and_linear_layers_they_match() -> None:
+    model = Coupled().eval()
+    x = torch.randn(1, 3, 8, 8)
+    groups, _ = find_groups(model, x, ["s*", "bn*"])  # stem, side; bn0, bna, bnd are no roots
+    assert [g.root for g in groups] == ["stem", "side"]
+    assert set(groups[0].layers) == {"stem", "bn0", "a", "bna", "expand", "side", "head"}

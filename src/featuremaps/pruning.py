@@ -228,15 +228,16 @@ def find_groups(
                 f"--layers {','.join(patterns)} matches no layer of {type(model).__name__}; "
                 "list the Conv and Linear layers with 'featuremaps layers MODEL'"
             )
-        for name in chosen:
-            module = model.get_submodule(name)
-            if not isinstance(module, _ROOTS):
-                raise LayerError(
-                    f"layer '{name}' is a {type(module).__name__}; pruning removes the output "
-                    "channels of Conv and Linear layers (and what is coupled to them): name "
-                    "those, e.g. with --layers '*conv*'"
-                )
-        roots = chosen
+        # A glob also matches the BatchNorms and activations around the layers meant: keep the
+        # Conv and Linear layers it names, and refuse only patterns that name none.
+        roots = [n for n in chosen if isinstance(model.get_submodule(n), _ROOTS)]
+        if not roots:
+            module = model.get_submodule(chosen[0])
+            raise LayerError(
+                f"layer '{chosen[0]}' is a {type(module).__name__}; pruning removes the output "
+                "channels of Conv and Linear layers (and what is coupled to them): name those, "
+                "e.g. with --layers '*conv*'"
+            )
     groups: list[PruneGroup] = []
     skipped: dict[str, str] = {}
     covered: set[str] = set()
