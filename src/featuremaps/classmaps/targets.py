@@ -10,13 +10,14 @@ paths of :func:`featuremaps.hooks.walk`). Its shape says what a target is:
   mask, a box, or by default the cells where ``k`` is the top class (all cells when there are none).
 * ``(N,)`` one score per input (a regression): the score itself.
 
-Anything else (a detector's boxes, a list of per-image dicts) has no scalar target per input, and
-says so in one line.
+Anything else has no scalar target per input, and says so in one line: above all a detector's
+list of per-image dicts (boxes, scores, labels), whose parts would otherwise pass for scores
+when their first axis happens to match the batch (one box for one image).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,14 @@ def chosen_output(output: Any, key: str | None, batch: int) -> tuple[torch.Tenso
         OptionError: ``key`` is not there, the output has several parts and no ``key`` picks
             one, or the chosen tensor has no score per input (one line each).
     """
+    per_image = _per_image_results(output)
+    if per_image is not None:
+        raise OptionError(
+            f"the model returns {per_image}, one per image as a detector's results: no score per "
+            "input to explain (a box's score is not a score of the whole input); class maps need "
+            "(N, classes), (N, classes, H, W) or (N,) scores: explain a classifier or a "
+            "segmentation model, or wrap the detector to return one score per input"
+        )
     parts = list(walk(output, None))
     listing = ", ".join(f"'{k}' {_shape(t)}" for k, t in parts[:8] if k is not None)
     if key is not None:
@@ -137,6 +146,17 @@ def chosen_output(output: Any, key: str | None, batch: int) -> tuple[torch.Tenso
             "such an output with --output KEY"
         )
     return tensor, key
+
+
+def _per_image_results(output: Any) -> str | None:
+    """``"a list of 2 dicts ('boxes' (5, 4), ...)"`` for a list or tuple of dicts, else None."""
+    if not isinstance(output, (list, tuple)) or not output:
+        return None
+    if not all(isinstance(item, Mapping) for item in output):
+        return None
+    first = ", ".join(f"'{k}' {_shape(t)}" for k, t in list(walk(output[0], None))[:4])
+    plural = "s" if len(output) != 1 else ""
+    return f"a {type(output).__name__} of {len(output)} dict{plural} ({first or 'no tensors'})"
 
 
 def _class_index(value: int | str, classes: int, names: Sequence[str] | None) -> int:
