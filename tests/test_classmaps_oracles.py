@@ -713,3 +713,18 @@ def test_a_detector_has_no_scalar_target_in_one_clear_line(output: str | None) -
         r"^the model returns a list of 1 dict \('boxes' \(1, 4\), 'scores' \(1\), 'labels' "
         r"\(1\)\), one per image as a detector's results: no score per input",
     )
+
+
+def test_a_batch_of_labels_as_a_tensor_or_array_gives_one_target_per_input() -> None:
+    model = _small().eval()
+    x = torch.randn(3, 3, 10, 10, generator=torch.Generator().manual_seed(13))
+    expected, _ = _ours(model, x, "conv2", [4, 0, 2])
+    for labels in (torch.tensor([4, 0, 2]), np.array([4, 0, 2]), [4.0, torch.tensor(0), "2"]):
+        found, maps = _ours(model, x, "conv2", labels)
+        assert [m.target.index for m in maps if m.method == "gradcam"] == [4, 0, 2]
+        for key, value in expected.items():
+            assert_maps_equal(found[key], value, f"{type(labels).__name__} {key}")
+    _one_line_error(
+        lambda: _ours(model, x, "conv2", torch.tensor([1.5, 0.0, 2.0])),
+        r"^target 1\.5 \(float\) is not a class; give a class index 0\.\.4, a class name or top1",
+    )
