@@ -204,6 +204,9 @@ def _build(name: str) -> tuple[nn.Module, nn.Module, torch.Tensor, dict[str, Pee
     if name == "resnet50":
         size = 112
         layers = {p: PeerLayer(p, p) for p in ("layer4", "layer3")}
+        # The block adds its shortcut to bn3's output in place (`out += identity`): grad-cam's
+        # stored copy would be the sum; Captum clones, so it is an oracle there.
+        layers["layer4.2.bn3"] = PeerLayer(None, "layer4.2.bn3")
     elif name == "densenet121":
         size = 128
         layers = {
