@@ -18,6 +18,7 @@ from typing import Any
 from featuremaps import layouts
 from featuremaps._errors import InputError
 from featuremaps.manifest import TOOL, RecordSummary
+from featuremaps.report.cams import CamLayer, cam_layers
 from featuremaps.render.scaling import NO_FINITE_TEXT, constant_text, is_constant_range
 
 __all__ = [
@@ -252,6 +253,11 @@ class ReportData:
     prediction: Prediction | None = None
     arrays: str | None = None
     order: str = "index"  # how the run picked channels: index, a statistic, or "explicit"
+    cams: tuple[CamLayer, ...] = ()  # the class-map panel, by layer (empty: no class maps)
+
+    def cams_of(self, key: int) -> CamLayer | None:
+        """The class maps of the record at ``key`` (None when it has none)."""
+        return next((c for c in self.cams if c.key == key), None)
 
 
 def _relative(path: object, base: str) -> str | None:
@@ -435,4 +441,5 @@ def build_report(manifest: Mapping[str, Any], base: str = "") -> ReportData:
         order="explicit" if render.get("channels") else str(render.get("order", "index")),
         prediction=_prediction(manifest.get("prediction")),
         arrays=_relative(manifest.get("arrays"), base),
+        cams=cam_layers(manifest.get("cams"), {e.record.name: e.key for e in layers}, base),
     )

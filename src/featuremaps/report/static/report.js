@@ -1384,6 +1384,7 @@
 
   function applyAddress() {
     const raw = location.hash.slice(1);
+    if (showClassMaps(raw)) return;
     const legacy = /^L([0-9]+)$/.exec(raw); // links written before records were named in it
     const p = new URLSearchParams(legacy ? "" : raw);
     let redraw = false;
@@ -1429,6 +1430,18 @@
     }
   }
   window.addEventListener("hashchange", applyAddress);
+
+  // A link to the class-map panel (#fm-cams) or one layer's maps in it (#cams-<i>): scroll there
+  // and mark the layer in the outline; the address keeps the link as it is.
+  function showClassMaps(raw) {
+    if (!/^(fm-cams|cams-[0-9]+)$/.test(raw)) return false;
+    const target = document.getElementById(raw);
+    if (!target) return false;
+    if (dialog.open) dialog.close();
+    if (target.dataset.key !== undefined) markCurrent(Number(target.dataset.key));
+    target.scrollIntoView({ block: "start" });
+    return true;
+  }
 
   document.addEventListener("keydown", (ev) => {
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
