@@ -163,7 +163,9 @@ def _target(raw: object) -> CamTarget:
 
 def _map(entry: Mapping[str, Any], base: str) -> CamMap:
     span = entry.get("range")
-    low, high = (_finite(span[0]), _finite(span[1])) if isinstance(span, list) and span else (None, None)
+    low, high = (
+        (_finite(span[0]), _finite(span[1])) if isinstance(span, list) and span else (None, None)
+    )
     failed = entry.get("sanity_failed")
     return CamMap(
         layer=str(entry.get("layer", "")),
@@ -189,9 +191,7 @@ def _map(entry: Mapping[str, Any], base: str) -> CamMap:
     )
 
 
-def cam_layers(
-    entries: object, keys: Mapping[str, int], base: str = ""
-) -> tuple[CamLayer, ...]:
+def cam_layers(entries: object, keys: Mapping[str, int], base: str = "") -> tuple[CamLayer, ...]:
     """The manifest's ``cams`` grouped by layer, layers in the order of their first map.
 
     ``keys`` maps record names to their positions in the manifest (the layers the run drew);

@@ -18,8 +18,8 @@ from typing import Any
 from featuremaps import layouts
 from featuremaps._errors import InputError
 from featuremaps.manifest import TOOL, RecordSummary
-from featuremaps.report.cams import CamLayer, cam_layers
 from featuremaps.render.scaling import NO_FINITE_TEXT, constant_text, is_constant_range
+from featuremaps.report.cams import CamLayer, cam_layers
 
 __all__ = [
     "DATA_DIR",
