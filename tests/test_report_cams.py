@@ -83,7 +83,9 @@ def test_panel_lists_every_map_with_the_manifests_numbers(cam_run: fm.Visualizat
             assert f"probability {_number(target['probability'])}" in figure
         rho = entry["sanity_rank_correlation"]
         assert f'<span class="num">{rho:.2f}</span>' in figure
-        assert ("FAILS THE SANITY CHECK" in figure) == entry["sanity_failed"]
+        badges = re.findall(r'<span class="badge cam-badge"[^>]*>([^<]*)</span>', figure)
+        assert badges == (["FAILS THE SANITY CHECK"] if entry["sanity_failed"] else [])
+        assert ('<figure class="cam cam-failed"' in figure) == entry["sanity_failed"]
     # eigencam does not depend on the layers above: it fails by construction, gradcam does not.
     failing = [(c["layer"], c["method"]) for c in cams if c["sanity_failed"]]
     assert failing == [(layer, "eigencam") for layer in layers_in_order]
