@@ -4,8 +4,9 @@
     >>> records = fm.capture(model, x)                    # exact values, one record per call
     >>> fm.visualize("resnet18", "photo.jpg", out="maps")  # pictures, manifest.json, index.html
 
-Discover names with :func:`list_layers`; everything raised on purpose is a
-:class:`FeaturemapsError`.
+:func:`filters` reads the weights behind a Conv or Linear layer's channels and
+:func:`make_filter_sheet` draws them. Discover names with :func:`list_layers`; everything raised
+on purpose is a :class:`FeaturemapsError`.
 """
 
 from featuremaps._errors import (
@@ -34,6 +35,7 @@ from featuremaps.commands.run import Visualization, visualize
 from featuremaps.commands.slide import SlideResult, slide_maps
 from featuremaps.commands.stats import collect_stats
 from featuremaps.dataset import SavedStats, read_stats
+from featuremaps.filters import Filters, filters
 from featuremaps.geometry import MapGeometry
 from featuremaps.inputs import (
     LoadedInput,
@@ -47,6 +49,7 @@ from featuremaps.manifest import MANIFEST as MANIFEST_NAME
 from featuremaps.manifest import RecordSummary
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.render import Grid, GridLabel, GridOptions, make_grid
+from featuremaps.render.filters import FilterSheet, make_filter_sheet
 from featuremaps.report import write_report
 from featuremaps.stats import summarize
 
@@ -60,6 +63,8 @@ __all__ = [
     "ClassMap",
     "FeaturemapsError",
     "FeaturemapsWarning",
+    "FilterSheet",
+    "Filters",
     "Grid",
     "GridLabel",
     "GridOptions",
@@ -92,10 +97,12 @@ __all__ = [
     "draw_overlay",
     "expected_axes",
     "expected_channels",
+    "filters",
     "list_layers",
     "load_input",
     "load_model",
     "locate",
+    "make_filter_sheet",
     "make_grid",
     "read_stats",
     "record_name",

@@ -47,6 +47,7 @@ from featuremaps.classmaps.trust import (
     random_orders,
     rank_correlation,
     reinitialised,
+    resettable,
     value_order,
 )
 from featuremaps.geometry import MapGeometry, compute_geometry, measure_geometry
@@ -263,23 +264,23 @@ def _scorecam(
     return torch.stack(maps)
 
 
-def _finish_order(model: nn.Module, inputs: Any) -> list[tuple[str, int]]:
-    """``(path, call)`` of every module call of the model, in the order the calls finish."""
-    events: list[tuple[str, int]] = []
-    counts: dict[str, int] = {}
+def _call_events(model: nn.Module, inputs: Any) -> list[tuple[str, str]]:
+    """``(event, path)`` of every module call of the model, ``event`` being ``"start"`` or
+    ``"end"``, in the order they happen (one forward pass, hooks removed afterwards)."""
+    events: list[tuple[str, str]] = []
     handles = []
 
-    def make(path: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            counts[path] = counts.get(path, 0) + 1
-            events.append((path, counts[path]))
+    def make(path: str, event: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            events.append((event, path))
 
         return hook
 
     try:
         for path, module in model.named_modules():
             if path:
-                handles.append(module.register_forward_hook(make(path)))
+                handles.append(module.register_forward_pre_hook(make(path, "start")))
+                handles.append(module.register_forward_hook(make(path, "end")))
         run_hooked(model, inputs, {}, lambda out: None)
     finally:
         for handle in handles:
@@ -287,10 +288,31 @@ def _finish_order(model: nn.Module, inputs: Any) -> list[tuple[str, int]]:
     return events
 
 
-def _modules_after(events: list[tuple[str, int]], call: Call) -> list[str]:
-    position = events.index((call.path, call.call)) if (call.path, call.call) in events else -1
-    after = dict.fromkeys(p for p, _ in events[position + 1 :])
-    return list(after)
+@dataclass(frozen=True)
+class _Above:
+    """The modules above one layer call: re-initialised by the sanity check (``paths``), and
+    those with parameters that run after it too but were kept because they also ran before or
+    around it (``kept``)."""
+
+    paths: list[str]
+    kept: list[str]
+
+
+def _above(events: list[tuple[str, str]], call: Call) -> _Above | None:
+    """The modules none of whose calls start before ``call`` has returned (``None``: the call is
+    not a module's, e.g. the model's own output)."""
+    ends = [i for i, (event, path) in enumerate(events) if event == "end" and path == call.path]
+    if not call.path or len(ends) < call.call:
+        return None
+    returned = ends[call.call - 1]
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, (_, path) in enumerate(events):
+        first.setdefault(path, i)
+        last[path] = i
+    paths = [p for p in first if first[p] > returned]
+    kept = [p for p in first if first[p] < returned < last[p] and p != call.path]
+    return _Above(paths, kept)
 
 
 def class_maps(
@@ -359,20 +381,14 @@ def class_maps(
                 array = maps[call.name, method][n].cpu().numpy().astype(np.float32)
                 found_curves = trusted.get((call.name, method, n))
                 random_curves = trusted.get((call.name, "random", n))
-                rho = sane.get((call.name, method, n))
+                check = sane.get((call.name, method, n), _Sanity(None, None))
                 notes: list[str] = []
-                failed = None if rho is None else bool(rho >= SANITY_THRESHOLD)
-                if rho is not None and not np.isfinite(rho) and float(array.max()) > 0:
-                    failed = False  # the map of the re-initialised model is constant
-                    notes.append(
-                        "sanity check: the map after re-initialising the layers above is "
-                        "constant (no rank order left), so it changed entirely"
-                    )
                 if method == "eigencam":
                     notes.append(
                         "eigencam: the first principal component of the activations, its sign "
                         "chosen to correlate positively with their sum over channels"
                     )
+                notes.extend(check.notes)
                 result.append(
                     ClassMap(
                         layer=call.name,
@@ -391,8 +407,8 @@ def class_maps(
                         else random_curves.insertion_auc,
                         curves=found_curves,
                         random_curves=random_curves,
-                        sanity_rank_correlation=rho,
-                        sanity_failed=failed,
+                        sanity_rank_correlation=check.rho,
+                        sanity_failed=check.failed,
                         notes=tuple(notes),
                     )
                 )
@@ -438,22 +454,30 @@ def _trust(
     resolved: Resolved,
     steps: int,
 ) -> dict[tuple[str, str, int], Curves]:
+    """Deletion and insertion curves per ``(call, method, input)`` and the random control per
+    ``(call, "random", input)``. Curves are computed once per input for each distinct cell
+    order and set of input regions: the control is shared by every call with the same cells
+    and geometry, and methods that rank the cells alike (gradcam, xgradcam and hirescam under a
+    global average pool) share theirs."""
     if not isinstance(inputs, torch.Tensor):
         return {}
     result: dict[tuple[str, str, int], Curves] = {}
     size = tuple(inputs.shape[2:])
+    done: dict[tuple[bytes, int, bytes], Curves] = {}
     for call in calls:
         methods = [m for (name, m) in maps if name == call.name]
         cells = tuple(maps[call.name, methods[0]].shape[1:])
         if len(cells) != len(size):
             continue
         regions = cell_regions(cells, size, geometries.get(call.name))
+        place = regions.tobytes() + repr(cells).encode()
+        controls = random_orders(int(np.prod(cells)))
         for n in range(inputs.shape[0]):
             metric = _input_metric(model, key, resolved, n)
             sample = inputs[n : n + 1]
             runs = [
-                curves(metric, sample, regions, order, steps)
-                for order in random_orders(int(np.prod(cells)))
+                _once(done, (place, n, order.tobytes()), metric, sample, regions, order, steps)
+                for order in controls
             ]
             result[call.name, "random", n] = Curves(
                 runs[0].fractions,
@@ -461,9 +485,38 @@ def _trust(
                 np.mean([r.insertion for r in runs], axis=0),
             )
             for method in methods:
-                order = value_order(maps[call.name, method][n].cpu().numpy())
-                result[call.name, method, n] = curves(metric, sample, regions, order, steps)
+                values = maps[call.name, method][n].cpu().numpy()
+                order = value_order(values, ties=controls[0])
+                mark = (place, n, order.tobytes())
+                result[call.name, method, n] = _once(
+                    done, mark, metric, sample, regions, order, steps
+                )
     return result
+
+
+def _once(
+    done: dict[tuple[bytes, int, bytes], Curves],
+    mark: tuple[bytes, int, bytes],
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    sample: torch.Tensor,
+    regions: np.ndarray,
+    order: np.ndarray,
+    steps: int,
+) -> Curves:
+    """:func:`curves`, remembered in ``done`` under ``mark`` (regions, input, order)."""
+    if mark not in done:
+        done[mark] = curves(metric, sample, regions, order, steps)
+    return done[mark]
+
+
+@dataclass(frozen=True)
+class _Sanity:
+    """One map's sanity check: the rank correlation (``None``: not measured), whether it fails,
+    and why a number is missing or what was kept."""
+
+    rho: float | None
+    failed: bool | None
+    notes: tuple[str, ...] = ()
 
 
 def _sanity(
@@ -474,17 +527,61 @@ def _sanity(
     key: str | None,
     resolved: Resolved,
     maps: dict[tuple[str, str], torch.Tensor],
-) -> dict[tuple[str, str, int], float]:
-    events = _finish_order(model, inputs)
-    result: dict[tuple[str, str, int], float] = {}
+) -> dict[tuple[str, str, int], _Sanity]:
+    events = _call_events(model, inputs)
+    result: dict[tuple[str, str, int], _Sanity] = {}
     for call in calls:
-        twin = reinitialised(model, _modules_after(events, call))
-        twin_modules = {p: twin.get_submodule(p) if p else twin for p in (call.path,)}
+        above = _above(events, call)
+        reset = [] if above is None else [p for p in above.paths if resettable(_module(model, p))]
+        batch = maps[call.name, methods[0]].shape[0]
+        if above is None or not reset:
+            why = (
+                f"sanity check: no module above '{call.name}' has parameters to re-initialise "
+                "(reset_parameters), so the map cannot depend on learned weights above it"
+            )
+            for method, n in ((m, n) for m in methods for n in range(batch)):
+                result[call.name, method, n] = _Sanity(None, None, (why,))
+            continue
+        kept = [p for p in above.paths + above.kept if p not in reset and _owns_weights(model, p)]
+        kept_note = (
+            (
+                f"sanity check: kept {', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''} "
+                "(also runs before or around the layer, or has no reset_parameters)",
+            )
+            if kept
+            else ()
+        )
+        twin = reinitialised(model, reset)
+        twin_modules = {call.path: twin.get_submodule(call.path)}
         again = _maps(twin, inputs, [call], twin_modules, methods, key, resolved)
         for method in methods:
-            for n in range(maps[call.name, method].shape[0]):
-                result[call.name, method, n] = rank_correlation(
+            for n in range(batch):
+                result[call.name, method, n] = _compared(
                     maps[call.name, method][n].cpu().numpy(),
                     again[call.name, method][n].cpu().numpy(),
+                    kept_note,
                 )
     return result
+
+
+def _module(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path) if path else model
+
+
+def _owns_weights(model: nn.Module, path: str) -> bool:
+    return any(True for _ in _module(model, path).parameters(recurse=False))
+
+
+def _compared(before: np.ndarray, after: np.ndarray, notes: tuple[str, ...]) -> _Sanity:
+    """The rank correlation of a map with its re-initialised twin, and the verdict."""
+    if np.ptp(before) == 0 or not np.isfinite(before).all():
+        why = "sanity check: the map is constant (or not finite), so no rank correlation exists"
+        return _Sanity(None, None, (*notes, why))
+    if np.ptp(after) == 0 or not np.isfinite(after).all():
+        why = (
+            "sanity check: after re-initialising the layers above, the map is constant (or not "
+            "finite): it changed entirely, so it passes without a rank correlation"
+        )
+        return _Sanity(None, False, (*notes, why))
+    rho = rank_correlation(before, after)
+    return _Sanity(rho, bool(rho >= SANITY_THRESHOLD), notes)

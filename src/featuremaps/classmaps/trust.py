@@ -2,10 +2,12 @@
 sanity check.
 
 Deletion and insertion (Petsiuk et al. 2018): the map's cells are taken in order of their value,
-highest first (ties by cell index), and the input region of each cell (the input positions whose
+highest first, and the input region of each cell (the input positions whose
 nearest cell centre it is, :mod:`featuremaps.cells`; without a geometry the map is stretched over
 the input) is set to the baseline (deletion, starting from the input) or copied from the input
-(insertion, starting from the baseline), in ``steps`` equal steps of cells. At each step the
+(insertion, starting from the baseline), in ``steps`` equal steps of cells. Cells of equal value
+carry no ranking, so they are taken in the order of the first random order of the control, not
+row by row (which would favour whatever sits in the first rows). At each step the
 target's probability (its score for outputs without classes) is recorded; the area under the
 curve over the fraction of cells, 0 to 1 (trapezoids), summarises it. A map that finds what the
 target depends on makes deletion fall fast (a small area) and insertion rise fast (a large one).
@@ -14,9 +16,12 @@ the control. The baseline is zero in the values fed to the model (for a normalis
 data set's mean colour).
 
 The sanity check (Adebayo et al. 2018, cascading randomisation): the map is recomputed on a copy
-of the model whose modules that run after the map's layer are re-initialised (their own
-``reset_parameters``, under a fixed seed, the caller's random state untouched), for the same
-target class. The Spearman rank correlation between the two maps says how much the map depends on
+of the model whose modules above the map's layer are re-initialised (their own
+``reset_parameters``, under a fixed seed, the caller's random state untouched, on the CPU and on
+every CUDA device the copy lives on), for the same target class. A module is above the layer when
+none of its calls starts before the layer's call has returned: a module that also ran before it
+(a shared block) or encloses it (a container) shapes the layer's own values and is kept.
+The Spearman rank correlation between the two maps says how much the map depends on
 what the model learned above the layer; at :data:`SANITY_THRESHOLD` or above it barely depends
 on it, and the map is flagged as failing the check.
 """
@@ -44,6 +49,7 @@ __all__ = [
     "random_orders",
     "rank_correlation",
     "reinitialised",
+    "resettable",
     "value_order",
 ]
 
@@ -108,10 +114,20 @@ def cell_regions(
     return flat
 
 
-def value_order(values: np.ndarray) -> np.ndarray:
-    """The flat cell indices of a map by value, highest first; ties by cell index; NaN last."""
+def value_order(values: np.ndarray, ties: np.ndarray | None = None) -> np.ndarray:
+    """The flat cell indices of a map by value, highest first; NaN last.
+
+    Cells of equal value follow their places in the cell order ``ties`` (default: by cell
+    index); :func:`featuremaps.classmaps.class_maps` passes the control's first random order.
+    """
     flat = np.nan_to_num(values.reshape(-1).astype(np.float64), nan=-np.inf)
-    order: np.ndarray = np.lexsort((np.arange(flat.size), -flat))
+    place = np.arange(flat.size)
+    if ties is not None:
+        if sorted(ties.tolist()) != list(range(flat.size)):
+            raise ValueError(f"ties is not an order of the map's {flat.size} cells")
+        place = np.empty(flat.size, dtype=np.int64)
+        place[ties] = np.arange(flat.size)
+    order: np.ndarray = np.lexsort((place, -flat))
     return order
 
 
@@ -136,16 +152,21 @@ def curves(
     rank[order] = np.arange(total)
     position_rank = torch.from_numpy(rank[regions]).to(sample.device)  # (*size)
     baseline = torch.zeros_like(sample)
-    deleted, inserted = [], []
-    for k in counts:
-        keep = (position_rank >= k).to(sample.dtype)  # 1 where the cell is not yet taken
-        deleted.append(sample * keep + baseline * (1 - keep))
-        inserted.append(baseline * keep + sample * (1 - keep))
-    inputs = torch.cat(deleted + inserted)
+    # (taken cells, deleted?) for every point of both curves; the inputs are made one batch at a
+    # time, so a large input never has all its 2 (steps + 1) variants in memory at once.
+    points = [(k, True) for k in counts] + [(k, False) for k in counts]
     values = []
     with torch.no_grad():
-        for start in range(0, inputs.shape[0], batch):
-            values.append(metric(inputs[start : start + batch]).detach().to(torch.float64).cpu())
+        for start in range(0, len(points), batch):
+            variants = []
+            for k, deleting in points[start : start + batch]:
+                keep = (position_rank >= k).to(sample.dtype)  # 1 where the cell is not yet taken
+                if deleting:
+                    variants.append(sample * keep + baseline * (1 - keep))
+                else:
+                    variants.append(baseline * keep + sample * (1 - keep))
+            found_part = metric(torch.cat(variants)).detach().to(torch.float64).cpu()
+            values.append(found_part)
     found = torch.cat(values).numpy()
     fractions = np.asarray(counts, dtype=np.float64) / total
     return Curves(fractions, found[: len(counts)], found[len(counts) :])
@@ -187,13 +208,31 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def reinitialised(model: nn.Module, paths: Sequence[str], seed: int = 0) -> nn.Module:
     """A copy of ``model`` whose modules at ``paths`` are re-initialised by their own
-    ``reset_parameters``, in that order, under ``seed`` (the caller's random state is kept)."""
+    ``reset_parameters``, in that order, under ``seed``.
+
+    The CPU generator and that of each CUDA device holding the copy's parameters or buffers are
+    seeded and then restored, so the caller's random state (``torch.get_rng_state``,
+    ``torch.cuda.get_rng_state``) is as it was; no other device's generator is touched.
+    """
     twin = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    tensors = [*twin.parameters(), *twin.buffers()]
+    cuda = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        # torch.manual_seed would also seed every CUDA device (or queue that seeding until
+        # CUDA starts), which fork_rng does not restore: seed only the generators forked here.
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
         for name in paths:
             module = twin.get_submodule(name) if name else twin
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
     return twin
+
+
+def resettable(module: nn.Module) -> bool:
+    """Whether :func:`reinitialised` changes ``module`` itself: it has ``reset_parameters`` and
+    parameters or buffers of its own."""
+    own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    return callable(getattr(module, "reset_parameters", None)) and bool(own)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from featuremaps._errors import OptionError
+from featuremaps.commands.cam_files import CamOptions, region_target
 from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
@@ -40,6 +41,7 @@ __all__ = [
     "add_model_options",
     "add_out_option",
     "add_quiet_option",
+    "add_run_cam_options",
     "check_data_options",
     "check_layers",
     "load_model_and_inputs",
@@ -52,6 +54,7 @@ __all__ = [
     "parse_range",
     "preprocessing_from_args",
     "print_preprocessing",
+    "run_cam_options",
     "show_progress",
 ]
 
@@ -214,6 +217,53 @@ def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
             f"--region '{text}' is not X0,Y0,X1,Y1 (four whole numbers, e.g. 0,0,16,16)"
         ) from None
     return x0, y0, x1, y1
+
+
+def add_run_cam_options(p: argparse.ArgumentParser) -> None:
+    """``run``'s --cam METHODS and --cam-layers, with the options of class maps."""
+    p.add_argument(
+        "--cam",
+        metavar="METHODS",
+        help="also compute class activation maps (gradcam, layercam, ... or all, "
+        "comma-separated) and show them in the report; see 'featuremaps cam --help'",
+    )
+    p.add_argument(
+        "--cam-layers",
+        action="append",
+        metavar="LAYER",
+        help="layer calls the class maps explain (default: the last layer whose output has cells)",
+    )
+    add_cam_options(p)
+
+
+def run_cam_options(args: argparse.Namespace) -> CamOptions | None:
+    """``run``'s --cam and its options as :class:`CamOptions`, or None without --cam (the
+    class-map options without --cam are refused)."""
+    if args.cam is None:
+        given = [o for o, v in (("--cam-layers", args.cam_layers), ("--output", args.output),
+                                ("--region", args.region)) if v is not None]  # fmt: skip
+        if given or args.target != "top1" or args.smooth:
+            named = given[0] if given else ("--target" if args.target != "top1" else "--smooth")
+            raise OptionError(
+                f"{named} is an option of class maps; add --cam METHODS, e.g. --cam gradcam"
+            )
+        return None
+    if "," in args.target:
+        raise OptionError(
+            f"--target {args.target}: run takes one target for all its inputs; use "
+            "'featuremaps cam' for one per input"
+        )
+    target: int | str = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    return CamOptions(
+        methods=args.cam,
+        layers=args.cam_layers,
+        target=region_target(target, parse_box(args.region)),
+        output=args.output,
+        trust=args.trust,
+        sanity=args.sanity,
+        steps=args.steps,
+        smooth=args.smooth,
+    )
 
 
 def add_quiet_option(p: argparse.ArgumentParser) -> None:

@@ -35,25 +35,24 @@ from featuremaps.commands.cam_files import (
     CamOptions,
     cam_entries,
     compute_cams,
-    region_target,
     sanity_message,
 )
 from featuremaps.commands.cli_common import (
     Command,
-    add_cam_options,
     add_containers_option,
     add_device_options,
     add_layer_options,
     add_model_options,
     add_out_option,
     add_quiet_option,
+    add_run_cam_options,
     check_layers,
     load_model_and_inputs,
-    parse_box,
     parse_channels,
     parse_patch,
     parse_range,
     print_closing,
+    run_cam_options,
     show_progress,
 )
 from featuremaps.commands.common import (
@@ -76,6 +75,7 @@ from featuremaps.commands.run_files import (
     layer_data,
     npy_bytes,
 )
+from featuremaps.commands.run_filters import add_filters_option, check_filters, run_filters
 from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
@@ -193,6 +193,7 @@ def _run_one(
     attention_patch: tuple[int, int] | None = None,
     report_budget: int | None = None,
     cams: CamOptions | None = None,
+    filters: bool = False,
 ) -> Visualization:
     from tqdm import tqdm
 
@@ -364,6 +365,8 @@ def _run_one(
     if tracker is not None:
         placed = {n: g.to_json() for n, g in tracker.found.items() if g is not None}
         summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
+    # With filters: a sheet per Conv/Linear module; its norms join the channel statistics.
+    summaries, filter_entries = run_filters(loaded, summaries, folder, prefix, stamp, filters)
 
     messages = []
     budget = None
@@ -419,6 +422,7 @@ def _run_one(
     }
     if cam_list is not None:
         manifest["cams"] = cam_list
+    manifest.update({"filters": filter_entries} if filter_entries is not None else {})
     if folder is not None:
         start = time.perf_counter()
         folder.write_json(prefix + MANIFEST, manifest)
@@ -449,6 +453,7 @@ def visualize(
     attention_patch: tuple[int, int] | None = None,
     report_budget: float | None = DEFAULT_REPORT_BUDGET_MIB,
     cams: CamOptions | None = None,
+    filters: bool = False,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -483,6 +488,8 @@ def visualize(
             (:class:`~featuremaps.commands.cam_files.CamOptions`); they are in
             ``Visualization.cams``, and with ``out`` in the manifest's ``cams`` (arrays and
             pictures under ``cams/``) and the report.
+        filters: also draw each selected Conv/Linear layer's filters, as ``run --filters``
+            does (see :func:`featuremaps.commands.run_filters.run_filters`).
 
     Returns:
         One :class:`Visualization` per input.
@@ -513,6 +520,7 @@ def visualize(
         "containers": containers,
         "model_label": loaded.cli_spec,
     }
+    check_filters(loaded, layers, types, containers, filters)
     if out is not None:
         _refuse_inputs_inside(items, Path(out))
     resolved = [resolve_input(item, loaded) for item in items]
@@ -525,7 +533,8 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement, attention_patch, each, cams)
+                         report, saved, placement, attention_patch, each, cams,
+                         filters)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -658,19 +667,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="the most the report's data (data/) may take, all inputs together; past it the "
         "largest layers keep fewer channels there, and the run says so (default: 200)",
     )
-    p.add_argument(
-        "--cam",
-        metavar="METHODS",
-        help="also compute class activation maps (gradcam, layercam, ... or all, "
-        "comma-separated) and show them in the report; see 'featuremaps cam --help'",
-    )
-    p.add_argument(
-        "--cam-layers",
-        action="append",
-        metavar="LAYER",
-        help="layer calls the class maps explain (default: the last layer whose output has cells)",
-    )
-    add_cam_options(p)
+    add_run_cam_options(p)
+    add_filters_option(p)
     add_quiet_option(p)
 
 
@@ -685,35 +683,6 @@ def _check_scale(args: argparse.Namespace) -> None:
         raise OptionError("--scale fixed needs --range LO,HI, for example --range -1,1")
     if args.columns < 1:
         raise OptionError(f"--columns {args.columns} is not valid; expected 1 or more, e.g. 8")
-
-
-def _cam_options(args: argparse.Namespace) -> CamOptions | None:
-    """--cam and its options (the class-map options without --cam are refused)."""
-    if args.cam is None:
-        given = [o for o, v in (("--cam-layers", args.cam_layers), ("--output", args.output),
-                                ("--region", args.region)) if v is not None]  # fmt: skip
-        if given or args.target != "top1" or args.smooth:
-            named = given[0] if given else ("--target" if args.target != "top1" else "--smooth")
-            raise OptionError(
-                f"{named} is an option of class maps; add --cam METHODS, e.g. --cam gradcam"
-            )
-        return None
-    if "," in args.target:
-        raise OptionError(
-            f"--target {args.target}: run takes one target for all its inputs; use "
-            "'featuremaps cam' for one per input"
-        )
-    target: int | str = int(args.target) if args.target.lstrip("-").isdigit() else args.target
-    return CamOptions(
-        methods=args.cam,
-        layers=args.cam_layers,
-        target=region_target(target, parse_box(args.region)),
-        output=args.output,
-        trust=args.trust,
-        sanity=args.sanity,
-        steps=args.steps,
-        smooth=args.smooth,
-    )
 
 
 def _execute(args: argparse.Namespace, out: TextIO) -> int:
@@ -753,7 +722,8 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         dtype=args.dtype,
         attention_patch=parse_patch(args.attention_patch),
         report_budget=args.report_budget,
-        cams=_cam_options(args),
+        cams=run_cam_options(args),
+        filters=args.filters,
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)

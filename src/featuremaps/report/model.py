@@ -20,6 +20,7 @@ from featuremaps._errors import InputError
 from featuremaps.manifest import TOOL, RecordSummary
 from featuremaps.render.scaling import NO_FINITE_TEXT, constant_text, is_constant_range
 from featuremaps.report.cams import CamLayer, cam_layers
+from featuremaps.report.filter_view import filter_views
 
 __all__ = [
     "DATA_DIR",
@@ -259,6 +260,9 @@ class ReportData:
         """The class maps of the record at ``key`` (None when it has none)."""
         return next((c for c in self.cams if c.key == key), None)
 
+    # A run made with --filters: module path -> its filter sheet (see report.filter_view).
+    filters: Mapping[str, Mapping[str, Any]] | None = None
+
 
 def _relative(path: object, base: str) -> str | None:
     if not isinstance(path, str) or not path:
@@ -442,4 +446,5 @@ def build_report(manifest: Mapping[str, Any], base: str = "") -> ReportData:
         prediction=_prediction(manifest.get("prediction")),
         arrays=_relative(manifest.get("arrays"), base),
         cams=cam_layers(manifest.get("cams"), {e.record.name: e.key for e in layers}, base),
+        filters=filter_views(manifest.get("filters"), base) or None,
     )
