@@ -134,10 +134,15 @@ def test_hostile_names_in_class_maps_are_escaped(cam_run: fm.Visualization) -> N
         entry["notes"] = [name]
         entry["cells"] = name
         cams.append(entry)
-    html = report_files(_with_cams(cam_run.manifest, cams))["index.html"].decode()
+    manifest = _with_cams(cam_run.manifest, cams)
+    # The first hostile name is also a drawn record's: its maps are linked from the layer list.
+    manifest["records"][0]["name"] = HOSTILE_NAMES[0]
+    html = report_files(manifest)["index.html"].decode()
     for name in HOSTILE_NAMES:
         assert name not in html
     assert "<q>&lt;img src=x onerror=alert(1)&gt;</q>" in html
+    assert '<a href="#layer=%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E"' in html
+    assert 'title="class maps of &lt;img src=x onerror=alert(1)&gt;: ' in html
     tags = _Tags(html).tags
     assert {tag for tag, _ in tags} <= TEMPLATE_TAGS | CAM_TAGS
     for tag, attrs in tags:
