@@ -109,6 +109,15 @@ def test_panel_shows_pictures_numbers_and_the_failing_badge(cam_run: Run, open_r
             f"{entry['sanity_rank_correlation']:.2f}"
             in figure.locator(".cam-sanity").text_content()
         )
+    # One common scale for every picture (at most 1:1), so the inputs under the maps match.
+    scales = page.locator("#fm-cams img.cam-picture").evaluate_all(
+        "imgs => imgs.map(i => [i.getBoundingClientRect().width, i.naturalWidth])"
+    )
+    # Each width is floor(natural * k) for one k: the intervals of k they allow overlap.
+    low = max(shown / natural for shown, natural in scales)
+    high = min((shown + 1) / natural for shown, natural in scales)
+    assert 0 < low < high and low <= 1
+    assert any(shown < natural for shown, natural in scales)  # the cards are narrower than 1:1
     page.locator("#fm-cams").screenshot(path=str(_actual("cam_panel.png")))
     assert opened.errors == [] and opened.dialogs == []
 
