@@ -235,7 +235,9 @@ def test_golden_class_map_placed_by_geometry() -> None:
     zoom = 256 // 40
     enlarged = np.repeat(np.repeat(drawn.overlay.pixels, zoom, axis=0), zoom, axis=1)
     assert np.array_equal(drawn.pixels[: 24 * zoom, : 40 * zoom], enlarged)
-    assert drawn.lines[-1] == f"picture enlarged {zoom}x (each input pixel as a {zoom}x{zoom} block)"
+    assert (
+        drawn.lines[-1] == f"picture enlarged {zoom}x (each input pixel as a {zoom}x{zoom} block)"
+    )
 
 
 def test_golden_token_class_map_on_its_patch_grid() -> None:
