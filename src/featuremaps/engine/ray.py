@@ -1,0 +1,223 @@
+"""The Ray engine: a fixed pool of Ray actors that load the model once and compute items.
+
+Ray Data streams the items (keys and pickled items, never data) through
+``map_batches(..., compute=ActorPoolStrategy(size=workers))``; each actor opens the job once
+(loads the model from its spec, opens a slide), then reads and computes one item per call and
+returns one row: the item's key, its pickled partial and the seconds spent reading and computing.
+The driver folds rows as they come with the command's own fold, in key order
+(:class:`featuremaps.engine.Merger`). Actor pools restart a dead actor and run its block again;
+a small ledger actor counts how often each item was started, so the summary can say how many
+items were redone, and the merger refuses an item delivered twice.
+
+Needs the ``ray`` extra; asking for this engine without it is one line naming the extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from featuremaps._errors import EngineError
+from featuremaps.engine import EngineOptions, EngineReport, Job, Merger
+
+__all__ = ["INSTALL_HINT", "ray_available", "run_ray"]
+
+INSTALL_HINT = "pip install 'featuremaps[ray]'"
+
+P = TypeVar("P")
+
+#: CPUs each actor asks Ray for. On a 2-core machine whole CPUs leave none for Ray Data's own
+#: read tasks and the job stalls; half a CPU runs. Torch threads are set apart: float32
+#: convolutions sum in an order that depends on the thread count, so workers use the driver's
+#: count unless told otherwise (EngineOptions.threads), and give the local engine's numbers.
+ACTOR_CPUS = 0.5
+
+
+def ray_available() -> bool:
+    """Whether ``ray`` can be imported (the ``ray`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise EngineError(
+            f"--engine ray needs Ray, which is not installed; {INSTALL_HINT} (on every node of "
+            "the cluster too), or leave out --engine to run locally"
+        ) from None
+    return ray
+
+
+class _Ledger:
+    """Counts, across the pool, the actors started and how often each item was started."""
+
+    def __init__(self) -> None:
+        self.actors = 0
+        self.starts: dict[int, int] = {}
+
+    def joined(self) -> int:
+        self.actors += 1
+        return self.actors
+
+    def started(self, key: int) -> None:
+        self.starts[key] = self.starts.get(key, 0) + 1
+
+    def counts(self) -> tuple[int, int]:
+        """(actors started, item starts beyond the first)."""
+        return self.actors, sum(n - 1 for n in self.starts.values())
+
+
+class _Worker:
+    """One actor of the pool: opens the job once, then reads and computes one item per call."""
+
+    def __init__(self, job: bytes, ledger: Any, threads: int) -> None:
+        import ray
+        import torch
+
+        torch.set_num_threads(threads)
+        self.job: Job[Any] = pickle.loads(job)
+        self.job.open()
+        self.ledger = ledger
+        ray.get(ledger.joined.remote())
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
+        keys, payloads, reads, models = [], [], [], []
+        for key, item in zip(batch["key"], batch["item"], strict=True):
+            ray.get(self.ledger.started.remote(int(key)))
+            t0 = time.perf_counter()
+            data = self.job.read(pickle.loads(item))
+            t1 = time.perf_counter()
+            partial = self.job.compute(data)
+            t2 = time.perf_counter()
+            keys.append(int(key))
+            payloads.append(pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL))
+            reads.append(t1 - t0)
+            models.append(t2 - t1)
+        compute = pickle.dumps(self.job.describe_compute())
+        return {
+            "key": np.array(keys, dtype=np.int64),
+            "partial": np.array(payloads, dtype=object),
+            "read": np.array(reads),
+            "model": np.array(models),
+            "compute": np.array([compute] * len(keys), dtype=object),
+        }
+
+
+def _driver_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _connect(ray: Any, options: EngineOptions) -> bool:
+    """Connect to the cluster (or start a local Ray); True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise EngineError(
+            f"cannot reach the Ray cluster at {address!r}: {str(exc).strip().splitlines()[0]}; "
+            "start one with 'ray start --head' and pass its address with --address"
+        ) from None
+    return True
+
+
+def run_ray(
+    job: Job[P],
+    items: Sequence[Any],
+    fold: Callable[[int, P], None],
+    options: EngineOptions,
+    progress: Callable[[int, str], object] | None = None,
+) -> EngineReport:
+    """Run ``job`` over ``items`` on a pool of ``options.workers`` Ray actors; fold here."""
+    ray = _import_ray()
+    started_here = _connect(ray, options)
+    # Ray Data logs every execution's plan and end at INFO, and a WARNING for the progress bars
+    # it is told not to draw: the command's own progress line says what matters.
+    import ray.data  # creates its loggers
+
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    loggers = [g for g in loggers if g.name.startswith("ray.data")]
+    levels = [g.level for g in loggers]
+    for g in loggers:
+        g.setLevel(logging.ERROR)
+    try:
+        return _run(ray, job, items, fold, options, progress)
+    finally:
+        for g, level in zip(loggers, levels, strict=True):
+            g.setLevel(level)
+        if started_here:
+            ray.shutdown()
+
+
+def _run(
+    ray: Any,
+    job: Job[P],
+    items: Sequence[Any],
+    fold: Callable[[int, P], None],
+    options: EngineOptions,
+    progress: Callable[[int, str], object] | None,
+) -> EngineReport:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the command draws its own
+    report = EngineReport("ray", workers=options.workers)
+    ledger = ray.remote(num_cpus=0)(_Ledger).remote()
+    rows = [
+        {"key": key, "item": pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)}
+        for key, item in enumerate(items)
+    ]
+    threads = options.threads or _driver_threads()
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows))).map_batches(
+        _Worker,
+        compute=ray.data.ActorPoolStrategy(size=options.workers),
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=ACTOR_CPUS,
+        num_gpus=options.gpus_per_worker or None,
+        fn_constructor_kwargs={
+            "job": pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL),
+            "ledger": ledger,
+            "threads": threads,
+        },
+    )
+    merger = Merger(len(rows), fold)
+    read = model = 0.0
+    start = time.perf_counter()
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, key in enumerate(batch["key"]):
+            merger.add(int(key), pickle.loads(batch["partial"][i]))
+            read += float(batch["read"][i])
+            model += float(batch["model"][i])
+            report.items += 1
+            if report.compute is None:
+                report.compute = pickle.loads(batch["compute"][i])
+        if progress is not None:
+            actors, retries = ray.get(ledger.counts.remote())
+            progress(report.items, f"{actors} worker(s) started, {retries} retried")
+    merger.finish()
+    report.started, report.retries = ray.get(ledger.counts.remote())
+    report.seconds = {
+        "read": read,
+        "model": model,
+        "merge": merger.seconds,
+        "wall": time.perf_counter() - start,
+    }
+    return report
