@@ -17,6 +17,7 @@ EXPECTED = [
     "AblationResult",
     "Capture",
     "CaptureError",
+    "EngineError",
     "FeaturemapsError",
     "FeaturemapsWarning",
     "Grid",

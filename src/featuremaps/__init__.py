@@ -10,6 +10,7 @@ Discover names with :func:`list_layers`; everything raised on purpose is a
 
 from featuremaps._errors import (
     CaptureError,
+    EngineError,
     FeaturemapsError,
     FeaturemapsWarning,
     InputError,
@@ -53,6 +54,7 @@ __all__ = [
     "AblationResult",
     "Capture",
     "CaptureError",
+    "EngineError",
     "FeaturemapsError",
     "FeaturemapsWarning",
     "Grid",

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from featuremaps.engine import EngineReport, Job, Merger
+from featuremaps.engine.core import EngineReport, Job, Merger
 
 __all__ = ["run_local"]
 

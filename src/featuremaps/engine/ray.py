@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from featuremaps._errors import EngineError
-from featuremaps.engine import EngineOptions, EngineReport, Job, Merger
+from featuremaps.engine.core import EngineOptions, EngineReport, Job, Merger
 
 __all__ = ["INSTALL_HINT", "ray_available", "run_ray"]
 
