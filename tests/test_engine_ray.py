@@ -87,10 +87,13 @@ def _stats(data: Path, out: Path, *engine: str) -> tuple[list[dict[str, str]], d
 
 
 @pytest.fixture(scope="module")
-def local_stats(
-    data: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[list[dict[str, str]], dict[str, object]]:
-    return _stats(data, tmp_path_factory.mktemp("local") / "out", "--workers", "0")
+def local_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("local") / "out"
+
+
+@pytest.fixture(scope="module")
+def local_stats(data: Path, local_out: Path) -> tuple[list[dict[str, str]], dict[str, object]]:
+    return _stats(data, local_out, "--workers", "0")
 
 
 def _assert_same_stats(
@@ -138,11 +141,18 @@ def test_a_worker_killed_mid_run_changes_nothing_and_is_counted(
 
 
 def test_ablation_on_ray_equals_the_local_engine(
-    kill_flag: Path, data: Path, tmp_path: Path
+    kill_flag: Path,
+    data: Path,
+    tmp_path: Path,
+    local_out: Path,
+    local_stats: tuple[list[dict[str, str]], dict],
 ) -> None:
+    # Ranked by the statistics file of the local run (the in-sample ranking pass is the stats
+    # engine tested above): one Ray pass here, the measurement.
     argv = [
         "ablate", str(data), "-m", MODEL, "--size", "16x16", "--batch-size", "3",
         "--layers", "conv1,conv2", "--k", "0,1,3", "--random", "2", "-q",
+        "--stats", str(local_out / "stats.csv"),
     ]  # fmt: skip
     assert main([*argv, "--out", str(tmp_path / "a"), "--workers", "0"]) == 0
     assert main([*argv, "--out", str(tmp_path / "b"), "--engine", "ray"]) == 0
@@ -153,7 +163,7 @@ def test_ablation_on_ray_equals_the_local_engine(
     assert ja["curve"] == jb["curve"] and ja["layers"] == jb["layers"]
     assert ja["inputs"] == jb["inputs"]
     assert jb["engine"]["measurement"]["name"] == "ray"
-    assert jb["engine"]["ranking"]["items"] == 3
+    assert jb["engine"]["measurement"]["items"] == 3
 
 
 def test_slide_on_ray_equals_the_local_engine(kill_flag: Path, tmp_path: Path) -> None:
