@@ -146,3 +146,27 @@ def test_ray_without_the_extra_is_one_line_naming_it(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "pip install 'featuremaps[ray]'" in err[0]
+
+
+def test_a_cohort_of_slides_goes_to_one_folder_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tifffile", reason="the slide extra is not installed")
+    from slide_data import tissue_picture, write_page_pyramid
+
+    slides = [
+        write_page_pyramid(tmp_path / f"{name}.tif", tissue_picture(64, 80, seed), mpp=0.5,
+                           jpeg=False, levels=1)
+        for seed, name in enumerate(("first", "second"))
+    ]  # fmt: skip
+    argv = ["slide", *map(str, slides), "-m", "shapes_cnn", "--layers", "relu1", "--tile", "32",
+            "--tissue", "none", "--no-viewer", "-q", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for name in ("first", "second"):
+        manifest = tmp_path / "out" / name / "slide.json"
+        assert manifest.is_file() and f"{name}.tif -> {tmp_path / 'out' / name}" in printed
+    regions = tmp_path / "r.geojson"
+    regions.write_text('{"type": "FeatureCollection", "features": []}')
+    assert main([*argv, "--regions", str(regions)]) == 2
+    assert "belongs to one slide, and 2 slides were given" in capsys.readouterr().err

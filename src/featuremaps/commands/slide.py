@@ -41,7 +41,7 @@ from featuremaps.commands.cli_common import (
 from featuremaps.commands.common import resolve_model
 from featuremaps.commands.slide_outputs import SlideResult, write_outputs
 from featuremaps.devices import Placement, model_device, resolve_placement
-from featuremaps.engine import EngineOptions, EngineReport, ModelSpec, run_job
+from featuremaps.engine import EngineOptions, EngineReport, ModelSpec, run_job, session
 from featuremaps.inputs import Preprocessing
 from featuremaps.io import OutputFolder, WorkFolder
 from featuremaps.models import LoadedModel
@@ -425,7 +425,11 @@ def _remote_tiles(
 
 
 def _add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("slide", metavar="SLIDE", help="whole-slide image (SVS, NDPI, MRXS, TIFF, ...)")
+    p.add_argument(
+        "slides", nargs="+", metavar="SLIDE",
+        help="whole-slide image (SVS, NDPI, MRXS, TIFF, ...); several (a cohort) go to "
+        "OUT/<slide name>/ each",
+    )  # fmt: skip
     add_model_options(p)
     p.add_argument(
         "--layers", "-l", action="append", required=True,
@@ -487,22 +491,60 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
     print(
         f"preprocessing: {applied.summary()}; change the normalisation with --normalize", file=out
     )
-    try:
-        result = slide_maps(
-            loaded, args.slide, layers=args.layers, out=args.out, level=args.level,
-            preprocessing=given,
-            mpp=args.mpp, channels=args.channels, draw=draw, tissue=args.tissue,
-            regions=args.regions, coverage=args.coverage, tile=args.tile, reader=args.reader,
-            viewer=args.viewer, progress=show_progress(args),
-            device=args.device, dtype=args.dtype, engine=engine_from_args(args),
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        print(
-            f"featuremaps: interrupted; finished tiles are kept, run the same command again to "
-            f"resume ({Path(args.out).name} is written at the end)",
-            file=sys.stderr,
-        )
-        return 130
+    outs = cohort_folders(args.slides, args.out)
+    if len(outs) > 1:
+        for option in ("regions", "tissue"):
+            value = getattr(args, option)
+            if value is not None and value not in ("auto", "none"):
+                raise OptionError(
+                    f"--{option} {value} belongs to one slide, and {len(outs)} slides were given; "
+                    f"run each slide with its own --{option}"
+                )
+    engine = engine_from_args(args)
+    with session(engine):
+        for slide, target in outs.items():
+            if len(outs) > 1:
+                print(f"slide: {slide} -> {target}", file=out)
+            try:
+                result = slide_maps(
+                    loaded, slide, layers=args.layers, out=target, level=args.level,
+                    preprocessing=given,
+                    mpp=args.mpp, channels=args.channels, draw=draw, tissue=args.tissue,
+                    regions=args.regions, coverage=args.coverage, tile=args.tile,
+                    reader=args.reader, viewer=args.viewer, progress=show_progress(args),
+                    device=args.device, dtype=args.dtype, engine=engine,
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                print(
+                    f"featuremaps: interrupted; finished tiles are kept, run the same command "
+                    f"again to resume ({Path(target).name} is written at the end)",
+                    file=sys.stderr,
+                )
+                return 130
+            _print_result(result, loaded, target, args.viewer, out)
+    return 0
+
+
+def cohort_folders(slides: Sequence[str], out: str | Path) -> dict[str, Path]:
+    """Where each slide's results go: ``out`` for one slide, ``out/<slide name>`` for several
+    (names must then differ)."""
+    if len(slides) == 1:
+        return {slides[0]: Path(out)}
+    folders: dict[str, Path] = {}
+    for slide in slides:
+        target = Path(out) / Path(slide).stem
+        if target in folders.values() or slide in folders:
+            raise OptionError(
+                f"two slides would write to {target} (same name '{Path(slide).stem}'); give "
+                "slides with different file names, or run them one at a time with their own --out"
+            )
+        folders[slide] = target
+    return folders
+
+
+def _print_result(
+    result: SlideResult, loaded: LoadedModel, target: Path, viewer: bool, out: TextIO
+) -> None:
     mode = "exact stitching" if result.exact else "APPROXIMATE stitching"
     print(f"{mode}: {result.locality['reason']}", file=out)
     print(
@@ -523,10 +565,9 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         )
     if result.engine is not None:
         print(engine_line(result.engine), file=out)
-    print_closing(loaded, args.out, args.out, out)
-    if args.viewer:
-        print(f"viewer: {(Path(args.out) / 'viewer' / 'index.html').resolve()}", file=out)
-    return 0
+    print_closing(loaded, target, target, out)
+    if viewer:
+        print(f"viewer: {(target / 'viewer' / 'index.html').resolve()}", file=out)
 
 
 COMMAND = Command(

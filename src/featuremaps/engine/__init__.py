@@ -17,7 +17,8 @@ twice or lost, and the result does not depend on which worker finished first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from featuremaps.engine.core import (
@@ -29,7 +30,7 @@ from featuremaps.engine.core import (
     ModelSpec,
 )
 from featuremaps.engine.local import run_local
-from featuremaps.engine.ray import run_ray
+from featuremaps.engine.ray import connected, run_ray
 
 __all__ = [
     "ENGINES",
@@ -39,6 +40,7 @@ __all__ = [
     "Merger",
     "ModelSpec",
     "run_job",
+    "session",
 ]
 
 P = TypeVar("P")
@@ -66,3 +68,14 @@ def run_job(
     if options.name == "ray":
         return run_ray(job, listed, fold, options, progress)
     return run_local(job, listed, fold, readers, pin_memory, progress)
+
+
+@contextlib.contextmanager
+def session(options: EngineOptions | None) -> Iterator[None]:
+    """Keep the engine's cluster connection open over several runs (a cohort of slides): the
+    ray engine connects (or starts a local Ray) once, and lets it go at the end."""
+    if options is None or options.name == "local":
+        yield
+        return
+    with connected(options):
+        yield

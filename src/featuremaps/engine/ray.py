@@ -14,11 +14,12 @@ Needs the ``ray`` extra; asking for this engine without it is one line naming th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -49,9 +50,11 @@ def ray_available() -> bool:
 def _import_ray() -> Any:
     try:
         import ray
-    except ImportError:
+        import ray.data  # Ray Data and its pandas: the "data" extra of ray
+    except ImportError as exc:
+        what = "Ray" if exc.name == "ray" else f"Ray Data ({exc.name} is missing)"
         raise EngineError(
-            f"--engine ray needs Ray, which is not installed; {INSTALL_HINT} (on every node of "
+            f"--engine ray needs {what}, which is not installed; {INSTALL_HINT} (on every node of "
             "the cluster too), or leave out --engine to run locally"
         ) from None
     return ray
@@ -138,6 +141,18 @@ def _connect(ray: Any, options: EngineOptions) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def connected(options: EngineOptions) -> Iterator[None]:
+    """Ray connected for the block (started here when no cluster is given nor running)."""
+    ray = _import_ray()
+    started_here = _connect(ray, options)
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def run_ray(
     job: Job[P],
     items: Sequence[Any],
@@ -147,23 +162,19 @@ def run_ray(
 ) -> EngineReport:
     """Run ``job`` over ``items`` on a pool of ``options.workers`` Ray actors; fold here."""
     ray = _import_ray()
-    started_here = _connect(ray, options)
     # Ray Data logs every execution's plan and end at INFO, and a WARNING for the progress bars
     # it is told not to draw: the command's own progress line says what matters.
-    import ray.data  # creates its loggers
-
     loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
     loggers = [g for g in loggers if g.name.startswith("ray.data")]
     levels = [g.level for g in loggers]
     for g in loggers:
         g.setLevel(logging.ERROR)
     try:
-        return _run(ray, job, items, fold, options, progress)
+        with connected(options):
+            return _run(ray, job, items, fold, options, progress)
     finally:
         for g, level in zip(loggers, levels, strict=True):
             g.setLevel(level)
-        if started_here:
-            ray.shutdown()
 
 
 def _run(
@@ -174,8 +185,6 @@ def _run(
     options: EngineOptions,
     progress: Callable[[int, str], object] | None,
 ) -> EngineReport:
-    import ray.data
-
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the command draws its own
     report = EngineReport("ray", workers=options.workers)
@@ -210,8 +219,12 @@ def _run(
             if report.compute is None:
                 report.compute = pickle.loads(batch["compute"][i])
         if progress is not None:
-            actors, retries = ray.get(ledger.counts.remote())
-            progress(report.items, f"{actors} worker(s) started, {retries} retried")
+            started, retries = ray.get(ledger.counts.remote())
+            replaced = max(0, started - options.workers)
+            progress(
+                report.items,
+                f"{options.workers} workers ({replaced} replaced), {retries} items retried",
+            )
     merger.finish()
     report.started, report.retries = ray.get(ledger.counts.remote())
     report.seconds = {
