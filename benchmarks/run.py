@@ -921,7 +921,7 @@ def bench_engine(
         return {"skipped": "the ray extra is not installed (pip install 'featuremaps[ray]')"}
     env = child_env()
     env["RAY_AUTH_MODE"] = "disabled"
-    weights = ["--weights", "none", "--size", "224"] if spec == "resnet18" else []
+    weights = ["--weights", "none", "--size", "224x224"] if spec == "resnet18" else []
     rows: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
     with tempfile.TemporaryDirectory() as tmp:
         paths = photo_like_images(Path(tmp), n, size)

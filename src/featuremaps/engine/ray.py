@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from featuremaps._errors import EngineError
+from featuremaps._errors import EngineError, FeaturemapsError
 from featuremaps.engine.core import EngineOptions, EngineReport, Job, Merger
 
 __all__ = ["INSTALL_HINT", "ray_available", "run_ray"]
@@ -95,22 +95,28 @@ class _Worker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import ray
 
-        keys, payloads, reads, models = [], [], [], []
+        keys, payloads, errors, reads, models = [], [], [], [], []
         for key, item in zip(batch["key"], batch["item"], strict=True):
             ray.get(self.ledger.started.remote(int(key)))
             t0 = time.perf_counter()
-            data = self.job.read(pickle.loads(item))
-            t1 = time.perf_counter()
-            partial = self.job.compute(data)
+            t1 = t0
+            try:
+                data = self.job.read(pickle.loads(item))
+                t1 = time.perf_counter()
+                result: Any = self.job.compute(data)
+            except FeaturemapsError as exc:  # raised on the driver, as the local engine would
+                result = exc
             t2 = time.perf_counter()
             keys.append(int(key))
-            payloads.append(pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL))
+            payloads.append(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+            errors.append(isinstance(result, FeaturemapsError))
             reads.append(t1 - t0)
             models.append(t2 - t1)
         compute = pickle.dumps(self.job.describe_compute())
         return {
             "key": np.array(keys, dtype=np.int64),
             "partial": np.array(payloads, dtype=object),
+            "error": np.array(errors, dtype=bool),
             "read": np.array(reads),
             "model": np.array(models),
             "compute": np.array([compute] * len(keys), dtype=object),
@@ -208,29 +214,41 @@ def _run(
         },
     )
     merger = Merger(len(rows), fold)
-    read = model = 0.0
+    report.seconds = {"read": 0.0, "model": 0.0}
     start = time.perf_counter()
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for i, key in enumerate(batch["key"]):
-            merger.add(int(key), pickle.loads(batch["partial"][i]))
-            read += float(batch["read"][i])
-            model += float(batch["model"][i])
-            report.items += 1
-            if report.compute is None:
-                report.compute = pickle.loads(batch["compute"][i])
-        if progress is not None:
-            started, retries = ray.get(ledger.counts.remote())
-            replaced = max(0, started - options.workers)
-            progress(
-                report.items,
-                f"{options.workers} workers ({replaced} replaced), {retries} items retried",
-            )
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            _fold_rows(batch, merger, report)
+            if progress is not None:
+                started, retries = ray.get(ledger.counts.remote())
+                replaced = max(0, started - options.workers)
+                progress(
+                    report.items,
+                    f"{options.workers} workers ({replaced} replaced), {retries} items retried",
+                )
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EngineError(
+            f"the Ray workers failed: {first}; their logs are under /tmp/ray/session_latest/logs "
+            "on each node"
+        ) from None
     merger.finish()
     report.started, report.retries = ray.get(ledger.counts.remote())
-    report.seconds = {
-        "read": read,
-        "model": model,
-        "merge": merger.seconds,
-        "wall": time.perf_counter() - start,
-    }
+    report.seconds["merge"] = merger.seconds
+    report.seconds["wall"] = time.perf_counter() - start
     return report
+
+
+def _fold_rows(batch: dict[str, np.ndarray], merger: Merger[Any], report: EngineReport) -> None:
+    """Fold the rows of one batch from the workers; a featuremaps error a worker met is raised
+    here, as the local engine raises it."""
+    for i, key in enumerate(batch["key"]):
+        result = pickle.loads(batch["partial"][i])
+        if batch["error"][i]:
+            raise result
+        merger.add(int(key), result)
+        report.seconds["read"] += float(batch["read"][i])
+        report.seconds["model"] += float(batch["model"][i])
+        report.items += 1
+        if report.compute is None:
+            report.compute = pickle.loads(batch["compute"][i])
