@@ -1285,7 +1285,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
         "slide": lambda: bench_slide(40_000, 4, 1024, True),
         "e2e": lambda: bench_e2e(["resnet18", "resnet50"], 7, "resnet18"),
         "gpu": lambda: bench_gpu([("resnet50", 224), ("resnet50", 1024)], 5),
-        "engine": lambda: bench_engine("resnet18", 48, 256, 4, 2, 2),
+        "engine": lambda: bench_engine("resnet18", 48, 256, 4, 2, 3),
     }
 
 

@@ -98,7 +98,7 @@ def ablate(
     spec = (
         None
         if options.name == "local"
-        else ModelSpec.from_loaded(loaded, None if device is None else str(device), dtype)
+        else ModelSpec.from_loaded(loaded, "auto" if device is None else str(device), dtype)
     )
     check_image_model(loaded.model, "ablate")
     patterns = as_patterns(layers)

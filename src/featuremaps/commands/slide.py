@@ -269,7 +269,7 @@ def slide_maps(
     compute = resolve_placement(loaded.model, device, dtype)
     remote = None
     if options.name != "local":
-        spec = ModelSpec.from_loaded(loaded, None if device is None else str(device), dtype)
+        spec = ModelSpec.from_loaded(loaded, "auto" if device is None else str(device), dtype)
         remote = (options, spec, str(Path(slide).resolve()), reader)
     pre = slide_preprocessing(loaded, preprocessing)
     source = open_slide(slide, reader)

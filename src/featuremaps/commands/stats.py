@@ -95,7 +95,8 @@ def collect_stats(
 
     ``engine`` (``"local"``, ``"ray"`` or :class:`featuremaps.engine.EngineOptions`) picks where
     the batches run; ``workers`` stays the local engine's reader processes. The ray engine's
-    workers load the model from its spec (a model object has none) and give the same numbers:
+    workers load the model from its spec (a model object has none; ``device=None`` means
+    ``auto`` there: a worker with a GPU uses it) and give the same numbers:
     the summary's ``engine`` says how many workers ran, how many items were retried and where
     the time went. Returns the summary.
     """
@@ -275,7 +276,7 @@ def _worker_spec(
     """What remote workers load the model from (None for the local engine)."""
     if options.name == "local":
         return None
-    return ModelSpec.from_loaded(loaded, None if device is None else str(device), dtype)
+    return ModelSpec.from_loaded(loaded, "auto" if device is None else str(device), dtype)
 
 
 # -- the command line ---------------------------------------------------------------------------
