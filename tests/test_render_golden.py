@@ -7,7 +7,11 @@ same bits on every machine. See tests/gold/README.md for how to accept a changed
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torchvision
+from torch import nn
 
+import featuremaps as fm
 from featuremaps.render import GridLabel, GridOptions, make_grid
 from featuremaps.render.bars import make_bars
 from featuremaps.render.signal import Placement, make_signal_picture
@@ -108,3 +112,38 @@ def test_golden_volume_montage() -> None:
     made = make_volume_picture(maps, GridOptions(), label=label)
     assert made.slices == (0, 2, 4, 6, 8) and made.projection_kind == "max |x|, sign kept"
     assert_matches_golden("volume_montage", made.picture.pixels)
+
+
+def test_golden_filters_of_the_trained_shapes_cnn_first_conv() -> None:
+    sheet = fm.make_filter_sheet(fm.filters("shapes_cnn", "conv1"))
+    assert sheet.kind == "rgb" and sheet.shown == tuple(range(16))
+    assert_matches_golden("filters_shapes_cnn_conv1", sheet.pixels)
+
+
+def test_golden_filters_of_a_random_resnet18_conv1() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None)
+    sheet = fm.make_filter_sheet(fm.filters(model, "conv1"), stamp="RANDOM WEIGHTS")
+    assert sheet.kind == "rgb" and len(sheet.shown) == 64
+    assert_matches_golden("filters_resnet18_conv1_random", sheet.pixels)
+
+
+def test_golden_filters_of_a_grouped_conv_with_nan() -> None:
+    conv = nn.Conv2d(4, 6, 3, groups=2, bias=False)
+    w = ((torch.arange(6 * 2 * 3 * 3) * 5) % 13 - 6).float().reshape(6, 2, 3, 3) / 4
+    w[4, 1, 1, 1] = float("nan")
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    sheet = fm.make_filter_sheet(fm.filters(conv, ""), columns=3)
+    assert sheet.kind == "kernels" and sheet.cmap == "RdBu_r"
+    assert_matches_golden("filters_grouped_kernels_nan", sheet.pixels)
+
+
+def test_golden_filters_of_a_linear_layer() -> None:
+    linear = nn.Linear(7, 5)
+    w = (((np.arange(5 * 7) * 3) % 11) - 5).reshape(5, 7).astype(np.float32) / 5
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(w))
+    sheet = fm.make_filter_sheet(fm.filters(linear, ""))
+    assert sheet.kind == "matrix"
+    assert_matches_golden("filters_linear_matrix", sheet.pixels)

@@ -1178,3 +1178,75 @@ def test_legends_say_n_a_and_constant_as_the_pictures_do(tmp_path: Path, open_re
     caption = page.locator(f"{flat} figure.tile >> nth=0").text_content() or ""
     assert "const 27.71" in caption
     assert opened.errors == []
+
+
+@pytest.fixture(scope="module")
+def small_filters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, nn.Module]:
+    torch.manual_seed(0)
+    model = Small().eval()
+    x = torch.randn(1, 3, 19, 23, generator=torch.Generator().manual_seed(1))
+    return _run(model, x, tmp_path_factory.mktemp("filters") / "out", filters=True), model
+
+
+def _element_pixels(page: Any, selector: str) -> np.ndarray:
+    """What the browser shows of an element (its border box), as (H, W, 3) uint8."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(page.locator(selector).screenshot())) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_channel_view_shows_the_channels_filter_beside_its_map(
+    small_filters: tuple[Run, nn.Module], open_report: Any
+) -> None:
+    run, model = small_filters
+    opened = open_report(run.index)
+    page = opened.page
+    for name, index in (("down", 5), ("conv", 2)):
+        key = run.key(name)
+        page.click(f'#fm-outline a[title="{name}"]')
+        page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]", timeout=5000)
+        channel = run.record(name)["channels_shown"][index]
+        page.click(f'#L{key} figure.tile[data-index="{index}"]')
+        figure = page.locator("#fm-view-filter")
+        assert figure.is_visible() and figure.get_attribute("data-channel") == str(channel)
+        # The filter is the channel's part of the layer's sheet, as the sheet itself says.
+        sheet = fm.make_filter_sheet(fm.filters(model, name))
+        box = sheet.box(channel)
+        assert box is not None
+        canvas = "#fm-view-filter-map"
+        page.wait_for_selector(
+            f"{canvas}[data-box='{json.dumps(list(box), separators=(',', ':'))}']"
+        )
+        zy, zx = json.loads(page.get_attribute(canvas, "data-zoom") or "")
+        assert zx >= 1 and zy >= 1
+        y, x, h, w = box
+        expected = sheet.pixels[y : y + h, x : x + w].repeat(zy, axis=0).repeat(zx, axis=1)
+        # The screenshot of the element holds its 1 px border and, where the element does not
+        # sit on whole pixels, one more row or column: the canvas is inside, drawn exactly.
+        shown = _element_pixels(page, canvas)
+        assert any(
+            np.array_equal(shown[dy : dy + len(expected), dx : dx + expected.shape[1]], expected)
+            for dy in (0, 1, 2)
+            for dx in (0, 1, 2)
+        ), f"the filter drawn ({shown.shape}) is not the sheet's crop ({expected.shape})"
+        # The words: what the picture shows, its scale, and this filter's norms from the stats.
+        l1 = run.record(name)["channel_stats"]["filter_l1"][channel]
+        text = page.locator("#fm-view-filter-text")
+        _wait_until(
+            page, "document.getElementById('fm-view-filter-text').textContent.includes('L1')"
+        )
+        assert text.text_content().startswith(f"filter #{channel} (L1 {l1:.4g} · L2 ")
+        assert "one range over the layer's weights" in text.text_content() or (
+            "one symmetric range over all 6 filters" in text.text_content()
+        )
+        page.click("#fm-view-close")
+    # A layer without filters (a ReLU) shows none.
+    key = run.key("act")
+    page.click('#fm-outline a[title="act"]')
+    page.wait_for_selector(f"#L{key} .tiles[data-state=drawn]", timeout=5000)
+    page.click(f'#L{key} figure.tile[data-index="0"]')
+    assert not page.locator("#fm-view-filter").is_visible()
+    assert opened.errors == [] and opened.dialogs == []

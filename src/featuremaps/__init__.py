@@ -4,8 +4,9 @@
     >>> records = fm.capture(model, x)                    # exact values, one record per call
     >>> fm.visualize("resnet18", "photo.jpg", out="maps")  # pictures, manifest.json, index.html
 
-Discover names with :func:`list_layers`; everything raised on purpose is a
-:class:`FeaturemapsError`.
+:func:`filters` reads the weights behind a Conv or Linear layer's channels and
+:func:`make_filter_sheet` draws them. Discover names with :func:`list_layers`; everything raised
+on purpose is a :class:`FeaturemapsError`.
 """
 
 from featuremaps._errors import (
@@ -25,13 +26,17 @@ from featuremaps._errors import (
 from featuremaps._version import __version__
 from featuremaps.ablation import AblationPoint, AblationResult
 from featuremaps.capture import Capture, LayerRecord, NotRun, capture, record_name, zero_channels
+from featuremaps.classmaps import ClassMap, Region, Target
 from featuremaps.commands.ablate import ablate
+from featuremaps.commands.cam import cam
+from featuremaps.commands.cam_files import CamOptions
 from featuremaps.commands.layers import LayerInfo, list_layers
 from featuremaps.commands.locate import draw_overlay, locate
 from featuremaps.commands.run import Visualization, visualize
 from featuremaps.commands.slide import SlideResult, slide_maps
 from featuremaps.commands.stats import collect_stats
 from featuremaps.dataset import SavedStats, read_stats
+from featuremaps.filters import Filters, filters
 from featuremaps.geometry import MapGeometry
 from featuremaps.inputs import (
     LoadedInput,
@@ -45,6 +50,7 @@ from featuremaps.manifest import MANIFEST as MANIFEST_NAME
 from featuremaps.manifest import RecordSummary
 from featuremaps.models import LoadedModel, load_model
 from featuremaps.render import Grid, GridLabel, GridOptions, make_grid
+from featuremaps.render.filters import FilterSheet, make_filter_sheet
 from featuremaps.report import write_report
 from featuremaps.stats import summarize
 
@@ -52,11 +58,15 @@ __all__ = [
     "MANIFEST_NAME",
     "AblationPoint",
     "AblationResult",
+    "CamOptions",
     "Capture",
     "CaptureError",
+    "ClassMap",
     "EngineError",
     "FeaturemapsError",
     "FeaturemapsWarning",
+    "FilterSheet",
+    "Filters",
     "Grid",
     "GridLabel",
     "GridOptions",
@@ -75,21 +85,26 @@ __all__ = [
     "Preprocessing",
     "RandomWeightsWarning",
     "RecordSummary",
+    "Region",
     "SavedStats",
     "SlideResult",
+    "Target",
     "UntrustedCheckpointError",
     "Visualization",
     "__version__",
     "ablate",
+    "cam",
     "capture",
     "collect_stats",
     "draw_overlay",
     "expected_axes",
     "expected_channels",
+    "filters",
     "list_layers",
     "load_input",
     "load_model",
     "locate",
+    "make_filter_sheet",
     "make_grid",
     "read_stats",
     "record_name",

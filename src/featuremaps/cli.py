@@ -24,7 +24,7 @@ from typing import NoReturn, TextIO
 
 from featuremaps._errors import FeaturemapsError, FeaturemapsWarning
 from featuremaps._version import __version__
-from featuremaps.commands import ablate, layers, locate, run, slide, stats
+from featuremaps.commands import ablate, cam, layers, locate, run, slide, stats
 from featuremaps.commands.cli_common import Command
 
 __all__ = ["console_main", "main"]
@@ -39,6 +39,7 @@ COMMANDS: dict[str, Command] = {
     "stats": stats.COMMAND,
     "ablate": ablate.COMMAND,
     "locate": locate.COMMAND,
+    "cam": cam.COMMAND,
     "slide": slide.COMMAND,
 }
 DESCRIPTION = (

@@ -30,6 +30,7 @@ __all__ = [
     "HookedOutput",
     "OtherSink",
     "Sink",
+    "replaced",
     "returned_type",
     "run_hooked",
     "walk",
@@ -63,8 +64,11 @@ class HookedOutput:
 #: The consumer of a hooked pass: :func:`run_hooked` calls it inside the forward hook with each
 #: output tensor (:class:`HookedOutput`), while the value is still exactly what the module
 #: returned. It must not keep a reference to ``out.tensor`` without copying it (later in-place
-#: operations of the model change it), and its own errors stop the pass.
-Sink = Callable[[HookedOutput], None]
+#: operations of the model change it), and its own errors stop the pass. A sink that returns a
+#: tensor replaces that output for the rest of the model (same value, e.g. a copy: the class
+#: maps keep the returned tensor for autograd and let the model go on with the copy); ``None``
+#: leaves the output as it is.
+Sink = Callable[[HookedOutput], "torch.Tensor | None"]
 
 
 def walk(value: Any, key: str | None) -> Iterator[tuple[str | None, torch.Tensor]]:
@@ -84,6 +88,46 @@ def walk(value: Any, key: str | None) -> Iterator[tuple[str | None, torch.Tensor
         for item in dataclasses.fields(value):
             k = item.name
             yield from walk(getattr(value, k), k if key is None else f"{key}.{k}")
+
+
+def replaced(value: Any, key: str | None, new: Mapping[str | None, torch.Tensor]) -> Any:
+    """``value`` (a module's output) with the tensors at the key paths of ``new`` (the keys
+    :func:`walk` yields) replaced; containers are rebuilt with their own types."""
+    if isinstance(value, torch.Tensor):
+        return new.get(key, value)
+    if isinstance(value, Mapping):
+        items = [
+            (k, replaced(v, str(k) if key is None else f"{key}.{k}", new)) for k, v in value.items()
+        ]
+        if isinstance(value, dict):
+            return _same_dict(value, items)
+        return type(value)(items)  # type: ignore[call-arg]
+    if isinstance(value, (tuple, list)):
+        fields = getattr(value, "_fields", None)
+        parts = []
+        for i, v in enumerate(value):
+            k = fields[i] if fields else str(i)
+            parts.append(replaced(v, k if key is None else f"{key}.{k}", new))
+        if fields:
+            return type(value)(*parts)
+        return type(value)(parts)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {
+            f.name: replaced(
+                getattr(value, f.name), f.name if key is None else f"{key}.{f.name}", new
+            )
+            for f in dataclasses.fields(value)
+            if f.init
+        }
+        return dataclasses.replace(value, **changes)
+    return value
+
+
+def _same_dict(value: dict[Any, Any], items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A dict (or dict subclass such as OrderedDict) of the same type holding ``items``."""
+    rebuilt = value.copy()
+    rebuilt.update(items)
+    return rebuilt
 
 
 def returned_type(value: Any) -> str:
@@ -153,16 +197,20 @@ def run_hooked(
     finished: list[str] = []
     handles = []
 
-    def make_hook(path: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+    def make_hook(path: str) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
             calls[path] += 1
             given = args[0] if args and isinstance(args[0], torch.Tensor) else None
             found = False
+            new: dict[str | None, torch.Tensor] = {}
             for key, tensor in walk(output, None):
                 found = True
-                sink(HookedOutput(path, module, calls[path], key, tensor, given))
+                swapped = sink(HookedOutput(path, module, calls[path], key, tensor, given))
+                if swapped is not None:
+                    new[key] = swapped
             if not found and on_other is not None:
                 on_other(path, module, calls[path], returned_type(output))
+            return replaced(output, None, new) if new else None
 
         return hook
 

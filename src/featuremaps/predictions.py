@@ -22,8 +22,14 @@ def categories(loaded: Any) -> tuple[list[str], str] | None:
     """The category names of a loaded model's weights and where they come from, or ``None``.
 
     ``loaded`` is a :class:`~featuremaps.models.LoadedModel`; for a torchvision model loaded
-    without weights (``--weights none``) its default weights entry names the categories.
+    without weights (``--weights none``) its default weights entry names the categories, and
+    featuremaps' own models (``shapes_cnn``) name them in their model card.
     """
+    if getattr(loaded, "source", None) == "featuremaps":  # our own trained models' cards
+        from featuremaps.zoo import card
+
+        classes = card(loaded.spec).get("classes")
+        return ([str(n) for n in classes], f"model card {loaded.spec}") if classes else None
     enum = getattr(loaded, "weights_enum", None)
     if enum is None and getattr(loaded, "source", None) == "torchvision":
         import torchvision

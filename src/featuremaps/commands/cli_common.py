@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from featuremaps._errors import OptionError
+from featuremaps.commands.cam_files import CamOptions, region_target
 from featuremaps.engine import EngineOptions
 from featuremaps.inputs import (
     LoadedInput,
@@ -33,6 +34,7 @@ from featuremaps.stats import TOP_K_ORDERS
 
 __all__ = [
     "Command",
+    "add_cam_options",
     "add_containers_option",
     "add_device_options",
     "add_layer_options",
@@ -40,17 +42,20 @@ __all__ = [
     "add_model_options",
     "add_out_option",
     "add_quiet_option",
+    "add_run_cam_options",
     "check_data_options",
     "check_layers",
     "load_model_and_inputs",
     "load_model_from_args",
     "load_model_with_preprocessing",
+    "parse_box",
     "parse_channels",
     "parse_pair",
     "parse_patch",
     "parse_range",
     "preprocessing_from_args",
     "print_preprocessing",
+    "run_cam_options",
     "show_progress",
 ]
 
@@ -209,6 +214,112 @@ def engine_line(engine: dict[str, Any]) -> str:
         f"{'s' if engine['workers'] != 1 else ''} ({engine['workers_started']} started), "
         f"{retries} retr{'ies' if retries != 1 else 'y'}; time: {parts} (read and model "
         f"summed over workers); the pass took {seconds.get('wall', 0.0):.2f} s"
+    )
+
+
+def add_cam_options(p: argparse.ArgumentParser) -> None:
+    """The options of class maps that ``cam`` and ``run --cam`` share: target, output, region,
+    smoothing and the trust numbers."""
+    p.add_argument(
+        "--target",
+        default="top1",
+        help="what the maps explain: top1 (the top class of each input), a class INDEX or "
+        "NAME, or one per input separated by commas (default: top1)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="KEY",
+        help="the part of a dict/tuple output whose scores are explained, e.g. out",
+    )
+    p.add_argument(
+        "--region",
+        metavar="X0,Y0,X1,Y1",
+        help="for dense (segmentation) outputs: sum the target class over this box of output "
+        "cells (default: the cells where it is the top class)",
+    )
+    p.add_argument(
+        "--smooth",
+        action="store_true",
+        help="draw maps interpolated between cell centres (the legend says so; default: each "
+        "cell as a block, the map's own resolution)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=16,
+        help="steps of the deletion/insertion curves (default: 16)",
+    )
+    p.add_argument(
+        "--no-trust",
+        dest="trust",
+        action="store_false",
+        help="skip the deletion/insertion curves",
+    )
+    p.add_argument(
+        "--no-sanity",
+        dest="sanity",
+        action="store_false",
+        help="skip the sanity check (the map after re-initialising the layers above)",
+    )
+
+
+def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
+    """--region ``X0,Y0,X1,Y1`` as four integers."""
+    if text is None:
+        return None
+    try:
+        x0, y0, x1, y1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(
+            f"--region '{text}' is not X0,Y0,X1,Y1 (four whole numbers, e.g. 0,0,16,16)"
+        ) from None
+    return x0, y0, x1, y1
+
+
+def add_run_cam_options(p: argparse.ArgumentParser) -> None:
+    """``run``'s --cam METHODS and --cam-layers, with the options of class maps."""
+    p.add_argument(
+        "--cam",
+        metavar="METHODS",
+        help="also compute class activation maps (gradcam, layercam, ... or all, "
+        "comma-separated) and show them in the report; see 'featuremaps cam --help'",
+    )
+    p.add_argument(
+        "--cam-layers",
+        action="append",
+        metavar="LAYER",
+        help="layer calls the class maps explain (default: the last layer whose output has cells)",
+    )
+    add_cam_options(p)
+
+
+def run_cam_options(args: argparse.Namespace) -> CamOptions | None:
+    """``run``'s --cam and its options as :class:`CamOptions`, or None without --cam (the
+    class-map options without --cam are refused)."""
+    if args.cam is None:
+        given = [o for o, v in (("--cam-layers", args.cam_layers), ("--output", args.output),
+                                ("--region", args.region)) if v is not None]  # fmt: skip
+        if given or args.target != "top1" or args.smooth:
+            named = given[0] if given else ("--target" if args.target != "top1" else "--smooth")
+            raise OptionError(
+                f"{named} is an option of class maps; add --cam METHODS, e.g. --cam gradcam"
+            )
+        return None
+    if "," in args.target:
+        raise OptionError(
+            f"--target {args.target}: run takes one target for all its inputs; use "
+            "'featuremaps cam' for one per input"
+        )
+    target: int | str = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    return CamOptions(
+        methods=args.cam,
+        layers=args.cam_layers,
+        target=region_target(target, parse_box(args.region)),
+        output=args.output,
+        trust=args.trust,
+        sanity=args.sanity,
+        steps=args.steps,
+        smooth=args.smooth,
     )
 
 

@@ -30,6 +30,13 @@ from torch import nn
 from featuremaps import layouts
 from featuremaps._errors import FeaturemapsWarning, NonFiniteWarning, OptionError, OutputError
 from featuremaps.capture import Capture, LayerRecord, capture
+from featuremaps.classmaps import ClassMap
+from featuremaps.commands.cam_files import (
+    CamOptions,
+    cam_entries,
+    compute_cams,
+    sanity_message,
+)
 from featuremaps.commands.cli_common import (
     Command,
     add_containers_option,
@@ -38,12 +45,14 @@ from featuremaps.commands.cli_common import (
     add_model_options,
     add_out_option,
     add_quiet_option,
+    add_run_cam_options,
     check_layers,
     load_model_and_inputs,
     parse_channels,
     parse_patch,
     parse_range,
     print_closing,
+    run_cam_options,
     show_progress,
 )
 from featuremaps.commands.common import (
@@ -66,10 +75,11 @@ from featuremaps.commands.run_files import (
     layer_data,
     npy_bytes,
 )
+from featuremaps.commands.run_filters import add_filters_option, check_filters, run_filters
 from featuremaps.dataset import SavedStats, read_stats
 from featuremaps.devices import Placement
 from featuremaps.geometry import GeometryTracker
-from featuremaps.inputs import LoadedInput, sample_image_path
+from featuremaps.inputs import LoadedInput, fed_picture, sample_image_path
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.manifest import (
     ARRAYS,
@@ -129,6 +139,7 @@ class Visualization:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
+    cams: list[ClassMap] = field(default_factory=list)
 
     def __repr__(self) -> str:
         drawn = sum(1 for r in self.records if r.image or r.name in self.grids)
@@ -181,6 +192,8 @@ def _run_one(
     placement: Placement | None = None,
     attention_patch: tuple[int, int] | None = None,
     report_budget: int | None = None,
+    cams: CamOptions | None = None,
+    filters: bool = False,
 ) -> Visualization:
     from tqdm import tqdm
 
@@ -336,9 +349,24 @@ def _run_one(
         )  # fmt: skip
     if arrays is not None:
         arrays.close()
+    found_cams: list[ClassMap] = []
+    cam_list: list[dict[str, Any]] | None = None
+    if cams is not None:
+        start = time.perf_counter()
+        chosen = tensor[sample : sample + 1] if isinstance(tensor, torch.Tensor) else tensor
+        named_classes = categories(loaded)
+        found_cams = compute_cams(
+            loaded.model, chosen, cams, named_classes[0] if named_classes else None, loaded.cli_spec
+        )
+        found_cams = [replace(c, sample=sample) for c in found_cams]
+        fed = fed_picture(chosen, item.preprocessing) if isinstance(chosen, torch.Tensor) else None
+        cam_list = cam_entries(folder, prefix, found_cams, fed[0] if fed else None, cams, stamp)
+        timings["cams"] = time.perf_counter() - start
     if tracker is not None:
         placed = {n: g.to_json() for n, g in tracker.found.items() if g is not None}
         summaries = [replace(r, geometry=placed.get(r.name)) for r in summaries]
+    # With filters: a sheet per Conv/Linear module; its norms join the channel statistics.
+    summaries, filter_entries = run_filters(loaded, summaries, folder, prefix, stamp, filters)
 
     messages = []
     budget = None
@@ -360,6 +388,9 @@ def _run_one(
     if bad is not None:
         messages.append(bad)
         warnings.warn(NonFiniteWarning(bad), stacklevel=3)
+    failing = sanity_message(found_cams)
+    if failing is not None:
+        messages.append(failing)
     if loaded.random_weights:
         messages.append(f"{RANDOM_WEIGHTS}: {loaded.weights_status}")
     named = categories(loaded)
@@ -389,6 +420,9 @@ def _run_one(
         "prediction": found,
         "records": [s.to_json() for s in summaries],
     }
+    if cam_list is not None:
+        manifest["cams"] = cam_list
+    manifest.update({"filters": filter_entries} if filter_entries is not None else {})
     if folder is not None:
         start = time.perf_counter()
         folder.write_json(prefix + MANIFEST, manifest)
@@ -397,7 +431,7 @@ def _run_one(
             for relative, content in report_files(manifest, prefix).items():
                 folder.write_bytes(prefix + relative, content)
         timings["manifest+report"] = time.perf_counter() - start
-    return Visualization(summaries, manifest, None, grids, messages, timings)
+    return Visualization(summaries, manifest, None, grids, messages, timings, cams=found_cams)
 
 
 def visualize(
@@ -418,6 +452,8 @@ def visualize(
     dtype: str | None = None,
     attention_patch: tuple[int, int] | None = None,
     report_budget: float | None = DEFAULT_REPORT_BUDGET_MIB,
+    cams: CamOptions | None = None,
+    filters: bool = False,
 ) -> list[Visualization]:
     """Capture, draw and (optionally) write every selected layer for one or several inputs.
 
@@ -448,6 +484,12 @@ def visualize(
             together (default 200; ``None``: no limit). Past it, the largest layers keep fewer
             of their drawn channels there, and the manifest, the page and each record's
             warnings say so; the PNGs and ``save_arrays`` keep everything.
+        cams: also compute class activation maps of the drawn sample
+            (:class:`~featuremaps.commands.cam_files.CamOptions`); they are in
+            ``Visualization.cams``, and with ``out`` in the manifest's ``cams`` (arrays and
+            pictures under ``cams/``) and the report.
+        filters: also draw each selected Conv/Linear layer's filters, as ``run --filters``
+            does (see :func:`featuremaps.commands.run_filters.run_filters`).
 
     Returns:
         One :class:`Visualization` per input.
@@ -478,6 +520,7 @@ def visualize(
         "containers": containers,
         "model_label": loaded.cli_spec,
     }
+    check_filters(loaded, layers, types, containers, filters)
     if out is not None:
         _refuse_inputs_inside(items, Path(out))
     resolved = [resolve_input(item, loaded) for item in items]
@@ -490,7 +533,8 @@ def visualize(
             prefix = f"{sub}/" if sub else ""
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement, attention_patch, each)
+                         report, saved, placement, attention_patch, each, cams,
+                         filters)
             )  # fmt: skip
         if folder is not None:
             if len(results) > 1:
@@ -623,6 +667,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="the most the report's data (data/) may take, all inputs together; past it the "
         "largest layers keep fewer channels there, and the run says so (default: 200)",
     )
+    add_run_cam_options(p)
+    add_filters_option(p)
     add_quiet_option(p)
 
 
@@ -676,6 +722,8 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         dtype=args.dtype,
         attention_patch=parse_patch(args.attention_patch),
         report_budget=args.report_budget,
+        cams=run_cam_options(args),
+        filters=args.filters,
     )
     for result in results:
         drawn = sum(1 for r in result.records if r.image)

@@ -64,6 +64,7 @@ __all__ = [
     "paint_legend",
     "paint_text",
     "stamp_band",
+    "text_band",
     "text_width",
 ]
 
@@ -266,6 +267,41 @@ def paint_caption(canvas: np.ndarray, xy: tuple[int, int], lines: tuple[str, ...
     x, y = xy
     for i, line in enumerate(lines):
         paint_text(canvas, (x, y + i * CAPTION_LINE_HEIGHT), line, CAPTION_FONT_SIZE)
+
+
+def text_band(pixels: np.ndarray, lines: list[str], stamp: str | None = None) -> np.ndarray:
+    """``pixels`` (H, W, 3) uint8 with a band under it: ``stamp`` (if any) in the legend's red
+    box, then ``lines`` of text, one per row. The picture stays at the top left (a pixel keeps
+    its coordinates); the result is widened to the right when a line is wider than the picture.
+    """
+    rows = len(lines) + (1 if stamp else 0)
+    widths = [text_width(line) for line in lines]
+    if stamp:
+        widths.append(text_width(stamp) + 2 * STAMP_PAD)
+    band = np.full(
+        (
+            rows * LINE_HEIGHT + 2 * LEGEND_PAD,
+            max([pixels.shape[1], *(w + 2 * LEGEND_PAD for w in widths)]),
+        ),
+        BACKGROUND_INDEX,
+        dtype=np.uint8,
+    )
+    y = LEGEND_PAD
+    if stamp:
+        box = text_width(stamp) + 2 * STAMP_PAD
+        band[y - 1 : y + LINE_HEIGHT - 1, LEGEND_PAD : LEGEND_PAD + box] = STAMP_FILL_INDEX
+        paint_text(band, (LEGEND_PAD + STAMP_PAD, y), stamp, LEGEND_FONT_SIZE, on_stamp=True)
+        y += LINE_HEIGHT
+    for line in lines:
+        paint_text(band, (LEGEND_PAD, y), line, LEGEND_FONT_SIZE)
+        y += LINE_HEIGHT
+    rgb = palette_pixels(band, grid_palette("viridis"))
+    h, w = pixels.shape[:2]
+    out = np.empty((h + band.shape[0], band.shape[1], 3), dtype=np.uint8)
+    out[:h] = rgb[0, 0]  # the background, where a narrow picture leaves room
+    out[:h, :w] = pixels
+    out[h:] = rgb
+    return out
 
 
 def stamp_band(pixels: np.ndarray, stamp: str) -> np.ndarray:

@@ -19,6 +19,7 @@ from featuremaps import layouts
 from featuremaps._errors import InputError
 from featuremaps.manifest import TOOL, RecordSummary
 from featuremaps.render.scaling import NO_FINITE_TEXT, constant_text, is_constant_range
+from featuremaps.report.filter_view import filter_views
 
 __all__ = [
     "DATA_DIR",
@@ -252,6 +253,8 @@ class ReportData:
     prediction: Prediction | None = None
     arrays: str | None = None
     order: str = "index"  # how the run picked channels: index, a statistic, or "explicit"
+    # A run made with --filters: module path -> its filter sheet (see report.filter_view).
+    filters: Mapping[str, Mapping[str, Any]] | None = None
 
 
 def _relative(path: object, base: str) -> str | None:
@@ -435,4 +438,5 @@ def build_report(manifest: Mapping[str, Any], base: str = "") -> ReportData:
         order="explicit" if render.get("channels") else str(render.get("order", "index")),
         prediction=_prediction(manifest.get("prediction")),
         arrays=_relative(manifest.get("arrays"), base),
+        filters=filter_views(manifest.get("filters"), base) or None,
     )

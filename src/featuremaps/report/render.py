@@ -253,6 +253,7 @@ def client_config(data: ReportData) -> dict[str, Any]:
             "image": e.record.image,
             "geometry": dict(e.record.geometry) if e.record.geometry else None,
             "layout": e.record.layout,
+            "filter": (data.filters or {}).get(e.record.module),
         }
         for e in data.layers
         if e.drawn

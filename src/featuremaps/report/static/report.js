@@ -539,7 +539,10 @@
     const n = L.stats.mean.length;
     const table = el("table", "stats-table");
     const head = el("tr");
-    for (const [key, label] of COLUMNS) {
+    // A run made with --filters adds each channel's filter norms (null for layers without).
+    const norms = L.stats.filter_l1 && L.stats.filter_l1.some((v) => v !== null) ? ["filter_l1", "filter_l2"] : [];
+    const columns = [...COLUMNS, ...norms.map((key) => [key, key.replace("_", " ")])];
+    for (const [key, label] of columns) {
       const th = el("th");
       th.setAttribute("aria-sort", key === "channel" ? "ascending" : "none");
       const button = el("button", "sort", label);
@@ -576,6 +579,12 @@
       }
       const z = L.stats.zeros[c];
       tr.append(el("td", "num", z === null ? "—" : `${(100 * z).toFixed(1)}%`));
+      for (const key of norms) {
+        const v = L.stats[key][c];
+        const td = el("td", "num", fmt(v));
+        if (v !== null) td.title = String(v);
+        tr.append(td);
+      }
       rows.push({ tr, c });
       tbody.append(tr);
     }
@@ -866,13 +875,84 @@
     const { L, c } = view;
     if (!L.stats) {
       target.textContent = "";
-      requestStats(L, () => view && view.L === L && showViewStats());
+      requestStats(L, () => {
+        if (view && view.L === L) {
+          showViewStats();
+          showFilter(L, view.c);
+        }
+      });
       return;
     }
     const z = L.stats.zeros[c];
     target.textContent =
       `channel #${c} (all values, exact): mean ${fmt(L.stats.mean[c])} · std ${fmt(L.stats.std[c])} · ` +
       `min ${fmt(L.stats.min[c])} · max ${fmt(L.stats.max[c])} · zeros ${z === null ? "—" : `${(100 * z).toFixed(1)}%`}`;
+  }
+
+  // ---- the filter behind the channel (a run made with --filters): its part of the layer's
+  // filter sheet PNG, cut out by the sheet's layout (featuremaps.render.filters.FilterSheet.box)
+  // and enlarged by whole factors without smoothing. The page holds no weights of its own.
+  const FILTER_SIZE = 160; // CSS px: a filter is enlarged to about this size
+  const filterFigure = document.getElementById("fm-view-filter");
+  const filterCanvas = document.getElementById("fm-view-filter-map");
+  const filterText = document.getElementById("fm-view-filter-text");
+  const sheets = new Map(); // sheet path -> Image
+
+  function filterBox(F, c) {
+    const lay = F.layout;
+    if (lay.type === "rows") {
+      if (c < 0 || c >= F.filters) return null;
+      return [lay.top + Math.floor(c / lay.per_row) * lay.row_height, lay.left, lay.row_height, lay.width];
+    }
+    if (c < 0 || c >= F.shown) return null; // the sheet shows the first filters by index
+    const row = Math.floor(c / lay.columns);
+    const col = c % lay.columns;
+    return [lay.top + row * lay.step_y, lay.left + col * lay.step_x, lay.height, lay.width];
+  }
+
+  function filterNorms(L, c) {
+    const s = L.stats;
+    if (!s || !s.filter_l1 || s.filter_l1[c] === null || s.filter_l1[c] === undefined) return "";
+    return ` (L1 ${fmt(s.filter_l1[c])} · L2 ${fmt(s.filter_l2[c])})`;
+  }
+
+  function showFilter(L, c) {
+    if (!filterFigure) return;
+    const F = L.filter;
+    filterFigure.hidden = !F;
+    if (!F) return;
+    filterFigure.dataset.channel = String(c);
+    const box = filterBox(F, c);
+    const about = F.kind === "rgb" || F.kind === "kernels" || F.kind === "rows" ? `${F.note}.` : `its row of the sheet: ${F.note}.`;
+    if (!box) {
+      filterCanvas.hidden = true;
+      filterText.textContent =
+        `filter #${c}${filterNorms(L, c)} is not on the layer's filter sheet (it shows the first ${F.shown} of ${F.filters}).`;
+      return;
+    }
+    const [y, x, h, w] = box;
+    const zx = Math.max(1, Math.floor(FILTER_SIZE / Math.max(h, w)));
+    const zy = Math.max(zx, Math.ceil(12 / h)); // one-pixel rows of a heat map stay visible
+    filterText.textContent = `filter #${c}${filterNorms(L, c)}: ${about} ${F.scale}.`;
+    let image = sheets.get(F.image);
+    if (!image) {
+      image = new Image();
+      image.src = F.image;
+      sheets.set(F.image, image);
+    }
+    const draw = () => {
+      if (!view || view.L !== L || view.c !== c) return;
+      filterCanvas.width = w * zx;
+      filterCanvas.height = h * zy;
+      const ctx = filterCanvas.getContext("2d");
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(image, x, y, w, h, 0, 0, w * zx, h * zy);
+      filterCanvas.dataset.box = JSON.stringify(box);
+      filterCanvas.dataset.zoom = JSON.stringify([zy, zx]);
+      filterCanvas.hidden = false;
+    };
+    if (image.complete && image.naturalWidth) draw();
+    else image.addEventListener("load", draw, { once: true });
   }
 
   function openChannel(L, c) {
@@ -893,6 +973,7 @@
       drawView();
       placeOverlay(L, h, w);
       showViewStats();
+      showFilter(L, c);
       viewOver.style.opacity = String(Number(opacity.value) / 100);
       writeAddress();
     };
@@ -1234,6 +1315,7 @@
       image: spec.image,
       geometry: spec.geometry,
       statsFile: spec.stats,
+      filter: spec.filter || null, // the layer's filter sheet (a run made with --filters)
       section,
       tiles: section.querySelector(".tiles"),
       values: null,
