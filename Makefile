@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install --quiet -c constraints.txt -e .
 	touch $@
 
+# The ray extra is part of the test path, so the engine tests run rather than skip.
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -53,7 +54,7 @@ test: lint typecheck docs unit
 # Side-by-side timings and memory (minutes); not part of `make test`. TorchLens joins the capture
 # table when installed (the `bench` extra).
 bench: $(VENV)/.installed-dev
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,ray,bench]'
 	$(PY) benchmarks/run.py
 
 clean:

@@ -96,7 +96,7 @@ def bench_prune(
 
 def report_prune(section: dict[str, Any]) -> list[str]:
     lines = [
-        f"9. pruning {section['model']}: top-1 agreement with the original vs MACs left "
+        f"10. pruning {section['model']}: top-1 agreement with the original vs MACs left "
         f"(ranked on {section['images']['ranked_on']} shapes, measured on "
         f"{section['images']['measured_on']}; random: mean [min, max] of "
         f"{section['random_draws']} draws)",

@@ -26,6 +26,11 @@ Sections:
               rotated rounds, medians of the per-round ratios; and ``import featuremaps`` alone
   gpu         the capture and a whole ``visualize`` run on CUDA vs a plain CUDA forward; only
               when a GPU is present (otherwise the section says so and measures nothing)
+  engine      ``featuremaps stats --engine ray`` (2 workers, a local Ray started by the command)
+              vs ``--engine local`` on the same files, each a whole process: items/s of the
+              pass, the process's wall time, the driver's peak RSS, per-item costs (read, model,
+              merge; the size of one pickled partial) and the Ray install size; only when the
+              ``ray`` extra is installed
   prune       the trained shapes_cnn pruned at several ratios: top-1 agreement against MACs for
               channels ranked by std, by absmean and random ones (``benchmarks/prune.py``)
 """
@@ -864,6 +869,151 @@ def report_stats(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- engines ----------------------------------------------------------------------------------
+
+ENGINE_CHILD = (
+    "import json, resource, sys; from featuremaps.cli import main; code = main(sys.argv[1:]); "
+    "print(json.dumps({'code': code, 'peak_rss_kib': "
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
+)
+#: The distributions ``pip install 'featuremaps[ray]'`` adds to a development install.
+RAY_DISTRIBUTIONS = ("ray", "pandas", "fsspec", "msgpack", "requests", "urllib3", "certifi",
+                     "charset-normalizer", "idna")  # fmt: skip
+
+
+def installed_mib(names: tuple[str, ...]) -> dict[str, float]:
+    """MiB on disk of each installed distribution among ``names`` (its RECORD's files)."""
+    from importlib import metadata
+
+    sizes = {}
+    for name in names:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        total = 0
+        for f in dist.files or []:
+            path = Path(str(dist.locate_file(f)))
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        sizes[name] = total / 2**20
+    return sizes
+
+
+def partial_bytes(spec: str, paths: list[Path], pre: fm.Preprocessing, batch: int) -> int:
+    """Bytes of one pickled per-batch statistics partial (what a worker sends the driver)."""
+    import pickle
+
+    from featuremaps.dataset import StatsJob
+
+    model = fm.load_model(spec, "none" if spec == "resnet18" else None).model
+    job = StatsJob(None, 3, pre, model=model)
+    job.open()
+    partial = job.compute(job.read(paths[:batch]))
+    return len(pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def bench_engine(
+    spec: str, n: int, size: int, batch: int, workers: int, reps: int
+) -> dict[str, Any]:
+    """``featuremaps stats`` with each engine, whole processes in alternating rounds."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pandas") is None:
+        return {"skipped": "the ray extra is not installed (pip install 'featuremaps[ray]')"}
+    env = child_env()
+    env["RAY_AUTH_MODE"] = "disabled"
+    weights = ["--weights", "none", "--size", "224x224"] if spec == "resnet18" else []
+    rows: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = photo_like_images(Path(tmp), n, size)
+        _, pre = stats_model(spec)
+        for _ in range(reps):
+            for engine in ("local", "ray"):
+                out = Path(tmp) / f"out-{engine}"
+                argv = [
+                    sys.executable, "-c", ENGINE_CHILD, "stats", *map(str, paths), "-m", spec,
+                    *weights, "--batch-size", str(batch), "--workers", str(workers), "--engine",
+                    engine, "--no-plots", "-q", "--out", str(out),
+                ]  # fmt: skip
+                start = time.perf_counter()
+                done = subprocess.run(argv, env=env, capture_output=True, text=True)
+                wall = time.perf_counter() - start
+                if done.returncode != 0:
+                    raise RuntimeError(f"stats --engine {engine} failed: {done.stderr[-2000:]}")
+                child = json.loads(done.stdout.strip().splitlines()[-1])
+                summary = json.loads((out / "summary.json").read_text())
+                e = summary["engine"]
+                rows[engine].append(
+                    {
+                        "process_s": wall,
+                        "pass_s": e["seconds"]["wall"],
+                        "items": e["items"],
+                        "images_per_s": n / e["seconds"]["wall"],
+                        "items_per_s": e["items"] / e["seconds"]["wall"],
+                        "seconds": e["seconds"],
+                        "retries": e["retries"],
+                        "driver_peak_rss_mib": child["peak_rss_kib"] / 1024,
+                    }
+                )
+        partial = partial_bytes(spec, paths, pre, batch)
+    median = {
+        engine: {
+            key: statistics.median(r[key] for r in runs)
+            for key in ("process_s", "pass_s", "images_per_s", "items_per_s", "driver_peak_rss_mib")
+        }
+        for engine, runs in rows.items()
+    }
+    ray_runs = rows["ray"]
+    items = ray_runs[0]["items"]
+    per_item = {
+        key: statistics.median(r["seconds"][key] for r in ray_runs) / items
+        for key in ("read", "model", "merge")
+    }
+    sizes = installed_mib(RAY_DISTRIBUTIONS)
+    return {
+        "model": spec,
+        "images": {"count": n, "size": [size, size], "what": IMAGES_WHAT},
+        "batch_size": batch,
+        "workers": workers,
+        "reps": reps,
+        "runs": rows,
+        "median": median,
+        "ratio_items_per_s_ray_over_local": median["ray"]["items_per_s"]
+        / median["local"]["items_per_s"],
+        "ray_per_item_s": per_item,
+        "partial_bytes": partial,
+        "install_mib": sizes,
+        "install_mib_total": sum(sizes.values()),
+    }
+
+
+def report_engine(e: dict[str, Any]) -> list[str]:
+    if "skipped" in e:
+        return [f"9. engines: not measured: {e['skipped']}"]
+    m = e["median"]
+    lines = [
+        f"9. engines: `featuremaps stats` on {e['images']['count']} images, {e['model']}, batch "
+        f"{e['batch_size']}, whole processes, medians of {e['reps']} alternating rounds",
+    ]
+    for engine in ("local", "ray"):
+        workers = f"{e['workers']} Ray workers" if engine == "ray" else f"{e['workers']} readers"
+        lines.append(
+            f"   {engine:>5} ({workers}): {m[engine]['items_per_s']:.2f} items/s "
+            f"({m[engine]['images_per_s']:.1f} img/s) in the pass, process "
+            f"{m[engine]['process_s']:.1f} s, driver peak RSS "
+            f"{m[engine]['driver_peak_rss_mib']:.0f} MiB"
+        )
+    per = e["ray_per_item_s"]
+    lines.append(
+        f"   ray / local items/s {e['ratio_items_per_s_ray_over_local']:.2f}x; per item on Ray: "
+        f"read {per['read']:.3f} s, model {per['model']:.3f} s (worker-seconds), merge "
+        f"{1e3 * per['merge']:.2f} ms (driver); one pickled partial {e['partial_bytes'] / 1024:.0f}"
+        f" KiB; the ray extra installs {e['install_mib_total']:.0f} MiB"
+    )
+    return lines
+
+
 # -- slide ------------------------------------------------------------------------------------
 
 
@@ -1108,6 +1258,7 @@ REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "slide": report_slide,
     "e2e": report_e2e,
     "gpu": report_gpu,
+    "engine": report_engine,
     "prune": lambda section: _prune_bench().report_prune(section),
 }
 SECTIONS = tuple(REPORTS)
@@ -1134,6 +1285,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
             "slide": lambda: bench_slide(3000, 2, 512, True),
             "e2e": lambda: bench_e2e(["squeezenet1_1"], 1, "squeezenet1_1", warm_up=False),
             "gpu": lambda: bench_gpu([("tiny", 64)], 1),
+            "engine": lambda: bench_engine("shapes_cnn", 4, 64, 2, 2, 1),
             "prune": lambda: _prune_bench().bench_prune(8, 8, (0.25, 0.5), 1),
         }
     return {
@@ -1148,6 +1300,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
         "slide": lambda: bench_slide(40_000, 4, 1024, True),
         "e2e": lambda: bench_e2e(["resnet18", "resnet50"], 7, "resnet18"),
         "gpu": lambda: bench_gpu([("resnet50", 224), ("resnet50", 1024)], 5),
+        "engine": lambda: bench_engine("resnet18", 48, 256, 4, 2, 3),
         "prune": lambda: _prune_bench().bench_prune(),
     }
 

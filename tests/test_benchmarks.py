@@ -52,6 +52,9 @@ def test_benchmark_smoke_mode_writes_every_section(
     assert results["memory"]["peak_rss_mib"]["plain"] > 0
     assert [row["channels"] for row in results["scaling"]["channels_shown"]] == [32, 256, 512]
     check_stats(results["stats"])
+    engine = results["engine"]
+    if "skipped" not in engine:  # the ray extra is installed
+        assert engine["median"]["ray"]["items_per_s"] > 0 and engine["partial_bytes"] > 0
     [e2e] = results["e2e"]["rows"]
     assert set(e2e["ratio"]) == {"run", "layers"} and e2e["s"]["floor"]["median"] > 0
     assert results["e2e"]["import"]["heavy_imported"] == []

@@ -228,9 +228,16 @@ def test_golden_class_map_placed_by_geometry() -> None:
     drawn = draw_class_map(_picture(24, 40), _hand_map(cells, geometry), stamp="RANDOM WEIGHTS")
     assert_matches_golden("cam_geometry", drawn.pixels)
     assert drawn.lines[0] == "layer4.1.conv2#2 · gradcam · class 7 'cat <b>' (score 3.25, p 0.625)"
-    assert "FAILS THE SANITY CHECK" in drawn.lines[-1]
+    assert "FAILS THE SANITY CHECK" in drawn.lines[-2]
     # cells beyond half a stride of the outer centres stay the image's own pixels
-    assert np.array_equal(drawn.pixels[:24, 36:40], _picture(24, 40)[:, 36:40])
+    assert np.array_equal(drawn.overlay.pixels[:, 36:40], _picture(24, 40)[:, 36:40])
+    # a small input is drawn enlarged by a whole factor, each pixel a block, and it is said
+    zoom = 256 // 40
+    enlarged = np.repeat(np.repeat(drawn.overlay.pixels, zoom, axis=0), zoom, axis=1)
+    assert np.array_equal(drawn.pixels[: 24 * zoom, : 40 * zoom], enlarged)
+    assert (
+        drawn.lines[-1] == f"picture enlarged {zoom}x (each input pixel as a {zoom}x{zoom} block)"
+    )
 
 
 def test_golden_token_class_map_on_its_patch_grid() -> None:

@@ -19,6 +19,7 @@ EXPECTED = [
     "Capture",
     "CaptureError",
     "ClassMap",
+    "EngineError",
     "FeaturemapsError",
     "FeaturemapsWarning",
     "FilterSheet",

@@ -11,6 +11,7 @@ on purpose is a :class:`FeaturemapsError`.
 
 from featuremaps._errors import (
     CaptureError,
+    EngineError,
     FeaturemapsError,
     FeaturemapsWarning,
     InputError,
@@ -63,6 +64,7 @@ __all__ = [
     "Capture",
     "CaptureError",
     "ClassMap",
+    "EngineError",
     "FeaturemapsError",
     "FeaturemapsWarning",
     "FilterSheet",

@@ -11,7 +11,9 @@ The command line prints ``str(error)`` and exits with status 2; nothing else rea
     │   └── GeometryError         a layer whose cells cannot be placed on the input
     ├── CaptureError              the model's forward pass failed on the given input
     ├── OptionError               an option value that is not valid (colormap, scale, channels)
-    └── OutputError               an output folder that cannot be written safely
+    ├── OutputError               an output folder that cannot be written safely
+    └── EngineError               a run over workers that cannot go on (Ray missing or out of
+                                  reach, a partial delivered twice, a worker that always fails)
 
     FeaturemapsWarning            base class of the warnings we emit (a UserWarning)
     ├── RandomWeightsWarning      pretrained weights were asked for but could not be had
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "CaptureError",
+    "EngineError",
     "FeaturemapsError",
     "FeaturemapsWarning",
     "GeometryError",
@@ -71,6 +74,11 @@ class OptionError(FeaturemapsError):
 
 class OutputError(FeaturemapsError):
     """The output folder cannot be written without risking the user's files."""
+
+
+class EngineError(FeaturemapsError):
+    """A run spread over workers cannot go on: the engine is not installed or its cluster cannot
+    be reached, a worker keeps failing, or a partial result arrived twice or never."""
 
 
 class FeaturemapsWarning(UserWarning):

@@ -19,7 +19,6 @@ something when its curve stays above the random band. Pure computation: nothing 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,19 @@ from torch import nn
 
 from featuremaps._errors import CaptureError, FeaturemapsError, InputError, OptionError
 from featuremaps.capture import zero_channels
-from featuremaps.dataset import make_loader
+from featuremaps.dataset import batch_paths, read_batch
 from featuremaps.devices import Placement, model_device
+from featuremaps.engine import EngineOptions, EngineReport, ModelSpec, run_job
 from featuremaps.inputs import Preprocessing, load_input
 
-__all__ = ["AblationPoint", "AblationResult", "lowest_first", "measure_ablation"]
+__all__ = [
+    "AblationJob",
+    "AblationPartial",
+    "AblationPoint",
+    "AblationResult",
+    "lowest_first",
+    "measure_ablation",
+]
 
 METRICS = ("agreement", "mean_abs_dlogit", "kl")
 
@@ -85,6 +92,7 @@ class AblationResult:
     # Where the ranking came from: a statistics file, or the measured inputs themselves
     # (in-sample); set by :func:`featuremaps.ablate`, empty when the caller gave the values.
     ranking: str = ""
+    engine: EngineReport | None = None
 
     def __repr__(self) -> str:
         ks = ",".join(map(str, self.ks))
@@ -183,6 +191,85 @@ def check_options(ks: Iterable[int], trials: int) -> tuple[int, ...]:
     return out
 
 
+@dataclass
+class AblationPartial:
+    """One batch's per-point sums (points x :data:`METRICS`), what a worker returns."""
+
+    sums: np.ndarray
+    images: int = 0
+    passes: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None  # a masked layer that did not run: raised on the driver
+
+
+@dataclass
+class AblationJob:
+    """The measurement passes as a :class:`featuremaps.engine.Job`: an item is a list of paths
+    (one batch); each mask of ``masks`` is run on it and compared with the unmasked output.
+
+    ``model`` and ``placement`` are used where given (the local engine) and never pickled; a
+    worker elsewhere loads the model from ``spec``.
+    """
+
+    spec: ModelSpec | None
+    channels: int | None
+    preprocessing: Preprocessing
+    masks: list[dict[str, tuple[int, ...]]]
+    widths: dict[str, int]
+    model: nn.Module | None = None
+    placement: Placement | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "model": None, "placement": None}
+
+    def open(self) -> None:
+        if self.model is None:
+            if self.spec is None:  # pragma: no cover - callers give one or the other
+                raise InputError("an ablation job needs a model or a model spec")
+            loaded, self.placement = self.spec.load()
+            self.model = loaded.model
+        self.placement = self.placement or Placement(model_device(self.model))
+
+    def read(self, item: Sequence[Path]) -> Any:
+        return read_batch(item, self.channels, self.preprocessing)
+
+    def describe_compute(self) -> dict[str, Any] | None:
+        return None if self.placement is None else self.placement.describe()
+
+    def compute(self, data: Any) -> AblationPartial:
+        batch, _, bad = data
+        out = AblationPartial(np.zeros((len(self.masks), len(METRICS))), failed=list(bad))
+        if batch is None:
+            return out
+        model, placement = self.model, self.placement
+        assert model is not None and placement is not None  # set by open()
+        with _evaluating(model):
+            batch = placement.inputs(batch)
+            with placement.autocast():
+                base = _logits(_forward(model, batch))
+            done: dict[tuple[tuple[str, tuple[int, ...]], ...], np.ndarray] = {}
+            for i, masks in enumerate(self.masks):
+                key = tuple(sorted((n, tuple(sorted(v))) for n, v in masks.items()))
+                if key in done:  # the same channels again (K=0, or K at a layer's width)
+                    out.sums[i] += done[key]
+                    continue
+                with zero_channels(model, masks, self.widths) as applied, placement.autocast():
+                    masked = _logits(_forward(model, batch))
+                missing = [n for n, count in applied.items() if masks[n] and count == 0]
+                if missing:
+                    out.error = (
+                        f"layer '{missing[0]}' did not run on {tuple(batch.shape)} inputs, so "
+                        "its channels could not be zeroed; pick layers from 'featuremaps "
+                        "layers MODEL'"
+                    )
+                    return out
+                done[key] = _compare(base, masked)
+                out.sums[i] += done[key]
+                out.passes += 1
+        out.images = len(batch)
+        return out
+
+
 def measure_ablation(
     model: nn.Module,
     paths: Sequence[Path],
@@ -198,6 +285,9 @@ def measure_ablation(
     workers: int = 2,
     progress: Callable[[int], object] | None = None,
     placement: Placement | None = None,
+    engine: EngineOptions | None = None,
+    spec: ModelSpec | None = None,
+    status: Callable[[str], object] | None = None,
 ) -> AblationResult:
     """Zero the K lowest-ranked channels of each layer in ``values`` and measure the output change.
 
@@ -213,6 +303,9 @@ def measure_ablation(
             one, such as K=0 for every random draw, is measured once).
         placement: where the model runs and in which precision (default: where its weights
             are, float32); the logits are compared on the host in float64.
+        engine: where the batches run (:mod:`featuremaps.engine`; default local); the ray
+            engine's workers load the model from ``spec``. Per-batch sums are added in batch
+            order, so both engines give the same curve. ``status`` gets the engine's line.
     """
     ks = check_options(ks, trials)
     if not values:
@@ -231,39 +324,29 @@ def measure_ablation(
 
     placement = placement or Placement(model_device(model))
     cuda = placement.device.type == "cuda"
-    loader = make_loader(paths, channels, preprocessing, batch_size, workers, pin_memory=cuda)
+    remote = engine is not None and engine.name != "local"
+    job = AblationJob(
+        spec, channels, preprocessing, [c[3] for c in configs], widths,
+        None if remote else model, None if remote else placement,
+    )  # fmt: skip
     sums = np.zeros((len(configs), len(METRICS)))
     images = 0
     failed: list[tuple[str, str]] = []
-    start = time.perf_counter()
-    with _evaluating(model):
-        for batch, _, bad in loader:
-            failed.extend(bad)
-            if batch is None:
-                continue
-            batch = placement.inputs(batch)
-            with placement.autocast():
-                base = _logits(_forward(model, batch))
-            done: dict[tuple[tuple[str, tuple[int, ...]], ...], np.ndarray] = {}
-            for i, (_, _, _, masks, _) in enumerate(configs):
-                key = tuple(sorted((n, tuple(sorted(v))) for n, v in masks.items()))
-                if key in done:  # the same channels again (K=0, or K at a layer's width)
-                    sums[i] += done[key]
-                    continue
-                with zero_channels(model, masks, widths) as applied, placement.autocast():
-                    masked = _logits(_forward(model, batch))
-                missing = [n for n, count in applied.items() if masks[n] and count == 0]
-                if missing:
-                    raise CaptureError(
-                        f"layer '{missing[0]}' did not run on {tuple(batch.shape)} inputs, so "
-                        "its channels could not be zeroed; pick layers from 'featuremaps "
-                        "layers MODEL'"
-                    )
-                done[key] = _compare(base, masked)
-                sums[i] += done[key]
-                if progress is not None:
-                    progress(1)
-            images += len(batch)
+
+    def fold(_key: int, partial: AblationPartial) -> None:
+        nonlocal sums, images
+        failed.extend(partial.failed)
+        if partial.error is not None:
+            raise CaptureError(partial.error)
+        sums += partial.sums
+        images += partial.images
+        if progress is not None:
+            progress(partial.passes)
+
+    report = run_job(
+        job, batch_paths(paths, preprocessing, batch_size), fold, engine, readers=workers,
+        pin_memory=cuda, progress=None if status is None else (lambda _n, line: status(line)),
+    )  # fmt: skip
     if images == 0:
         first = failed[0][1] if failed else "no inputs"
         raise InputError(
@@ -283,7 +366,8 @@ def measure_ablation(
         trials=trials,
         images=images,
         failed=failed,
-        seconds=time.perf_counter() - start,
+        seconds=report.seconds["wall"],
+        engine=report,
     )
 
 

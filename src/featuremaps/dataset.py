@@ -10,7 +10,6 @@ while their module runs (no copies) and folded into running statistics and runni
 from __future__ import annotations
 
 import glob
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from featuremaps._errors import FeaturemapsError, InputError
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.datastats import RunningHistogram, RunningStats
 from featuremaps.devices import Placement, model_device
+from featuremaps.engine import EngineOptions, EngineReport, ModelSpec
 from featuremaps.inputs import (
     IMAGE_SUFFIXES,
     Preprocessing,
@@ -40,9 +40,14 @@ __all__ = [
     "DatasetStats",
     "FoundInputs",
     "SavedStats",
+    "StatsJob",
+    "StatsPartial",
+    "batch_paths",
     "check_image_model",
     "compute_dataset_stats",
     "find_inputs",
+    "fold_stats",
+    "read_batch",
     "read_stats",
     "scan_inputs",
 ]
@@ -164,9 +169,7 @@ def make_loader(
     cannot share a batch, so each is its own batch. The same holds when ``.npy`` arrays meet the
     model's own preprocessing: an array that is already preprocessed keeps its own size.
     """
-    fixed = preprocessing.final_size() is not None and not (
-        preprocessing.from_model and any(Path(p).suffix.lower() == ".npy" for p in paths)
-    )
+    fixed = _fixed_size(paths, preprocessing)
     return torch.utils.data.DataLoader(
         _Files(list(paths), channels, preprocessing),
         batch_size=batch_size if fixed else 1,
@@ -174,6 +177,31 @@ def make_loader(
         collate_fn=_collate,
         pin_memory=pin_memory,
     )
+
+
+def batch_paths(
+    paths: Sequence[Path], preprocessing: Preprocessing, batch_size: int
+) -> list[list[Path]]:
+    """``paths`` cut into the batches :func:`make_loader` reads (every engine reads the same
+    batches, so their partials are the same): ``batch_size`` at a time with a fixed-size
+    preprocessing, else one at a time (see :func:`make_loader`)."""
+    size = batch_size if _fixed_size(paths, preprocessing) else 1
+    return [list(paths[i : i + size]) for i in range(0, len(paths), size)]
+
+
+def _fixed_size(paths: Sequence[Path], preprocessing: Preprocessing) -> bool:
+    return preprocessing.final_size() is not None and not (
+        preprocessing.from_model and any(Path(p).suffix.lower() == ".npy" for p in paths)
+    )
+
+
+def read_batch(
+    paths: Sequence[Path], channels: int | None, preprocessing: Preprocessing
+) -> tuple[torch.Tensor | None, list[str], list[tuple[str, str]]]:
+    """One batch as :func:`make_loader` gives it: ``(stacked tensors or None, paths read,
+    [(path, why not read)])``."""
+    files = _Files(list(paths), channels, preprocessing)
+    return _collate([files[i] for i in range(len(files))])
 
 
 @dataclass
@@ -186,6 +214,7 @@ class DatasetStats:
     images: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    engine: EngineReport | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -211,6 +240,103 @@ def _channels_first(record: LayerRecord) -> np.ndarray | torch.Tensor | None:
     return t.detach().float().cpu().numpy()
 
 
+@dataclass
+class StatsPartial:
+    """The statistics of one batch: what a worker returns, keyed by the batch's position."""
+
+    layers: dict[str, tuple[RunningStats, RunningHistogram]] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
+    images: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class StatsJob:
+    """``stats`` as a :class:`featuremaps.engine.Job`: an item is a list of paths (one batch),
+    read with the local readers and reduced to a :class:`StatsPartial`.
+
+    ``model`` and ``placement`` are used where given (the local engine) and never pickled; a
+    worker elsewhere loads the model from ``spec``.
+    """
+
+    spec: ModelSpec | None
+    channels: int | None
+    preprocessing: Preprocessing
+    layers: str | Sequence[str] | None = None
+    types: str | Sequence[str] | None = None
+    near_zero: float = 1e-6
+    correlations: bool = False
+    bins: int = 128
+    model_label: str | None = None
+    model: nn.Module | None = None
+    placement: Placement | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "model": None, "placement": None}
+
+    def open(self) -> None:
+        if self.model is None:
+            if self.spec is None:  # pragma: no cover - callers give one or the other
+                raise InputError("a statistics job needs a model or a model spec")
+            loaded, self.placement = self.spec.load()
+            self.model = loaded.model
+        self.placement = self.placement or Placement(model_device(self.model))
+
+    def read(self, item: Sequence[Path]) -> Any:
+        return read_batch(item, self.channels, self.preprocessing)
+
+    def compute(self, data: Any) -> StatsPartial:
+        batch, batch_paths, failed = data
+        out = StatsPartial(failed=list(failed))
+        if batch is None:
+            return out
+        assert self.model is not None and self.placement is not None  # set by open()
+
+        def consume(record: LayerRecord) -> None:
+            values = _channels_first(record)
+            if values is None:
+                return
+            found = out.layers.get(record.name)
+            if found is None:
+                found = out.layers[record.name] = (
+                    RunningStats(
+                        values.shape[1], near_zero=self.near_zero, correlations=self.correlations
+                    ),
+                    RunningHistogram(self.bins),
+                )
+                out.types[record.name] = record.module_type
+            # Reads the live output before the forward pass goes on; one sweep for both.
+            found[0].update(values, histogram=found[1])
+
+        with self.placement.autocast():
+            capture(
+                self.model, self.placement.inputs(batch), layers=self.layers, types=self.types,
+                on_record=consume, copy=False, model_label=self.model_label,
+            )  # fmt: skip
+        out.images = len(batch_paths)
+        return out
+
+    def describe_compute(self) -> dict[str, Any] | None:
+        return None if self.placement is None else self.placement.describe()
+
+
+def fold_stats(
+    total: DatasetStats, partial: StatsPartial, near_zero: float, correlations: bool
+) -> None:
+    """Merge one batch's partial into ``total`` (the same for every engine)."""
+    total.failed.extend(partial.failed)
+    total.images += partial.images
+    for name, (stats, histogram) in partial.layers.items():
+        if name not in total.layers:
+            total.layers[name] = RunningStats(
+                stats.channels, near_zero=near_zero, correlations=correlations
+            )
+            total.histograms[name] = RunningHistogram(histogram.bins)
+            total.types[name] = partial.types[name]
+        total.layers[name].merge(stats)
+        total.histograms[name].merge(histogram)
+
+
 def compute_dataset_stats(
     model: nn.Module,
     paths: Sequence[Path],
@@ -227,6 +353,9 @@ def compute_dataset_stats(
     progress: Callable[[int], object] | None = None,
     model_label: str | None = None,
     placement: Placement | None = None,
+    engine: EngineOptions | None = None,
+    spec: ModelSpec | None = None,
+    status: Callable[[str], object] | None = None,
 ) -> DatasetStats:
     """Per-channel statistics and a histogram (at most ``bins`` bins) of the selected layers
     over every readable input in ``paths``. ``model_label`` names the model in error messages
@@ -236,40 +365,35 @@ def compute_dataset_stats(
     cannot share a batch, so each is its own batch. ``placement`` says where the model runs and
     in which precision (default: where its weights are, float32); batches go there, and each
     record comes to the host once for the running statistics.
+
+    ``engine`` picks where the batches run (:mod:`featuremaps.engine`; default local, with
+    ``workers`` reader processes); the ray engine's workers load the model from ``spec``. Each
+    batch is reduced to a partial and the partials are merged in batch order, so both engines
+    give the same numbers. ``status`` gets the engine's progress line (workers, retries).
     """
+    from featuremaps.engine import run_job
+
     RunningHistogram(bins)  # refuses a bad bin count now rather than inside the first hook
     placement = placement or Placement(model_device(model))
     cuda = placement.device.type == "cuda"
-    loader = make_loader(paths, channels, preprocessing, batch_size, workers, pin_memory=cuda)
+    remote = engine is not None and engine.name != "local"
+    job = StatsJob(
+        spec, channels, preprocessing, layers, types, near_zero, correlations, bins,
+        model_label, None if remote else model, None if remote else placement,
+    )  # fmt: skip
     out = DatasetStats()
 
-    def consume(record: LayerRecord) -> None:
-        values = _channels_first(record)
-        if values is None:
-            return
-        stats = out.layers.get(record.name)
-        if stats is None:
-            stats = out.layers[record.name] = RunningStats(
-                values.shape[1], near_zero=near_zero, correlations=correlations
-            )
-            out.types[record.name] = record.module_type
-            out.histograms[record.name] = RunningHistogram(bins)
-        # Reads the live output before the forward pass goes on; one sweep for both.
-        stats.update(values, histogram=out.histograms[record.name])
-
-    start = time.perf_counter()
-    for batch, batch_paths, failed in loader:
-        out.failed.extend(failed)
-        if batch is not None:
-            with placement.autocast():
-                capture(
-                    model, placement.inputs(batch), layers=layers, types=types,
-                    on_record=consume, copy=False, model_label=model_label,
-                )  # fmt: skip
-            out.images += len(batch_paths)
+    def fold(_key: int, partial: StatsPartial) -> None:
+        fold_stats(out, partial, near_zero, correlations)
         if progress is not None:
-            progress(len(batch_paths) + len(failed))
-    out.seconds = time.perf_counter() - start
+            progress(partial.images + len(partial.failed))
+
+    report = run_job(
+        job, batch_paths(paths, preprocessing, batch_size), fold, engine, readers=workers,
+        pin_memory=cuda, progress=None if status is None else (lambda _n, line: status(line)),
+    )  # fmt: skip
+    out.seconds = report.seconds["wall"]
+    out.engine = report
     if out.images == 0:
         first = out.failed[0][1] if out.failed else "no inputs"
         raise InputError(

@@ -10,13 +10,15 @@ paths of :func:`featuremaps.hooks.walk`). Its shape says what a target is:
   mask, a box, or by default the cells where ``k`` is the top class (all cells when there are none).
 * ``(N,)`` one score per input (a regression): the score itself.
 
-Anything else (a detector's boxes, a list of per-image dicts) has no scalar target per input, and
-says so in one line.
+Anything else has no scalar target per input, and says so in one line: above all a detector's
+list of per-image dicts (boxes, scores, labels), whose parts would otherwise pass for scores
+when their first axis happens to match the batch (one box for one image).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +45,9 @@ class Region:
 
 
 #: What ``target=`` accepts: ``"top1"``, a class index, a class name, a :class:`Region`, or a
-#: sequence of those with one entry per input.
-TargetSpec = int | str | Region | Sequence[int | str | Region]
+#: sequence of those with one entry per input; also a tensor or array of class indices (0-D: one
+#: for all, 1-D: one per input, as a batch's labels come).
+TargetSpec = int | str | Region | Sequence[int | str | Region] | np.ndarray | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,14 @@ def chosen_output(output: Any, key: str | None, batch: int) -> tuple[torch.Tenso
         OptionError: ``key`` is not there, the output has several parts and no ``key`` picks
             one, or the chosen tensor has no score per input (one line each).
     """
+    per_image = _per_image_results(output)
+    if per_image is not None:
+        raise OptionError(
+            f"the model returns {per_image}, one per image as a detector's results: no score per "
+            "input to explain (a box's score is not a score of the whole input); class maps need "
+            "(N, classes), (N, classes, H, W) or (N,) scores: explain a classifier or a "
+            "segmentation model, or wrap the detector to return one score per input"
+        )
     parts = list(walk(output, None))
     listing = ", ".join(f"'{k}' {_shape(t)}" for k, t in parts[:8] if k is not None)
     if key is not None:
@@ -139,9 +150,29 @@ def chosen_output(output: Any, key: str | None, batch: int) -> tuple[torch.Tenso
     return tensor, key
 
 
-def _class_index(value: int | str, classes: int, names: Sequence[str] | None) -> int:
+def _per_image_results(output: Any) -> str | None:
+    """``"a list of 2 dicts ('boxes' (5, 4), ...)"`` for a list or tuple of dicts, else None."""
+    if not isinstance(output, (list, tuple)) or not output:
+        return None
+    if not all(isinstance(item, Mapping) for item in output):
+        return None
+    first = ", ".join(f"'{k}' {_shape(t)}" for k, t in list(walk(output[0], None))[:4])
+    plural = "s" if len(output) != 1 else ""
+    return f"a {type(output).__name__} of {len(output)} dict{plural} ({first or 'no tensors'})"
+
+
+def _class_index(value: object, classes: int, names: Sequence[str] | None) -> int:
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
+        value = value.item()
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
+    if isinstance(value, float) and value.is_integer():  # labels kept as floats
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):
+        raise OptionError(
+            f"target {value!r} ({type(value).__name__}) is not a class; give a class index "
+            f"0..{classes - 1}, a class name or top1 (one for all inputs or one per input)"
+        )
     if isinstance(value, str):
         if not names:
             raise OptionError(
@@ -155,12 +186,13 @@ def _class_index(value: int | str, classes: int, names: Sequence[str] | None) ->
                 f"{suggest(value, list(names))}; give a name, an index 0..{classes - 1} or top1"
             )
         return lowered.index(value.lower())
-    if not 0 <= value < classes:
+    index = int(value)
+    if not 0 <= index < classes:
         raise OptionError(
-            f"target class {value} is out of range: the output has {classes} classes "
+            f"target class {index} is out of range: the output has {classes} classes "
             f"(0..{classes - 1}); give an index in that range, a class name or top1"
         )
-    return int(value)
+    return index
 
 
 def _region_mask(region: Region, index: int, scores: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -208,6 +240,8 @@ def resolve_targets(
 ) -> Resolved:
     """One :class:`Target` per input of ``scores`` (the :func:`chosen_output`), from ``spec``."""
     batch = scores.shape[0]
+    if isinstance(spec, (np.ndarray, torch.Tensor)):
+        spec = spec.tolist()  # a scalar for a 0-D array, a list for a batch's labels
     many = isinstance(spec, Sequence) and not isinstance(spec, str)
     specs: list[int | str | Region] = (
         list(spec) if many else [spec] * batch  # type: ignore[arg-type, list-item]

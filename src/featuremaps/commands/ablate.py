@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -20,17 +21,21 @@ from featuremaps.ablation import AblationResult
 from featuremaps.commands.cli_common import (
     Command,
     add_device_options,
+    add_engine_options,
     add_loader_options,
     add_model_options,
     add_out_option,
     add_quiet_option,
     check_data_options,
+    engine_from_args,
+    engine_line,
     load_model_with_preprocessing,
     print_closing,
     show_progress,
 )
 from featuremaps.commands.common import place_model
 from featuremaps.dataset import SavedStats, read_stats
+from featuremaps.engine import EngineOptions, ModelSpec
 from featuremaps.inputs import Preprocessing, expected_channels
 from featuremaps.io import OutputFolder
 from featuremaps.manifest import ABLATION, header
@@ -61,6 +66,7 @@ def ablate(
     progress: bool = False,
     device: str | torch.device | None = None,
     dtype: str | None = None,
+    engine: EngineOptions | str | None = None,
 ) -> AblationResult:
     """Zero the K lowest-ranked channels of ``layers`` and measure the model's output change.
 
@@ -72,7 +78,9 @@ def ablate(
     control. With ``out``, writes ``ablation.csv`` (one row per point), ``ablation.json`` (the
     curve, the layers, their lowest-ranked channels, the inputs) and ``ablation.png`` (the curve,
     ranked against the random band). ``device`` and ``dtype`` are as for
-    :func:`featuremaps.visualize`. See :mod:`featuremaps.ablation`.
+    :func:`featuremaps.visualize`. ``engine`` is as for :func:`featuremaps.collect_stats`: it
+    runs the ranking statistics and the measurement passes, and ``ablation.json``'s ``engine``
+    says how. See :mod:`featuremaps.ablation`.
     """
     from tqdm import tqdm
 
@@ -85,7 +93,13 @@ def ablate(
             f"--stat '{stat}' is not a statistic; expected one of {', '.join(RANKABLE)}"
         )
     check_options(ks, trials)
+    options = engine if isinstance(engine, EngineOptions) else EngineOptions(engine or "local")
     loaded, placement = place_model(model, device, dtype)
+    spec = (
+        None
+        if options.name == "local"
+        else ModelSpec.from_loaded(loaded, "auto" if device is None else str(device), dtype)
+    )
     check_image_model(loaded.model, "ablate")
     patterns = as_patterns(layers)
     if patterns is None:
@@ -96,6 +110,11 @@ def ablate(
     first = expected_channels(loaded.model)
     saved = read_stats(channel_stats) if isinstance(channel_stats, (str, Path)) else channel_stats
     folder = OutputFolder(out, loaded.mark) if out is not None else None
+    ranking_engine = None
+
+    def status(line: str) -> None:
+        bar.set_postfix_str(line, refresh=False)
+
     with (
         folder or contextlib.nullcontext(),
         tqdm(desc="ablation", unit=" pass", disable=not progress, leave=False) as bar,
@@ -120,25 +139,34 @@ def ablate(
             # The output must be class scores: find out on one input, not after a whole pass.
             check_classifier(loaded.model, paths, first[0] if first else None, pre, placement)
             bar.set_description("ranking")
+            ranking_engine = None
             ranking = compute_dataset_stats(
                 loaded.model, paths, channels=first[0] if first else None, preprocessing=pre,
                 layers=patterns, batch_size=batch_size, workers=workers,
-                model_label=loaded.cli_spec, placement=placement,
+                model_label=loaded.cli_spec, placement=placement, engine=options, spec=spec,
+                status=status,
             )  # fmt: skip
             values = {name: s.result()[stat] for name, s in ranking.layers.items()}
+            ranking_engine = ranking.engine
             source = "the same inputs (in-sample: computed first on the data measured)"
         bar.set_description("ablation")
         result = measure_ablation(
             loaded.model, paths, values, ks=ks, stat=stat, channels=first[0] if first else None,
             preprocessing=pre, trials=trials, seed=seed, batch_size=batch_size,
-            workers=workers, progress=bar.update, placement=placement,
+            workers=workers, progress=bar.update, placement=placement, engine=options,
+            spec=spec, status=status,
         )  # fmt: skip
         result.ranking = source
+        written = time.perf_counter()
         if folder is not None:
             summary = {
                 **header(loaded.describe()),
                 "preprocessing": pre.describe(),
-                "compute": placement.describe(),
+                "compute": (
+                    result.engine.compute
+                    if result.engine is not None and result.engine.compute
+                    else placement.describe()
+                ),
                 "inputs": {
                     "found": len(paths),
                     "read": result.images,
@@ -156,13 +184,19 @@ def ablate(
                 "files": [ABLATION_CSV, ABLATION_PNG],
             }
             folder.write_csv(ABLATION_CSV, result.rows())
-            folder.write_json(ABLATION, summary)
             picture = plot_ablation(
                 result.curve(), model=loaded.spec, layers=list(result.channels),
                 images=result.images, stat=stat, trials=trials,
                 random_weights=loaded.random_weights, ranking=source,
             )  # fmt: skip
             folder.write_bytes(ABLATION_PNG, picture)
+            if result.engine is not None:
+                result.engine.seconds["write"] = time.perf_counter() - written
+                summary["engine"] = {
+                    "measurement": result.engine.describe(),
+                    "ranking": None if ranking_engine is None else ranking_engine.describe(),
+                }
+            folder.write_json(ABLATION, summary)
     return result
 
 
@@ -193,6 +227,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="rank by this stats.csv/.parquet (default: statistics of DATA itself, in-sample)",
     )
     add_loader_options(p)
+    add_engine_options(p)
     add_quiet_option(p)
 
 
@@ -226,6 +261,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         progress=show_progress(args),
         device=args.device,
         dtype=args.dtype,
+        engine=engine_from_args(args),
     )
     for path, reason in result.failed:
         print(f"not read: {path}: {reason}", file=out)
@@ -250,6 +286,8 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             f"{row['ranked_kl']:>8.4f} {rand_kl:>8}",
             file=out,
         )
+    if result.engine is not None:
+        print(engine_line(result.engine.describe()), file=out)
     print_closing(loaded, args.out, Path(args.out) / ABLATION_CSV, out)
     return 0
 

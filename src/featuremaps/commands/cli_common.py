@@ -15,10 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from featuremaps._errors import OptionError
 from featuremaps.commands.cam_files import CamOptions, region_target
+from featuremaps.engine import EngineOptions
 from featuremaps.inputs import (
     LoadedInput,
     Preprocessing,
@@ -157,7 +158,63 @@ def add_layer_options(
 def add_loader_options(p: argparse.ArgumentParser) -> None:
     """--batch-size and --workers: how a data set is read."""
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
-    p.add_argument("--workers", type=int, default=2, help="reader processes (2)")
+    p.add_argument(
+        "--workers", type=int, default=2,
+        help="reader processes, or Ray workers with --engine ray (2)",
+    )  # fmt: skip
+
+
+def add_engine_options(p: argparse.ArgumentParser, *, workers: bool = False) -> None:
+    """--engine, --address, --gpus-per-worker and --threads-per-worker: where a data-set
+    command's items run (:mod:`featuremaps.engine`); ``workers`` adds --workers (commands
+    without the loader options)."""
+    p.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local (default: this process) or ray (a pool of Ray workers; the 'ray' extra)",
+    )  # fmt: skip
+    p.add_argument(
+        "--address",
+        help="Ray cluster address for --engine ray (default: RAY_ADDRESS, else a local Ray)",
+    )
+    if workers:
+        p.add_argument("--workers", type=int, default=2, help="Ray workers for --engine ray (2)")
+    p.add_argument(
+        "--gpus-per-worker", type=float, default=0.0,
+        help="GPUs each Ray worker asks for (default 0; 0.5 puts two on a GPU)",
+    )  # fmt: skip
+    p.add_argument(
+        "--threads-per-worker", type=int,
+        help="torch threads per Ray worker (default: this process's count, which gives the "
+        "local engine's numbers bit for bit)",
+    )  # fmt: skip
+
+
+def engine_from_args(args: argparse.Namespace) -> EngineOptions:
+    """The engine the options name (--workers is the Ray pool's size for --engine ray)."""
+    if args.engine == "local":
+        return EngineOptions()
+    return EngineOptions(
+        "ray",
+        address=args.address,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        threads=args.threads_per_worker,
+    )
+
+
+def engine_line(engine: dict[str, Any]) -> str:
+    """One line from a summary's ``engine`` entry: workers, retries and where the time went."""
+    seconds = engine["seconds"]
+    parts = ", ".join(
+        f"{k} {seconds[k]:.2f} s" for k in ("read", "model", "merge", "write") if k in seconds
+    )
+    retries = engine["retries"]
+    return (
+        f"engine {engine['name']}: {engine['items']} items on {engine['workers']} worker"
+        f"{'s' if engine['workers'] != 1 else ''} ({engine['workers_started']} started), "
+        f"{retries} retr{'ies' if retries != 1 else 'y'}; time: {parts} (read and model "
+        f"summed over workers); the pass took {seconds.get('wall', 0.0):.2f} s"
+    )
 
 
 def add_cam_options(p: argparse.ArgumentParser) -> None:

@@ -26,10 +26,13 @@ from featuremaps._errors import FeaturemapsWarning, InputError, OptionError
 from featuremaps.commands.cli_common import (
     Command,
     add_device_options,
+    add_engine_options,
     add_model_options,
     add_out_option,
     add_quiet_option,
     check_layers,
+    engine_from_args,
+    engine_line,
     load_model_from_args,
     preprocessing_from_args,
     print_closing,
@@ -38,6 +41,7 @@ from featuremaps.commands.cli_common import (
 from featuremaps.commands.common import resolve_model
 from featuremaps.commands.slide_outputs import SlideResult, write_outputs
 from featuremaps.devices import Placement, model_device, resolve_placement
+from featuremaps.engine import EngineOptions, EngineReport, ModelSpec, run_job, session
 from featuremaps.inputs import Preprocessing
 from featuremaps.io import OutputFolder, WorkFolder
 from featuremaps.models import LoadedModel
@@ -47,10 +51,10 @@ from featuremaps.slide.forward import (
     resolve_layers,
     whole_cells,
 )
-from featuremaps.slide.plan import TilePlan, make_plan, placement
+from featuremaps.slide.plan import Tile, TilePlan, make_plan, placement
 from featuremaps.slide.readers import SlideReader, open_slide, read_thumbnail
 from featuremaps.slide.regions import COVERAGE_MODES, MAX_AREA_CELLS, Region, read_regions
-from featuremaps.slide.stitching import compute_maps
+from featuremaps.slide.stitching import RemoteTiles, SlideTileJob, TileCores, compute_maps
 from featuremaps.slide.tissue import TissueMask
 
 __all__ = ["COMMAND", "SlideResult", "slide_maps", "slide_preprocessing"]
@@ -215,6 +219,7 @@ def slide_maps(
     on_tile: Callable[[int, int], None] | None = None,
     device: str | torch.device | None = None,
     dtype: str | None = None,
+    engine: EngineOptions | str | None = None,
 ) -> SlideResult:
     """Feature maps of ``layers`` over a whole slide, stitched exactly from tiles.
 
@@ -244,6 +249,11 @@ def slide_maps(
         device, dtype: where the tiles run and in which precision, as for
             :func:`featuremaps.visualize` (``None`` keeps the model where it is). The stored
             maps are float32 either way; the manifest's ``compute`` says what ran.
+        engine: ``"local"`` (default), ``"ray"`` or :class:`featuremaps.engine.EngineOptions`:
+            where the tiles run. Ray workers open the slide and load the model (from its spec)
+            themselves and send back each tile's core cells; this process writes everything,
+            in the local engine's order, so the files are the same. The manifest's ``engine``
+            says how many workers ran and how many tiles were retried.
     """
     from featuremaps.selection import as_patterns
 
@@ -254,14 +264,19 @@ def slide_maps(
         raise OptionError(f"--coverage '{coverage}' is unknown; use {' or '.join(COVERAGE_MODES)}")
     if tile < 1:
         raise OptionError(f"--tile {tile}; expected a positive core size such as 1024")
+    options = engine if isinstance(engine, EngineOptions) else EngineOptions(engine or "local")
     loaded = resolve_model(model)
     compute = resolve_placement(loaded.model, device, dtype)
+    remote = None
+    if options.name != "local":
+        spec = ModelSpec.from_loaded(loaded, "auto" if device is None else str(device), dtype)
+        remote = (options, spec, str(Path(slide).resolve()), reader)
     pre = slide_preprocessing(loaded, preprocessing)
     source = open_slide(slide, reader)
     try:
         return _run(
             loaded, source, names, out, level, mpp, channels, draw, tissue, regions, coverage,
-            tile, pca_tiles, viewer, progress, on_tile, pre, compute,
+            tile, pca_tiles, viewer, progress, on_tile, pre, compute, remote,
         )  # fmt: skip
     finally:
         source.close()
@@ -286,6 +301,7 @@ def _run(
     on_tile: Callable[[int, int], None] | None,
     preprocessing: Preprocessing,
     compute: Placement,
+    remote: tuple[EngineOptions, ModelSpec, str, str] | None = None,
 ) -> SlideResult:
     normalization = (preprocessing.mean, preprocessing.std)
     level, mpp, mpp_note = _choose_level(reader, level_arg, mpp_arg)
@@ -373,6 +389,7 @@ def _run(
             pca_tiles=pca_tiles,
             progress=progress,
             on_tile=on_tile,
+            remote=None if remote is None else _remote_tiles(remote, level, plan, normalization),
         )
         result = write_outputs(
             folder, loaded, reader, maps, plan, level, mpp, mpp_note, locality, mask,
@@ -385,11 +402,34 @@ def _run(
     return result
 
 
+def _remote_tiles(
+    remote: tuple[EngineOptions, ModelSpec, str, str],
+    level: int,
+    plan: TilePlan,
+    normalization: tuple[Sequence[float] | None, Sequence[float] | None],
+) -> RemoteTiles:
+    """Tiles computed by the engine's workers (see :class:`SlideTileJob`)."""
+    options, spec, path, reader_name = remote
+    places = {p.name: p for p in plan.layers}
+
+    def run(
+        tiles: list[Tile], fold: Callable[[int, TileCores], None], status: Callable[[str], None]
+    ) -> EngineReport:
+        job = SlideTileJob(spec, path, reader_name, level, plan, places, normalization, spec.spec)
+        return run_job(job, tiles, fold, options, progress=lambda _n, line: status(line))
+
+    return run
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
 def _add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("slide", metavar="SLIDE", help="whole-slide image (SVS, NDPI, MRXS, TIFF, ...)")
+    p.add_argument(
+        "slides", nargs="+", metavar="SLIDE",
+        help="whole-slide image (SVS, NDPI, MRXS, TIFF, ...); several (a cohort) go to "
+        "OUT/<slide name>/ each",
+    )  # fmt: skip
     add_model_options(p)
     p.add_argument(
         "--layers", "-l", action="append", required=True,
@@ -424,6 +464,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="slide reader (default: OpenSlide for vendor formats, tifffile for other TIFFs)",
     )  # fmt: skip
     add_device_options(p)
+    add_engine_options(p, workers=True)
     p.add_argument(
         "--no-viewer", dest="viewer", action="store_false",
         help="do not write the Deep Zoom tiles and the OpenSeadragon page",
@@ -450,22 +491,60 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
     print(
         f"preprocessing: {applied.summary()}; change the normalisation with --normalize", file=out
     )
-    try:
-        result = slide_maps(
-            loaded, args.slide, layers=args.layers, out=args.out, level=args.level,
-            preprocessing=given,
-            mpp=args.mpp, channels=args.channels, draw=draw, tissue=args.tissue,
-            regions=args.regions, coverage=args.coverage, tile=args.tile, reader=args.reader,
-            viewer=args.viewer, progress=show_progress(args),
-            device=args.device, dtype=args.dtype,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        print(
-            f"featuremaps: interrupted; finished tiles are kept, run the same command again to "
-            f"resume ({Path(args.out).name} is written at the end)",
-            file=sys.stderr,
-        )
-        return 130
+    outs = cohort_folders(args.slides, args.out)
+    if len(outs) > 1:
+        for option in ("regions", "tissue"):
+            value = getattr(args, option)
+            if value is not None and value not in ("auto", "none"):
+                raise OptionError(
+                    f"--{option} {value} belongs to one slide, and {len(outs)} slides were given; "
+                    f"run each slide with its own --{option}"
+                )
+    engine = engine_from_args(args)
+    with session(engine):
+        for slide, target in outs.items():
+            if len(outs) > 1:
+                print(f"slide: {slide} -> {target}", file=out)
+            try:
+                result = slide_maps(
+                    loaded, slide, layers=args.layers, out=target, level=args.level,
+                    preprocessing=given,
+                    mpp=args.mpp, channels=args.channels, draw=draw, tissue=args.tissue,
+                    regions=args.regions, coverage=args.coverage, tile=args.tile,
+                    reader=args.reader, viewer=args.viewer, progress=show_progress(args),
+                    device=args.device, dtype=args.dtype, engine=engine,
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                print(
+                    f"featuremaps: interrupted; finished tiles are kept, run the same command "
+                    f"again to resume ({Path(target).name} is written at the end)",
+                    file=sys.stderr,
+                )
+                return 130
+            _print_result(result, loaded, target, args.viewer, out)
+    return 0
+
+
+def cohort_folders(slides: Sequence[str], out: str | Path) -> dict[str, Path]:
+    """Where each slide's results go: ``out`` for one slide, ``out/<slide name>`` for several
+    (names must then differ)."""
+    if len(slides) == 1:
+        return {slides[0]: Path(out)}
+    folders: dict[str, Path] = {}
+    for slide in slides:
+        target = Path(out) / Path(slide).stem
+        if target in folders.values() or slide in folders:
+            raise OptionError(
+                f"two slides would write to {target} (same name '{Path(slide).stem}'); give "
+                "slides with different file names, or run them one at a time with their own --out"
+            )
+        folders[slide] = target
+    return folders
+
+
+def _print_result(
+    result: SlideResult, loaded: LoadedModel, target: Path, viewer: bool, out: TextIO
+) -> None:
     mode = "exact stitching" if result.exact else "APPROXIMATE stitching"
     print(f"{mode}: {result.locality['reason']}", file=out)
     print(
@@ -484,10 +563,11 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
             f"{layer['stride'][1]}, halo {halo['before'][1]}/{halo['after'][1]} px",
             file=out,
         )
-    print_closing(loaded, args.out, args.out, out)
-    if args.viewer:
-        print(f"viewer: {(Path(args.out) / 'viewer' / 'index.html').resolve()}", file=out)
-    return 0
+    if result.engine is not None:
+        print(engine_line(result.engine), file=out)
+    print_closing(loaded, target, target, out)
+    if viewer:
+        print(f"viewer: {(target / 'viewer' / 'index.html').resolve()}", file=out)
 
 
 COMMAND = Command(

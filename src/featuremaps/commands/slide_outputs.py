@@ -67,6 +67,7 @@ class SlideResult:
     mpp: tuple[float, float]
     level: int
     layers: list[dict[str, Any]] = field(default_factory=list)
+    engine: dict[str, Any] | None = None  # the summary of another engine's run, when one ran
 
     @property
     def tiles_per_second(self) -> float:
@@ -422,6 +423,8 @@ def write_outputs(
         "regions": region_files,
         "viewer": "viewer/index.html" if viewer else None,
     }
+    if maps.engine is not None:
+        manifest["engine"] = maps.engine.describe()
     folder.write_json(SLIDE, manifest)
     return SlideResult(
         out=folder.target,
@@ -436,6 +439,7 @@ def write_outputs(
         mpp=mpp,
         level=level,
         layers=layer_entries,
+        engine=None if maps.engine is None else maps.engine.describe(),
     )
 
 

@@ -8,6 +8,7 @@ charts → manifest → io): :mod:`featuremaps.dataset` computes, this module wr
 from __future__ import annotations
 
 import argparse
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,12 +22,15 @@ from featuremaps._errors import NonFiniteWarning, OptionError
 from featuremaps.commands.cli_common import (
     Command,
     add_device_options,
+    add_engine_options,
     add_layer_options,
     add_loader_options,
     add_model_options,
     add_out_option,
     add_quiet_option,
     check_data_options,
+    engine_from_args,
+    engine_line,
     load_model_with_preprocessing,
     print_closing,
     show_progress,
@@ -34,6 +38,7 @@ from featuremaps.commands.cli_common import (
 from featuremaps.commands.common import nonfinite_message, place_model
 from featuremaps.dataset import DatasetStats
 from featuremaps.datastats import RunningStats
+from featuremaps.engine import EngineOptions, ModelSpec
 from featuremaps.inputs import Preprocessing, expected_channels
 from featuremaps.io import OutputFolder, parquet_available, safe_filename
 from featuremaps.manifest import SUMMARY, header
@@ -64,6 +69,7 @@ def collect_stats(
     progress: bool = False,
     device: str | torch.device | None = None,
     dtype: str | None = None,
+    engine: EngineOptions | str | None = None,
 ) -> dict[str, Any]:
     """Per-channel statistics of the selected layers over a data set, written to ``out``.
 
@@ -85,7 +91,14 @@ def collect_stats(
 
     ``device`` and ``dtype`` are as for :func:`featuremaps.visualize` (``None``: where the model
     is, float32); on CUDA the reader pins its batches so that reading overlaps the model. The
-    summary's ``compute`` says where it ran. Returns the summary.
+    summary's ``compute`` says where it ran.
+
+    ``engine`` (``"local"``, ``"ray"`` or :class:`featuremaps.engine.EngineOptions`) picks where
+    the batches run; ``workers`` stays the local engine's reader processes. The ray engine's
+    workers load the model from its spec (a model object has none; ``device=None`` means
+    ``auto`` there: a worker with a GPU uses it) and give the same numbers:
+    the summary's ``engine`` says how many workers ran, how many items were retried and where
+    the time went. Returns the summary.
     """
     from tqdm import tqdm
 
@@ -117,7 +130,9 @@ def collect_stats(
             f"duplicate threshold {duplicates:g} can never be reached by a correlation's size; "
             "expected a number from 0 to 1, e.g. 0.95"
         )
+    options = _engine_options(engine)
     loaded, placement = place_model(model, device, dtype)
+    spec = _worker_spec(loaded, options, device, dtype)
     check_image_model(loaded.model, "stats")
     scanned = scan_inputs(data)
     paths = scanned.paths
@@ -140,7 +155,11 @@ def collect_stats(
             progress=bar.update,
             model_label=loaded.cli_spec,
             placement=placement,
+            engine=options,
+            spec=spec,
+            status=lambda line: bar.set_postfix_str(line, refresh=False),
         )
+        written = time.perf_counter()
         rows = stats_rows(result, rank_by)
         folder.write_csv(STATS_CSV, rows)
         if write_parquet:
@@ -170,7 +189,10 @@ def collect_stats(
             loaded, paths, preprocessing, result, near_zero, duplicates, plot_files
         )
         summary["inputs"]["skipped"] = scanned.skipped
-        summary["compute"] = placement.describe()
+        report = result.engine
+        summary["compute"] = (
+            report.compute if report is not None and report.compute else placement.describe()
+        )
         summary["files"] = [STATS_CSV, *([STATS_PARQUET] if write_parquet else [])]
         bad = nonfinite_message(
             [name for name, stats in result.layers.items() if stats.nonfinite.any()],
@@ -178,6 +200,9 @@ def collect_stats(
             "and left out of the other statistics",
         )
         summary["warnings"] = [] if bad is None else [bad]
+        if report is not None:
+            report.seconds["write"] = time.perf_counter() - written
+            summary["engine"] = report.describe()
         folder.write_json(SUMMARY, summary)
     if bad is not None:
         warnings.warn(NonFiniteWarning(bad), stacklevel=2)
@@ -238,6 +263,22 @@ def _stats_summary(
     }
 
 
+def _engine_options(engine: EngineOptions | str | None) -> EngineOptions:
+    return engine if isinstance(engine, EngineOptions) else EngineOptions(engine or "local")
+
+
+def _worker_spec(
+    loaded: LoadedModel,
+    options: EngineOptions,
+    device: str | torch.device | None,
+    dtype: str | None,
+) -> ModelSpec | None:
+    """What remote workers load the model from (None for the local engine)."""
+    if options.name == "local":
+        return None
+    return ModelSpec.from_loaded(loaded, "auto" if device is None else str(device), dtype)
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
@@ -248,6 +289,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     add_out_option(p, "featuremaps-stats")
     add_layer_options(p)
     add_loader_options(p)
+    add_engine_options(p)
     p.add_argument(
         "--near-zero", type=float, default=1e-6, help="|x| at most this counts as near zero"
     )
@@ -294,6 +336,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         progress=show_progress(args),
         device=args.device,
         dtype=args.dtype,
+        engine=engine_from_args(args),
     )
     inputs = summary["inputs"]
     for item in inputs["not_read"]:
@@ -307,6 +350,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         f"{dead} dead channels",
         file=out,
     )
+    print(engine_line(summary["engine"]), file=out)
     print_closing(loaded, args.out, Path(args.out) / STATS_CSV, out)
     return 0
 

@@ -27,17 +27,28 @@ from featuremaps.render.legend import text_band
 from featuremaps.render.overlay import PLACED_BY_GEOMETRY, STRETCHED, Overlay, overlay
 from featuremaps.render.scaling import format_ends
 
-__all__ = ["CAM_CMAP", "ClassMapPicture", "class_map_lines", "draw_class_map", "smoothed"]
+__all__ = [
+    "CAM_CMAP",
+    "MIN_SIDE",
+    "ClassMapPicture",
+    "class_map_lines",
+    "draw_class_map",
+    "smoothed",
+]
 
 #: The colormap of class maps (sequential: the maps are not negative).
 CAM_CMAP = "inferno"
+#: Inputs whose longer side is shorter than this are drawn enlarged by a whole factor (and the
+#: text says so), so that the map is not lost beside its text.
+MIN_SIDE = 256
 
 
 @dataclass(frozen=True, eq=False)
 class ClassMapPicture:
     """A class map over the input: ``pixels`` (H', W', 3) uint8 holds the picture at the top
-    left (its pixels keep the input's coordinates) and the text band under it; ``lines`` is
-    that text."""
+    left (its pixels keep the input's coordinates, or are whole ``k x k`` blocks for a small
+    input enlarged ``k`` times, which the last line says) and the text band under it;
+    ``lines`` is that text; ``overlay`` is the picture at the input's own size."""
 
     pixels: np.ndarray
     overlay: Overlay
@@ -135,4 +146,9 @@ def draw_class_map(
         )
     placement = f"{PLACED_BY_GEOMETRY} ({geometry.method})" if geometry is not None else STRETCHED
     lines = class_map_lines(cam, placement, smooth)
-    return ClassMapPicture(text_band(picture.pixels, lines, stamp), picture, tuple(lines))
+    pixels = picture.pixels
+    zoom = max(1, MIN_SIDE // max(pixels.shape[:2]))
+    if zoom > 1:  # a small input would be lost beside its text: whole pixels, enlarged
+        pixels = np.repeat(np.repeat(pixels, zoom, axis=0), zoom, axis=1)
+        lines.append(f"picture enlarged {zoom}x (each input pixel as a {zoom}x{zoom} block)")
+    return ClassMapPicture(text_band(pixels, lines, stamp), picture, tuple(lines))

@@ -310,19 +310,4 @@ def stamp_band(pixels: np.ndarray, stamp: str) -> np.ndarray:
     The picture stays where it was (top left), so a pixel keeps its coordinates; the result is
     widened to the right when the stamp is wider than the picture.
     """
-    box = text_width(stamp) + 2 * STAMP_PAD
-    band = np.full(
-        (LINE_HEIGHT + 2 * LEGEND_PAD, max(pixels.shape[1], box + 2 * LEGEND_PAD)),
-        BACKGROUND_INDEX,
-        dtype=np.uint8,
-    )
-    y = LEGEND_PAD
-    band[y - 1 : y + LINE_HEIGHT - 1, LEGEND_PAD : LEGEND_PAD + box] = STAMP_FILL_INDEX
-    paint_text(band, (LEGEND_PAD + STAMP_PAD, y), stamp, LEGEND_FONT_SIZE, on_stamp=True)
-    rgb = palette_pixels(band, grid_palette("viridis"))
-    h, w = pixels.shape[:2]
-    out = np.empty((h + band.shape[0], band.shape[1], 3), dtype=np.uint8)
-    out[:h] = rgb[0, 0]  # the background, where a narrow picture leaves room
-    out[:h, :w] = pixels
-    out[h:] = rgb
-    return out
+    return text_band(pixels, [], stamp)

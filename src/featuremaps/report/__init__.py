@@ -1,8 +1,9 @@
 """The HTML report: a page per run that opens from ``file://`` offline, built from the manifest.
 
 Last-but-one stage of the flow (… → render → **report** → io): :mod:`.model` turns a run's
-``manifest.json`` into plain data objects, :mod:`.render` turns those into the page and its files
-(templates and static assets ship as package data), and ``featuremaps.io`` writes them.
+``manifest.json`` into plain data objects (:mod:`.cams` those of the class-map panel),
+:mod:`.render` turns those into the page and its files (templates and static assets ship as
+package data), and ``featuremaps.io`` writes them.
 :func:`featuremaps.visualize` writes the report as part of a run; :func:`write_report` (re)writes
 it for a run folder that already exists.
 """

@@ -19,6 +19,7 @@ from featuremaps import layouts
 from featuremaps._errors import InputError
 from featuremaps.manifest import TOOL, RecordSummary
 from featuremaps.render.scaling import NO_FINITE_TEXT, constant_text, is_constant_range
+from featuremaps.report.cams import CamLayer, cam_layers
 from featuremaps.report.filter_view import filter_views
 
 __all__ = [
@@ -253,6 +254,12 @@ class ReportData:
     prediction: Prediction | None = None
     arrays: str | None = None
     order: str = "index"  # how the run picked channels: index, a statistic, or "explicit"
+    cams: tuple[CamLayer, ...] = ()  # the class-map panel, by layer (empty: no class maps)
+
+    def cams_of(self, key: int) -> CamLayer | None:
+        """The class maps of the record at ``key`` (None when it has none)."""
+        return next((c for c in self.cams if c.key == key), None)
+
     # A run made with --filters: module path -> its filter sheet (see report.filter_view).
     filters: Mapping[str, Mapping[str, Any]] | None = None
 
@@ -438,5 +445,6 @@ def build_report(manifest: Mapping[str, Any], base: str = "") -> ReportData:
         order="explicit" if render.get("channels") else str(render.get("order", "index")),
         prediction=_prediction(manifest.get("prediction")),
         arrays=_relative(manifest.get("arrays"), base),
+        cams=cam_layers(manifest.get("cams"), {e.record.name: e.key for e in layers}, base),
         filters=filter_views(manifest.get("filters"), base) or None,
     )

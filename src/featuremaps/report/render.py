@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from featuremaps.classmaps.trust import SANITY_THRESHOLD
 from featuremaps.render.colormap import DEFAULT_CMAP, DEFAULT_DIVERGING_CMAP, colormap_lut
 from featuremaps.render.scaling import (
     constant_text,
@@ -324,6 +325,8 @@ def render_files(data: ReportData) -> dict[str, bytes]:
             # turn its quotes into entities that JSON.parse cannot read.
             config=markupsafe.Markup(config),
             by_key={e.key: e for e in data.layers},
+            sanity_threshold=SANITY_THRESHOLD,
+            cam_samples=len({m.sample for c in data.cams for m in c.maps}) > 1,
         )
     )
     files = {

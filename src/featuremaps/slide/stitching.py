@@ -26,14 +26,23 @@ import numpy as np
 import torch
 
 from featuremaps.datastats import RunningStats
+from featuremaps.engine import EngineReport, ModelSpec
 from featuremaps.io import DiskArray, WorkFolder
-from featuremaps.slide.forward import SlideLayer, to_input
+from featuremaps.slide.forward import SlideLayer, TileForward, to_input
 from featuremaps.slide.plan import LayerPlacement, Tile, TilePlan
 from featuremaps.slide.readers import SlideReader
 from featuremaps.slide.regions import Region, RegionStats, cell_weights
 from featuremaps.slide.tissue import TissueMask
 
-__all__ = ["LayerMaps", "SlideMaps", "compute_maps"]
+__all__ = [
+    "LayerMaps",
+    "SlideMaps",
+    "SlideTileJob",
+    "TileCores",
+    "compute_maps",
+    "crop_core",
+    "window_error",
+]
 
 
 @dataclass
@@ -70,6 +79,7 @@ class SlideMaps:
     resumed: int  # tiles found finished in the work folder
     seconds: float
     fit_tiles: list[tuple[int, int]]
+    engine: EngineReport | None = None  # set when the tiles ran on another engine
 
     def valid(self, maps: LayerMaps, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Which cells ``[rows) x [cols)`` of a layer were computed (bool, ``(h, w)``)."""
@@ -207,10 +217,14 @@ def compute_maps(
     retries: int = 1,
     progress: bool = False,
     on_tile: Callable[[int, int], None] | None = None,
+    remote: RemoteTiles | None = None,
 ) -> SlideMaps:
     """Compute every tissue tile of ``plan`` (see the module docstring).
 
     ``on_tile(done, total)`` is called after each tile (the tests use it to interrupt a run).
+    ``remote(tiles, fold, status)`` computes tiles elsewhere (the ray engine, see
+    :class:`SlideTileJob`) and calls ``fold(key, TileCores)`` in tile order; the cores are
+    stored here exactly as a local tile's, in the same order, so the results are the same.
     """
     start_time = time.perf_counter()
     ny, nx = plan.grid
@@ -314,41 +328,81 @@ def compute_maps(
             dynamic_ncols=True,
         )
     computed = 0
-    try:
-        for tile in remaining:
-            early = computed_early.pop(tile.index, None)
-            try:
-                window = _read_window(reader, level, tile, retries) if early is None else None
-            except Exception as exc:  # any decoder error: see _read_window
-                failed.append(
-                    {
-                        "row": tile.row,
-                        "col": tile.col,
-                        "window": [list(tile.window[0]), list(tile.window[1])],
-                        "error": f"{type(exc).__name__}: {str(exc).strip()[:200]}",
-                    }
-                )
-                save()
-                if bar is not None:
-                    bar.update(1)
-                continue
-            result = early if window is None else forward(to_input(window, *normalize))
-            if result is None:  # pragma: no cover - one of the two is always there
-                raise AssertionError("a tile with neither a window nor maps")
-            for maps in outputs:
-                _store_tile(
-                    plan, tile, maps, result[maps.layer.name], regions, coverage, downsample
-                )
-            for maps in outputs:
-                maps.values.flush()
-                maps.pca.flush()
-            done[tile.row, tile.col] = True
-            computed += 1
+    engine: EngineReport | None = None
+
+    def finish(tile: Tile, cores: dict[str, torch.Tensor] | None, error: str | None) -> None:
+        nonlocal computed
+        if error is not None:
+            failed.append(
+                {
+                    "row": tile.row,
+                    "col": tile.col,
+                    "window": [list(tile.window[0]), list(tile.window[1])],
+                    "error": error,
+                }
+            )
             save()
             if bar is not None:
                 bar.update(1)
-            if on_tile is not None:
-                on_tile(int(done.sum()), len(todo))
+            return
+        assert cores is not None  # one of the two is always given
+        for maps in outputs:
+            _store_core(plan, tile, maps, cores[maps.layer.name], regions, coverage, downsample)
+        for maps in outputs:
+            maps.values.flush()
+            maps.pca.flush()
+        done[tile.row, tile.col] = True
+        computed += 1
+        save()
+        if bar is not None:
+            bar.update(1)
+        if on_tile is not None:
+            on_tile(int(done.sum()), len(todo))
+
+    def cores_of(tile: Tile, result: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m.layer.name: crop_core(plan, tile, m.place, result[m.layer.name]) for m in outputs}
+
+    try:
+        if remote is None:
+            for tile in remaining:
+                early = computed_early.pop(tile.index, None)
+                if early is not None:
+                    finish(tile, cores_of(tile, early), None)
+                    continue
+                try:
+                    window = _read_window(reader, level, tile, retries)
+                except Exception as exc:  # any decoder error: see _read_window
+                    finish(tile, None, window_error(exc))
+                    continue
+                finish(tile, cores_of(tile, forward(to_input(window, *normalize))), None)
+        else:
+            # Tiles fitted for the PCA basis were computed here already; the others go to the
+            # workers. Both are stored in the local engine's order.
+            sent = [t for t in remaining if t.index not in computed_early]
+            queue = list(remaining)
+
+            def store_early_before(tile: Tile | None) -> None:
+                while queue and queue[0] is not tile:
+                    early_tile = queue.pop(0)
+                    finish(
+                        early_tile, cores_of(early_tile, computed_early.pop(early_tile.index)), None
+                    )
+                if queue:
+                    queue.pop(0)
+
+            def fold(key: int, part: TileCores) -> None:
+                store_early_before(sent[key])
+                cores = None if part.cores is None else {
+                    name: torch.from_numpy(core) for name, core in part.cores.items()
+                }  # fmt: skip
+                finish(sent[key], cores, part.error)
+
+            def status(line: str) -> None:
+                if bar is not None:
+                    bar.set_postfix_str(line, refresh=False)
+
+            engine = remote(sent, fold, status)
+            store_early_before(None)
     finally:
         if bar is not None:
             bar.close()
@@ -364,20 +418,33 @@ def compute_maps(
         resumed=resumed,
         seconds=time.perf_counter() - start_time,
         fit_tiles=[tuple(rc) for rc in fit_index],  # type: ignore[misc]
+        engine=engine,
     )
 
 
-def _store_tile(
+def crop_core(
+    plan: TilePlan, tile: Tile, place: LayerPlacement, output: torch.Tensor
+) -> torch.Tensor:
+    """The tile's core cells ``(C, h, w)`` of one layer's window output (halos cut away)."""
+    sy, sx, _, _ = plan.core_cells(tile, place)
+    return output[:, sy, sx]
+
+
+def window_error(exc: Exception) -> str:
+    """How a window that cannot be read is named in the results."""
+    return f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+
+
+def _store_core(
     plan: TilePlan,
     tile: Tile,
     maps: LayerMaps,
-    output: torch.Tensor,
+    core: torch.Tensor,
     regions: Sequence[Region],
     coverage: str,
     downsample: float,
 ) -> None:
-    sy, sx, r0, c0 = plan.core_cells(tile, maps.place)
-    core = output[:, sy, sx]  # (C, h, w)
+    _, _, r0, c0 = plan.core_cells(tile, maps.place)
     c, h, w = core.shape
     if h == 0 or w == 0:
         return
@@ -399,3 +466,68 @@ def _store_tile(
                 continue
             weights = cell_weights(region, xs.ravel(), ys.ravel(), half, coverage)
             acc.update(values, weights)
+
+
+RemoteTiles = Callable[
+    [list[Tile], Callable[[int, "TileCores"], None], Callable[[str], None]], EngineReport
+]
+
+
+@dataclass
+class TileCores:
+    """One tile's result from a worker: the core cells ``(C, h, w)`` float32 of each layer, or
+    why its window could not be read."""
+
+    cores: dict[str, np.ndarray] | None
+    error: str | None = None
+
+
+@dataclass
+class SlideTileJob:
+    """Slide tiles as a :class:`featuremaps.engine.Job`: each worker opens the slide itself
+    (slide handles cannot be pickled) and loads the model from ``spec``; an item is a
+    :class:`Tile`, its result the tile's core cells (:class:`TileCores`)."""
+
+    spec: ModelSpec
+    slide: str
+    reader_name: str
+    level: int
+    plan: TilePlan
+    places: dict[str, LayerPlacement]
+    normalize: tuple[Sequence[float] | None, Sequence[float] | None]
+    label: str | None
+    retries: int = 1
+    _forward: TileForward | None = field(default=None, repr=False)
+    _reader: SlideReader | None = field(default=None, repr=False)
+    _compute: dict[str, Any] | None = field(default=None, repr=False)
+
+    def open(self) -> None:
+        from featuremaps.slide.readers import open_slide
+
+        loaded, placement = self.spec.load()
+        self._forward = TileForward(loaded.model, list(self.places), self.label, placement)
+        self._reader = open_slide(self.slide, self.reader_name)
+        self._compute = placement.describe()
+
+    def read(self, tile: Tile) -> tuple[Tile, np.ndarray | None, str | None]:
+        assert self._reader is not None  # set by open()
+        try:
+            return tile, _read_window(self._reader, self.level, tile, self.retries), None
+        except Exception as exc:  # any decoder error: see _read_window
+            return tile, None, window_error(exc)
+
+    def compute(self, data: tuple[Tile, np.ndarray | None, str | None]) -> TileCores:
+        tile, window, error = data
+        if window is None:
+            return TileCores(None, error)
+        assert self._forward is not None  # set by open()
+        result = self._forward(to_input(window, *self.normalize))
+        return TileCores(
+            {
+                name: np.ascontiguousarray(crop_core(self.plan, tile, place, result[name]).numpy())
+                for name, place in self.places.items()
+            }
+        )
+
+    def describe_compute(self) -> dict[str, Any] | None:
+        return self._compute

@@ -1466,6 +1466,7 @@
 
   function applyAddress() {
     const raw = location.hash.slice(1);
+    if (showClassMaps(raw)) return;
     const legacy = /^L([0-9]+)$/.exec(raw); // links written before records were named in it
     const p = new URLSearchParams(legacy ? "" : raw);
     let redraw = false;
@@ -1511,6 +1512,43 @@
     }
   }
   window.addEventListener("hashchange", applyAddress);
+
+  // Every class-map picture at one common scale (at most 1:1), so the inputs under the maps
+  // come out the same size side by side: each picture is as wide as its legend text, so fitting
+  // each to its card alone would draw the input smaller under a longer legend.
+  const camPictures = Array.from(document.querySelectorAll("#fm-cams img.cam-picture"));
+  function fitClassMaps() {
+    if (camPictures.some((img) => !img.complete || !img.naturalWidth)) return;
+    let k = 1;
+    for (const img of camPictures) {
+      const card = img.parentElement;
+      const style = getComputedStyle(card);
+      const room = card.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      if (room > 0) k = Math.min(k, room / img.naturalWidth);
+    }
+    for (const img of camPictures) img.style.width = `${Math.floor(img.naturalWidth * k)}px`;
+    document.getElementById("fm-cams").dataset.scale = k.toFixed(4);
+  }
+  if (camPictures.length) {
+    for (const img of camPictures) img.addEventListener("load", fitClassMaps);
+    fitClassMaps();
+    window.addEventListener("resize", () => {
+      for (const img of camPictures) img.style.width = "";
+      fitClassMaps();
+    });
+  }
+
+  // A link to the class-map panel (#fm-cams) or one layer's maps in it (#cams-<i>): scroll there
+  // and mark the layer in the outline; the address keeps the link as it is.
+  function showClassMaps(raw) {
+    if (!/^(fm-cams|cams-[0-9]+)$/.test(raw)) return false;
+    const target = document.getElementById(raw);
+    if (!target) return false;
+    if (dialog.open) dialog.close();
+    if (target.dataset.key !== undefined) markCurrent(Number(target.dataset.key));
+    target.scrollIntoView({ block: "start" });
+    return true;
+  }
 
   document.addEventListener("keydown", (ev) => {
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
