@@ -258,3 +258,28 @@ def test_smoothing_passes_through_cell_centres_and_is_linear_between() -> None:
     assert values[0, 0] == 0.0 and values[7, 7] == 12.0
     assert values[1, 3] == pytest.approx(0.375 * 4.0)
     assert values[3, 1] == pytest.approx(0.375 * 8.0)
+
+
+def test_one_target_per_input_in_one_run_folder(
+    nets: str, photo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.png"
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    out = tmp_path / "out"
+    argv = ["cam", photo, str(other), "-m", f"{nets}:build", "--target", "2,0", "--no-sanity",
+            "--no-trust", "-o", str(out), "--quiet"]  # fmt: skip
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    top = json.loads((out / "manifest.json").read_text())
+    assert [i["folder"] for i in top["inputs"]] == ["photo", "other"]
+    targets = [
+        json.loads((out / sub / "manifest.json").read_text())["cams"][0]["target"]["index"]
+        for sub in ("photo", "other")
+    ]
+    assert targets == [2, 0]
+    assert "photo/cams/0000_down-gradcam-s0.png" in stdout
+    # the folder is featuremaps' own, so the next run may replace it
+    assert run([*argv[:-3], "-o", str(out), "--quiet"], capsys)[0] == 0
+    code, _, err = run(["cam", photo, str(other), "-m", f"{nets}:build", "--target", "1,2,0",
+                        "-o", str(tmp_path / "x"), "--quiet"], capsys)  # fmt: skip
+    assert code == 2 and "3 targets for 2 input(s)" in err

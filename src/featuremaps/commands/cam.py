@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from torch import nn
@@ -118,7 +117,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     add_quiet_option(p)
 
 
-def _targets(text: str, count: int) -> TargetSpec:
+def _targets(text: str, count: int) -> int | str | list[int | str]:
     """--target: one value for all inputs, or one per input."""
     parts = [t.strip() for t in text.split(",")]
     values: list[int | str] = [int(t) if t.lstrip("-").isdigit() else t for t in parts]
@@ -137,31 +136,32 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
     loaded, inputs = load_model_and_inputs(args, args.model, args.images, out)
     box = parse_box(args.region)
     wanted = _targets(args.target, len(inputs))
-    per_input = wanted if isinstance(wanted, list) else [wanted] * len(inputs)
-    results = []
-    for item, one in zip(inputs, per_input, strict=True):
-        options = CamOptions(
-            methods=args.method,
-            layers=args.layers,
-            target=region_target(one, box),
-            output=args.output,
-            trust=args.trust,
-            sanity=args.sanity,
-            steps=args.steps,
-            smooth=args.smooth,
-        )
-        where = Path(args.out) / item.path.stem if len(inputs) > 1 else Path(args.out)
-        found = visualize(
-            loaded,
-            item,
-            out=where,
-            layers=args.layers if args.layers else None,
-            cams=options,
-            progress=show_progress(args),
-            device=args.device,
-            dtype=args.dtype,
-        )
-        results.extend(found)
+    target = (
+        [region_target(one, box) for one in wanted]
+        if isinstance(wanted, list)
+        else region_target(wanted, box)
+    )
+    options = CamOptions(
+        methods=args.method,
+        layers=args.layers,
+        target=target,
+        output=args.output,
+        trust=args.trust,
+        sanity=args.sanity,
+        steps=args.steps,
+        smooth=args.smooth,
+        per_input=isinstance(wanted, list),
+    )
+    results = visualize(
+        loaded,
+        list(inputs),
+        out=args.out,
+        layers=args.layers if args.layers else None,
+        cams=options,
+        progress=show_progress(args),
+        device=args.device,
+        dtype=args.dtype,
+    )
     for result in results:
         for entry in result.manifest.get("cams", []):
             lines = entry.get("lines") or [f"{entry['layer']} · {entry['method']}"]

@@ -10,7 +10,7 @@ goes to ``cams/NNNN_<layer>-<method>-s<sample>.npy`` and its picture over the in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,9 @@ class CamOptions:
 
     ``layers=None`` picks the last layer whose output has cells; ``smooth`` draws the maps
     interpolated between cell centres (and says so); ``trust``/``sanity`` compute the
-    deletion/insertion curves and the randomisation check.
+    deletion/insertion curves and the randomisation check. ``per_input``: ``target`` is a list
+    with one target for each input given to :func:`featuremaps.visualize` (see
+    :meth:`for_input`); otherwise a list is one target per sample of an input's batch.
     """
 
     methods: Sequence[str] | str = "gradcam"
@@ -44,6 +46,14 @@ class CamOptions:
     sanity: bool = True
     steps: int = 16
     smooth: bool = False
+    per_input: bool = False
+
+    def for_input(self, index: int) -> CamOptions:
+        """The options of input ``index`` of a run: with ``per_input``, ``target`` holds one
+        target per input (of the run's inputs, each its own batch) and this picks its own."""
+        if not self.per_input or isinstance(self.target, (str, int, Region)):
+            return self
+        return replace(self, target=list(self.target)[index], per_input=False)
 
 
 def compute_cams(
@@ -119,6 +129,6 @@ def sanity_message(cams: Sequence[ClassMap]) -> str | None:
     )
 
 
-def region_target(target: int | str, box: tuple[int, int, int, int] | None) -> TargetSpec:
+def region_target(target: int | str, box: tuple[int, int, int, int] | None) -> int | str | Region:
     """``target`` as given, or a :class:`Region` over ``box`` for a dense output."""
     return Region(target, box=box) if box is not None else target

@@ -529,11 +529,12 @@ def visualize(
     each = None if report_budget is None else int(report_budget * MIB) // len(resolved)
     results: list[Visualization] = []
     try:
-        for item, sub in zip(resolved, folders, strict=True):
+        for i, (item, sub) in enumerate(zip(resolved, folders, strict=True)):
             prefix = f"{sub}/" if sub else ""
+            mine = cams.for_input(i) if cams is not None else None
             results.append(
                 _run_one(loaded, item, grid, cap, folder, prefix, save_arrays, sample, progress,
-                         report, saved, placement, attention_patch, each, cams,
+                         report, saved, placement, attention_patch, each, mine,
                          filters)
             )  # fmt: skip
         if folder is not None:
