@@ -108,8 +108,9 @@ def cam_entries(
             drawn = draw_class_map(picture, cam, smooth=options.smooth, stamp=stamp)
             entry["lines"] = list(drawn.lines)
             entry["smooth"] = options.smooth
-            if folder is not None:
-                entry["picture"] = folder.write_bytes(base + ".png", drawn.to_png())
+            entry["picture"] = (
+                folder.write_bytes(base + ".png", drawn.to_png()) if folder is not None else None
+            )
         else:
             entry["picture"] = None
             entry["reason"] = reason
