@@ -10,7 +10,7 @@ each layer's picture, histogram and statistics through ``torch.utils.tensorboard
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +18,9 @@ from featuremaps._errors import OptionError
 from featuremaps.io import OutputFolder, dump_json, safe_filename, update_run_folder
 from featuremaps.manifest import MANIFEST, TOOL
 from featuremaps.render.encode import encode
-from featuremaps.watch import LayerLook, Look, LookWriter
+
+if TYPE_CHECKING:  # annotations only: featuremaps.watch imports this module
+    from featuremaps.watch import LayerLook, Look, LookWriter
 
 __all__ = [
     "WATCH_KIND",
