@@ -124,21 +124,20 @@ def layer_look(
     values = record.tensor.detach()
     values = values.abs() if values.is_complex() else values  # complex: histogram of |x|
     flat = values.float().cpu().numpy().ravel()
-    finite = flat[np.isfinite(flat)]
+    mask = np.isfinite(flat)
+    finite = flat if mask.all() else flat[mask]
     histogram = RunningHistogram(bins=HISTOGRAM_BINS)
     if finite.size:
         histogram.update(finite)
     counted = histogram.result() if finite.size else Histogram(np.zeros(1), np.zeros(0, int), 0)
     counted = Histogram(counted.edges, counted.counts, int(flat.size - finite.size))
-    wide = finite.astype(np.float64)
-    mean_abs = float(np.abs(wide).mean()) if finite.size else float("nan")
     nan = float("nan")
-    moments = (
-        float(wide.min()) if finite.size else nan,
-        float(wide.max()) if finite.size else nan,
-        float(wide.sum()),
-        float(np.dot(wide, wide)),
-    )
+    if finite.size:
+        wide = finite.astype(np.float64)  # sums in float64: float32 sums drift on large layers
+        mean_abs = float(np.abs(wide).sum() / finite.size)
+        moments = (float(finite.min()), float(finite.max()), float(wide.sum()), float(wide @ wide))
+    else:
+        mean_abs, moments = nan, (nan, nan, 0.0, 0.0)
 
     by_channel = _channels_by_batch(record)
     if by_channel is None:
