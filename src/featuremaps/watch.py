@@ -285,7 +285,8 @@ def watch(
         writer: where looks go: a ``torch.utils.tensorboard.SummaryWriter`` or a folder path
             (TensorBoard event files, needs the ``tensorboard`` extra), a
             :class:`~featuremaps.watch_writers.FolderWriter` (PNG + JSON per look), any
-            :class:`LookWriter`, or None (looks are only returned).
+            :class:`LookWriter`, a list of those (each look goes to all), or None (looks are
+            only returned).
         grid: how to draw, as for ``run`` (default :class:`GridOptions`).
         sample: which sample of the probe batch is drawn (statistics use the whole batch).
         first: also look at step 0, before training changed anything.

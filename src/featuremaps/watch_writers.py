@@ -26,6 +26,7 @@ __all__ = [
     "WATCH_KIND",
     "FolderWriter",
     "TensorBoardWriter",
+    "Writers",
     "look_json",
     "resolve_writer",
     "step_folder",
@@ -47,6 +48,9 @@ def tags(layer: str) -> dict[str, str]:
     }
 
 
+_SUMMARY_METHODS = ("add_image", "add_histogram_raw", "add_scalar", "flush", "close")
+
+
 def _summary_writer_class() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -64,11 +68,12 @@ class TensorBoardWriter:
     :meth:`close`, only flushed) or a folder path (a writer of its own, closed on close)."""
 
     def __init__(self, target: Any) -> None:
-        summary_writer = _summary_writer_class()
         if isinstance(target, (str, Path)):
-            self.experiment = summary_writer(log_dir=str(target))
+            self.experiment = _summary_writer_class()(log_dir=str(target))
             self.owned = True
-        elif isinstance(target, summary_writer):
+        elif all(callable(getattr(target, m, None)) for m in _SUMMARY_METHODS):
+            # torch's SummaryWriter, or one with its methods (tensorboardX's, which Lightning's
+            # TensorBoardLogger uses when it is installed).
             self.experiment = target
             self.owned = False
         else:
@@ -78,7 +83,7 @@ class TensorBoardWriter:
             )
 
     def __repr__(self) -> str:
-        return f"TensorBoardWriter({self.experiment.get_logdir()!r})"
+        return f"TensorBoardWriter({getattr(self.experiment, 'log_dir', '?')!r})"
 
     def write(self, look: Look) -> None:
         """Log every layer of ``look`` at its step."""
@@ -191,11 +196,34 @@ class FolderWriter:
         """Nothing to flush: every look is on disk when :meth:`write` returns."""
 
 
+class Writers:
+    """Several writers as one: each look goes to every one of them, in order."""
+
+    def __init__(self, writers: list[LookWriter]) -> None:
+        self.writers = writers
+
+    def __repr__(self) -> str:
+        return f"Writers({self.writers!r})"
+
+    def write(self, look: Look) -> None:
+        """Hand ``look`` to every writer."""
+        for writer in self.writers:
+            writer.write(look)
+
+    def close(self) -> None:
+        """Close every writer."""
+        for writer in self.writers:
+            writer.close()
+
+
 def resolve_writer(writer: Any) -> LookWriter | None:
     """The writer for :func:`featuremaps.watch`'s ``writer=``: None, a writer as it is, a
-    ``SummaryWriter`` or a folder path (TensorBoard event files)."""
+    ``SummaryWriter`` or a folder path (TensorBoard event files), or a list of those."""
     if writer is None:
         return None
+    if isinstance(writer, (list, tuple)):
+        found = [resolve_writer(w) for w in writer]
+        return Writers([w for w in found if w is not None])
     if isinstance(writer, (str, Path)) or hasattr(writer, "add_scalar"):
         return TensorBoardWriter(writer)
     if callable(getattr(writer, "write", None)) and callable(getattr(writer, "close", None)):
