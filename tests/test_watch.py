@@ -264,3 +264,48 @@ def test_missing_tensorboard_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_pa
     message = r"needs the tensorboard package.*featuremaps\[tensorboard"
     with pytest.raises(OptionError, match=message):
         watch(_net(), _probe(), every=1, writer=tmp_path / "tb")
+
+
+class _Tokens(nn.Module):
+    """A patch embedding, a class token in front, then a Linear on the tokens (B, 1+N, C)."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 6, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 6))
+        self.mix = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], 1)
+        return self.mix(tokens)  # type: ignore[no-any-return]
+
+
+def _layout_cases() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    torch.manual_seed(4)
+    return {
+        "signal": (
+            nn.Sequential(nn.Conv1d(2, 4, 5, stride=2), nn.ReLU(), nn.Conv1d(4, 3, 3)),
+            torch.randn(2, 2, 64),
+        ),
+        "volume": (
+            nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.ReLU()),
+            torch.randn(2, 1, 6, 8, 8),
+        ),
+        "tokens": (_Tokens(), torch.randn(2, 3, 16, 16)),
+    }
+
+
+@pytest.mark.parametrize("case", ["signal", "volume", "tokens"])
+def test_every_layout_is_drawn_as_run_draws_it(case: str) -> None:
+    model, x = _layout_cases()[case]
+    look = watch(model, x, every=1).look(0)
+    [run] = fm.visualize(model, x, report=False)
+    drawn = [layer for layer in look.layers if layer.picture is not None]
+    assert {layer.name for layer in drawn} == set(run.grids)
+    for layer in drawn:
+        np.testing.assert_array_equal(layer.picture.pixels, run.grids[layer.name].pixels)
+    expected = {"signal": "signal heat map", "volume": "volume montage", "tokens": "token grid"}
+    assert expected[case] in {record.drawn_as for record in run.records}

@@ -16,6 +16,7 @@ events or files.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,12 @@ from torch import nn
 from featuremaps import layouts
 from featuremaps._errors import OptionError
 from featuremaps.capture import LayerRecord, capture
-from featuremaps.commands.run_drawing import draw_record, skip_reason
+from featuremaps.commands.run_drawing import SignalContext, draw_record, skip_reason
+from featuremaps.geometry import GeometryTracker
 from featuremaps.histograms import Histogram, RunningHistogram
 from featuremaps.render import GridLabel, GridOptions
+from featuremaps.render.signal import Placement as AxisPlacement
+from featuremaps.selection import select_modules
 from featuremaps.stats import ChannelStats, channel_stats
 
 __all__ = ["HISTOGRAM_BINS", "LayerLook", "Look", "LookWriter", "Watcher", "layer_look", "watch"]
@@ -118,9 +122,14 @@ def _channels_by_batch(record: LayerRecord) -> np.ndarray | None:
 
 
 def layer_look(
-    record: LayerRecord, sample: int, grid: GridOptions, stamp: str | None = None
+    record: LayerRecord,
+    sample: int,
+    grid: GridOptions,
+    stamp: str | None = None,
+    context: SignalContext | None = None,
 ) -> LayerLook:
-    """Measure and draw one captured record (pure: the record is not changed)."""
+    """Measure and draw one captured record (pure: the record is not changed); ``context``:
+    the input signal and the record's place on its axis, for a signal drawn as ``run`` does."""
     values = record.tensor.detach()
     values = values.abs() if values.is_complex() else values  # complex: histogram of |x|
     flat = values.float().cpu().numpy().ravel()
@@ -152,7 +161,7 @@ def layer_look(
     if reason is None:
         maps = None if record.layout_info.drawn_as == layouts.BAR_STRIP else record.maps(sample)
         label = GridLabel(record.name, record.module_type, record.shape, stamp)
-        drawing = draw_record(record, sample, maps, grid, label)
+        drawing = draw_record(record, sample, maps, grid, label, context)
         picture, warnings = drawing.picture, tuple(drawing.warnings)
     return LayerLook(
         record.name,
@@ -221,15 +230,37 @@ class Watcher:
         device = _device_of(self.model)
         probe = self.inputs.to(device) if device is not None else self.inputs
         found: list[LayerLook] = []
+        # A signal batch (N, C, L): its pictures show the input and each cell's place on the
+        # time axis, as run's do, from geometry followed through this same forward pass.
+        signal = probe.dim() == 3 and not isinstance(self.model, torch.jit.ScriptModule)
+        tracker = None
+        if signal:
+            every = select_modules(self.model, None, None, True, None)
+            tracker = GeometryTracker(probe, every, self.model)
+        given = probe[self.sample].detach().float().cpu().numpy() if signal else None
 
         def consume(record: LayerRecord) -> None:
-            found.append(layer_look(record, self.sample, self.grid))
+            context = None
+            if record.layout_info.drawn_as == layouts.SIGNAL_MAP:
+                placed = tracker.found.get(record.name) if tracker is not None else None
+                axis = getattr(placed, "x", None)
+                on_axis = (
+                    AxisPlacement(axis.stride, axis.offset, axis.size) if axis is not None else None
+                )
+                context = SignalContext(given, on_axis)
+            found.append(layer_look(record, self.sample, self.grid, context=context))
 
-        # capture() attaches its hooks for this forward pass only and restores train/eval modes;
-        # copy=False: each record is consumed before the forward pass goes on.
-        capture(
-            self.model, probe, layers=self.layers, types=self.types, on_record=consume, copy=False
-        )
+        # capture() attaches its hooks for this forward pass only and restores train/eval modes
+        # (so does the tracker); copy=False: each record is consumed before the pass goes on.
+        with tracker or contextlib.nullcontext():
+            capture(
+                self.model,
+                probe,
+                layers=self.layers,
+                types=self.types,
+                on_record=consume,
+                copy=False,
+            )
         look = Look(int(step), tuple(found))
         self.looks += 1
         self.last = look
