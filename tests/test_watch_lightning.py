@@ -90,3 +90,36 @@ def test_callback_logs_to_the_trainers_tensorboard_logger(tmp_path: Path) -> Non
         last = _decode(events.Images(tag["grid"])[-1].encoded_image_string)
         np.testing.assert_array_equal(last, _decode(run.grids[name].to_png()))
     assert "val_loss" in events.Tags()["scalars"]
+
+
+class _Trainer:
+    """What the callback reads of a trainer: rank, sanity checking, step and loggers."""
+
+    def __init__(self, rank_zero: bool, sanity: bool = False) -> None:
+        self.is_global_zero = rank_zero
+        self.sanity_checking = sanity
+        self.global_step = 0
+        self.loggers: list[object] = []
+
+
+def test_only_rank_zero_looks_and_never_while_sanity_checking(tmp_path: Path) -> None:
+    from featuremaps.integrations.lightning import FeatureMapsCallback
+    from featuremaps.watch_writers import FolderWriter
+
+    model = Tiny()
+    probe = torch.randn(2, 3, 8, 8)
+    other = FeatureMapsCallback(probe, every=1, writer=FolderWriter(tmp_path / "other"))
+    other.on_train_start(_Trainer(rank_zero=False), model)
+    other.on_validation_epoch_end(_Trainer(rank_zero=False), model)
+    assert other.looks == [] and not (tmp_path / "other").exists()
+
+    main = FeatureMapsCallback(probe, every=1, writer=FolderWriter(tmp_path / "main"))
+    main.on_validation_epoch_end(_Trainer(rank_zero=True, sanity=True), model)
+    assert main.looks == []
+    trainer = _Trainer(rank_zero=True)
+    main.on_train_start(trainer, model)
+    trainer.global_step = 1
+    main.on_train_batch_end(trainer, model, None, None, 0)
+    main.on_validation_epoch_end(trainer, model)  # the same step: not looked at twice
+    assert [look.step for look in main.looks] == [0, 1]
+    assert (tmp_path / "main" / "steps" / "00000001" / "look.json").is_file()
