@@ -309,3 +309,14 @@ def test_every_layout_is_drawn_as_run_draws_it(case: str) -> None:
         np.testing.assert_array_equal(layer.picture.pixels, run.grids[layer.name].pixels)
     expected = {"signal": "signal heat map", "volume": "volume montage", "tokens": "token grid"}
     assert expected[case] in {record.drawn_as for record in run.records}
+
+
+def test_missing_lightning_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.delitem(sys.modules, "featuremaps.integrations.lightning", raising=False)
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(OptionError, match=r"needs PyTorch Lightning.*featuremaps\[lightning\]"):
+        importlib.import_module("featuremaps.integrations.lightning")
