@@ -33,6 +33,9 @@ Sections:
               ``ray`` extra is installed
   prune       the trained shapes_cnn pruned at several ratios: top-1 agreement against MACs for
               channels ranked by std, by absmean and random ones (``benchmarks/prune.py``)
+  watch       a training loop with ``fm.watch`` looking every 100 steps vs the same loop
+              without, and one look vs one in-memory run of the same layers
+              (``benchmarks/watch.py``)
 """
 
 from __future__ import annotations
@@ -1248,6 +1251,17 @@ def _prune_bench() -> Any:
     return module
 
 
+def _watch_bench() -> Any:
+    """benchmarks/watch.py, loaded from beside this file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fm_bench_watch", HERE / "watch.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "render": report_render,
     "capture": report_capture,
@@ -1260,6 +1274,7 @@ REPORTS: dict[str, Callable[[Any], list[str]]] = {
     "gpu": report_gpu,
     "engine": report_engine,
     "prune": lambda section: _prune_bench().report_prune(section),
+    "watch": lambda section: _watch_bench().report_watch(section),
 }
 SECTIONS = tuple(REPORTS)
 
@@ -1287,6 +1302,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
             "gpu": lambda: bench_gpu([("tiny", 64)], 1),
             "engine": lambda: bench_engine("shapes_cnn", 4, 64, 2, 2, 1),
             "prune": lambda: _prune_bench().bench_prune(8, 8, (0.25, 0.5), 1),
+            "watch": lambda: _watch_bench().bench_watch(6, 3, 1),
         }
     return {
         "render": lambda: bench_render("resnet18", 224, 5),
@@ -1302,6 +1318,7 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
         "gpu": lambda: bench_gpu([("resnet50", 224), ("resnet50", 1024)], 5),
         "engine": lambda: bench_engine("resnet18", 48, 256, 4, 2, 3),
         "prune": lambda: _prune_bench().bench_prune(),
+        "watch": lambda: _watch_bench().bench_watch(),
     }
 
 

@@ -60,6 +60,8 @@ def test_benchmark_smoke_mode_writes_every_section(
     assert results["e2e"]["import"]["heavy_imported"] == []
     gpu = results["gpu"]
     assert ("skipped" in gpu) != torch.cuda.is_available()
+    watch = results["watch"]
+    assert watch["looks"] == 2 and watch["ratio"]["loop"] > 0 and watch["ratio"]["look_vs_run"] > 0
     assert set(results["measured"]) == set(bench.SECTIONS)
     printed = capsys.readouterr().out
     assert "1. render vs recipe" in printed and "6. dataset stats" in printed

@@ -263,7 +263,8 @@ def test_every_marker_sits_on_a_fence() -> None:
 
 def test_each_command_page_and_the_readme_have_examples_that_run() -> None:
     pages = {"README.md"} | {
-        f"docs/{name}.md" for name in ("run", "layers", "stats", "ablate", "locate", "slide", "api")
+        f"docs/{name}.md"
+        for name in ("run", "layers", "stats", "ablate", "locate", "slide", "api", "watch")
     }
     with_examples = {block.path for block in RUNNABLE}
     assert pages <= with_examples, sorted(pages - with_examples)

@@ -72,6 +72,7 @@ EXPECTED = [
     "slide_maps",
     "summarize",
     "visualize",
+    "watch",
     "write_report",
     "zero_channels",
 ]

@@ -6,7 +6,9 @@
 
 :func:`filters` reads the weights behind a Conv or Linear layer's channels and
 :func:`make_filter_sheet` draws them. Discover names with :func:`list_layers`; everything raised
-on purpose is a :class:`FeaturemapsError`.
+on purpose is a :class:`FeaturemapsError`. :func:`watch` looks at a model's maps every N steps
+while it trains (TensorBoard or a folder; a Lightning callback in
+:mod:`featuremaps.integrations.lightning`).
 """
 
 from featuremaps._errors import (
@@ -55,6 +57,7 @@ from featuremaps.render import Grid, GridLabel, GridOptions, make_grid
 from featuremaps.render.filters import FilterSheet, make_filter_sheet
 from featuremaps.report import write_report
 from featuremaps.stats import summarize
+from featuremaps.watch import watch
 
 __all__ = [
     "MANIFEST_NAME",
@@ -117,6 +120,7 @@ __all__ = [
     "slide_maps",
     "summarize",
     "visualize",
+    "watch",
     "write_report",
     "zero_channels",
 ]

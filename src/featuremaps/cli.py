@@ -24,7 +24,17 @@ from typing import NoReturn, TextIO
 
 from featuremaps._errors import FeaturemapsError, FeaturemapsWarning
 from featuremaps._version import __version__
-from featuremaps.commands import ablate, cam, layers, locate, prune, run, slide, stats
+from featuremaps.commands import (
+    ablate,
+    cam,
+    layers,
+    locate,
+    prune,
+    report_timeline,
+    run,
+    slide,
+    stats,
+)
 from featuremaps.commands.cli_common import Command
 
 __all__ = ["console_main", "main"]
@@ -42,6 +52,7 @@ COMMANDS: dict[str, Command] = {
     "locate": locate.COMMAND,
     "cam": cam.COMMAND,
     "slide": slide.COMMAND,
+    "report-timeline": report_timeline.COMMAND,
 }
 DESCRIPTION = (
     "Capture every layer of a PyTorch model on real inputs and draw truthful channel grids with "
