@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
+from torch import nn
 
 from featuremaps._errors import OptionError
 from featuremaps.atlas import cell_box, control_heap, crop_box, top_heap
+from featuremaps.commands.atlas import build_atlas
 
 
 def _brute_top(values: np.ndarray, k: int) -> list[list[tuple[float, int, int]]]:
@@ -111,3 +118,102 @@ def test_crop_box_marks_the_part_beyond_the_picture() -> None:
 
 def test_cell_box_of_an_integral_field() -> None:
     assert cell_box((-1.0, 2.0, 1.0, 4.0)) == (-1, 2, 2, 5)
+
+
+# -- the planted-pattern oracle: a hand-set filter, patterns planted at known places -------------
+
+PATTERN = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.float32)  # a plus sign
+MAGENTA = np.array([255, 0, 255], dtype=np.uint8)
+
+
+class _Planted(nn.Module):
+    """conv1 matches the plus sign exactly (zero-mean filter); pool + conv2 widen the field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(2, 1, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv1.weight[0, 0] = torch.from_numpy(PATTERN - PATTERN.mean())
+            self.conv1.weight[1, 0] = -torch.from_numpy(PATTERN - PATTERN.mean())
+            self.conv2.weight.fill_(0.0)
+            self.conv2.weight[0, 0, 1, 1] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.pool(self.conv1(x)))
+
+
+#: (file, top, left) of the planted plus signs; the last is the strongest (full contrast).
+PLANTS = [("a.png", 3, 5, 160), ("b.png", 9, 2, 200), ("c.png", 0, 10, 255)]
+
+
+def _planted_data(folder: Path) -> None:
+    rng = np.random.default_rng(5)
+    for name, top, left, level in PLANTS:
+        image = rng.integers(0, 40, size=(16, 16)).astype(np.uint8)
+        image[top : top + 3, left : left + 3] = np.maximum(
+            image[top : top + 3, left : left + 3], (PATTERN * level).astype(np.uint8)
+        )
+        Image.fromarray(image, mode="L").save(folder / name)
+    for i in range(3):  # plain noise, no pattern
+        Image.fromarray(rng.integers(0, 40, size=(16, 16)).astype(np.uint8), mode="L").save(
+            folder / f"noise{i}.png"
+        )
+
+
+def _formula_crop(picture: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+    """The receptive field [top, top + size) x [left, left + size) cut by hand, magenta outside."""
+    pad = size
+    padded = np.empty((picture.shape[0] + 2 * pad, picture.shape[1] + 2 * pad, 3), np.uint8)
+    padded[...] = MAGENTA
+    padded[pad:-pad, pad:-pad] = picture
+    return padded[top + pad : top + pad + size, left + pad : left + pad + size]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    data = tmp_path_factory.mktemp("planted")
+    _planted_data(data)
+    out = data.parent / "atlas-out"
+    torch.manual_seed(0)
+    summary = build_atlas(
+        _Planted(), [str(data)], out=out, k=3, controls=2, workers=0, batch_size=4
+    )
+    return out, summary
+
+
+def test_the_top_patch_is_the_planted_place(planted: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = planted
+    assert summary["inputs"]["read"] == 6
+    written = json.loads((out / "atlas.json").read_text())
+    top = written["layers"]["conv1"]["channels"]["0"]
+    # Best first: the strongest plant, then the others, each at the plus sign's centre.
+    expected = sorted(PLANTS, key=lambda p: -p[3])
+    assert [Path(e["input"]).name for e in top] == [p[0] for p in expected]
+    assert [e["cell"] for e in top] == [[p[1] + 1, p[2] + 1] for p in expected]
+    assert [e["value"] for e in top] == sorted((e["value"] for e in top), reverse=True)
+
+
+def test_every_crop_equals_the_receptive_field_formula(
+    planted: tuple[Path, dict[str, Any]],
+) -> None:
+    out, _ = planted
+    written = json.loads((out / "atlas.json").read_text())
+    # conv1: S=1, P=1, R=3; conv2 after a 2x2 pool: S=2, P=3, R=8 (worked out by hand).
+    rules = {"conv1": (1, 1, 3), "conv2": (2, 3, 8)}
+    checked = 0
+    for layer, (stride, pad, size) in rules.items():
+        entry = written["layers"][layer]
+        for group in ("channels", "controls"):
+            for cells in entry[group].values():
+                for cell in cells:
+                    r, c = cell["cell"]
+                    top, left = r * stride - pad, c * stride - pad
+                    assert cell["box"] == [top, left, top + size, left + size]
+                    picture = np.asarray(Image.open(cell["input"]).convert("RGB"))
+                    patch = np.asarray(Image.open(out / cell["patch"]))
+                    np.testing.assert_array_equal(patch, _formula_crop(picture, top, left, size))
+                    checked += 1
+    assert checked >= 10
+    assert (out / "sheets").is_dir() and (out / "atlas.html").is_file()

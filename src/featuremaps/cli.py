@@ -26,6 +26,7 @@ from featuremaps._errors import FeaturemapsError, FeaturemapsWarning
 from featuremaps._version import __version__
 from featuremaps.commands import (
     ablate,
+    atlas,
     cam,
     layers,
     locate,
@@ -47,6 +48,7 @@ COMMANDS: dict[str, Command] = {
     "run": run.COMMAND,
     "layers": layers.COMMAND,
     "stats": stats.COMMAND,
+    "atlas": atlas.COMMAND,
     "ablate": ablate.COMMAND,
     "prune": prune.COMMAND,
     "locate": locate.COMMAND,

@@ -1,0 +1,297 @@
+"""The ``atlas`` command: what each channel responds to over a data set, to files.
+
+Wires the atlas together (inputs → model → capture → heaps → receptive-field crops → sheets →
+io): :mod:`featuremaps.atlas_pass` makes the one pass, :mod:`featuremaps.atlas` keeps the cells
+and crops them, :mod:`featuremaps.render.atlas_sheet` draws, and this module writes
+``atlas.json``, ``patches/``, ``sheets/`` and ``atlas.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+from featuremaps.commands.cli_common import (
+    Command,
+    add_device_options,
+    add_engine_options,
+    add_layer_options,
+    add_loader_options,
+    add_model_options,
+    add_out_option,
+    add_quiet_option,
+    check_data_options,
+    engine_from_args,
+    engine_line,
+    load_model_with_preprocessing,
+    print_closing,
+    show_progress,
+)
+from featuremaps.commands.common import place_model
+from featuremaps.engine import EngineOptions, ModelSpec
+from featuremaps.inputs import Preprocessing, expected_channels
+from featuremaps.io import OutputFolder, safe_filename
+from featuremaps.manifest import header
+from featuremaps.models import LoadedModel
+
+__all__ = ["ATLAS_HTML", "ATLAS_JSON", "COMMAND", "build_atlas"]
+
+ATLAS_JSON = "atlas.json"
+ATLAS_HTML = "atlas.html"
+
+
+def build_atlas(
+    model: nn.Module | LoadedModel | str,
+    data: Sequence[str],
+    *,
+    out: str | Path,
+    layers: str | Sequence[str] | None = None,
+    types: str | Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    k: int = 9,
+    controls: int = 3,
+    seed: int = 0,
+    stats: str | Path | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
+    engine: EngineOptions | str | None = None,
+) -> dict[str, Any]:
+    """For every channel of the selected layers, its ``k`` most active cells over ``data`` and
+    ``controls`` random cells with a positive value, cropped from the inputs, written to ``out``.
+
+    One pass over ``data`` (files, folders or globs, read as ``featuremaps stats`` reads them)
+    keeps O(layers × channels × k) numbers whatever the number of inputs; ties go to the input
+    listed first, then to the cell first in row-major order; ``seed`` picks the controls (the
+    same for every batching and engine). Then each kept cell's receptive field is cut from its
+    input *as fed to the model* (after preprocessing; the part beyond the input drawn magenta).
+    Writes:
+
+    - ``atlas.json``: ``layers`` → name → ``channels`` → ``"<c>"`` → kept cells best first, each
+      ``{"value", "input", "cell", "box", "patch"}`` (``cell``: indices in the layer's grid;
+      ``box``: ``[top, left, bottom, right]`` of the receptive field in pixels of the input as
+      fed, bottom and right exclusive, possibly beyond its edges; ``patch``: the PNG's path),
+      and ``controls`` → ``"<c>"`` → the same for the controls;
+    - ``patches/NNNN_<layer>/`` the PNG crops, ``sheets/NNNN_<layer>.png`` one sheet per layer
+      (a row per channel: top patches, then controls), and ``atlas.html``, a page per layer
+      with the values, the controls and, with ``stats`` (a ``stats.csv`` written by
+      ``featuremaps stats``), each channel's statistics.
+
+    Layers without a 2-D geometry (tokens, 1-D maps) keep their cells in ``atlas.json`` without
+    crops. ``engine`` is as for :func:`featuremaps.commands.stats.collect_stats`. Returns the
+    contents of ``atlas.json``.
+    """
+    from tqdm import tqdm
+
+    from featuremaps.atlas_pass import compute_atlas_pass
+    from featuremaps.dataset import check_image_model, read_stats, scan_inputs
+
+    options = engine if isinstance(engine, EngineOptions) else EngineOptions(engine or "local")
+    loaded, placement = place_model(model, device, dtype)
+    spec = (
+        None
+        if options.name == "local"
+        else ModelSpec.from_loaded(loaded, "auto" if device is None else str(device), dtype)
+    )
+    check_image_model(loaded.model, "atlas")
+    saved = None if stats is None else read_stats(stats)
+    scanned = scan_inputs(data)
+    if preprocessing is None:
+        preprocessing = loaded.input_preprocessing()
+    first = expected_channels(loaded.model)
+    channels = first[0] if first else None
+    folder = OutputFolder(out, loaded.mark)
+    with folder, tqdm(total=len(scanned.paths), unit=" img", disable=not progress) as bar:
+        result = compute_atlas_pass(
+            loaded.model, scanned.paths, channels=channels, preprocessing=preprocessing,
+            k=k, controls=controls, seed=seed, layers=layers, types=types,
+            batch_size=batch_size, workers=workers, progress=bar.update,
+            model_label=loaded.cli_spec, placement=placement, engine=options, spec=spec,
+            status=lambda line: bar.set_postfix_str(line, refresh=False),
+        )  # fmt: skip
+        described = _crops(loaded.model, result, channels, preprocessing, folder)
+        summary: dict[str, Any] = {
+            **header(loaded.describe()),
+            "preprocessing": preprocessing.describe(),
+            "inputs": {
+                "found": len(scanned.paths),
+                "read": result.images,
+                "not_read": [{"path": p, "reason": why} for p, why in result.failed],
+                "skipped": scanned.skipped,
+            },
+            "images_per_second": result.images_per_second,
+            "k": k,
+            "controls": controls,
+            "seed": seed,
+            "tie_rule": "larger value first; equal values: the input listed first, then the "
+            "cell first in row-major order",
+            "layers": described,
+        }
+        for name, layer in described.items():
+            numbers = None if saved is None else saved.layers.get(name)
+            layer["stats"] = (
+                None if numbers is None else {s: v.tolist() for s, v in numbers.items()}
+            )
+        if result.engine is not None:
+            summary["engine"] = result.engine.describe()
+        from featuremaps.report.atlas_page import atlas_html
+
+        folder.write_bytes(ATLAS_HTML, atlas_html(summary).encode("utf-8"))
+        folder.write_json(ATLAS_JSON, summary)
+    return summary
+
+
+def _crops(
+    model: nn.Module,
+    result: Any,
+    channels: int | None,
+    preprocessing: Preprocessing,
+    folder: OutputFolder,
+) -> dict[str, Any]:
+    """Crop every kept cell from its input as fed, write patches and sheets; the JSON layers."""
+    from featuremaps.geometry import compute_geometry
+    from featuremaps.inputs import fed_picture, load_input
+    from featuremaps.render.atlas_sheet import make_sheet
+    from featuremaps.render.encode import encode_png
+
+    needed = sorted(
+        {i for top, ctl in result.layers.values() for h in (top, ctl) for i in h.inputs.ravel()}
+        - {-1}
+    )
+    fed: dict[int, np.ndarray] = {}
+    geometry: dict[str, Any] = {}
+    for i in needed:  # at most layers x channels x (k + controls) inputs, each read once
+        item = load_input(result.paths[i], channels=channels, preprocessing=preprocessing)
+        if not geometry and item.tensor.dim() == 4:
+            geometry = compute_geometry(model, item.tensor)
+        picture = fed_picture(item.tensor, preprocessing)
+        if picture is not None:
+            fed[i] = picture[0]
+    layers: dict[str, Any] = {}
+    for index, (name, (top, ctl)) in enumerate(result.layers.items()):
+        geo = geometry.get(name)
+        geo_used = geo if geo is not None and len(top.grid) == 2 else None
+        stem = safe_filename(index, name, "")
+        rows = []
+
+        best: dict[str, Any] = {}
+        controls: dict[str, Any] = {}
+        for c in range(top.channels):
+            shown_top: list[np.ndarray] = []
+            shown_ctl: list[np.ndarray] = []
+            best[str(c)] = _entries(
+                top, c, "top", result.paths, fed, geo_used, stem, folder, shown_top
+            )
+            controls[str(c)] = _entries(
+                ctl, c, "control", result.paths, fed, geo_used, stem, folder, shown_ctl
+            )
+            rows.append((shown_top, shown_ctl))
+        sheet = None
+        if geo_used is not None and any(t or s for t, s in rows):
+            sheet = folder.write_bytes(f"sheets/{stem}.png", encode_png(make_sheet(rows)))
+        layers[name] = {
+            "type": result.types[name],
+            "grid": list(top.grid),
+            "geometry": None if geo_used is None else geo_used.to_json(),
+            "sheet": sheet,
+            "channels": best,
+            "controls": controls,
+        }
+    return layers
+
+
+def _entries(
+    heap: Any,
+    c: int,
+    what: str,
+    paths: Sequence[Path],
+    fed: dict[int, np.ndarray],
+    geo: Any,
+    stem: str,
+    folder: OutputFolder,
+    kept: list[np.ndarray],
+) -> list[dict[str, Any]]:
+    """The JSON entries of channel ``c`` of ``heap``; crops go to ``folder`` and to ``kept``."""
+    from featuremaps.atlas import cell_box, crop_box
+    from featuremaps.render.atlas_sheet import OUTSIDE
+    from featuremaps.render.encode import encode_png
+
+    listed = []
+    for rank, (value, i, cell) in enumerate(heap.entries(c)):
+        entry: dict[str, Any] = {
+            "value": value, "input": str(paths[i]), "cell": list(cell), "box": None, "patch": None,
+        }  # fmt: skip
+        if geo is not None and i in fed:
+            box = cell_box(geo.cell_region(*cell))
+            crop, _inside = crop_box(fed[i], box, fill=OUTSIDE)
+            entry["box"] = list(box)
+            entry["patch"] = folder.write_bytes(
+                f"patches/{stem}/c{c}_{what}{rank}.png", encode_png(crop)
+            )
+            kept.append(crop)
+        listed.append(entry)
+    return listed
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="+", metavar="DATA", help="files, folders or globs")
+    add_model_options(p)
+    add_device_options(p)
+    add_out_option(p, "featuremaps-atlas")
+    add_layer_options(p)
+    add_loader_options(p)
+    add_engine_options(p)
+    p.add_argument("--top", type=int, default=9, metavar="K", help="cells kept per channel")
+    p.add_argument(
+        "--controls", type=int, default=3, metavar="M",
+        help="random cells with a positive value kept per channel, as a control (default 3)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the controls' sample")
+    p.add_argument(
+        "--stats", metavar="CSV", help="a stats.csv from 'featuremaps stats' to show per channel"
+    )
+    add_quiet_option(p)
+
+
+def _execute(args: argparse.Namespace, out: TextIO) -> int:
+    check_data_options(args)
+    loaded, pre = load_model_with_preprocessing(args, args.model, out)
+    summary = build_atlas(
+        loaded, args.data, out=args.out, layers=args.layers, types=args.types,
+        preprocessing=pre, k=args.top, controls=args.controls, seed=args.seed,
+        stats=args.stats, batch_size=args.batch_size, workers=args.workers,
+        progress=show_progress(args), device=args.device, dtype=args.dtype,
+        engine=engine_from_args(args),
+    )  # fmt: skip
+    inputs = summary["inputs"]
+    for item in inputs["not_read"]:
+        print(f"not read: {item['path']}: {item['reason']}", file=out)
+    for reason, count in inputs["skipped"].items():
+        print(f"skipped: {count} file{'s' if count != 1 else ''}: {reason}", file=out)
+    print(
+        f"{inputs['read']} of {inputs['found']} inputs read at "
+        f"{summary['images_per_second']:.1f} images/s; {len(summary['layers'])} layers, top "
+        f"{summary['k']} and {summary['controls']} controls per channel",
+        file=out,
+    )
+    print(engine_line(summary["engine"]), file=out)
+    print_closing(loaded, args.out, Path(args.out) / ATLAS_HTML, out)
+    return 0
+
+
+COMMAND = Command(
+    "what each channel responds to over a data set: its top patches, controls and sheets",
+    _add_options,
+    _execute,
+)
