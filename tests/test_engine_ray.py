@@ -200,3 +200,19 @@ def test_slide_on_ray_equals_the_local_engine(kill_flag: Path, tmp_path: Path) -
         assert stored_a.tobytes() == stored_b.tobytes()  # bit for bit, NaN included
     for table in ("stats.csv", "regions.csv"):
         assert (tmp_path / "a" / table).read_text() == (tmp_path / "b" / table).read_text()
+
+
+def test_atlas_on_ray_equals_the_local_engine(kill_flag: Path, data: Path, tmp_path: Path) -> None:
+    argv = [
+        "atlas", str(data), "-m", MODEL, "--size", "16x16", "--batch-size", "3",
+        "--layers", "conv1,conv2", "--top", "4", "--controls", "2", "-q",
+    ]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a"), "--workers", "0"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b"), "--engine", "ray", "--workers", "2"]) == 0
+    ja = json.loads((tmp_path / "a" / "atlas.json").read_text())
+    jb = json.loads((tmp_path / "b" / "atlas.json").read_text())
+    assert ja["layers"] == jb["layers"] and ja["inputs"] == jb["inputs"]  # same cells, same crops
+    for name in ("conv1", "conv2"):
+        for patch in (e["patch"] for c in ja["layers"][name]["channels"].values() for e in c):
+            assert (tmp_path / "a" / patch).read_bytes() == (tmp_path / "b" / patch).read_bytes()
+    assert jb["engine"]["name"] == "ray" and jb["engine"]["items"] == 3
