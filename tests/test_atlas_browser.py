@@ -1,0 +1,85 @@
+"""The atlas page in a real browser (Chromium through Playwright, from file://): every patch
+loads, each channel shows its top cells best first with their values and its controls, and the
+page raises no script or CSP error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from featuremaps.commands.atlas import build_atlas
+from featuremaps.report.atlas_page import atlas_anchor
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("the browser tests need Chromium; run .ci/run or `apt-get install chromium`")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser tests need playwright; run `make test` or pip install -e '.[dev]'")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_atlas_page_shows_every_channel_patches_values_and_controls(
+    browser: Any, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())
+    out = tmp_path / "atlas"
+    build_atlas(model, [str(data)], out=out, k=3, controls=2, workers=0)
+    written = json.loads((out / "atlas.json").read_text())
+    layer = written["layers"]["0"]
+
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((out / "atlas.html").resolve().as_uri())
+        page.wait_for_load_state("load")
+        section = f"section#{atlas_anchor('0')}"
+        for c, cells in layer["channels"].items():
+            channel = f"{section} div.atlas-channel[data-channel='{c}']"
+            shown = page.eval_on_selector_all(
+                f"{channel} figure.top figure.patch", "els => els.map(e => e.dataset.value)"
+            )
+            assert [float(v) for v in shown] == [e["value"] for e in cells]
+            controls = page.locator(f"{channel} figure.controls figure.control")
+            assert controls.count() == len(layer["controls"][c])
+        sizes = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        kept = [
+            v
+            for x in written["layers"].values()
+            for g in ("channels", "controls")
+            for v in x[g].values()
+        ]
+        assert len(sizes) == sum(len(v) for v in kept)
+        assert all(w == 3 for w in sizes)  # every patch loaded: 3x3 receptive fields
+        assert errors == []
+    finally:
+        context.close()
