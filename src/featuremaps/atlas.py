@@ -181,16 +181,24 @@ def _batch_heap(kind: str, k: int, values: np.ndarray, inputs: np.ndarray, seed:
         keys: np.ndarray = np.where(finite, -flat, np.inf)
         keep = finite
     else:
-        keys = _hashes(seed, np.asarray(inputs, dtype=np.int64), channels, cells)
         keep = finite & (flat > 0)
+        keys = np.where(
+            keep, _hashes(seed, np.asarray(inputs, dtype=np.int64), channels, cells), _MASK64
+        )
     heap = _empty(kind, k, channels, grid, seed)
-    # The flat order is (input, cell) order, so a stable sort on the key alone breaks ties by
-    # input, then cell; only the first k of each row are kept.
-    order = np.argsort(keys, axis=1, kind="stable")
+    # Candidates: every cell whose key is within the k-th smallest (ties included), so the
+    # choice among equal keys is made below, not by the partition.
+    if keys.shape[1] > k:
+        threshold = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
+        candidates = (keys <= threshold) & keep
+    else:
+        candidates = keep
     columns = []
     for c in range(channels):
-        chosen = order[c][keep[c][order[c]]][:k]
-        columns.append(chosen)
+        # Flat order is (input, cell) order, so a stable sort on the key alone breaks ties by
+        # input, then cell.
+        found = np.flatnonzero(candidates[c])
+        columns.append(found[np.argsort(keys[c, found], kind="stable")][:k])
     width = max((len(x) for x in columns), default=0)
     shape = (channels, width)
     heap.values = np.full(shape, np.nan)
