@@ -217,3 +217,30 @@ def test_every_crop_equals_the_receptive_field_formula(
                     checked += 1
     assert checked >= 10
     assert (out / "sheets").is_dir() and (out / "atlas.html").is_file()
+
+
+def test_memory_does_not_grow_with_the_data() -> None:
+    """20,000 fake images in batches of 100: the heaps keep their size and the peak traced
+    allocation of each 2,000 images is the same (benchmarks/atlas_memory.py measures the RSS of
+    the whole pass)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    batch = rng.normal(size=(100, 4, 6, 6)).astype(np.float32)
+    top, controls = top_heap(4, (6, 6), 9), control_heap(4, (6, 6), 3)
+    tracemalloc.start()
+    try:
+        peaks = []
+        for start in range(0, 20_000, 100):
+            values = batch + np.float32(start * 1e-6)  # later inputs win: the heap keeps moving
+            top.update(values, np.arange(start, start + 100))
+            controls.update(values, np.arange(start, start + 100))
+            if (start + 100) % 2_000 == 0:
+                peaks.append(tracemalloc.get_traced_memory()[1])
+                tracemalloc.reset_peak()
+    finally:
+        tracemalloc.stop()
+    assert top.values.shape == (4, 9) and controls.values.shape == (4, 3)
+    assert (top.inputs[:, 0] >= 19_900).all()  # the best cell of each channel: the last batch
+    # One peak per 2,000 images: data that grew the heaps would grow these tenfold.
+    assert len(peaks) == 10 and max(peaks) <= 1.5 * min(peaks)
