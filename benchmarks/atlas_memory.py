@@ -4,7 +4,8 @@
     python benchmarks/atlas_memory.py --n 500    one size (what the child runs)
 
 The images are tiny PNG files (16 x 16 RGB, random pixels) written once to a temporary folder;
-the model is a small conv net built in code, every layer selected, k = 9 and 3 controls. The
+the model is a small conv net built in code, every layer selected, k = 9 and 3 controls,
+batches of 64 (a fixed 16 x 16 resize, so the images share batches). The
 heaps hold O(layers x channels x k) numbers, so the peak should not grow with the data: the
 ratio printed is peak(20,000) / peak(2,000).
 """
@@ -47,7 +48,7 @@ def _child(folder: Path, n: int) -> dict[str, float]:
     paths = sorted(folder.glob("*.png"))[:n]
     start = time.perf_counter()
     result = compute_atlas_pass(
-        model, paths, channels=3, preprocessing=Preprocessing(), k=9, controls=3,
+        model, paths, channels=3, preprocessing=Preprocessing(resize=(16, 16)), k=9, controls=3,
         batch_size=64, workers=0,
     )  # fmt: skip
     seconds = time.perf_counter() - start

@@ -71,7 +71,7 @@ def test_atlas_page_shows_every_channel_patches_values_and_controls(
             assert [float(v) for v in shown] == [e["value"] for e in cells]
             controls = page.locator(f"{channel} figure.controls figure.control")
             assert controls.count() == len(layer["controls"][c])
-        sizes = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        sizes = page.eval_on_selector_all("figure.patch img", "els => els.map(e => e.naturalWidth)")
         kept = [
             v
             for x in written["layers"].values()
@@ -80,6 +80,12 @@ def test_atlas_page_shows_every_channel_patches_values_and_controls(
         ]
         assert len(sizes) == sum(len(v) for v in kept)
         assert all(w == 3 for w in sizes)  # every patch loaded: 3x3 receptive fields
+        # The conv layer shows each channel's filter (3x3, drawn larger); the ReLU has none.
+        filters = page.eval_on_selector_all(
+            "figure.filter img", "els => els.map(e => e.naturalWidth)"
+        )
+        assert len(filters) == 3 and all(w > 0 for w in filters)
+        assert written["layers"]["1"]["filters"] is None
         assert errors == []
     finally:
         context.close()

@@ -80,7 +80,10 @@ def build_atlas(
       ``box``: ``[top, left, bottom, right]`` of the receptive field in pixels of the input as
       fed, bottom and right exclusive, possibly beyond its edges; ``patch``: the PNG's path),
       and ``controls`` → ``"<c>"`` → the same for the controls;
-    - ``patches/NNNN_<layer>/`` the PNG crops, ``sheets/NNNN_<layer>.png`` one sheet per layer
+    - ``patches/NNNN_<layer>/`` the PNG crops, ``filters/NNNN_<layer>/c<C>.png`` each channel's
+      filter where the layer has one (``filters`` in the layer's entry; drawn as
+      :func:`featuremaps.filters` reads them, on the layer's one scale),
+      ``sheets/NNNN_<layer>.png`` one sheet per layer
       (a row per channel: top patches, then controls), and ``atlas.html``, a page per layer
       with the values, the controls and, with ``stats`` (a ``stats.csv`` written by
       ``featuremaps stats``), each channel's statistics.
@@ -199,6 +202,7 @@ def _crops(
             sheet = folder.write_bytes(f"sheets/{stem}.png", encode_png(make_sheet(rows)))
         layers[name] = {
             "type": result.types[name],
+            "filters": _filters(model, name, top.channels, stem, folder),
             "grid": list(top.grid),
             "geometry": None if geo_used is None else geo_used.to_json(),
             "sheet": sheet,
@@ -206,6 +210,31 @@ def _crops(
             "controls": controls,
         }
     return layers
+
+
+def _filters(
+    model: nn.Module, name: str, channels: int, stem: str, folder: OutputFolder
+) -> dict[str, str] | None:
+    """Each channel's filter as a PNG cut from the layer's filter sheet (see
+    :mod:`featuremaps.filters`) where the layer is a module with weights per output channel;
+    else None."""
+    from featuremaps.filters import filters, has_filters
+    from featuremaps.render.encode import encode_png
+    from featuremaps.render.filters import make_filter_sheet
+
+    module = dict(model.named_modules()).get(name)
+    if module is None or not has_filters(module):
+        return None
+    sheet = make_filter_sheet(filters(model, name), max_filters=max(channels, 1))
+    written: dict[str, str] = {}
+    for c in range(channels):
+        box = sheet.box(c)
+        if box is None:
+            continue
+        y, x, h, w = box
+        tile = np.ascontiguousarray(sheet.rgb[y : y + h, x : x + w])
+        written[str(c)] = folder.write_bytes(f"filters/{stem}/c{c}.png", encode_png(tile))
+    return written or None
 
 
 def _entries(
