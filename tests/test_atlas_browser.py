@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import featuremaps as fm
 from featuremaps.commands.atlas import build_atlas
 from featuremaps.report.atlas_page import atlas_anchor
 
@@ -50,7 +51,9 @@ def test_atlas_page_shows_every_channel_patches_values_and_controls(
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())
     out = tmp_path / "atlas"
-    build_atlas(model, [str(data)], out=out, k=3, controls=2, workers=0)
+    run = tmp_path / "run"
+    fm.visualize(model, str(data / "0.png"), out=run)
+    build_atlas(model, [str(data)], out=out, k=3, controls=2, workers=0, run=run)
     written = json.loads((out / "atlas.json").read_text())
     layer = written["layers"]["0"]
 
@@ -80,6 +83,14 @@ def test_atlas_page_shows_every_channel_patches_values_and_controls(
         ]
         assert len(sizes) == sum(len(v) for v in kept)
         assert all(w == 3 for w in sizes)  # every patch loaded: 3x3 receptive fields
+        # The run's report links each layer's view to its section of the atlas page.
+        page.goto((run / "index.html").resolve().as_uri())
+        page.wait_for_load_state("load")
+        link = page.locator("section.layer:has(h2 a:text-is('0')) p.atlas-link a")
+        assert link.count() == 1
+        link.click()
+        page.wait_for_load_state("load")
+        assert page.url.endswith(f"atlas/atlas.html#{atlas_anchor('0')}")
         # The conv layer shows each channel's filter (3x3, drawn larger); the ReLU has none.
         filters = page.eval_on_selector_all(
             "figure.filter img", "els => els.map(e => e.naturalWidth)"

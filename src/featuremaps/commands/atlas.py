@@ -58,6 +58,7 @@ def build_atlas(
     controls: int = 3,
     seed: int = 0,
     stats: str | Path | None = None,
+    run: str | Path | None = None,
     batch_size: int = 16,
     workers: int = 2,
     progress: bool = False,
@@ -87,6 +88,9 @@ def build_atlas(
       (a row per channel: top patches, then controls), and ``atlas.html``, a page per layer
       with the values, the controls and, with ``stats`` (a ``stats.csv`` written by
       ``featuremaps stats``), each channel's statistics.
+
+    ``run`` (the ``--out`` folder of a ``featuremaps run`` of one input) gets a link from each
+    layer's view in its report to that layer's section of ``atlas.html``.
 
     Layers without a 2-D geometry (tokens, 1-D maps) keep their cells in ``atlas.json`` without
     crops. ``engine`` is as for :func:`featuremaps.commands.stats.collect_stats`. Returns the
@@ -149,7 +153,38 @@ def build_atlas(
 
         folder.write_bytes(ATLAS_HTML, atlas_html(summary).encode("utf-8"))
         folder.write_json(ATLAS_JSON, summary)
+    if run is not None:
+        _link_run(Path(run), Path(out), list(described))
     return summary
+
+
+def _link_run(run: Path, out: Path, names: list[str]) -> None:
+    """Add the atlas to the run folder's manifest and rewrite its report, whose layer views then
+    link to their atlas sections."""
+    import json
+    import os
+
+    from featuremaps._errors import InputError
+    from featuremaps.io import dump_json, update_run_folder
+    from featuremaps.manifest import MANIFEST
+    from featuremaps.report import write_report
+    from featuremaps.report.atlas_page import atlas_anchor
+
+    try:
+        manifest = json.loads((run / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"cannot read the run's {MANIFEST} in '{run}': {exc}; expected the --out folder of "
+            "a 'featuremaps run' of one input"
+        ) from None
+    if not isinstance(manifest, dict) or "records" not in manifest:
+        raise InputError(
+            f"'{run}' is not the folder of a run of one input; pass one input's sub-folder"
+        )
+    page = Path(os.path.relpath(out.resolve() / ATLAS_HTML, run.resolve())).as_posix()
+    manifest["atlas"] = {"page": page, "layers": {n: atlas_anchor(n) for n in names}}
+    update_run_folder(run, {MANIFEST: dump_json(manifest).encode("utf-8")})
+    write_report(run)
 
 
 def _crops(
@@ -290,6 +325,11 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stats", metavar="CSV", help="a stats.csv from 'featuremaps stats' to show per channel"
     )
+    p.add_argument(
+        "--run", metavar="DIR",
+        help="the --out folder of a 'featuremaps run' whose report should link each layer to "
+        "its atlas section",
+    )  # fmt: skip
     add_quiet_option(p)
 
 
@@ -299,7 +339,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
     summary = build_atlas(
         loaded, args.data, out=args.out, layers=args.layers, types=args.types,
         preprocessing=pre, k=args.top, controls=args.controls, seed=args.seed,
-        stats=args.stats, batch_size=args.batch_size, workers=args.workers,
+        stats=args.stats, run=args.run, batch_size=args.batch_size, workers=args.workers,
         progress=show_progress(args), device=args.device, dtype=args.dtype,
         engine=engine_from_args(args),
     )  # fmt: skip

@@ -255,6 +255,12 @@ class ReportData:
     arrays: str | None = None
     order: str = "index"  # how the run picked channels: index, a statistic, or "explicit"
     cams: tuple[CamLayer, ...] = ()  # the class-map panel, by layer (empty: no class maps)
+    # record name -> link to its section of an atlas page (``featuremaps atlas --run``)
+    atlas: tuple[tuple[str, str], ...] = ()
+
+    def atlas_of(self, name: str) -> str | None:
+        """The link to the atlas section of record ``name`` (None when no atlas names it)."""
+        return next((href for n, href in self.atlas if n == name), None)
 
     def cams_of(self, key: int) -> CamLayer | None:
         """The class maps of the record at ``key`` (None when it has none)."""
@@ -447,4 +453,14 @@ def build_report(manifest: Mapping[str, Any], base: str = "") -> ReportData:
         arrays=_relative(manifest.get("arrays"), base),
         cams=cam_layers(manifest.get("cams"), {e.record.name: e.key for e in layers}, base),
         filters=filter_views(manifest.get("filters"), base) or None,
+        atlas=_atlas_links(manifest.get("atlas")),
     )
+
+
+def _atlas_links(atlas: Any) -> tuple[tuple[str, str], ...]:
+    """``(record name, href)`` of the manifest's ``atlas`` entry: ``{"page": path of the atlas
+    page relative to the run folder, "layers": {record name: anchor}}``."""
+    if not isinstance(atlas, Mapping) or not isinstance(atlas.get("layers"), Mapping):
+        return ()
+    page = str(atlas.get("page"))
+    return tuple((str(name), f"{page}#{anchor}") for name, anchor in atlas["layers"].items())
