@@ -244,3 +244,17 @@ def test_memory_does_not_grow_with_the_data() -> None:
     assert (top.inputs[:, 0] >= 19_900).all()  # the best cell of each channel: the last batch
     # One peak per 2,000 images: data that grew the heaps would grow these tenfold.
     assert len(peaks) == 10 and max(peaks) <= 1.5 * min(peaks)
+
+
+def test_cli_refuses_a_bad_top_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from featuremaps.cli import main
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    code = main(["atlas", str(tmp_path / "a.png"), "-m", "shapes_cnn", "--top", "0", "-q",
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "top-k of 0 is not valid; expected 1 or more, e.g. --top 9" in err
+    assert len(err.strip().splitlines()) == 1
