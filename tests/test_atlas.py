@@ -163,11 +163,13 @@ def _planted_data(folder: Path) -> None:
 
 
 def _formula_crop(picture: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
-    """The receptive field [top, top + size) x [left, left + size) cut by hand, magenta outside."""
+    """The receptive field [top, top + size) x [left, left + size) cut by hand as RGBA: magenta
+    and transparent outside the picture, opaque inside."""
     pad = size
-    padded = np.empty((picture.shape[0] + 2 * pad, picture.shape[1] + 2 * pad, 3), np.uint8)
-    padded[...] = MAGENTA
-    padded[pad:-pad, pad:-pad] = picture
+    padded = np.zeros((picture.shape[0] + 2 * pad, picture.shape[1] + 2 * pad, 4), np.uint8)
+    padded[..., :3] = MAGENTA
+    padded[pad:-pad, pad:-pad, :3] = picture
+    padded[pad:-pad, pad:-pad, 3] = 255
     return padded[top + pad : top + pad + size, left + pad : left + pad + size]
 
 
@@ -216,6 +218,13 @@ def test_every_crop_equals_the_receptive_field_formula(
                     np.testing.assert_array_equal(patch, _formula_crop(picture, top, left, size))
                     checked += 1
     assert checked >= 10
+    beyond = [
+        e
+        for cells in written["layers"]["conv2"]["channels"].values()
+        for e in cells
+        if min(e["box"]) < 0 or max(e["box"][2:]) > 16
+    ]
+    assert beyond  # the check above covered fields that reach past the picture
     assert (out / "sheets").is_dir() and (out / "atlas.html").is_file()
 
 

@@ -73,7 +73,9 @@ def build_atlas(
     keeps O(layers × channels × k) numbers whatever the number of inputs; ties go to the input
     listed first, then to the cell first in row-major order; ``seed`` picks the controls (the
     same for every batching and engine). Then each kept cell's receptive field is cut from its
-    input *as fed to the model* (after preprocessing; the part beyond the input drawn magenta).
+    input *as fed to the model* (after preprocessing); the part beyond the input is magenta and
+    fully transparent in the patch PNGs (so it cannot be mistaken for magenta in the data), and
+    magenta on the sheets.
     Writes:
 
     - ``atlas.json``: ``layers`` → name → ``channels`` → ``"<c>"`` → kept cells best first, each
@@ -286,7 +288,7 @@ def _entries(
     """The JSON entries of channel ``c`` of ``heap``; crops go to ``folder`` and to ``kept``."""
     from featuremaps.atlas import cell_box, crop_box
     from featuremaps.render.atlas_sheet import OUTSIDE
-    from featuremaps.render.encode import encode_png
+    from featuremaps.render.encode import encode_masked_png
 
     listed = []
     for rank, (value, i, cell) in enumerate(heap.entries(c)):
@@ -295,10 +297,10 @@ def _entries(
         }  # fmt: skip
         if geo is not None and i in fed:
             box = cell_box(geo.cell_region(*cell))
-            crop, _inside = crop_box(fed[i], box, fill=OUTSIDE)
+            crop, inside = crop_box(fed[i], box, fill=OUTSIDE)
             entry["box"] = list(box)
             entry["patch"] = folder.write_bytes(
-                f"patches/{stem}/c{c}_{what}{rank}.png", encode_png(crop)
+                f"patches/{stem}/c{c}_{what}{rank}.png", encode_masked_png(crop, inside)
             )
             kept.append(crop)
         listed.append(entry)

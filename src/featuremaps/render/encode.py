@@ -17,7 +17,15 @@ from PIL import Image
 
 from featuremaps._errors import InputError, OptionError
 
-__all__ = ["ENCODERS", "Picture", "encode", "encode_indexed_png", "encode_png", "encode_tile"]
+__all__ = [
+    "ENCODERS",
+    "Picture",
+    "encode",
+    "encode_indexed_png",
+    "encode_masked_png",
+    "encode_png",
+    "encode_tile",
+]
 
 Z_RLE = 3  # zlib.Z_RLE, as Pillow's PNG writer takes it (compress_type)
 RLE_FROM_PIXELS = 1 << 20
@@ -38,6 +46,19 @@ def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
         raise InputError(f"pixels of {arr.dtype} {arr.shape}; expected (H, W, 3) uint8")
     buf = io.BytesIO()
     image = Image.fromarray(np.ascontiguousarray(arr))
+    image.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def encode_masked_png(pixels: np.ndarray, inside: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 picture with an alpha channel: opaque where ``inside``
+    (an (H, W) bool mask) holds, fully transparent elsewhere (the colour there is kept)."""
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(f"pixels of {arr.dtype} {arr.shape}; expected (H, W, 3) uint8")
+    alpha = np.where(np.asarray(inside, dtype=bool), np.uint8(255), np.uint8(0))[..., None]
+    buf = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(np.concatenate([arr, alpha], axis=2)), "RGBA")
     image.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
