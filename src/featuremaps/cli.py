@@ -27,6 +27,7 @@ from featuremaps._version import __version__
 from featuremaps.commands import (
     ablate,
     cam,
+    compare,
     layers,
     locate,
     prune,
@@ -51,6 +52,7 @@ COMMANDS: dict[str, Command] = {
     "prune": prune.COMMAND,
     "locate": locate.COMMAND,
     "cam": cam.COMMAND,
+    "compare": compare.COMMAND,
     "slide": slide.COMMAND,
     "report-timeline": report_timeline.COMMAND,
 }
