@@ -81,12 +81,19 @@ def _slide(tmp: Path, out: Path) -> list[str]:
             "--regions", str(regions), "--out", str(out), "-q"]  # fmt: skip
 
 
+def _compare(tmp: Path, out: Path) -> list[str]:
+    images = _images(tmp)
+    return ["compare", str(images / "0.png"), str(images / "1.png"), *MODEL, "--save-arrays",
+            "--out", str(out)]  # fmt: skip
+
+
 COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
     "run": _run,
     "stats": _stats,
     "ablate": _ablate,
     "locate --overlay": _locate,
     "slide": _slide,
+    "compare": _compare,
 }
 
 

@@ -83,7 +83,12 @@ def _maps(record: LayerRecord) -> np.ndarray | None:
 
 
 def _pictures(
-    change: LayerChange, a: LayerRecord, b: LayerRecord, channels: int, chosen: Sequence[int] | None
+    change: LayerChange,
+    a: LayerRecord,
+    b: LayerRecord,
+    channels: int,
+    chosen: Sequence[int] | None,
+    stamp: str | None = None,
 ) -> bytes | None:
     """A | B | B−A of one layer as one PNG: A and B on one shared scale, B−A on a diverging
     scale centred on 0; the channels with the largest change unless ``chosen`` names them."""
@@ -128,7 +133,7 @@ def _pictures(
             value_range=scale,
             cmap=cmap,
         )
-        label = GridLabel(f"{change.layer} ({title})", a.module_type, shape)
+        label = GridLabel(f"{change.layer} ({title})", a.module_type, shape, stamp=stamp)
         grids.append(make_grid(maps, options, label=label).pixels)
     height = max(g.shape[0] for g in grids)
     parts: list[np.ndarray] = []
@@ -186,6 +191,7 @@ def compare(
     changes: list[LayerChange] = []
     mismatched: list[str] = []
     folder = OutputFolder(out, loaded_a.mark or loaded_b.mark)
+    stamp = loaded_a.stamp or loaded_b.stamp
     with folder:
         arrays = folder.arrays(DIFFERENCE) if save_arrays else None
         files: dict[str, str] = {}
@@ -206,7 +212,7 @@ def compare(
             if arrays is not None:
                 arrays.add(name, rb.tensor.detach().double() - ra.tensor.detach().double())
             if pictures:
-                png = _pictures(change, ra, rb, channels, chosen)
+                png = _pictures(change, ra, rb, channels, chosen, stamp)
                 if png is not None:
                     files[name] = folder.write_bytes(
                         "pictures/" + safe_filename(index, name, ".png"), png
@@ -214,7 +220,7 @@ def compare(
         if arrays is not None:
             arrays.close()
         result = {
-            **header(loaded_a.describe()),
+            **header(_marked(loaded_a, loaded_b).describe()),
             "mode": "inputs" if model_b is None else "checkpoints",
             "a": {"input": info_a, "model": loaded_a.describe()},
             "b": {"input": info_b, "model": loaded_b.describe()},
@@ -222,6 +228,7 @@ def compare(
             "only_a": only_a,
             "only_b": only_b,
             "mismatched": mismatched,
+            "files": [COMPARE_CSV, *([DIFFERENCE] if save_arrays else [])],
         }
         folder.write_json(COMPARE_JSON, result)
         folder.write_csv(
@@ -233,6 +240,11 @@ def compare(
             ],
         )
     return result
+
+
+def _marked(a: LoadedModel, b: LoadedModel) -> LoadedModel:
+    """The model whose description heads the output: one with random weights, when there is."""
+    return b if b.random_weights and not a.random_weights else a
 
 
 def _input(
@@ -317,7 +329,7 @@ def compare_data(
     folder = OutputFolder(out, loaded_a.mark or loaded_b.mark)
     with folder:
         result = {
-            **header(loaded_a.describe()),
+            **header(_marked(loaded_a, loaded_b).describe()),
             "mode": "data",
             "a": {"model": loaded_a.describe()},
             "b": {"model": loaded_b.describe()},
