@@ -116,9 +116,12 @@ def _stamped(path: Path) -> bool:
 
 
 def _unstamped_picture(rel: Path) -> bool:
-    """Pictures that carry the mark in their metadata only: the input, Deep Zoom tiles."""
-    return rel.name in ("input.png", "input-fed.png") or any(
-        p.endswith("_files") for p in rel.parts
+    """Pictures that carry the mark in their metadata only: the input, Deep Zoom tiles, the
+    compare page's maps (each pixel block is exactly one cell; the page shows the mark)."""
+    return (
+        rel.name in ("input.png", "input-fed.png")
+        or any(p.endswith("_files") for p in rel.parts)
+        or rel.parts[0] == "view"
     )
 
 

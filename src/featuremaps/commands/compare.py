@@ -143,6 +143,34 @@ def _pictures(
     return encode_png(np.hstack(parts[:-1]))
 
 
+def _view(
+    folder: OutputFolder,
+    index: int,
+    change: LayerChange,
+    a: LayerRecord,
+    b: LayerRecord,
+    chosen: Sequence[int] | None,
+) -> Any:
+    """The compare page's entry of one layer (its channel with the largest change, or the first
+    ``chosen``), with its three pictures written; None for a layer not drawn as maps."""
+    from featuremaps.render.encode import encode_png
+    from featuremaps.report.compare_view import CompareView, view_pictures
+
+    ma, mb = _maps(a), _maps(b)
+    if ma is None or mb is None or ma.shape != mb.shape:
+        return None
+    channel = chosen[0] if chosen and 0 <= chosen[0] < ma.shape[0] else change.largest(1)[0]
+    xa, xb = np.asarray(ma[channel], np.float64), np.asarray(mb[channel], np.float64)
+    names = []
+    for suffix, rgb in zip((".a.png", ".b.png", ".diff.png"), view_pictures(xa, xb), strict=True):
+        names.append(folder.write_bytes("view/" + safe_filename(index, change.layer, suffix),
+                                        encode_png(rgb)))  # fmt: skip
+    return CompareView(
+        change.layer, channel, xa, xb, (names[0], names[1], names[2]),
+        change.cosine, change.relative_l2,
+    )  # fmt: skip
+
+
 def compare(
     model: nn.Module | LoadedModel | str,
     a: str | Path | torch.Tensor,
@@ -195,6 +223,7 @@ def compare(
     with folder:
         arrays = folder.arrays(DIFFERENCE) if save_arrays else None
         files: dict[str, str] = {}
+        views = []
         for index, (name, ra) in enumerate(side_a.records.items()):
             rb = side_b.records.get(name)
             if rb is None:
@@ -217,8 +246,17 @@ def compare(
                     files[name] = folder.write_bytes(
                         "pictures/" + safe_filename(index, name, ".png"), png
                     )
+                view = _view(folder, index, change, ra, rb, chosen)
+                if view is not None:
+                    views.append(view)
         if arrays is not None:
             arrays.close()
+        if views:
+            from featuremaps.report.compare_view import COMPARE_PAGE, compare_page_files
+
+            title = f"{loaded_a.spec}: {_label(info_a)} vs {_label(info_b)}"
+            for relative, data in compare_page_files(title, views, folder.mark).items():
+                folder.write_bytes(relative, data)
         result = {
             **header(_marked(loaded_a, loaded_b).describe()),
             "mode": "inputs" if model_b is None else "checkpoints",
@@ -228,6 +266,7 @@ def compare(
             "only_a": only_a,
             "only_b": only_b,
             "mismatched": mismatched,
+            "page": COMPARE_PAGE if views else None,
             "files": [COMPARE_CSV, *([DIFFERENCE] if save_arrays else [])],
         }
         folder.write_json(COMPARE_JSON, result)
@@ -240,6 +279,10 @@ def compare(
             ],
         )
     return result
+
+
+def _label(info: dict[str, Any]) -> str:
+    return str(info.get("path") or info.get("kind") or "input")
 
 
 def _marked(a: LoadedModel, b: LoadedModel) -> LoadedModel:
@@ -433,6 +476,8 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
     for side in ("a", "b"):
         for name in result[f"only_{side}"]:
             print(f"only in {side.upper()}: {name}", file=out)
+    if model_b is not None and model_b.random_weights and not loaded.random_weights:
+        print(f"note: B: {model_b.mark}", file=out)
     print_closing(loaded, args.out, Path(args.out) / COMPARE_JSON, out)
     return 0
 
