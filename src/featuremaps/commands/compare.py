@@ -26,16 +26,20 @@ from featuremaps._errors import InputError, OptionError
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.commands.cli_common import (
     Command,
+    add_engine_options,
     add_layer_options,
     add_model_options,
     add_out_option,
+    engine_from_args,
     load_model_from_args,
     preprocessing_from_args,
     print_closing,
     print_preprocessing,
 )
 from featuremaps.commands.common import resolve_model
-from featuremaps.compare import CKASums, LayerChange, compare_arrays, gram
+from featuremaps.compare import LayerChange, compare_arrays
+from featuremaps.compare_job import CKAJob, CKAResult, fold_cka
+from featuremaps.engine import EngineOptions, ModelSpec
 from featuremaps.inputs import Preprocessing, expected_channels, load_input_for
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.layouts import channels_first
@@ -310,6 +314,7 @@ def compare_data(
     types: str | Sequence[str] | None = None,
     preprocessing: Preprocessing | None = None,
     batch_size: int = 16,
+    engine: EngineOptions | str | None = None,
 ) -> dict[str, Any]:
     """Compare two checkpoints over a data set: per-layer linear CKA between A and B, the layer
     × layer CKA matrix (rows: A's layers, columns: B's), and each channel's mean shift (mean of
@@ -319,10 +324,14 @@ def compare_data(
     ``batch_size`` inputs in file order (a last batch under 4 inputs is left out and counted in
     ``cka_left_out``); memory holds one batch's Gram matrices, never the data. Every layout
     with a channel axis is flattened (channels first, then the other axes) the same way for
-    both models. The inputs must come out of the preprocessing at one size (a model's resize
-    and crop, or ``--size``) to be stacked into minibatches.
+    both models. ``engine`` (``"local"``, ``"ray"`` or
+    :class:`featuremaps.engine.EngineOptions`) picks where the minibatches run (Ray workers load
+    both models from their specs); both give the same numbers, merged in minibatch order. The
+    inputs must come out of the preprocessing at one size (a model's resize and crop, or
+    ``--size``) to be stacked into minibatches.
     """
-    from featuremaps.dataset import read_batch, scan_inputs
+    from featuremaps.dataset import scan_inputs
+    from featuremaps.engine import run_job
 
     if batch_size < 4:
         raise OptionError(
@@ -330,43 +339,23 @@ def compare_data(
             "estimator needs 4 samples per minibatch)"
         )
     loaded_a, loaded_b = resolve_model(model), resolve_model(model_b)
+    options = engine if isinstance(engine, EngineOptions) else EngineOptions(engine or "local")
+    remote = options.name != "local"
     pre = preprocessing or loaded_a.input_preprocessing()
     paths = scan_inputs(data).paths
     first = expected_channels(loaded_a.model)
-    sums: CKASums | None = None
-    shift: dict[str, list[np.ndarray]] = {}
-    count: dict[str, float] = {}
-    failed: list[tuple[str, str]] = []
-    images = 0
-    for start in range(0, len(paths), batch_size):
-        batch_files = paths[start : start + batch_size]
-        batch, read, bad = read_batch(batch_files, first[0] if first else None, pre)
-        failed.extend(bad)
-        if batch is None:
-            continue
-        images += len(read)
-        grams: list[dict[str, np.ndarray]] = []
-        for which, loaded in enumerate((loaded_a, loaded_b)):
-            side = _capture(loaded.model, batch, layers, types)
-            found: dict[str, np.ndarray] = {}
-            for name, record in side.records.items():
-                values = _values(record)
-                if values is None:
-                    continue
-                found[name] = gram(values)
-                means = values.sum(axis=tuple(i for i in range(values.ndim) if i != 1))
-                if name not in shift:
-                    shift[name] = [np.zeros_like(means), np.zeros_like(means)]
-                    count[name] = 0.0
-                if which == 0:
-                    count[name] += values.size / values.shape[1]
-                shift[name][which] = shift[name][which] + means
-            grams.append(found)
-        if sums is None:
-            sums = CKASums(list(grams[0]), list(grams[1]))
-        sums.update(list(grams[0].values()), list(grams[1].values()))
+    job = CKAJob(
+        ModelSpec.from_loaded(loaded_a) if remote else None,
+        ModelSpec.from_loaded(loaded_b) if remote else None,
+        first[0] if first else None, pre, layers, types,
+        None if remote else loaded_a.model, None if remote else loaded_b.model,
+    )  # fmt: skip
+    total = CKAResult()
+    batches = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
+    report = run_job(job, batches, lambda _key, partial: fold_cka(total, partial), options)
+    sums = total.sums
     if sums is None:
-        raise InputError(f"no input of {len(paths)} found could be read; expected images")
+        raise InputError(f"none of the {len(paths)} inputs could be read; expected images")
     matrix = sums.matrix()
     paired = sums.paired()
     folder = OutputFolder(out, loaded_a.mark or loaded_b.mark)
@@ -376,18 +365,15 @@ def compare_data(
             "mode": "data",
             "a": {"model": loaded_a.describe()},
             "b": {"model": loaded_b.describe()},
-            "inputs": {"found": len(paths), "read": images, "not_read": failed},
+            "inputs": {"found": len(paths), "read": total.images, "not_read": total.failed},
+            "engine": report.describe(),
             "cka_batches": sums.batches,
             "cka_left_out": sums.left_out,
             "layers": [
                 {
                     "layer": name,
                     "cka": paired[name],
-                    "mean_shift": (
-                        ((shift[name][1] - shift[name][0]) / count[name]).tolist()
-                        if shift[name][0].shape == shift[name][1].shape
-                        else None
-                    ),
+                    "mean_shift": total.mean_shift(name),
                 }
                 for name in sums.layers_a
                 if name in paired
@@ -415,6 +401,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", help="files, folders or globs: CKA over a data set")
     add_out_option(p, "featuremaps-compare")
     add_layer_options(p)
+    add_engine_options(p, workers=True)
     p.add_argument("--batch-size", type=int, default=16, help="CKA minibatch size (16)")
     p.add_argument(
         "--max-channels", type=int, default=8, help="channels drawn per layer (8, largest change)"
@@ -449,6 +436,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         result = compare_data(
             loaded, model_b, args.data, out=args.out, layers=args.layers,
             types=args.types, preprocessing=pre, batch_size=args.batch_size,
+            engine=engine_from_args(args),
         )  # fmt: skip
         for layer in result["layers"]:
             print(f"{layer['layer']}: CKA {layer['cka']:.4f}", file=out)
