@@ -147,3 +147,5 @@ def test_data_set_cka_of_a_checkpoint_with_itself_and_with_random_weights(tmp_pa
         trained, load_model("shapes_cnn", "none"), [str(data)], out=tmp_path / "o", batch_size=4
     )
     assert min(layer["cka"] for layer in other["layers"]) < 0.99
+    with Image.open(tmp_path / "o" / other["cka_picture"]) as heat_map:
+        assert heat_map.width > 200 and heat_map.height > 200

@@ -51,6 +51,7 @@ __all__ = ["COMMAND", "COMPARE_CSV", "COMPARE_JSON", "DIFFERENCE", "compare", "c
 COMPARE_JSON = "compare.json"
 COMPARE_CSV = "compare.csv"
 DIFFERENCE = "difference.safetensors"
+CKA_PNG = "cka.png"
 #: Columns between the three pictures of a layer, in pixels (white).
 GUTTER = 12
 
@@ -315,10 +316,12 @@ def compare_data(
     preprocessing: Preprocessing | None = None,
     batch_size: int = 16,
     engine: EngineOptions | str | None = None,
+    plots: bool = True,
 ) -> dict[str, Any]:
     """Compare two checkpoints over a data set: per-layer linear CKA between A and B, the layer
     × layer CKA matrix (rows: A's layers, columns: B's), and each channel's mean shift (mean of
-    B − mean of A over every sample and cell), written to ``compare.json``.
+    B − mean of A over every sample and cell), written to ``compare.json``; with ``plots`` the
+    matrix as a heat map, ``cka.png`` (``cka_picture``).
 
     The CKA is the minibatch estimator of Nguyen, Raghu & Kornblith (2021) with minibatches of
     ``batch_size`` inputs in file order (a last batch under 4 inputs is left out and counted in
@@ -386,6 +389,18 @@ def compare_data(
             "only_a": [n for n in sums.layers_a if n not in sums.layers_b],
             "only_b": [n for n in sums.layers_b if n not in sums.layers_a],
         }
+        if plots:
+            from featuremaps.render.plots import plot_cka
+
+            result["cka_picture"] = folder.write_bytes(
+                CKA_PNG,
+                plot_cka(
+                    matrix, sums.layers_a, sums.layers_b,
+                    title=f"CKA of {loaded_a.spec} (A) and {loaded_b.spec} (B), "
+                    f"{sums.samples} inputs",
+                    random_weights=loaded_a.random_weights or loaded_b.random_weights,
+                ),
+            )  # fmt: skip
         folder.write_json(COMPARE_JSON, result)
     return result
 
@@ -436,7 +451,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
         result = compare_data(
             loaded, model_b, args.data, out=args.out, layers=args.layers,
             types=args.types, preprocessing=pre, batch_size=args.batch_size,
-            engine=engine_from_args(args),
+            engine=engine_from_args(args), plots=args.pictures,
         )  # fmt: skip
         for layer in result["layers"]:
             print(f"{layer['layer']}: CKA {layer['cka']:.4f}", file=out)
