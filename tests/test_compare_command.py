@@ -149,3 +149,33 @@ def test_data_set_cka_of_a_checkpoint_with_itself_and_with_random_weights(tmp_pa
     assert min(layer["cka"] for layer in other["layers"]) < 0.99
     with Image.open(tmp_path / "o" / other["cka_picture"]) as heat_map:
         assert heat_map.width > 200 and heat_map.height > 200
+
+
+def test_layers_on_one_side_are_listed_and_shape_mismatches_are_one_line(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    a = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    b = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 2, 1), nn.Tanh())
+    result = compare(a, torch.rand(1, 3, 8, 8), model_b=b.eval(), out=tmp_path / "o")
+    assert result["mismatched"] == [
+        "layer '0' has shape (1, 4, 8, 8) in A and (1, 5, 8, 8) in B; not compared",
+        "layer '1' has shape (1, 4, 8, 8) in A and (1, 5, 8, 8) in B; not compared",
+    ]
+    assert [layer["layer"] for layer in result["layers"]] == ["2"]
+    assert (result["only_a"], result["only_b"]) == ([], ["3"])
+
+
+def test_one_dimensional_signals_compare_per_channel(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv1d(2, 3, 5, padding=2), nn.ReLU()).eval()
+    a = torch.randn(1, 2, 40)
+    b = a.clone()
+    b[..., 30:] += 1.0
+    result = compare(model, a, b, out=tmp_path / "o", save_arrays=True)
+    diffs = load_file(str(tmp_path / "o" / "difference.safetensors"))
+    assert diffs["0"].shape == (1, 3, 40)
+    assert not diffs["0"][..., : 30 - 2].any() and diffs["0"][..., 28:].any()
+    with torch.no_grad():
+        xa, xb = model[0](a).double(), model[0](b).double()
+    cosines = [c["cosine"] for c in result["layers"][0]["channels"]]
+    expected = torch.nn.functional.cosine_similarity(xa[0], xb[0], dim=1)
+    np.testing.assert_allclose(cosines, expected.numpy(), rtol=1e-9)

@@ -36,7 +36,7 @@ from featuremaps.commands.cli_common import (
     print_closing,
     print_preprocessing,
 )
-from featuremaps.commands.common import resolve_model
+from featuremaps.commands.common import resolve_input, resolve_model
 from featuremaps.compare import LayerChange, compare_arrays
 from featuremaps.compare_job import CKAJob, CKAResult, fold_cka
 from featuremaps.engine import EngineOptions, ModelSpec
@@ -299,8 +299,8 @@ def _input(
     item: str | Path | torch.Tensor, loaded: LoadedModel, pre: Preprocessing
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     if isinstance(item, torch.Tensor):
-        tensor = item if item.dim() == 4 else item.unsqueeze(0)
-        return tensor, {"kind": "tensor", "fed_shape": list(tensor.shape)}
+        resolved = resolve_input(item, loaded)  # adds a batch axis to one sample
+        return resolved.tensor, resolved.info
     loaded_input = load_input_for(item, loaded.model, pre)
     return loaded_input.tensor, loaded_input.describe()
 
