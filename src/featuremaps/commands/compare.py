@@ -286,6 +286,11 @@ def compare(
     return result
 
 
+def _named(loaded: LoadedModel) -> str:
+    """A model and its weights in a few words, for a chart's title."""
+    return f"{loaded.spec}, weights {Path(str(loaded.weights)).name}"
+
+
 def _label(info: dict[str, Any]) -> str:
     return str(info.get("path") or info.get("kind") or "input")
 
@@ -396,8 +401,8 @@ def compare_data(
                 CKA_PNG,
                 plot_cka(
                     matrix, sums.layers_a, sums.layers_b,
-                    title=f"CKA of {loaded_a.spec} (A) and {loaded_b.spec} (B), "
-                    f"{sums.samples} inputs",
+                    title=f"linear CKA over {sums.samples} inputs\nA: {_named(loaded_a)}"
+                    f"\nB: {_named(loaded_b)}",
                     random_weights=loaded_a.random_weights or loaded_b.random_weights,
                 ),
             )  # fmt: skip

@@ -460,7 +460,8 @@ def plot_cka(
     ax.set_xlabel("layers of B")
     ax.set_ylabel("layers of A")
     fig.colorbar(image, ax=ax, label="linear CKA (minibatch unbiased HSIC)", shrink=0.8)
-    fig.suptitle(_label(title), fontsize=10, parse_math=False)
+    fig.suptitle("\n".join(_label(line) for line in title.split("\n")), fontsize=10,
+                 parse_math=False)  # fmt: skip
     if random_weights:
         _stamp(fig, RANDOM_WEIGHTS)
     buffer = io.BytesIO()
