@@ -17,7 +17,14 @@ import numpy as np
 
 from featuremaps.report.render import ASSETS_DIR, CSP, script_json
 
-__all__ = ["COMPARE_PAGE", "MAX_HOVER_CELLS", "CompareView", "compare_page_files", "view_pictures"]
+__all__ = [
+    "COMPARE_PAGE",
+    "MAX_HOVER_CELLS",
+    "CompareView",
+    "compare_page_files",
+    "view_pictures",
+    "view_scales",
+]
 
 COMPARE_PAGE = "compare.html"
 #: Layers with more cells than this per channel are drawn without the hover read-out.
@@ -39,10 +46,28 @@ class CompareView:
     cosine: float
     relative_l2: float
 
+    @property
+    def scales(self) -> tuple[float, float, float]:
+        """``(lo, hi, reach)`` of its pictures (:func:`view_scales`)."""
+        return view_scales(self.a, self.b)
+
+
+def view_scales(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """The pictures' scales: A and B share ``lo … hi`` (their finite values), B−A spans
+    ``−reach … reach`` (its largest finite size; 1 when there is no change)."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    both = np.concatenate([x.ravel(), y.ravel()])
+    finite = both[np.isfinite(both)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    d = np.abs(y - x)
+    d = d[np.isfinite(d)]
+    reach = float(d.max()) if d.size else 0.0
+    return lo, hi, reach if reach > 0 else 1.0
+
 
 def view_pictures(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RGB pictures of A, B (one shared scale, viridis) and B−A (RdBu_r, centred on 0), each
-    cell a square block of pixels."""
+    cell a square block of pixels; the scales are :func:`view_scales`."""
     from featuremaps.render.colormap import (
         DEFAULT_CMAP,
         DEFAULT_DIVERGING_CMAP,
@@ -51,13 +76,9 @@ def view_pictures(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     )
 
     x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    both = np.concatenate([x.ravel(), y.ravel()])
-    finite = both[np.isfinite(both)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    lo, hi, reach = view_scales(x, y)
     span = hi - lo if hi > lo else 1.0
     d = y - x
-    reach = float(np.nanmax(np.abs(d))) if d.size else 0.0
-    reach = reach if reach > 0 and np.isfinite(reach) else 1.0
     scale = max(1, VIEW_SIDE // max(x.shape))
     sequential, diverging = colormap_lut(DEFAULT_CMAP), colormap_lut(DEFAULT_DIVERGING_CMAP)
 
