@@ -131,6 +131,14 @@ def test_cli_refuses_one_input_without_a_second_checkpoint(
     code = main(["compare", str(data / "img00.png"), "--model", "shapes_cnn"])
     assert code == 2
     assert "1 input(s) given; expected two (A B)" in capsys.readouterr().err
+    image = str(data / "img00.png")
+    assert main(["compare", image, image, "--model", "shapes_cnn", "--channels", "1,x"]) == 2
+    assert "--channels '1,x'; expected channel numbers" in capsys.readouterr().err
+    argv = ["compare", "--data", str(data), "--model", "shapes_cnn", "--weights-b", "none"]
+    assert main([*argv, "--batch-size", "3"]) == 2
+    assert "--batch-size 3 for CKA; expected at least 4" in capsys.readouterr().err
+    assert main([*argv, image]) == 2
+    assert "--data compares two checkpoints over a data set" in capsys.readouterr().err
 
 
 def test_data_set_cka_of_a_checkpoint_with_itself_and_with_random_weights(tmp_path: Path) -> None:

@@ -433,6 +433,19 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _channel_list(text: str) -> list[int]:
+    try:
+        chosen = [int(c) for c in text.split(",")]
+    except ValueError:
+        chosen = []
+    if not chosen or min(chosen) < 0:
+        raise OptionError(
+            f"--channels {text!r}; expected channel numbers (0 or more) separated by commas, "
+            "e.g. 0,3,5"
+        )
+    return chosen
+
+
 def _execute(args: argparse.Namespace, out: TextIO) -> int:
     loaded = load_model_from_args(args, args.model)
     pre = preprocessing_from_args(args, loaded)
@@ -466,7 +479,7 @@ def _execute(args: argparse.Namespace, out: TextIO) -> int:
                 f"{len(args.inputs)} input(s) given; expected two (A B) with one model, or one "
                 "with --weights-b/--model-b"
             )
-        chosen = [int(c) for c in args.channels.split(",")] if args.channels else None
+        chosen = _channel_list(args.channels) if args.channels else None
         result = compare(
             loaded, args.inputs[0], args.inputs[1] if model_b is None else None,
             model_b=model_b, out=args.out, layers=args.layers, types=args.types,
