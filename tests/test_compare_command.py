@@ -127,7 +127,7 @@ def test_cli_two_inputs_and_two_checkpoints(
 def test_cli_refuses_one_input_without_a_second_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _images(tmp_path / "data", 1)
+    data = _images(tmp_path / "data", 2)
     code = main(["compare", str(data / "img00.png"), "--model", "shapes_cnn"])
     assert code == 2
     assert "1 input(s) given; expected two (A B)" in capsys.readouterr().err
@@ -138,6 +138,9 @@ def test_cli_refuses_one_input_without_a_second_checkpoint(
     assert main([*argv, "--batch-size", "3"]) == 2
     assert "--batch-size 3 for CKA; expected at least 4" in capsys.readouterr().err
     assert main([*argv, image]) == 2
+    assert "--data compares two checkpoints over a data set" in capsys.readouterr().err
+    assert main([*argv, "--as-is"]) == 2
+    assert "does not give one input size" in capsys.readouterr().err
     assert "--data compares two checkpoints over a data set" in capsys.readouterr().err
 
 

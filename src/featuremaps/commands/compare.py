@@ -338,7 +338,7 @@ def compare_data(
     inputs must come out of the preprocessing at one size (a model's resize and crop, or
     ``--size``) to be stacked into minibatches.
     """
-    from featuremaps.dataset import scan_inputs
+    from featuremaps.dataset import batch_paths, scan_inputs
     from featuremaps.engine import run_job
 
     if batch_size < 4:
@@ -358,6 +358,11 @@ def compare_data(
         first[0] if first else None, pre, layers, types,
         None if remote else loaded_a.model, None if remote else loaded_b.model,
     )  # fmt: skip
+    if len(paths) > 1 and max(len(b) for b in batch_paths(paths, pre, batch_size)) == 1:
+        raise OptionError(
+            f"the preprocessing ({pre.summary()}) does not give one input size, so {len(paths)} "
+            "inputs cannot share CKA minibatches; expected a resize to one size: add --size HxW"
+        )
     total = CKAResult()
     batches = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
     report = run_job(job, batches, lambda _key, partial: fold_cka(total, partial), options)
