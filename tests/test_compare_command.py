@@ -141,7 +141,6 @@ def test_cli_refuses_one_input_without_a_second_checkpoint(
     assert "--data compares two checkpoints over a data set" in capsys.readouterr().err
     assert main([*argv, "--as-is"]) == 2
     assert "does not give one input size" in capsys.readouterr().err
-    assert "--data compares two checkpoints over a data set" in capsys.readouterr().err
 
 
 def test_data_set_cka_of_a_checkpoint_with_itself_and_with_random_weights(tmp_path: Path) -> None:
