@@ -189,3 +189,17 @@ def test_one_dimensional_signals_compare_per_channel(tmp_path: Path) -> None:
     cosines = [c["cosine"] for c in result["layers"][0]["channels"]]
     expected = torch.nn.functional.cosine_similarity(xa[0], xb[0], dim=1)
     np.testing.assert_allclose(cosines, expected.numpy(), rtol=1e-9)
+
+
+def test_volumes_compare_per_channel_against_a_recomputation(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1)).eval()
+    a, b = torch.randn(1, 1, 4, 6, 6), torch.randn(1, 1, 4, 6, 6)
+    result = compare(model, a, b, out=tmp_path / "o", save_arrays=True)
+    with torch.no_grad():
+        xa, xb = model(a).double(), model(b).double()
+    diffs = load_file(str(tmp_path / "o" / "difference.safetensors"))
+    np.testing.assert_allclose(diffs["0"], (xb - xa).float().numpy(), atol=1e-6)
+    (layer,) = result["layers"]
+    rel = (xb - xa)[0].flatten(1).norm(dim=1) / xa[0].flatten(1).norm(dim=1)
+    np.testing.assert_allclose([c["relative_l2"] for c in layer["channels"]], rel, rtol=1e-9)
