@@ -216,3 +216,33 @@ def test_atlas_on_ray_equals_the_local_engine(kill_flag: Path, data: Path, tmp_p
         for patch in (e["patch"] for c in ja["layers"][name]["channels"].values() for e in c):
             assert (tmp_path / "a" / patch).read_bytes() == (tmp_path / "b" / patch).read_bytes()
     assert jb["engine"]["name"] == "ray" and jb["engine"]["items"] == 3
+
+
+def test_compare_cka_on_ray_equals_the_local_engine(
+    kill_flag: Path, data: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from ray_models import build
+
+    other = build()
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    weights = tmp_path / "b.pth"
+    torch.save(other.state_dict(), weights)
+    argv = ["compare", "--data", str(data), "-m", MODEL, "--weights-b", str(weights),
+            "--size", "16x16", "--batch-size", "4"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    local = json.loads((tmp_path / "local" / "compare.json").read_text())
+    remote = json.loads((tmp_path / "ray" / "compare.json").read_text())
+    assert remote["engine"]["name"] == "ray" and local["engine"]["name"] == "local"
+    assert remote["inputs"] == local["inputs"]
+    assert (remote["cka_batches"], remote["cka_left_out"]) == (local["cka_batches"], 3)
+    np.testing.assert_allclose(
+        remote["cka_matrix"]["values"], local["cka_matrix"]["values"], rtol=1e-10, atol=0
+    )
+    assert min(layer["cka"] for layer in local["layers"]) < 0.999  # B is another checkpoint
+    for a, b in zip(local["layers"], remote["layers"], strict=True):
+        np.testing.assert_allclose(b["mean_shift"], a["mean_shift"], rtol=1e-10, atol=1e-15)

@@ -81,12 +81,19 @@ def _slide(tmp: Path, out: Path) -> list[str]:
             "--regions", str(regions), "--out", str(out), "-q"]  # fmt: skip
 
 
+def _compare(tmp: Path, out: Path) -> list[str]:
+    images = _images(tmp)
+    return ["compare", str(images / "0.png"), str(images / "1.png"), *MODEL, "--save-arrays",
+            "--out", str(out)]  # fmt: skip
+
+
 COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
     "run": _run,
     "stats": _stats,
     "ablate": _ablate,
     "locate --overlay": _locate,
     "slide": _slide,
+    "compare": _compare,
 }
 
 
@@ -109,9 +116,12 @@ def _stamped(path: Path) -> bool:
 
 
 def _unstamped_picture(rel: Path) -> bool:
-    """Pictures that carry the mark in their metadata only: the input, Deep Zoom tiles."""
-    return rel.name in ("input.png", "input-fed.png") or any(
-        p.endswith("_files") for p in rel.parts
+    """Pictures that carry the mark in their metadata only: the input, Deep Zoom tiles, the
+    compare page's maps (each pixel block is exactly one cell; the page shows the mark)."""
+    return (
+        rel.name in ("input.png", "input-fed.png")
+        or any(p.endswith("_files") for p in rel.parts)
+        or rel.parts[0] == "view"
     )
 
 

@@ -28,6 +28,7 @@ from featuremaps.commands import (
     ablate,
     atlas,
     cam,
+    compare,
     layers,
     locate,
     prune,
@@ -53,6 +54,7 @@ COMMANDS: dict[str, Command] = {
     "prune": prune.COMMAND,
     "locate": locate.COMMAND,
     "cam": cam.COMMAND,
+    "compare": compare.COMMAND,
     "slide": slide.COMMAND,
     "report-timeline": report_timeline.COMMAND,
 }

@@ -46,8 +46,9 @@ class ModelSpec:
                 "'resnet18' or 'package.module:factory', or use engine='local'"
             )
         # Weights the loader applied itself are named again; "as built" and "as saved" are not
-        # weights files but what the factory or the file holds.
-        own = loaded.source in ("factory", "torchscript", "pickle")
+        # weights files but what the factory or the file holds. A weights file given on top of
+        # a factory is named again too, or the workers would run the factory's own weights.
+        own = loaded.weights in ("as built", "as saved")
         return cls(
             spec=loaded.spec,
             weights=None if own else loaded.weights,

@@ -433,3 +433,37 @@ def plot_pruning(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def plot_cka(
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    *,
+    title: str,
+    random_weights: bool = False,
+) -> bytes:
+    """The layer × layer CKA heat map (rows: A's layers, columns: B's), on a fixed 0 … 1 scale
+    (viridis; NaN grey), with its colour bar. With ``random_weights`` the ``RANDOM WEIGHTS``
+    stamp."""
+    side = min(12.0, 2.5 + 0.32 * max(len(rows), len(columns)))
+    fig = Figure(figsize=(side + 1.2, side), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    shown = np.ma.masked_invalid(np.asarray(matrix, dtype=np.float64))
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"].with_extremes(bad="0.7")
+    image = ax.imshow(shown, vmin=0.0, vmax=1.0, cmap=cmap, interpolation="nearest")
+    ax.set_xticks(range(len(columns)), [_label(c) for c in columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=7)
+    ax.set_xlabel("layers of B")
+    ax.set_ylabel("layers of A")
+    fig.colorbar(image, ax=ax, label="linear CKA (minibatch unbiased HSIC)", shrink=0.8)
+    fig.suptitle("\n".join(_label(line) for line in title.split("\n")), fontsize=10,
+                 parse_math=False)  # fmt: skip
+    if random_weights:
+        _stamp(fig, RANDOM_WEIGHTS)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
