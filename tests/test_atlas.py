@@ -267,3 +267,33 @@ def test_cli_refuses_a_bad_top_in_one_line(
     assert code != 0
     assert "top-k of 0 is not valid; expected 1 or more, e.g. --top 9" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_token_layer_is_cropped_by_its_patches(tmp_path: Path) -> None:
+    import torchvision
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    torch.manual_seed(3)
+    model = torchvision.models.VisionTransformer(
+        image_size=16, patch_size=4, num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=8
+    ).eval()
+    out = tmp_path / "out"
+    layer = "encoder.layers.encoder_layer_0"
+    build_atlas(model, [str(data)], out=out, layers=layer, k=2, controls=1, workers=0)
+    entry = json.loads((out / "atlas.json").read_text())["layers"][layer]
+    assert entry["grid"] == [4, 4]  # 16 patch tokens, the class token left out
+    assert entry["cells"] == "tokens on their 4x4 patch grid; 1 prefix token excluded"
+    checked = 0
+    for cells in (*entry["channels"].values(), *entry["controls"].values()):
+        for cell in cells:
+            r, c = cell["cell"]
+            assert cell["box"] == [4 * r, 4 * c, 4 * r + 4, 4 * c + 4]  # the token's own patch
+            picture = np.asarray(Image.open(cell["input"]).convert("RGB"))
+            patch = np.asarray(Image.open(out / cell["patch"]))
+            np.testing.assert_array_equal(patch, _formula_crop(picture, 4 * r, 4 * c, 4))
+            checked += 1
+    assert checked >= 16

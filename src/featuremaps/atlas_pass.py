@@ -24,6 +24,8 @@ from featuremaps.devices import Placement, model_device
 from featuremaps.engine import EngineOptions, EngineReport, ModelSpec
 from featuremaps.inputs import Preprocessing
 from featuremaps.layouts import channels_first
+from featuremaps.layouts.arrays import spatial_maps
+from featuremaps.layouts.registry import TOKEN_GRID
 
 __all__ = ["AtlasJob", "AtlasPartial", "AtlasPass", "compute_atlas_pass"]
 
@@ -34,6 +36,7 @@ class AtlasPartial:
 
     layers: dict[str, tuple[CellHeap, CellHeap]] = field(default_factory=dict)
     types: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
     images: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
@@ -45,6 +48,8 @@ class AtlasPass:
     paths: list[Path]
     layers: dict[str, tuple[CellHeap, CellHeap]] = field(default_factory=dict)
     types: dict[str, str] = field(default_factory=dict)
+    #: token layers: record name → prefix tokens left out (their cells are the patch grid)
+    tokens: dict[str, int] = field(default_factory=dict)
     images: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -66,6 +71,8 @@ class AtlasPass:
             if found is None:
                 self.layers[name] = (top, controls)
                 self.types[name] = partial.types[name]
+                if name in partial.tokens:
+                    self.tokens[name] = partial.tokens[name]
             else:
                 found[0].merge(top)
                 found[1].merge(controls)
@@ -116,9 +123,15 @@ class AtlasJob:
         def consume(record: LayerRecord) -> None:
             if record.tensor.is_complex():
                 return
-            t = channels_first(record.layout_info, record.tensor)
+            layout = record.layout_info
+            token_grid = layout.drawn_as == TOKEN_GRID and layout.grid is not None
+            # tokens: their patch grid without the prefix tokens; else channels first
+            t = spatial_maps(layout, record.tensor) if token_grid else None
+            t = t if t is not None else channels_first(layout, record.tensor)
             if t is None:
                 return
+            if token_grid:
+                out.tokens[record.name] = layout.prefix
             values = t.detach().float().cpu().numpy()
             found = out.layers.get(record.name)
             if found is None:

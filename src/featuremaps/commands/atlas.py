@@ -35,6 +35,7 @@ from featuremaps.commands.cli_common import (
 )
 from featuremaps.commands.common import place_model
 from featuremaps.engine import EngineOptions, ModelSpec
+from featuremaps.geometry import AxisGeometry, MapGeometry
 from featuremaps.inputs import Preprocessing, expected_channels
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.manifest import header
@@ -94,8 +95,9 @@ def build_atlas(
     ``run`` (the ``--out`` folder of a ``featuremaps run`` of one input) gets a link from each
     layer's view in its report to that layer's section of ``atlas.html``.
 
-    Layers without a 2-D geometry (tokens, 1-D maps) keep their cells in ``atlas.json`` without
-    crops. ``engine`` is as for :func:`featuremaps.commands.stats.collect_stats`. Returns the
+    Token layers are cropped by their patch grid (the token's patch, prefix tokens left out;
+    :func:`patch_geometry`); layers without a 2-D geometry (1-D maps, a grid after upsampling)
+    keep their cells in ``atlas.json`` without crops. ``engine`` is as for :func:`featuremaps.commands.stats.collect_stats`. Returns the
     contents of ``atlas.json``.
     """
     from tqdm import tqdm
@@ -219,6 +221,9 @@ def _crops(
     for index, (name, (top, ctl)) in enumerate(result.layers.items()):
         geo = geometry.get(name)
         geo_used = geo if geo is not None and len(top.grid) == 2 else None
+        prefix = result.tokens.get(name)
+        if prefix is not None and len(top.grid) == 2 and fed:
+            geo_used = patch_geometry(name, top.grid, next(iter(fed.values())).shape[:2])
         stem = safe_filename(index, name, "")
         rows = []
 
@@ -239,6 +244,7 @@ def _crops(
             sheet = folder.write_bytes(f"sheets/{stem}.png", encode_png(make_sheet(rows)))
         layers[name] = {
             "type": result.types[name],
+            **({} if prefix is None else {"cells": _token_cells(top.grid, prefix)}),
             "filters": _filters(model, name, top.channels, stem, folder),
             "grid": list(top.grid),
             "geometry": None if geo_used is None else geo_used.to_json(),
@@ -247,6 +253,25 @@ def _crops(
             "controls": controls,
         }
     return layers
+
+
+def patch_geometry(name: str, grid: Sequence[int], size: Sequence[int]) -> MapGeometry:
+    """Where the tokens of a ``grid`` of patches sit in an input of ``size`` (H, W): token
+    ``(r, c)`` is the patch of rows ``[r·S, (r+1)·S)``, ``S = H / h`` (the patch grid tiles the
+    input; the stretched rule of :mod:`featuremaps.cells` with the patch as the field)."""
+    sy, sx = size[0] / grid[0], size[1] / grid[1]
+    return MapGeometry(
+        name,
+        AxisGeometry(sy, (sy - 1) / 2, sy),
+        AxisGeometry(sx, (sx - 1) / 2, sx),
+        (int(grid[0]), int(grid[1])),
+        "patch grid",
+    )
+
+
+def _token_cells(grid: Sequence[int], prefix: int) -> str:
+    excluded = f"; {prefix} prefix token{'s' if prefix != 1 else ''} excluded" if prefix else ""
+    return f"tokens on their {grid[0]}x{grid[1]} patch grid{excluded}"
 
 
 def _filters(
