@@ -97,8 +97,8 @@ def build_atlas(
 
     Token layers are cropped by their patch grid (the token's patch, prefix tokens left out;
     :func:`patch_geometry`); layers without a 2-D geometry (1-D maps, a grid after upsampling)
-    keep their cells in ``atlas.json`` without crops. ``engine`` is as for :func:`featuremaps.commands.stats.collect_stats`. Returns the
-    contents of ``atlas.json``.
+    keep their cells in ``atlas.json`` without crops. ``engine`` is as for
+    :func:`featuremaps.commands.stats.collect_stats`. Returns the contents of ``atlas.json``.
     """
     from tqdm import tqdm
 
