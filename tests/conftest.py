@@ -1,14 +1,38 @@
-"""Shared fixtures: tiny models and inputs built in code, every RNG seeded, no downloads."""
+"""Shared fixtures: tiny models and inputs built in code, every RNG seeded, no downloads; and
+the Chromium that browser tests drive (Debian's, through Playwright)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import settings
 from torch import nn
+
+#: How the browser tests start Chromium.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright, one per test module; a missing one fails the test
+    (CI installs it) rather than skipping it."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("the browser tests need Chromium; run .ci/run or `apt-get install chromium`")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser tests need playwright; run `make test` or pip install -e '.[dev]'")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
 
 # CI replays the same examples every run (a red CI must mean a changed program, not a new draw);
 # local runs keep exploring new examples.

@@ -4,8 +4,6 @@ error."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +16,6 @@ from featuremaps.commands.compare import compare
 pytestmark = pytest.mark.browser
 
 ACTUAL = Path(__file__).resolve().parent / "actual"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("the browser tests need Chromium; run .ci/run or `apt-get install chromium`")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the browser tests need playwright; run `make test` or pip install -e '.[dev]'")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_hover_reads_a_b_and_difference_at_the_same_cell(browser: Any, tmp_path: Path) -> None:

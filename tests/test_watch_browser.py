@@ -3,8 +3,6 @@ slider swaps each layer's picture for the chosen step, with no script or CSP err
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +17,6 @@ from featuremaps.watch_writers import FolderWriter
 pytestmark = pytest.mark.browser
 
 ACTUAL = Path(__file__).resolve().parent / "actual"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("the browser tests need Chromium; run .ci/run or `apt-get install chromium`")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the browser tests need playwright; run `make test` or pip install -e '.[dev]'")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_timeline_slider_shows_each_step(browser: Any, tmp_path: Path) -> None:

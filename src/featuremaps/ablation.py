@@ -32,7 +32,7 @@ from featuremaps._errors import CaptureError, FeaturemapsError, InputError, Opti
 from featuremaps.capture import zero_channels
 from featuremaps.dataset import batch_paths, read_batch
 from featuremaps.devices import Placement, model_device
-from featuremaps.engine import EngineOptions, EngineReport, ModelSpec, run_job
+from featuremaps.engine import EngineOptions, EngineReport, ModelJob, ModelSpec, run_job
 from featuremaps.inputs import Preprocessing, load_input
 
 __all__ = [
@@ -203,7 +203,7 @@ class AblationPartial:
 
 
 @dataclass
-class AblationJob:
+class AblationJob(ModelJob):
     """The measurement passes as a :class:`featuremaps.engine.Job`: an item is a list of paths
     (one batch); each mask of ``masks`` is run on it and compared with the unmasked output.
 
@@ -218,17 +218,6 @@ class AblationJob:
     widths: dict[str, int]
     model: nn.Module | None = None
     placement: Placement | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "model": None, "placement": None}
-
-    def open(self) -> None:
-        if self.model is None:
-            if self.spec is None:  # pragma: no cover - callers give one or the other
-                raise InputError("an ablation job needs a model or a model spec")
-            loaded, self.placement = self.spec.load()
-            self.model = loaded.model
-        self.placement = self.placement or Placement(model_device(self.model))
 
     def read(self, item: Sequence[Path]) -> Any:
         return read_batch(item, self.channels, self.preprocessing)

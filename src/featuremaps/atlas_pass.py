@@ -21,7 +21,7 @@ from featuremaps.atlas import CellHeap, control_heap, top_heap
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.dataset import batch_paths, read_batch
 from featuremaps.devices import Placement, model_device
-from featuremaps.engine import EngineOptions, EngineReport, ModelSpec
+from featuremaps.engine import EngineOptions, EngineReport, ModelJob, ModelSpec
 from featuremaps.inputs import Preprocessing
 from featuremaps.layouts import channels_first
 from featuremaps.layouts.arrays import spatial_maps
@@ -79,7 +79,7 @@ class AtlasPass:
 
 
 @dataclass
-class AtlasJob:
+class AtlasJob(ModelJob):
     """The atlas pass as a :class:`featuremaps.engine.Job`: an item is one batch as a list of
     ``(input index, path)``; ``model`` and ``placement`` are never pickled (a remote worker
     loads the model from ``spec``)."""
@@ -95,17 +95,6 @@ class AtlasJob:
     model_label: str | None = None
     model: nn.Module | None = None
     placement: Placement | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "model": None, "placement": None}
-
-    def open(self) -> None:
-        if self.model is None:
-            if self.spec is None:  # pragma: no cover - callers give one or the other
-                raise InputError("an atlas job needs a model or a model spec")
-            loaded, self.placement = self.spec.load()
-            self.model = loaded.model
-        self.placement = self.placement or Placement(model_device(self.model))
 
     def read(self, item: Sequence[tuple[int, Path]]) -> Any:
         index = {str(p): i for i, p in item}

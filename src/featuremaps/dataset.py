@@ -23,7 +23,7 @@ from featuremaps._errors import FeaturemapsError, InputError
 from featuremaps.capture import LayerRecord, capture
 from featuremaps.datastats import RunningHistogram, RunningStats
 from featuremaps.devices import Placement, model_device
-from featuremaps.engine import EngineOptions, EngineReport, ModelSpec
+from featuremaps.engine import EngineOptions, EngineReport, ModelJob, ModelSpec
 from featuremaps.inputs import (
     IMAGE_SUFFIXES,
     Preprocessing,
@@ -251,7 +251,7 @@ class StatsPartial:
 
 
 @dataclass
-class StatsJob:
+class StatsJob(ModelJob):
     """``stats`` as a :class:`featuremaps.engine.Job`: an item is a list of paths (one batch),
     read with the local readers and reduced to a :class:`StatsPartial`.
 
@@ -270,17 +270,6 @@ class StatsJob:
     model_label: str | None = None
     model: nn.Module | None = None
     placement: Placement | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "model": None, "placement": None}
-
-    def open(self) -> None:
-        if self.model is None:
-            if self.spec is None:  # pragma: no cover - callers give one or the other
-                raise InputError("a statistics job needs a model or a model spec")
-            loaded, self.placement = self.spec.load()
-            self.model = loaded.model
-        self.placement = self.placement or Placement(model_device(self.model))
 
     def read(self, item: Sequence[Path]) -> Any:
         return read_batch(item, self.channels, self.preprocessing)

@@ -27,6 +27,7 @@ from featuremaps.engine.core import (
     EngineReport,
     Job,
     Merger,
+    ModelJob,
     ModelSpec,
 )
 from featuremaps.engine.local import run_local
@@ -38,6 +39,7 @@ __all__ = [
     "EngineReport",
     "Job",
     "Merger",
+    "ModelJob",
     "ModelSpec",
     "run_job",
     "session",

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from featuremaps._errors import EngineError, OptionError
+from featuremaps._errors import EngineError, InputError, OptionError
+from featuremaps.devices import Placement, model_device
 
-__all__ = ["ENGINES", "EngineOptions", "EngineReport", "Job", "Merger", "ModelSpec"]
+__all__ = ["ENGINES", "EngineOptions", "EngineReport", "Job", "Merger", "ModelJob", "ModelSpec"]
 
 #: The engines a command can run on.
 ENGINES = ("local", "ray")
@@ -154,6 +155,28 @@ class Job(Protocol[P_co]):
     def compute(self, data: Any) -> P_co: ...
 
     def describe_compute(self) -> dict[str, Any] | None: ...
+
+
+class ModelJob:
+    """The model half of a job that runs one model over batches (stats, ablation, atlas): its
+    ``model`` and ``placement`` are used where given (the local engine) and never pickled; a
+    worker elsewhere loads the model from ``spec`` in :meth:`open`. Subclasses are dataclasses
+    with these three fields."""
+
+    spec: ModelSpec | None
+    model: Any
+    placement: Placement | None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "model": None, "placement": None}
+
+    def open(self) -> None:
+        if self.model is None:
+            if self.spec is None:  # pragma: no cover - callers give one or the other
+                raise InputError(f"{type(self).__name__} needs a model or a model spec")
+            loaded, self.placement = self.spec.load()
+            self.model = loaded.model
+        self.placement = self.placement or Placement(model_device(self.model))
 
 
 class Merger(Generic[P_contra]):
