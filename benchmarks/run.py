@@ -62,6 +62,7 @@ from torch import nn
 
 import featuremaps as fm
 from featuremaps.dataset import _collate, _Files, compute_dataset_stats
+from featuremaps.inputs import fixed_input_size
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
@@ -658,6 +659,8 @@ def bench_e2e(
 ) -> dict[str, Any]:
     """Whole processes as a user times them, each model's commands and its floor in rotated
     rounds; a round's ratio divides a command by the floor run in the same round."""
+    import torchvision
+
     photo = str(fm.sample_image_path())
     byte_compile()
     env = child_env()
@@ -665,9 +668,13 @@ def bench_e2e(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
+            # A model whose architecture fixes its input size (torchvision's ViTs) is fed at
+            # that size by `featuremaps run`; its floor feeds the same input.
+            fixed = fixed_input_size(torchvision.models.get_model(name, weights=None))
+            size = ["--size", str(fixed[0][0])] if fixed is not None else []
             sides = {
-                "floor": [py, str(FLOOR), photo, name],
-                "floor_no_teardown": [py, str(FLOOR), photo, name, "--no-teardown"],
+                "floor": [py, str(FLOOR), photo, name, *size],
+                "floor_no_teardown": [py, str(FLOOR), photo, name, *size, "--no-teardown"],
                 "run": [py, "-c", CLI, "run", photo, "--model", name, "--weights", "none",
                         "--offline", "--out", f"{tmp}/{name}"],
             }  # fmt: skip
@@ -681,6 +688,9 @@ def bench_e2e(
             rows.append(
                 {
                     "model": name,
+                    "input": f"{fixed[0][0]}x{fixed[0][1]} (fixed by the architecture)"
+                    if fixed is not None
+                    else "600x512 (the photo at full size)",
                     "rounds": rounds,
                     "commands": {
                         side: " ".join(["python", *argv[2:]] if argv[1] == "-c" else
@@ -1197,26 +1207,30 @@ def report_e2e(e: dict[str, Any]) -> list[str]:
     for row in e["rows"]:
         f = row["s"]["floor"]
         lines.append(
-            f"   {row['model']:>9} floor {f['median']:5.2f} s [{f['min']:.2f}, {f['max']:.2f}] "
-            f"({row['rounds']} rounds)"
+            f"   {row['model']:>11} floor {f['median']:5.2f} s [{f['min']:.2f}, {f['max']:.2f}] "
+            f"({row['rounds']} rounds; input {row.get('input', '600x512')})"
         )
         if "floor_no_teardown" in row["s"]:
             g = row["s"]["floor_no_teardown"]
             lines.append(
-                f"   {'':>9} floor ended without teardown {g['median']:5.2f} s "
+                f"   {'':>11} floor ended without teardown {g['median']:5.2f} s "
                 f"[{g['min']:.2f}, {g['max']:.2f}]"
             )
         for side, r in row["ratio"].items():
             t = row["s"][side]
             lines.append(
-                f"   {'':>9} {side:<6}{t['median']:5.2f} s [{t['min']:.2f}, {t['max']:.2f}] -> "
+                f"   {'':>11} {side:<6}{t['median']:5.2f} s [{t['min']:.2f}, {t['max']:.2f}] -> "
                 f"{r['median']:.2f}x the floor [{r['min']:.2f}, {r['max']:.2f}]   "
                 f"{targets.get(side, '')}"
             )
+            rounds = [
+                t / f for t, f in zip(row["runs_s"][side], row["runs_s"]["floor"], strict=True)
+            ]
+            lines.append(f"   {'':>11} {'':<6}per round: " + " ".join(f"{r:.2f}" for r in rounds))
             if side in row.get("ratio_no_teardown", {}):
                 q = row["ratio_no_teardown"][side]
                 lines.append(
-                    f"   {'':>9} {'':<6}{'':>5}   {'':>14}    {q['median']:.2f}x the floor "
+                    f"   {'':>11} {'':<6}{'':>5}   {'':>14}    {q['median']:.2f}x the floor "
                     f"ended without teardown [{q['min']:.2f}, {q['max']:.2f}]"
                 )
     imp = e["import"]
@@ -1314,7 +1328,9 @@ def plan(smoke: bool) -> dict[str, Callable[[], Any]]:
         "scaling": lambda: bench_scaling("resnet18", [224, 512, 1024, 2048], 3),
         "stats": lambda: bench_stats([("resnet18", 3), ("shapes_cnn", 6)], 64, 256, 16, [2, 0]),
         "slide": lambda: bench_slide(40_000, 4, 1024, True),
-        "e2e": lambda: bench_e2e(["resnet18", "resnet50"], 7, "resnet18"),
+        "e2e": lambda: bench_e2e(
+            ["resnet18", "resnet50", "densenet121", "vit_b_16"], 7, "resnet18"
+        ),
         "gpu": lambda: bench_gpu([("resnet50", 224), ("resnet50", 1024)], 5),
         "engine": lambda: bench_engine("resnet18", 48, 256, 4, 2, 3),
         "prune": lambda: _prune_bench().bench_prune(),
