@@ -33,7 +33,8 @@ module, by :class:`featuremaps.layouts.evidence.LayoutTracker`). For models with
 that do not say their own layout (LayerNorm, attention, Permute, RNNs, custom leaves), three cheap
 probe passes run first, recording only shapes: one sample, two samples (the batch axis is the one
 that doubles) and one sample at a second input size (spatial axes move, channels do not). Plain
-CNNs run once, as before.
+CNNs run once, as before, and so do models built of known blocks (torchvision's ViT, Swin and
+ConvNeXt: :mod:`featuremaps.layouts.patterns`), whose meaning settles the layouts inside them.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from featuremaps._errors import CaptureError, InputError, LayerError, OptionErro
 from featuremaps.attention import recompute_attention
 from featuremaps.hooks import OUTPUT, HookedOutput, returned_type, run_hooked, walk
 from featuremaps.layouts.evidence import PENDING, LayoutTracker, cached_probes
+from featuremaps.layouts.patterns import pattern_rules
 from featuremaps.naming import layers_hint, record_name, suggest, type_name
 from featuremaps.selection import (
     as_patterns,
@@ -378,11 +380,17 @@ def capture(
     leaves = select_modules(model, None, None, False, model_label)
     hooked = {**leaves, **selected}
     wanted = set(selected)
-    types_of = [type_name(m) for m in hooked.values()]
+    self_describing = not layouts.needs_probes([type_name(m) for m in hooked.values()])
+    # Known blocks (ViT, Swin, ConvNeXt) settle the layouts inside them without probes.
+    rules = {} if self_describing or probe else pattern_rules(model)
     if probe is None:
-        probe = layouts.needs_probes(types_of)
+        uncovered = [type_name(m) for m in hooked.values() if id(m) not in rules]
+        probe = layouts.needs_probes(uncovered)
+    if probe:
+        rules = {}
     probes = cached_probes(model, inputs, hooked, train) if probe else {}
-    tracker = LayoutTracker(model, inputs, probes, input_layout, closed=not probe)
+    closed = self_describing and not probe
+    tracker = LayoutTracker(model, inputs, probes, input_layout, closed=closed, rules=rules)
 
     # Records whose layout needs probes that did not run (a Linear giving tokens in a model
     # of otherwise self-describing modules) are held, copied, until the probes have run.

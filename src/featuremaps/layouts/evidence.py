@@ -22,6 +22,7 @@ from torch import nn
 
 from featuremaps._errors import CaptureError
 from featuremaps.hooks import OUTPUT, HookedOutput, run_hooked, walk
+from featuremaps.layouts.patterns import TABLE, Rule
 from featuremaps.layouts.registry import (
     ATTENTION,
     LAYOUTS,
@@ -215,13 +216,16 @@ def decide(
     facts: Facts | None = None,
     attrs: Mapping[str, Any] | None = None,
     key: str | None = None,
+    rule: Rule | None = None,
 ) -> Layout:
     """The layout of an output of ``shape`` from a module of class ``module_type``.
 
     ``input_layout`` is the layout of the tensor the module was called with, when known;
     ``probe`` the output's shapes under the probes; ``facts`` what the pass learnt so far;
     ``attrs`` the module's own attributes that matter (``batch_first``, ``dims``); ``key`` the
-    output's key inside a tuple/dict output. Evidence order: :mod:`featuremaps.layouts`.
+    output's key inside a tuple/dict output; ``rule`` the rule of a known block the module is
+    part of (:mod:`featuremaps.layouts.patterns`), used only without probe evidence. Evidence
+    order: :mod:`featuremaps.layouts`.
     """
     shape = tuple(shape)
     ndim = len(shape)
@@ -260,6 +264,10 @@ def decide(
         if kept.name == "undecided":
             return undecided(ndim, "its input's layout is undecided")
         return kept
+    if probe is None:
+        known = _known_without_probes(shape, module_type, given, facts, rule)
+        if known is not None:
+            return known
 
     batch, batch_note = _batch_axis(probe)
     moving = _moving(probe)
@@ -324,6 +332,35 @@ def decide(
     if ndim == 5 and batch == 0 and moving == {2, 3, 4}:
         return replace(LAYOUTS[2], note=f"{batch_note}; {size_note}")
     return undecided(ndim, f"{batch_note}; {size_note}")
+
+
+def _known_without_probes(
+    shape: Shape, module_type: str, given: str | None, facts: Facts, rule: Rule | None
+) -> Layout | None:
+    """What the module's meaning settles without probes, beyond its type: a module that acts on
+    the last axis keeps a features-last layout it was given (the other axes pass through), and
+    a known block's rule decides by rank (:mod:`featuremaps.layouts.patterns`)."""
+    ndim = len(shape)
+    if given is not None and module_type in _LAST_AXIS_TYPES:
+        kept = get(given, ndim)
+        if kept.drawable and kept.channel_axis == ndim - 1:
+            return replace(kept, note=f"{module_type} acts on the last axis of its {given} input")
+    if rule is None:
+        return None
+    kind, where = rule
+    if kind == "tokens" and ndim == 3:
+        return _sequence(shape, 0, None, facts, f"inside {where}: (N, T, D)")
+    if kind == "NHWC" and ndim == 4:
+        return replace(NHWC, note=f"inside {where}: (N, H, W, C)")
+    if kind == "NCHW" and ndim == 4:
+        return replace(LAYOUTS[0], note=f"inside {where}: (N, C, H, W)")
+    if kind == TABLE:
+        return undecided(
+            ndim,
+            f"inside {where}: computed from the model's own table, the same "
+            "for every sample; not a map of the input",
+        )
+    return None
 
 
 def prefix_tokens(model: torch.nn.Module) -> tuple[int | None, str]:
@@ -394,18 +431,24 @@ class LayoutTracker:
         probes: Mapping[str, Probe],
         input_layout: str | None,
         closed: bool,
+        rules: Mapping[int, Rule] | None = None,
     ) -> None:
         self.model = model
-        prefix, source = prefix_tokens(model) if probes else (None, "")
+        self.rules = rules or {}
+        prefix, source = prefix_tokens(model) if probes or self.rules else (None, "")
         self.facts = Facts(prefix=prefix, prefix_source=source, closed=closed)
         self.probes = probes
-        self.can_wait = not probes and closed
+        # Without probes, a decision they could change waits for them: in a model of
+        # self-describing modules, or one whose other modules known blocks cover.
+        self.can_wait = not probes and (closed or bool(self.rules))
         # id -> (the tensor, weakly; its version when recorded; the step that produced it).
         self.objects: dict[int, tuple[weakref.ref[torch.Tensor], int | None, int]] = {}
         self.batch_one = isinstance(inputs, torch.Tensor) and inputs.dim() > 0 and len(inputs) == 1
         # Every decision in order, to take them again: name, type, attrs, key, shape, the step
-        # that produced the module's input (-1: the model input, None: unknown).
-        self.steps: list[tuple[str, str, dict[str, Any], str | None, tuple[int, ...], int | None]]
+        # that produced the module's input (-1: the model input, None: unknown), the block rule.
+        self.steps: list[
+            tuple[str, str, dict[str, Any], str | None, tuple[int, ...], int | None, Rule | None]
+        ]
         self.steps = []
         self.decided: list[str] = []
         self.pending = False
@@ -438,12 +481,13 @@ class LayoutTracker:
         given_layout = self._layout_of(given_step)
         shape = tuple(int(n) for n in t.shape)
         attrs = _attrs(module)
-        self.steps.append((name, type_name(module), attrs, key, shape, given_step))
+        rule = self.rules.get(id(module))
+        self.steps.append((name, type_name(module), attrs, key, shape, given_step, rule))
         if given_layout == PENDING.name:
             layout = PENDING
         else:
-            layout = self._decide(name, type_name(module), attrs, key, shape, given_layout)
-            if self.can_wait and layout.name in _PROBE_HELPS:
+            layout = self._decide(name, type_name(module), attrs, key, shape, given_layout, rule)
+            if self.can_wait and layout.name in _PROBE_HELPS and not (rule and rule[0] == TABLE):
                 layout = PENDING
         self.decided.append(layout.name)
         self.objects[id(t)] = (weakref.ref(t), _version(t), len(self.steps) - 1)
@@ -462,6 +506,7 @@ class LayoutTracker:
         key: str | None,
         shape: tuple[int, ...],
         given_layout: str | None,
+        rule: Rule | None = None,
     ) -> Layout:
         probe = self.probes.get(name)
         if probe is not None and probe.one is None and self.batch_one:
@@ -474,6 +519,7 @@ class LayoutTracker:
             facts=self.facts,
             attrs=attrs,
             key=key,
+            rule=rule,
         )
         if layout.name == ATTENTION.name and key == "1":  # weights the module returned
             tokens = self.final.get(name[: -len(key)] + "0")
@@ -490,9 +536,10 @@ class LayoutTracker:
         self.probes = probes
         prefix, source = prefix_tokens(self.model)
         self.facts = Facts(prefix=prefix, prefix_source=source, closed=False)
-        for i, (name, module_type, attrs, key, shape, given_step) in enumerate(self.steps):
+        for i, (name, module_type, attrs, key, shape, given_step, rule) in enumerate(self.steps):
             given_layout = self._layout_of(given_step)
-            self.decided[i] = self._decide(name, module_type, attrs, key, shape, given_layout).name
+            layout = self._decide(name, module_type, attrs, key, shape, given_layout, rule)
+            self.decided[i] = layout.name
         self.pending = False
 
     def layout_of(self, tensor: torch.Tensor) -> str | None:

@@ -11,7 +11,6 @@ Bars start at 0, so such noise is never stretched; only the printed range could 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,14 +98,18 @@ def make_bars(
         with np.errstate(invalid="ignore", divide="ignore"):
             t = (values - lo) / (peak - lo) if peak > lo else np.full(f, 0.5)
         colours = level_indices(t, LEVELS, NAN_INDEX)
-        for i, v in enumerate(values):
-            x0 = i * bar
-            if not math.isfinite(v):
-                canvas[:, x0 : x0 + bar] = NAN_INDEX
-                continue
-            h = round(abs(v) / peak * span) if peak > 0 else 0
-            y0, y1 = (zero - h, zero) if v >= 0 else (zero + 1, zero + 1 + h)
-            canvas[y0:y1, x0 : x0 + bar] = colours[i]
+        # Each bar at once: rows zero-h .. zero-1 above the line for v >= 0, zero+1 .. zero+h
+        # below it otherwise, h = round(|v| / peak * span) (half to even, as round() does).
+        good = np.isfinite(values)
+        with np.errstate(invalid="ignore"):
+            h = np.rint(np.abs(values) / peak * span) if peak > 0 else np.zeros(f)
+            h = np.where(good, h, 0).astype(np.intp)
+            up = values >= 0
+        y = np.arange(STRIP_HEIGHT)[:, None]
+        inside = np.where(up, (y >= zero - h) & (y < zero), (y > zero) & (y <= zero + h))
+        columns = np.where(inside, colours[None, :], np.uint8(BACKGROUND_INDEX))
+        columns[:, ~good] = NAN_INDEX
+        canvas[:, : f * bar] = np.repeat(columns, bar, axis=1) if bar > 1 else columns
         canvas[zero, :] = TEXT_INDEX
         strip = palette_pixels(canvas, palette)
         finite_row = values[np.isfinite(values)]

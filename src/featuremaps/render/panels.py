@@ -55,30 +55,33 @@ def text_block(lines: Sequence[str], width: int | None = None) -> np.ndarray:
     return palette_pixels(canvas, grid_palette("viridis"))  # the text ramp is the same in all
 
 
-def _pad_to(panel: np.ndarray, height: int, width: int) -> np.ndarray:
+def _canvas(height: int, width: int) -> np.ndarray:
+    """An (H, W, 3) uint8 picture of the background colour: one row filled, then copied down
+    (filling every pixel from a 3-value colour broadcast is many times slower)."""
     out = np.empty((height, width, 3), dtype=np.uint8)
-    out[...] = np.asarray(BACKGROUND, dtype=np.uint8)
-    out[: panel.shape[0], : panel.shape[1]] = panel
+    if height and width:
+        out[0] = np.asarray(BACKGROUND, dtype=np.uint8)
+        out[1:] = out[0]
     return out
 
 
 def stacked(panels: Sequence[np.ndarray], gap: int = PAD) -> np.ndarray:
     """Panels top to bottom, left-aligned, ``gap`` pixels apart."""
     width = max(p.shape[1] for p in panels)
-    parts: list[np.ndarray] = []
-    for i, panel in enumerate(panels):
-        if i:
-            parts.append(_pad_to(np.zeros((0, 0, 3), np.uint8), gap, width))
-        parts.append(_pad_to(panel, panel.shape[0], width))
-    return np.concatenate(parts, axis=0)
+    out = _canvas(sum(p.shape[0] for p in panels) + gap * (len(panels) - 1), width)
+    y = 0
+    for panel in panels:
+        out[y : y + panel.shape[0], : panel.shape[1]] = panel
+        y += panel.shape[0] + gap
+    return out
 
 
 def side_by_side(panels: Sequence[np.ndarray], gap: int = 2 * PAD) -> np.ndarray:
     """Panels left to right, top-aligned, ``gap`` pixels apart."""
     height = max(p.shape[0] for p in panels)
-    parts: list[np.ndarray] = []
-    for i, panel in enumerate(panels):
-        if i:
-            parts.append(_pad_to(np.zeros((0, 0, 3), np.uint8), height, gap))
-        parts.append(_pad_to(panel, height, panel.shape[1]))
-    return np.concatenate(parts, axis=1)
+    out = _canvas(height, sum(p.shape[1] for p in panels) + gap * (len(panels) - 1))
+    x = 0
+    for panel in panels:
+        out[: panel.shape[0], x : x + panel.shape[1]] = panel
+        x += panel.shape[1] + gap
+    return out

@@ -15,10 +15,17 @@ from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from featuremaps import layouts
 from featuremaps._errors import InputError
 from featuremaps.manifest import TOOL, RecordSummary
-from featuremaps.render.scaling import NO_FINITE_TEXT, constant_text, is_constant_range
+from featuremaps.render.scaling import (
+    NO_FINITE_TEXT,
+    constant_mask,
+    constant_text,
+    is_constant_range,
+)
 from featuremaps.report.cams import CamLayer, cam_layers
 from featuremaps.report.filter_view import filter_views
 
@@ -157,13 +164,9 @@ class LayerEntry:
         stats = self.record.channel_stats or {}
         dtype = self.record.dtype or "float32"
         lows, highs = stats.get("min", ()), stats.get("max", ())
-        return tuple(
-            c
-            for c, (lo, hi) in enumerate(zip(lows, highs, strict=False))
-            if _finite(lo) is not None
-            and _finite(hi) is not None
-            and is_constant_range(float(lo), float(hi), dtype)
-        )
+        n = min(len(lows), len(highs))
+        mask = constant_mask(_finite_array(lows[:n]), _finite_array(highs[:n]), dtype)
+        return tuple(int(c) for c in np.flatnonzero(mask))
 
     @property
     def drawn(self) -> bool:
@@ -282,12 +285,23 @@ def _finite(value: object) -> float | None:
     return None
 
 
+def _finite_array(values: Sequence[Any]) -> np.ndarray:
+    """``values`` as float64, NaN where :func:`_finite` gives None (a statistics list holds
+    numbers and nulls, so this is one conversion; anything else is taken value by value)."""
+    if set(map(type, values)) <= {float, type(None)}:
+        with np.errstate(invalid="ignore"):
+            out = np.array(values, dtype=np.float64)  # None becomes NaN
+        out[~np.isfinite(out)] = np.nan
+        return out
+    return np.array([np.nan if (f := _finite(v)) is None else f for v in values], np.float64)
+
+
 def _sample_range(stats: Mapping[str, Sequence[Any]] | None) -> tuple[float | None, float | None]:
     if not stats:
         return None, None
-    lows = [v for v in (_finite(x) for x in stats.get("min", ())) if v is not None]
-    highs = [v for v in (_finite(x) for x in stats.get("max", ())) if v is not None]
-    return (min(lows) if lows else None), (max(highs) if highs else None)
+    lows, highs = _finite_array(stats.get("min", ())), _finite_array(stats.get("max", ()))
+    lows, highs = lows[~np.isnan(lows)], highs[~np.isnan(highs)]
+    return (float(lows.min()) if lows.size else None), (float(highs.max()) if highs.size else None)
 
 
 def _entry(key: int, rec: Mapping[str, Any], base: str) -> LayerEntry:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from featuremaps.classmaps.trust import SANITY_THRESHOLD
+from featuremaps.io import number_list_json
 from featuremaps.render.colormap import DEFAULT_CMAP, DEFAULT_DIVERGING_CMAP, colormap_lut
 from featuremaps.render.scaling import (
     constant_text,
@@ -72,6 +73,12 @@ CSP = (
 )
 
 
+def _finite_numbers(values: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether ``values`` are all plain floats and none is NaN/Inf: their sum is finite (a sum
+    that overflows only sends the list the slow way)."""
+    return set(map(type, values)) == {float} and math.isfinite(sum(values))
+
+
 def _strict(value: Any) -> Any:
     """NaN/Inf floats become None, so the text is strict JSON."""
     if isinstance(value, float):
@@ -79,6 +86,8 @@ def _strict(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _strict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
+        if value and _finite_numbers(value):
+            return value  # a statistics list without NaN/Inf: nothing to replace
         # Inline test for the plain floats that fill statistics lists: one call per channel
         # value cost a third of a second on resnet50.
         return [
@@ -199,7 +208,23 @@ def layer_data_values(script: bytes, shape: Sequence[int]) -> np.ndarray:
 
 def stats_script(stem: str, stats: Mapping[str, Any]) -> bytes:
     """The statistics script of one record (every channel of the drawn sample)."""
-    return f"featuremaps.layerStats({script_json(stem)},{script_json(stats)});\n".encode()
+    if all(isinstance(k, str) and isinstance(v, (list, tuple)) for k, v in stats.items()):
+        # Lists of numbers: the text each list already has in this run's manifest, if any
+        # (:func:`featuremaps.io.shared_number_text`); the same text script_json gives.
+        body = ",".join(f"{script_json(k)}:{_numbers(v)}" for k, v in stats.items())
+        text = "{" + body + "}"
+    else:
+        text = script_json(stats)
+    return f"featuremaps.layerStats({script_json(stem)},{text});\n".encode()
+
+
+_NUMBER_TYPES = frozenset({int, float, type(None)})
+
+
+def _numbers(values: list[Any] | tuple[Any, ...]) -> str:
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        return number_list_json(values)
+    return script_json(values)
 
 
 def _lut_hex(name: str) -> str:

@@ -1,0 +1,112 @@
+"""Known blocks settle layouts without probes, and never to another layout than the probes give.
+
+The oracle is the probed capture of the same model (``probe=True`` runs the probe passes and
+decides every layout from their evidence, as every run did before the shortcut existed).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import featuremaps as fm
+from featuremaps import layouts
+from featuremaps.layouts import patterns
+from featuremaps.layouts.patterns import pattern_rules
+
+# Named in the requirement; the others share their blocks.
+MODELS = ("vit_b_16", "swin_t", "convnext_tiny", "swin_v2_t", "vit_b_32")
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+def _layouts(result: fm.Capture) -> list[tuple[str, str]]:
+    return [(r.name, r.layout) for r in result.records]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_known_blocks_give_the_probed_layouts_without_probing(name: str) -> None:
+    model = _model(name)
+    x = torch.rand(1, 3, 224, 224)
+    probed = fm.capture(model, x, probe=True)
+    shortcut = fm.capture(_model(name), x)  # a new instance: nothing cached from the probes
+    assert probed.probed and not shortcut.probed
+    assert _layouts(shortcut) == _layouts(probed)
+    drawn = {r.layout for r in shortcut.records if r.layout_info.drawable}
+    assert len(drawn) > 1  # not all of one kind: tokens/NHWC records are among them
+    assert "undecided" not in {r.layout for r in shortcut.records} or name == "swin_v2_t"
+
+
+@pytest.mark.parametrize("name", ("vit_b_16", "swin_t", "convnext_tiny"))
+def test_manifest_layouts_are_the_same_with_and_without_the_shortcut(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = torch.rand(1, 3, 224, 224)
+    options = fm.GridOptions(max_channels=2)
+    [fast] = fm.visualize(_model(name), x, grid=options, report=False)
+    monkeypatch.setattr(patterns, "PATTERNS", {})  # no known blocks: probes decide, as before
+    [slow] = fm.visualize(_model(name), x, grid=options, report=False)
+    fast_layouts = [(r["name"], r["layout"]) for r in fast.manifest["records"]]
+    slow_layouts = [(r["name"], r["layout"]) for r in slow.manifest["records"]]
+    assert fast_layouts == slow_layouts
+    evidence = [r.get("layout_evidence") or "" for r in fast.manifest["records"]]
+    assert not any("samples" in e for e in evidence)  # no probe evidence: none ran
+    assert any("samples" in (r.get("layout_evidence") or "") for r in slow.manifest["records"])
+
+
+class ChangedBlock(torchvision.models.vision_transformer.EncoderBlock):
+    """A subclass may change what the block does: the rule of its parent does not apply."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(0, 1)).transpose(0, 1)
+
+
+def test_rules_name_exact_classes_not_subclasses() -> None:
+    block = ChangedBlock(2, 16, 32, 0.0, 0.0)
+    assert pattern_rules(block) == {}
+    plain = torchvision.models.vision_transformer.EncoderBlock(2, 16, 32, 0.0, 0.0)
+    assert {kind for kind, _ in pattern_rules(plain).values()} == {"tokens"}
+
+
+class ExtraNorm(nn.Module):
+    """A known model with a module no rule covers: the probes run, as they must."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vit = _model("vit_b_32")
+        self.norm = nn.LayerNorm(1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.vit(x).unsqueeze(1)).squeeze(1)
+
+
+def test_a_module_no_rule_covers_brings_the_probes_back() -> None:
+    x = torch.rand(1, 3, 224, 224)
+    result = fm.capture(ExtraNorm(), x)
+    assert result.probed
+    assert _layouts(result) == _layouts(fm.capture(ExtraNorm(), x, probe=True))
+
+
+@pytest.mark.parametrize(
+    ("given", "shape"),
+    [("NHWC->NCHW", (1, 5, 6, 8)), ("tokens(prefix=1, grid=2x3)", (1, 7, 8)), ("NLD", (2, 9, 4))],
+)
+def test_last_axis_modules_keep_a_features_last_layout_they_were_given(
+    given: str, shape: tuple[int, ...]
+) -> None:
+    for module_type in ("LayerNorm", "Linear", "RMSNorm"):
+        decided = layouts.decide(shape, module_type, given)
+        assert decided.name == given and "last axis" in decided.note
+
+
+def test_last_axis_rule_does_not_apply_to_channels_first_or_with_probe_evidence() -> None:
+    # LayerNorm over the last axis of NCHW (the width) says nothing about the axes: undecided.
+    assert layouts.decide((1, 4, 5, 6), "LayerNorm", "NCHW").name == "undecided"
+    probe = layouts.Probe(one=(1, 5, 6, 8), two=(2, 5, 6, 8), resized=(1, 7, 7, 8))
+    decided = layouts.decide((1, 5, 6, 8), "LayerNorm", "NHWC->NCHW", probe=probe)
+    assert decided.name == "NHWC->NCHW" and "batch axis 0" in decided.note
