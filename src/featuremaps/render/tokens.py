@@ -58,21 +58,22 @@ def token_pca(patches: np.ndarray, k: int = 3, *, dtype: DTypeLike | None = None
     # Eigenvectors of the smaller Gram matrix (tokens x tokens or dims x dims), not a full SVD:
     # a (196, 3072) layer costs a 196 x 196 eigen-decomposition.
     n = centred.shape[0]
+    k = min(k, n, d)
     if n <= d:
         values, vectors = np.linalg.eigh(centred @ centred.T)
         order = np.argsort(values)[::-1]
         values = np.clip(values[order], 0.0, None)
-        vt = (centred.T @ vectors[:, order]).T
+        # Only the k components drawn are turned into directions in feature space.
+        vt = (centred.T @ vectors[:, order[:k]]).T
         norms = np.linalg.norm(vt, axis=1, keepdims=True)
         vt = np.divide(vt, norms, out=np.zeros_like(vt), where=norms > 0)
     else:
         values, vectors = np.linalg.eigh(centred.T @ centred)
         order = np.argsort(values)[::-1]
         values = np.clip(values[order], 0.0, None)
-        vt = vectors[:, order].T
+        vt = vectors[:, order[:k]].T
     s = np.sqrt(values)
     total = float(values.sum())
-    k = min(k, vt.shape[0])
     basis = vt[:k].copy()
     for i in range(k):  # a deterministic sign: the largest loading is positive
         if basis[i, np.argmax(np.abs(basis[i]))] < 0:
