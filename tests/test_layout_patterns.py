@@ -110,3 +110,28 @@ def test_last_axis_rule_does_not_apply_to_channels_first_or_with_probe_evidence(
     probe = layouts.Probe(one=(1, 5, 6, 8), two=(2, 5, 6, 8), resized=(1, 7, 7, 8))
     decided = layouts.decide((1, 5, 6, 8), "LayerNorm", "NHWC->NCHW", probe=probe)
     assert decided.name == "NHWC->NCHW" and "batch axis 0" in decided.note
+
+
+def _encoder(batch_first: bool) -> nn.Module:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=batch_first)
+    return nn.Sequential(nn.Linear(8, 16), layer).eval()
+
+
+def _forward_calls(model: nn.Module, x: torch.Tensor) -> tuple[int, list[tuple[str, str]]]:
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        result = fm.capture(model, x)
+    finally:
+        handle.remove()
+    return len(calls), _layouts(result)
+
+
+def test_probes_are_shared_by_instances_of_one_architecture_not_of_another() -> None:
+    x = torch.rand(2, 5, 8)  # (N, L, F) for batch_first, (L, N, F) otherwise
+    first_calls, first = _forward_calls(_encoder(True), x)
+    again_calls, again = _forward_calls(_encoder(True), x)  # new weights object, same shapes
+    assert first_calls > 1 and again_calls == 1 and again == first
+    other_calls, _ = _forward_calls(_encoder(False), x)  # batch_first differs: probed anew
+    assert other_calls > 1

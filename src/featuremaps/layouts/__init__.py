@@ -28,10 +28,13 @@ Decisions come from evidence, never from the rank alone (:func:`decide`):
 1. the module's own meaning: ``*2d`` modules give NCHW, ``*1d`` NCL, ``*3d`` NCDHW; an RNN's
    ``batch_first``; a ``Permute``'s ``dims`` applied to the layout it was given; an element-wise
    module (activation, dropout, ...) keeps the layout it was given;
-2. probes (run during a capture only for models with other module types): the
+2. known blocks (:mod:`~featuremaps.layouts.patterns`: torchvision's ViT, Swin and ConvNeXt
+   blocks, by exact class) settle the outputs inside them, and a module acting on the last axis
+   keeps a features-last layout it was given; only without probe evidence;
+3. probes (run during a capture only for models with other module types): the
    output's shape for one sample, for two samples (the axis that doubles is the batch axis), and
    for a second input size (spatial axes move, channel axes do not);
-3. for tokens, the patch grid is the spatial size of a channels-first map seen earlier in the
+4. for tokens, the patch grid is the spatial size of a channels-first map seen earlier in the
    same pass (the patch embedding), and the prefix count ``T - h*w`` must equal what the model's
    attributes say (``num_prefix_tokens``, ``cls_token``/``class_token``, ``dist_token``, register
    tokens) or, without such attributes, be the same at the second input size.
@@ -40,7 +43,8 @@ Whatever is left open is ``undecided``, with the evidence in words, and is not d
 
 The rooms: :mod:`~featuremaps.layouts.registry` (the names and what they mean),
 :mod:`~featuremaps.layouts.evidence` (the decision, the probes and the tracker that gathers the
-evidence during a capture), :mod:`~featuremaps.layouts.arrays` (a decided layout's arrays).
+evidence during a capture), :mod:`~featuremaps.layouts.patterns` (the known blocks),
+:mod:`~featuremaps.layouts.arrays` (a decided layout's arrays).
 """
 
 from __future__ import annotations

@@ -586,11 +586,45 @@ _PROBES: weakref.WeakKeyDictionary[nn.Module, dict[Any, dict[str, Probe]]]
 _PROBES = weakref.WeakKeyDictionary()
 
 
+# And per architecture (see :func:`architecture`), for another instance of the same one: two
+# checkpoints compared, a model loaded again. The most recent few are kept.
+_BY_ARCHITECTURE: dict[Any, dict[str, Probe]] = {}
+_ARCHITECTURES_KEPT = 8
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def _simple(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(isinstance(v, _SIMPLE) for v in value)
+    return isinstance(value, _SIMPLE)
+
+
+def architecture(model: nn.Module) -> tuple[Any, ...]:
+    """What the probes' shapes depend on, for every module: its path, its class, its plain
+    attributes (sizes, strides, ``batch_first``, ``dims``...) and the shapes of its own
+    parameters and buffers; not the values of the weights."""
+    parts = []
+    for path, module in model.named_modules():
+        plain = tuple(
+            sorted(
+                (k, tuple(v) if isinstance(v, list) else v)
+                for k, v in vars(module).items()
+                if not k.startswith("_") and k != "training" and _simple(v)
+            )
+        )
+        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        shapes = tuple((n, tuple(t.shape)) for n, t in own if t is not None)
+        kind = type(module)
+        parts.append((path, kind.__module__, kind.__qualname__, plain, shapes))
+    return tuple(parts)
+
+
 def cached_probes(
     model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module], train: bool
 ) -> dict[str, Probe]:
     """Each record's output shapes under the probes (:func:`_probe_shapes`), run once per model
-    and input geometry: a data-set pass (one capture per batch) probes once."""
+    and input geometry (a data-set pass, one capture per batch, probes once) and once per
+    architecture and input geometry within a process."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1:
         return _probe_shapes(model, inputs, modules, train)
     key = (
@@ -603,7 +637,14 @@ def cached_probes(
     )
     per_model = _PROBES.setdefault(model, {})
     if key not in per_model:
-        per_model[key] = _probe_shapes(model, inputs, modules, train)
+        shared = (architecture(model), key)
+        found = _BY_ARCHITECTURE.pop(shared, None)
+        if found is None:
+            found = _probe_shapes(model, inputs, modules, train)
+        _BY_ARCHITECTURE[shared] = found  # the most recent last
+        while len(_BY_ARCHITECTURE) > _ARCHITECTURES_KEPT:
+            del _BY_ARCHITECTURE[next(iter(_BY_ARCHITECTURE))]
+        per_model[key] = found
     return per_model[key]
 
 
