@@ -437,26 +437,17 @@ def test_fixed_scale_and_colormap_of_the_run_are_offered(
     assert lut == fm.render.colormap_lut("plasma").tobytes()
 
 
-@pytest.mark.parametrize("on_pool", [False, True])
 def test_layer_data_keep_the_value_returned_even_if_changed_in_place_later(
-    tiny: nn.Module,
-    image_batch: torch.Tensor,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    on_pool: bool,
+    tiny: nn.Module, image_batch: torch.Tensor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Files are encoded on other threads; make it as late as possible (after the whole forward
-    # pass, when `z += y` and the in-place ReLU have changed the buffers) to catch any aliasing,
-    # for records drawn on the main thread from the live value and on the pool from a copy.
+    # Files are encoded on a second thread; make it as late as possible (after the whole forward
+    # pass, when `z += y` and the in-place ReLU have changed the buffers) to catch any aliasing.
     import featuremaps.commands.run_files as run_files
 
     deferred: list[tuple[Any, str, Any]] = []
     monkeypatch.setattr(
-        run_files.BackgroundWriter,
-        "submit",
-        lambda self, *job, now=False: deferred.append(job),
+        run_files.BackgroundWriter, "submit", lambda self, *job: deferred.append(job)
     )
-    monkeypatch.setattr(run_files.BackgroundWriter, "can_defer", lambda self, t: on_pool)
     monkeypatch.setattr(
         run_files.BackgroundWriter, "wait", lambda self: [w(p, e()) for w, p, e in deferred]
     )

@@ -3,10 +3,7 @@
 This module wires the stages together for one run (inputs → model → capture → layouts → stats →
 render → encode → manifest → io/report). Records are streamed: each one is measured, drawn,
 encoded and written as soon as its module returns, then dropped, so an all-layers run of a large
-model on a large image never holds every activation at once. A large record is measured and
-drawn on the main thread from the live value while the model waits; a small one (at most
-:data:`~featuremaps.commands.run_files.DEFER_BYTES`) is copied and drawn on a pool of two
-threads while the model goes on, and the pictures are encoded and written there too. Only the "global" scale needs the
+model on a large image never holds every activation at once. Only the "global" scale needs the
 range over all layers before it can draw anything; it runs the model twice (a cheap pass that
 only measures, then the drawing pass) instead of keeping every activation. Each record is drawn
 by :mod:`featuremaps.commands.run_drawing`; the command line's ``featuremaps run`` is at the end.
@@ -22,7 +19,6 @@ import html
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -75,8 +71,6 @@ from featuremaps.commands.run_drawing import (
 )
 from featuremaps.commands.run_files import (
     BackgroundWriter,
-    Clock,
-    Drawn,
     SharedCores,
     input_pictures,
     layer_data,
@@ -218,16 +212,15 @@ def _run_one(
         grid = replace(grid, value_range=(r.vmin, r.vmax))
     stamp = loaded.stamp
     precision = placement.label
+    summaries: list[RecordSummary] = []
+    grids: dict[str, Grid] = {}
     arrays = folder.arrays(prefix + ARRAYS) if folder is not None and save_arrays else None
     bar = tqdm(desc=f"layers of {loaded.spec}", unit=" layer", disable=not progress, leave=False)
 
     timings: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
-    clock = Clock(timings)
-    drawn: list[Future[Drawn]] = []
+    data_files: list[LayerDataFile] = []
 
-    def draw_one(record: LayerRecord, on_pool: bool) -> Drawn:
-        """Measure, draw and write one record; ``on_pool``: on a pool thread (with a copy of the
-        record), where the pictures are encoded and written at once rather than queued."""
+    def consume(record: LayerRecord) -> None:
         start = time.perf_counter()
         reason = skip_reason(record, sample)
         maps: np.ndarray | None = None
@@ -239,11 +232,9 @@ def _run_one(
             lo, hi, mean, nonfinite = summary_of_channels(stats, maps.size)
         else:
             lo, hi, mean, nonfinite = summarize(record.tensor)
-        clock.add("stats", time.perf_counter() - start)
+        timings["stats"] += time.perf_counter() - start
         image = None
         data = None
-        written_data: LayerDataFile | None = None
-        in_memory: Grid | None = None
         shown: tuple[int, ...] | None = None
         notes: list[str] = []
         if nonfinite:
@@ -260,71 +251,58 @@ def _run_one(
                 record, sample, maps, options, label, context, attention_patch, stats
             )
             picture = drawing.picture
-            clock.add("render", time.perf_counter() - drawn)
+            timings["render"] += time.perf_counter() - drawn
             shown = drawing.shown
             notes.extend(w for w in drawing.warnings if w not in notes)
             if stats is None:  # a vector: each feature is a channel of one value
                 measured = time.perf_counter()
                 vector = layouts.drawable_maps(record.layout_info, record.tensor, sample)
                 stats = channel_stats(vector.reshape(-1, 1, 1))
-                clock.add("stats", time.perf_counter() - measured)
+                timings["stats"] += time.perf_counter() - measured
             if folder is not None:
                 image = prefix + safe_filename(record.index, record.name)
-                writer.submit(
-                    folder.write_bytes, image, functools.partial(encode, picture), now=on_pool
-                )
+                writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
                 if report and drawing.tiles and shown is not None and stats is not None:
                     assert maps is not None
                     path, encode_data, written = layer_data(record, maps, shown, stats, prefix)
                     data = prefix + path
-                    written_data = written
-                    writer.submit(folder.write_bytes, data, encode_data, now=on_pool)
+                    data_files.append(written)
+                    writer.submit(folder.write_bytes, data, encode_data)
                 if drawing.pca is not None:
                     basis = prefix + "pca/" + safe_filename(record.index, record.name, ".npy")
                     writer.submit(
-                        folder.write_bytes,
-                        basis,
-                        functools.partial(npy_bytes, drawing.pca_array),
-                        now=on_pool,
+                        folder.write_bytes, basis, functools.partial(npy_bytes, drawing.pca_array)
                     )
                     pca = {**drawing.pca, "basis": basis}
             else:
-                in_memory = picture
+                grids[record.name] = picture
                 pca = drawing.pca
-        summary = RecordSummary(
-            record.name,
-            record.module,
-            record.call,
-            record.module_type,
-            record.shape,
-            record.dtype,
-            record.layout,
-            image,
-            reason,
-            lo,
-            hi,
-            mean,
-            nonfinite,
-            shown,
-            tuple(notes),
-            channel_stats=stats.to_json() if stats is not None else None,
-            data=data,
-            drawn_as=record.layout_info.drawn_as if reason is None else None,
-            layout_evidence=record.layout_note or None,
-            pca=pca,
-        )
-        return Drawn(summary, written_data, in_memory)
-
-    def consume(record: LayerRecord) -> None:
-        start = time.perf_counter()
         if arrays is not None:
             arrays.add(record.name, record.tensor)
-        if writer.can_defer(record.tensor):
-            # A copy taken now is exact; the model goes on while a pool thread draws it.
-            copied = replace(record, tensor=record.tensor.clone())
-            drawn.append(writer.run(functools.partial(draw_one, copied, True)))
-        else:  # drawn here from the live value, which the model may change in place later
-            drawn.append(writer.done(draw_one(record, False)))
+        summaries.append(
+            RecordSummary(
+                record.name,
+                record.module,
+                record.call,
+                record.module_type,
+                record.shape,
+                record.dtype,
+                record.layout,
+                image,
+                reason,
+                lo,
+                hi,
+                mean,
+                nonfinite,
+                shown,
+                tuple(notes),
+                channel_stats=stats.to_json() if stats is not None else None,
+                data=data,
+                drawn_as=record.layout_info.drawn_as if reason is None else None,
+                layout_evidence=record.layout_note or None,
+                pca=pca,
+            )
+        )
         bar.update(1)
         # Two cores, three busy threads make the forward slower than one thread does: the
         # model's own threads wait for each other while the writer holds a core (resnet50 on
@@ -332,7 +310,7 @@ def _run_one(
         threads.share(writer.busy())
         timings["consume"] += time.perf_counter() - start
 
-    writer = BackgroundWriter(clock)
+    writer = BackgroundWriter(timings)
     signal = isinstance(tensor, torch.Tensor) and tensor.dim() == 3
     tracker = _geometry_tracker(loaded.model, tensor) if folder is not None or signal else None
 
@@ -356,15 +334,11 @@ def _run_one(
         with tracker or contextlib.nullcontext(), placement.autocast(), threads:
             result: Capture = capture(loaded.model, tensor, on_record=consume, copy=False, **cap)
         timings["capture"] = time.perf_counter() - start - timings.pop("consume")
-        results = [job.result() for job in drawn]  # in execution order; re-raises a failure
         writer.wait()
         timings["wall"] = time.perf_counter() - start
     finally:
         writer.close()
         bar.close()
-    summaries = [r.summary for r in results]
-    data_files = [r.data for r in results if r.data is not None]
-    grids = {r.summary.name: r.grid for r in results if r.grid is not None}
     for other in result.no_tensor:
         summaries.append(
             RecordSummary(

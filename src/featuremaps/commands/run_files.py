@@ -7,12 +7,9 @@ output folder besides the channel grids' own pictures, encoded off the model's t
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,22 +18,16 @@ from featuremaps.capture import LayerRecord
 from featuremaps.commands.common import ResolvedInput
 from featuremaps.inputs import fed_picture
 from featuremaps.io import OutputFolder, safe_filename
-from featuremaps.manifest import RecordSummary
 from featuremaps.render.encode import encode_png
 from featuremaps.report import DATA_DIR, float16_copy, layer_data_script
 from featuremaps.report.budget import LayerDataFile
 from featuremaps.report.render import layer_data_size
 from featuremaps.stats import ChannelStats
 
-T = TypeVar("T")
-
 __all__ = [
     "FED_PICTURE",
     "INPUT_PICTURE",
     "BackgroundWriter",
-    "Clock",
-    "Drawn",
-    "SharedCores",
     "input_pictures",
     "layer_data",
     "npy_bytes",
@@ -82,96 +73,39 @@ class SharedCores:
             self._blas.restore_original_limits()
 
 
-class Clock:
-    """Seconds per stage of a run (:data:`featuremaps.commands.run.TIMING_KEYS`), added up from
-    several threads."""
-
-    def __init__(self, timings: dict[str, float]) -> None:
-        self.timings = timings
-        self._lock = threading.Lock()
-
-    def add(self, key: str, seconds: float) -> None:
-        with self._lock:
-            self.timings[key] = self.timings.get(key, 0.0) + seconds
-
-
-@dataclass(frozen=True)
-class Drawn:
-    """What drawing one record gave: its manifest entry, its report data file, and its picture
-    when no output folder keeps it."""
-
-    summary: RecordSummary
-    data: LayerDataFile | None = None
-    grid: Any = None
-
-
-# Records up to this size are copied and drawn on the pool while the model goes on; larger ones
-# are drawn from the live value, with the model waiting (their copies would cost more memory).
-DEFER_BYTES = 8 << 20
-
-
 class BackgroundWriter:
-    """Two pool threads that draw, encode and write while the model keeps running.
+    """Encode and write PNGs on a second thread while the model keeps running.
 
-    Small records are drawn there whole (:meth:`run`, from a copy); the pictures of the others are
-    encoded and written there (:meth:`submit`). PNG compression, numpy and file writes release
-    the GIL, so the work overlaps with the forward pass and with drawing on the main thread. At
-    most ``limit`` jobs wait, which keeps memory bounded.
+    PNG compression releases the GIL in Pillow, so it overlaps with the forward pass and the next
+    layer's drawing. At most ``limit`` pictures wait in the queue, which keeps memory bounded.
     """
 
-    def __init__(self, clock: Clock, limit: int = 4, workers: int = 2) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featuremaps-write")
-        self._pending: list[Future[Any]] = []
+    def __init__(self, timings: dict[str, float], limit: int = 4) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuremaps-write")
+        self._pending: list[Future[None]] = []
         self._limit = limit
-        self._clock = clock
-
-    def _room(self) -> None:
-        while len(self._pending) >= self._limit:
-            self._pending.pop(0).result()  # re-raises a failed job here, in the caller
-
-    def can_defer(self, tensor: torch.Tensor) -> bool:
-        """Whether a record holding ``tensor`` is copied and drawn on the pool."""
-        return tensor.device.type == "cpu" and tensor.nbytes <= DEFER_BYTES
-
-    def run(self, job: Callable[[], T]) -> Future[T]:
-        """Run ``job`` on the pool (after waiting for room); its future."""
-        self._room()
-        future = self._pool.submit(job)
-        self._pending.append(future)
-        return future
-
-    @staticmethod
-    def done(value: T) -> Future[T]:
-        """A future that already holds ``value`` (a record drawn on the calling thread)."""
-        future: Future[T] = Future()
-        future.set_result(value)
-        return future
+        self._timings = timings  # only this thread touches the "encode" and "write" keys
 
     def submit(
-        self,
-        write: Callable[[str, bytes], object],
-        path: str,
-        encode: Callable[[], bytes],
-        now: bool = False,
+        self, write: Callable[[str, bytes], object], path: str, encode: Callable[[], bytes]
     ) -> None:
-        """Encode and write one file on the pool, or at once on this thread (``now``: a job
-        already running on the pool, which must not wait for a place in it)."""
+        while len(self._pending) >= self._limit:
+            self._pending.pop(0).result()  # re-raises a failed write here, in the caller
 
         def job() -> None:
             start = time.perf_counter()
             data = encode()
             middle = time.perf_counter()
             write(path, data)
-            self._clock.add("encode", middle - start)
-            self._clock.add("write", time.perf_counter() - middle)
+            self._timings["encode"] += middle - start
+            self._timings["write"] += time.perf_counter() - middle
 
-        if now:
-            job()
-        else:
-            self.run(job)
+        self._pending.append(self._pool.submit(job))
 
     def busy(self) -> bool:
-        """Whether a job is running or waits to."""
+        """Whether a picture is being encoded or waits to be."""
         return any(not job.done() for job in self._pending)
 
     def wait(self) -> None:
