@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from featuremaps.report.render import CSP
+from featuremaps.report.render import CSP, template_environment
 
 __all__ = ["atlas_anchor", "atlas_html"]
 
@@ -22,15 +22,7 @@ def atlas_anchor(layer: str) -> str:
 
 def atlas_html(atlas: Mapping[str, Any]) -> str:
     """The atlas page of ``atlas`` (the dictionary ``atlas.json`` holds)."""
-    import jinja2
-
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("featuremaps.report", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    environment = template_environment()
     anchors = {name: atlas_anchor(name) for name in atlas["layers"]}
-    return environment.get_template("atlas.html").render(atlas=atlas, anchors=anchors, csp=CSP)
+    page: str = environment.get_template("atlas.html").render(atlas=atlas, anchors=anchors, csp=CSP)
+    return page

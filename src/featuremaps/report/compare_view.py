@@ -11,11 +11,10 @@ for the run report, the page opens from ``file://`` under the same Content-Secur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 
-from featuremaps.report.render import ASSETS_DIR, CSP, script_json
+from featuremaps.report.render import ASSETS_DIR, CSP, asset, script_json, template_environment
 
 __all__ = [
     "COMPARE_PAGE",
@@ -98,17 +97,9 @@ def compare_page_files(
     """``compare.html`` and its assets: A | B | B−A per layer and one hover read-out; ``mark``
     (random weights) is shown at the top of the page, since its pictures stay unstamped so that
     every pixel block is exactly one cell."""
-    import jinja2
     import markupsafe
 
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("featuremaps.report", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    environment = template_environment()
     data = [
         {
             "shape": list(view.a.shape),
@@ -125,10 +116,9 @@ def compare_page_files(
         assets=ASSETS_DIR,
         data=markupsafe.Markup(script_json(data)),
     )
-    static = resources.files("featuremaps.report") / "static"
     return {
         COMPARE_PAGE: page.encode("utf-8"),
-        f"{ASSETS_DIR}/compare.js": (static / "compare.js").read_bytes(),
-        f"{ASSETS_DIR}/compare.css": (static / "compare.css").read_bytes(),
-        f"{ASSETS_DIR}/report.css": (static / "report.css").read_bytes(),
+        f"{ASSETS_DIR}/compare.js": asset("compare.js"),
+        f"{ASSETS_DIR}/compare.css": asset("compare.css"),
+        f"{ASSETS_DIR}/report.css": asset("report.css"),
     }

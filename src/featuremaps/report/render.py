@@ -42,6 +42,7 @@ __all__ = [
     "DIVERGING_CMAPS",
     "PRECISION",
     "SEQUENTIAL_CMAPS",
+    "asset",
     "float16_copy",
     "layer_data_script",
     "layer_data_size",
@@ -50,6 +51,7 @@ __all__ = [
     "runs_index_files",
     "script_json",
     "stats_script",
+    "template_environment",
 ]
 
 ASSETS_DIR = "assets"
@@ -311,7 +313,9 @@ def client_config(data: ReportData) -> dict[str, Any]:
 
 
 @functools.cache
-def _environment() -> Any:
+def template_environment() -> Any:
+    """The jinja2 environment of every page under ``report/templates`` (values escaped, an
+    unknown name an error)."""
     import jinja2
 
     return jinja2.Environment(
@@ -324,7 +328,8 @@ def _environment() -> Any:
     )
 
 
-def _asset(name: str) -> bytes:
+def asset(name: str) -> bytes:
+    """The bytes of ``report/static/<name>``."""
     return (resources.files("featuremaps.report") / "static" / name).read_bytes()
 
 
@@ -338,7 +343,7 @@ def render_files(data: ReportData) -> dict[str, bytes]:
 
     config = script_json(client_config(data))
     page = (
-        _environment()
+        template_environment()
         .get_template("index.html")
         .render(
             report=data,
@@ -356,8 +361,8 @@ def render_files(data: ReportData) -> dict[str, bytes]:
     )
     files = {
         "index.html": page.encode("utf-8"),
-        f"{ASSETS_DIR}/report.js": _asset("report.js"),
-        f"{ASSETS_DIR}/report.css": _asset("report.css"),
+        f"{ASSETS_DIR}/report.js": asset("report.js"),
+        f"{ASSETS_DIR}/report.css": asset("report.css"),
     }
     for entry in data.layers:
         stats = entry.record.channel_stats
@@ -368,5 +373,9 @@ def render_files(data: ReportData) -> dict[str, bytes]:
 
 def runs_index_files(runs: Sequence[tuple[str, ReportData]]) -> dict[str, bytes]:
     """A top-level page linking the report of each input's sub-folder."""
-    page = _environment().get_template("runs.html").render(runs=runs, csp=CSP, assets=ASSETS_DIR)
-    return {"index.html": page.encode("utf-8"), f"{ASSETS_DIR}/report.css": _asset("report.css")}
+    page = (
+        template_environment()
+        .get_template("runs.html")
+        .render(runs=runs, csp=CSP, assets=ASSETS_DIR)
+    )
+    return {"index.html": page.encode("utf-8"), f"{ASSETS_DIR}/report.css": asset("report.css")}

@@ -10,9 +10,8 @@ for the run report, the page opens from ``file://``: no inline script (the slide
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
-from featuremaps.report.render import ASSETS_DIR, CSP, script_json
+from featuremaps.report.render import ASSETS_DIR, CSP, asset, script_json, template_environment
 
 __all__ = ["CHART_HEIGHT", "CHART_WIDTH", "TimelineLayer", "chart_points", "timeline_files"]
 
@@ -47,17 +46,9 @@ def chart_points(steps: tuple[int, ...], values: tuple[float, ...]) -> str:
 
 def timeline_files(title: str, layers: list[TimelineLayer]) -> dict[str, bytes]:
     """``timeline.html`` and its script: a slider over steps per layer and a dead-channel chart."""
-    import jinja2
     import markupsafe
 
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("featuremaps.report", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    environment = template_environment()
     data = [{"steps": list(layer.steps), "images": list(layer.images)} for layer in layers]
     page = environment.get_template("timeline.html").render(
         title=title,
@@ -69,9 +60,8 @@ def timeline_files(title: str, layers: list[TimelineLayer]) -> dict[str, bytes]:
         points=chart_points,
         data=markupsafe.Markup(script_json(data)),
     )
-    static = resources.files("featuremaps.report") / "static"
     return {
         "timeline.html": page.encode("utf-8"),
-        f"{ASSETS_DIR}/timeline.js": (static / "timeline.js").read_bytes(),
-        f"{ASSETS_DIR}/report.css": (static / "report.css").read_bytes(),
+        f"{ASSETS_DIR}/timeline.js": asset("timeline.js"),
+        f"{ASSETS_DIR}/report.css": asset("report.css"),
     }
