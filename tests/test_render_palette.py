@@ -124,3 +124,53 @@ def test_png_writer_round_trips_through_pillow(
     with Image.open(io.BytesIO(data)) as image:
         assert image.mode == "RGB" and image.size == (width, height)
         np.testing.assert_array_equal(np.asarray(image), pixels)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.integers(1, 256),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_palette_png_writer_round_trips_through_pillow(
+    height: int, width: int, colours: int, seed: int, plain_zlib: bool
+) -> None:
+    import io
+    from unittest import mock
+
+    from PIL import Image
+
+    from featuremaps.render import encode as encoding
+
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, colours, size=(height, width), dtype=np.uint8)
+    palette = rng.integers(0, 256, size=(colours, 3), dtype=np.uint8)
+    # Both deflaters: ISA-L's, and zlib's where ISA-L is not installed.
+    with mock.patch.object(encoding, "_fast_zlib", None if plain_zlib else encoding._fast_zlib):
+        data = encoding.encode_indexed_png(indices, palette)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "P" and image.size == (width, height)
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), palette[indices])
+
+
+def test_palette_png_writer_refuses_what_is_not_a_palette_picture() -> None:
+    from featuremaps._errors import InputError
+    from featuremaps.render.encode import encode_indexed_png
+
+    palette = np.zeros((4, 3), dtype=np.uint8)
+    with pytest.raises(InputError, match="expected \\(H, W\\) uint8"):
+        encode_indexed_png(np.zeros((2, 2), dtype=np.int64), palette)
+    with pytest.raises(InputError, match="1 to 256 colours"):
+        encode_indexed_png(np.zeros((2, 2), dtype=np.uint8), np.zeros((300, 3), dtype=np.uint8))
+
+
+def test_deflate_is_a_zlib_stream() -> None:
+    import zlib
+
+    from featuremaps.render.encode import deflate
+
+    data = np.random.default_rng(1).integers(0, 4, 100_000, dtype=np.uint8).tobytes()
+    for level in (0, 1, 3, 6):
+        assert zlib.decompress(deflate(data, level)) == data
