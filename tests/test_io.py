@@ -107,3 +107,36 @@ def test_streamed_safetensors_read_back_with_the_library(tmp_path: Path) -> None
             got = f.get_tensor(name)
             assert got.dtype == torch.float32
             torch.testing.assert_close(got, t.float(), rtol=0, atol=0)
+
+
+def _json_module_text(values: list[object]) -> str:
+    """The oracle: what the json module writes, with NaN/Infinity as null."""
+    import re
+
+    return re.sub(r"-?Infinity|NaN", "null", json.dumps(values, separators=(",", ":")))
+
+
+_NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True),
+    st.floats(min_value=-1e-3, max_value=1e-3),  # the spellings that differ: 1e-05, 1.5e-07
+    st.floats(min_value=1e15, max_value=1e17),  # where positions turn into exponents
+    st.integers(-(2**70), 2**70),
+    st.none(),
+)
+
+
+@given(st.lists(_NUMBERS, max_size=50))
+def test_number_lists_are_written_as_the_json_module_writes_them(values: list[object]) -> None:
+    from featuremaps.io import number_list_json
+
+    assert number_list_json(values) == _json_module_text(values)
+
+
+def test_number_lists_without_orjson_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    import featuremaps.io as io_module
+
+    values = [1e-05, -2.5e-05, 10.00001, 1.5e-07, 1e16, float("nan"), None, 3, 0.1]
+    with_orjson = io_module.number_list_json(values)
+    monkeypatch.setattr(io_module, "orjson", None)
+    assert io_module.number_list_json(values) == with_orjson == _json_module_text(values)
+    assert with_orjson == "[1e-05,-2.5e-05,10.00001,1.5e-07,1e+16,null,null,3,0.1]"

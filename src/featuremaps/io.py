@@ -40,6 +40,12 @@ import torch
 from featuremaps._errors import OutputError
 from featuremaps.manifest import MANIFEST, MARK_KEY, OUTPUT_FILES, TOOL
 
+orjson: Any
+try:  # numbers to text 7-8x faster than json, the same shortest digits (see _float_text)
+    import orjson
+except ImportError:  # pragma: no cover - a platform without its wheels: the json module
+    orjson = None
+
 __all__ = [
     "DiskArray",
     "OutputFolder",
@@ -107,6 +113,33 @@ def _clean(value: Any) -> Any:
 
 
 _NON_FINITE = re.compile(r"-?Infinity|NaN")
+# orjson writes each float with the same shortest digits as Python's repr, spelt differently in
+# two cases: 1e-5 <= |x| < 1e-4 in positions ("0.0000123", Python: "1.23e-05") and one-digit
+# exponents ("1.5e-7", Python: "1.5e-07"; both write 1e16 and over as "1e+16").
+_POSITIONAL_E_MINUS_5 = re.compile(r"0\.0000([1-9])(\d*)")  # a literal first: a fast scan
+_ONE_DIGIT_EXPONENT = re.compile(r"e-(\d)(?=[,\]])")
+
+
+def _as_python_writes(match: re.Match[str]) -> str:
+    at = match.start()
+    if at and match.string[at - 1] in "0123456789.":  # inside a number, such as 10.00001
+        return match.group(0)
+    first, rest = match.groups()
+    return f"{first}.{rest}e-05" if rest else f"{first}e-05"
+
+
+def _float_text(values: list[Any] | tuple[Any, ...]) -> str | None:
+    """Compact JSON of ``values`` as ``json.dumps`` writes it (NaN/Inf as ``null``), by orjson;
+    None when orjson is missing or refuses a value (an integer over 64 bits)."""
+    if orjson is None:
+        return None
+    try:
+        text = orjson.dumps(values, default=_json_default).decode("ascii")
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    if "0.0000" in text:
+        text = _POSITIONAL_E_MINUS_5.sub(_as_python_writes, text)
+    return _ONE_DIGIT_EXPONENT.sub(r"e-0\1", text) if "e-" in text else text
 
 
 _PLAIN = {int, float, type(None)}  # checked first: a set of types is built at C speed
@@ -144,9 +177,11 @@ def number_list_json(values: list[Any] | tuple[Any, ...]) -> str:
         hit = memo.get(id(values))
         if hit is not None and hit[0] is values:
             return hit[1]
-    text = json.dumps(values, separators=(",", ":"), default=_json_default)
-    if not (set(map(type, values)) == {float} and math.isfinite(sum(values))):
-        text = _NON_FINITE.sub("null", text)  # only numbers here: NaN/Infinity are values
+    text = _float_text(values)
+    if text is None:
+        text = json.dumps(values, separators=(",", ":"), default=_json_default)
+        if not (set(map(type, values)) == {float} and math.isfinite(sum(values))):
+            text = _NON_FINITE.sub("null", text)  # only numbers here: NaN/Infinity are values
     if memo is not None:
         memo[id(values)] = (values, text)  # the list is kept, so its id is not reused
     return text
