@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from featuremaps.render.legend import LEGEND_FONT_SIZE, font, paint_text
+from featuremaps.render.glyphs import font
+from featuremaps.render.legend import LEGEND_FONT_SIZE, paint_text
 from featuremaps.render.palette import (
     BACKGROUND_INDEX,
     STAMP_FILL_INDEX,

@@ -34,8 +34,8 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
+from featuremaps.render.glyphs import advance, coverage
 from featuremaps.render.palette import (
     BACKGROUND_INDEX,
     LEVELS,
@@ -90,34 +90,19 @@ _BAR_Y = LEGEND_PAD + 3 * LINE_HEIGHT + BAR_TOP_GAP
 _LABEL_Y = _BAR_Y + BAR_HEIGHT + TICK_LENGTH + 1
 LEGEND_HEIGHT = _LABEL_Y + LINE_HEIGHT + LEGEND_PAD
 
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
-
-
-@functools.lru_cache(maxsize=8)
-def font(size: int) -> Font:
-    """The bundled Pillow font at ``size`` pixels (cached: loading it costs ~1 ms)."""
-    return ImageFont.load_default(size=size)
-
 
 @functools.lru_cache(maxsize=1024)
 def text_width(text: str, size: int = LEGEND_FONT_SIZE) -> int:
     """Advance width in pixels of ``text`` in the bundled font (cached, like the masks)."""
-    return int(np.ceil(font(size).getlength(text)))
+    return int(np.ceil(advance(text, size)))
 
 
 @functools.lru_cache(maxsize=2048)
 def _coverage(text: str, size: int, anchor: str) -> tuple[np.ndarray, int, int]:
-    """Pillow's anti-aliased coverage (0..255) of ``text`` and its offset from the anchor point.
-
-    Drawn exactly as ``ImageDraw.text(xy, text, anchor=anchor)`` would draw it at an integer
-    ``xy``, only into a mask of its own bounding box, so it can be cached and placed anywhere.
-    """
-    f = font(size)
-    left, top, right, bottom = (int(v) for v in f.getbbox(text, mode="L", anchor=anchor))
-    mask = Image.new("L", (max(right - left, 0), max(bottom - top, 0)))
-    if mask.width and mask.height:
-        ImageDraw.Draw(mask).text((-left, -top), text, font=f, fill=255, anchor=anchor)
-    cov = np.array(mask)
+    """The anti-aliased coverage (0..255) of ``text`` and its offset from the anchor point, as
+    ``ImageDraw.text(xy, text, anchor=anchor)`` draws it at an integer ``xy``
+    (:func:`featuremaps.render.glyphs.coverage`), cached so it can be placed anywhere."""
+    cov, left, top = coverage(text, size, anchor)
     cov.setflags(write=False)
     return cov, left, top
 
