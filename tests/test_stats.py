@@ -46,6 +46,17 @@ def test_matches_numpy_on_relu_like_maps() -> None:
     assert channel_stats(maps).finite.tolist() == [63] * 16
 
 
+def test_long_channels_with_holes_match_numpy() -> None:
+    # Channels of 4096 values and more take other loops (zeros counted row by row).
+    rng = np.random.default_rng(5)
+    maps = np.maximum(rng.normal(size=(6, 70, 80)), 0).astype(np.float32)
+    _assert_matches(maps)
+    maps[1, 3, 4] = np.nan
+    maps[2] = np.inf
+    maps[3, :2] = -np.inf
+    _assert_matches(maps)
+
+
 def test_nan_and_inf_are_left_out_and_counted() -> None:
     rng = np.random.default_rng(1)
     maps = rng.normal(size=(4, 5, 5)).astype(np.float32)

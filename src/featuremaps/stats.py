@@ -69,6 +69,16 @@ class ChannelStats:
 _BLOCK_VALUES = 1 << 20  # values per block of channels (8 MB of float64 deviations)
 
 
+def _zeros_per_row(flat: np.ndarray) -> np.ndarray:
+    """How many values of each row are exactly 0 (NaN is not)."""
+    is_zero = flat == 0
+    if flat.shape[1] < 4096:
+        return np.asarray(np.count_nonzero(is_zero, axis=1))
+    # Long rows: counting each row whole is three to four times faster than counting along
+    # an axis, which sums the booleans as integers.
+    return np.fromiter((np.count_nonzero(row) for row in is_zero), np.int64, len(is_zero))
+
+
 def _row_stats(flat: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, ...]:
     """``(n, mean, std, min, max, zeros)`` of each row of a (rows, values) float array.
 
@@ -102,9 +112,13 @@ def _row_stats(flat: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, ...]:
         if not every:
             dev[~finite] = 0.0
         std = np.sqrt(np.einsum("ij,ij->i", dev, dev) / n)
-        low = np.min(flat, axis=1, initial=np.inf, where=where).astype(np.float64)
-        high = np.max(flat, axis=1, initial=-np.inf, where=where).astype(np.float64)
-        zeros = np.asarray(np.count_nonzero(flat == 0, axis=1) / n, dtype=np.float64)
+        if every and flat.shape[1]:  # the plain reductions are the faster loops
+            low, high = np.min(flat, axis=1), np.max(flat, axis=1)
+        else:
+            low = np.min(flat, axis=1, initial=np.inf, where=where)
+            high = np.max(flat, axis=1, initial=-np.inf, where=where)
+        low, high = low.astype(np.float64), high.astype(np.float64)
+        zeros = np.asarray(_zeros_per_row(flat) / n, dtype=np.float64)
     return n, mean, std, low, high, zeros
 
 
