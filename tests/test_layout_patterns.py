@@ -6,6 +6,8 @@ decides every layout from their evidence, as every run did before the shortcut e
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -135,3 +137,37 @@ def test_probes_are_shared_by_instances_of_one_architecture_not_of_another() -> 
     assert first_calls > 1 and again_calls == 1 and again == first
     other_calls, _ = _forward_calls(_encoder(False), x)  # batch_first differs: probed anew
     assert other_calls > 1
+
+
+def test_token_pictures_and_pca_written_by_the_writer_equal_those_drawn_in_memory(
+    tmp_path: Path,
+) -> None:
+    # With an output folder, a token layer's PCA is taken on the writer's thread from a copy of
+    # the tokens; without one, at once. Pictures, PCA numbers and bases must be the same.
+    import numpy as np
+    from PIL import Image
+
+    from featuremaps.render.tokens import token_pca
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=24
+    ).eval()
+    x = torch.randn(1, 3, 32, 32)
+    [written] = fm.visualize(model, x, out=tmp_path / "o", report=False)
+    [in_memory] = fm.visualize(model, x)
+    values = {r.name: r for r in fm.capture(model, x)}
+    tokens = [r for r in written.records if r.pca is not None]
+    assert len(tokens) >= 6
+    kept = {r.name: r for r in in_memory.records}
+    for record in tokens:
+        assert record.pca is not None and kept[record.name].pca is not None
+        assert record.pca["explained_variance"] == kept[record.name].pca["explained_variance"]
+        basis = np.load(tmp_path / "o" / record.pca["basis"])
+        patches = in_memory.grids[record.name]
+        with Image.open(tmp_path / "o" / record.image) as image:
+            np.testing.assert_array_equal(np.asarray(image.convert("RGB")), patches.pixels)
+        captured = values[record.name]
+        expected = token_pca(captured.maps(), dtype=captured.dtype)
+        want = np.concatenate([expected.mean[None], expected.basis]).astype(np.float32)
+        np.testing.assert_array_equal(basis, want)

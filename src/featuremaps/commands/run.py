@@ -19,6 +19,7 @@ import html
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -72,9 +73,9 @@ from featuremaps.commands.run_drawing import (
 from featuremaps.commands.run_files import (
     BackgroundWriter,
     SharedCores,
+    finish_tokens,
     input_pictures,
     layer_data,
-    npy_bytes,
 )
 from featuremaps.commands.run_filters import add_filters_option, check_filters, run_filters
 from featuremaps.dataset import SavedStats, read_stats
@@ -120,7 +121,7 @@ __all__ = ["COMMAND", "TIMING_KEYS", "Visualization", "visualize"]
 
 # capture: the forward pass with hooks, without the time spent consuming records; wall: the
 # capture with everything it waits for; manifest+report: writing those after the forward pass.
-TIMING_KEYS = ("capture", "stats", "render", "encode", "write", "consume", "wall")
+TIMING_KEYS = ("capture", "stats", "render", "pca", "encode", "write", "consume", "wall")
 
 
 @dataclass
@@ -129,8 +130,8 @@ class Visualization:
 
     ``grids`` holds the pictures in memory when no output folder was given (they display inline
     in Jupyter); with an output folder they are written and not kept. ``timings`` holds seconds
-    spent in each stage (see :data:`TIMING_KEYS`); "encode" and "write" run on a second thread,
-    overlapping the others, so the stages add up to more than "wall".
+    spent in each stage (see :data:`TIMING_KEYS`); "encode", "write" and "pca" (token layers)
+    run on a second thread, overlapping the others, so the stages add up to more than "wall".
     """
 
     records: list[RecordSummary]
@@ -219,6 +220,7 @@ def _run_one(
 
     timings: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
     data_files: list[LayerDataFile] = []
+    later: list[tuple[int, Future[dict[str, Any]]]] = []
 
     def consume(record: LayerRecord) -> None:
         start = time.perf_counter()
@@ -247,9 +249,12 @@ def _run_one(
             if maps is not None:
                 options = ranked_by_file(grid, saved, record.name, maps.shape[0], notes)
             context = _signal_context(record)
+            # With a folder, a token layer's PCA is taken on the writer's thread (numpy's
+            # LAPACK lets go of the GIL there), from the plan's copy of the tokens.
             drawing = draw_record(
-                record, sample, maps, options, label, context, attention_patch, stats
-            )
+                record, sample, maps, options, label, context, attention_patch, stats,
+                pca_later=folder is not None,
+            )  # fmt: skip
             picture = drawing.picture
             timings["render"] += time.perf_counter() - drawn
             shown = drawing.shown
@@ -261,19 +266,18 @@ def _run_one(
                 timings["stats"] += time.perf_counter() - measured
             if folder is not None:
                 image = prefix + safe_filename(record.index, record.name)
-                writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
+                if drawing.pending:
+                    basis = prefix + "pca/" + safe_filename(record.index, record.name, ".npy")
+                    job = functools.partial(finish_tokens, drawing, folder, image, basis, timings)
+                    later.append((len(summaries), writer.run(job)))
+                else:
+                    writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
                 if report and drawing.tiles and shown is not None and stats is not None:
                     assert maps is not None
                     path, encode_data, written = layer_data(record, maps, shown, stats, prefix)
                     data = prefix + path
                     data_files.append(written)
                     writer.submit(folder.write_bytes, data, encode_data)
-                if drawing.pca is not None:
-                    basis = prefix + "pca/" + safe_filename(record.index, record.name, ".npy")
-                    writer.submit(
-                        folder.write_bytes, basis, functools.partial(npy_bytes, drawing.pca_array)
-                    )
-                    pca = {**drawing.pca, "basis": basis}
             else:
                 grids[record.name] = picture
                 pca = drawing.pca
@@ -334,6 +338,8 @@ def _run_one(
         with tracker or contextlib.nullcontext(), placement.autocast(), threads:
             result: Capture = capture(loaded.model, tensor, on_record=consume, copy=False, **cap)
         timings["capture"] = time.perf_counter() - start - timings.pop("consume")
+        for at, done in later:  # token layers: their PCA, taken on the writer's thread
+            summaries[at] = replace(summaries[at], pca=done.result())
         writer.wait()
         timings["wall"] = time.perf_counter() - start
     finally:

@@ -29,7 +29,12 @@ from featuremaps.render.bars import make_bars
 from featuremaps.render.scaling import centred, compute_range, is_signed_range, merge_ranges
 from featuremaps.render.signal import Placement as AxisPlacement
 from featuremaps.render.signal import make_signal_picture
-from featuremaps.render.tokens import make_token_picture
+from featuremaps.render.tokens import (
+    TokenPicture,
+    TokenPlan,
+    finish_token_picture,
+    plan_token_picture,
+)
 from featuremaps.render.volume import make_volume_picture
 from featuremaps.stats import ChannelStats
 
@@ -38,6 +43,7 @@ __all__ = [
     "SignalContext",
     "covers_whole_output",
     "draw_record",
+    "finished",
     "global_range",
     "ranked_by_file",
     "skip_reason",
@@ -92,6 +98,30 @@ class Drawing:
     pca_array: np.ndarray | None = None
     tiles: bool = True  # the report can draw its channels as tiles from its data file
 
+    @property
+    def pending(self) -> bool:
+        """Whether the picture waits for :func:`finished` (a token layer's PCA, ``pca_later``)."""
+        return isinstance(self.picture, TokenPlan)
+
+
+def _token_drawing(tokens: TokenPicture) -> Drawing:
+    pca = tokens.pca
+    return Drawing(
+        tokens.picture,
+        tokens.grid.channels,
+        tokens.picture.warnings,
+        {"explained_variance": list(pca.explained), "components": len(pca.explained)},
+        np.concatenate([pca.mean[None], pca.basis]).astype(np.float32),
+    )
+
+
+def finished(drawing: Drawing) -> Drawing:
+    """``drawing`` with its picture done: a token layer's PCA taken (on any thread: the plan
+    holds its own copy of the tokens); any other drawing as it is."""
+    if isinstance(drawing.picture, TokenPlan):
+        return _token_drawing(finish_token_picture(drawing.picture))
+    return drawing
+
 
 @dataclass(frozen=True)
 class SignalContext:
@@ -110,11 +140,13 @@ def draw_record(
     context: SignalContext | None = None,
     attention_patch: tuple[int, int] | None = None,
     stats: ChannelStats | None = None,
+    pca_later: bool = False,
 ) -> Drawing:
     """Draw one record as its layout says (:data:`featuremaps.layouts` ``drawn_as``);
     ``stats``, the channel statistics of ``maps`` when the caller has them, spare the channel
     mosaic a pass over the maps. A range is judged constant in the dtype the record was computed
-    in (bfloat16 under autocast, though its maps arrive as float32)."""
+    in (bfloat16 under autocast, though its maps arrive as float32). With ``pca_later``, a token
+    layer's drawing is :attr:`Drawing.pending`: its PCA is left to :func:`finished`."""
     layout = record.layout_info
     if options.dtype is None:
         options = replace(options, dtype=record.dtype)
@@ -136,15 +168,9 @@ def draw_record(
     if layout.drawn_as == layouts.TOKEN_GRID:
         assert maps is not None
         _, head = layouts.token_parts(layout, record.tensor, sample)
-        tokens = make_token_picture(maps, head, options, label)
-        pca = tokens.pca
-        return Drawing(
-            tokens.picture,
-            tokens.grid.channels,
-            tokens.picture.warnings,
-            {"explained_variance": list(pca.explained), "components": len(pca.explained)},
-            np.concatenate([pca.mean[None], pca.basis]).astype(np.float32),
-        )
+        plan = plan_token_picture(maps, head, options, label)
+        drawing = Drawing(plan, plan.grid.channels, plan.grid.warnings)
+        return drawing if pca_later else finished(drawing)
     if layout.drawn_as == layouts.ATTENTION_MAP:
         assert maps is not None
         where = attention_patch or layouts.centre_patch(layout)

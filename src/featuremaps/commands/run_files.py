@@ -9,16 +9,18 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from featuremaps.capture import LayerRecord
 from featuremaps.commands.common import ResolvedInput
+from featuremaps.commands.run_drawing import Drawing, finished
 from featuremaps.inputs import fed_picture
 from featuremaps.io import OutputFolder, safe_filename
-from featuremaps.render.encode import encode_png
+from featuremaps.render.encode import encode, encode_png
 from featuremaps.report import DATA_DIR, float16_copy, layer_data_script
 from featuremaps.report.budget import LayerDataFile
 from featuremaps.report.render import layer_data_size
@@ -28,10 +30,13 @@ __all__ = [
     "FED_PICTURE",
     "INPUT_PICTURE",
     "BackgroundWriter",
+    "finish_tokens",
     "input_pictures",
     "layer_data",
     "npy_bytes",
 ]
+
+T = TypeVar("T")
 
 INPUT_PICTURE = "input.png"
 FED_PICTURE = "input-fed.png"
@@ -81,18 +86,16 @@ class BackgroundWriter:
     """
 
     def __init__(self, timings: dict[str, float], limit: int = 4) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuremaps-write")
-        self._pending: list[Future[None]] = []
+        self._pending: list[Future[Any]] = []
         self._limit = limit
         self._timings = timings  # only this thread touches the "encode" and "write" keys
 
     def submit(
         self, write: Callable[[str, bytes], object], path: str, encode: Callable[[], bytes]
     ) -> None:
-        while len(self._pending) >= self._limit:
-            self._pending.pop(0).result()  # re-raises a failed write here, in the caller
 
         def job() -> None:
             start = time.perf_counter()
@@ -102,7 +105,15 @@ class BackgroundWriter:
             self._timings["encode"] += middle - start
             self._timings["write"] += time.perf_counter() - middle
 
-        self._pending.append(self._pool.submit(job))
+        self.run(job)
+
+    def run(self, job: Callable[[], T]) -> Future[T]:
+        """Run ``job`` on the writer's thread, in turn with the files; its future."""
+        while len(self._pending) >= self._limit:
+            self._pending.pop(0).result()  # re-raises a failed job here, in the caller
+        future = self._pool.submit(job)
+        self._pending.append(future)
+        return future
 
     def busy(self) -> bool:
         """Whether a picture is being encoded or waits to be."""
@@ -169,6 +180,27 @@ def input_pictures(
             encode_fed = encode_given
         writer.submit(folder.write_bytes, fed_path, encode_fed)
     return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
+
+
+def finish_tokens(
+    drawing: Drawing, folder: OutputFolder, image: str, basis: str, timings: dict[str, float]
+) -> dict[str, Any]:
+    """A :attr:`~featuremaps.commands.run_drawing.Drawing.pending` token layer, on the writer's
+    thread: its PCA taken (numpy's LAPACK lets go of the GIL, so the model goes on), its picture
+    and PCA basis written; the manifest's ``pca`` entry."""
+    start = time.perf_counter()
+    done = finished(drawing)
+    middle = time.perf_counter()
+    data = encode(done.picture), npy_bytes(done.pca_array)
+    encoded = time.perf_counter()
+    folder.write_bytes(image, data[0])
+    folder.write_bytes(basis, data[1])
+    # Only this thread touches these keys.
+    timings["pca"] += middle - start
+    timings["encode"] += encoded - middle
+    timings["write"] += time.perf_counter() - encoded
+    assert done.pca is not None
+    return {**done.pca, "basis": basis}
 
 
 def npy_bytes(array: np.ndarray | None) -> bytes:

@@ -3,7 +3,8 @@
 Part of the pure ``render`` stage. Everything is painted as palette indices into the grid's uint8
 index canvas (see ``featuremaps.render.palette``). Text is rasterised by Pillow, with the FreeType
 font bundled in Pillow (no system fonts, so the same pixels on every machine with the same
-Pillow), into an in-memory coverage mask per string; the coverage is quantised to the text ramp
+Pillow), glyph by glyph (:mod:`featuremaps.render.glyphs` sets each string from them, as Pillow
+would) into an in-memory coverage mask per string; the coverage is quantised to the text ramp
 of the palette and written into the canvas. Masks are cached per string: captions such as "#0"
 and legend rows such as "scale: per layer · ..." recur in every layer. The legend says what the
 colours mean: the layer, which channels are shown and why, the scale, the colormap and the real

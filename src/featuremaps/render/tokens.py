@@ -25,7 +25,15 @@ from featuremaps.render.grid import Grid, GridLabel, GridOptions, make_grid
 from featuremaps.render.panels import Composite, side_by_side, stacked, text_block
 from featuremaps.render.scaling import RESOLUTION_ULPS, DTypeLike, constant_text, resolution
 
-__all__ = ["PcaSummary", "TokenPicture", "make_token_picture", "token_pca"]
+__all__ = [
+    "PcaSummary",
+    "TokenPicture",
+    "TokenPlan",
+    "finish_token_picture",
+    "make_token_picture",
+    "plan_token_picture",
+    "token_pca",
+]
 
 
 @dataclass(frozen=True)
@@ -107,15 +115,32 @@ def _enlarge(rgb: np.ndarray, min_tile: int) -> np.ndarray:
     return rgb.repeat(s, axis=0).repeat(s, axis=1)
 
 
-def make_token_picture(
+@dataclass(frozen=True, eq=False)
+class TokenPlan:
+    """A token picture before its PCA (:func:`plan_token_picture`): the mosaic, the norm map and
+    the prefix strips drawn, and a copy of the patch tokens for :func:`finish_token_picture`.
+
+    It holds no view of the caller's arrays, so they may change once it exists, and the PCA (a
+    Gram matrix and an eigen-decomposition, most of a token picture's cost) can be taken on
+    another thread.
+    """
+
+    grid: Grid
+    norm: np.ndarray  # the norm map's pixels
+    tail: np.ndarray  # the prefix tokens' bar strips, or the "no prefix tokens" note
+    patches: np.ndarray  # (D, h, w), a copy
+    dtype: DTypeLike
+    summary_tile: int
+
+
+def plan_token_picture(
     patches: np.ndarray,
     prefix: np.ndarray,
     options: GridOptions,
     label: GridLabel,
     prefix_names: Sequence[str] | None = None,
-) -> TokenPicture:
-    """The mosaic of ``patches`` (D, h, w), the token-norm map, the PCA-to-RGB map and the
-    ``prefix`` (k, D) tokens as bar strips, in one picture."""
+) -> TokenPlan:
+    """Everything of :func:`make_token_picture` but the PCA."""
     d, h, w = patches.shape
     dtype = options.dtype or patches.dtype.name  # the norms' noise is the tokens' rounding
     grid = make_grid(patches, options, label=label)
@@ -126,7 +151,20 @@ def make_token_picture(
         GridOptions(max_channels=1, min_tile=summary_tile, dtype=dtype),
         label=GridLabel(f"token L2 norm over {d} dims", label.module_type, (h, w), label.stamp),
     )
-    pca = token_pca(patches, dtype=dtype)
+    if len(prefix):
+        names = list(prefix_names or [f"prefix token {i}" for i in range(len(prefix))])
+        title = f"{len(prefix)} prefix token(s), not patches · one shared scale"
+        tail = make_bars(prefix, names, title=title, stamp=label.stamp, dtype=dtype).pixels
+    else:
+        tail = text_block(["no prefix tokens"])
+    return TokenPlan(grid, norm_grid.pixels, tail, np.array(patches), dtype, summary_tile)
+
+
+def finish_token_picture(plan: TokenPlan) -> TokenPicture:
+    """The PCA of a planned token picture, and the picture: the mosaic, the norm map beside the
+    PCA-to-RGB map, and the prefix strips."""
+    d, h, w = plan.patches.shape
+    pca = token_pca(plan.patches, dtype=plan.dtype)
     shares = " · ".join(f"{c} {100 * v:.1f}%" for c, v in zip("RGB", pca.explained, strict=False))
     lines = [
         f"PCA of the {h * w} patch tokens ({d} dims) to RGB",
@@ -135,20 +173,26 @@ def make_token_picture(
     ]
     flat = [c for c, f in zip("RGB", pca.constant, strict=False) if f]
     if flat:
-        lines.append(f"{', '.join(flat)}: {constant_text(dtype)}, drawn 0.5")
+        lines.append(f"{', '.join(flat)}: {constant_text(plan.dtype)}, drawn 0.5")
     pca_panel = stacked(
         [
             text_block(lines),
-            (_enlarge(pca.rgb, summary_tile) * 255 + 0.5).astype(np.uint8),
+            (_enlarge(pca.rgb, plan.summary_tile) * 255 + 0.5).astype(np.uint8),
         ],
         gap=0,
     )
-    panels = [grid.pixels, side_by_side([norm_grid.pixels, pca_panel])]
-    if len(prefix):
-        names = list(prefix_names or [f"prefix token {i}" for i in range(len(prefix))])
-        title = f"{len(prefix)} prefix token(s), not patches · one shared scale"
-        bars = make_bars(prefix, names, title=title, stamp=label.stamp, dtype=dtype)
-        panels.append(bars.pixels)
-    else:
-        panels.append(text_block(["no prefix tokens"]))
-    return TokenPicture(Composite(stacked(panels, gap=12), grid.warnings), grid, pca)
+    panels = [plan.grid.pixels, side_by_side([plan.norm, pca_panel]), plan.tail]
+    return TokenPicture(Composite(stacked(panels, gap=12), plan.grid.warnings), plan.grid, pca)
+
+
+def make_token_picture(
+    patches: np.ndarray,
+    prefix: np.ndarray,
+    options: GridOptions,
+    label: GridLabel,
+    prefix_names: Sequence[str] | None = None,
+) -> TokenPicture:
+    """The mosaic of ``patches`` (D, h, w), the token-norm map, the PCA-to-RGB map and the
+    ``prefix`` (k, D) tokens as bar strips, in one picture (:func:`finish_token_picture` of
+    :func:`plan_token_picture`)."""
+    return finish_token_picture(plan_token_picture(patches, prefix, options, label, prefix_names))
