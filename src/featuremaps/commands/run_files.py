@@ -1,7 +1,8 @@
 """The ``run`` command's files: the writer thread, the report's layer data, the input pictures.
 
 Part of :mod:`featuremaps.commands.run` (stage: render → encode → io): what one run hands to its
-output folder besides the channel grids' own pictures, encoded off the model's thread where it can.
+output folder besides the channel grids' own pictures, encoded off the model's thread where it can,
+and the token layers' pictures, whose PCA is taken there too (:func:`finish_tokens`).
 """
 
 from __future__ import annotations
@@ -79,10 +80,12 @@ class SharedCores:
 
 
 class BackgroundWriter:
-    """Encode and write PNGs on a second thread while the model keeps running.
+    """Encode and write files on a second thread while the model keeps running.
 
-    PNG compression releases the GIL in Pillow, so it overlaps with the forward pass and the next
-    layer's drawing. At most ``limit`` pictures wait in the queue, which keeps memory bounded.
+    PNG compression (ISA-L or zlib) and file writes release the GIL, so they overlap with the
+    forward pass and the next layer's drawing; so does the PCA of a token layer (LAPACK), which
+    :meth:`run` takes there too. At most ``limit`` jobs wait in the queue, which keeps memory
+    bounded.
     """
 
     def __init__(self, timings: dict[str, float], limit: int = 4) -> None:
@@ -96,7 +99,6 @@ class BackgroundWriter:
     def submit(
         self, write: Callable[[str, bytes], object], path: str, encode: Callable[[], bytes]
     ) -> None:
-
         def job() -> None:
             start = time.perf_counter()
             data = encode()
