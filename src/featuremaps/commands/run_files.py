@@ -8,6 +8,7 @@ and the token layers' pictures, whose PCA is taken there too (:func:`finish_toke
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -129,8 +130,8 @@ class BackgroundWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
+def _finite_or_none(values: np.ndarray) -> list[float | None]:
+    return [v if math.isfinite(v) else None for v in values.tolist()]
 
 
 def layer_data(
@@ -144,10 +145,11 @@ def layer_data(
     """
     stem = safe_filename(record.index, record.name, suffix="")
     block = maps[: len(shown)] if shown == tuple(range(len(shown))) else maps[list(shown)]
-    ends = np.abs(np.concatenate([stats.min[list(shown)], stats.max[list(shown)]]))
+    low, high = stats.min[list(shown)], stats.max[list(shown)]
+    ends = np.abs(np.concatenate([low, high]))
     ends = ends[np.isfinite(ends)]  # NaN: a channel without finite values
     half, overflow = float16_copy(block, float(ends.max()) if ends.size else 0.0)
-    ranges = [(_finite_or_none(stats.min[c]), _finite_or_none(stats.max[c])) for c in shown]
+    ranges = list(zip(_finite_or_none(low), _finite_or_none(high), strict=True))
     path = f"{DATA_DIR}/{stem}.js"
     each = (0,) * len(shown)
     if overflow:  # rare: which channels overflowed, for a file that keeps only some of them
