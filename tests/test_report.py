@@ -449,7 +449,7 @@ def test_layer_data_keep_the_value_returned_even_if_changed_in_place_later(
         run_files.BackgroundWriter, "submit", lambda self, *job: deferred.append(job)
     )
     monkeypatch.setattr(
-        run_files.BackgroundWriter, "wait", lambda self: [w(p, e()) for w, p, e in deferred]
+        run_files.BackgroundWriter, "wait", lambda self: [w(p, e()) for w, p, e, *_ in deferred]
     )
     [result] = fm.visualize(tiny, image_batch, out=tmp_path / "o")
     exact = {r.name: r.tensor for r in fm.capture(tiny, image_batch)}

@@ -74,6 +74,7 @@ from featuremaps.commands.run_files import (
     BackgroundWriter,
     SharedCores,
     finish_tokens,
+    held_bytes,
     input_pictures,
     layer_data,
 )
@@ -269,15 +270,17 @@ def _run_one(
                 if drawing.pending:
                     basis = prefix + "pca/" + safe_filename(record.index, record.name, ".npy")
                     job = functools.partial(finish_tokens, drawing, folder, image, basis, timings)
-                    later.append((len(summaries), writer.run(job)))
+                    later.append((len(summaries), writer.run(job, held_bytes(picture))))
                 else:
-                    writer.submit(folder.write_bytes, image, functools.partial(encode, picture))
+                    encode_image = functools.partial(encode, picture)
+                    writer.submit(folder.write_bytes, image, encode_image, held_bytes(picture))
                 if report and drawing.tiles and shown is not None and stats is not None:
                     assert maps is not None
                     path, encode_data, written = layer_data(record, maps, shown, stats, prefix)
                     data = prefix + path
                     data_files.append(written)
-                    writer.submit(folder.write_bytes, data, encode_data)
+                    # The float16 copy it holds: less than its file's size (base64).
+                    writer.submit(folder.write_bytes, data, encode_data, written.size)
             else:
                 grids[record.name] = picture
                 pca = drawing.pca

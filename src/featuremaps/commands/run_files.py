@@ -23,6 +23,7 @@ from featuremaps.commands.run_drawing import Drawing, finished
 from featuremaps.inputs import fed_picture
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.render.encode import encode, encode_png
+from featuremaps.render.tokens import TokenPlan
 from featuremaps.report import DATA_DIR, float16_copy, layer_data_script
 from featuremaps.report.budget import LayerDataFile
 from featuremaps.report.render import layer_data_size
@@ -33,6 +34,7 @@ __all__ = [
     "INPUT_PICTURE",
     "BackgroundWriter",
     "finish_tokens",
+    "held_bytes",
     "input_pictures",
     "layer_data",
     "npy_bytes",
@@ -41,6 +43,8 @@ __all__ = [
 T = TypeVar("T")
 
 INPUT_PICTURE = "input.png"
+#: Bytes the writer's queue may hold beyond its first jobs (:class:`BackgroundWriter`).
+WRITER_BUDGET = 64 << 20
 FED_PICTURE = "input-fed.png"
 
 
@@ -85,21 +89,31 @@ class BackgroundWriter:
 
     PNG compression (ISA-L or zlib) and file writes release the GIL, so they overlap with the
     forward pass and the next layer's drawing; so does the PCA of a token layer (LAPACK), which
-    :meth:`run` takes there too. At most ``limit`` jobs wait in the queue, which keeps memory
-    bounded.
+    :meth:`run` takes there too. The queue is bounded by what its jobs hold: ``limit`` jobs may
+    always wait, more only while they hold at most ``budget`` bytes together (a ViT's token
+    layers queue their PCAs, a few MB each, instead of holding up the model after four).
     """
 
-    def __init__(self, timings: dict[str, float], limit: int = 4) -> None:
+    def __init__(
+        self, timings: dict[str, float], limit: int = 4, budget: int = WRITER_BUDGET
+    ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuremaps-write")
-        self._pending: list[Future[Any]] = []
+        self._pending: list[tuple[Future[Any], int]] = []
         self._limit = limit
+        self._budget = budget
         self._timings = timings  # only this thread touches the "encode" and "write" keys
 
     def submit(
-        self, write: Callable[[str, bytes], object], path: str, encode: Callable[[], bytes]
+        self,
+        write: Callable[[str, bytes], object],
+        path: str,
+        encode: Callable[[], bytes],
+        held: int = 0,
     ) -> None:
+        """Encode and write one file; ``held``: the bytes ``encode`` keeps alive until then."""
+
         def job() -> None:
             start = time.perf_counter()
             data = encode()
@@ -108,26 +122,46 @@ class BackgroundWriter:
             self._timings["encode"] += middle - start
             self._timings["write"] += time.perf_counter() - middle
 
-        self.run(job)
+        self.run(job, held)
 
-    def run(self, job: Callable[[], T]) -> Future[T]:
-        """Run ``job`` on the writer's thread, in turn with the files; its future."""
-        while len(self._pending) >= self._limit:
-            self._pending.pop(0).result()  # re-raises a failed job here, in the caller
+    def run(self, job: Callable[[], T], held: int = 0) -> Future[T]:
+        """Run ``job`` on the writer's thread, in turn with the files; its future. ``held``:
+        the bytes the job keeps alive until it has run."""
+        while self._pending and self._pending[0][0].done():
+            self._pending.pop(0)[0].result()
+        while len(self._pending) >= self._limit and (
+            held + sum(size for _, size in self._pending) > self._budget
+        ):
+            self._pending.pop(0)[0].result()  # re-raises a failed job here, in the caller
         future = self._pool.submit(job)
-        self._pending.append(future)
+        self._pending.append((future, held))
         return future
 
     def busy(self) -> bool:
         """Whether a picture is being encoded or waits to be."""
-        return any(not job.done() for job in self._pending)
+        return any(not job.done() for job, _ in self._pending)
 
     def wait(self) -> None:
         while self._pending:
-            self._pending.pop(0).result()
+            self._pending.pop(0)[0].result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def held_bytes(picture: object) -> int:
+    """The bytes of the arrays a picture waiting for the writer keeps alive: a mosaic's palette
+    indices, a composite's RGB pixels, a token plan's copy of the tokens and its panels."""
+    parts = [picture]
+    if isinstance(picture, TokenPlan):
+        parts = [picture.patches, picture.norm, picture.tail, picture.grid]
+    total = 0
+    for part in parts:
+        if not isinstance(part, np.ndarray):
+            indices = getattr(part, "indices", None)
+            part = getattr(part, "rgb", None) if indices is None else indices
+        total += part.nbytes if isinstance(part, np.ndarray) else 0
+    return total
 
 
 def _finite_or_none(values: np.ndarray) -> list[float | None]:
@@ -174,7 +208,7 @@ def input_pictures(
         # Cached: fed as read, the fed picture is the same one, and the writer (one thread, jobs
         # in order) then writes these bytes again instead of encoding it twice.
         encode_given = functools.lru_cache(maxsize=1)(functools.partial(encode_png, display))
-        writer.submit(folder.write_bytes, given, encode_given)
+        writer.submit(folder.write_bytes, given, encode_given, display.nbytes)
     fed = fed_picture(item.tensor, item.preprocessing, sample)
     fed_path = None
     if fed is not None:
@@ -182,7 +216,7 @@ def input_pictures(
         encode_fed: Callable[[], bytes] = functools.partial(encode_png, fed[0])
         if encode_given is not None and display is not None and np.array_equal(display, fed[0]):
             encode_fed = encode_given
-        writer.submit(folder.write_bytes, fed_path, encode_fed)
+        writer.submit(folder.write_bytes, fed_path, encode_fed, fed[0].nbytes)
     return {"given": given, "fed": fed_path, "fed_note": fed[1] if fed else None}
 
 

@@ -1,0 +1,94 @@
+"""The run's writer thread: its queue is bounded by what the waiting jobs hold."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from featuremaps.commands.run_files import BackgroundWriter, held_bytes
+from featuremaps.render.grid import GridLabel, GridOptions, make_grid
+from featuremaps.render.panels import Composite
+from featuremaps.render.tokens import plan_token_picture
+
+
+def _returns_soon(call: Callable[[], object], seconds: float) -> bool:
+    done = threading.Thread(target=call, daemon=True)
+    done.start()
+    done.join(seconds)
+    return not done.is_alive()
+
+
+def _blocked_until(gate: threading.Event, call: Callable[[], object]) -> bool:
+    """Whether ``call`` waits while ``gate`` is shut and returns once it opens."""
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(0.3)
+    waited = thread.is_alive()
+    gate.set()
+    thread.join(10)
+    return waited and not thread.is_alive()
+
+
+def test_small_jobs_queue_past_the_limit_within_the_budget() -> None:
+    gate = threading.Event()
+    writer = BackgroundWriter({"encode": 0.0, "write": 0.0}, limit=2, budget=100)
+    try:
+        writer.run(gate.wait, held=10)  # the writer is stuck on this one until the gate opens
+        # Five more jobs, 60 bytes in all: past the limit of 2, within the budget; none waits.
+        assert _returns_soon(lambda: [writer.run(lambda: None, held=10) for _ in range(5)], 5)
+        # 110 bytes would wait: this one waits for the stuck job (and those before it).
+        assert _blocked_until(gate, lambda: writer.run(lambda: None, held=50))
+        writer.wait()
+        assert not writer.busy()
+    finally:
+        gate.set()
+        writer.close()
+
+
+def test_the_first_jobs_always_queue_whatever_they_hold() -> None:
+    gate = threading.Event()
+    writer = BackgroundWriter({"encode": 0.0, "write": 0.0}, limit=3, budget=100)
+    try:
+        writer.run(gate.wait, held=1000)
+        assert _returns_soon(lambda: [writer.run(lambda: None, held=1000) for _ in range(2)], 5)
+        assert _blocked_until(gate, lambda: writer.run(lambda: None, held=1))
+    finally:
+        gate.set()
+        writer.close()
+
+
+def test_a_failed_job_is_raised_by_a_later_call() -> None:
+    writer = BackgroundWriter({"encode": 0.0, "write": 0.0})
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    try:
+        writer.run(fail).exception(10)  # done, failed
+        try:
+            writer.run(lambda: None)
+        except OSError as error:
+            assert "disk full" in str(error)
+        else:
+            raise AssertionError("the failure was not raised")
+    finally:
+        writer.close()
+
+
+def test_held_bytes_counts_the_arrays_a_waiting_picture_keeps() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.standard_normal((8, 6, 5)).astype(np.float32)
+    grid = make_grid(maps, GridOptions(), label=GridLabel("x", "Conv2d", (1, 8, 6, 5)))
+    assert held_bytes(grid) == grid.indices.nbytes > 0
+    rgb = np.zeros((7, 9, 3), dtype=np.uint8)
+    assert held_bytes(Composite(rgb)) == rgb.nbytes
+    patches = rng.standard_normal((16, 4, 4)).astype(np.float32)
+    plan = plan_token_picture(
+        patches, np.zeros((0, 16), np.float32), GridOptions(), GridLabel("t", "Linear", (1, 16, 16))
+    )
+    expected = plan.patches.nbytes + plan.norm.nbytes + plan.tail.nbytes + plan.grid.indices.nbytes
+    assert held_bytes(plan) == expected
+    assert plan.patches.nbytes >= patches.nbytes
+    assert held_bytes(b"not a picture") == 0
