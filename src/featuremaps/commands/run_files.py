@@ -43,9 +43,9 @@ __all__ = [
 T = TypeVar("T")
 
 INPUT_PICTURE = "input.png"
+FED_PICTURE = "input-fed.png"
 #: Bytes the writer's queue may hold beyond its first jobs (:class:`BackgroundWriter`).
 WRITER_BUDGET = 64 << 20
-FED_PICTURE = "input-fed.png"
 
 
 class SharedCores:
