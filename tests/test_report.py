@@ -19,6 +19,8 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
@@ -615,3 +617,35 @@ def test_report_says_n_a_and_constant_as_the_pictures_do(tmp_path: Path) -> None
     assert layers["flat"]["rangeNote"] == "constant (spread below float32 resolution)"
     assert layers["flat"]["constantChannels"] == [0]
     assert layers["empty"]["constantChannels"] == []
+
+
+_RANGE_VALUES = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1e-5, 1.5e-5, 9.99e-5, 1e-7, 1.5e-7, 1e16, 5e-324]),
+)
+
+
+@pytest.mark.parametrize("with_orjson", [True, False])
+@given(ranges=st.lists(st.tuples(_RANGE_VALUES, _RANGE_VALUES), max_size=40))
+def test_layer_data_head_is_script_json_of_its_meta(
+    with_orjson: bool, ranges: list[tuple[float | None, float | None]]
+) -> None:
+    # The head's numbers are spliced in from the number-list writer; the oracle is script_json
+    # of the whole meta, which walks every pair.
+    from unittest import mock
+
+    import featuremaps.io as fio
+    from featuremaps.report.render import PRECISION, _data_head
+
+    stem = "0001_a<b>&c"
+    meta = {
+        "shape": [len(ranges), 3, 4],
+        "dtype": PRECISION,
+        "byteorder": "little",
+        "overflow": 2,
+        "ranges": [list(r) for r in ranges],
+    }
+    expected = f'featuremaps.layerData({script_json(stem)},{script_json(meta)},"'.encode()
+    with mock.patch.object(fio, "orjson", fio.orjson if with_orjson else None):
+        assert _data_head(stem, (len(ranges), 3, 4), 2, ranges) == expected

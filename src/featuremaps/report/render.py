@@ -187,14 +187,24 @@ def _data_head(
     overflow: int,
     ranges: Sequence[tuple[float | None, float | None]],
 ) -> bytes:
-    meta = {
+    meta: dict[str, Any] = {
         "shape": list(shape),
         "dtype": PRECISION,
         "byteorder": "little",
         "overflow": overflow,
-        "ranges": [list(r) for r in ranges],
     }
-    return f'featuremaps.layerData({script_json(stem)},{script_json(meta)},"'.encode()
+    pairs = [list(r) for r in ranges]
+    if {type(v) for pair in pairs for v in pair} <= _RANGE_TYPES:
+        # Plain floats (None for no finite value): the numbers' text as script_json writes it,
+        # spliced in as the last key; script_json walks every pair, and a run calls this twice
+        # for each of its records.
+        text = f'{script_json(meta)[:-1]},"ranges":{number_list_json(pairs)}}}'
+    else:
+        text = script_json({**meta, "ranges": pairs})
+    return f'featuremaps.layerData({script_json(stem)},{text},"'.encode()
+
+
+_RANGE_TYPES = frozenset({float, type(None)})
 
 
 def layer_data_size(
@@ -223,7 +233,7 @@ def stats_script(stem: str, stats: Mapping[str, Any]) -> bytes:
     if all(isinstance(k, str) and isinstance(v, (list, tuple)) for k, v in stats.items()):
         # Lists of numbers: the text each list already has in this run's manifest, if any
         # (:func:`featuremaps.io.shared_number_text`); the same text script_json gives.
-        body = ",".join(f"{script_json(k)}:{_numbers(v)}" for k, v in stats.items())
+        body = ",".join(f"{_key_json(k)}:{_numbers(v)}" for k, v in stats.items())
         text = "{" + body + "}"
     else:
         text = script_json(stats)
@@ -231,6 +241,12 @@ def stats_script(stem: str, stats: Mapping[str, Any]) -> bytes:
 
 
 _NUMBER_TYPES = frozenset({int, float, type(None)})
+
+
+@functools.lru_cache(maxsize=64)
+def _key_json(key: str) -> str:
+    """:func:`script_json` of a statistic's name (the same few names for every record)."""
+    return script_json(key)
 
 
 def _numbers(values: list[Any] | tuple[Any, ...]) -> str:
