@@ -171,3 +171,37 @@ def test_token_pictures_and_pca_written_by_the_writer_equal_those_drawn_in_memor
         expected = token_pca(captured.maps(), dtype=captured.dtype)
         want = np.concatenate([expected.mean[None], expected.basis]).astype(np.float32)
         np.testing.assert_array_equal(basis, want)
+
+
+def test_pca_memo_reuses_only_byte_identical_tokens() -> None:
+    # A Dropout (eval) or Identity after a token layer passes the same tokens on; its PCA is
+    # reused. Anything else, down to one ulp or the sign of a zero, is computed again.
+    import numpy as np
+
+    from featuremaps.render.tokens import PcaMemo, token_pca
+
+    def same(a: object, b: object) -> None:
+        for name in ("mean", "basis", "rgb"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert a.explained == b.explained and a.constant == b.constant  # type: ignore[attr-defined]
+
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((12, 3, 4)).astype(np.float32)
+    memo = PcaMemo()
+    first = memo.pca(tokens, np.float32)
+    same(first, token_pca(tokens, dtype=np.float32))
+    assert memo.pca(tokens.copy(), np.float32) is first
+    assert memo.pca(tokens, np.float16) is not first  # the noise floor depends on the dtype
+    nudged = tokens.copy()
+    nudged[0, 0, 0] = np.nextafter(nudged[0, 0, 0], np.float32(np.inf))
+    again = memo.pca(nudged, np.float32)
+    assert again is not first
+    same(again, token_pca(nudged, dtype=np.float32))
+    zeros = np.zeros((4, 2, 2), np.float32)
+    plain = memo.pca(zeros, np.float32)
+    assert memo.pca(-zeros, np.float32) is not plain
+    holes = tokens.copy()
+    holes[:, 1, 2] = np.nan
+    with_nan = memo.pca(holes, np.float32)
+    assert memo.pca(holes.copy(), np.float32) is with_nan
+    same(with_nan, token_pca(holes, dtype=np.float32))

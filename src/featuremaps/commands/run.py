@@ -97,6 +97,7 @@ from featuremaps.predictions import categories, prediction, prediction_lines
 from featuremaps.render import Grid, GridLabel, GridOptions
 from featuremaps.render.encode import encode
 from featuremaps.render.signal import Placement as AxisPlacement
+from featuremaps.render.tokens import PcaMemo
 from featuremaps.report import (
     INDEX,
     report_files,
@@ -222,6 +223,7 @@ def _run_one(
     timings: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
     data_files: list[LayerDataFile] = []
     later: list[tuple[int, Future[dict[str, Any]]]] = []
+    pca_memo = PcaMemo()  # used on the writer's thread only, token layers in order
 
     def consume(record: LayerRecord) -> None:
         start = time.perf_counter()
@@ -269,7 +271,9 @@ def _run_one(
                 image = prefix + safe_filename(record.index, record.name)
                 if drawing.pending:
                     basis = prefix + "pca/" + safe_filename(record.index, record.name, ".npy")
-                    job = functools.partial(finish_tokens, drawing, folder, image, basis, timings)
+                    job = functools.partial(
+                        finish_tokens, drawing, folder, image, basis, timings, pca_memo
+                    )
                     later.append((len(summaries), writer.run(job, held_bytes(picture))))
                 else:
                     encode_image = functools.partial(encode, picture)

@@ -30,6 +30,7 @@ from featuremaps.render.scaling import centred, compute_range, is_signed_range, 
 from featuremaps.render.signal import Placement as AxisPlacement
 from featuremaps.render.signal import make_signal_picture
 from featuremaps.render.tokens import (
+    PcaMemo,
     TokenPicture,
     TokenPlan,
     finish_token_picture,
@@ -115,11 +116,12 @@ def _token_drawing(tokens: TokenPicture) -> Drawing:
     )
 
 
-def finished(drawing: Drawing) -> Drawing:
+def finished(drawing: Drawing, memo: PcaMemo | None = None) -> Drawing:
     """``drawing`` with its picture done: a token layer's PCA taken (on any thread: the plan
-    holds its own copy of the tokens); any other drawing as it is."""
+    holds its own copy of the tokens; ``memo``, the run's :class:`PcaMemo`); any other drawing
+    as it is."""
     if isinstance(drawing.picture, TokenPlan):
-        return _token_drawing(finish_token_picture(drawing.picture))
+        return _token_drawing(finish_token_picture(drawing.picture, memo))
     return drawing
 
 

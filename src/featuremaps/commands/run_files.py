@@ -23,7 +23,7 @@ from featuremaps.commands.run_drawing import Drawing, finished
 from featuremaps.inputs import fed_picture
 from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.render.encode import encode, encode_png
-from featuremaps.render.tokens import TokenPlan
+from featuremaps.render.tokens import PcaMemo, TokenPlan
 from featuremaps.report import DATA_DIR, float16_copy, layer_data_script
 from featuremaps.report.budget import LayerDataFile
 from featuremaps.report.render import layer_data_size
@@ -221,13 +221,19 @@ def input_pictures(
 
 
 def finish_tokens(
-    drawing: Drawing, folder: OutputFolder, image: str, basis: str, timings: dict[str, float]
+    drawing: Drawing,
+    folder: OutputFolder,
+    image: str,
+    basis: str,
+    timings: dict[str, float],
+    memo: PcaMemo | None = None,
 ) -> dict[str, Any]:
     """A :attr:`~featuremaps.commands.run_drawing.Drawing.pending` token layer, on the writer's
-    thread: its PCA taken (numpy's LAPACK lets go of the GIL, so the model goes on), its picture
-    and PCA basis written; the manifest's ``pca`` entry."""
+    thread: its PCA taken (numpy's LAPACK lets go of the GIL, so the model goes on; ``memo``:
+    the run's, one thread in layer order), its picture and PCA basis written; the manifest's
+    ``pca`` entry."""
     start = time.perf_counter()
-    done = finished(drawing)
+    done = finished(drawing, memo)
     middle = time.perf_counter()
     data = encode(done.picture), npy_bytes(done.pca_array)
     encoded = time.perf_counter()
