@@ -205,3 +205,15 @@ def test_pca_memo_reuses_only_byte_identical_tokens() -> None:
     with_nan = memo.pca(holes, np.float32)
     assert memo.pca(holes.copy(), np.float32) is with_nan
     same(with_nan, token_pca(holes, dtype=np.float32))
+
+
+def test_pca_memo_does_not_see_tokens_changed_after_the_call() -> None:
+    import numpy as np
+
+    from featuremaps.render.tokens import PcaMemo
+
+    tokens = np.random.default_rng(1).standard_normal((6, 2, 3)).astype(np.float32)
+    memo = PcaMemo()
+    first = memo.pca(tokens, np.float32)
+    tokens *= 2.0  # in place, as a network's next in-place op would
+    assert memo.pca(tokens, np.float32) is not first
