@@ -11,53 +11,73 @@ while it trains (TensorBoard or a folder; a Lightning callback in
 :mod:`featuremaps.integrations.lightning`).
 """
 
-from featuremaps._errors import (
-    CaptureError,
-    EngineError,
-    FeaturemapsError,
-    FeaturemapsWarning,
-    InputError,
-    LayerError,
-    ModelError,
-    NonFiniteWarning,
-    OptionError,
-    OutputError,
-    RandomWeightsWarning,
-    UntrustedCheckpointError,
-)
-from featuremaps._version import __version__
-from featuremaps.ablation import AblationPoint, AblationResult
-from featuremaps.capture import Capture, LayerRecord, NotRun, capture, record_name, zero_channels
-from featuremaps.classmaps import ClassMap, Region, Target
-from featuremaps.commands.ablate import ablate
-from featuremaps.commands.cam import cam
-from featuremaps.commands.cam_files import CamOptions
-from featuremaps.commands.layers import LayerInfo, list_layers
-from featuremaps.commands.locate import draw_overlay, locate
-from featuremaps.commands.prune import prune
-from featuremaps.commands.run import Visualization, visualize
-from featuremaps.commands.slide import SlideResult, slide_maps
-from featuremaps.commands.stats import collect_stats
-from featuremaps.dataset import SavedStats, read_stats
-from featuremaps.filters import Filters, filters
-from featuremaps.geometry import MapGeometry
-from featuremaps.inputs import (
-    LoadedInput,
-    Preprocessing,
-    expected_axes,
-    expected_channels,
-    load_input,
-    sample_image_path,
-)
-from featuremaps.manifest import MANIFEST as MANIFEST_NAME
-from featuremaps.manifest import RecordSummary
-from featuremaps.models import LoadedModel, load_model
-from featuremaps.pruning import PrunePoint, PruneResult
-from featuremaps.render import Grid, GridLabel, GridOptions, make_grid
-from featuremaps.render.filters import FilterSheet, make_filter_sheet
-from featuremaps.report import write_report
-from featuremaps.stats import summarize
-from featuremaps.watch import watch
+import gc as _gc
+
+# Importing this package imports torch and torchvision: a few hundred thousand objects that live
+# as long as the process. The cyclic garbage collector would walk them all several times during
+# the import and find nothing to free (about 0.4 s of a 2.5 s import on two cores), so it is
+# paused for the import and then left as it was found.
+_collecting = _gc.isenabled()
+_gc.disable()
+try:
+    from featuremaps._errors import (
+        CaptureError,
+        EngineError,
+        FeaturemapsError,
+        FeaturemapsWarning,
+        InputError,
+        LayerError,
+        ModelError,
+        NonFiniteWarning,
+        OptionError,
+        OutputError,
+        RandomWeightsWarning,
+        UntrustedCheckpointError,
+    )
+    from featuremaps._version import __version__
+    from featuremaps.ablation import AblationPoint, AblationResult
+    from featuremaps.capture import (
+        Capture,
+        LayerRecord,
+        NotRun,
+        capture,
+        record_name,
+        zero_channels,
+    )
+    from featuremaps.classmaps import ClassMap, Region, Target
+    from featuremaps.commands.ablate import ablate
+    from featuremaps.commands.cam import cam
+    from featuremaps.commands.cam_files import CamOptions
+    from featuremaps.commands.layers import LayerInfo, list_layers
+    from featuremaps.commands.locate import draw_overlay, locate
+    from featuremaps.commands.prune import prune
+    from featuremaps.commands.run import Visualization, visualize
+    from featuremaps.commands.slide import SlideResult, slide_maps
+    from featuremaps.commands.stats import collect_stats
+    from featuremaps.dataset import SavedStats, read_stats
+    from featuremaps.filters import Filters, filters
+    from featuremaps.geometry import MapGeometry
+    from featuremaps.inputs import (
+        LoadedInput,
+        Preprocessing,
+        expected_axes,
+        expected_channels,
+        load_input,
+        sample_image_path,
+    )
+    from featuremaps.manifest import MANIFEST as MANIFEST_NAME
+    from featuremaps.manifest import RecordSummary
+    from featuremaps.models import LoadedModel, load_model
+    from featuremaps.pruning import PrunePoint, PruneResult
+    from featuremaps.render import Grid, GridLabel, GridOptions, make_grid
+    from featuremaps.render.filters import FilterSheet, make_filter_sheet
+    from featuremaps.report import write_report
+    from featuremaps.stats import summarize
+    from featuremaps.watch import watch
+finally:
+    if _collecting:
+        _gc.enable()
+    del _collecting
 
 __all__ = [
     "MANIFEST_NAME",

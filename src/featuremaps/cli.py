@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import os
 import sys
 import threading
@@ -173,7 +174,12 @@ def console_main() -> NoReturn:
 
     A reader that goes away (``featuremaps layers resnet50 | head``) ends the program quietly
     with the status a program killed by SIGPIPE has, 141, as other command-line tools do.
+
+    The objects of the imports (torch's included) live until the end, so they are moved out of
+    the cyclic garbage collector's sight (:func:`gc.freeze`): its collections during the command
+    then walk only the command's own objects.
     """
+    gc.freeze()
     try:
         code = main()
     except BrokenPipeError:
