@@ -397,6 +397,37 @@ def test_write_report_refreshes_runs_and_refuses_other_folders(
         update_run_folder(top, {"../x": b""})
 
 
+@pytest.mark.parametrize("extra", [[], ["--filters"]])
+def test_statistics_scripts_written_during_a_run_are_those_of_its_manifest(
+    tmp_path: Path, extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run writes each record's statistics script as the record passes; --filters then adds
+    # norms to the statistics, and those scripts are written again. Either way the files are
+    # the ones the report makes from the finished manifest, for every input's sub-folder.
+    photos = []
+    for i, colour in enumerate([(10, 200, 30), (200, 10, 90)]):
+        photos.append(tmp_path / f"p{i}.png")
+        Image.new("RGB", (24, 20), colour).save(photos[-1])
+    out = tmp_path / "o"
+    code = main([*map(str, photos), "-m", "shapes_cnn", "-o", str(out), *extra])
+    assert code == 0, capsys.readouterr().err
+    scripts = sorted(out.glob("*/data/*.stats.js"))
+    manifests = [json.loads((out / sub / "manifest.json").read_text()) for sub in ("p0", "p1")]
+    drawn = [r for m in manifests for r in m["records"] if r["image"]]
+    assert len(scripts) == len(drawn) > 0
+    assert all(("filter_l1" in r["channel_stats"]) == bool(extra) for r in drawn)
+    written = {path: path.read_bytes() for path in scripts}
+    for sub, manifest in zip(("p0", "p1"), manifests, strict=True):
+        made = report_files(manifest, f"{sub}/")
+        for relative, content in made.items():
+            if relative.endswith(".stats.js"):
+                assert written.pop(out / sub / relative) == content
+    assert written == {}
+    # The budget counts them: what it stored is at least their bytes.
+    total = sum(len(p.read_bytes()) for p in out.glob("p0/data/*.stats.js"))
+    assert manifests[0]["report_data"]["stored_bytes"] >= total
+
+
 def test_build_report_refuses_foreign_manifests() -> None:
     with pytest.raises(fm.InputError, match="was not written by featuremaps"):
         build_report({"tool": "x", "records": []})

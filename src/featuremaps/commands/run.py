@@ -73,6 +73,7 @@ from featuremaps.commands.run_drawing import (
 from featuremaps.commands.run_files import (
     BackgroundWriter,
     SharedCores,
+    StatisticsScripts,
     finish_tokens,
     held_bytes,
     input_pictures,
@@ -108,7 +109,6 @@ from featuremaps.report.budget import (
     MIB,
     LayerDataFile,
     apply_budget,
-    statistics_size,
 )
 from featuremaps.selection import select_modules
 from featuremaps.stats import (
@@ -314,6 +314,8 @@ def _run_one(
                 pca=pca,
             )
         )
+        if scripts is not None:
+            scripts.add(summaries[-1])
         bar.update(1)
         # Two cores, three busy threads make the forward slower than one thread does: the
         # model's own threads wait for each other while the writer holds a core (resnet50 on
@@ -322,6 +324,7 @@ def _run_one(
         timings["consume"] += time.perf_counter() - start
 
     writer = BackgroundWriter(timings)
+    scripts = StatisticsScripts(folder, prefix, writer) if report and folder is not None else None
     signal = isinstance(tensor, torch.Tensor) and tensor.dim() == 3
     tracker = _geometry_tracker(loaded.model, tensor) if folder is not None or signal else None
 
@@ -389,8 +392,8 @@ def _run_one(
 
     messages = []
     budget = None
-    if report and folder is not None:
-        budget = apply_budget(folder, data_files, report_budget, statistics_size(summaries))
+    if scripts is not None and folder is not None:
+        budget = apply_budget(folder, data_files, report_budget, scripts.finish(summaries))
         summaries = [budget.record(r) for r in summaries]
         if budget.message() is not None:
             messages.append(str(budget.message()))
@@ -447,7 +450,8 @@ def _run_one(
         folder.write_json(prefix + MANIFEST, manifest)
         if report:
             # The page is built from the manifest just written, as write_report() would.
-            for relative, content in report_files(manifest, prefix).items():
+            pages = report_files(manifest, prefix, statistics=False)  # those: written above
+            for relative, content in pages.items():
                 folder.write_bytes(prefix + relative, content)
         timings["manifest+report"] = time.perf_counter() - start
     return Visualization(summaries, manifest, None, grids, messages, timings, cams=found_cams)

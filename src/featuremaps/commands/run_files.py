@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,9 +23,10 @@ from featuremaps.commands.common import ResolvedInput
 from featuremaps.commands.run_drawing import Drawing, finished
 from featuremaps.inputs import fed_picture
 from featuremaps.io import OutputFolder, safe_filename
+from featuremaps.manifest import RecordSummary
 from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.tokens import PcaMemo, TokenPlan
-from featuremaps.report import DATA_DIR, float16_copy, layer_data_script
+from featuremaps.report import DATA_DIR, float16_copy, layer_data_script, stats_path, stats_script
 from featuremaps.report.budget import LayerDataFile
 from featuremaps.report.render import layer_data_size
 from featuremaps.stats import ChannelStats
@@ -33,6 +35,7 @@ __all__ = [
     "FED_PICTURE",
     "INPUT_PICTURE",
     "BackgroundWriter",
+    "StatisticsScripts",
     "finish_tokens",
     "held_bytes",
     "input_pictures",
@@ -147,6 +150,44 @@ class BackgroundWriter:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StatisticsScripts:
+    """The report's statistics script of each record of one run (:func:`stats_script`), made as
+    the record passes and written on the writer's thread, so the end of the run has none of
+    these files left to write. A record whose statistics change afterwards (``--filters`` adds
+    the norms of its filters to them) has its script made again by :meth:`finish`."""
+
+    def __init__(self, folder: OutputFolder, prefix: str, writer: BackgroundWriter) -> None:
+        self._folder, self._prefix, self._writer = folder, prefix, writer
+        self._made: dict[str, tuple[Mapping[str, Any], int]] = {}
+
+    def add(self, summary: RecordSummary) -> None:
+        """Write the script of ``summary`` (a drawn record with statistics; else nothing)."""
+        if not summary.image or summary.channel_stats is None:
+            return
+        stem = PurePosixPath(summary.image).stem
+        script = stats_script(stem, summary.channel_stats)
+        self._made[summary.name] = (summary.channel_stats, len(script))
+        path = self._prefix + stats_path(stem)
+        self._writer.submit(self._folder.write_bytes, path, lambda: script, len(script))
+
+    def finish(self, summaries: Sequence[RecordSummary]) -> int:
+        """Write the scripts of ``summaries`` that differ from those written as the records
+        passed (call it once the writer is done); the bytes of all their scripts."""
+        total = 0
+        for summary in summaries:
+            if not summary.image or summary.channel_stats is None:
+                continue
+            made = self._made.get(summary.name)
+            if made is not None and made[0] is summary.channel_stats:
+                total += made[1]
+                continue
+            stem = PurePosixPath(summary.image).stem
+            script = stats_script(stem, summary.channel_stats)
+            self._folder.write_bytes(self._prefix + stats_path(stem), script)
+            total += len(script)
+        return total
 
 
 def held_bytes(picture: object) -> int:

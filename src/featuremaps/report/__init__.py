@@ -18,13 +18,14 @@ from typing import Any
 from featuremaps._errors import InputError
 from featuremaps.io import update_run_folder
 from featuremaps.manifest import MANIFEST
-from featuremaps.report.model import DATA_DIR, ReportData, build_report
+from featuremaps.report.model import DATA_DIR, ReportData, build_report, stats_path
 from featuremaps.report.render import (
     PRECISION,
     float16_copy,
     layer_data_script,
     render_files,
     runs_index_files,
+    stats_script,
 )
 
 __all__ = [
@@ -37,15 +38,20 @@ __all__ = [
     "layer_data_script",
     "report_files",
     "runs_report_files",
+    "stats_path",
+    "stats_script",
     "write_report",
 ]
 
 INDEX = "index.html"
 
 
-def report_files(manifest: Mapping[str, Any], base: str = "") -> dict[str, bytes]:
-    """Every file of one run's report (paths relative to the run folder)."""
-    return render_files(build_report(manifest, base))
+def report_files(
+    manifest: Mapping[str, Any], base: str = "", statistics: bool = True
+) -> dict[str, bytes]:
+    """Every file of one run's report (paths relative to the run folder); without the records'
+    statistics scripts unless ``statistics``."""
+    return render_files(build_report(manifest, base), statistics)
 
 
 def runs_report_files(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, bytes]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import PurePosixPath
 
 from featuremaps.io import OutputFolder
 from featuremaps.manifest import RecordSummary
@@ -24,7 +23,6 @@ from featuremaps.report.render import (
     layer_data_script,
     layer_data_size,
     layer_data_values,
-    stats_script,
 )
 
 __all__ = [
@@ -34,7 +32,6 @@ __all__ = [
     "LayerDataFile",
     "apply_budget",
     "plan",
-    "statistics_size",
 ]
 
 DEFAULT_REPORT_BUDGET_MIB = 200.0
@@ -98,15 +95,6 @@ def plan(files: Sequence[LayerDataFile], limit: int) -> list[int]:
         else:
             high = middle - 1
     return [f.channels_within(low) for f in files]
-
-
-def statistics_size(records: Sequence[RecordSummary]) -> int:
-    """The bytes of the statistics scripts the report writes into ``data/`` for ``records``."""
-    return sum(
-        len(stats_script(PurePosixPath(r.image).stem, r.channel_stats))
-        for r in records
-        if r.image and r.channel_stats is not None
-    )
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,15 @@ __all__ = [
     "ReportHeader",
     "build_report",
     "preprocessing_text",
+    "stats_path",
 ]
 
 DATA_DIR = "data"
+
+
+def stats_path(stem: str) -> str:
+    """Where the report keeps the statistics script of the record whose files are ``stem``."""
+    return f"{DATA_DIR}/{stem}.stats.js"
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,7 @@ class LayerEntry:
         """Where the report writes this record's statistics script (None without statistics)."""
         if self.record.channel_stats is None or self.stem is None:
             return None
-        return f"{DATA_DIR}/{self.stem}.stats.js"
+        return stats_path(self.stem)
 
     @property
     def label(self) -> str:

@@ -363,8 +363,9 @@ def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
-def render_files(data: ReportData) -> dict[str, bytes]:
-    """Every file of the report: ``index.html``, its assets, and the statistics scripts."""
+def render_files(data: ReportData, statistics: bool = True) -> dict[str, bytes]:
+    """Every file of the report: ``index.html``, its assets, and (``statistics``) the records'
+    statistics scripts (:func:`stats_script`), which a run writes as its records pass."""
     import markupsafe
 
     config = script_json(client_config(data))
@@ -390,7 +391,7 @@ def render_files(data: ReportData) -> dict[str, bytes]:
         f"{ASSETS_DIR}/report.js": asset("report.js"),
         f"{ASSETS_DIR}/report.css": asset("report.css"),
     }
-    for entry in data.layers:
+    for entry in data.layers if statistics else ():
         stats = entry.record.channel_stats
         if entry.stats_file and entry.stem and stats is not None:
             files[entry.stats_file] = stats_script(entry.stem, stats)
