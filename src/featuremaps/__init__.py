@@ -11,15 +11,11 @@ while it trains (TensorBoard or a folder; a Lightning callback in
 :mod:`featuremaps.integrations.lightning`).
 """
 
-import gc as _gc
+from featuremaps import _collector
 
-# Importing this package imports torch and torchvision: a few hundred thousand objects that live
-# as long as the process. The cyclic garbage collector would walk them all several times during
-# the import and find nothing to free (about 0.4 s of a 2.5 s import on two cores), so it is
-# paused for the import and then left as it was found.
-_collecting = _gc.isenabled()
-_gc.disable()
-try:
+# Importing this package imports torch: its objects are made without the cyclic collector
+# walking them again and again (see featuremaps._collector).
+with _collector.paused():
     from featuremaps._errors import (
         CaptureError,
         EngineError,
@@ -74,10 +70,6 @@ try:
     from featuremaps.report import write_report
     from featuremaps.stats import summarize
     from featuremaps.watch import watch
-finally:
-    if _collecting:
-        _gc.enable()
-    del _collecting
 
 __all__ = [
     "MANIFEST_NAME",

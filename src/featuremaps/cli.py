@@ -176,8 +176,9 @@ def console_main() -> NoReturn:
     with the status a program killed by SIGPIPE has, 141, as other command-line tools do.
 
     The objects of the imports (torch's included) live until the end, so they are moved out of
-    the cyclic garbage collector's sight (:func:`gc.freeze`): its collections during the command
-    then walk only the command's own objects.
+    the cyclic garbage collector's sight (:func:`gc.freeze`), as are those of loading a
+    torchvision or timm model (:mod:`featuremaps._collector`): its collections during the
+    command then walk only the command's own objects.
     """
     gc.freeze()
     try:

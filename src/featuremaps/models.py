@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featuremaps import _collector
 from featuremaps._errors import ModelError, RandomWeightsWarning
 from featuremaps.checkpoints import (
     RANDOM_SEED,
@@ -85,7 +86,8 @@ def load_model(
         offline = os.environ.get("FEATUREMAPS_OFFLINE", "") not in ("", "0")
     spec = spec.strip()
     if spec.startswith("timm:"):
-        loaded = _load_timm(spec, spec[5:], weights, offline, trust_checkpoint)
+        with _collector.paused():  # timm's import and the model: long-lived objects
+            loaded = _load_timm(spec, spec[5:], weights, offline, trust_checkpoint)
     elif _is_factory(spec):
         loaded = _load_factory(spec)
     elif Path(spec).suffix.lower() == ".onnx":
@@ -104,7 +106,8 @@ def load_model(
         if spec in zoo.NAMES:
             loaded = zoo.load(spec, weights, trust_checkpoint)
         else:
-            loaded = _load_zoo(spec, weights, offline, trust_checkpoint)
+            with _collector.paused():  # torchvision's import and the model: long-lived objects
+                loaded = _load_zoo(spec, weights, offline, trust_checkpoint)
 
     handled = ("torchvision", "timm", "featuremaps")  # these loaders already applied `weights`
     if weights not in (None, "DEFAULT", "default") and loaded.source not in handled:
