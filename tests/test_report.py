@@ -667,7 +667,7 @@ def test_layer_data_head_is_script_json_of_its_meta(
     from unittest import mock
 
     import featuremaps.io as fio
-    from featuremaps.report.render import PRECISION, _data_head
+    from featuremaps.report.render import PRECISION, layer_data_head
 
     stem = "0001_a<b>&c"
     meta = {
@@ -679,4 +679,4 @@ def test_layer_data_head_is_script_json_of_its_meta(
     }
     expected = f'featuremaps.layerData({script_json(stem)},{script_json(meta)},"'.encode()
     with mock.patch.object(fio, "orjson", fio.orjson if with_orjson else None):
-        assert _data_head(stem, (len(ranges), 3, 4), 2, ranges) == expected
+        assert layer_data_head(stem, (len(ranges), 3, 4), 2, ranges) == expected

@@ -28,7 +28,7 @@ from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.tokens import PcaMemo, TokenPlan
 from featuremaps.report import DATA_DIR, float16_copy, layer_data_script, stats_path, stats_script
 from featuremaps.report.budget import LayerDataFile
-from featuremaps.report.render import layer_data_size
+from featuremaps.report.render import layer_data_head, layer_data_size
 from featuremaps.stats import ChannelStats
 
 __all__ = [
@@ -231,9 +231,10 @@ def layer_data(
         over = np.isfinite(block) & ~np.isfinite(half)
         each = tuple(int(n) for n in over.reshape(len(shown), -1).sum(axis=1))
     k, h, w = (int(n) for n in half.shape)
-    size = layer_data_size(stem, (k, h, w), overflow, ranges)
+    head = layer_data_head(stem, (k, h, w), overflow, ranges)  # its numbers' text made once
+    size = layer_data_size(stem, (k, h, w), overflow, ranges, head)
     file = LayerDataFile(prefix + path, record.name, stem, (k, h, w), tuple(ranges), each, size)
-    return path, lambda: layer_data_script(stem, half, overflow, ranges), file
+    return path, lambda: layer_data_script(stem, half, overflow, ranges, head), file
 
 
 def input_pictures(

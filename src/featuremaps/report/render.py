@@ -44,6 +44,7 @@ __all__ = [
     "SEQUENTIAL_CMAPS",
     "asset",
     "float16_copy",
+    "layer_data_head",
     "layer_data_script",
     "layer_data_size",
     "layer_data_values",
@@ -155,15 +156,18 @@ def layer_data_script(
     half: np.ndarray,
     overflow: int,
     ranges: Sequence[tuple[float | None, float | None]],
+    head: bytes | None = None,
 ) -> bytes:
     """The data script of one record: its shown channels ``(k, H, W)`` as float16, base64.
 
     ``half`` and ``overflow`` come from :func:`float16_copy`. ``ranges`` are the exact
     (float32/float64) min and max of each shown channel, so per-channel colour scales and
-    captions do not depend on the float16 rounding.
+    captions do not depend on the float16 rounding. ``head``: :func:`layer_data_head` of the
+    same arguments, when the caller has it already.
     """
     half = np.ascontiguousarray(half, dtype="<f2")
-    head = _data_head(stem, half.shape, overflow, ranges)
+    if head is None:
+        head = layer_data_head(stem, half.shape, overflow, ranges)
     # Bytes all the way: the base64 text is large, and str round trips would copy it twice. In
     # pieces of a multiple of 3 bytes (the same text as one call): one call holds the GIL
     # throughout, and a run encodes these on its writer thread while the model's thread waits
@@ -181,12 +185,13 @@ _BASE64_PIECE = 3 << 16  # 192 KiB of data, about 0.2 ms of base64
 _DATA_TAIL = b'");\n'
 
 
-def _data_head(
+def layer_data_head(
     stem: str,
     shape: Sequence[int],
     overflow: int,
     ranges: Sequence[tuple[float | None, float | None]],
 ) -> bytes:
+    """The text of a :func:`layer_data_script` before its base64 values."""
     meta: dict[str, Any] = {
         "shape": list(shape),
         "dtype": PRECISION,
@@ -212,11 +217,14 @@ def layer_data_size(
     shape: Sequence[int],
     overflow: int,
     ranges: Sequence[tuple[float | None, float | None]],
+    head: bytes | None = None,
 ) -> int:
     """The size in bytes of :func:`layer_data_script` for float16 maps of ``shape``, without the
-    maps (base64 turns every 3 bytes into 4 characters)."""
+    maps (base64 turns every 3 bytes into 4 characters); ``head`` as there."""
     count = 2 * math.prod(shape)
-    return len(_data_head(stem, shape, overflow, ranges)) + 4 * -(-count // 3) + len(_DATA_TAIL)
+    if head is None:
+        head = layer_data_head(stem, shape, overflow, ranges)
+    return len(head) + 4 * -(-count // 3) + len(_DATA_TAIL)
 
 
 def layer_data_values(script: bytes, shape: Sequence[int]) -> np.ndarray:
