@@ -66,9 +66,9 @@ def test_a_failed_job_is_raised_by_a_later_call() -> None:
         raise OSError("disk full")
 
     try:
-        writer.run(fail).exception(10)  # done, failed
+        writer.run(fail, held=0).exception(10)  # done, failed
         try:
-            writer.run(lambda: None)
+            writer.run(lambda: None, held=0)
         except OSError as error:
             assert "disk full" in str(error)
         else:

@@ -113,9 +113,10 @@ class BackgroundWriter:
         write: Callable[[str, bytes], object],
         path: str,
         encode: Callable[[], bytes],
-        held: int = 0,
+        held: int,
     ) -> None:
-        """Encode and write one file; ``held``: the bytes ``encode`` keeps alive until then."""
+        """Encode and write one file; ``held``: the bytes ``encode`` keeps alive until then
+        (no default: a job that forgot them would be free against the budget)."""
 
         def job() -> None:
             start = time.perf_counter()
@@ -127,7 +128,7 @@ class BackgroundWriter:
 
         self.run(job, held)
 
-    def run(self, job: Callable[[], T], held: int = 0) -> Future[T]:
+    def run(self, job: Callable[[], T], held: int) -> Future[T]:
         """Run ``job`` on the writer's thread, in turn with the files; its future. ``held``:
         the bytes the job keeps alive until it has run."""
         while self._pending and self._pending[0][0].done():
