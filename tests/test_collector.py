@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -61,3 +62,35 @@ def test_importing_featuremaps_leaves_the_collector_on_and_nothing_frozen() -> N
     code = "import gc, featuremaps; print(gc.isenabled(), gc.get_freeze_count())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["True", "0"]
+
+
+def test_overlapping_blocks_pause_until_the_last_one_ends(collector_state: None) -> None:
+    # Two threads loading models at once: the second finds the collector paused by the first,
+    # which ends first; the collector stays paused until the second ends, then is on again.
+    gc.enable()
+    first_in, second_in, first_out = (threading.Event() for _ in range(3))
+    seen: list[bool] = []
+
+    def first() -> None:
+        with _collector.paused():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with _collector.paused():
+            second_in.set()
+            first_out.wait(10)
+            seen.append(gc.isenabled())  # still inside a block
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == [False]
+    assert gc.isenabled()
+    with _collector.paused(), _collector.paused():  # nested
+        assert not gc.isenabled()
+    assert gc.isenabled()

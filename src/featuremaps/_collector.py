@@ -15,23 +15,38 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections.abc import Iterator
 
 __all__ = ["paused"]
+
+# Blocks may overlap (nested, or two threads loading models): the first to enter pauses the
+# collector and the last to leave restores it, so a block that ends does not switch it back on
+# under one still running, and the objects are handed over once.
+_lock = threading.Lock()
+_inside = 0
+_was_enabled = False
 
 
 @contextlib.contextmanager
 def paused() -> Iterator[None]:
     """No cyclic collection inside the block; its objects then join the oldest generation (the
     frozen ones, if the process freezes its long-lived objects)."""
-    collecting = gc.isenabled()
-    gc.disable()
+    global _inside, _was_enabled
+    with _lock:
+        if _inside == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _inside += 1
     try:
         yield
     finally:
-        frozen = gc.get_freeze_count() > 0
-        gc.freeze()
-        if not frozen:
-            gc.unfreeze()
-        if collecting:
-            gc.enable()
+        with _lock:
+            _inside -= 1
+            if _inside == 0:
+                frozen = gc.get_freeze_count() > 0
+                gc.freeze()
+                if not frozen:
+                    gc.unfreeze()
+                if _was_enabled:
+                    gc.enable()
