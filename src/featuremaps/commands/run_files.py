@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
@@ -161,34 +161,37 @@ class StatisticsScripts:
 
     def __init__(self, folder: OutputFolder, prefix: str, writer: BackgroundWriter) -> None:
         self._folder, self._prefix, self._writer = folder, prefix, writer
-        self._made: dict[str, tuple[Mapping[str, Any], int]] = {}
+        self._made: dict[str, tuple[object, int]] = {}  # the statistics scripted, its size
 
     def add(self, summary: RecordSummary) -> None:
         """Write the script of ``summary`` (a drawn record with statistics; else nothing)."""
-        if not summary.image or summary.channel_stats is None:
-            return
-        stem = PurePosixPath(summary.image).stem
-        script = stats_script(stem, summary.channel_stats)
-        self._made[summary.name] = (summary.channel_stats, len(script))
-        path = self._prefix + stats_path(stem)
-        self._writer.submit(self._folder.write_bytes, path, lambda: script, len(script))
+        made = self._script(summary)
+        if made is not None:
+            path, script = made
+            self._made[summary.name] = (summary.channel_stats, len(script))
+            self._writer.submit(self._folder.write_bytes, path, lambda: script, len(script))
 
     def finish(self, summaries: Sequence[RecordSummary]) -> int:
         """Write the scripts of ``summaries`` that differ from those written as the records
         passed (call it once the writer is done); the bytes of all their scripts."""
         total = 0
         for summary in summaries:
-            if not summary.image or summary.channel_stats is None:
+            written = self._made.get(summary.name)
+            if written is not None and written[0] is summary.channel_stats:
+                total += written[1]
                 continue
-            made = self._made.get(summary.name)
-            if made is not None and made[0] is summary.channel_stats:
-                total += made[1]
-                continue
-            stem = PurePosixPath(summary.image).stem
-            script = stats_script(stem, summary.channel_stats)
-            self._folder.write_bytes(self._prefix + stats_path(stem), script)
-            total += len(script)
+            made = self._script(summary)
+            if made is not None:
+                self._folder.write_bytes(*made)
+                total += len(made[1])
         return total
+
+    def _script(self, summary: RecordSummary) -> tuple[str, bytes] | None:
+        """Where the script of ``summary`` goes and its bytes; None: the record has none."""
+        if not summary.image or summary.channel_stats is None:
+            return None
+        stem = PurePosixPath(summary.image).stem
+        return self._prefix + stats_path(stem), stats_script(stem, summary.channel_stats)
 
 
 def held_bytes(picture: object) -> int:

@@ -201,8 +201,7 @@ def layer_data_head(
     pairs = [list(r) for r in ranges]
     if {type(v) for pair in pairs for v in pair} <= _RANGE_TYPES:
         # Plain floats (None for no finite value): the numbers' text as script_json writes it,
-        # spliced in as the last key; script_json walks every pair, and a run calls this twice
-        # for each of its records.
+        # spliced in as the last key (script_json would walk every pair in Python).
         text = f'{script_json(meta)[:-1]},"ranges":{number_list_json(pairs)}}}'
     else:
         text = script_json({**meta, "ranges": pairs})
