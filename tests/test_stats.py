@@ -194,3 +194,31 @@ def test_means_of_float64_values_near_the_maximum() -> None:
         ):
             assert (low, high, nonfinite) == (-top, top, 0)
             assert mean is not None and abs(mean - want) <= rounding
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("buffer", [None, 1024])
+def test_channel_means_are_numpy_float64_sums_to_the_last_bit(
+    dtype: type, buffer: int | None
+) -> None:
+    # The sums are taken from the float64 copy the deviations need (channel_stats casts each
+    # block once); they must be numpy's own float64 sums of the narrow values, bit for bit, for
+    # rows shorter and longer than numpy's buffer, a whole number of buffers or not.
+    rng = np.random.default_rng(7)
+    before = np.getbufsize()
+    if buffer is not None:
+        np.setbufsize(buffer)
+    try:
+        size = np.getbufsize()
+        for rows, length in [(64, 7), (9, size - 1), (5, size), (3, 3 * size), (4, 2 * size + 331)]:
+            # Magnitudes over many octaves: partial sums round, so the order of the additions
+            # shows in the last bits (values of one scale often sum exactly in any order).
+            spread = np.exp(rng.uniform(-20 if dtype == np.float32 else -8, 8, (rows, length)))
+            maps = (rng.standard_normal((rows, length)) * spread).astype(dtype)
+            maps[0] = -0.0  # a row of negative zeros: its mean is 0.0, as numpy's is
+            maps[1, ::2] = 0
+            expected = np.sum(maps, axis=1, dtype=np.float64) / length
+            got = channel_stats(maps).mean
+            assert got.tobytes() == expected.tobytes(), (rows, length)
+    finally:
+        np.setbufsize(before)

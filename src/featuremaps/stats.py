@@ -79,6 +79,30 @@ def _zeros_per_row(flat: np.ndarray) -> np.ndarray:
     return np.fromiter((np.count_nonzero(row) for row in is_zero), np.int64, len(is_zero))
 
 
+def _cast_row_sums(values: np.ndarray) -> np.ndarray:
+    """``np.sum(narrow, axis=1, dtype=np.float64)`` of the float32/float16 rows ``narrow`` that
+    ``values`` (rows, n) holds cast to float64, the same sums to the last bit, read from the
+    cast copy instead of casting the rows again.
+
+    Summing narrower floats in float64, numpy casts each row a buffer of ``np.getbufsize()``
+    values at a time and adds the buffer's pairwise sum to the row's total, buffer after buffer;
+    summing float64 rows needs no buffer, and numpy then takes the pairwise sum of the whole row,
+    which can differ in the last digit. Here the buffers' pairwise sums are taken together (one
+    reduction over a (rows, buffers, values) view) and added up in order. Tested against numpy's
+    own sums (tests/test_stats.py)."""
+    rows, n = values.shape
+    size = np.getbufsize()
+    whole = n // size
+    total = np.zeros(rows, dtype=np.float64)
+    if whole:
+        parts = values[:, : whole * size].reshape(rows, whole, size).sum(axis=2)
+        for j in range(whole):
+            total += parts[:, j]
+    if n % size or not whole:
+        total += values[:, whole * size :].sum(axis=1)
+    return total
+
+
 def _row_stats(flat: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, ...]:
     """``(n, mean, std, min, max, zeros)`` of each row of a (rows, values) float array.
 
@@ -89,9 +113,12 @@ def _row_stats(flat: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, ...]:
     # A float64 sum of float32/float16 values cannot overflow, so a finite sum proves every value
     # finite without building the mask; float64 input (or a NaN/Inf somewhere) takes the slow way.
     total: np.ndarray | None = None
-    if flat.dtype != np.float64:
+    dev = scratch[: flat.size].reshape(flat.shape)
+    cast = flat.dtype != np.float64
+    if cast:
+        np.copyto(dev, flat)  # casting is exact
         with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is an answer, not an error
-            total = np.asarray(np.sum(flat, axis=1, dtype=np.float64))
+            total = _cast_row_sums(dev)
     every = total is not None and bool(np.isfinite(total).all())
     finite = np.ones((1, 1), dtype=bool) if every else np.isfinite(flat)
     every = every or bool(finite.all())
@@ -106,11 +133,11 @@ def _row_stats(flat: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, ...]:
             # A float64 sum overflowed (values near the maximum): sum the values / n instead.
             scaled = np.sum(flat / np.maximum(n, 1)[:, None], axis=1, where=where)
             mean = np.where(np.isfinite(mean), mean, scaled)
-        dev = scratch[: flat.size].reshape(flat.shape)
         # Values near the float64 maximum: deviations may overflow, and std be +inf.
         # The values cast into the buffer, then the means taken off in place: the same numbers
         # as one subtraction cast on the fly (casting is exact), in two thirds of its time.
-        np.copyto(dev, flat)
+        if not cast:
+            np.copyto(dev, flat)
         np.subtract(dev, mean[:, None], out=dev)
         if not every:
             dev[~finite] = 0.0
