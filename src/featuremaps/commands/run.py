@@ -110,6 +110,7 @@ from featuremaps.report.budget import (
     LayerDataFile,
     apply_budget,
 )
+from featuremaps.report.render import RUN_PAGE, prepare_templates
 from featuremaps.selection import select_modules
 from featuremaps.stats import (
     TOP_K_ORDERS,
@@ -325,6 +326,8 @@ def _run_one(
 
     writer = BackgroundWriter(timings)
     scripts = StatisticsScripts(folder, prefix, writer) if report and folder is not None else None
+    if report:  # its page is compiled while the model runs
+        writer.run(functools.partial(prepare_templates, RUN_PAGE), 0)
     signal = isinstance(tensor, torch.Tensor) and tensor.dim() == 3
     tracker = _geometry_tracker(loaded.model, tensor) if folder is not None or signal else None
 
