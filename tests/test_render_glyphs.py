@@ -72,11 +72,11 @@ def test_a_disagreeing_font_sends_every_string_to_pillow(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("size", [CAPTION_FONT_SIZE, LEGEND_FONT_SIZE])
 @pytest.mark.parametrize("anchor", ["la", "ma", "ra"])
-def test_pieces_that_reach_into_the_ink_before_them_are_set_over_it(size: int, anchor: str) -> None:
-    # Strings are set from cached pieces (words, numbers, punctuation); where a piece's ink
-    # meets the ink before it ("f)" and "f;" at both sizes), its glyphs are set one by one over
-    # that ink. Compared with Pillow directly, not through coverage(), which would hand every
-    # string to Pillow if the pieces were set wrong (glyphs_agree checks them too).
+def test_glyphs_whose_ink_meets_the_ink_before_them_are_set_over_it(size: int, anchor: str) -> None:
+    # "f)" and "f;" overlap in ink at both sizes, and "4." in boxes at the legend's size: the
+    # glyph after is set "over" what is there. Compared with Pillow directly, not through
+    # coverage(), which would hand every string to Pillow if glyphs were set wrong (glyphs_agree
+    # checks them too).
     text = "features.leaf (leaf) · f; 14.4 · Conv2d · (1, 64, 18, 16)"
     ours = glyphs._set(text, size, anchor)
     theirs = glyphs.pillow_coverage(text, size, anchor)

@@ -16,7 +16,6 @@ character the pictures use, and where it fails every string goes to Pillow, as b
 from __future__ import annotations
 
 import functools
-import re
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -76,9 +75,7 @@ def advance(text: str, size: int) -> float:
     return float(sum(_glyph(char, size)[3] for char in text))
 
 
-def _compose(text: str, size: int) -> tuple[np.ndarray, int, int, int]:
-    """``text`` set glyph by glyph at pen position 0: its coverage, the coverage's offset from
-    the pen (left, top) and the pen's advance."""
+def _set(text: str, size: int, anchor: str) -> tuple[np.ndarray, int, int]:
     placed = []
     pen = 0
     for char in text:
@@ -87,7 +84,7 @@ def _compose(text: str, size: int) -> tuple[np.ndarray, int, int, int]:
             placed.append((cov, pen + left, top))
         pen += int(step)
     if not placed:
-        return np.zeros((0, 0), dtype=np.uint8), 0, 0, pen
+        return np.zeros((0, 0), dtype=np.uint8), 0, 0
     x0 = min(x for _, x, _ in placed)
     y0 = min(y for _, _, y in placed)
     x1 = max(x + c.shape[1] for c, x, _ in placed)
@@ -106,62 +103,7 @@ def _compose(text: str, size: int) -> tuple[np.ndarray, int, int, int]:
             region += cov
             region -= over
         inked = max(inked, x + w)
-    return out.astype(np.uint8), x0, y0, pen
-
-
-# Runs of letters and digits, runs of other characters, runs of spaces: the pieces that recur
-# from one picture's text to the next (the words of layer names, module types, numbers).
-_PIECES = re.compile(r"\w+|[^\w\s]+|\s+")
-
-
-@functools.lru_cache(maxsize=8192)
-def _piece(text: str, size: int) -> tuple[np.ndarray, int, int, int]:
-    return _compose(text, size)
-
-
-def _set(text: str, size: int, anchor: str) -> tuple[np.ndarray, int, int]:
-    """``text`` set from its pieces, each set once from its glyphs and cached: the pixels of
-    setting every glyph in turn. A piece right of all the ink before it is pasted whole (a glyph
-    set "over" nothing is copied); one whose box reaches into the ink before it (the "." after a
-    "4") has its glyphs set one by one over that ink."""
-    parts = []  # the pieces with ink: text, coverage, left edge, top, pen position
-    pen = 0
-    for part in _PIECES.findall(text):
-        cov, left, top, step = _piece(part, size)
-        if cov.size:
-            parts.append((part, cov, pen + left, top, pen))
-        pen += step
-    if not parts:
-        return np.zeros((0, 0), dtype=np.uint8), 0, 0
-    shift = _shift(anchor, pen)
-    if len(parts) == 1:
-        _, cov, x, y, _ = parts[0]
-        return cov.copy(), x + shift, y  # the cached piece stays as it is
-    x0 = min(x for _, _, x, _, _ in parts)
-    y0 = min(y for _, _, _, y, _ in parts)
-    x1 = max(x + c.shape[1] for _, c, x, _, _ in parts)
-    y1 = max(y + c.shape[0] for _, c, _, y, _ in parts)
-    out = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-    inked = x0  # right edge of the ink so far
-    for part, cov, x, y, at in parts:
-        if x >= inked:
-            out[y - y0 : y - y0 + cov.shape[0], x - x0 : x - x0 + cov.shape[1]] = cov
-            inked = x + cov.shape[1]
-            continue
-        for char in part:
-            glyph, dx, dy, moved = _glyph(char, size)
-            if glyph.size:
-                gx = at + dx
-                h, w = glyph.shape
-                region = out[dy - y0 : dy - y0 + h, gx - x0 : gx - x0 + w]
-                if gx >= inked:
-                    region[...] = glyph
-                else:  # "over": a + b - round(a * b / 255), never above 255
-                    under = region.astype(np.int32)
-                    region[...] = under + glyph - (under * glyph + 127) // 255
-                inked = max(inked, gx + w)
-            at += int(moved)
-    return out, x0 + shift, y0
+    return out.astype(np.uint8), x0 + _shift(anchor, pen), y0
 
 
 @functools.lru_cache(maxsize=8)
