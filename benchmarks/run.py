@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -606,6 +607,23 @@ def process_seconds(argv: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
+def each_in_a_new_folder(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
+    """:func:`process_seconds` of ``argv``, whose last item, a folder ending in ``-N``, becomes
+    a new folder at each call (``-0``, ``-1``, ...), kept until the caller removes them.
+
+    Replacing one folder run after run removes the last run's files seconds before the next run
+    creates its own, and on a file system without a journal (this machine's ext4) creating a
+    file then passes over every inode freed in the last 30 s or so: densenet121's 1100 files
+    cost its run about 0.4 s more (docs/performance.md). The floor writes no file.
+    """
+    done = itertools.count()
+
+    def run() -> float:
+        return process_seconds([*argv[:-1], argv[-1].replace("-N", f"-{next(done)}")], env)
+
+    return run
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -676,13 +694,14 @@ def bench_e2e(
                 "floor": [py, str(FLOOR), photo, name, *size],
                 "floor_no_teardown": [py, str(FLOOR), photo, name, *size, "--no-teardown"],
                 "run": [py, "-c", CLI, "run", photo, "--model", name, "--weights", "none",
-                        "--offline", "--out", f"{tmp}/{name}"],
+                        "--offline", "--out", f"{tmp}/{name}-N"],
             }  # fmt: skip
             if name == layers_model:
                 sides["layers"] = [py, "-c", CLI, "layers", name, "--weights", "none", "--offline"]
             fns: dict[str, Callable[[], object]] = {
                 side: (lambda argv=argv: process_seconds(argv, env)) for side, argv in sides.items()
             }
+            fns["run"] = each_in_a_new_folder(sides["run"], env)
             runs = alternate_runs(fns, rounds, rotate=True, warm_up=warm_up)
             floors = {side: runs[side] for side in FLOORS}
             rows.append(

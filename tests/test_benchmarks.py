@@ -92,3 +92,15 @@ def test_benchmark_only_keeps_the_other_sections_of_the_same_mode(tmp_path: Path
     assert "memory" not in json.loads(out.read_text())
     with pytest.raises(SystemExit):
         bench.main(["--smoke", "--only", "stats,nope", "--out", str(out)])
+
+
+def test_each_whole_run_writes_a_new_folder_and_removes_none(tmp_path: Path) -> None:
+    import sys
+
+    bench = load_bench()
+    make = "import os, sys; os.makedirs(sys.argv[1]); open(sys.argv[1] + '/f', 'w').close()"
+    run = bench.each_in_a_new_folder([sys.executable, "-c", make, str(tmp_path / "m-N")], {})
+    seconds = [run() for _ in range(3)]
+    assert all(s > 0 for s in seconds)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-0", "m-1", "m-2"]
+    assert all((tmp_path / f"m-{i}" / "f").exists() for i in range(3))

@@ -123,6 +123,22 @@ def test_float16_overflow_is_counted() -> None:
     assert '"overflow":1' in text.decode()
 
 
+def test_base64_text_is_the_standard_base64_of_any_bytes() -> None:
+    import base64
+
+    from featuremaps.report.render import base64_text
+
+    rng = np.random.default_rng(0)
+    lengths = [*range(13), 3 << 16, (3 << 16) + 1, (3 << 16) + 2, 100_003]
+    for n in lengths:
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        assert base64_text(data).tobytes() == base64.b64encode(data.tobytes()), n
+    every = np.arange(256, dtype=np.uint8).repeat(3)  # every byte value at every position
+    for shift in range(3):
+        data = np.roll(every, shift)
+        assert base64_text(data).tobytes() == base64.b64encode(data.tobytes())
+
+
 def test_legend_selection_names_heads_and_says_first_k_only_when_some_are_left_out(
     tmp_path: Path,
 ) -> None:

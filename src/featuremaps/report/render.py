@@ -170,18 +170,44 @@ def layer_data_script(
     half = np.ascontiguousarray(half, dtype="<f2")
     if head is None:
         head = layer_data_head(stem, half.shape, overflow, ranges)
-    # Bytes all the way: the base64 text is large, and str round trips would copy it twice. In
-    # pieces of a multiple of 3 bytes (the same text as one call): one call holds the GIL
-    # throughout, and a run encodes these on its writer thread while the model's thread waits
-    # for the GIL after each torch and numpy call.
-    raw = half.reshape(-1).view(np.uint8).data
-    pieces = (
-        base64.b64encode(raw[i : i + _BASE64_PIECE]) for i in range(0, len(raw), _BASE64_PIECE)
-    )
-    return b"".join((head, *pieces, _DATA_TAIL))
+    # Bytes all the way: the base64 text is large, and str round trips would copy it twice.
+    return b"".join((head, base64_text(half.reshape(-1).view(np.uint8)).data, _DATA_TAIL))
 
 
-_BASE64_PIECE = 3 << 16  # 192 KiB of data, about 0.2 ms of base64
+#: Two base64 digits for each 12-bit value, as the two bytes of a little-endian uint16.
+_BASE64_DIGITS = np.frombuffer(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", dtype=np.uint8
+)
+_BASE64_PAIRS = _BASE64_DIGITS[np.arange(4096) >> 6].astype("<u2") | (
+    _BASE64_DIGITS[np.arange(4096) & 63].astype("<u2") << 8
+)
+
+
+def base64_text(data: np.ndarray) -> np.ndarray:
+    """The standard base64 text (padded, no line breaks) of the bytes ``data`` (a 1-D uint8
+    array), the same bytes as :func:`base64.b64encode`, as a uint8 array.
+
+    Made by numpy, which lets go of the GIL in each step, at about 1.3 times the CPU time of
+    :func:`base64.b64encode`, which holds the GIL throughout. A run encodes these scripts on
+    its writer thread while the model's thread needs the GIL back after every torch and numpy
+    call: the channel statistics of densenet121's records took 2.8 times as long beside a thread
+    encoding with ``b64encode`` without pause, 1.2 times as long beside one encoding with this.
+    """
+    whole = len(data) - len(data) % 3
+    triples = data[:whole].reshape(-1, 3)
+    value = triples[:, 0].astype(np.uint32)
+    for column in (1, 2):
+        value <<= 8
+        value |= triples[:, column]
+    pairs = np.empty((len(triples), 2), dtype="<u2")
+    np.take(_BASE64_PAIRS, value >> 12, out=pairs[:, 0], mode="clip")
+    value &= 0xFFF
+    np.take(_BASE64_PAIRS, value, out=pairs[:, 1], mode="clip")
+    text = pairs.reshape(-1).view(np.uint8)
+    if whole == len(data):
+        return text
+    tail = np.frombuffer(base64.b64encode(data[whole:].tobytes()), dtype=np.uint8)
+    return np.concatenate((text, tail))
 
 
 _DATA_TAIL = b'");\n'
