@@ -187,7 +187,7 @@ def base64_text(data: np.ndarray) -> np.ndarray:
     """The standard base64 text (padded, no line breaks) of the bytes ``data`` (a 1-D uint8
     array), the same bytes as :func:`base64.b64encode`, as a uint8 array.
 
-    Made by numpy, which lets go of the GIL in each step, at about 1.3 times the CPU time of
+    Made by numpy, which lets go of the GIL in each step, at 1.3-1.5 times the CPU time of
     :func:`base64.b64encode`, which holds the GIL throughout. A run encodes these scripts on
     its writer thread while the model's thread needs the GIL back after every torch and numpy
     call: the channel statistics of densenet121's records took 2.8 times as long beside a thread
