@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -95,8 +96,6 @@ def test_benchmark_only_keeps_the_other_sections_of_the_same_mode(tmp_path: Path
 
 
 def test_each_whole_run_writes_a_new_folder_and_removes_none(tmp_path: Path) -> None:
-    import sys
-
     bench = load_bench()
     make = "import os, sys; os.makedirs(sys.argv[1]); open(sys.argv[1] + '/f', 'w').close()"
     run = bench.each_in_a_new_folder([sys.executable, "-c", make, str(tmp_path / "m-N")], {})
