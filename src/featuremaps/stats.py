@@ -98,7 +98,7 @@ def _cast_row_sums(values: np.ndarray) -> np.ndarray:
         parts = values[:, : whole * size].reshape(rows, whole, size).sum(axis=2)
         for j in range(whole):
             total += parts[:, j]
-    if n % size or not whole:
+    if n % size:  # the values after the last whole buffer (all of a row shorter than one)
         total += values[:, whole * size :].sum(axis=1)
     return total
 
