@@ -20,6 +20,7 @@ from featuremaps.render import (
     normalize,
     normalize_channels,
 )
+from featuremaps.render.colormap import level_indices
 
 # No deadline: the first example pays for imports. Applied per test so no global profile leaks
 # into other test modules.
@@ -231,3 +232,29 @@ def test_value_range_rejects_off_centre_symmetric() -> None:
 def test_normalize_channels_needs_one_range_per_channel() -> None:
     with pytest.raises(OptionError, match=r"got 1 ranges for 2 channels"):
         normalize_channels(np.zeros((2, 3)), [ValueRange(0.0, 1.0, False)])
+
+
+@props
+@given(any_arrays, value_ranges(), st.booleans(), st.integers(1, 256))
+def test_the_shortcuts_for_known_finite_values_give_the_same_colour_levels(
+    x: np.ndarray, r: ValueRange, per_channel: bool, levels: int
+) -> None:
+    # What a grid knows from its statistics (every value finite) and that the normalised
+    # values are its own to scale in place must not change a single level index.
+    finite = bool(np.isfinite(x).all())
+    before = x.copy()
+    if per_channel and x.shape[0]:
+        ranges = channel_ranges(x, symmetric=r.symmetric)
+        plain = normalize_channels(x, ranges)
+        quick = normalize_channels(x, ranges, finite=finite)
+        again = normalize_channels(x, ranges, finite=finite)
+    else:
+        plain, quick, again = normalize(x, r), normalize(x, r, finite=finite), normalize(x, r)
+    np.testing.assert_array_equal(quick, plain)
+    expected = level_indices(plain, levels, 255)
+    np.testing.assert_array_equal(level_indices(plain, levels, 255), expected)  # not changed
+    np.testing.assert_array_equal(
+        level_indices(quick, levels, 255, normalized=True, finite=finite), expected
+    )
+    np.testing.assert_array_equal(level_indices(again, levels, 255, normalized=True), expected)
+    np.testing.assert_array_equal(x, before)

@@ -126,13 +126,20 @@ def test_float16_overflow_is_counted() -> None:
 def test_base64_text_is_the_standard_base64_of_any_bytes() -> None:
     import base64
 
-    from featuremaps.report.render import base64_text
+    from featuremaps.report.render import _BASE64_PIECE, base64_text
 
     rng = np.random.default_rng(0)
-    lengths = [*range(13), 3 << 16, (3 << 16) + 1, (3 << 16) + 2, 100_003]
+    # Around the pieces the words are taken in (3 bytes a word), and the last whole bytes.
+    pieces = [3 * _BASE64_PIECE * k + d for k in (1, 2) for d in range(-4, 8)]
+    lengths = [*range(13), *pieces, 3 << 16, (3 << 16) + 1, (3 << 16) + 2, 100_003]
     for n in lengths:
         data = rng.integers(0, 256, n, dtype=np.uint8)
         assert base64_text(data).tobytes() == base64.b64encode(data.tobytes()), n
+    frozen = rng.integers(0, 256, 1000, dtype=np.uint8)
+    frozen.setflags(write=False)  # a read-only buffer (bytes from a file) is read the same
+    assert base64_text(frozen).tobytes() == base64.b64encode(frozen.tobytes())
+    halves = np.arange(7 * 5 * 3, dtype="<f2").reshape(7, 5, 3)[:, ::2]  # not contiguous
+    assert base64_text(halves.view(np.uint8)).tobytes() == base64.b64encode(halves.tobytes())
     every = np.arange(256, dtype=np.uint8).repeat(3)  # every byte value at every position
     for shift in range(3):
         data = np.roll(every, shift)

@@ -157,18 +157,35 @@ def _scaled_indices(t: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray | N
     return scaled, nan
 
 
-def level_indices(t: np.ndarray, levels: int, nan_index: int) -> np.ndarray:
+def level_indices(
+    t: np.ndarray, levels: int, nan_index: int, *, normalized: bool = False, finite: bool = False
+) -> np.ndarray:
     """Quantise normalised values to uint8 level indices: ``round(t * (levels - 1))``.
 
     ``t`` of shape (...) in [0, 1]; values outside are clipped; NaN becomes ``nan_index``. The
     caller owns the result (a fresh array). Index ``j`` is drawn with entry ``j`` of
     :func:`colormap_levels` (``name``, ``levels``).
+
+    ``normalized=True``: ``t`` is what :func:`~featuremaps.render.scaling.normalize` (or
+    ``normalize_channels``) just returned, float32 within [0, 1] or NaN, used by nobody else:
+    it is scaled in place, without clipping. ``finite=True`` adds that it holds no NaN (the
+    values normalised were all finite). The indices are the same either way.
     """
     if not 1 <= levels <= 256 or not 0 <= nan_index <= 255:
         raise OptionError(
             f"{levels} levels with NaN index {nan_index}; expected 1 to 256 levels and an index "
             "in 0..255 (uint8 pictures)."
         )
+    if normalized and isinstance(t, np.ndarray) and t.dtype == np.float32:
+        t *= np.float32(levels - 1)
+        np.rint(t, out=t)
+        if finite:
+            return t.astype(np.uint8)
+        nan = np.isnan(t)
+        t[nan] = 0.0
+        idx = t.astype(np.uint8)
+        idx[nan] = nan_index
+        return idx
     scaled, nan = _scaled_indices(t, levels - 1)
     idx = scaled.astype(np.uint8)
     if nan is not None:

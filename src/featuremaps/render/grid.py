@@ -432,11 +432,11 @@ def make_grid(
     data_ranges = ranges_from_extremes(low, high, symmetric=False)
     if per_channel:
         tile_ranges = ranges_from_extremes(low, high, symmetric=True) if signed else data_ranges
-        t = normalize_channels(block, tile_ranges, dtype=dtype)
+        t = normalize_channels(block, tile_ranges, dtype=dtype, finite=not nonfinite)
     else:
         assert value_range is not None
         tile_ranges = data_ranges
-        t = normalize(block, value_range, dtype=dtype)
+        t = normalize(block, value_range, dtype=dtype, finite=not nonfinite)
     flat = [
         n > 0 and is_constant_range(r.vmin, r.vmax, dtype)
         for r, n in zip(data_ranges, finite_per_tile.tolist(), strict=True)
@@ -445,7 +445,7 @@ def make_grid(
 
     # Quantise the whole block to colour levels at once, then enlarge by an integer factor only.
     s = max(1, math.ceil(opts.min_tile / max(h, w, 1)))
-    idx = level_indices(t, LEVELS, NAN_INDEX)
+    idx = level_indices(t, LEVELS, NAN_INDEX, normalized=True, finite=not nonfinite)
     if s > 1:
         idx = idx.repeat(s, axis=1).repeat(s, axis=2)
     th, tw = h * s, w * s

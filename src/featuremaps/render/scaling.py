@@ -282,8 +282,10 @@ def _normalize_bounds(
     hi: np.ndarray,
     symmetric: np.ndarray,
     dtype: DTypeLike | None = None,
+    finite: bool = False,
 ) -> np.ndarray:
-    """Map ``x`` into [0, 1] with broadcastable bounds; NaN where ``x`` is not finite.
+    """Map ``x`` into [0, 1] with broadcastable bounds; NaN where ``x`` is not finite
+    (``finite``: the caller knows every value is, and the check is skipped).
 
     Clipping first keeps ``x - lo`` within ``hi - lo``, so the only overflow left is a width
     wider than the float's maximum, handled by halving both sides. Float32/float16 data with
@@ -303,11 +305,13 @@ def _normalize_bounds(
             work, lo, hi = np.float32, lo32, hi32
     with np.errstate(all="ignore"):
         xw = a.astype(work, copy=False)
-        xc = np.clip(xw, lo, hi)
+        xc = np.clip(xw, lo, hi)  # a new array
         width = hi - lo
-        t = xc - lo
-        t /= width
         wide = np.isinf(width)
+        # ``xc`` is needed again only for a range wider than the float's maximum.
+        in_place = isinstance(xc, np.ndarray) and xc.ndim and not np.any(wide)
+        t = np.subtract(xc, lo, out=xc if in_place else None)
+        t /= width
         if np.any(wide):
             t = np.where(wide, (xc * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5), t)
         if np.any(flat):
@@ -317,7 +321,8 @@ def _normalize_bounds(
             on_value = np.where(symmetric, 0.5, 0.0)
             const = np.where(xw > hi, 1.0, np.where(xw < lo, 0.0, on_value))
             t = np.where(flat, const, t)
-    return _nan_where_nonfinite(t.astype(np.float32, copy=False), a)
+    t = t.astype(np.float32, copy=False)
+    return t if finite else _nan_where_nonfinite(t, a)
 
 
 def _nan_where_nonfinite(t: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -328,13 +333,16 @@ def _nan_where_nonfinite(t: np.ndarray, x: np.ndarray) -> np.ndarray:
     return t
 
 
-def normalize(x: np.ndarray, r: ValueRange, *, dtype: DTypeLike | None = None) -> np.ndarray:
+def normalize(
+    x: np.ndarray, r: ValueRange, *, dtype: DTypeLike | None = None, finite: bool = False
+) -> np.ndarray:
     """Map ``x`` to float32 in [0, 1] through range ``r``; values outside ``r`` are clipped.
 
     Non-finite inputs come out as NaN. A constant range (:func:`is_constant_range` for
     ``dtype``, the dtype the values were computed in; default ``x``'s own) never divides by
     zero and never stretches rounding noise: a symmetric ``(0, 0)`` range maps to 0.5 (the
-    centre colour), any other constant range to 0.0.
+    centre colour), any other constant range to 0.0. ``finite=True`` says that every value of
+    ``x`` is finite (the caller has counted them), which spares a pass over ``x``.
     """
     return _normalize_bounds(
         np.asarray(x),
@@ -342,14 +350,19 @@ def normalize(x: np.ndarray, r: ValueRange, *, dtype: DTypeLike | None = None) -
         np.asarray(r.vmax, dtype=np.float64),
         np.asarray(r.symmetric, dtype=bool),
         dtype,
+        finite,
     )
 
 
 def normalize_channels(
-    x: np.ndarray, ranges: Sequence[ValueRange], *, dtype: DTypeLike | None = None
+    x: np.ndarray,
+    ranges: Sequence[ValueRange],
+    *,
+    dtype: DTypeLike | None = None,
+    finite: bool = False,
 ) -> np.ndarray:
     """Normalise each entry of the first axis of ``x`` with its own range, in one pass (a
-    constant range as in :func:`normalize`)."""
+    constant range and ``finite`` as in :func:`normalize`)."""
     a = np.asarray(x)
     if len(ranges) != a.shape[0]:
         raise OptionError(
@@ -360,4 +373,4 @@ def normalize_channels(
     lo = np.array([r.vmin for r in ranges], dtype=np.float64).reshape(-1, *extra)
     hi = np.array([r.vmax for r in ranges], dtype=np.float64).reshape(-1, *extra)
     sym = np.array([r.symmetric for r in ranges], dtype=bool).reshape(-1, *extra)
-    return _normalize_bounds(a, lo, hi, sym, dtype)
+    return _normalize_bounds(a, lo, hi, sym, dtype, finite)

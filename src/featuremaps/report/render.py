@@ -187,27 +187,38 @@ def base64_text(data: np.ndarray) -> np.ndarray:
     """The standard base64 text (padded, no line breaks) of the bytes ``data`` (a 1-D uint8
     array), the same bytes as :func:`base64.b64encode`, as a uint8 array.
 
-    Made by numpy, which lets go of the GIL in each step, at 1.3-1.5 times the CPU time of
+    Made by numpy, which lets go of the GIL in each step, at about 1.6 times the CPU time of
     :func:`base64.b64encode`, which holds the GIL throughout. A run encodes these scripts on
     its writer thread while the model's thread needs the GIL back after every torch and numpy
     call: the channel statistics of densenet121's records took 2.8 times as long beside a thread
-    encoding with ``b64encode`` without pause, 1.2 times as long beside one encoding with this.
+    encoding with ``b64encode`` without pause, 1.2 times as long beside one encoding with numpy.
+
+    Each three bytes are read as the top of a big-endian 32-bit word that starts there (a view
+    with a stride of 3 bytes: no copy), and each 12-bit half of them becomes two digits from a
+    table, a piece of the words at a time so that the indices stay in the processor's cache.
+    The last three whole bytes (whose word would reach past the end) and the rest go through
+    :func:`base64.b64encode`.
     """
-    whole = len(data) - len(data) % 3
-    triples = data[:whole].reshape(-1, 3)
-    value = triples[:, 0].astype(np.uint32)
-    for column in (1, 2):
-        value <<= 8
-        value |= triples[:, column]
-    pairs = np.empty((len(triples), 2), dtype="<u2")
-    np.take(_BASE64_PAIRS, value >> 12, out=pairs[:, 0], mode="clip")
-    value &= 0xFFF
-    np.take(_BASE64_PAIRS, value, out=pairs[:, 1], mode="clip")
-    text = pairs.reshape(-1).view(np.uint8)
-    if whole == len(data):
-        return text
-    tail = np.frombuffer(base64.b64encode(data[whole:].tobytes()), dtype=np.uint8)
-    return np.concatenate((text, tail))
+    data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+    words = max(len(data) // 3 - 1, 0)
+    text = np.empty(4 * -(-len(data) // 3), dtype=np.uint8)
+    pairs = text[: 4 * words].view("<u2").reshape(words, 2)
+    big = np.ndarray((words,), dtype=">u4", buffer=data, strides=(3,)) if words else data[:0]
+    index = np.empty(min(words, _BASE64_PIECE), dtype=np.uint32)
+    for start in range(0, words, _BASE64_PIECE):
+        piece = big[start : start + _BASE64_PIECE]
+        at = index[: len(piece)]
+        np.right_shift(piece, 20, out=at)
+        np.take(_BASE64_PAIRS, at, out=pairs[start : start + len(piece), 0], mode="clip")
+        np.right_shift(piece, 8, out=at)
+        np.bitwise_and(at, 0xFFF, out=at)
+        np.take(_BASE64_PAIRS, at, out=pairs[start : start + len(piece), 1], mode="clip")
+    text[4 * words :] = np.frombuffer(base64.b64encode(data[3 * words :].tobytes()), np.uint8)
+    return text
+
+
+#: Words per piece in :func:`base64_text`: 128 KiB of indices.
+_BASE64_PIECE = 1 << 15
 
 
 _DATA_TAIL = b'");\n'
