@@ -1,12 +1,20 @@
-"""The run's writer thread: its queue is bounded by what the waiting jobs hold."""
+"""The run's writer thread: its queue is bounded by what the waiting jobs hold, and its last jobs
+keep the run's thread limits."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_info, threadpool_limits
+from torchvision.models import VisionTransformer
 
+import featuremaps as fm
 from featuremaps.commands.run_files import BackgroundWriter, held_bytes
 from featuremaps.render.grid import GridLabel, GridOptions, make_grid
 from featuremaps.render.panels import Composite
@@ -92,3 +100,27 @@ def test_held_bytes_counts_the_arrays_a_waiting_picture_keeps() -> None:
     assert held_bytes(plan) == expected
     assert plan.patches.nbytes >= patches.nbytes
     assert held_bytes(b"not a picture") == 0
+
+
+def test_token_pcas_still_queued_when_the_forward_ends_take_one_blas_thread_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run holds numpy's BLAS to one thread while its writer works; the PCAs left in the
+    # writer's queue when the forward ends must not get the threads back (with two, their
+    # explained variances differed in the last digits from one run to the next).
+    import featuremaps.render.tokens as tokens
+
+    real, seen = tokens.token_pca, []
+
+    def slow_pca(patches: np.ndarray, k: int = 3, *, dtype: object = None) -> object:
+        time.sleep(0.05)  # so that several are still queued when the forward ends
+        seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+        return real(patches, k, dtype=dtype)
+
+    monkeypatch.setattr(tokens, "token_pca", slow_pca)
+    torch.manual_seed(0)
+    vit = VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32).eval()
+    with threadpool_limits(2, user_api="blas"):
+        fm.visualize(vit, torch.rand(1, 3, 32, 32), out=tmp_path, progress=False)
+    assert len(seen) >= 4
+    assert set(seen) == {1}

@@ -348,12 +348,18 @@ def _run_one(
         start = time.perf_counter()
         # consume() measures, draws and writes each record before the forward pass goes on,
         # so it sees the exact value without a copy (see capture's ``copy`` argument).
-        with tracker or contextlib.nullcontext(), placement.autocast(), threads:
-            result: Capture = capture(loaded.model, tensor, on_record=consume, copy=False, **cap)
-        timings["capture"] = time.perf_counter() - start - timings.pop("consume")
-        for at, done in later:  # token layers: their PCA, taken on the writer's thread
-            summaries[at] = replace(summaries[at], pca=done.result())
-        writer.wait()
+        # The writer's last jobs run within ``threads`` too: a token layer's PCA queued when
+        # the forward ends is then taken on the same one BLAS thread as the others (with two,
+        # its explained variances could differ in the last digits from one run to the next).
+        with threads:
+            with tracker or contextlib.nullcontext(), placement.autocast():
+                result: Capture = capture(
+                    loaded.model, tensor, on_record=consume, copy=False, **cap
+                )
+            timings["capture"] = time.perf_counter() - start - timings.pop("consume")
+            for at, done in later:  # token layers: their PCA, taken on the writer's thread
+                summaries[at] = replace(summaries[at], pca=done.result())
+            writer.wait()
         timings["wall"] = time.perf_counter() - start
     finally:
         writer.close()
