@@ -253,8 +253,6 @@ def test_the_shortcuts_for_known_finite_values_give_the_same_colour_levels(
     np.testing.assert_array_equal(quick, plain)
     expected = level_indices(plain, levels, 255)
     np.testing.assert_array_equal(level_indices(plain, levels, 255), expected)  # not changed
-    np.testing.assert_array_equal(
-        level_indices(quick, levels, 255, normalized=True, finite=finite), expected
-    )
-    np.testing.assert_array_equal(level_indices(again, levels, 255, normalized=True), expected)
+    np.testing.assert_array_equal(level_indices(quick, levels, 255, in_unit=finite), expected)
+    np.testing.assert_array_equal(level_indices(again, levels, 255, in_unit=finite), expected)
     np.testing.assert_array_equal(x, before)

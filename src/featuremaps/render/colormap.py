@@ -158,7 +158,7 @@ def _scaled_indices(t: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray | N
 
 
 def level_indices(
-    t: np.ndarray, levels: int, nan_index: int, *, normalized: bool = False, finite: bool = False
+    t: np.ndarray, levels: int, nan_index: int, *, in_unit: bool = False
 ) -> np.ndarray:
     """Quantise normalised values to uint8 level indices: ``round(t * (levels - 1))``.
 
@@ -166,26 +166,19 @@ def level_indices(
     caller owns the result (a fresh array). Index ``j`` is drawn with entry ``j`` of
     :func:`colormap_levels` (``name``, ``levels``).
 
-    ``normalized=True``: ``t`` is what :func:`~featuremaps.render.scaling.normalize` (or
-    ``normalize_channels``) just returned, float32 within [0, 1] or NaN, used by nobody else:
-    it is scaled in place, without clipping. ``finite=True`` adds that it holds no NaN (the
-    values normalised were all finite). The indices are the same either way.
+    ``in_unit=True``: ``t`` is float32 with every value within [0, 1] and no NaN (what
+    :func:`~featuremaps.render.scaling.normalize` returns for finite values) and used by nobody
+    else: it is scaled in place, without clipping or looking for NaN. The indices are the same.
     """
     if not 1 <= levels <= 256 or not 0 <= nan_index <= 255:
         raise OptionError(
             f"{levels} levels with NaN index {nan_index}; expected 1 to 256 levels and an index "
             "in 0..255 (uint8 pictures)."
         )
-    if normalized and isinstance(t, np.ndarray) and t.dtype == np.float32:
+    if in_unit and isinstance(t, np.ndarray) and t.dtype == np.float32:
         t *= np.float32(levels - 1)
         np.rint(t, out=t)
-        if finite:
-            return t.astype(np.uint8)
-        nan = np.isnan(t)
-        t[nan] = 0.0
-        idx = t.astype(np.uint8)
-        idx[nan] = nan_index
-        return idx
+        return t.astype(np.uint8)
     scaled, nan = _scaled_indices(t, levels - 1)
     idx = scaled.astype(np.uint8)
     if nan is not None:

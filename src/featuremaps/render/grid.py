@@ -445,7 +445,7 @@ def make_grid(
 
     # Quantise the whole block to colour levels at once, then enlarge by an integer factor only.
     s = max(1, math.ceil(opts.min_tile / max(h, w, 1)))
-    idx = level_indices(t, LEVELS, NAN_INDEX, normalized=True, finite=not nonfinite)
+    idx = level_indices(t, LEVELS, NAN_INDEX, in_unit=not nonfinite)
     if s > 1:
         idx = idx.repeat(s, axis=1).repeat(s, axis=2)
     th, tw = h * s, w * s

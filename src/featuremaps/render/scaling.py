@@ -308,11 +308,12 @@ def _normalize_bounds(
         xc = np.clip(xw, lo, hi)  # a new array
         width = hi - lo
         wide = np.isinf(width)
+        any_wide = bool(np.any(wide))
         # ``xc`` is needed again only for a range wider than the float's maximum.
-        in_place = isinstance(xc, np.ndarray) and xc.ndim and not np.any(wide)
+        in_place = isinstance(xc, np.ndarray) and xc.ndim and not any_wide
         t = np.subtract(xc, lo, out=xc if in_place else None)
         t /= width
-        if np.any(wide):
+        if any_wide:
             t = np.where(wide, (xc * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5), t)
         if np.any(flat):
             # A constant range has no scale: values on it get the centre colour (symmetric,
