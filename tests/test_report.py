@@ -59,9 +59,11 @@ def test_run_writes_report_beside_pictures(tiny_run: fm.Visualization) -> None:
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     drawn = [r for r in tiny_run.records if r.image]
     assert {"index.html", "assets/report.js", "assets/report.css", "input-fed.png"} <= names
+    assert "data/stats.js" in names  # every record's statistics, one file
+    assert not [n for n in names if n.endswith(".stats.js")]
     for r in drawn:
         stem = Path(r.image or "").stem
-        assert {f"{stem}.png", f"data/{stem}.stats.js"} <= names
+        assert f"{stem}.png" in names
         if r.drawn_as == "bar strip":  # a vector: its PNG, no channel view
             assert r.data is None and f"data/{stem}.js" not in names
             continue
@@ -373,7 +375,7 @@ def test_no_report_option_writes_pictures_and_stats_only(
     assert index == out / "index.html"
     html = index.read_text()
     assert '<img class="png" src="0000_output.png"' in html
-    assert (out / "data" / "0000_output.stats.js").exists()
+    assert (out / "data" / "stats.js").exists()
 
 
 def test_cli_prints_the_report_path_last(
@@ -421,12 +423,13 @@ def test_write_report_refreshes_runs_and_refuses_other_folders(
 
 
 @pytest.mark.parametrize("extra", [[], ["--filters"]])
-def test_statistics_scripts_written_during_a_run_are_those_of_its_manifest(
+def test_the_statistics_script_written_by_a_run_is_that_of_its_manifest(
     tmp_path: Path, extra: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A run writes each record's statistics script as the record passes; --filters then adds
-    # norms to the statistics, and those scripts are written again. Either way the files are
-    # the ones the report makes from the finished manifest, for every input's sub-folder.
+    # A run makes each record's part of the statistics script as the record passes; --filters
+    # then adds norms to the statistics, and those parts are made again. Either way the one
+    # file is the one the report makes from the finished manifest, for every input's sub-folder,
+    # and it holds every drawn record's statistics, in the manifest's order.
     photos = []
     for i, colour in enumerate([(10, 200, 30), (200, 10, 90)]):
         photos.append(tmp_path / f"p{i}.png")
@@ -434,21 +437,24 @@ def test_statistics_scripts_written_during_a_run_are_those_of_its_manifest(
     out = tmp_path / "o"
     code = main([*map(str, photos), "-m", "shapes_cnn", "-o", str(out), *extra])
     assert code == 0, capsys.readouterr().err
-    scripts = sorted(out.glob("*/data/*.stats.js"))
-    manifests = [json.loads((out / sub / "manifest.json").read_text()) for sub in ("p0", "p1")]
-    drawn = [r for m in manifests for r in m["records"] if r["image"]]
-    assert len(scripts) == len(drawn) > 0
-    assert all(("filter_l1" in r["channel_stats"]) == bool(extra) for r in drawn)
-    written = {path: path.read_bytes() for path in scripts}
-    for sub, manifest in zip(("p0", "p1"), manifests, strict=True):
-        made = report_files(manifest, f"{sub}/")
-        for relative, content in made.items():
-            if relative.endswith(".stats.js"):
-                assert written.pop(out / sub / relative) == content
-    assert written == {}
-    # The budget counts them: what it stored is at least their bytes.
-    total = sum(len(p.read_bytes()) for p in out.glob("p0/data/*.stats.js"))
-    assert manifests[0]["report_data"]["stored_bytes"] >= total
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/data/*stats*")) == [
+        "p0/data/stats.js",
+        "p1/data/stats.js",
+    ]
+    for sub in ("p0", "p1"):
+        manifest = json.loads((out / sub / "manifest.json").read_text())
+        written = (out / sub / "data" / "stats.js").read_bytes()
+        assert report_files(manifest, f"{sub}/")["data/stats.js"] == written
+        drawn = [r for r in manifest["records"] if r["image"]]
+        assert all(("filter_l1" in r["channel_stats"]) == bool(extra) for r in drawn)
+        calls = [STATS_CALL.match(line) for line in written.decode().splitlines(keepends=True)]
+        assert all(calls) and len(calls) == len(drawn) > 0
+        for call, record in zip(calls, drawn, strict=True):
+            assert call is not None
+            assert json.loads(call.group(1)) == Path(record["image"]).stem
+            assert json.loads(call.group(2)) == record["channel_stats"]
+        # The budget counts it: what it stored is at least its bytes.
+        assert manifest["report_data"]["stored_bytes"] >= len(written)
 
 
 def test_build_report_refuses_foreign_manifests() -> None:

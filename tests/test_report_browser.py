@@ -362,6 +362,15 @@ def test_statistics_table_sorts_in_the_browser(small: Run, open_report: Any) -> 
     page.click(f"{section} th button[data-key=mean]")
     assert order() == sorted(range(40), key=lambda c: (-means[c], c))
     assert page.locator(f"{section} th[aria-sort=descending] button").text_content() == "mean"
+    # Another layer's table comes from the same script, which the page asked for once.
+    other = f"#L{small.key('conv')}"
+    page.locator(other).scroll_into_view_if_needed()
+    page.click(f"{other} details.stats summary")
+    page.wait_for_selector(f"{other} table.stats-table")
+    channels = len(small.record("conv")["channel_stats"]["mean"])
+    assert page.locator(f"{other} tbody tr").count() == channels
+    scripts = page.evaluate("[...document.scripts].map(s => s.getAttribute('src'))")
+    assert [s for s in scripts if s and "stats" in s] == ["data/stats.js"]
 
 
 HOSTILE_NAMES = (

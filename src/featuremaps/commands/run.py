@@ -325,7 +325,7 @@ def _run_one(
         timings["consume"] += time.perf_counter() - start
 
     writer = BackgroundWriter(timings)
-    scripts = StatisticsScripts(folder, prefix, writer) if report and folder is not None else None
+    scripts = StatisticsScripts(folder, prefix) if report and folder is not None else None
     if report:  # its page is compiled while the model runs
         writer.run(functools.partial(prepare_templates, RUN_PAGE), 0)
     signal = isinstance(tensor, torch.Tensor) and tensor.dim() == 3

@@ -26,7 +26,13 @@ from featuremaps.io import OutputFolder, safe_filename
 from featuremaps.manifest import RecordSummary
 from featuremaps.render.encode import encode, encode_png
 from featuremaps.render.tokens import PcaMemo, TokenPlan
-from featuremaps.report import DATA_DIR, float16_copy, layer_data_script, stats_path, stats_script
+from featuremaps.report import (
+    DATA_DIR,
+    STATS_FILE,
+    float16_copy,
+    layer_data_script,
+    stats_script,
+)
 from featuremaps.report.budget import LayerDataFile
 from featuremaps.report.render import layer_data_head, layer_data_size
 from featuremaps.stats import ChannelStats
@@ -154,44 +160,44 @@ class BackgroundWriter:
 
 
 class StatisticsScripts:
-    """The report's statistics script of each record of one run (:func:`stats_script`), made as
-    the record passes and written on the writer's thread, so the end of the run has none of
-    these files left to write. A record whose statistics change afterwards (``--filters`` adds
-    the norms of its filters to them) has its script made again by :meth:`finish`."""
+    """The report's statistics script of one run (:data:`~featuremaps.report.STATS_FILE`): each
+    record's part (:func:`stats_script`) made as the record passes, the file written once by
+    :meth:`finish`. A record whose statistics change afterwards (``--filters`` adds the norms of
+    its filters to them) has its part made again there."""
 
-    def __init__(self, folder: OutputFolder, prefix: str, writer: BackgroundWriter) -> None:
-        self._folder, self._prefix, self._writer = folder, prefix, writer
-        self._made: dict[str, tuple[object, int]] = {}  # the statistics scripted, its size
+    def __init__(self, folder: OutputFolder, prefix: str) -> None:
+        self._folder, self._prefix = folder, prefix
+        self._made: dict[str, tuple[object, bytes]] = {}  # the statistics scripted, the part
 
     def add(self, summary: RecordSummary) -> None:
-        """Write the script of ``summary`` (a drawn record with statistics; else nothing)."""
-        made = self._script(summary)
-        if made is not None:
-            path, script = made
-            self._made[summary.name] = (summary.channel_stats, len(script))
-            self._writer.submit(self._folder.write_bytes, path, lambda: script, len(script))
+        """Make the part of ``summary`` (a drawn record with statistics; else nothing)."""
+        part = self._part(summary)
+        if part is not None:
+            self._made[summary.name] = (summary.channel_stats, part)
 
     def finish(self, summaries: Sequence[RecordSummary]) -> int:
-        """Write the scripts of ``summaries`` that differ from those written as the records
-        passed (call it once the writer is done); the bytes of all their scripts."""
-        total = 0
+        """Write the script of ``summaries``, in their order, from the parts made as the records
+        passed where their statistics are still the same; its bytes (0: no file, no record has
+        statistics to show)."""
+        parts = []
         for summary in summaries:
-            written = self._made.get(summary.name)
-            if written is not None and written[0] is summary.channel_stats:
-                total += written[1]
-                continue
-            made = self._script(summary)
-            if made is not None:
-                self._folder.write_bytes(*made)
-                total += len(made[1])
-        return total
+            made = self._made.get(summary.name)
+            part = made[1] if made is not None and made[0] is summary.channel_stats else None
+            part = part or self._part(summary)
+            if part is not None:
+                parts.append(part)
+        if not parts:
+            return 0
+        script = b"".join(parts)
+        self._folder.write_bytes(self._prefix + STATS_FILE, script)
+        return len(script)
 
-    def _script(self, summary: RecordSummary) -> tuple[str, bytes] | None:
-        """Where the script of ``summary`` goes and its bytes; None: the record has none."""
+    @staticmethod
+    def _part(summary: RecordSummary) -> bytes | None:
+        """The part of ``summary``; None: the record has none."""
         if not summary.image or summary.channel_stats is None:
             return None
-        stem = PurePosixPath(summary.image).stem
-        return self._prefix + stats_path(stem), stats_script(stem, summary.channel_stats)
+        return stats_script(PurePosixPath(summary.image).stem, summary.channel_stats)
 
 
 def held_bytes(picture: object) -> int:

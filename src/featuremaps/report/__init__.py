@@ -18,7 +18,7 @@ from typing import Any
 from featuremaps._errors import InputError
 from featuremaps.io import update_run_folder
 from featuremaps.manifest import MANIFEST
-from featuremaps.report.model import DATA_DIR, ReportData, build_report, stats_path
+from featuremaps.report.model import DATA_DIR, STATS_FILE, ReportData, build_report
 from featuremaps.report.render import (
     PRECISION,
     float16_copy,
@@ -32,13 +32,13 @@ __all__ = [
     "DATA_DIR",
     "INDEX",
     "PRECISION",
+    "STATS_FILE",
     "ReportData",
     "build_report",
     "float16_copy",
     "layer_data_script",
     "report_files",
     "runs_report_files",
-    "stats_path",
     "stats_script",
     "write_report",
 ]
@@ -50,7 +50,7 @@ def report_files(
     manifest: Mapping[str, Any], base: str = "", statistics: bool = True
 ) -> dict[str, bytes]:
     """Every file of one run's report (paths relative to the run folder); without the records'
-    statistics scripts unless ``statistics``."""
+    statistics script (:data:`STATS_FILE`) unless ``statistics``."""
     return render_files(build_report(manifest, base), statistics)
 
 

@@ -2,7 +2,7 @@
 
 Part of the ``report`` stage (… → render → **report** → io). A run writes each drawn record's
 float16 data file whole, as the record passes, and notes it as a :class:`LayerDataFile`. When the
-run is over and the files (with the statistics scripts the page adds) exceed the budget,
+run is over and the files (with the statistics script the page adds) exceed the budget,
 :func:`plan` gives every file the number of its channels it keeps: all of them up to one common
 size cap, the largest with which the total fits, so small layers stay whole and only the largest
 lose channels. :func:`apply_budget` then rewrites those files with their first channels (the
@@ -100,7 +100,7 @@ def plan(files: Sequence[LayerDataFile], limit: int) -> list[int]:
 @dataclass(frozen=True)
 class BudgetOutcome:
     """What the budget did: the budget (``None``: none), the bytes the data files needed and now
-    take (the statistics scripts included), and the channels each reduced record keeps (by
+    take (the statistics script included), and the channels each reduced record keeps (by
     record name; 0: its data file was dropped)."""
 
     budget: int | None

@@ -34,7 +34,7 @@ from featuremaps.render.scaling import (
     is_constant_range,
     is_signed_range,
 )
-from featuremaps.report.model import ReportData
+from featuremaps.report.model import STATS_FILE, ReportData
 
 __all__ = [
     "ASSETS_DIR",
@@ -275,7 +275,9 @@ def layer_data_values(script: bytes, shape: Sequence[int]) -> np.ndarray:
 
 
 def stats_script(stem: str, stats: Mapping[str, Any]) -> bytes:
-    """The statistics script of one record (every channel of the drawn sample)."""
+    """One record's part of the statistics script (every channel of the drawn sample): a call
+    that hands them to the page; the script is these parts one after the other, in the order
+    of the records (:data:`~featuremaps.report.model.STATS_FILE`)."""
     if all(isinstance(k, str) and isinstance(v, (list, tuple)) for k, v in stats.items()):
         # Lists of numbers: the text each list already has in this run's manifest, if any
         # (:func:`featuremaps.io.shared_number_text`); the same text script_json gives.
@@ -424,7 +426,8 @@ def _number(value: float | None) -> str:
 
 def render_files(data: ReportData, statistics: bool = True) -> dict[str, bytes]:
     """Every file of the report: ``index.html``, its assets, and (``statistics``) the records'
-    statistics scripts (:func:`stats_script`), which a run writes as its records pass."""
+    statistics script (:data:`~featuremaps.report.model.STATS_FILE`, made of :func:`stats_script`
+    parts), which a run writes itself from the parts it made as its records passed."""
     import markupsafe
 
     config = script_json(client_config(data))
@@ -450,10 +453,13 @@ def render_files(data: ReportData, statistics: bool = True) -> dict[str, bytes]:
         f"{ASSETS_DIR}/report.js": asset("report.js"),
         f"{ASSETS_DIR}/report.css": asset("report.css"),
     }
-    for entry in data.layers if statistics else ():
-        stats = entry.record.channel_stats
-        if entry.stats_file and entry.stem and stats is not None:
-            files[entry.stats_file] = stats_script(entry.stem, stats)
+    parts = [
+        stats_script(entry.stem, entry.record.channel_stats)
+        for entry in (data.layers if statistics else ())
+        if entry.stats_file and entry.stem and entry.record.channel_stats is not None
+    ]
+    if parts:
+        files[STATS_FILE] = b"".join(parts)
     return files
 
 

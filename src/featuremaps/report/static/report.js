@@ -104,6 +104,7 @@
   };
   const layers = new Map(); // key -> layer state
   const byStem = new Map();
+  const statsRequested = new Set(); // statistics scripts asked for
   const byName = new Map();
   let firstDrawn = false;
 
@@ -515,8 +516,9 @@
       return;
     }
     if (then) L.statsWaiting.push(then);
-    if (L.statsRequested || !L.statsFile) return;
-    L.statsRequested = true;
+    // One script holds every layer's statistics: it is asked for once, by the first layer.
+    if (!L.statsFile || statsRequested.has(L.statsFile)) return;
+    statsRequested.add(L.statsFile);
     const script = document.createElement("script");
     script.src = L.statsFile;
     document.head.append(script);
