@@ -162,7 +162,7 @@ def apply_budget(
     folder: OutputFolder, files: Sequence[LayerDataFile], limit: int | None, other: int
 ) -> BudgetOutcome:
     """Fit the data ``files`` written in ``folder`` into ``limit`` bytes (``None``: no limit), of
-    which ``other`` (the statistics script) are taken already: rewrite the files that keep fewer
+    which the statistics script takes ``other`` already: rewrite the files that keep fewer
     channels and remove those that keep none."""
     needed = other + sum(f.size for f in files)
     if limit is None:
