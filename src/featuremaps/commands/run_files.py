@@ -182,8 +182,10 @@ class StatisticsScripts:
         parts = []
         for summary in summaries:
             made = self._made.get(summary.name)
-            part = made[1] if made is not None and made[0] is summary.channel_stats else None
-            part = part or self._part(summary)
+            if made is not None and made[0] is summary.channel_stats:
+                part: bytes | None = made[1]
+            else:
+                part = self._part(summary)
             if part is not None:
                 parts.append(part)
         if not parts:
