@@ -453,10 +453,10 @@ def render_files(data: ReportData, statistics: bool = True) -> dict[str, bytes]:
         f"{ASSETS_DIR}/report.js": asset("report.js"),
         f"{ASSETS_DIR}/report.css": asset("report.css"),
     }
-    parts = [
+    parts = [  # the records with a stats_file: a stem and statistics
         stats_script(entry.stem, entry.record.channel_stats)
         for entry in (data.layers if statistics else ())
-        if entry.stats_file and entry.stem and entry.record.channel_stats is not None
+        if entry.stem is not None and entry.record.channel_stats is not None
     ]
     if parts:
         files[STATS_FILE] = b"".join(parts)
